@@ -1,0 +1,420 @@
+//! The headless commands (`inspect`, `quantize`, `recipe`, `throughput`) over the same core the window uses.
+//!
+//! Every command prints one JSON document on stdout with `--json`, a table otherwise, and a progress bar on
+//! stderr when stderr is a terminal. Errors are printed once, on one line, and give exit code 2.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
+use crate::report::{ModelReport, TensorReport, analyze_model};
+
+/// quantstudio: open a safetensors model, choose a precision per layer, measure the error, export.
+#[derive(Debug, Parser)]
+#[command(name = "quantstudio", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A headless command; without one the studio window opens.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Model to open in the window (a .safetensors file or a model folder); the bundled sample when omitted.
+    pub path: Option<PathBuf>,
+}
+
+/// The headless commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List layers, dtypes, sizes and statistics of every tensor.
+    Inspect {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Quantize under a recipe or a uniform precision: per-tensor error table, sizes; export with -o.
+    Quantize {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Export the quantized model (compressed-tensors layout) into this folder.
+        #[arg(short, long, value_name = "FOLDER")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        format: OutputArgs,
+    },
+    /// Print a starting recipe for a model (JSON), to edit and pass to `quantize --recipe`.
+    Recipe {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+    },
+    /// Measure the analysis pass in GB/s of input weights against the read bandwidth of the same mapped files.
+    Throughput {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Timed repetitions of each measurement (the best is reported, after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Output options shared by the reporting commands.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: include the 256-bin value and error histograms and the INT8 scales of every tensor.
+    #[arg(long)]
+    pub histograms: bool,
+}
+
+/// A uniform precision, for the shortcuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// 8-bit integer weights.
+    Int8,
+    /// IEEE half precision.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// Keep as stored.
+    Fp32,
+}
+
+/// How the plan is given: a recipe file or the uniform-precision shortcuts.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A recipe JSON file (see `quantstudio recipe`).
+    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric"])]
+    pub recipe: Option<PathBuf>,
+    /// One precision for every layer (norms and 1-D layers stay FP32).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// INT8: one scale per output channel instead of per tensor.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// INT8: asymmetric (zero point) instead of symmetric.
+    #[arg(long)]
+    pub asymmetric: bool,
+}
+
+impl PlanArgs {
+    /// The recipe these arguments describe.
+    pub fn recipe(&self) -> Result<Recipe> {
+        if let Some(path) = &self.recipe {
+            return Recipe::load(path);
+        }
+        let scheme = Int8Scheme {
+            symmetric: !self.asymmetric,
+            granularity: if self.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
+        };
+        let precision = match self.precision {
+            None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
+            None => {
+                return Err(Error::Unsupported("give --recipe FILE or --precision int8|fp16|bf16|fp32".into()));
+            }
+            Some(PrecisionArg::Int8) => Precision::Int8(scheme),
+            Some(PrecisionArg::Fp16) => Precision::Fp16,
+            Some(PrecisionArg::Bf16) => Precision::Bf16,
+            Some(PrecisionArg::Fp32) => Precision::Fp32,
+        };
+        Ok(Recipe::uniform(precision))
+    }
+}
+
+/// Runs a headless command; returns the process exit code.
+pub fn run(command: Command) -> i32 {
+    match execute(command) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            2
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect { model, output } => {
+            let model = Model::open(&model)?;
+            let plan = Plan::all(&model, Precision::Fp32);
+            let report = with_progress_bar(|progress| analyze_model(&model, &plan, progress))?;
+            if output.json {
+                print_json(&report_json(&model, &report, None, None, &output, false));
+            } else {
+                print_table(&model, &report, false);
+            }
+            Ok(())
+        }
+        Command::Quantize { model, plan, output, format } => {
+            let recipe = plan.recipe()?;
+            let model = Model::open(&model)?;
+            let plan = recipe.resolve(&model)?;
+            let report = with_progress_bar(|progress| analyze_model(&model, &plan, progress))?;
+            let export = match &output {
+                Some(dest) => Some(with_progress_bar(|progress| crate::export::export(&model, &plan, dest, progress))?),
+                None => None,
+            };
+            if format.json {
+                print_json(&report_json(&model, &report, Some((&recipe, &plan)), export.as_ref(), &format, true));
+            } else {
+                print_table(&model, &report, true);
+                for warning in model.warnings.iter().chain(&plan.warnings) {
+                    println!("warning: {warning}");
+                }
+                if let Some(export) = &export {
+                    println!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
+                }
+            }
+            Ok(())
+        }
+        Command::Recipe { model } => {
+            let model = Model::open(&model)?;
+            println!("{}", Recipe::starting(&model).to_json());
+            Ok(())
+        }
+        Command::Throughput { model, plan, repeat, json } => {
+            let recipe = plan.recipe()?;
+            let model = Model::open(&model)?;
+            let plan = recipe.resolve(&model)?;
+            let result = crate::bench::measure_throughput(&model, &plan, repeat.max(1), &Progress::new())?;
+            if json {
+                print_json(&serde_json::to_value(&result).unwrap_or(Value::Null));
+            } else {
+                println!("{result}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json(value: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+/// Runs `work` on a scoped thread while this thread draws a progress bar on stderr (when it is a terminal).
+fn with_progress_bar<T: Send>(work: impl FnOnce(&Progress) -> Result<T> + Send) -> Result<T> {
+    let progress = Progress::new();
+    if !std::io::stderr().is_terminal() {
+        return work(&progress);
+    }
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| work(&progress));
+        let mut drawn = false;
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            let snapshot = progress.snapshot();
+            let width = 30;
+            let filled = (snapshot.fraction() * width as f32) as usize;
+            eprint!(
+                "\r[{}{}] {:>3.0}% {}\x1b[K",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                snapshot.fraction() * 100.0,
+                snapshot.stage
+            );
+            drawn = true;
+        }
+        if drawn {
+            eprint!("\r\x1b[K");
+        }
+        handle.join().unwrap_or(Err(Error::Cancelled))
+    })
+}
+
+fn precision_json(precision: Precision) -> Value {
+    serde_json::to_value(precision).unwrap_or(Value::Null)
+}
+
+fn tensor_json(tensor: &TensorReport, with_error: bool, with_histograms: bool) -> Value {
+    let mut object = json!({
+        "name": tensor.name,
+        "layer": tensor.layer,
+        "kind": tensor.kind,
+        "dtype": tensor.dtype,
+        "shape": tensor.shape,
+        "size_bytes": tensor.size_bytes,
+        "analysed": tensor.is_analysed(),
+    });
+    let map = object.as_object_mut().expect("json! of an object literal is an object");
+    if with_error {
+        map.insert("planned_bytes".into(), json!(tensor.planned_bytes));
+        if let Value::Object(precision) = precision_json(tensor.precision) {
+            map.extend(precision);
+        }
+    }
+    if let Some(analysis) = &tensor.analysis {
+        map.insert("stats".into(), serde_json::to_value(analysis.stats).unwrap_or(Value::Null));
+        if with_error {
+            let e = &analysis.error;
+            map.insert("mse".into(), json!(e.mse));
+            map.insert("max_abs_error".into(), json!(e.max_abs_error));
+            map.insert("sqnr_db".into(), json!(e.sqnr_db));
+            map.insert("lossless".into(), json!(e.is_lossless()));
+            map.insert("saturated_count".into(), json!(e.saturated_count));
+        }
+        if with_histograms {
+            map.insert(
+                "value_histogram".into(),
+                serde_json::to_value(&analysis.value_histogram).unwrap_or(Value::Null),
+            );
+            if with_error {
+                map.insert(
+                    "error_histogram".into(),
+                    serde_json::to_value(&analysis.error_histogram).unwrap_or(Value::Null),
+                );
+                map.insert("group_params".into(), serde_json::to_value(&analysis.group_params).unwrap_or(Value::Null));
+            }
+        }
+    }
+    object
+}
+
+fn report_json(
+    model: &Model,
+    report: &ModelReport,
+    plan: Option<(&Recipe, &Plan)>,
+    export: Option<&crate::export::ExportSummary>,
+    output: &OutputArgs,
+    with_error: bool,
+) -> Value {
+    let mut warnings = model.warnings.clone();
+    let mut object = json!({
+        "model": model.path,
+        "implementation": crate::quant::kernels::implementation_name(),
+        "tensor_count": model.tensors.len(),
+        "layer_count": model.layers.len(),
+        "parameter_count": model.parameter_count(),
+        "size_bytes": report.size_bytes,
+        "layers": model.layers.iter().map(|l| json!({
+            "name": l.name,
+            "kind": l.kind.as_str(),
+            "tensors": l.tensors.iter().map(|t| model.tensor(*t).name.as_str()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "tensors": report.tensors.iter().map(|t| tensor_json(t, with_error, output.histograms)).collect::<Vec<_>>(),
+    });
+    let map = object.as_object_mut().expect("json! of an object literal is an object");
+    if let Some((recipe, plan)) = plan {
+        warnings.extend(plan.warnings.iter().cloned());
+        map.insert("recipe".into(), serde_json::to_value(recipe).unwrap_or(Value::Null));
+        map.insert("planned_bytes".into(), json!(report.planned_bytes));
+        map.insert("compression_ratio".into(), json!(report.compression_ratio()));
+        if let Some((worst, db)) = report.worst_by_sqnr() {
+            map.insert("worst_sqnr".into(), json!({"name": worst.name, "sqnr_db": db}));
+        }
+    }
+    if let Some(export) = export {
+        map.insert(
+            "export".into(),
+            json!({"path": export.folder, "size_bytes": export.size_bytes, "files": export.files}),
+        );
+    }
+    map.insert("warnings".into(), json!(warnings));
+    object
+}
+
+/// `1.5 MB`-style sizes (powers of 1000).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.2} {}", UNITS[unit]) }
+}
+
+fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
+    println!(
+        "model: {} ({} tensors, {} layers, {} parameters, {})",
+        model.path.display(),
+        model.tensors.len(),
+        model.layers.len(),
+        model.parameter_count(),
+        human_bytes(report.size_bytes)
+    );
+    let name_width = report.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).clamp(6, 60);
+    if with_error {
+        println!(
+            "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
+            "tensor", "dtype", "shape", "precision", "size", "planned", "mse", "max err", "sqnr dB", "nan/inf"
+        );
+    } else {
+        println!(
+            "{:<name_width$}  {:<9}  {:<5}  {:<16}  {:>10}  {:>11}  {:>11}  {:>11}  {:>11}  {:>10}",
+            "tensor", "kind", "dtype", "shape", "size", "min", "max", "mean", "std", "nan/inf"
+        );
+    }
+    for t in &report.tensors {
+        let shape = format!("{:?}", t.shape);
+        let non_finite = t.analysis.as_ref().map(|a| a.stats.nan_count + a.stats.inf_count);
+        let non_finite = non_finite.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        if with_error {
+            let (mse, max, sqnr) = match &t.analysis {
+                Some(a) => (
+                    format!("{:.3e}", a.error.mse),
+                    format!("{:.3e}", a.error.max_abs_error),
+                    a.error.sqnr_db.map(|db| format!("{db:.2}")).unwrap_or_else(|| "lossless".into()),
+                ),
+                None => ("-".into(), "-".into(), "kept".into()),
+            };
+            println!(
+                "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
+                t.name,
+                t.dtype.as_str(),
+                shape,
+                t.precision.label(),
+                human_bytes(t.size_bytes),
+                human_bytes(t.planned_bytes),
+                mse,
+                max,
+                sqnr,
+                non_finite
+            );
+        } else {
+            let cell = |f: fn(&crate::stats::TensorStats) -> f64| {
+                t.analysis.as_ref().map(|a| format!("{:.4e}", f(&a.stats))).unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<name_width$}  {:<9}  {:<5}  {:<16}  {:>10}  {:>11}  {:>11}  {:>11}  {:>11}  {:>10}",
+                t.name,
+                t.kind,
+                t.dtype.as_str(),
+                shape,
+                human_bytes(t.size_bytes),
+                cell(|s| s.min as f64),
+                cell(|s| s.max as f64),
+                cell(|s| s.mean),
+                cell(|s| s.std),
+                non_finite
+            );
+        }
+    }
+    if with_error {
+        print!(
+            "total: {} -> {} ({:.2}x smaller)",
+            human_bytes(report.size_bytes),
+            human_bytes(report.planned_bytes),
+            report.compression_ratio()
+        );
+        match report.worst_by_sqnr() {
+            Some((worst, db)) => println!("; worst SQNR: {} at {db:.2} dB", worst.name),
+            None => println!("; every tensor lossless"),
+        }
+    }
+}

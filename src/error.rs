@@ -1,0 +1,203 @@
+//! The one error type of the core, and its `Result` alias.
+//!
+//! Messages are lowercase, name the failure first and the path last, and fit on one line, so the CLI can print
+//! them as they are and the window can show them in its status bar.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user (or the worker on their behalf) cancelled the job.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// An operating-system error while reading or writing a file.
+    #[error("{action}: {source}: {}", path.display())]
+    Io {
+        /// What was being done ("cannot open", "cannot write", …).
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+        /// The file concerned.
+        path: PathBuf,
+    },
+
+    /// A path that is neither a `.safetensors` file nor a folder holding one.
+    #[error("not a safetensors file or model folder: {}", path.display())]
+    NotAModel {
+        /// The path given.
+        path: PathBuf,
+    },
+
+    /// A file of zero bytes.
+    #[error("empty file: {}", path.display())]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A file shorter than the 8-byte header length prefix.
+    #[error("file too short ({len_bytes} bytes) to be safetensors: {}", path.display())]
+    FileTooShort {
+        /// Its length.
+        len_bytes: u64,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The header length prefix points beyond the end of the file or is absurdly large.
+    #[error("header length {header_bytes} does not fit in the file ({file_bytes} bytes): {}", path.display())]
+    HeaderLength {
+        /// The length the prefix announces.
+        header_bytes: u64,
+        /// The file length.
+        file_bytes: u64,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The header is not UTF-8.
+    #[error("header is not utf-8: {}", path.display())]
+    HeaderNotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The header is not the JSON object safetensors expects.
+    #[error("header is not valid safetensors json ({reason}): {}", path.display())]
+    HeaderNotJson {
+        /// What the parser said.
+        reason: String,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// Two tensors with the same name (in one header, or across shards).
+    #[error("duplicate tensor name {name:?}: {}", path.display())]
+    DuplicateTensor {
+        /// The repeated name.
+        name: String,
+        /// The file where it appears the second time.
+        path: PathBuf,
+    },
+
+    /// A dtype string this tool does not know.
+    #[error("tensor {name:?} has unsupported dtype {dtype:?}: {}", path.display())]
+    UnsupportedDtype {
+        /// The tensor.
+        name: String,
+        /// The dtype as written in the header.
+        dtype: String,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The byte length of a tensor does not match its shape and dtype.
+    #[error("tensor {name:?} has {actual_bytes} bytes but shape {shape:?} of {dtype} needs {expected_bytes}: {}", path.display())]
+    ShapeMismatch {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its dtype.
+        dtype: String,
+        /// Bytes the shape implies.
+        expected_bytes: u64,
+        /// Bytes the offsets give.
+        actual_bytes: u64,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// Data offsets that are reversed, out of range, overlapping or leave gaps.
+    #[error("tensor {name:?}: {problem}: {}", path.display())]
+    BadOffsets {
+        /// The tensor.
+        name: String,
+        /// What is wrong, in words.
+        problem: String,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A model folder without weights.
+    #[error("no model.safetensors, shard index or .safetensors file in folder: {}", path.display())]
+    NoWeights {
+        /// The folder.
+        path: PathBuf,
+    },
+
+    /// A shard index that is malformed or names files that are missing.
+    #[error("shard index: {problem}: {}", path.display())]
+    BadShardIndex {
+        /// What is wrong.
+        problem: String,
+        /// The index file.
+        path: PathBuf,
+    },
+
+    /// A `config.json` that is not a JSON object.
+    #[error("config.json is not a json object ({reason}): {}", path.display())]
+    BadConfig {
+        /// What the parser said.
+        reason: String,
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A recipe file that cannot be read as a recipe.
+    #[error("recipe is not valid ({reason}): {}", path.display())]
+    BadRecipe {
+        /// What is wrong.
+        reason: String,
+        /// The file (or `<recipe>` when it did not come from a file).
+        path: PathBuf,
+    },
+
+    /// A recipe naming layers the model does not have.
+    #[error("recipe names {} layer(s) the model lacks: {}", names.len(), names.join(", "))]
+    RecipeUnknownLayers {
+        /// The names that do not match, sorted.
+        names: Vec<String>,
+    },
+
+    /// An invalid glob in a recipe rule.
+    #[error("recipe rule pattern {pattern:?} is not a valid glob: {reason}")]
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An export destination that would overwrite the input model or is otherwise unusable.
+    #[error("cannot export there ({reason}): {}", path.display())]
+    BadDestination {
+        /// Why.
+        reason: String,
+        /// The destination.
+        path: PathBuf,
+    },
+
+    /// A request the tool does not support (a dtype a scheme cannot handle, …).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and on which path.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { action, source, path: path.into() }
+    }
+
+    /// True when the error is bad input from the user's files (CLI exit code 2), as opposed to cancellation or
+    /// an unsupported request.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Error::Cancelled)
+    }
+}
+
+/// The core's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,270 @@
+//! Export of a planned model as a folder in the compressed-tensors layout (the one llm-compressor writes and
+//! vLLM and transformers load), with the recipe that reproduces it. See `docs/EXPORT.md`.
+//!
+//! Per tensor, by its planned precision:
+//! - INT8: `<name>` as I8 codes in the original shape, `<name>_scale` (F32, `[1]` per tensor or `[out, 1]` per
+//!   channel) and, when asymmetric, `<name>_zero_point` (I8, same shape as the scale). `x.weight` thus gives
+//!   `x.weight`, `x.weight_scale`, `x.weight_zero_point`, the names compressed-tensors uses.
+//! - FP16 / BF16: cast, round to nearest even with saturation (the formulas of `docs/QUANTIZATION.md`).
+//! - everything else: bytes copied unchanged, integer tensors included.
+//!
+//! Every file is written to a temp file and renamed into place; the input model's files are never written.
+
+mod config;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+pub use config::quantization_config;
+pub use writer::{PlannedTensor, TensorFileWriter, write_atomically};
+
+use crate::error::{Error, Result};
+use crate::model::{DType, Model, TensorId};
+use crate::progress::Progress;
+use crate::quant::kernels;
+use crate::quant::params::{to_bf16, to_fp16};
+use crate::quant::pass::{TensorData, scan};
+use crate::quant::{Granularity, Int8Scheme, Plan, Precision, QParams};
+
+/// Name of the weights file in an export.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the recipe written beside the weights.
+pub const RECIPE_FILE: &str = "quantstudio-recipe.json";
+/// Key of the recipe in the safetensors `__metadata__`.
+pub const RECIPE_METADATA_KEY: &str = "quantstudio.recipe";
+
+/// What an export produced.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ExportSummary {
+    /// The destination folder.
+    pub folder: PathBuf,
+    /// Total bytes of the files written.
+    pub size_bytes: u64,
+    /// Names of the files written, in order.
+    pub files: Vec<String>,
+}
+
+/// INT8 codes of one tensor with their parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedTensor {
+    /// Codes in the tensor's original layout.
+    pub codes: Vec<i8>,
+    /// One entry per group (per tensor: one; per channel: one per row).
+    pub params: Vec<QParams>,
+    /// Elements per row (for per-channel lookup).
+    pub cols: usize,
+}
+
+impl QuantizedTensor {
+    /// The reconstructed values, `(q - zero_point) * scale` in f32.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let per_row = self.params.len() > 1;
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.params[if per_row { i / self.cols.max(1) } else { 0 }].dequantize(q))
+            .collect()
+    }
+}
+
+/// Quantizes one tensor to INT8 codes under `scheme` (pass 1 for the parameters, then the codes, in parallel).
+pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progress) -> Result<QuantizedTensor> {
+    let params = scan(data, progress)?.group_params(scheme);
+    let mut codes = vec![0i8; data.len()];
+    let blocks = data.blocks();
+    let mut pieces: Vec<(&std::ops::Range<usize>, &mut [i8])> = Vec::with_capacity(blocks.len());
+    let mut rest = codes.as_mut_slice();
+    for block in &blocks {
+        let (piece, tail) = rest.split_at_mut(block.len());
+        pieces.push((block, piece));
+        rest = tail;
+    }
+    let per_row = params.len() > 1;
+    pieces.into_par_iter().try_for_each_init(Vec::new, |buf, (block, out)| {
+        progress.check()?;
+        let values = data.values(block.clone(), buf);
+        let mut at = block.start;
+        while at < block.end {
+            let row = at / data.cols;
+            let row_end = ((row + 1) * data.cols).min(block.end);
+            let p = &params[if per_row { row } else { 0 }];
+            let range = at - block.start..row_end - block.start;
+            kernels::quantize_codes(&values[range.clone()], p, &mut out[range]);
+            at = row_end;
+        }
+        progress.advance(block.len() as u64);
+        Ok::<(), Error>(())
+    })?;
+    Ok(QuantizedTensor { codes, params, cols: data.cols })
+}
+
+/// The name of a quantization parameter tensor: `x.weight` -> `x.weight_scale`.
+pub fn param_name(tensor: &str, suffix: &str) -> String {
+    format!("{tensor}_{suffix}")
+}
+
+/// Shape of the scale / zero point of a tensor: `[1]` per tensor, `[out, 1]` per channel.
+fn param_shape(groups: usize) -> Vec<usize> {
+    if groups > 1 { vec![groups, 1] } else { vec![1] }
+}
+
+/// Groups an INT8 tensor is quantized in under `scheme`.
+fn group_count(model: &Model, id: TensorId, scheme: Int8Scheme) -> usize {
+    let (rows, _) = model.tensor(id).rows_cols();
+    match scheme.granularity {
+        Granularity::PerChannel if model.tensor(id).shape.len() >= 2 => rows,
+        _ => 1,
+    }
+}
+
+/// The tensors of the exported file, in write order, each with the model tensor and precision it comes from.
+fn planned_tensors(model: &Model, plan: &Plan) -> Vec<(TensorId, Precision, Vec<PlannedTensor>)> {
+    (0..model.tensors.len())
+        .map(|index| {
+            let id = TensorId(index);
+            let info = model.tensor(id);
+            let precision = plan.tensor(model, id);
+            let planned = |name: String, dtype, shape| PlannedTensor { name, dtype, shape };
+            let outputs = match precision {
+                Precision::Int8(scheme) => {
+                    let groups = group_count(model, id, scheme);
+                    let mut outputs = vec![
+                        planned(info.name.clone(), DType::I8, info.shape.clone()),
+                        planned(param_name(&info.name, "scale"), DType::F32, param_shape(groups)),
+                    ];
+                    if !scheme.symmetric {
+                        outputs.push(planned(param_name(&info.name, "zero_point"), DType::I8, param_shape(groups)));
+                    }
+                    outputs
+                }
+                Precision::Fp16 => vec![planned(info.name.clone(), DType::F16, info.shape.clone())],
+                Precision::Bf16 => vec![planned(info.name.clone(), DType::BF16, info.shape.clone())],
+                Precision::Fp32 => vec![planned(info.name.clone(), info.dtype, info.shape.clone())],
+            };
+            (id, precision, outputs)
+        })
+        .collect()
+}
+
+/// Checks that `dest` can receive an export without touching the input model, and creates it.
+fn prepare_destination(model: &Model, dest: &Path) -> Result<PathBuf> {
+    let bad = |reason: &str| Error::BadDestination { reason: reason.into(), path: dest.to_owned() };
+    if dest.exists() && !dest.is_dir() {
+        return Err(bad("it is a file, not a folder"));
+    }
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("cannot create folder", dest, e))?;
+    let dest = dest.canonicalize().map_err(|e| Error::io("cannot resolve", dest, e))?;
+    let sources: Vec<PathBuf> = model.source_files().iter().filter_map(|f| f.canonicalize().ok()).collect();
+    let model_folder = if model.path.is_dir() { model.path.canonicalize().ok() } else { None };
+    if model_folder.as_ref() == Some(&dest) {
+        return Err(bad("it is the input model's folder"));
+    }
+    for name in [WEIGHTS_FILE, "config.json", RECIPE_FILE] {
+        if sources.contains(&dest.join(name)) {
+            return Err(bad("it would overwrite the input model"));
+        }
+    }
+    Ok(dest)
+}
+
+/// Small files of a model folder that loaders need beside the weights (tokenizer, generation config…).
+fn companion_files(model: &Model) -> Vec<PathBuf> {
+    if !model.path.is_dir() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(&model.path) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+            matches!(ext.as_str(), "json" | "txt" | "model" | "tiktoken" | "jinja")
+                && name != "config.json"
+                && name != RECIPE_FILE
+                && !name.ends_with(".safetensors.index.json")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes the planned model into `dest` (created if needed): `model.safetensors`, `config.json` with its
+/// `quantization_config`, the recipe, and the model folder's tokenizer and other small JSON/text files.
+pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> Result<ExportSummary> {
+    let dest = prepare_destination(model, dest)?;
+    let recipe_json = plan.to_recipe(model).to_json();
+    let planned = planned_tensors(model, plan);
+    let total_elements: u64 = planned.iter().map(|(id, _, _)| model.tensor(*id).numel() as u64).sum();
+    progress.start_stage("exporting", total_elements);
+
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_owned(), "pt".to_owned());
+    metadata.insert(RECIPE_METADATA_KEY.to_owned(), recipe_json.clone());
+    let all_outputs: Vec<PlannedTensor> = planned.iter().flat_map(|(_, _, o)| o.iter().cloned()).collect();
+    let mut writer = TensorFileWriter::create(&dest.join(WEIGHTS_FILE), all_outputs, &metadata)?;
+    for (id, precision, outputs) in &planned {
+        progress.check()?;
+        let info = model.tensor(*id);
+        match precision {
+            Precision::Int8(scheme) => {
+                let data = TensorData::of(model, *id)?;
+                let quantized = quantize_tensor(&data, *scheme, &Progress::new())?;
+                writer.write_tensor(&outputs[0].name, bytemuck::cast_slice(&quantized.codes))?;
+                let scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
+                writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
+                if !scheme.symmetric {
+                    let zero_points: Vec<u8> = quantized.params.iter().map(|p| p.zero_point as i8 as u8).collect();
+                    writer.write_tensor(&outputs[2].name, &zero_points)?;
+                }
+            }
+            Precision::Fp16 | Precision::Bf16 => {
+                let data = TensorData::of(model, *id)?;
+                let mut buf = Vec::new();
+                for block in data.blocks() {
+                    progress.check()?;
+                    let values = data.values(block, &mut buf);
+                    let bytes: Vec<u8> = if *precision == Precision::Fp16 {
+                        values.iter().flat_map(|&x| to_fp16(x).to_le_bytes()).collect()
+                    } else {
+                        values.iter().flat_map(|&x| to_bf16(x).to_le_bytes()).collect()
+                    };
+                    writer.write_tensor(&info.name, &bytes)?;
+                }
+            }
+            Precision::Fp32 => {
+                for chunk in model.tensor_bytes(*id).chunks(1 << 24) {
+                    writer.write_tensor(&info.name, chunk)?;
+                }
+            }
+        }
+        progress.advance(info.numel() as u64);
+    }
+    let mut size_bytes = writer.finish()?;
+    let mut files = vec![WEIGHTS_FILE.to_owned()];
+
+    let mut config = model.config.clone().unwrap_or_default();
+    config.insert("quantization_config".into(), quantization_config(model, plan));
+    let config_text = serde_json::to_string_pretty(&serde_json::Value::Object(config)).unwrap_or_default() + "\n";
+    write_atomically(&dest.join("config.json"), config_text.as_bytes())?;
+    write_atomically(&dest.join(RECIPE_FILE), (recipe_json + "\n").as_bytes())?;
+    size_bytes += config_text.len() as u64;
+    files.push("config.json".into());
+    files.push(RECIPE_FILE.into());
+    for source in companion_files(model) {
+        let Some(name) = source.file_name() else { continue };
+        let bytes = std::fs::read(&source).map_err(|e| Error::io("cannot read", &source, e))?;
+        write_atomically(&dest.join(name), &bytes)?;
+        size_bytes += bytes.len() as u64;
+        files.push(name.to_string_lossy().into_owned());
+    }
+    size_bytes += std::fs::metadata(dest.join(RECIPE_FILE)).map(|m| m.len()).unwrap_or(0);
+    Ok(ExportSummary { folder: dest, size_bytes, files })
+}
+
+fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}

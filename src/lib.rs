@@ -1,0 +1,29 @@
+//! quantstudio: a quantization studio for safetensors models.
+//!
+//! Layers, from the bottom up (arrows point down only):
+//! - [`model`]: what a checkpoint is; safetensors files and Hugging Face folders, memory-mapped.
+//! - [`quant`]: precisions, schemes and their exact formulas, the fused analysis pass, error metrics, recipes.
+//! - [`stats`]: summary statistics and histograms.
+//! - [`export`]: the compressed-tensors folder a plan produces; temp file + rename.
+//! - [`report`]: the model-wide analysis the CLI prints and the window shows.
+//! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
+//! - [`cli`]: the headless commands over the same core.
+//!
+//! The core knows nothing of egui or threads beyond rayon's data parallelism; [`progress::Progress`] carries
+//! progress and cancellation in and out.
+
+#[cfg(feature = "gui")]
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod export;
+pub mod model;
+pub mod progress;
+pub mod quant;
+pub mod report;
+pub mod stats;
+
+pub use error::{Error, Result};
+pub use model::Model;
+pub use progress::Progress;

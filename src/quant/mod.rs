@@ -1,0 +1,116 @@
+//! The only code that quantizes: precisions and schemes, quantization parameters, the fused analysis pass, error
+//! metrics, and plans (recipes).
+//!
+//! The formulas are written down in `docs/QUANTIZATION.md`; [`params`] holds the scalar reference of each one and
+//! the tests hold the fast kernels to it.
+
+pub mod kernels;
+pub mod metrics;
+pub mod params;
+pub mod pass;
+pub mod plan;
+
+use std::fmt;
+
+pub use metrics::ErrorMetrics;
+pub use params::QParams;
+pub use pass::{TensorAnalysis, analyze_tensor};
+pub use plan::{Plan, Recipe};
+
+/// How the INT8 parameters are shared across a tensor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One scale (and zero point) for the whole tensor.
+    #[default]
+    PerTensor,
+    /// One per output channel (axis 0, conv kernels included). 1-D tensors fall back to per tensor.
+    PerChannel,
+}
+
+/// An INT8 scheme: symmetric or asymmetric, per tensor or per output channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Int8Scheme {
+    /// Symmetric (zero point 0, codes -127..=127) or asymmetric (zero point, codes -128..=127).
+    #[serde(default = "default_true")]
+    pub symmetric: bool,
+    /// Per tensor or per output channel.
+    #[serde(default)]
+    pub granularity: Granularity,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Int8Scheme {
+    fn default() -> Self {
+        Int8Scheme { symmetric: true, granularity: Granularity::PerChannel }
+    }
+}
+
+/// The precision planned for a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "precision", rename_all = "lowercase")]
+pub enum Precision {
+    /// 8-bit integer weights with a scale (and zero point).
+    Int8(Int8Scheme),
+    /// IEEE half precision.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// Kept as stored (no change; "FP32" in the window).
+    Fp32,
+}
+
+impl Precision {
+    /// Short label: `int8 sym per-channel`, `fp16`, …
+    pub fn label(self) -> String {
+        self.to_string()
+    }
+
+    /// Bytes per element of a tensor stored at this precision (`stored_bytes` for FP32, which keeps the dtype).
+    pub fn element_bytes(self, stored_bytes: usize) -> usize {
+        match self {
+            Precision::Int8(_) => 1,
+            Precision::Fp16 | Precision::Bf16 => 2,
+            Precision::Fp32 => stored_bytes,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Precision::Int8(s) => write!(
+                f,
+                "int8 {} {}",
+                if s.symmetric { "sym" } else { "asym" },
+                match s.granularity {
+                    Granularity::PerTensor => "per-tensor",
+                    Granularity::PerChannel => "per-channel",
+                }
+            ),
+            Precision::Fp16 => f.write_str("fp16"),
+            Precision::Bf16 => f.write_str("bf16"),
+            Precision::Fp32 => f.write_str("fp32"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_json_is_flat_and_tagged() {
+        let p = Precision::Int8(Int8Scheme { symmetric: false, granularity: Granularity::PerChannel });
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"precision":"int8","symmetric":false,"granularity":"per_channel"}"#);
+        assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
+        let short: Precision = serde_json::from_str(r#"{"precision":"int8"}"#).unwrap();
+        assert_eq!(short, Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerTensor }));
+        assert_eq!(serde_json::from_str::<Precision>(r#"{"precision":"bf16"}"#).unwrap(), Precision::Bf16);
+        assert_eq!(p.to_string(), "int8 asym per-channel");
+    }
+}

@@ -1,0 +1,304 @@
+//! The analysis of one tensor, streamed from the memory map in two parallel passes.
+//!
+//! Pass 1 (scan) finds the finite range, sum and non-finite counts of the tensor and of each output channel.
+//! From it come the statistics, the quantization parameters and the histogram ranges. Pass 2 (measure) rounds
+//! every value as planned and accumulates the error sums and both histograms. Work is split into blocks of rows
+//! fixed by the tensor's shape alone, and block results are combined in block order, so the figures do not depend
+//! on the number of threads or on scheduling.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::kernels::{self, BinMap, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
+use super::{ErrorMetrics, Granularity, Int8Scheme, Precision, QParams};
+use crate::error::{Error, Result};
+use crate::model::{DType, Model, TensorId};
+use crate::progress::Progress;
+use crate::stats::{self, Histogram, TensorStats};
+
+/// Target number of elements of one block of work.
+pub const BLOCK_ELEMS: usize = 1 << 16;
+
+/// A tensor's stored bytes, seen as `rows x cols` values (rows = output channels).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorData<'a> {
+    /// Element type (F32, F16, BF16 or F64).
+    pub dtype: DType,
+    /// The stored little-endian bytes.
+    pub bytes: &'a [u8],
+    /// Output channels (1 for 0-D and 1-D tensors).
+    pub rows: usize,
+    /// Elements per output channel.
+    pub cols: usize,
+}
+
+impl<'a> TensorData<'a> {
+    /// The data of a model tensor; `Unsupported` for non-float tensors.
+    pub fn of(model: &'a Model, id: TensorId) -> Result<TensorData<'a>> {
+        let info = model.tensor(id);
+        if !info.is_analysable() {
+            return Err(Error::Unsupported(format!(
+                "tensor {:?} is {}: only float tensors are analysed and quantized",
+                info.name, info.dtype
+            )));
+        }
+        let (rows, cols) = info.rows_cols();
+        Ok(TensorData { dtype: info.dtype, bytes: model.tensor_bytes(id), rows, cols })
+    }
+
+    /// A tensor held in memory as f32 (tests and tools).
+    pub fn from_f32(values: &'a [f32], rows: usize, cols: usize) -> TensorData<'a> {
+        TensorData { dtype: DType::F32, bytes: bytemuck::cast_slice(values), rows, cols }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements `range` as f32: borrowed when the data is aligned F32, else converted into `buf`.
+    /// F16 and BF16 widen exactly; F64 rounds to nearest f32 (the working precision of every formula).
+    pub fn values<'b>(&'b self, range: Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let size = self.dtype.size_bytes();
+        let raw = &self.bytes[range.start * size..range.end * size];
+        buf.clear();
+        match self.dtype {
+            DType::F32 => {
+                #[cfg(target_endian = "little")]
+                if let Ok(aligned) = bytemuck::try_cast_slice::<u8, f32>(raw) {
+                    return aligned;
+                }
+                buf.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+            DType::F16 => {
+                buf.extend(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+            }
+            DType::BF16 => {
+                buf.extend(
+                    raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+                );
+            }
+            DType::F64 => {
+                buf.extend(
+                    raw.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32),
+                );
+            }
+            _ => {}
+        }
+        buf
+    }
+
+    /// The blocks of work: flat element ranges that are whole rows, or pieces of one long row.
+    pub fn blocks(&self) -> Vec<Range<usize>> {
+        let (rows, cols) = (self.rows, self.cols);
+        if rows == 0 || cols == 0 {
+            return Vec::new();
+        }
+        if cols >= BLOCK_ELEMS {
+            (0..rows)
+                .flat_map(|r| {
+                    (0..cols).step_by(BLOCK_ELEMS).map(move |c| r * cols + c..r * cols + (c + BLOCK_ELEMS).min(cols))
+                })
+                .collect()
+        } else {
+            let rows_per_block = BLOCK_ELEMS / cols;
+            (0..rows).step_by(rows_per_block).map(|r| r * cols..(r + rows_per_block).min(rows) * cols).collect()
+        }
+    }
+
+    /// Calls `f(row, slice)` for each part of `block` that lies in one row.
+    fn for_each_row_slice(&self, block: &Range<usize>, values: &[f32], mut f: impl FnMut(usize, &[f32])) {
+        let mut at = block.start;
+        while at < block.end {
+            let row = at / self.cols;
+            let row_end = ((row + 1) * self.cols).min(block.end);
+            f(row, &values[at - block.start..row_end - block.start]);
+            at = row_end;
+        }
+    }
+}
+
+/// Result of pass 1: totals and the finite range of each row.
+#[derive(Clone, Debug)]
+pub struct Scan {
+    /// Totals over the tensor.
+    pub total: ScanAcc,
+    /// Smallest finite value per row (+inf for a row without one).
+    pub row_min: Vec<f32>,
+    /// Largest finite value per row (-inf for a row without one).
+    pub row_max: Vec<f32>,
+}
+
+impl Scan {
+    /// The summary statistics (the standard deviation needs pass 2 and is left at 0).
+    pub fn stats(&self) -> TensorStats {
+        let t = &self.total;
+        let count = t.finite + t.nan + t.inf;
+        if t.finite == 0 {
+            return TensorStats { count, nan_count: t.nan, inf_count: t.inf, ..TensorStats::default() };
+        }
+        TensorStats {
+            count,
+            finite_count: t.finite,
+            nan_count: t.nan,
+            inf_count: t.inf,
+            min: t.min,
+            max: t.max,
+            mean: kernels::lane_sum(&t.sum) / t.finite as f64,
+            std: 0.0,
+            absmax: t.min.abs().max(t.max.abs()),
+        }
+    }
+
+    /// The INT8 parameters of each quantization group: one for per tensor (or for a 0-D/1-D tensor), one per
+    /// row for per channel. Rows without finite values get the parameters of an all-zero group.
+    pub fn group_params(&self, scheme: Int8Scheme) -> Vec<QParams> {
+        let make = |min: f32, max: f32| {
+            let (min, max) = if min <= max { (min, max) } else { (0.0, 0.0) };
+            if scheme.symmetric { QParams::symmetric(min.abs().max(max.abs())) } else { QParams::asymmetric(min, max) }
+        };
+        match scheme.granularity {
+            Granularity::PerChannel if self.row_min.len() > 1 => {
+                self.row_min.iter().zip(&self.row_max).map(|(&lo, &hi)| make(lo, hi)).collect()
+            }
+            _ => vec![make(self.total.min, self.total.max)],
+        }
+    }
+}
+
+/// Pass 1 over a tensor, in parallel.
+pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
+    let blocks = data.blocks();
+    let partials: Vec<(ScanAcc, Vec<(usize, f32, f32)>)> = blocks
+        .par_iter()
+        .map_init(Vec::new, |buf, block| {
+            progress.check()?;
+            let values = data.values(block.clone(), buf);
+            let mut total = ScanAcc::default();
+            let mut rows = Vec::new();
+            data.for_each_row_slice(block, values, |row, slice| {
+                let mut acc = ScanAcc::default();
+                kernels::scan(slice, &mut acc);
+                total.merge(&acc);
+                rows.push((row, acc.min, acc.max));
+            });
+            progress.advance(block.len() as u64);
+            Ok((total, rows))
+        })
+        .collect::<Result<_>>()?;
+    let mut result = Scan {
+        total: ScanAcc::default(),
+        row_min: vec![f32::INFINITY; data.rows],
+        row_max: vec![f32::NEG_INFINITY; data.rows],
+    };
+    for (total, rows) in &partials {
+        result.total.merge(total);
+        for &(row, min, max) in rows {
+            result.row_min[row] = result.row_min[row].min(min);
+            result.row_max[row] = result.row_max[row].max(max);
+        }
+    }
+    Ok(result)
+}
+
+/// Everything known about one tensor under one precision.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TensorAnalysis {
+    /// Summary statistics of the values.
+    pub stats: TensorStats,
+    /// Histogram of the finite values.
+    pub value_histogram: Histogram,
+    /// The precision evaluated.
+    pub precision: Precision,
+    /// Error of that precision.
+    pub error: ErrorMetrics,
+    /// Histogram of the error `x - x_hat`, over `[-r, r]` with `r` the largest rounding error the precision can
+    /// make without saturating (see `docs/QUANTIZATION.md`).
+    pub error_histogram: Histogram,
+    /// INT8 parameters per group (one per output channel for per-channel), empty for other precisions.
+    pub group_params: Vec<QParams>,
+}
+
+/// Smallest half-width of the error histogram, so that its bin arithmetic stays finite in f32.
+const MIN_ERROR_RANGE: f64 = 1e-30;
+
+/// Runs both passes over a tensor of `model` and measures `precision`.
+pub fn analyze_tensor(
+    model: &Model,
+    id: TensorId,
+    precision: Precision,
+    progress: &Progress,
+) -> Result<TensorAnalysis> {
+    analyze(&TensorData::of(model, id)?, precision, progress)
+}
+
+/// Runs both passes over `data` and measures `precision`.
+pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> Result<TensorAnalysis> {
+    let scan = scan(data, progress)?;
+    let mut stats = scan.stats();
+    let group_params = match precision {
+        Precision::Int8(scheme) => scan.group_params(scheme),
+        _ => Vec::new(),
+    };
+    let roundings: Vec<Rounding> = match precision {
+        Precision::Int8(_) => group_params.iter().copied().map(Rounding::Int8).collect(),
+        Precision::Fp16 => vec![Rounding::Fp16],
+        Precision::Bf16 => vec![Rounding::Bf16],
+        Precision::Fp32 => vec![Rounding::Identity],
+    };
+    let absmax = stats.absmax as f64;
+    let error_range = match precision {
+        Precision::Int8(_) => group_params.iter().map(|p| p.scale as f64 / 2.0).fold(0.0, f64::max),
+        Precision::Fp16 => (absmax * 2f64.powi(-11)).max(2f64.powi(-25)),
+        Precision::Bf16 => absmax * 2f64.powi(-8),
+        Precision::Fp32 => 1.0,
+    }
+    .max(MIN_ERROR_RANGE);
+    let (value_lo, value_hi) = stats::value_range(stats.min, stats.max, stats.finite_count);
+    let spec_of = |row: usize| MeasureSpec {
+        rounding: roundings[if roundings.len() > 1 { row } else { 0 }],
+        mean: stats.mean as f32,
+        value_bins: BinMap::new(value_lo, value_hi),
+        error_bins: BinMap::new(-error_range, error_range),
+    };
+    let blocks = data.blocks();
+    let partials: Vec<MeasureAcc> = blocks
+        .par_iter()
+        .map_init(Vec::new, |buf, block| {
+            progress.check()?;
+            let values = data.values(block.clone(), buf);
+            let mut acc = MeasureAcc::default();
+            data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc));
+            progress.advance(block.len() as u64);
+            Ok(acc)
+        })
+        .collect::<Result<_>>()?;
+    let mut total = MeasureAcc::default();
+    let mut value_histogram = Histogram::empty(value_lo, value_hi);
+    let mut error_histogram = Histogram::empty(-error_range, error_range);
+    let (mut value_counts, mut error_counts) = ([0u64; kernels::HIST_BINS], [0u64; kernels::HIST_BINS]);
+    for partial in &partials {
+        partial.add_histograms_to(&mut value_counts, &mut error_counts);
+        total.merge_sums(partial);
+    }
+    value_histogram.counts = value_counts.to_vec();
+    error_histogram.counts = error_counts.to_vec();
+    if stats.finite_count > 0 {
+        stats.std = (kernels::lane_sum(&total.sum_sq_deviation) / stats.finite_count as f64).sqrt();
+    }
+    let mut error = ErrorMetrics::from_sums(
+        kernels::lane_sum(&total.sum_sq_signal),
+        kernels::lane_sum(&total.sum_sq_error),
+        total.max_abs_error as f64,
+        stats.finite_count,
+    );
+    error.saturated_count = total.saturated;
+    Ok(TensorAnalysis { stats, value_histogram, precision, error, error_histogram, group_params })
+}

@@ -1,0 +1,275 @@
+//! Recipes (what the user asks for, saved as versioned JSON) and plans (the precision of every layer of one
+//! model, resolved from a recipe).
+//!
+//! Resolution, for each layer: the recipe's `default`; then, when `keep_norms_and_vectors` is on, norms and
+//! layers whose tensors are all 0-D or 1-D stay FP32; then every rule whose glob matches the layer name, in
+//! order, the last match winning; then an entry of `layers` naming it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Granularity, Int8Scheme, Precision};
+use crate::error::{Error, Result};
+use crate::model::{LayerId, LayerKind, Model, TensorId};
+
+/// The `format` field of every recipe file.
+pub const RECIPE_FORMAT: &str = "quantstudio-recipe";
+/// The recipe version this build writes and reads.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// A precision for all layers whose name matches a glob (`*` any run, `?` one character, `[abc]` a class).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rule {
+    /// Glob over layer names.
+    pub pattern: String,
+    /// What matching layers get.
+    #[serde(flatten)]
+    pub precision: Precision,
+}
+
+/// What the user asks for, independent of any one model; saved and loaded as JSON.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Recipe {
+    /// Always [`RECIPE_FORMAT`].
+    #[serde(default = "recipe_format")]
+    pub format: String,
+    /// [`RECIPE_VERSION`] when written by this build.
+    pub version: u32,
+    /// Precision of the layers nothing else names.
+    #[serde(default = "fp32")]
+    pub default: Precision,
+    /// Keep norms and all-1-D layers in FP32 unless a rule or a layer entry names them.
+    #[serde(default = "yes")]
+    pub keep_norms_and_vectors: bool,
+    /// Glob rules applied in order; the last match wins.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Per-layer precisions, by exact layer name; they win over rules.
+    #[serde(default)]
+    pub layers: BTreeMap<String, Precision>,
+}
+
+fn recipe_format() -> String {
+    RECIPE_FORMAT.to_owned()
+}
+fn fp32() -> Precision {
+    Precision::Fp32
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe::uniform(Precision::Fp32)
+    }
+}
+
+impl Recipe {
+    /// Every layer at `precision`, norms and 1-D layers kept in FP32 (the CLI's `--precision` shortcut).
+    pub fn uniform(precision: Precision) -> Recipe {
+        Recipe {
+            format: RECIPE_FORMAT.to_owned(),
+            version: RECIPE_VERSION,
+            default: precision,
+            keep_norms_and_vectors: true,
+            rules: Vec::new(),
+            layers: BTreeMap::new(),
+        }
+    }
+
+    /// A starting point for `model`: INT8 symmetric per-channel everywhere it is sensible, every layer listed
+    /// explicitly so that it can be edited.
+    pub fn starting(model: &Model) -> Recipe {
+        let base =
+            Recipe::uniform(Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel }));
+        match base.resolve(model) {
+            Ok(plan) => plan.to_recipe(model),
+            Err(_) => base,
+        }
+    }
+
+    /// Parses recipe JSON; `origin` names the source in errors.
+    pub fn from_json(text: &str, origin: &Path) -> Result<Recipe> {
+        let bad = |reason: String| Error::BadRecipe { reason, path: origin.to_owned() };
+        let recipe: Recipe = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if recipe.format != RECIPE_FORMAT {
+            return Err(bad(format!("format is {:?}, expected {RECIPE_FORMAT:?}", recipe.format)));
+        }
+        if recipe.version == 0 || recipe.version > RECIPE_VERSION {
+            return Err(bad(format!(
+                "version {} is not supported (this build reads 1..={RECIPE_VERSION})",
+                recipe.version
+            )));
+        }
+        Ok(recipe)
+    }
+
+    /// Reads a recipe file.
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+        Recipe::from_json(&text, path)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Writes the recipe atomically (temp file + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::export::write_atomically(path, self.to_json().as_bytes())
+    }
+
+    /// Resolves the recipe against `model`. Fails when a `layers` entry names a layer the model lacks (all such
+    /// names are listed) or when a pattern is not a valid glob.
+    pub fn resolve(&self, model: &Model) -> Result<Plan> {
+        let unknown: Vec<String> =
+            self.layers.keys().filter(|name| model.layer_by_name(name).is_none()).cloned().collect();
+        if !unknown.is_empty() {
+            return Err(Error::RecipeUnknownLayers { names: unknown });
+        }
+        let patterns = self
+            .rules
+            .iter()
+            .map(|rule| {
+                glob::Pattern::new(&rule.pattern)
+                    .map_err(|e| Error::BadPattern { pattern: rule.pattern.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut rule_matches = vec![0usize; self.rules.len()];
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(index, layer)| {
+                let mut precision = self.default;
+                if self.keep_norms_and_vectors && is_norm_or_vector(model, LayerId(index)) {
+                    precision = Precision::Fp32;
+                }
+                for (i, (rule, pattern)) in self.rules.iter().zip(&patterns).enumerate() {
+                    if pattern.matches(&layer.name) {
+                        precision = rule.precision;
+                        rule_matches[i] += 1;
+                    }
+                }
+                self.layers.get(&layer.name).copied().unwrap_or(precision)
+            })
+            .collect();
+        let warnings = self
+            .rules
+            .iter()
+            .zip(rule_matches)
+            .filter(|(_, n)| *n == 0)
+            .map(|(rule, _)| format!("rule {:?} matches no layer", rule.pattern))
+            .collect();
+        Ok(Plan { layers, warnings })
+    }
+}
+
+fn is_norm_or_vector(model: &Model, id: LayerId) -> bool {
+    let layer = model.layer(id);
+    layer.kind == LayerKind::Norm || layer.tensors.iter().all(|t| model.tensor(*t).shape.len() <= 1)
+}
+
+/// The precision of every layer of one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Indexed by [`LayerId`].
+    pub layers: Vec<Precision>,
+    /// Rules that matched nothing, and the like.
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Every layer of `model` at `precision`, with no exceptions.
+    pub fn all(model: &Model, precision: Precision) -> Plan {
+        Plan { layers: vec![precision; model.layers.len()], warnings: Vec::new() }
+    }
+
+    /// The precision of a layer.
+    pub fn layer(&self, id: LayerId) -> Precision {
+        self.layers.get(id.0).copied().unwrap_or(Precision::Fp32)
+    }
+
+    /// The precision a tensor actually gets: non-float tensors are kept; in an INT8 layer, `*.bias` tensors stay
+    /// in float (INT8 biases are not part of the layout runtimes load); otherwise the layer's precision.
+    pub fn tensor(&self, model: &Model, id: TensorId) -> Precision {
+        let tensor = model.tensor(id);
+        if !tensor.is_analysable() {
+            return Precision::Fp32;
+        }
+        match self.layer(tensor.layer) {
+            Precision::Int8(_) if tensor.name.ends_with(".bias") => Precision::Fp32,
+            precision => precision,
+        }
+    }
+
+    /// Bytes the tensor takes once exported: codes plus f32 scales (plus I8 zero points when asymmetric) for
+    /// INT8, 2 bytes per element for FP16/BF16, as stored for FP32.
+    pub fn tensor_planned_bytes(&self, model: &Model, id: TensorId) -> u64 {
+        let tensor = model.tensor(id);
+        let numel = tensor.numel() as u64;
+        match self.tensor(model, id) {
+            Precision::Int8(scheme) => {
+                let groups = match scheme.granularity {
+                    Granularity::PerChannel => tensor.rows_cols().0 as u64,
+                    Granularity::PerTensor => 1,
+                };
+                numel + groups * 4 + if scheme.symmetric { 0 } else { groups }
+            }
+            Precision::Fp16 | Precision::Bf16 => numel * 2,
+            Precision::Fp32 => tensor.size_bytes(),
+        }
+    }
+
+    /// Total planned bytes.
+    pub fn planned_bytes(&self, model: &Model) -> u64 {
+        (0..model.tensors.len()).map(|i| self.tensor_planned_bytes(model, TensorId(i))).sum()
+    }
+
+    /// A recipe that reproduces this plan exactly: every layer listed, no rules, no defaults applied.
+    pub fn to_recipe(&self, model: &Model) -> Recipe {
+        let mut recipe = Recipe::uniform(Precision::Fp32);
+        recipe.keep_norms_and_vectors = false;
+        recipe.layers = model.layers.iter().zip(&self.layers).map(|(l, p)| (l.name.clone(), *p)).collect();
+        recipe
+    }
+}
+
+/// Where a recipe came from, for messages.
+pub fn recipe_origin(path: Option<&Path>) -> PathBuf {
+    path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<recipe>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_versioning() {
+        let mut recipe = Recipe::uniform(Precision::Int8(Int8Scheme::default()));
+        recipe.rules.push(Rule { pattern: "*norm*".into(), precision: Precision::Fp32 });
+        recipe.layers.insert("fc1".into(), Precision::Fp16);
+        let json = recipe.to_json();
+        assert!(json.contains("\"pattern\": \"*norm*\""), "{json}");
+        assert_eq!(Recipe::from_json(&json, Path::new("r.json")).unwrap(), recipe);
+        let future = json.replace("\"version\": 1", "\"version\": 99");
+        assert!(Recipe::from_json(&future, Path::new("r.json")).unwrap_err().to_string().contains("version 99"));
+        let wrong = json.replace(RECIPE_FORMAT, "something-else");
+        assert!(Recipe::from_json(&wrong, Path::new("r.json")).is_err());
+        assert!(Recipe::from_json("{", Path::new("r.json")).is_err());
+    }
+
+    #[test]
+    fn minimal_recipe_parses_with_defaults() {
+        let recipe = Recipe::from_json(
+            r#"{"version":1,"rules":[{"pattern":"*attention*","precision":"int8","granularity":"per_channel"}]}"#,
+            Path::new("r.json"),
+        )
+        .unwrap();
+        assert_eq!(recipe.default, Precision::Fp32);
+        assert!(recipe.keep_norms_and_vectors);
+        assert_eq!(recipe.rules[0].precision, Precision::Int8(Int8Scheme::default()));
+    }
+}
