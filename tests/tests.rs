@@ -1,1 +1,14 @@
+//! The one integration-test binary (one link instead of many on a 2-core CI machine).
 
+mod common;
+
+// Opening files and folders, and every kind of bad input.
+mod load;
+// Formulas, statistics, edge values and determinism of the analysis pass.
+mod quant;
+// Recipes: resolution order, defaults, errors.
+mod recipe;
+// Export: layout, bit-exact round trip, safety of the input model.
+mod export;
+// The headless CLI: JSON shape, exit codes, one-line errors.
+mod cli;

@@ -1,0 +1,79 @@
+use serde_json::Value;
+
+use crate::common::{self, run_cli};
+
+fn sample() -> String {
+    common::bundled_sample().display().to_string()
+}
+
+#[test]
+fn inspect_json_lists_every_tensor_with_stats() {
+    let (code, stdout, stderr) = run_cli(&["inspect", &sample(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    let tensors = doc["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 13);
+    for t in tensors {
+        assert!(t["name"].is_string() && t["dtype"].is_string() && t["shape"].is_array(), "{t}");
+        assert!(t["size_bytes"].is_u64());
+    }
+    let ids = tensors.iter().find(|t| t["name"] == "model.position_ids").unwrap();
+    assert_eq!(ids["dtype"], "I64");
+    assert_eq!(ids["analysed"], false);
+    let q = tensors.iter().find(|t| t["name"] == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    assert!(q["stats"]["std"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn quantize_json_has_error_figures_and_sizes() {
+    let (code, stdout, stderr) = run_cli(&["quantize", &sample(), "--precision", "int8", "--per-channel", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(doc["planned_bytes"].as_u64().unwrap() < doc["size_bytes"].as_u64().unwrap() / 3);
+    let tensors = doc["tensors"].as_array().unwrap();
+    let q = tensors.iter().find(|t| t["name"] == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    assert_eq!(q["precision"], "int8");
+    assert_eq!(q["granularity"], "per_channel");
+    for key in ["mse", "max_abs_error", "sqnr_db"] {
+        assert!(q[key].as_f64().is_some_and(f64::is_finite), "{key}: {q}");
+    }
+    let norm = tensors.iter().find(|t| t["name"] == "model.norm.weight").unwrap();
+    assert_eq!(norm["precision"], "fp32");
+    assert!(norm["sqnr_db"].is_null(), "lossless is null, never inf");
+    assert_eq!(norm["lossless"], true);
+}
+
+#[test]
+fn quantize_exports_with_dash_o_and_recipe_round_trips() {
+    let dir = common::temp_dir();
+    let (code, recipe, stderr) = run_cli(&["recipe", &sample()]);
+    assert_eq!(code, 0, "{stderr}");
+    let recipe_path = dir.path().join("r.json");
+    std::fs::write(&recipe_path, recipe).unwrap();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) =
+        run_cli(&["quantize", &sample(), "--recipe", recipe_path.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("exported to"), "{stdout}");
+    assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line_naming_the_file() {
+    let dir = common::temp_dir();
+    let bad = dir.path().join("broken.safetensors");
+    std::fs::write(&bad, b"\x05\x00\x00").unwrap();
+    for args in [vec!["inspect", bad.to_str().unwrap()], vec!["quantize", bad.to_str().unwrap(), "--precision", "fp16"]]
+    {
+        let (code, stdout, stderr) = run_cli(&args);
+        assert_eq!(code, 2);
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("broken.safetensors") && stderr.contains("too short"), "{stderr}");
+    }
+    let recipe = dir.path().join("r.json");
+    std::fs::write(&recipe, r#"{"version":1,"layers":{"no.such.layer":{"precision":"fp16"}}}"#).unwrap();
+    let (code, _, stderr) = run_cli(&["quantize", &sample(), "--recipe", recipe.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no.such.layer"), "{stderr}");
+}
