@@ -175,6 +175,9 @@ fn execute(command: Command) -> Result<()> {
                     println!("warning: {warning}");
                 }
                 if let Some(export) = &export {
+                    for warning in &export.warnings {
+                        println!("warning: {warning}");
+                    }
                     println!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
                 }
             }

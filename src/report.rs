@@ -82,10 +82,11 @@ pub fn analyze_model(model: &Model, plan: &Plan, progress: &Progress) -> Result<
             dtype: info.dtype,
             shape: info.shape.clone(),
             size_bytes: info.size_bytes(),
-            planned_bytes: plan.tensor_planned_bytes(model, id),
+            planned_bytes: crate::export::planned_bytes(model, plan, id),
             precision,
             analysis,
         });
     }
-    Ok(ModelReport { tensors, size_bytes: model.size_bytes(), planned_bytes: plan.planned_bytes(model) })
+    let planned_bytes = tensors.iter().map(|t| t.planned_bytes).sum();
+    Ok(ModelReport { tensors, size_bytes: model.size_bytes(), planned_bytes })
 }

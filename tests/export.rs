@@ -41,26 +41,39 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
         let name = "model.layers.0.self_attn.q_proj.weight";
         let id = source.tensor_by_name(name).unwrap();
         let analysis = analyze_tensor(&source, id, precision, &Progress::new()).unwrap();
-        let codes = int8s(&exported, name);
-        let scales = floats(&exported, &format!("{name}_scale"));
-        let zero_points = if precision.to_string().contains("asym") {
-            int8s(&exported, &format!("{name}_zero_point"))
+        let symmetric = !precision.to_string().contains("asym");
+        let (codes, scale_name) = if symmetric {
+            // pack-quantized: codes packed four to an I32 word, one scale per row, the shape beside them.
+            let packed = exported.tensor_by_name(&format!("{name}_packed")).expect("packed weight");
+            assert_eq!(exported.tensor(packed).dtype, DType::I32);
+            assert_eq!(exported.tensor(packed).shape, [64, 16]);
+            assert!(exported.tensor_by_name(name).is_none());
+            let shape = exported.tensor_bytes(exported.tensor_by_name(&format!("{name}_shape")).unwrap());
+            assert_eq!(shape, [64i64, 64].iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
+            (export::unpack_int8_rows(exported.tensor_bytes(packed), 64, 64), format!("{name}_scale"))
         } else {
+            (int8s(&exported, name), format!("{name}_scale"))
+        };
+        let scales = floats(&exported, &scale_name);
+        let zero_points = if symmetric {
             assert!(exported.tensor_by_name(&format!("{name}_zero_point")).is_none());
             vec![0; scales.len()]
+        } else {
+            int8s(&exported, &format!("{name}_zero_point"))
         };
-        assert_eq!(scales.len(), analysis.group_params.len());
-        let scale_shape = &exported.tensor(exported.tensor_by_name(&format!("{name}_scale")).unwrap()).shape;
-        assert_eq!(scale_shape, &if scales.len() > 1 { vec![64, 1] } else { vec![1] });
+        let per_row = precision.to_string().contains("per-channel");
+        let scale_shape = &exported.tensor(exported.tensor_by_name(&scale_name).unwrap()).shape;
+        assert_eq!(scale_shape, &if per_row || symmetric { vec![64, 1] } else { vec![1] });
         let original = floats(&source, name);
         let cols = 64;
         for (i, (&q, &x)) in codes.iter().zip(&original).enumerate() {
-            let g = if scales.len() > 1 { i / cols } else { 0 };
+            let g = if per_row { i / cols } else { 0 };
             let p = analysis.group_params[g];
-            assert_eq!(scales[g].to_bits(), p.scale.to_bits());
-            assert_eq!(zero_points[g] as i32, p.zero_point);
+            let stored = if scales.len() > 1 { i / cols } else { 0 };
+            assert_eq!(scales[stored].to_bits(), p.scale.to_bits());
+            assert_eq!(zero_points[stored] as i32, p.zero_point);
             assert_eq!(q, p.quantize(x), "{precision}: code {i}");
-            let from_file = (q as i32 - zero_points[g] as i32) as f32 * scales[g];
+            let from_file = (q as i32 - zero_points[stored] as i32) as f32 * scales[stored];
             assert_eq!(from_file.to_bits(), p.dequantize(p.quantize(x)).to_bits());
         }
         // Kept tensors are byte-identical; integer tensors too.
@@ -77,7 +90,19 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
         assert_eq!(config["model_type"], "tiny-demo", "the original config is kept");
-        assert_eq!(config["quantization_config"]["quant_method"], "compressed-tensors");
+        let quantization = &config["quantization_config"];
+        assert_eq!(quantization["quant_method"], "compressed-tensors");
+        assert_eq!(quantization["quantization_status"], "compressed");
+        let expected_format = if symmetric { "pack-quantized" } else { "naive-quantized" };
+        let groups = quantization["config_groups"].as_object().unwrap();
+        let group = groups.values().find(|g| g["targets"].as_array().unwrap().iter().any(|t| t == "lm_head")).unwrap();
+        assert_eq!(group["format"], expected_format);
+        assert_eq!(group["weights"]["num_bits"], 8);
+        assert_eq!(group["weights"]["symmetric"], symmetric);
+        let ignore: Vec<&str> =
+            quantization["ignore"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(ignore.is_empty(), "nothing 2-D stays float under a uniform INT8 plan: {ignore:?}");
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
     }
 }
 
@@ -104,7 +129,32 @@ fn half_precision_exports_cast_with_the_documented_rounding() {
         let stored: Vec<u32> = floats(&exported, name).iter().map(|v| v.to_bits()).collect();
         assert_eq!(stored, rounded);
         assert_eq!(exported.tensor(exported.tensor_by_name("model.position_ids").unwrap()).dtype, DType::I64);
+        let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        assert!(!config.contains("quantization_config"), "a float-only export is a plain checkpoint");
     }
+}
+
+#[test]
+fn mixed_plans_list_float_layers_in_ignore_and_warn_about_split_fusions() {
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    let mut recipe = Recipe::uniform(scheme(true, Granularity::PerChannel));
+    recipe.layers.insert("model.layers.0.self_attn.k_proj".into(), Precision::Fp16);
+    recipe.layers.insert("model.embed_tokens".into(), scheme(false, Granularity::PerTensor));
+    recipe.layers.insert("lm_head".into(), Precision::Fp32);
+    let plan = recipe.resolve(&source).unwrap();
+    let dir = common::temp_dir();
+    let summary = export::export(&source, &plan, dir.path(), &Progress::new()).unwrap();
+    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+    assert!(summary.warnings[0].contains("k_proj"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    let quantization = &config["quantization_config"];
+    assert_eq!(quantization["format"], "mixed-precision");
+    assert_eq!(quantization["ignore"], serde_json::json!(["lm_head", "model.layers.0.self_attn.k_proj"]));
+    let exported = Model::open(dir.path()).unwrap();
+    let bytes: u64 = exported.tensors.iter().map(|t| t.size_bytes()).sum();
+    let planned: u64 = (0..source.tensors.len()).map(|i| export::planned_bytes(&source, &plan, TensorId(i))).sum();
+    assert_eq!(bytes, planned, "the planned size is the exported size");
 }
 
 #[test]
@@ -133,5 +183,4 @@ fn cancelled_export_leaves_no_partial_file() {
     assert!(matches!(result, Err(Error::Cancelled)));
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "files left after cancel: {left:?}");
-    let _ = TensorId(0);
 }

@@ -1,10 +1,13 @@
 //! Export of a planned model as a folder in the compressed-tensors layout (the one llm-compressor writes and
 //! vLLM and transformers load), with the recipe that reproduces it. See `docs/EXPORT.md`.
 //!
-//! Per tensor, by its planned precision:
-//! - INT8: `<name>` as I8 codes in the original shape, `<name>_scale` (F32, `[1]` per tensor or `[out, 1]` per
-//!   channel) and, when asymmetric, `<name>_zero_point` (I8, same shape as the scale). `x.weight` thus gives
-//!   `x.weight`, `x.weight_scale`, `x.weight_zero_point`, the names compressed-tensors uses.
+//! Per tensor, by its planned precision and shape ([`Layout`]):
+//! - INT8 symmetric, 2-D `*.weight`: `pack-quantized` (what vLLM loads for weight-only INT8): `x.weight_packed`
+//!   (I32 `[out, ceil(in/4)]`, four codes per word as `q + 128`, little-endian), `x.weight_scale` (F32
+//!   `[out, 1]`; a per-tensor scale is repeated per row, which changes no value) and `x.weight_shape` (I64 `[2]`).
+//! - any other INT8 tensor (asymmetric, conv kernels, 1-D…): `naive-quantized`: `<name>` as I8 codes in the
+//!   original shape, `<name>_scale` (F32, `[1]` per tensor or `[out, 1]` per channel) and, when asymmetric,
+//!   `<name>_zero_point` (I8, the scale's shape).
 //! - FP16 / BF16: cast, round to nearest even with saturation (the formulas of `docs/QUANTIZATION.md`).
 //! - everything else: bytes copied unchanged, integer tensors included.
 //!
@@ -22,7 +25,7 @@ pub use config::quantization_config;
 pub use writer::{PlannedTensor, TensorFileWriter, write_atomically};
 
 use crate::error::{Error, Result};
-use crate::model::{DType, Model, TensorId};
+use crate::model::{DType, LayerId, Model, TensorId};
 use crate::progress::Progress;
 use crate::quant::kernels;
 use crate::quant::params::{to_bf16, to_fp16};
@@ -45,6 +48,8 @@ pub struct ExportSummary {
     pub size_bytes: u64,
     /// Names of the files written, in order.
     pub files: Vec<String>,
+    /// What a runtime may refuse in this export (see `docs/EXPORT.md`).
+    pub warnings: Vec<String>,
 }
 
 /// INT8 codes of one tensor with their parameters.
@@ -106,45 +111,112 @@ pub fn param_name(tensor: &str, suffix: &str) -> String {
     format!("{tensor}_{suffix}")
 }
 
-/// Shape of the scale / zero point of a tensor: `[1]` per tensor, `[out, 1]` per channel.
+/// How one tensor is stored in the export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// INT8 symmetric 2-D weight, packed four codes per I32 (`pack-quantized`), one scale per row.
+    Packed,
+    /// INT8 codes as I8 in the original shape (`naive-quantized`), with `groups` scales (and zero points).
+    Naive {
+        /// Scales (and zero points) stored: 1 per tensor, rows per channel.
+        groups: usize,
+        /// Whether zero points are omitted.
+        symmetric: bool,
+    },
+    /// Cast to F16 or BF16.
+    Cast(DType),
+    /// Bytes copied unchanged.
+    Kept,
+}
+
+/// The layout of tensor `id` under `plan`.
+pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
+    let info = model.tensor(id);
+    match plan.tensor(model, id) {
+        Precision::Int8(scheme) if scheme.symmetric && info.shape.len() == 2 && info.name.ends_with(".weight") => {
+            Layout::Packed
+        }
+        Precision::Int8(scheme) => {
+            let groups = match scheme.granularity {
+                Granularity::PerChannel if info.shape.len() >= 2 => info.rows_cols().0,
+                _ => 1,
+            };
+            Layout::Naive { groups, symmetric: scheme.symmetric }
+        }
+        Precision::Fp16 => Layout::Cast(DType::F16),
+        Precision::Bf16 => Layout::Cast(DType::BF16),
+        Precision::Fp32 => Layout::Kept,
+    }
+}
+
+/// Shape of the scale / zero point of `groups` groups: `[1]` per tensor, `[groups, 1]` per channel.
 fn param_shape(groups: usize) -> Vec<usize> {
     if groups > 1 { vec![groups, 1] } else { vec![1] }
 }
 
-/// Groups an INT8 tensor is quantized in under `scheme`.
-fn group_count(model: &Model, id: TensorId, scheme: Int8Scheme) -> usize {
-    let (rows, _) = model.tensor(id).rows_cols();
-    match scheme.granularity {
-        Granularity::PerChannel if model.tensor(id).shape.len() >= 2 => rows,
-        _ => 1,
+/// The tensors written for one model tensor under a layout, in write order.
+pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout) -> Vec<PlannedTensor> {
+    let planned = |name: String, dtype, shape| PlannedTensor { name, dtype, shape };
+    match layout {
+        Layout::Packed => {
+            let (rows, cols) = (shape[0], shape[1]);
+            vec![
+                planned(param_name(name, "packed"), DType::I32, vec![rows, cols.div_ceil(4)]),
+                planned(param_name(name, "scale"), DType::F32, vec![rows, 1]),
+                planned(param_name(name, "shape"), DType::I64, vec![2]),
+            ]
+        }
+        Layout::Naive { groups, symmetric } => {
+            let mut outputs = vec![
+                planned(name.to_owned(), DType::I8, shape.to_vec()),
+                planned(param_name(name, "scale"), DType::F32, param_shape(groups)),
+            ];
+            if !symmetric {
+                outputs.push(planned(param_name(name, "zero_point"), DType::I8, param_shape(groups)));
+            }
+            outputs
+        }
+        Layout::Cast(to) => vec![planned(name.to_owned(), to, shape.to_vec())],
+        Layout::Kept => vec![planned(name.to_owned(), dtype, shape.to_vec())],
     }
 }
 
-/// The tensors of the exported file, in write order, each with the model tensor and precision it comes from.
-fn planned_tensors(model: &Model, plan: &Plan) -> Vec<(TensorId, Precision, Vec<PlannedTensor>)> {
+/// Bytes tensor `id` takes in the export under `plan` (all the tensors its layout writes).
+pub fn planned_bytes(model: &Model, plan: &Plan, id: TensorId) -> u64 {
+    let info = model.tensor(id);
+    layout_outputs(&info.name, info.dtype, &info.shape, layout(model, plan, id))
+        .iter()
+        .map(|t| t.size_bytes() as u64)
+        .sum()
+}
+
+/// Packs INT8 codes of a `rows x cols` matrix as `pack-quantized` does: each code stored as the byte `q + 128`,
+/// four per little-endian I32 word along a row, the last word of a row padded with zero bytes.
+pub fn pack_int8_rows(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+    let words_per_row = cols.div_ceil(4);
+    let mut bytes = vec![0u8; rows * words_per_row * 4];
+    for (row, out) in codes.chunks_exact(cols.max(1)).zip(bytes.chunks_exact_mut((words_per_row * 4).max(1))) {
+        for (o, &q) in out.iter_mut().zip(row) {
+            *o = (q as u8) ^ 0x80;
+        }
+    }
+    bytes
+}
+
+/// Inverse of [`pack_int8_rows`].
+pub fn unpack_int8_rows(bytes: &[u8], rows: usize, cols: usize) -> Vec<i8> {
+    let row_bytes = cols.div_ceil(4) * 4;
+    (0..rows).flat_map(|r| bytes[r * row_bytes..r * row_bytes + cols].iter().map(|&b| (b ^ 0x80) as i8)).collect()
+}
+
+/// The tensors of the exported file, in write order, each with the model tensor and layout it comes from.
+fn planned_tensors(model: &Model, plan: &Plan) -> Vec<(TensorId, Layout, Vec<PlannedTensor>)> {
     (0..model.tensors.len())
         .map(|index| {
             let id = TensorId(index);
             let info = model.tensor(id);
-            let precision = plan.tensor(model, id);
-            let planned = |name: String, dtype, shape| PlannedTensor { name, dtype, shape };
-            let outputs = match precision {
-                Precision::Int8(scheme) => {
-                    let groups = group_count(model, id, scheme);
-                    let mut outputs = vec![
-                        planned(info.name.clone(), DType::I8, info.shape.clone()),
-                        planned(param_name(&info.name, "scale"), DType::F32, param_shape(groups)),
-                    ];
-                    if !scheme.symmetric {
-                        outputs.push(planned(param_name(&info.name, "zero_point"), DType::I8, param_shape(groups)));
-                    }
-                    outputs
-                }
-                Precision::Fp16 => vec![planned(info.name.clone(), DType::F16, info.shape.clone())],
-                Precision::Bf16 => vec![planned(info.name.clone(), DType::BF16, info.shape.clone())],
-                Precision::Fp32 => vec![planned(info.name.clone(), info.dtype, info.shape.clone())],
-            };
-            (id, precision, outputs)
+            let layout = layout(model, plan, id);
+            (id, layout, layout_outputs(&info.name, info.dtype, &info.shape, layout))
         })
         .collect()
 }
@@ -206,28 +278,43 @@ pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> R
     metadata.insert(RECIPE_METADATA_KEY.to_owned(), recipe_json.clone());
     let all_outputs: Vec<PlannedTensor> = planned.iter().flat_map(|(_, _, o)| o.iter().cloned()).collect();
     let mut writer = TensorFileWriter::create(&dest.join(WEIGHTS_FILE), all_outputs, &metadata)?;
-    for (id, precision, outputs) in &planned {
+    for (id, layout, outputs) in &planned {
         progress.check()?;
         let info = model.tensor(*id);
-        match precision {
-            Precision::Int8(scheme) => {
+        match *layout {
+            Layout::Packed | Layout::Naive { .. } => {
+                let Precision::Int8(scheme) = plan.tensor(model, *id) else {
+                    return Err(Error::Unsupported(format!(
+                        "tensor {:?} has an INT8 layout but no INT8 plan",
+                        info.name
+                    )));
+                };
                 let data = TensorData::of(model, *id)?;
-                let quantized = quantize_tensor(&data, *scheme, &Progress::new())?;
-                writer.write_tensor(&outputs[0].name, bytemuck::cast_slice(&quantized.codes))?;
-                let scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
-                writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
-                if !scheme.symmetric {
-                    let zero_points: Vec<u8> = quantized.params.iter().map(|p| p.zero_point as i8 as u8).collect();
-                    writer.write_tensor(&outputs[2].name, &zero_points)?;
+                let quantized = quantize_tensor(&data, scheme, &Progress::new())?;
+                let mut scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
+                if *layout == Layout::Packed {
+                    let (rows, cols) = (info.shape[0], info.shape[1]);
+                    scales.resize(rows, scales[0]);
+                    writer.write_tensor(&outputs[0].name, &pack_int8_rows(&quantized.codes, rows, cols))?;
+                    writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
+                    let shape: Vec<u8> = [rows as i64, cols as i64].iter().flat_map(|d| d.to_le_bytes()).collect();
+                    writer.write_tensor(&outputs[2].name, &shape)?;
+                } else {
+                    writer.write_tensor(&outputs[0].name, bytemuck::cast_slice(&quantized.codes))?;
+                    writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
+                    if !scheme.symmetric {
+                        let zero_points: Vec<u8> = quantized.params.iter().map(|p| p.zero_point as i8 as u8).collect();
+                        writer.write_tensor(&outputs[2].name, &zero_points)?;
+                    }
                 }
             }
-            Precision::Fp16 | Precision::Bf16 => {
+            Layout::Cast(to) => {
                 let data = TensorData::of(model, *id)?;
                 let mut buf = Vec::new();
                 for block in data.blocks() {
                     progress.check()?;
                     let values = data.values(block, &mut buf);
-                    let bytes: Vec<u8> = if *precision == Precision::Fp16 {
+                    let bytes: Vec<u8> = if to == DType::F16 {
                         values.iter().flat_map(|&x| to_fp16(x).to_le_bytes()).collect()
                     } else {
                         values.iter().flat_map(|&x| to_bf16(x).to_le_bytes()).collect()
@@ -235,7 +322,7 @@ pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> R
                     writer.write_tensor(&info.name, &bytes)?;
                 }
             }
-            Precision::Fp32 => {
+            Layout::Kept => {
                 for chunk in model.tensor_bytes(*id).chunks(1 << 24) {
                     writer.write_tensor(&info.name, chunk)?;
                 }
@@ -247,7 +334,11 @@ pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> R
     let mut files = vec![WEIGHTS_FILE.to_owned()];
 
     let mut config = model.config.clone().unwrap_or_default();
-    config.insert("quantization_config".into(), quantization_config(model, plan));
+    config.remove("quantization_config");
+    let warnings = vllm_fusion_warnings(model, plan);
+    if let Some(quantization) = quantization_config(model, plan) {
+        config.insert("quantization_config".into(), quantization);
+    }
     let config_text = serde_json::to_string_pretty(&serde_json::Value::Object(config)).unwrap_or_default() + "\n";
     write_atomically(&dest.join("config.json"), config_text.as_bytes())?;
     write_atomically(&dest.join(RECIPE_FILE), (recipe_json + "\n").as_bytes())?;
@@ -262,7 +353,34 @@ pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> R
         files.push(name.to_string_lossy().into_owned());
     }
     size_bytes += std::fs::metadata(dest.join(RECIPE_FILE)).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportSummary { folder: dest, size_bytes, files })
+    Ok(ExportSummary { folder: dest, size_bytes, files, warnings })
+}
+
+/// vLLM fuses `q/k/v_proj` and `gate/up_proj` of one block and needs one layout for all of them.
+fn vllm_fusion_warnings(model: &Model, plan: &Plan) -> Vec<String> {
+    let mut families: BTreeMap<String, Vec<(String, Layout)>> = BTreeMap::new();
+    for (index, layer) in model.layers.iter().enumerate() {
+        let Some((prefix, last)) = layer.name.rsplit_once('.') else { continue };
+        let family = match last {
+            "q_proj" | "k_proj" | "v_proj" => "qkv",
+            "gate_proj" | "up_proj" => "gate_up",
+            _ => continue,
+        };
+        let Some(main) = model.main_tensor(LayerId(index)) else { continue };
+        let kind = match layout(model, plan, main) {
+            Layout::Cast(_) | Layout::Kept => Layout::Kept,
+            other => other,
+        };
+        families.entry(format!("{prefix}.{family}")).or_default().push((layer.name.clone(), kind));
+    }
+    families
+        .into_iter()
+        .filter(|(_, members)| members.windows(2).any(|w| w[0].1 != w[1].1))
+        .map(|(family, members)| {
+            let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+            format!("vLLM fuses {family} and needs one scheme for {}; it will refuse this export", names.join(", "))
+        })
+        .collect()
 }
 
 fn f32_le_bytes(values: &[f32]) -> Vec<u8> {

@@ -192,40 +192,18 @@ impl Plan {
         self.layers.get(id.0).copied().unwrap_or(Precision::Fp32)
     }
 
-    /// The precision a tensor actually gets: non-float tensors are kept; in an INT8 layer, `*.bias` tensors stay
-    /// in float (INT8 biases are not part of the layout runtimes load); otherwise the layer's precision.
+    /// The precision a tensor actually gets: non-float tensors are kept; in an INT8 layer only the main tensor
+    /// (its `.weight`) is quantized and the others (biases…) stay in float, as in the compressed-tensors layout;
+    /// FP16/BF16 apply to every float tensor of the layer.
     pub fn tensor(&self, model: &Model, id: TensorId) -> Precision {
         let tensor = model.tensor(id);
         if !tensor.is_analysable() {
             return Precision::Fp32;
         }
         match self.layer(tensor.layer) {
-            Precision::Int8(_) if tensor.name.ends_with(".bias") => Precision::Fp32,
+            Precision::Int8(_) if model.main_tensor(tensor.layer) != Some(id) => Precision::Fp32,
             precision => precision,
         }
-    }
-
-    /// Bytes the tensor takes once exported: codes plus f32 scales (plus I8 zero points when asymmetric) for
-    /// INT8, 2 bytes per element for FP16/BF16, as stored for FP32.
-    pub fn tensor_planned_bytes(&self, model: &Model, id: TensorId) -> u64 {
-        let tensor = model.tensor(id);
-        let numel = tensor.numel() as u64;
-        match self.tensor(model, id) {
-            Precision::Int8(scheme) => {
-                let groups = match scheme.granularity {
-                    Granularity::PerChannel => tensor.rows_cols().0 as u64,
-                    Granularity::PerTensor => 1,
-                };
-                numel + groups * 4 + if scheme.symmetric { 0 } else { groups }
-            }
-            Precision::Fp16 | Precision::Bf16 => numel * 2,
-            Precision::Fp32 => tensor.size_bytes(),
-        }
-    }
-
-    /// Total planned bytes.
-    pub fn planned_bytes(&self, model: &Model) -> u64 {
-        (0..model.tensors.len()).map(|i| self.tensor_planned_bytes(model, TensorId(i))).sum()
     }
 
     /// A recipe that reproduces this plan exactly: every layer listed, no rules, no defaults applied.
