@@ -166,6 +166,8 @@ impl MeasureAcc {
 pub struct MeasureSpec {
     /// How values are rounded.
     pub rounding: Rounding,
+    /// Whether the tensor is known to hold no NaN or ±inf (lets the fast path skip the finite mask).
+    pub all_finite: bool,
     /// Bins of the value histogram.
     pub value_bins: BinMap,
     /// Bins of the error histogram.
@@ -411,104 +413,149 @@ mod avx2 {
         lanes.iter().map(|&c| c as u64).sum()
     }
 
-    /// The rounding of [`round_trip`], 8 lanes at a time. Returns `x_hat` and the saturated lanes.
+    /// Rounding kinds of the monomorphic measure loops.
+    const INT8_SYM: u8 = 0;
+    const INT8_ASYM: u8 = 1;
+    const FP16: u8 = 2;
+    const BF16: u8 = 3;
+    const IDENTITY: u8 = 4;
+
+    /// Constants of one rounding, broadcast once per slice.
+    struct RoundConsts {
+        scale: __m256,
+        zero_point: __m256,
+        qmin: __m256,
+        qmax: __m256,
+    }
+
+    /// The rounding of [`round_trip`], 8 lanes at a time. Returns `x_hat` and the saturated lanes (finite
+    /// lanes only matter). For the symmetric INT8 kind the zero point is 0 and its add/subtract are skipped:
+    /// that can only flip the sign of a zero `x_hat`, which changes neither the error nor a code.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn round_trip8(v: __m256, rounding: &Rounding) -> (__m256, __m256) {
-        match rounding {
-            Rounding::Int8(p) => {
-                let scale = _mm256_set1_ps(p.scale);
-                let zp = _mm256_set1_ps(p.zero_point as f32);
-                let qmin = _mm256_set1_ps(p.qmin as f32);
-                let qmax = _mm256_set1_ps(p.qmax as f32);
-                let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
-                let saturated =
-                    _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(q, qmin), _mm256_cmp_ps::<_CMP_GT_OQ>(q, qmax));
-                let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
-                (_mm256_mul_ps(_mm256_sub_ps(q, zp), scale), saturated)
+    #[inline]
+    fn round_trip8<const KIND: u8>(v: __m256, c: &RoundConsts) -> (__m256, __m256) {
+        match KIND {
+            INT8_SYM | INT8_ASYM => {
+                let mut q = _mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, c.scale));
+                if KIND == INT8_ASYM {
+                    q = _mm256_add_ps(q, c.zero_point);
+                }
+                let clamped = _mm256_min_ps(_mm256_max_ps(q, c.qmin), c.qmax);
+                let saturated = _mm256_cmp_ps::<_CMP_NEQ_OQ>(q, clamped);
+                let q = if KIND == INT8_ASYM { _mm256_sub_ps(clamped, c.zero_point) } else { clamped };
+                (_mm256_mul_ps(q, c.scale), saturated)
             }
-            Rounding::Fp16 => {
+            FP16 => {
                 let limit = _mm256_set1_ps(FP16_MAX);
                 let clamped = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-FP16_MAX)), limit);
                 let half = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(clamped);
-                (_mm256_cvtph_ps(half), _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_and_ps(v, abs_mask()), limit))
+                (_mm256_cvtph_ps(half), _mm256_cmp_ps::<_CMP_NEQ_OQ>(v, clamped))
             }
-            Rounding::Bf16 => {
+            BF16 => {
                 let limit = _mm256_set1_ps(BF16_MAX);
                 let clamped = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-BF16_MAX)), limit);
                 let bits = _mm256_castps_si256(clamped);
                 let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
                 let bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF));
                 let rounded = _mm256_and_si256(_mm256_add_epi32(bits, bias), _mm256_set1_epi32(0xFFFF_0000u32 as i32));
-                (_mm256_castsi256_ps(rounded), _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_and_ps(v, abs_mask()), limit))
+                (_mm256_castsi256_ps(rounded), _mm256_cmp_ps::<_CMP_NEQ_OQ>(v, clamped))
             }
-            Rounding::Identity => (v, _mm256_setzero_ps()),
+            _ => (v, _mm256_setzero_ps()),
         }
     }
 
-    /// Histogram bins of 8 values as [`BinMap::bin`]; 0 where not finite.
+    /// Histogram bins of 8 values as [`BinMap::bin`] (non-finite lanes are masked to bin 0 by the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn bins8(v: __m256, lo: __m256, bins_per_unit: __m256, finite: __m256) -> __m256i {
+    #[inline]
+    fn bins8(v: __m256, lo: __m256, bins_per_unit: __m256) -> __m256i {
         let t = _mm256_mul_ps(_mm256_sub_ps(v, lo), bins_per_unit);
         // max(t, 0) maps NaN to 0 (maxps returns its second operand when either is NaN).
         let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps((HIST_BINS - 1) as f32));
-        _mm256_and_si256(_mm256_cvttps_epi32(t), _mm256_castps_si256(finite))
+        _mm256_cvttps_epi32(t)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn measure(x: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
-        // One monomorphic loop per rounding keeps the match out of the loop.
+        // One monomorphic loop per rounding (and per finiteness) keeps every branch out of the loop.
+        macro_rules! dispatch {
+            ($kind:expr) => {
+                if spec.all_finite {
+                    unsafe { measure_loop::<{ $kind }, true>(x, spec, acc) }
+                } else {
+                    unsafe { measure_loop::<{ $kind }, false>(x, spec, acc) }
+                }
+            };
+        }
         match spec.rounding {
-            Rounding::Int8(_) => unsafe { measure_loop::<0>(x, spec, acc) },
-            Rounding::Fp16 => unsafe { measure_loop::<1>(x, spec, acc) },
-            Rounding::Bf16 => unsafe { measure_loop::<2>(x, spec, acc) },
-            Rounding::Identity => unsafe { measure_loop::<3>(x, spec, acc) },
+            Rounding::Int8(p) if p.zero_point == 0 => dispatch!(INT8_SYM),
+            Rounding::Int8(_) => dispatch!(INT8_ASYM),
+            Rounding::Fp16 => dispatch!(FP16),
+            Rounding::Bf16 => dispatch!(BF16),
+            Rounding::Identity => dispatch!(IDENTITY),
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn measure_loop<const KIND: u8>(x: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    unsafe fn measure_loop<const KIND: u8, const ALL_FINITE: bool>(
+        x: &[f32],
+        spec: &MeasureSpec,
+        acc: &mut MeasureAcc,
+    ) {
         let full = x.len() / LANES * LANES;
         let abs = abs_mask();
         let inf = _mm256_set1_ps(f32::INFINITY);
-        let (value_lo, value_scale) = (_mm256_set1_ps(spec.value_bins.lo), _mm256_set1_ps(spec.value_bins.bins_per_unit));
-        let (error_lo, error_scale) = (_mm256_set1_ps(spec.error_bins.lo), _mm256_set1_ps(spec.error_bins.bins_per_unit));
+        let all_ones = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        let consts = match spec.rounding {
+            Rounding::Int8(p) => RoundConsts {
+                scale: _mm256_set1_ps(p.scale),
+                zero_point: _mm256_set1_ps(p.zero_point as f32),
+                qmin: _mm256_set1_ps(p.qmin as f32),
+                qmax: _mm256_set1_ps(p.qmax as f32),
+            },
+            _ => RoundConsts {
+                scale: _mm256_set1_ps(1.0),
+                zero_point: _mm256_setzero_ps(),
+                qmin: _mm256_setzero_ps(),
+                qmax: _mm256_setzero_ps(),
+            },
+        };
+        let (value_lo, value_scale) =
+            (_mm256_set1_ps(spec.value_bins.lo), _mm256_set1_ps(spec.value_bins.bins_per_unit));
+        let (error_lo, error_scale) =
+            (_mm256_set1_ps(spec.error_bins.lo), _mm256_set1_ps(spec.error_bins.bins_per_unit));
         // SAFETY: reads 8 f64.
         let (mut err_lo, mut err_hi) = unsafe { load_lanes(&acc.sum_sq_error) };
         let mut max_err = _mm256_setzero_ps();
         let mut saturated = _mm256_setzero_si256();
-        let rounding = match KIND {
-            0 => spec.rounding,
-            1 => Rounding::Fp16,
-            2 => Rounding::Bf16,
-            _ => Rounding::Identity,
-        };
+        let mut slots = [0u32; 2 * LANES];
         let MeasureAcc { value_hist, error_hist, .. } = acc;
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
             let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
-            let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs), inf);
-            let (x_hat, sat) = round_trip8(v, &rounding);
-            saturated = _mm256_sub_epi32(saturated, _mm256_castps_si256(_mm256_and_ps(sat, finite)));
-            let e = _mm256_and_ps(_mm256_sub_ps(v, x_hat), finite);
+            let finite = if ALL_FINITE { all_ones } else { _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs), inf) };
+            let (x_hat, sat) = round_trip8::<KIND>(v, &consts);
+            let sat = if ALL_FINITE { sat } else { _mm256_and_ps(sat, finite) };
+            saturated = _mm256_sub_epi32(saturated, _mm256_castps_si256(sat));
+            let e = _mm256_sub_ps(v, x_hat);
+            let e = if ALL_FINITE { e } else { _mm256_and_ps(e, finite) };
             max_err = _mm256_max_ps(max_err, _mm256_and_ps(e, abs));
             add_squares(e, &mut err_lo, &mut err_hi);
-            let value_bins = bins8(v, value_lo, value_scale, finite);
-            let error_bins = bins8(e, error_lo, error_scale, finite);
-            // Bins are in 0..=255 by construction; `as u8` lets the compiler drop the bounds checks.
-            macro_rules! count {
-                ($lane:literal) => {
-                    value_hist[$lane % COPIES][_mm256_extract_epi32::<$lane>(value_bins) as u8 as usize] += 1;
-                    error_hist[$lane % COPIES][_mm256_extract_epi32::<$lane>(error_bins) as u8 as usize] += 1;
-                };
+            let mut value_bins = bins8(v, value_lo, value_scale);
+            let mut error_bins = bins8(e, error_lo, error_scale);
+            if !ALL_FINITE {
+                value_bins = _mm256_and_si256(value_bins, _mm256_castps_si256(finite));
+                error_bins = _mm256_and_si256(error_bins, _mm256_castps_si256(finite));
             }
-            count!(0);
-            count!(1);
-            count!(2);
-            count!(3);
-            count!(4);
-            count!(5);
-            count!(6);
-            count!(7);
+            // SAFETY: `slots` holds 16 u32.
+            unsafe {
+                _mm256_storeu_si256(slots.as_mut_ptr().cast(), value_bins);
+                _mm256_storeu_si256(slots.as_mut_ptr().add(LANES).cast(), error_bins);
+            }
+            // Bins are in 0..=255 by construction; `as u8` lets the compiler drop the bounds checks.
+            for lane in 0..LANES {
+                value_hist[lane % COPIES][slots[lane] as u8 as usize] += 1;
+                error_hist[lane % COPIES][slots[LANES + lane] as u8 as usize] += 1;
+            }
         }
         // SAFETY: writes 8 f64.
         unsafe { store_lanes(&mut acc.sum_sq_error, err_lo, err_hi) };
@@ -580,8 +627,10 @@ mod tests {
         ];
         roundings
             .into_iter()
-            .map(|rounding| MeasureSpec {
+            .flat_map(|rounding| [true, false].map(|all_finite| (rounding, all_finite)))
+            .map(|(rounding, all_finite)| MeasureSpec {
                 rounding,
+                all_finite,
                 value_bins: BinMap::new(-2.0, 2.0),
                 error_bins: BinMap::new(-0.01, 0.01),
             })
@@ -596,10 +645,13 @@ mod tests {
             scan(&x, 0.25, &mut fast);
             scan_portable(&x, 0.25, &mut portable);
             assert_eq!(fast, portable, "scan len {len}");
+            let finite_only: Vec<f32> = x.iter().copied().filter(|v| v.is_finite()).collect();
             for spec in specs() {
+                // `all_finite` is a promise about the data: keep it.
+                let x = if spec.all_finite { &finite_only } else { &x };
                 let (mut fast, mut portable) = (MeasureAcc::default(), MeasureAcc::default());
-                measure(&x, &spec, &mut fast);
-                measure_portable(&x, &spec, &mut portable);
+                measure(x, &spec, &mut fast);
+                measure_portable(x, &spec, &mut portable);
                 assert_eq!(fast.sum_sq_error.map(f64::to_bits), portable.sum_sq_error.map(f64::to_bits), "{spec:?}");
                 assert_eq!(fast.max_abs_error.to_bits(), portable.max_abs_error.to_bits(), "{spec:?}");
                 assert_eq!(fast.saturated, portable.saturated, "{spec:?}");
@@ -621,6 +673,7 @@ mod tests {
         let p = QParams::symmetric(2.0);
         let spec = MeasureSpec {
             rounding: Rounding::Int8(p),
+            all_finite: false,
             value_bins: BinMap::new(-2.0, 2.0),
             error_bins: BinMap::new(-1.0, 1.0),
         };

@@ -281,6 +281,7 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
     let (value_lo, value_hi) = stats::value_range(stats.min, stats.max, stats.finite_count);
     let spec_of = |row: usize| MeasureSpec {
         rounding: roundings[if roundings.len() > 1 { row } else { 0 }],
+        all_finite: !stats.has_non_finite(),
         value_bins: BinMap::new(value_lo, value_hi),
         error_bins: BinMap::new(-error_range, error_range),
     };
