@@ -25,6 +25,9 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Model to open in the window (a .safetensors file or a model folder); the bundled sample when omitted.
     pub path: Option<PathBuf>,
+    /// Window benchmark: record frame times for this many seconds, print them as JSON on stderr, and close.
+    #[arg(long, value_name = "SECS")]
+    pub frame_stats: Option<f64>,
 }
 
 /// The headless commands.
@@ -256,8 +259,11 @@ fn tensor_json(tensor: &TensorReport, with_error: bool, with_histograms: bool) -
     let map = object.as_object_mut().expect("json! of an object literal is an object");
     if with_error {
         map.insert("planned_bytes".into(), json!(tensor.planned_bytes));
-        if let Value::Object(precision) = precision_json(tensor.precision) {
-            map.extend(precision);
+        match precision_json(tensor.precision) {
+            Value::Object(precision) if tensor.is_analysed() => map.extend(precision),
+            _ => {
+                map.insert("precision".into(), json!("kept"));
+            }
         }
     }
     if let Some(analysis) = &tensor.analysis {
@@ -374,14 +380,14 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
                     format!("{:.3e}", a.error.max_abs_error),
                     a.error.sqnr_db.map(|db| format!("{db:.2}")).unwrap_or_else(|| "lossless".into()),
                 ),
-                None => ("-".into(), "-".into(), "kept".into()),
+                None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
                 "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
                 t.name,
                 t.dtype.as_str(),
                 shape,
-                t.precision.label(),
+                if t.is_analysed() { t.precision.label() } else { "kept".to_owned() },
                 human_bytes(t.size_bytes),
                 human_bytes(t.planned_bytes),
                 mse,

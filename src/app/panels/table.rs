@@ -1,0 +1,276 @@
+//! The layer table (virtualised: only visible rows are laid out) with its filter and bulk-edit bar.
+
+use eframe::egui;
+use egui::{Color32, RichText};
+use egui_extras::{Column, TableBuilder};
+
+use super::{family_label, format, precision_choices, sqnr_color};
+use crate::app::StudioApp;
+use crate::app::state::{Command, SortColumn};
+use crate::model::LayerId;
+use crate::quant::{Granularity, Int8Scheme, Precision};
+
+const ROW_HEIGHT: f32 = 22.0;
+
+/// The INT8 schemes offered, with their labels.
+fn scheme_choices() -> [(Int8Scheme, &'static str); 4] {
+    let s = |symmetric, granularity| Int8Scheme { symmetric, granularity };
+    [
+        (s(true, Granularity::PerChannel), "sym · per-channel"),
+        (s(true, Granularity::PerTensor), "sym · per-tensor"),
+        (s(false, Granularity::PerChannel), "asym · per-channel"),
+        (s(false, Granularity::PerTensor), "asym · per-tensor"),
+    ]
+}
+
+fn scheme_label(scheme: Int8Scheme) -> &'static str {
+    scheme_choices().into_iter().find(|(s, _)| *s == scheme).map(|(_, l)| l).unwrap_or("?")
+}
+
+/// The central panel: bulk bar and table.
+pub fn central(ui: &mut egui::Ui, app: &mut StudioApp) {
+    egui::CentralPanel::default().show(ui, |ui| {
+        if app.studio.model.is_none() {
+            ui.centered_and_justified(|ui| {
+                ui.label("Open a model: File > Open (Ctrl+O), or drop a .safetensors file or a model folder here.");
+            });
+            return;
+        }
+        let rows = app.studio.visible_layers();
+        bulk_bar(ui, app, &rows);
+        ui.separator();
+        layer_table(ui, app, &rows);
+    });
+}
+
+fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
+    ui.horizontal(|ui| {
+        ui.label("Filter");
+        ui.add(egui::TextEdit::singleline(&mut app.studio.filter).desired_width(200.0).hint_text("*attn* or text"))
+            .on_hover_text("A glob (*, ?, [..]) over layer names, or plain text to search for");
+        if ui.button("Select shown").clicked() {
+            app.studio.selection = rows.iter().copied().collect();
+        }
+        if ui.button("Clear selection").clicked() {
+            app.studio.selection.clear();
+        }
+        ui.separator();
+        let bulk = app.inputs.bulk_precision.get_or_insert(crate::app::state::DEFAULT_INT8);
+        egui::ComboBox::from_id_salt("bulk-precision").selected_text(bulk_label(*bulk)).show_ui(ui, |ui| {
+            for (precision, label) in precision_choices() {
+                if let Precision::Int8(_) = precision {
+                    for (scheme, scheme_text) in scheme_choices() {
+                        ui.selectable_value(bulk, Precision::Int8(scheme), format!("INT8 {scheme_text}"));
+                    }
+                } else {
+                    ui.selectable_value(bulk, precision, label);
+                }
+            }
+        });
+        let bulk = *bulk;
+        let selected: Vec<LayerId> = app.studio.selection.iter().copied().collect();
+        if ui
+            .add_enabled(!selected.is_empty(), egui::Button::new(format!("Apply to {} selected", selected.len())))
+            .clicked()
+        {
+            app.send(Command::SetPrecision { layers: selected, precision: bulk });
+        }
+        let pattern = app.studio.filter.trim().to_owned();
+        if ui
+            .add_enabled(!pattern.is_empty(), egui::Button::new("Apply to matching"))
+            .on_hover_text("Set every layer whose name matches the filter")
+            .clicked()
+        {
+            app.send(Command::SetPrecisionMatching { pattern, precision: bulk });
+        }
+    });
+}
+
+fn bulk_label(precision: Precision) -> String {
+    match precision {
+        Precision::Int8(scheme) => format!("INT8 {}", scheme_label(scheme)),
+        other => family_label(other).to_owned(),
+    }
+}
+
+fn sort_header(ui: &mut egui::Ui, app: &mut StudioApp, label: &str, column: SortColumn, tooltip: &str) {
+    let (current, ascending) = app.studio.sort;
+    let arrow = if current == column { if ascending { " ↑" } else { " ↓" } } else { "" };
+    let response = ui.add(egui::Button::new(RichText::new(format!("{label}{arrow}")).strong()).frame(false));
+    if response.on_hover_text(tooltip).clicked() {
+        app.studio.sort = if current == column { (column, !ascending) } else { (column, true) };
+    }
+}
+
+fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
+    let Some(model) = app.studio.model.clone() else { return };
+    let modifiers = ui.input(|i| i.modifiers);
+    let mut clicked: Option<LayerId> = None;
+    TableBuilder::new(ui)
+        .id_salt("layers")
+        .striped(true)
+        .resizable(true)
+        .sense(egui::Sense::click())
+        .cell_layout(egui::Layout::left_to_right(egui::Align::Center))
+        .column(Column::initial(210.0).at_least(100.0).clip(true))
+        .column(Column::initial(66.0))
+        .column(Column::initial(78.0).clip(true))
+        .column(Column::initial(58.0))
+        .column(Column::initial(40.0))
+        .column(Column::initial(132.0))
+        .column(Column::initial(70.0))
+        .column(Column::initial(124.0))
+        .column(Column::initial(60.0))
+        .column(Column::initial(60.0))
+        .column(Column::initial(66.0))
+        .column(Column::remainder().at_least(40.0))
+        .header(24.0, |mut header| {
+            header.col(|ui| sort_header(ui, app, "Layer", SortColumn::Name, "Layer name (tensors grouped by prefix)"));
+            header.col(|ui| sort_header(ui, app, "Kind", SortColumn::Kind, "Linear, conv, embedding, norm or other"));
+            header.col(|ui| {
+                ui.label(RichText::new("Shape").strong()).on_hover_text("Shape of the layer's main tensor");
+            });
+            header.col(|ui| sort_header(ui, app, "Params", SortColumn::Params, "Elements in all tensors of the layer"));
+            header.col(|ui| {
+                ui.label(RichText::new("DType").strong()).on_hover_text("Stored element type of the main tensor");
+            });
+            header.col(|ui| {
+                sort_header(ui, app, "Size → planned", SortColumn::Planned, "Bytes as stored → bytes once exported")
+            });
+            header.col(|ui| sort_header(ui, app, "Precision", SortColumn::Precision, "Planned precision of the layer"));
+            header.col(|ui| {
+                ui.label(RichText::new("INT8 scheme").strong())
+                    .on_hover_text("Symmetric (zero point 0) or asymmetric; one scale per tensor or per output channel");
+            });
+            header.col(|ui| sort_header(ui, app, "MSE", SortColumn::Mse, "Mean squared error of the main tensor"));
+            header.col(|ui| sort_header(ui, app, "Max err", SortColumn::MaxError, "Largest absolute error |x − dequantized x|"));
+            header.col(|ui| {
+                sort_header(ui, app, "SQNR", SortColumn::Sqnr, "10·log10(Σx² / Σe²) in dB; red < 20, orange < 30, yellow < 40")
+            });
+            header.col(|ui| {
+                ui.label(RichText::new("NaN/Inf").strong()).on_hover_text("Non-finite values in the layer's main tensor");
+            });
+        })
+        .body(|body| {
+            body.rows(ROW_HEIGHT, rows.len(), |mut row| {
+                let layer_id = rows[row.index()];
+                let layer = model.layer(layer_id);
+                let main = model.main_tensor(layer_id);
+                let info = main.map(|t| model.tensor(t));
+                let analysis = app.studio.layer_analysis(layer_id).cloned();
+                let precision = app.studio.plan.layer(layer_id);
+                row.set_selected(app.studio.selection.contains(&layer_id));
+                row.col(|ui| {
+                    ui.add(egui::Label::new(&layer.name).truncate()).on_hover_text(&layer.name);
+                });
+                row.col(|ui| {
+                    ui.label(layer.kind.as_str());
+                });
+                row.col(|ui| {
+                    ui.label(info.map(|t| format::shape(&t.shape)).unwrap_or_default());
+                });
+                row.col(|ui| {
+                    let params: usize = layer.tensors.iter().map(|t| model.tensor(*t).numel()).sum();
+                    ui.label(format::thousands(params as u64));
+                });
+                row.col(|ui| {
+                    ui.label(info.map(|t| t.dtype.as_str()).unwrap_or("-"));
+                });
+                row.col(|ui| {
+                    let size: u64 = layer.tensors.iter().map(|t| model.tensor(*t).size_bytes()).sum();
+                    let planned = app.studio.layer_planned_bytes(layer_id);
+                    ui.label(format!("{} → {}", format::bytes(size), format::bytes(planned)));
+                });
+                let analysable = main.is_some();
+                row.col(|ui| {
+                    if !analysable {
+                        ui.label("kept");
+                        return;
+                    }
+                    let mut chosen = precision;
+                    egui::ComboBox::from_id_salt(("precision", layer_id.0))
+                        .selected_text(family_label(precision))
+                        .width(64.0)
+                        .show_ui(ui, |ui| {
+                            for (option, label) in precision_choices() {
+                                let option = match (option, precision) {
+                                    (Precision::Int8(_), Precision::Int8(current)) => Precision::Int8(current),
+                                    _ => option,
+                                };
+                                ui.selectable_value(&mut chosen, option, label);
+                            }
+                        });
+                    if chosen != precision {
+                        let layers = targets(app, layer_id);
+                        app.send(Command::SetPrecision { layers, precision: chosen });
+                    }
+                });
+                row.col(|ui| {
+                    let Precision::Int8(scheme) = precision else { return };
+                    if !analysable {
+                        return;
+                    }
+                    let mut chosen = scheme;
+                    egui::ComboBox::from_id_salt(("scheme", layer_id.0))
+                        .selected_text(scheme_label(scheme))
+                        .width(112.0)
+                        .show_ui(ui, |ui| {
+                            for (option, label) in scheme_choices() {
+                                ui.selectable_value(&mut chosen, option, label);
+                            }
+                        });
+                    if chosen != scheme {
+                        let layers = targets(app, layer_id);
+                        app.send(Command::SetPrecision { layers, precision: Precision::Int8(chosen) });
+                    }
+                });
+                let pending = || RichText::new("…").color(Color32::GRAY);
+                row.col(|ui| {
+                    match &analysis {
+                        Some(a) => ui.label(format::sci(a.error.mse)),
+                        None if analysable => ui.label(pending()),
+                        None => ui.label(""),
+                    };
+                });
+                row.col(|ui| {
+                    match &analysis {
+                        Some(a) => ui.label(format::sci(a.error.max_abs_error)),
+                        None if analysable => ui.label(pending()),
+                        None => ui.label(""),
+                    };
+                });
+                row.col(|ui| {
+                    match &analysis {
+                        Some(a) => {
+                            ui.label(RichText::new(format::db(a.error.sqnr_db)).color(sqnr_color(a.error.sqnr_db)))
+                        }
+                        None if analysable => ui.label(pending()),
+                        None => ui.label(""),
+                    };
+                });
+                row.col(|ui| {
+                    if let Some(a) = &analysis
+                        && a.stats.has_non_finite()
+                    {
+                        ui.label(RichText::new(format!("⚠ {}", a.stats.nan_count + a.stats.inf_count)).color(Color32::from_rgb(235, 90, 80)))
+                            .on_hover_text(format!("{} NaN, {} ±inf (excluded from every figure)", a.stats.nan_count, a.stats.inf_count));
+                    }
+                });
+                if row.response().clicked() {
+                    clicked = Some(layer_id);
+                }
+            });
+        });
+    if let Some(layer) = clicked {
+        app.studio.click_row(layer, modifiers.command, modifiers.shift, rows);
+    }
+}
+
+/// The layers a per-row edit applies to: the whole selection when the row is part of a multi-row selection.
+fn targets(app: &StudioApp, layer: LayerId) -> Vec<LayerId> {
+    if app.studio.selection.len() > 1 && app.studio.selection.contains(&layer) {
+        app.studio.selection.iter().copied().collect()
+    } else {
+        vec![layer]
+    }
+}

@@ -1,0 +1,557 @@
+//! The window's state and the commands that change it. No drawing here, and no heavy work: files are opened,
+//! analysed and written by jobs on the [`Worker`]; this module only schedules them and files their results.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::export::{ExportSummary, planned_bytes};
+use crate::model::{LayerId, Model, TensorId};
+use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe, TensorAnalysis};
+use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
+
+/// The default INT8 scheme offered first: symmetric, per output channel.
+pub const DEFAULT_INT8: Precision =
+    Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel });
+
+/// Everything the user can ask the studio to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Open a model file or folder.
+    Open(PathBuf),
+    /// Set the precision of these layers.
+    SetPrecision {
+        /// The layers.
+        layers: Vec<LayerId>,
+        /// The new precision.
+        precision: Precision,
+    },
+    /// Set the precision of every layer whose name matches a glob (or contains the text, when it has no
+    /// wildcard).
+    SetPrecisionMatching {
+        /// Glob or text.
+        pattern: String,
+        /// The new precision.
+        precision: Precision,
+    },
+    /// Undo the last plan edit.
+    Undo,
+    /// Redo the last undone plan edit.
+    Redo,
+    /// Cancel the running job of a kind.
+    Cancel(JobKind),
+    /// Export the current plan into a folder.
+    Export(PathBuf),
+    /// Save the current plan as a recipe file.
+    SaveRecipe(PathBuf),
+    /// Load a recipe file and apply it.
+    LoadRecipe(PathBuf),
+    /// Hide the current notice.
+    DismissNotice,
+}
+
+/// A message for the user in the status bar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    /// One line.
+    pub text: String,
+    /// Whether it reports a failure.
+    pub is_error: bool,
+}
+
+/// Columns the layer table can be sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SortColumn {
+    /// Model order (natural name order).
+    #[default]
+    Name,
+    /// Layer kind.
+    Kind,
+    /// Parameter count.
+    Params,
+    /// Size as stored.
+    Size,
+    /// Planned size.
+    Planned,
+    /// Precision.
+    Precision,
+    /// Mean squared error.
+    Mse,
+    /// Max absolute error.
+    MaxError,
+    /// SQNR (worst first when ascending).
+    Sqnr,
+}
+
+/// Preferences kept between runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Preferences {
+    /// Recently opened models, most recent first.
+    pub recent: Vec<PathBuf>,
+    /// Histogram counts on a log scale.
+    pub log_counts: bool,
+    /// Whether the inspector panel is shown.
+    pub show_inspector: bool,
+}
+
+impl Default for Preferences {
+    fn default() -> Self {
+        Preferences { recent: Vec::new(), log_counts: true, show_inspector: true }
+    }
+}
+
+const MAX_RECENT: usize = 8;
+const MAX_UNDO: usize = 200;
+
+/// The studio's state.
+pub struct Studio {
+    worker: Worker,
+    /// The open model.
+    pub model: Option<Arc<Model>>,
+    /// Path of the model being opened or open.
+    pub model_path: Option<PathBuf>,
+    /// The plan: one precision per layer.
+    pub plan: Plan,
+    undo: Vec<Vec<Precision>>,
+    redo: Vec<Vec<Precision>>,
+    /// Analyses by (tensor, precision) for the open model.
+    pub cache: HashMap<(TensorId, Precision), Arc<TensorAnalysis>>,
+    /// Selected layers.
+    pub selection: BTreeSet<LayerId>,
+    /// The layer the inspector shows.
+    pub focus: Option<LayerId>,
+    /// Last clicked row (for Shift-click ranges).
+    pub anchor: Option<LayerId>,
+    /// Table filter (glob or text).
+    pub filter: String,
+    /// Sort column and direction.
+    pub sort: (SortColumn, bool),
+    /// The message of the status bar.
+    pub notice: Option<Notice>,
+    /// The last export.
+    pub last_export: Option<ExportSummary>,
+    /// Persisted preferences.
+    pub prefs: Preferences,
+    /// Bumped whenever the model or the plan changes (for caches of derived values).
+    pub revision: u64,
+    generation: u64,
+    job_generation: HashMap<JobId, u64>,
+    user_cancelled: BTreeSet<JobKind>,
+    planned_total: u64,
+}
+
+impl Studio {
+    /// A studio with no model; `wake` is called from worker threads when an event is ready.
+    pub fn new(prefs: Preferences, wake: impl Fn() + Send + Sync + 'static) -> Studio {
+        Studio {
+            worker: Worker::new(wake),
+            model: None,
+            model_path: None,
+            plan: Plan { layers: Vec::new(), warnings: Vec::new() },
+            undo: Vec::new(),
+            redo: Vec::new(),
+            cache: HashMap::new(),
+            selection: BTreeSet::new(),
+            focus: None,
+            anchor: None,
+            filter: String::new(),
+            sort: (SortColumn::Name, true),
+            notice: None,
+            last_export: None,
+            prefs,
+            revision: 0,
+            generation: 0,
+            job_generation: HashMap::new(),
+            user_cancelled: BTreeSet::new(),
+            planned_total: 0,
+        }
+    }
+
+    /// Running jobs with their progress.
+    pub fn jobs(&self) -> Vec<(JobKind, JobId, crate::progress::ProgressSnapshot)> {
+        self.worker.running()
+    }
+
+    /// Whether any job runs (the window keeps repainting for its progress).
+    pub fn is_busy(&self) -> bool {
+        !self.worker.running().is_empty()
+    }
+
+    /// Whether undo has something to undo.
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// Whether redo has something to redo.
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    /// Planned size of the whole model under the plan.
+    pub fn planned_bytes(&self) -> u64 {
+        self.planned_total
+    }
+
+    /// Planned size of one layer.
+    pub fn layer_planned_bytes(&self, layer: LayerId) -> u64 {
+        let Some(model) = &self.model else { return 0 };
+        model.layer(layer).tensors.iter().map(|t| planned_bytes(model, &self.plan, *t)).sum()
+    }
+
+    /// The analysis of a layer's main tensor under its planned precision, when computed.
+    pub fn layer_analysis(&self, layer: LayerId) -> Option<&Arc<TensorAnalysis>> {
+        let model = self.model.as_ref()?;
+        let main = model.main_tensor(layer)?;
+        self.cache.get(&(main, self.plan.tensor(model, main)))
+    }
+
+    /// Applies a command.
+    pub fn apply(&mut self, command: Command) {
+        match command {
+            Command::Open(path) => self.open(path),
+            Command::SetPrecision { layers, precision } => {
+                let mut next = self.plan.layers.clone();
+                for layer in layers {
+                    if let Some(p) = next.get_mut(layer.0) {
+                        *p = precision;
+                    }
+                }
+                self.set_plan(next);
+            }
+            Command::SetPrecisionMatching { pattern, precision } => {
+                let Some(model) = self.model.clone() else { return };
+                let matcher = match NameFilter::new(&pattern) {
+                    Ok(m) => m,
+                    Err(text) => return self.error(text),
+                };
+                let layers: Vec<LayerId> =
+                    (0..model.layers.len()).map(LayerId).filter(|l| matcher.matches(&model.layer(*l).name)).collect();
+                if layers.is_empty() {
+                    return self.error(format!("no layer matches {pattern:?}"));
+                }
+                self.info(format!("{} layer(s) matching {pattern:?} set to {precision}", layers.len()));
+                self.apply(Command::SetPrecision { layers, precision });
+            }
+            Command::Undo => {
+                if let Some(previous) = self.undo.pop() {
+                    let current = std::mem::replace(&mut self.plan.layers, previous);
+                    self.redo.push(current);
+                    self.plan_changed();
+                }
+            }
+            Command::Redo => {
+                if let Some(next) = self.redo.pop() {
+                    let current = std::mem::replace(&mut self.plan.layers, next);
+                    self.undo.push(current);
+                    self.plan_changed();
+                }
+            }
+            Command::Cancel(kind) => {
+                if self.worker.is_running(kind) {
+                    self.user_cancelled.insert(kind);
+                    self.worker.cancel(kind);
+                    self.info(format!("{} cancelled", kind.label()));
+                }
+            }
+            Command::Export(dest) => {
+                let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
+                self.submit(Job::Export { model, plan: self.plan.clone(), dest });
+            }
+            Command::SaveRecipe(path) => {
+                let Some(model) = &self.model else { return self.error("open a model first".into()) };
+                self.submit(Job::SaveRecipe { recipe: self.plan.to_recipe(model), path });
+            }
+            Command::LoadRecipe(path) => {
+                let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
+                self.submit(Job::LoadRecipe { model, path });
+            }
+            Command::DismissNotice => self.notice = None,
+        }
+    }
+
+    fn open(&mut self, path: PathBuf) {
+        // A new model makes every running job moot.
+        for kind in [JobKind::Analyse, JobKind::Export, JobKind::Recipe] {
+            self.worker.cancel(kind);
+        }
+        self.model_path = Some(path.clone());
+        self.submit(Job::Open(path));
+    }
+
+    fn submit(&mut self, job: Job) -> JobId {
+        self.user_cancelled.remove(&job.kind());
+        let id = self.worker.submit(job);
+        self.job_generation.insert(id, self.generation);
+        id
+    }
+
+    fn set_plan(&mut self, layers: Vec<Precision>) {
+        if layers == self.plan.layers {
+            return;
+        }
+        let previous = std::mem::replace(&mut self.plan.layers, layers);
+        self.undo.push(previous);
+        if self.undo.len() > MAX_UNDO {
+            self.undo.remove(0);
+        }
+        self.redo.clear();
+        self.plan_changed();
+    }
+
+    fn plan_changed(&mut self) {
+        self.revision += 1;
+        self.planned_total = match &self.model {
+            Some(model) => (0..model.tensors.len()).map(|i| planned_bytes(model, &self.plan, TensorId(i))).sum(),
+            None => 0,
+        };
+        self.schedule_analysis();
+    }
+
+    /// (Re)starts the analysis job for every layer whose main tensor has no result under its planned precision,
+    /// the focused and selected layers first.
+    pub fn schedule_analysis(&mut self) {
+        let Some(model) = self.model.clone() else { return };
+        let mut order: Vec<LayerId> = self.focus.into_iter().chain(self.selection.iter().copied()).collect();
+        order.extend((0..model.layers.len()).map(LayerId));
+        let mut seen = BTreeSet::new();
+        let requests: Vec<(TensorId, Precision)> = order
+            .into_iter()
+            .filter(|l| seen.insert(*l))
+            .filter_map(|l| model.main_tensor(l))
+            .map(|t| (t, self.plan.tensor(&model, t)))
+            .filter(|key| !self.cache.contains_key(key))
+            .collect();
+        if requests.is_empty() {
+            self.worker.cancel(JobKind::Analyse);
+            return;
+        }
+        self.submit(Job::Analyse { model, requests });
+    }
+
+    /// Drains worker events for at most `budget`.
+    pub fn poll(&mut self, budget: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < budget {
+            let Some(event) = self.worker.try_next() else { break };
+            self.handle(event);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Output { job, outcome } => {
+                let current_model = self.job_generation.get(&job) == Some(&self.generation);
+                match outcome {
+                    Outcome::Opened(model) => {
+                        if self.worker.is_current(job) {
+                            self.model_opened(model);
+                        }
+                    }
+                    Outcome::Analysed { tensor, precision, analysis } => {
+                        if current_model {
+                            self.cache.insert((tensor, precision), analysis);
+                            self.revision += 1;
+                        }
+                    }
+                    Outcome::Exported(summary) => {
+                        let mut text = format!(
+                            "exported to {} ({})",
+                            summary.folder.display(),
+                            crate::cli::human_bytes(summary.size_bytes)
+                        );
+                        if let Some(warning) = summary.warnings.first() {
+                            text.push_str(&format!("; warning: {warning}"));
+                        }
+                        self.info(text);
+                        self.last_export = Some(summary);
+                    }
+                    Outcome::RecipeSaved(path) => self.info(format!("recipe saved to {}", path.display())),
+                    Outcome::RecipeLoaded { path, plan } => {
+                        if current_model {
+                            let warnings = plan.warnings.clone();
+                            self.set_plan(plan.layers);
+                            let mut text = format!("recipe loaded from {}", path.display());
+                            if let Some(w) = warnings.first() {
+                                text.push_str(&format!("; {w}"));
+                            }
+                            self.info(text);
+                        }
+                    }
+                }
+            }
+            Event::Finished { job, kind, result } => {
+                self.job_generation.remove(&job);
+                match result {
+                    Ok(()) => {}
+                    Err(Error::Cancelled) => {
+                        self.user_cancelled.remove(&kind);
+                    }
+                    Err(error) => {
+                        if kind == JobKind::Open {
+                            self.model_path = self.model.as_ref().map(|m| m.path.clone());
+                        }
+                        self.error(error.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn model_opened(&mut self, model: Arc<Model>) {
+        self.generation += 1;
+        let path = model.path.clone();
+        self.prefs.recent.retain(|p| p != &path);
+        self.prefs.recent.insert(0, path.clone());
+        self.prefs.recent.truncate(MAX_RECENT);
+        let plan = Recipe::uniform(DEFAULT_INT8).resolve(&model).unwrap_or_else(|_| Plan::all(&model, Precision::Fp32));
+        let mut text = format!(
+            "opened {} ({} layers, {} tensors)",
+            path.display(),
+            model.layers.len(),
+            model.tensors.len()
+        );
+        if let Some(w) = model.warnings.first() {
+            text.push_str(&format!("; {w}"));
+        }
+        self.model_path = Some(path);
+        self.model = Some(model);
+        self.plan = plan;
+        self.undo.clear();
+        self.redo.clear();
+        self.cache.clear();
+        self.selection.clear();
+        self.focus = Some(LayerId(0));
+        self.anchor = None;
+        self.last_export = None;
+        self.info(text);
+        self.plan_changed();
+    }
+
+    fn info(&mut self, text: String) {
+        self.notice = Some(Notice { text, is_error: false });
+    }
+
+    fn error(&mut self, text: String) {
+        self.notice = Some(Notice { text, is_error: true });
+    }
+
+    /// Layers in table order: filtered by [`Studio::filter`], sorted by [`Studio::sort`].
+    pub fn visible_layers(&self) -> Vec<LayerId> {
+        let Some(model) = &self.model else { return Vec::new() };
+        let filter = NameFilter::new(&self.filter).ok();
+        let mut rows: Vec<LayerId> = (0..model.layers.len())
+            .map(LayerId)
+            .filter(|l| filter.as_ref().is_none_or(|f| f.matches(&model.layer(*l).name)))
+            .collect();
+        let (column, ascending) = self.sort;
+        let metric = |l: &LayerId, f: fn(&TensorAnalysis) -> f64| self.layer_analysis(*l).map(|a| f(a));
+        let params = |l: &LayerId| model.layer(*l).tensors.iter().map(|t| model.tensor(*t).numel()).sum::<usize>();
+        match column {
+            SortColumn::Name => {}
+            SortColumn::Kind => rows.sort_by_key(|l| model.layer(*l).kind),
+            SortColumn::Params => rows.sort_by_key(params),
+            SortColumn::Size => rows.sort_by_key(|l| model.layer(*l).tensors.iter().map(|t| model.tensor(*t).size_bytes()).sum::<u64>()),
+            SortColumn::Planned => rows.sort_by_key(|l| self.layer_planned_bytes(*l)),
+            SortColumn::Precision => rows.sort_by_key(|l| self.plan.layer(*l).to_string()),
+            SortColumn::Mse => rows.sort_by(|a, b| cmp_option(metric(a, |x| x.error.mse), metric(b, |x| x.error.mse))),
+            SortColumn::MaxError => rows.sort_by(|a, b| {
+                cmp_option(metric(a, |x| x.error.max_abs_error), metric(b, |x| x.error.max_abs_error))
+            }),
+            SortColumn::Sqnr => {
+                let sqnr = |l: &LayerId| metric(l, |x| x.error.sqnr_db.unwrap_or(f64::INFINITY));
+                rows.sort_by(|a, b| cmp_option(sqnr(a), sqnr(b)));
+            }
+        }
+        if !ascending {
+            rows.reverse();
+        }
+        rows
+    }
+
+    /// Click on a row: plain (select only it), Ctrl (toggle), Shift (range from the anchor in `order`).
+    pub fn click_row(&mut self, layer: LayerId, ctrl: bool, shift: bool, order: &[LayerId]) {
+        if shift && let Some(anchor) = self.anchor {
+            let position = |l: LayerId| order.iter().position(|x| *x == l);
+            if let (Some(a), Some(b)) = (position(anchor), position(layer)) {
+                if !ctrl {
+                    self.selection.clear();
+                }
+                self.selection.extend(&order[a.min(b)..=a.max(b)]);
+            }
+        } else if ctrl {
+            if !self.selection.remove(&layer) {
+                self.selection.insert(layer);
+            }
+            self.anchor = Some(layer);
+        } else {
+            self.selection.clear();
+            self.selection.insert(layer);
+            self.anchor = Some(layer);
+        }
+        if self.focus != Some(layer) {
+            self.focus = Some(layer);
+            // The focused layer's analysis goes to the front of the queue.
+            let missing = self.layer_analysis(layer).is_none();
+            if missing {
+                self.schedule_analysis();
+            }
+        }
+    }
+
+    /// Counts of layers per precision name (INT8, FP16, BF16, FP32), only layers with float tensors.
+    pub fn precision_counts(&self) -> [(&'static str, usize); 4] {
+        let mut counts = [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)];
+        let Some(model) = &self.model else { return counts };
+        for (index, precision) in self.plan.layers.iter().enumerate() {
+            if model.main_tensor(LayerId(index)).is_none() {
+                continue;
+            }
+            let slot = match precision {
+                Precision::Int8(_) => 0,
+                Precision::Fp16 => 1,
+                Precision::Bf16 => 2,
+                Precision::Fp32 => 3,
+            };
+            counts[slot].1 += 1;
+        }
+        counts
+    }
+}
+
+fn cmp_option(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+/// A layer-name filter: a glob when the text has `*`, `?` or `[`, else a case-insensitive substring.
+pub struct NameFilter {
+    glob: Option<glob::Pattern>,
+    text: String,
+}
+
+impl NameFilter {
+    /// Parses a filter; an invalid glob is an error message.
+    pub fn new(pattern: &str) -> Result<NameFilter, String> {
+        let pattern = pattern.trim();
+        if pattern.contains(['*', '?', '[']) {
+            let glob = glob::Pattern::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+            Ok(NameFilter { glob: Some(glob), text: String::new() })
+        } else {
+            Ok(NameFilter { glob: None, text: pattern.to_lowercase() })
+        }
+    }
+
+    /// Whether a layer name passes.
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.glob {
+            Some(glob) => glob.matches(name),
+            None => self.text.is_empty() || name.to_lowercase().contains(&self.text),
+        }
+    }
+}

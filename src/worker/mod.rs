@@ -1,0 +1,269 @@
+//! The only code that spawns threads: jobs (open, analyse, export, recipes) run on background threads and report
+//! events the window drains each frame.
+//!
+//! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one (its late
+//! events are recognisable by their old [`JobId`] and dropped). Dropping the [`Worker`] cancels every job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use crate::error::Error;
+use crate::export::ExportSummary;
+use crate::model::{Model, TensorId};
+use crate::progress::{Progress, ProgressSnapshot};
+use crate::quant::pass::{TensorData, analyze};
+use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+
+/// Identifies a submitted job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+/// Kinds of job; one of each runs at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobKind {
+    /// Opening a model (headers only).
+    Open,
+    /// Statistics and error of tensors under their planned precisions.
+    Analyse,
+    /// Writing an export folder.
+    Export,
+    /// Reading or writing a recipe file.
+    Recipe,
+}
+
+impl JobKind {
+    /// What the status bar calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobKind::Open => "opening",
+            JobKind::Analyse => "analysing",
+            JobKind::Export => "exporting",
+            JobKind::Recipe => "recipe",
+        }
+    }
+}
+
+/// Work for the worker.
+pub enum Job {
+    /// Open a model file or folder.
+    Open(PathBuf),
+    /// Analyse these tensors, each under its precision, in the given order (results stream one by one).
+    Analyse {
+        /// The model.
+        model: Arc<Model>,
+        /// Tensor and precision, most urgent first.
+        requests: Vec<(TensorId, Precision)>,
+    },
+    /// Export the model under a plan into a folder.
+    Export {
+        /// The model.
+        model: Arc<Model>,
+        /// The plan.
+        plan: Plan,
+        /// Destination folder.
+        dest: PathBuf,
+    },
+    /// Save a recipe to a file.
+    SaveRecipe {
+        /// The recipe.
+        recipe: Recipe,
+        /// Destination file.
+        path: PathBuf,
+    },
+    /// Load a recipe file and resolve it against a model.
+    LoadRecipe {
+        /// The model to resolve against.
+        model: Arc<Model>,
+        /// The recipe file.
+        path: PathBuf,
+    },
+}
+
+impl Job {
+    /// The job's kind.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Job::Open(_) => JobKind::Open,
+            Job::Analyse { .. } => JobKind::Analyse,
+            Job::Export { .. } => JobKind::Export,
+            Job::SaveRecipe { .. } | Job::LoadRecipe { .. } => JobKind::Recipe,
+        }
+    }
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A model was opened.
+    Opened(Arc<Model>),
+    /// One tensor was analysed (more may follow from the same job).
+    Analysed {
+        /// The tensor.
+        tensor: TensorId,
+        /// The precision it was measured under.
+        precision: Precision,
+        /// The result.
+        analysis: Arc<TensorAnalysis>,
+    },
+    /// An export finished.
+    Exported(ExportSummary),
+    /// A recipe was saved to this path.
+    RecipeSaved(PathBuf),
+    /// A recipe was loaded and resolved.
+    RecipeLoaded {
+        /// Where from.
+        path: PathBuf,
+        /// The resolved plan.
+        plan: Plan,
+    },
+}
+
+/// A message from the worker.
+#[derive(Debug)]
+pub enum Event {
+    /// A result (a job may send several).
+    Output {
+        /// The job.
+        job: JobId,
+        /// What it produced.
+        outcome: Outcome,
+    },
+    /// The job ended: `Ok` when it completed, the error otherwise ([`Error::Cancelled`] when cancelled).
+    Finished {
+        /// The job.
+        job: JobId,
+        /// Its kind.
+        kind: JobKind,
+        /// How it ended.
+        result: Result<(), Error>,
+    },
+}
+
+struct Running {
+    id: JobId,
+    progress: Progress,
+}
+
+/// Runs jobs on background threads.
+pub struct Worker {
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    running: BTreeMap<JobKind, Running>,
+    next_id: u64,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Worker {
+    /// A worker that calls `wake` after each event it sends (the window's repaint request).
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Worker {
+        let (events_tx, events_rx) = channel();
+        Worker { events_tx, events_rx, running: BTreeMap::new(), next_id: 0, wake: Arc::new(wake) }
+    }
+
+    /// Starts `job`, cancelling the running job of the same kind.
+    pub fn submit(&mut self, job: Job) -> JobId {
+        let kind = job.kind();
+        self.cancel(kind);
+        self.next_id += 1;
+        let id = JobId(self.next_id);
+        let progress = Progress::new();
+        self.running.insert(kind, Running { id, progress: progress.clone() });
+        let events = self.events_tx.clone();
+        let wake = Arc::clone(&self.wake);
+        let spawned = std::thread::Builder::new().name(format!("quantstudio-{}", kind.label())).spawn(move || {
+            let send = |outcome| {
+                let _ = events.send(Event::Output { job: id, outcome });
+                wake();
+            };
+            let result = run(job, &progress, &send);
+            let _ = events.send(Event::Finished { job: id, kind, result });
+            wake();
+        });
+        if let Err(error) = spawned {
+            let _ = self.events_tx.send(Event::Finished {
+                job: id,
+                kind,
+                result: Err(Error::Unsupported(format!("cannot start a worker thread: {error}"))),
+            });
+        }
+        id
+    }
+
+    /// Cancels the running job of `kind`, if any (it stops at its next check and reports `Cancelled`).
+    pub fn cancel(&mut self, kind: JobKind) {
+        if let Some(running) = self.running.remove(&kind) {
+            running.progress.cancel();
+        }
+    }
+
+    /// Whether `job` is the current job of its kind (events of replaced jobs are stale).
+    pub fn is_current(&self, job: JobId) -> bool {
+        self.running.values().any(|r| r.id == job)
+    }
+
+    /// The next event, if one is waiting. Marks a finished job as no longer running.
+    pub fn try_next(&mut self) -> Option<Event> {
+        let event = self.events_rx.try_recv().ok()?;
+        if let Event::Finished { job, kind, .. } = &event
+            && self.running.get(kind).is_some_and(|r| r.id == *job)
+        {
+            self.running.remove(kind);
+        }
+        Some(event)
+    }
+
+    /// Running jobs with their progress.
+    pub fn running(&self) -> Vec<(JobKind, JobId, ProgressSnapshot)> {
+        self.running.iter().map(|(kind, r)| (*kind, r.id, r.progress.snapshot())).collect()
+    }
+
+    /// Whether a job of `kind` runs.
+    pub fn is_running(&self, kind: JobKind) -> bool {
+        self.running.contains_key(&kind)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for running in self.running.values() {
+            running.progress.cancel();
+        }
+    }
+}
+
+fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Error> {
+    match job {
+        Job::Open(path) => {
+            progress.start_stage(format!("opening {}", path.display()), 1);
+            let model = Model::open(&path)?;
+            progress.check()?;
+            send(Outcome::Opened(Arc::new(model)));
+        }
+        Job::Analyse { model, requests } => {
+            let elements: u64 = requests.iter().map(|(t, _)| 2 * model.tensor(*t).numel() as u64).sum();
+            progress.start_stage(format!("analysing {} tensor(s)", requests.len()), elements);
+            for (tensor, precision) in requests {
+                progress.check()?;
+                let analysis = analyze(&TensorData::of(&model, tensor)?, precision, progress)?;
+                send(Outcome::Analysed { tensor, precision, analysis: Arc::new(analysis) });
+            }
+        }
+        Job::Export { model, plan, dest } => {
+            let summary = crate::export::export(&model, &plan, &dest, progress)?;
+            send(Outcome::Exported(summary));
+        }
+        Job::SaveRecipe { recipe, path } => {
+            progress.start_stage("saving recipe", 1);
+            recipe.save(&path)?;
+            send(Outcome::RecipeSaved(path));
+        }
+        Job::LoadRecipe { model, path } => {
+            progress.start_stage("loading recipe", 1);
+            let plan = Recipe::load(&path)?.resolve(&model)?;
+            send(Outcome::RecipeLoaded { path, plan });
+        }
+    }
+    Ok(())
+}
