@@ -19,7 +19,7 @@ fn uniform_recipe_keeps_norms_and_vectors_fp32() {
     assert_eq!(precision("model.layers.0.self_attn.q_proj"), INT8);
     assert_eq!(precision("model.layers.0.input_layernorm"), Precision::Fp32);
     assert_eq!(precision("model.norm"), Precision::Fp32);
-    assert_eq!(precision("model"), INT8, "the layer of model.position_ids is planned but its I64 tensor kept");
+    assert_eq!(precision("model"), Precision::Fp32, "a layer without float tensors (model.position_ids) is kept");
     let ids = model.tensor_by_name("model.position_ids").unwrap();
     assert_eq!(plan.tensor(&model, ids), Precision::Fp32);
     let bias = model.tensor_by_name("model.layers.0.mlp.up_proj.bias").unwrap();

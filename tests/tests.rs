@@ -12,3 +12,5 @@ mod recipe;
 mod export;
 // The headless CLI: JSON shape, exit codes, one-line errors.
 mod cli;
+// The independent numpy reference (tools/reference_check.py) against the CLI.
+mod python;

@@ -52,9 +52,11 @@ Formulas (the reference; docs/QUANTIZATION.md)
 x is the tensor as float32 (F16/BF16 widened exactly). Groups: the whole tensor (per tensor) or the rows along
 axis 0 with the other axes flattened (per channel; 0-D/1-D tensors always per tensor).
 INT8 symmetric : absmax over finite values; scale = f32(absmax)/f32(127); scale == 0 or non-finite -> 1;
+                 then, while 127*scale overflows float32, scale = the next float32 below it;
                  q = clip(rint(x/scale), -127, 127); x_hat = q*scale.
 INT8 asymmetric: lo = min(min,0), hi = max(max,0) over finite values; scale = (hi-lo)/255 (hi/255 - lo/255
                  if hi-lo overflows); scale == 0 or non-finite -> 1; zp = clip(rint(-lo/scale) - 128, -128, 127);
+                 then, while r*scale overflows float32 (r = max(127-zp, zp+128)), scale = next float32 below;
                  q = clip(rint(x/scale) + zp, -128, 127); x_hat = (q-zp)*scale. NaN -> zp; +-inf saturate.
 FP16           : finite values clipped to +-65504, round-to-nearest-even cast.
 BF16           : finite values clipped to +-3.3895314e38, RNE via (bits + 0x7FFF + ((bits>>16)&1)) & 0xFFFF0000.
@@ -294,6 +296,12 @@ def ref_int8(x: np.ndarray, symmetric: bool, per_channel: bool):
             zpf = np.rint((-lo / scale).astype(F32)).astype(np.float64) - 128.0
             zp = np.clip(zpf, -128, 127).astype(np.int64)
             qmin, qmax = -128, 127
+        # Keep every code's x_hat finite: lower the scale one float32 step at a time while reach * scale
+        # overflows (docs/QUANTIZATION.md; only ranges near FLT_MAX are affected).
+        reach = np.maximum(qmax - zp, zp - qmin).astype(F32)
+        for i in range(scale.shape[0]):
+            while np.isinf(F32(reach[i]) * scale[i]):
+                scale[i] = np.nextafter(scale[i], F32(0), dtype=F32)
         r = np.rint((g / scale[:, None]).astype(F32))  # float32 division, round half to even
         q = np.clip(r.astype(np.float64) + zp[:, None], qmin, qmax)  # inf saturates, NaN stays NaN
         nan = np.isnan(g)

@@ -22,8 +22,8 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
         let Some(main) = model.main_tensor(LayerId(index)) else { continue };
         let key = match layout(model, plan, main) {
             Layout::Packed => ("pack-quantized", true, "channel"),
-            Layout::Naive { groups, symmetric } => {
-                ("naive-quantized", symmetric, if groups > 1 { "channel" } else { "tensor" })
+            Layout::Naive { channels, symmetric } => {
+                ("naive-quantized", symmetric, if channels.is_some() { "channel" } else { "tensor" })
             }
             Layout::Cast(_) | Layout::Kept => {
                 if model.tensor(main).shape.len() >= 2 {

@@ -116,10 +116,11 @@ pub fn param_name(tensor: &str, suffix: &str) -> String {
 pub enum Layout {
     /// INT8 symmetric 2-D weight, packed four codes per I32 (`pack-quantized`), one scale per row.
     Packed,
-    /// INT8 codes as I8 in the original shape (`naive-quantized`), with `groups` scales (and zero points).
+    /// INT8 codes as I8 in the original shape (`naive-quantized`), with scales (and zero points) of shape `[1]`
+    /// per tensor or `[rows, 1]` per channel.
     Naive {
-        /// Scales (and zero points) stored: 1 per tensor, rows per channel.
-        groups: usize,
+        /// Rows of the scale when per channel; `None` per tensor.
+        channels: Option<usize>,
         /// Whether zero points are omitted.
         symmetric: bool,
     },
@@ -137,11 +138,11 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
             Layout::Packed
         }
         Precision::Int8(scheme) => {
-            let groups = match scheme.granularity {
-                Granularity::PerChannel if info.shape.len() >= 2 => info.rows_cols().0,
-                _ => 1,
+            let channels = match scheme.granularity {
+                Granularity::PerChannel => Some(info.rows_cols().0),
+                Granularity::PerTensor => None,
             };
-            Layout::Naive { groups, symmetric: scheme.symmetric }
+            Layout::Naive { channels, symmetric: scheme.symmetric }
         }
         Precision::Fp16 => Layout::Cast(DType::F16),
         Precision::Bf16 => Layout::Cast(DType::BF16),
@@ -149,9 +150,12 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
     }
 }
 
-/// Shape of the scale / zero point of `groups` groups: `[1]` per tensor, `[groups, 1]` per channel.
-fn param_shape(groups: usize) -> Vec<usize> {
-    if groups > 1 { vec![groups, 1] } else { vec![1] }
+/// Shape of the scale / zero point: `[1]` per tensor, `[channels, 1]` per channel.
+fn param_shape(channels: Option<usize>) -> Vec<usize> {
+    match channels {
+        Some(rows) => vec![rows, 1],
+        None => vec![1],
+    }
 }
 
 /// The tensors written for one model tensor under a layout, in write order.
@@ -166,13 +170,13 @@ pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout)
                 planned(param_name(name, "shape"), DType::I64, vec![2]),
             ]
         }
-        Layout::Naive { groups, symmetric } => {
+        Layout::Naive { channels, symmetric } => {
             let mut outputs = vec![
                 planned(name.to_owned(), DType::I8, shape.to_vec()),
-                planned(param_name(name, "scale"), DType::F32, param_shape(groups)),
+                planned(param_name(name, "scale"), DType::F32, param_shape(channels)),
             ];
             if !symmetric {
-                outputs.push(planned(param_name(name, "zero_point"), DType::I8, param_shape(groups)));
+                outputs.push(planned(param_name(name, "zero_point"), DType::I8, param_shape(channels)));
             }
             outputs
         }

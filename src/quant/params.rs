@@ -35,7 +35,7 @@ impl QParams {
     pub fn symmetric(absmax: f32) -> QParams {
         let scale = absmax / QMAX as f32;
         let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
-        QParams { scale, zero_point: 0, qmin: SYM_QMIN, qmax: QMAX }
+        QParams { scale: representable(scale, QMAX), zero_point: 0, qmin: SYM_QMIN, qmax: QMAX }
     }
 
     /// Asymmetric INT8 from the finite min and max: `lo = min(min, 0)`, `hi = max(max, 0)`,
@@ -48,7 +48,8 @@ impl QParams {
         let scale = if range.is_finite() { range / 255.0 } else { hi / 255.0 - lo / 255.0 };
         let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
         let zero_point = ((-lo / scale).round_ties_even() - 128.0).clamp(ASYM_QMIN as f32, QMAX as f32) as i32;
-        QParams { scale, zero_point, qmin: ASYM_QMIN, qmax: QMAX }
+        let reach = (QMAX - zero_point).max(zero_point - ASYM_QMIN);
+        QParams { scale: representable(scale, reach), zero_point, qmin: ASYM_QMIN, qmax: QMAX }
     }
 
     /// `q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`; NaN maps to the zero point and ±inf
@@ -67,6 +68,15 @@ impl QParams {
     pub fn dequantize(&self, q: i8) -> f32 {
         (q as i32 - self.zero_point) as f32 * self.scale
     }
+}
+
+/// Lowers `scale` by one ulp at a time until `reach * scale` is finite, so that no code dequantizes to
+/// infinity. Only scales within a few ulps of `f32::MAX / reach` (tensors holding values near `f32::MAX`) change.
+fn representable(mut scale: f32, reach: i32) -> f32 {
+    while (reach as f32 * scale).is_infinite() {
+        scale = scale.next_down();
+    }
+    scale
 }
 
 /// FP16 round trip: IEEE round to nearest even; finite values beyond ±65504 saturate to ±65504; NaN and ±inf stay.
@@ -128,6 +138,11 @@ mod tests {
         assert_eq!((a.scale, a.zero_point), (1.0, -128));
         let huge = QParams::asymmetric(-3e38, 3e38);
         assert!(huge.scale.is_finite() && huge.scale > 0.0);
+        for p in [QParams::symmetric(f32::MAX), QParams::asymmetric(-f32::MAX, f32::MAX), QParams::asymmetric(0.0, f32::MAX)] {
+            assert!(p.dequantize(p.qmax as i8).is_finite() && p.dequantize(p.qmin as i8).is_finite(), "{p:?}");
+            assert_eq!(p.quantize(f32::MAX) as i32, p.qmax);
+        }
+        assert_eq!(QParams::symmetric(f32::MAX).scale, (f32::MAX / 127.0).next_down());
     }
 
     #[test]

@@ -167,9 +167,11 @@ impl Recipe {
     }
 }
 
+/// Norm layers, and layers whose float tensors are all 0-D or 1-D.
 fn is_norm_or_vector(model: &Model, id: LayerId) -> bool {
     let layer = model.layer(id);
-    layer.kind == LayerKind::Norm || layer.tensors.iter().all(|t| model.tensor(*t).shape.len() <= 1)
+    layer.kind == LayerKind::Norm
+        || layer.tensors.iter().map(|t| model.tensor(*t)).filter(|t| t.is_analysable()).all(|t| t.shape.len() <= 1)
 }
 
 /// The precision of every layer of one model.
@@ -193,8 +195,8 @@ impl Plan {
     }
 
     /// The precision a tensor actually gets: non-float tensors are kept; in an INT8 layer only the main tensor
-    /// (its `.weight`) is quantized and the others (biases…) stay in float, as in the compressed-tensors layout;
-    /// FP16/BF16 apply to every float tensor of the layer.
+    /// (its `.weight`) is quantized and the others (biases…) stay in float, as in the compressed-tensors layout,
+    /// and a 0-D or 1-D main tensor is quantized per tensor; FP16/BF16 apply to every float tensor of the layer.
     pub fn tensor(&self, model: &Model, id: TensorId) -> Precision {
         let tensor = model.tensor(id);
         if !tensor.is_analysable() {
@@ -202,6 +204,10 @@ impl Plan {
         }
         match self.layer(tensor.layer) {
             Precision::Int8(_) if model.main_tensor(tensor.layer) != Some(id) => Precision::Fp32,
+            // 0-D and 1-D tensors have no output channels: per tensor is what they get.
+            Precision::Int8(scheme) if tensor.shape.len() < 2 => {
+                Precision::Int8(super::Int8Scheme { granularity: Granularity::PerTensor, ..scheme })
+            }
             precision => precision,
         }
     }
