@@ -12,5 +12,8 @@ mod recipe;
 mod export;
 // The headless CLI: JSON shape, exit codes, one-line errors.
 mod cli;
+// The window, headless (egui_kittest).
+#[cfg(feature = "gui")]
+mod gui;
 // The independent numpy reference (tools/reference_check.py) against the CLI.
 mod python;

@@ -73,7 +73,9 @@ impl StudioApp {
     }
 
     fn handle_dropped_files(&mut self, ctx: &egui::Context) {
-        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).filter(|p| !p.as_os_str().is_empty()).collect());
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).filter(|p| !p.as_os_str().is_empty()).collect()
+        });
         if let Some(path) = dropped.into_iter().next() {
             self.send(Command::Open(path));
         }
@@ -151,8 +153,7 @@ pub fn run(path: Option<PathBuf>, frame_stats_secs: Option<f64>) -> i32 {
         "quantstudio",
         options,
         Box::new(move |cc| {
-            let prefs: Preferences =
-                cc.storage.and_then(|s| eframe::get_value(s, PREFS_KEY)).unwrap_or_default();
+            let prefs: Preferences = cc.storage.and_then(|s| eframe::get_value(s, PREFS_KEY)).unwrap_or_default();
             let ctx = cc.egui_ctx.clone();
             let mut app = StudioApp::new(prefs, path, move || ctx.request_repaint());
             if let Some(secs) = frame_stats_secs {

@@ -406,12 +406,8 @@ impl Studio {
         self.prefs.recent.insert(0, path.clone());
         self.prefs.recent.truncate(MAX_RECENT);
         let plan = Recipe::uniform(DEFAULT_INT8).resolve(&model).unwrap_or_else(|_| Plan::all(&model, Precision::Fp32));
-        let mut text = format!(
-            "opened {} ({} layers, {} tensors)",
-            path.display(),
-            model.layers.len(),
-            model.tensors.len()
-        );
+        let mut text =
+            format!("opened {} ({} layers, {} tensors)", path.display(), model.layers.len(), model.tensors.len());
         if let Some(w) = model.warnings.first() {
             text.push_str(&format!("; {w}"));
         }
@@ -452,13 +448,14 @@ impl Studio {
             SortColumn::Name => {}
             SortColumn::Kind => rows.sort_by_key(|l| model.layer(*l).kind),
             SortColumn::Params => rows.sort_by_key(params),
-            SortColumn::Size => rows.sort_by_key(|l| model.layer(*l).tensors.iter().map(|t| model.tensor(*t).size_bytes()).sum::<u64>()),
+            SortColumn::Size => {
+                rows.sort_by_key(|l| model.layer(*l).tensors.iter().map(|t| model.tensor(*t).size_bytes()).sum::<u64>())
+            }
             SortColumn::Planned => rows.sort_by_key(|l| self.layer_planned_bytes(*l)),
             SortColumn::Precision => rows.sort_by_key(|l| self.plan.layer(*l).to_string()),
             SortColumn::Mse => rows.sort_by(|a, b| cmp_option(metric(a, |x| x.error.mse), metric(b, |x| x.error.mse))),
-            SortColumn::MaxError => rows.sort_by(|a, b| {
-                cmp_option(metric(a, |x| x.error.max_abs_error), metric(b, |x| x.error.max_abs_error))
-            }),
+            SortColumn::MaxError => rows
+                .sort_by(|a, b| cmp_option(metric(a, |x| x.error.max_abs_error), metric(b, |x| x.error.max_abs_error))),
             SortColumn::Sqnr => {
                 let sqnr = |l: &LayerId| metric(l, |x| x.error.sqnr_db.unwrap_or(f64::INFINITY));
                 rows.sort_by(|a, b| cmp_option(sqnr(a), sqnr(b)));

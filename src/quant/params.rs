@@ -138,7 +138,9 @@ mod tests {
         assert_eq!((a.scale, a.zero_point), (1.0, -128));
         let huge = QParams::asymmetric(-3e38, 3e38);
         assert!(huge.scale.is_finite() && huge.scale > 0.0);
-        for p in [QParams::symmetric(f32::MAX), QParams::asymmetric(-f32::MAX, f32::MAX), QParams::asymmetric(0.0, f32::MAX)] {
+        for p in
+            [QParams::symmetric(f32::MAX), QParams::asymmetric(-f32::MAX, f32::MAX), QParams::asymmetric(0.0, f32::MAX)]
+        {
             assert!(p.dequantize(p.qmax as i8).is_finite() && p.dequantize(p.qmin as i8).is_finite(), "{p:?}");
             assert_eq!(p.quantize(f32::MAX) as i32, p.qmax);
         }

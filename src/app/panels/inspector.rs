@@ -11,7 +11,7 @@ use crate::stats::Histogram;
 
 /// The right-hand panel.
 pub fn inspector(ui: &mut egui::Ui, app: &mut StudioApp) {
-    egui::Panel::right("inspector").resizable(true).default_size(330.0).min_size(260.0).show(ui, |ui| {
+    egui::Panel::right("inspector").resizable(true).default_size(300.0).min_size(240.0).show(ui, |ui| {
         egui::ScrollArea::vertical().show(ui, |ui| inspector_ui(ui, app));
     });
 }
@@ -35,7 +35,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
         if model.main_tensor(layer).is_some() {
-            ui.label("Computing…");
+            ui.label("Computing...");
         } else {
             ui.label("No float tensor: kept as stored.");
         }
@@ -50,7 +50,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         ui.checkbox(&mut app.studio.prefs.log_counts, "log counts");
     });
     value_plot(ui, &analysis, log);
-    ui.label(RichText::new("Error (x − dequantized)").strong());
+    ui.label(RichText::new("Error (x - dequantized)").strong());
     histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, Color32::from_rgb(230, 140, 80), &[]);
     if analysis.group_params.len() > 1 {
         ui.label(RichText::new(format!("Per-channel scales ({} channels)", analysis.group_params.len())).strong());
@@ -80,7 +80,7 @@ fn stats_grid(ui: &mut egui::Ui, a: &TensorAnalysis) {
         ui.label("NaN / inf");
         ui.label(format!("{} / {}", s.nan_count, s.inf_count));
         ui.end_row();
-        ui.label("MSE").on_hover_text("Mean of (x − dequantized x)² over finite values");
+        ui.label("MSE").on_hover_text("Mean of (x - dequantized x)² over finite values");
         ui.label(format::sci(a.error.mse));
         ui.label("max |e|").on_hover_text("Largest absolute error");
         ui.label(format::sci(a.error.max_abs_error));

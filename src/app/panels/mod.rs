@@ -11,9 +11,9 @@ use egui::{Color32, RichText};
 pub use inspector::inspector;
 pub use table::central;
 
+use super::StudioApp;
 use super::format;
 use super::state::{Command, DEFAULT_INT8};
-use super::StudioApp;
 use crate::quant::Precision;
 
 /// Text fields that live across frames.
@@ -98,13 +98,13 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
-    if ui.add(egui::Button::new("Open file…").shortcut_text("Ctrl+O")).clicked() {
+    if ui.add(egui::Button::new("Open file...").shortcut_text("Ctrl+O")).clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().add_filter("safetensors", &["safetensors"]).pick_file() {
             app.send(Command::Open(path));
         }
     }
-    if ui.button("Open folder…").clicked() {
+    if ui.button("Open folder...").clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().pick_folder() {
             app.send(Command::Open(path));
@@ -124,13 +124,13 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     });
     ui.separator();
     let has_model = app.studio.model.is_some();
-    if ui.add_enabled(has_model, egui::Button::new("Save recipe…").shortcut_text("Ctrl+S")).clicked() {
+    if ui.add_enabled(has_model, egui::Button::new("Save recipe...").shortcut_text("Ctrl+S")).clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).save_file() {
             app.send(Command::SaveRecipe(path));
         }
     }
-    if ui.add_enabled(has_model, egui::Button::new("Load recipe…")).clicked() {
+    if ui.add_enabled(has_model, egui::Button::new("Load recipe...")).clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).pick_file() {
             app.send(Command::LoadRecipe(path));
@@ -139,7 +139,7 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     let pending = &mut app.pending;
     path_field(ui, "Recipe path", &mut app.inputs.recipe_path, "Load", |path| pending.push(Command::LoadRecipe(path)));
     ui.separator();
-    if ui.add_enabled(has_model, egui::Button::new("Export…").shortcut_text("Ctrl+E")).clicked() {
+    if ui.add_enabled(has_model, egui::Button::new("Export...").shortcut_text("Ctrl+E")).clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() {
             app.send(Command::Export(path));
@@ -169,7 +169,7 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             let studio = &app.studio;
             let Some(model) = &studio.model else {
                 ui.label(match &studio.model_path {
-                    Some(p) => format!("Opening {}…", p.display()),
+                    Some(p) => format!("Opening {}...", p.display()),
                     None => "No model open. File > Open, or drop a .safetensors file or model folder here.".into(),
                 });
                 return;
@@ -179,8 +179,8 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             ui.separator();
             let (size, planned) = (model.size_bytes(), studio.planned_bytes());
             let ratio = if planned == 0 { 1.0 } else { size as f64 / planned as f64 };
-            ui.label(format!("Size {} → {}", format::bytes(size), format::bytes(planned)))
-                .on_hover_text("Tensor data as stored → as exported under the current plan (scales included)");
+            ui.label(format!("Size {} -> {}", format::bytes(size), format::bytes(planned)))
+                .on_hover_text("Tensor data as stored -> as exported under the current plan (scales included)");
             ui.label(RichText::new(format!("{ratio:.2}× smaller")).strong());
             ui.separator();
             let worst = (0..model.layers.len())
@@ -220,7 +220,7 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
             if let Some(notice) = app.studio.notice.clone() {
                 let color = if notice.is_error { Color32::from_rgb(235, 90, 80) } else { ui.visuals().text_color() };
-                if ui.small_button("✕").on_hover_text("Dismiss").clicked() {
+                if ui.small_button("x").on_hover_text("Dismiss").clicked() {
                     app.send(Command::DismissNotice);
                 }
                 ui.label(RichText::new(notice.text).color(color));

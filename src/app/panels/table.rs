@@ -56,7 +56,7 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         }
         ui.separator();
         let bulk = app.inputs.bulk_precision.get_or_insert(crate::app::state::DEFAULT_INT8);
-        egui::ComboBox::from_id_salt("bulk-precision").selected_text(bulk_label(*bulk)).show_ui(ui, |ui| {
+        let combo = egui::ComboBox::from_id_salt("bulk-precision").selected_text(bulk_label(*bulk)).show_ui(ui, |ui| {
             for (precision, label) in precision_choices() {
                 if let Precision::Int8(_) = precision {
                     for (scheme, scheme_text) in scheme_choices() {
@@ -67,6 +67,7 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 }
             }
         });
+        name_widget(&combo.response, "bulk precision");
         let bulk = *bulk;
         let selected: Vec<LayerId> = app.studio.selection.iter().copied().collect();
         if ui
@@ -95,7 +96,7 @@ fn bulk_label(precision: Precision) -> String {
 
 fn sort_header(ui: &mut egui::Ui, app: &mut StudioApp, label: &str, column: SortColumn, tooltip: &str) {
     let (current, ascending) = app.studio.sort;
-    let arrow = if current == column { if ascending { " ↑" } else { " ↓" } } else { "" };
+    let arrow = if current == column { if ascending { " ^" } else { " v" } } else { "" };
     let response = ui.add(egui::Button::new(RichText::new(format!("{label}{arrow}")).strong()).frame(false));
     if response.on_hover_text(tooltip).clicked() {
         app.studio.sort = if current == column { (column, !ascending) } else { (column, true) };
@@ -112,18 +113,18 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         .resizable(true)
         .sense(egui::Sense::click())
         .cell_layout(egui::Layout::left_to_right(egui::Align::Center))
-        .column(Column::initial(210.0).at_least(100.0).clip(true))
-        .column(Column::initial(66.0))
-        .column(Column::initial(78.0).clip(true))
+        .column(Column::remainder().at_least(140.0).clip(true))
+        .column(Column::initial(62.0))
+        .column(Column::initial(70.0).clip(true))
         .column(Column::initial(58.0))
         .column(Column::initial(40.0))
-        .column(Column::initial(132.0))
-        .column(Column::initial(70.0))
         .column(Column::initial(124.0))
-        .column(Column::initial(60.0))
-        .column(Column::initial(60.0))
         .column(Column::initial(66.0))
-        .column(Column::remainder().at_least(40.0))
+        .column(Column::initial(118.0))
+        .column(Column::initial(58.0))
+        .column(Column::initial(58.0))
+        .column(Column::initial(64.0))
+        .column(Column::initial(52.0))
         .header(24.0, |mut header| {
             header.col(|ui| sort_header(ui, app, "Layer", SortColumn::Name, "Layer name (tensors grouped by prefix)"));
             header.col(|ui| sort_header(ui, app, "Kind", SortColumn::Kind, "Linear, conv, embedding, norm or other"));
@@ -135,20 +136,30 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 ui.label(RichText::new("DType").strong()).on_hover_text("Stored element type of the main tensor");
             });
             header.col(|ui| {
-                sort_header(ui, app, "Size → planned", SortColumn::Planned, "Bytes as stored → bytes once exported")
+                sort_header(ui, app, "Size -> planned", SortColumn::Planned, "Bytes as stored -> bytes once exported")
             });
             header.col(|ui| sort_header(ui, app, "Precision", SortColumn::Precision, "Planned precision of the layer"));
             header.col(|ui| {
-                ui.label(RichText::new("INT8 scheme").strong())
-                    .on_hover_text("Symmetric (zero point 0) or asymmetric; one scale per tensor or per output channel");
+                ui.label(RichText::new("INT8 scheme").strong()).on_hover_text(
+                    "Symmetric (zero point 0) or asymmetric; one scale per tensor or per output channel",
+                );
             });
             header.col(|ui| sort_header(ui, app, "MSE", SortColumn::Mse, "Mean squared error of the main tensor"));
-            header.col(|ui| sort_header(ui, app, "Max err", SortColumn::MaxError, "Largest absolute error |x − dequantized x|"));
             header.col(|ui| {
-                sort_header(ui, app, "SQNR", SortColumn::Sqnr, "10·log10(Σx² / Σe²) in dB; red < 20, orange < 30, yellow < 40")
+                sort_header(ui, app, "Max err", SortColumn::MaxError, "Largest absolute error |x - dequantized x|")
             });
             header.col(|ui| {
-                ui.label(RichText::new("NaN/Inf").strong()).on_hover_text("Non-finite values in the layer's main tensor");
+                sort_header(
+                    ui,
+                    app,
+                    "SQNR",
+                    SortColumn::Sqnr,
+                    "10·log10(Σx² / Σe²) in dB; red < 20, orange < 30, yellow < 40",
+                )
+            });
+            header.col(|ui| {
+                ui.label(RichText::new("NaN/Inf").strong())
+                    .on_hover_text("Non-finite values in the layer's main tensor");
             });
         })
         .body(|body| {
@@ -161,7 +172,9 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 let precision = app.studio.plan.layer(layer_id);
                 row.set_selected(app.studio.selection.contains(&layer_id));
                 row.col(|ui| {
-                    ui.add(egui::Label::new(&layer.name).truncate()).on_hover_text(&layer.name);
+                    // Keep the end of long names (it tells q_proj from k_proj); the full name is in the tooltip.
+                    let max_chars = (ui.available_width() / 7.0).max(8.0) as usize;
+                    ui.add(egui::Label::new(elide_front(&layer.name, max_chars)).truncate()).on_hover_text(&layer.name);
                 });
                 row.col(|ui| {
                     ui.label(layer.kind.as_str());
@@ -179,7 +192,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 row.col(|ui| {
                     let size: u64 = layer.tensors.iter().map(|t| model.tensor(*t).size_bytes()).sum();
                     let planned = app.studio.layer_planned_bytes(layer_id);
-                    ui.label(format!("{} → {}", format::bytes(size), format::bytes(planned)));
+                    ui.label(format!("{} -> {}", format::bytes(size), format::bytes(planned)));
                 });
                 let analysable = main.is_some();
                 row.col(|ui| {
@@ -188,7 +201,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                         return;
                     }
                     let mut chosen = precision;
-                    egui::ComboBox::from_id_salt(("precision", layer_id.0))
+                    let combo = egui::ComboBox::from_id_salt(("precision", layer_id.0))
                         .selected_text(family_label(precision))
                         .width(64.0)
                         .show_ui(ui, |ui| {
@@ -200,6 +213,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                                 ui.selectable_value(&mut chosen, option, label);
                             }
                         });
+                    name_widget(&combo.response, &format!("precision of {}", layer.name));
                     if chosen != precision {
                         let layers = targets(app, layer_id);
                         app.send(Command::SetPrecision { layers, precision: chosen });
@@ -211,20 +225,21 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                         return;
                     }
                     let mut chosen = scheme;
-                    egui::ComboBox::from_id_salt(("scheme", layer_id.0))
+                    let combo = egui::ComboBox::from_id_salt(("scheme", layer_id.0))
                         .selected_text(scheme_label(scheme))
-                        .width(112.0)
+                        .width(104.0)
                         .show_ui(ui, |ui| {
                             for (option, label) in scheme_choices() {
                                 ui.selectable_value(&mut chosen, option, label);
                             }
                         });
+                    name_widget(&combo.response, &format!("INT8 scheme of {}", layer.name));
                     if chosen != scheme {
                         let layers = targets(app, layer_id);
                         app.send(Command::SetPrecision { layers, precision: Precision::Int8(chosen) });
                     }
                 });
-                let pending = || RichText::new("…").color(Color32::GRAY);
+                let pending = || RichText::new("...").color(Color32::GRAY);
                 row.col(|ui| {
                     match &analysis {
                         Some(a) => ui.label(format::sci(a.error.mse)),
@@ -252,8 +267,14 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     if let Some(a) = &analysis
                         && a.stats.has_non_finite()
                     {
-                        ui.label(RichText::new(format!("⚠ {}", a.stats.nan_count + a.stats.inf_count)).color(Color32::from_rgb(235, 90, 80)))
-                            .on_hover_text(format!("{} NaN, {} ±inf (excluded from every figure)", a.stats.nan_count, a.stats.inf_count));
+                        ui.label(
+                            RichText::new(format!("! {}", a.stats.nan_count + a.stats.inf_count))
+                                .color(Color32::from_rgb(235, 90, 80)),
+                        )
+                        .on_hover_text(format!(
+                            "{} NaN, {} ±inf (excluded from every figure)",
+                            a.stats.nan_count, a.stats.inf_count
+                        ));
                     }
                 });
                 if row.response().clicked() {
@@ -266,6 +287,16 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
     }
 }
 
+/// `...layers.0.self_attn.q_proj`: the last `max_chars` characters of a long name.
+fn elide_front(name: &str, max_chars: usize) -> String {
+    let count = name.chars().count();
+    if count <= max_chars {
+        return name.to_owned();
+    }
+    let tail: String = name.chars().skip(count - max_chars.saturating_sub(1)).collect();
+    format!("...{tail}")
+}
+
 /// The layers a per-row edit applies to: the whole selection when the row is part of a multi-row selection.
 fn targets(app: &StudioApp, layer: LayerId) -> Vec<LayerId> {
     if app.studio.selection.len() > 1 && app.studio.selection.contains(&layer) {
@@ -273,4 +304,9 @@ fn targets(app: &StudioApp, layer: LayerId) -> Vec<LayerId> {
     } else {
         vec![layer]
     }
+}
+
+/// Gives a combo box an accessible name (screen readers and UI tests find it by that name).
+fn name_widget(response: &egui::Response, name: &str) {
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::ComboBox, response.enabled(), name));
 }

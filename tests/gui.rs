@@ -1,0 +1,117 @@
+//! The window, headless: egui_kittest drives the real `StudioApp` by label (no GPU, no display).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use quantstudio::app::{Command, Preferences, StudioApp};
+
+use crate::common::{self, Spec};
+
+/// How long a test waits for the worker before failing.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn harness(path: &Path) -> Harness<'static, StudioApp> {
+    let app = StudioApp::new(Preferences::default(), Some(path.to_owned()), || {});
+    Harness::builder().with_size([1280.0, 800.0]).build_ui_state(|ui, app: &mut StudioApp| app.frame_ui(ui), app)
+}
+
+/// Steps frames until `done` holds (the worker runs on its own threads meanwhile).
+fn step_until(harness: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    while !done(harness.state()) {
+        assert!(start.elapsed() < WORKER_TIMEOUT, "timed out waiting for {what}");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    harness.step();
+}
+
+fn loaded_and_analysed(app: &StudioApp) -> bool {
+    app.studio.model.is_some() && !app.studio.is_busy()
+}
+
+#[test]
+fn opens_the_sample_and_fills_in_the_error_columns() {
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    assert!(h.query_all_by_label("lm_head").count() >= 1);
+    h.get_by_label_contains("× smaller");
+    let model = h.state().studio.model.clone().unwrap();
+    let analysed = (0..model.layers.len())
+        .filter(|i| h.state().studio.layer_analysis(quantstudio::model::LayerId(*i)).is_some())
+        .count();
+    assert_eq!(analysed, 11, "every layer with a float tensor has its error");
+    assert!(!h.get_all_by_label_contains(" dB").collect::<Vec<_>>().is_empty(), "SQNR figures are shown");
+}
+
+#[test]
+fn changing_a_precision_changes_the_planned_size_and_undo_restores_it() {
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open", loaded_and_analysed);
+    let before = h.state().studio.planned_bytes();
+    h.get_by_label("precision of lm_head").click();
+    h.run_steps(3);
+    h.get_by_label("FP16").click();
+    h.run_steps(2);
+    let after = h.state().studio.planned_bytes();
+    assert!(after > before, "lm_head INT8 -> FP16 grows the plan: {before} -> {after}");
+    step_until(&mut h, "the new error", loaded_and_analysed);
+    h.get_by_label("Edit").click();
+    h.run_steps(3);
+    h.get_by_label_contains("Undo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.planned_bytes(), before, "undo restores the plan");
+    h.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    h.run_steps(2);
+    assert_eq!(h.state().studio.planned_bytes(), after, "Ctrl+Shift+Z re-applies it");
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run_steps(2);
+    assert_eq!(h.state().studio.planned_bytes(), before, "Ctrl+Z undoes it again");
+}
+
+#[test]
+fn a_running_job_can_be_cancelled_and_the_app_stays_usable() {
+    let dir = common::temp_dir();
+    let path = dir.path().join("big.safetensors");
+    let specs: Vec<Spec> = (0..6)
+        .map(|i| Spec::f32(&format!("layers.{i}.weight"), &[1024, 1024], &common::normal(1 << 20, i, 0.02)))
+        .collect();
+    common::write_model(&path, &specs);
+    let mut h = harness(&path);
+    step_until(&mut h, "the model to open", |app| app.studio.model.is_some());
+    assert!(h.state().studio.is_busy(), "the analysis job is running");
+    h.get_by_label("Cancel").click();
+    h.run_steps(2);
+    step_until(&mut h, "the job to stop", |app| !app.studio.is_busy());
+    let notice = h.state().studio.notice.clone().unwrap();
+    assert!(notice.text.contains("cancelled") && !notice.is_error, "{notice:?}");
+    // Still usable: a precision change restarts the analysis for what is missing.
+    h.state_mut().send(Command::SetPrecision {
+        layers: vec![quantstudio::model::LayerId(0)],
+        precision: quantstudio::quant::Precision::Fp16,
+    });
+    h.step();
+    step_until(&mut h, "the new analysis", loaded_and_analysed);
+    assert!(h.state().studio.layer_analysis(quantstudio::model::LayerId(0)).is_some());
+}
+
+#[test]
+fn a_bad_file_shows_an_error_and_keeps_the_open_model() {
+    let dir = common::temp_dir();
+    let bad = dir.path().join("truncated.safetensors");
+    std::fs::write(&bad, [200u8, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open", loaded_and_analysed);
+    h.state_mut().send(Command::Open(bad));
+    h.step();
+    step_until(&mut h, "the open to fail", |app| app.studio.notice.as_ref().is_some_and(|n| n.is_error));
+    h.get_by_label_contains("truncated.safetensors");
+    assert!(h.state().studio.model.as_ref().unwrap().path.ends_with("tiny-llm"), "the open model stays");
+    assert!(h.query_all_by_label("lm_head").count() >= 1);
+    h.get_by_label("x").click();
+    h.run_steps(2);
+    assert!(h.state().studio.notice.is_none(), "the notice can be dismissed");
+}
