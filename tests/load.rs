@@ -90,6 +90,9 @@ fn opens_a_sharded_folder_in_natural_order() {
     assert_eq!(model.shards.len(), 2);
 }
 
+/// Whether an error is the expected one.
+type ErrorCheck = fn(&Error) -> bool;
+
 fn open_err(path: &Path) -> Error {
     let before = common::snapshot(path.parent().unwrap());
     let error = Model::open(path).expect_err("must fail");
@@ -106,7 +109,7 @@ fn bad_files_give_named_errors_and_write_nothing() {
     let f32_entry = |name: &str, shape: &str, begin: usize, end: usize| {
         format!(r#""{name}":{{"dtype":"F32","shape":{shape},"data_offsets":[{begin},{end}]}}"#)
     };
-    let cases: Vec<(&str, Vec<u8>, fn(&Error) -> bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, ErrorCheck)> = vec![
         ("empty", vec![], |e| matches!(e, Error::EmptyFile { .. })),
         ("short", vec![1, 2, 3], |e| matches!(e, Error::FileTooShort { .. })),
         (

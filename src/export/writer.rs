@@ -43,7 +43,7 @@ pub fn header_json(tensors: &[PlannedTensor], metadata: &BTreeMap<String, String
         offset = end;
     }
     let mut bytes = serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default();
-    while (8 + bytes.len()) % 8 != 0 {
+    while !(8 + bytes.len()).is_multiple_of(8) {
         bytes.push(b' ');
     }
     bytes

@@ -188,11 +188,14 @@ fn first_finite(data: &TensorData) -> f64 {
     0.0
 }
 
+/// The finite range `(row, min, max)` one block saw of one row.
+type RowRange = (usize, f32, f32);
+
 /// Pass 1 over a tensor, in parallel.
 pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
     let shift = first_finite(data);
     let blocks = data.blocks();
-    let partials: Vec<(ScanAcc, Vec<(usize, f32, f32)>)> = blocks
+    let partials: Vec<(ScanAcc, Vec<RowRange>)> = blocks
         .par_iter()
         .map_init(Vec::new, |buf, block| {
             progress.check()?;
