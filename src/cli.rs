@@ -16,6 +16,20 @@ use crate::progress::Progress;
 use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
 use crate::report::{ModelReport, TensorReport, analyze_model};
 
+/// `println!` that ignores a closed stdout (`quantstudio inspect M | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out_inline {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// quantstudio: open a safetensors model, choose a precision per layer, measure the error, export.
 #[derive(Debug, Parser)]
 #[command(name = "quantstudio", version, args_conflicts_with_subcommands = true)]
@@ -175,20 +189,20 @@ fn execute(command: Command) -> Result<()> {
             } else {
                 print_table(&model, &report, true);
                 for warning in model.warnings.iter().chain(&plan.warnings) {
-                    println!("warning: {warning}");
+                    out!("warning: {warning}");
                 }
                 if let Some(export) = &export {
                     for warning in &export.warnings {
-                        println!("warning: {warning}");
+                        out!("warning: {warning}");
                     }
-                    println!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
+                    out!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
                 }
             }
             Ok(())
         }
         Command::Recipe { model } => {
             let model = Model::open(&model)?;
-            println!("{}", Recipe::starting(&model).to_json());
+            out!("{}", Recipe::starting(&model).to_json());
             Ok(())
         }
         Command::Throughput { model, plan, repeat, json } => {
@@ -199,7 +213,7 @@ fn execute(command: Command) -> Result<()> {
             if json {
                 print_json(&serde_json::to_value(&result).unwrap_or(Value::Null));
             } else {
-                println!("{result}");
+                out!("{result}");
             }
             Ok(())
         }
@@ -349,7 +363,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
-    println!(
+    out!(
         "model: {} ({} tensors, {} layers, {} parameters, {})",
         model.path.display(),
         model.tensors.len(),
@@ -359,12 +373,12 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
     );
     let name_width = report.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).clamp(6, 60);
     if with_error {
-        println!(
+        out!(
             "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
             "tensor", "dtype", "shape", "precision", "size", "planned", "mse", "max err", "sqnr dB", "nan/inf"
         );
     } else {
-        println!(
+        out!(
             "{:<name_width$}  {:<9}  {:<5}  {:<16}  {:>10}  {:>11}  {:>11}  {:>11}  {:>11}  {:>10}",
             "tensor", "kind", "dtype", "shape", "size", "min", "max", "mean", "std", "nan/inf"
         );
@@ -382,7 +396,7 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
-            println!(
+            out!(
                 "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
                 t.name,
                 t.dtype.as_str(),
@@ -399,7 +413,7 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
             let cell = |f: fn(&crate::stats::TensorStats) -> f64| {
                 t.analysis.as_ref().map(|a| format!("{:.4e}", f(&a.stats))).unwrap_or_else(|| "-".into())
             };
-            println!(
+            out!(
                 "{:<name_width$}  {:<9}  {:<5}  {:<16}  {:>10}  {:>11}  {:>11}  {:>11}  {:>11}  {:>10}",
                 t.name,
                 t.kind,
@@ -415,15 +429,15 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
         }
     }
     if with_error {
-        print!(
+        out_inline!(
             "total: {} -> {} ({:.2}x smaller)",
             human_bytes(report.size_bytes),
             human_bytes(report.planned_bytes),
             report.compression_ratio()
         );
         match report.worst_by_sqnr() {
-            Some((worst, db)) => println!("; worst SQNR: {} at {db:.2} dB", worst.name),
-            None => println!("; every tensor lossless"),
+            Some((worst, db)) => out!("; worst SQNR: {} at {db:.2} dB", worst.name),
+            None => out!("; every tensor lossless"),
         }
     }
 }
