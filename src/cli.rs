@@ -375,12 +375,30 @@ fn print_table(model: &Model, report: &ModelReport, with_error: bool) {
     if with_error {
         out!(
             "{:<name_width$}  {:<5}  {:<16}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}",
-            "tensor", "dtype", "shape", "precision", "size", "planned", "mse", "max err", "sqnr dB", "nan/inf"
+            "tensor",
+            "dtype",
+            "shape",
+            "precision",
+            "size",
+            "planned",
+            "mse",
+            "max err",
+            "sqnr dB",
+            "nan/inf"
         );
     } else {
         out!(
             "{:<name_width$}  {:<9}  {:<5}  {:<16}  {:>10}  {:>11}  {:>11}  {:>11}  {:>11}  {:>10}",
-            "tensor", "kind", "dtype", "shape", "size", "min", "max", "mean", "std", "nan/inf"
+            "tensor",
+            "kind",
+            "dtype",
+            "shape",
+            "size",
+            "min",
+            "max",
+            "mean",
+            "std",
+            "nan/inf"
         );
     }
     for t in &report.tensors {

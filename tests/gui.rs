@@ -115,3 +115,27 @@ fn a_bad_file_shows_an_error_and_keeps_the_open_model() {
     h.run_steps(2);
     assert!(h.state().studio.notice.is_none(), "the notice can be dismissed");
 }
+
+#[test]
+fn export_and_recipes_run_as_jobs_and_report_in_the_status_bar() {
+    let dir = common::temp_dir();
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open", loaded_and_analysed);
+    let dest = dir.path().join("export");
+    h.state_mut().send(Command::Export(dest.clone()));
+    h.step();
+    step_until(&mut h, "the export", |app| app.studio.last_export.is_some());
+    h.get_by_label_contains("exported to");
+    assert!(dest.join("model.safetensors").is_file());
+    let recipe = dir.path().join("plan.json");
+    h.state_mut().send(Command::SaveRecipe(recipe.clone()));
+    h.step();
+    step_until(&mut h, "the recipe to be saved", |app| !app.studio.is_busy());
+    assert!(recipe.is_file());
+    let foreign = dir.path().join("foreign.json");
+    std::fs::write(&foreign, r#"{"version":1,"layers":{"decoder.block.7":{"precision":"fp16"}}}"#).unwrap();
+    h.state_mut().send(Command::LoadRecipe(foreign));
+    h.step();
+    step_until(&mut h, "the recipe error", |app| app.studio.notice.as_ref().is_some_and(|n| n.is_error));
+    h.get_by_label_contains("decoder.block.7");
+}

@@ -23,8 +23,10 @@ pub struct Inputs {
     pub open_path: String,
     /// "Export to" field of the File menu.
     pub export_path: String,
-    /// Recipe path field.
+    /// "Load recipe" path field.
     pub recipe_path: String,
+    /// "Save recipe" path field.
+    pub save_recipe_path: String,
     /// The precision the bulk buttons apply.
     pub bulk_precision: Option<Precision>,
 }
@@ -137,7 +139,11 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
         }
     }
     let pending = &mut app.pending;
-    path_field(ui, "Recipe path", &mut app.inputs.recipe_path, "Load", |path| pending.push(Command::LoadRecipe(path)));
+    path_field(ui, "Load recipe", &mut app.inputs.recipe_path, "Load", |path| pending.push(Command::LoadRecipe(path)));
+    let pending = &mut app.pending;
+    path_field(ui, "Save recipe", &mut app.inputs.save_recipe_path, "Save", |path| {
+        pending.push(Command::SaveRecipe(path))
+    });
     ui.separator();
     if ui.add_enabled(has_model, egui::Button::new("Export...").shortcut_text("Ctrl+E")).clicked() {
         ui.close();
