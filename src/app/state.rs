@@ -103,6 +103,9 @@ impl Default for Preferences {
 }
 
 const MAX_RECENT: usize = 8;
+
+/// What the table order depends on: model generation, revision, filter, sort.
+type RowsKey = (u64, u64, String, (SortColumn, bool));
 const MAX_UNDO: usize = 200;
 
 /// The studio's state.
@@ -137,6 +140,7 @@ pub struct Studio {
     /// Bumped whenever the model or the plan changes (for caches of derived values).
     pub revision: u64,
     generation: u64,
+    rows_cache: Option<(RowsKey, Vec<LayerId>)>,
     job_generation: HashMap<JobId, u64>,
     user_cancelled: BTreeSet<JobKind>,
     planned_total: u64,
@@ -163,6 +167,7 @@ impl Studio {
             prefs,
             revision: 0,
             generation: 0,
+            rows_cache: None,
             job_generation: HashMap::new(),
             user_cancelled: BTreeSet::new(),
             planned_total: 0,
@@ -431,6 +436,19 @@ impl Studio {
 
     fn error(&mut self, text: String) {
         self.notice = Some(Notice { text, is_error: true });
+    }
+
+    /// Layers in table order, recomputed only when the model, plan, results, filter or sort changed.
+    pub fn rows(&mut self) -> Vec<LayerId> {
+        let key = (self.generation, self.revision, self.filter.clone(), self.sort);
+        match &self.rows_cache {
+            Some((cached, rows)) if *cached == key => rows.clone(),
+            _ => {
+                let rows = self.visible_layers();
+                self.rows_cache = Some((key, rows.clone()));
+                rows
+            }
+        }
     }
 
     /// Layers in table order: filtered by [`Studio::filter`], sorted by [`Studio::sort`].

@@ -36,7 +36,7 @@ pub fn central(ui: &mut egui::Ui, app: &mut StudioApp) {
             });
             return;
         }
-        let rows = app.studio.visible_layers();
+        let rows = app.studio.rows();
         bulk_bar(ui, app, &rows);
         ui.separator();
         layer_table(ui, app, &rows);
@@ -115,16 +115,16 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         .cell_layout(egui::Layout::left_to_right(egui::Align::Center))
         .column(Column::remainder().at_least(140.0).clip(true))
         .column(Column::initial(62.0))
-        .column(Column::initial(70.0).clip(true))
-        .column(Column::initial(58.0))
-        .column(Column::initial(40.0))
-        .column(Column::initial(124.0))
-        .column(Column::initial(66.0))
+        .column(Column::initial(64.0).clip(true))
+        .column(Column::initial(54.0))
+        .column(Column::initial(38.0))
         .column(Column::initial(118.0))
-        .column(Column::initial(58.0))
-        .column(Column::initial(58.0))
-        .column(Column::initial(64.0))
-        .column(Column::initial(52.0))
+        .column(Column::initial(62.0))
+        .column(Column::initial(112.0))
+        .column(Column::initial(54.0))
+        .column(Column::initial(54.0))
+        .column(Column::initial(62.0))
+        .column(Column::initial(48.0))
         .header(24.0, |mut header| {
             header.col(|ui| sort_header(ui, app, "Layer", SortColumn::Name, "Layer name (tensors grouped by prefix)"));
             header.col(|ui| sort_header(ui, app, "Kind", SortColumn::Kind, "Linear, conv, embedding, norm or other"));
@@ -227,7 +227,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     let mut chosen = scheme;
                     let combo = egui::ComboBox::from_id_salt(("scheme", layer_id.0))
                         .selected_text(scheme_label(scheme))
-                        .width(104.0)
+                        .width(98.0)
                         .show_ui(ui, |ui| {
                             for (option, label) in scheme_choices() {
                                 ui.selectable_value(&mut chosen, option, label);
