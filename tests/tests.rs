@@ -15,5 +15,7 @@ mod cli;
 // The window, headless (egui_kittest).
 #[cfg(feature = "gui")]
 mod gui;
+// The digits sample models: documented data split, committed weights and accuracy, seeded training, model.json.
+mod samples;
 // The independent numpy reference (tools/reference_check.py) against the CLI.
 mod python;
