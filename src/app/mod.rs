@@ -128,11 +128,11 @@ impl eframe::App for StudioApp {
     }
 }
 
-/// The bundled sample opened when no path is given.
+/// The bundled sample opened when no path is given: the digits MLP.
 pub fn default_model() -> Option<PathBuf> {
     let candidates = [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/tiny-llm"),
-        PathBuf::from("sample-models/tiny-llm"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp"),
+        PathBuf::from("sample-models/digits-mlp"),
     ];
     candidates.into_iter().find(|p| p.exists())
 }
