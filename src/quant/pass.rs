@@ -77,9 +77,23 @@ impl<'a> TensorData<'a> {
                 buf.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
             }
             DType::F16 => {
+                #[cfg(target_endian = "little")]
+                if let Ok(halves) = bytemuck::try_cast_slice::<u8, half::f16>(raw) {
+                    // Uses F16C when the CPU has it (runtime detection inside `half`).
+                    use half::slice::HalfFloatSliceExt;
+                    buf.resize(halves.len(), 0.0);
+                    halves.convert_to_f32_slice(buf);
+                    return buf;
+                }
                 buf.extend(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
             }
             DType::BF16 => {
+                #[cfg(target_endian = "little")]
+                if let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(raw) {
+                    // A plain widening loop that the compiler vectorises.
+                    buf.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+                    return buf;
+                }
                 buf.extend(
                     raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
                 );
