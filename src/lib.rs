@@ -9,9 +9,9 @@
 //! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
 //! - [`cli`]: the headless commands over the same core.
 //! - [`worker`]: the only code that spawns threads: jobs with progress and cancel, for the window.
-//! - `app` (feature `gui`): the eframe/egui window; it only draws and sends commands.
+//! - `app` (feature `gui`): the window; it only draws and sends commands.
 //!
-//! The core knows nothing of egui or threads beyond rayon's data parallelism; [`progress::Progress`] carries
+//! The core knows nothing of the GUI toolkit or threads beyond rayon's data parallelism; [`progress::Progress`] carries
 //! progress and cancellation in and out.
 
 #[cfg(feature = "gui")]

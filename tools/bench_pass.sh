@@ -27,6 +27,7 @@ if [[ ! -f "$DIR/f32/model.safetensors" || ! -f "$DIR/bf16/model.safetensors" ]]
 fi
 (cd "$ROOT" && cargo build --release --no-default-features >&2)
 BIN="$ROOT/target/release/quantstudio"
+REV="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"  # source the binary was built from
 
 # json FILE KEY: one value of a JSON document
 json() { "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
@@ -64,7 +65,7 @@ echo "| model | input GB | read GB/s (mmap) | quantstudio GB/s | % of read bandw
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo
-echo "Machine: nproc=$(nproc), CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); quantstudio: $THREADS rayon threads, $IMPL kernels; numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'); best of $REPEAT after a warm-up; GB = 1e9 bytes of float weights."
+echo "Machine: nproc=$(nproc), CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); quantstudio $REV: $THREADS rayon threads, $IMPL kernels; numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'); best of $REPEAT after a warm-up; GB = 1e9 bytes of float weights."
 echo
 echo "Commands:"
 printf '    %s\n' "${COMMANDS[@]}"
