@@ -191,12 +191,6 @@ impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { action, source, path: path.into() }
     }
-
-    /// True when the error is bad input from the user's files (CLI exit code 2), as opposed to cancellation or
-    /// an unsupported request.
-    pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Error::Cancelled)
-    }
 }
 
 /// The core's result type.

@@ -62,12 +62,6 @@ impl Progress {
         self.inner.done.fetch_add(units, Ordering::Relaxed);
     }
 
-    /// Sets done and total.
-    pub fn report(&self, done: u64, total: u64) {
-        self.inner.total.store(total, Ordering::Relaxed);
-        self.inner.done.store(done, Ordering::Relaxed);
-    }
-
     /// `Err(Cancelled)` once the job has been cancelled.
     pub fn check(&self) -> Result<()> {
         if self.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }

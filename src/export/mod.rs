@@ -59,20 +59,6 @@ pub struct QuantizedTensor {
     pub codes: Vec<i8>,
     /// One entry per group (per tensor: one; per channel: one per row).
     pub params: Vec<QParams>,
-    /// Elements per row (for per-channel lookup).
-    pub cols: usize,
-}
-
-impl QuantizedTensor {
-    /// The reconstructed values, `(q - zero_point) * scale` in f32.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let per_row = self.params.len() > 1;
-        self.codes
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| self.params[if per_row { i / self.cols.max(1) } else { 0 }].dequantize(q))
-            .collect()
-    }
 }
 
 /// Quantizes one tensor to INT8 codes under `scheme` (pass 1 for the parameters, then the codes, in parallel).
@@ -91,19 +77,16 @@ pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progres
     pieces.into_par_iter().try_for_each_init(Vec::new, |buf, (block, out)| {
         progress.check()?;
         let values = data.values(block.clone(), buf);
-        let mut at = block.start;
-        while at < block.end {
-            let row = at / data.cols;
-            let row_end = ((row + 1) * data.cols).min(block.end);
+        let mut at = 0;
+        data.for_each_row_slice(block, values, |row, slice| {
             let p = &params[if per_row { row } else { 0 }];
-            let range = at - block.start..row_end - block.start;
-            kernels::quantize_codes(&values[range.clone()], p, &mut out[range]);
-            at = row_end;
-        }
+            kernels::quantize_codes(slice, p, &mut out[at..at + slice.len()]);
+            at += slice.len();
+        });
         progress.advance(block.len() as u64);
         Ok::<(), Error>(())
     })?;
-    Ok(QuantizedTensor { codes, params, cols: data.cols })
+    Ok(QuantizedTensor { codes, params })
 }
 
 /// The name of a quantization parameter tensor: `x.weight` -> `x.weight_scale`.

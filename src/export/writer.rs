@@ -84,11 +84,6 @@ impl TensorFileWriter {
         out.write_all(bytes).map_err(|e| Error::io("cannot write", &self.temp_path, e))
     }
 
-    /// The tensor whose bytes are expected next.
-    pub fn expected(&self) -> Option<&PlannedTensor> {
-        self.tensors.get(self.next)
-    }
-
     /// Appends bytes of the current tensor; may be called several times per tensor. A tensor is complete when
     /// its planned byte length has been written.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {

@@ -128,7 +128,7 @@ impl<'a> TensorData<'a> {
     }
 
     /// Calls `f(row, slice)` for each part of `block` that lies in one row.
-    fn for_each_row_slice(&self, block: &Range<usize>, values: &[f32], mut f: impl FnMut(usize, &[f32])) {
+    pub fn for_each_row_slice(&self, block: &Range<usize>, values: &[f32], mut f: impl FnMut(usize, &[f32])) {
         let mut at = block.start;
         while at < block.end {
             let row = at / self.cols;

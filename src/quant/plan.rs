@@ -6,7 +6,7 @@
 //! order, the last match winning; then an entry of `layers` naming it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Granularity, Int8Scheme, Precision};
 use crate::error::{Error, Result};
@@ -219,11 +219,6 @@ impl Plan {
         recipe.layers = model.layers.iter().zip(&self.layers).map(|(l, p)| (l.name.clone(), *p)).collect();
         recipe
     }
-}
-
-/// Where a recipe came from, for messages.
-pub fn recipe_origin(path: Option<&Path>) -> PathBuf {
-    path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<recipe>"))
 }
 
 #[cfg(test)]
