@@ -71,6 +71,21 @@ pub enum Command {
         /// A .safetensors file or a Hugging Face model folder.
         model: PathBuf,
     },
+    /// Run the model in FP32 and as planned on evaluation data, and compare: accuracy, embedding cosine,
+    /// next-token agreement and KL, output SQNR.
+    Eval {
+        /// A model folder with a runnable architecture (model.json graph, BERT or Llama config.json).
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Evaluation data: a .safetensors file (`inputs` [+ `labels`], or `input_ids` [+ `attention_mask`,
+        /// `token_type_ids`]) or a text file, one sample per line, tokenised with the model's tokenizer.json.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the analysis pass in GB/s of input weights against the read bandwidth of the same mapped files.
     Throughput {
         /// A .safetensors file or a Hugging Face model folder.
@@ -151,6 +166,27 @@ impl PlanArgs {
     }
 }
 
+fn print_eval(r: &crate::runtime::EvalReport) {
+    out!("{} model, {} samples, {} outputs compared", r.family, r.samples, r.positions);
+    let percent = |v: f64| format!("{:.2}%", v * 100.0);
+    if let (Some(fp32), Some(plan)) = (r.fp32_accuracy, r.accuracy) {
+        out!("accuracy         FP32 {}  plan {}  ({:+.2} points)", percent(fp32), percent(plan), (plan - fp32) * 100.0);
+    }
+    if let Some(v) = r.top1_agreement {
+        out!("top-1 agreement  {}", percent(v));
+    }
+    if let Some(v) = r.mean_kl {
+        out!("mean KL          {v:.6} nats");
+    }
+    if let (Some(mean), Some(min)) = (r.mean_cosine, r.min_cosine) {
+        out!("cosine           mean {mean:.6}  min {min:.6}");
+    }
+    match r.output_sqnr_db {
+        Some(db) => out!("output SQNR      {db:.2} dB  (max |diff| {:.4e})", r.output_max_abs_error),
+        None => out!("output SQNR      identical to FP32"),
+    }
+}
+
 /// Runs a headless command; returns the process exit code.
 pub fn run(command: Command) -> i32 {
     match execute(command) {
@@ -172,6 +208,23 @@ fn execute(command: Command) -> Result<()> {
                 print_json(&report_json(&model, &report, None, None, &output, false));
             } else {
                 print_table(&model, &report, false);
+            }
+            Ok(())
+        }
+        Command::Eval { model, plan, data, json } => {
+            let recipe = plan.recipe()?;
+            let model = Model::open(&model)?;
+            let plan = recipe.resolve(&model)?;
+            let arch = crate::runtime::Architecture::detect(&model)?;
+            let data = crate::runtime::EvalData::load(&data, &crate::runtime::model_folder(&model))?;
+            let report = with_progress_bar(|progress| crate::runtime::evaluate(&model, &arch, &data, &plan, progress))?;
+            if json {
+                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
+                doc["model"] = json!(model.path);
+                doc["recipe"] = serde_json::to_value(&recipe).unwrap_or(Value::Null);
+                print_json(&doc);
+            } else {
+                print_eval(&report);
             }
             Ok(())
         }

@@ -6,6 +6,7 @@
 //! - [`stats`]: summary statistics and histograms.
 //! - [`export`]: the compressed-tensors folder a plan produces; temp file + rename.
 //! - [`report`]: the model-wide analysis the CLI prints and the window shows.
+//! - [`runtime`]: forward passes (model.json graphs, BERT, Llama) in FP32 and as a plan quantizes them; evaluation.
 //! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
 //! - [`cli`]: the headless commands over the same core.
 //! - [`worker`]: the only code that spawns threads: jobs with progress and cancel, for the window.
@@ -24,6 +25,7 @@ pub mod model;
 pub mod progress;
 pub mod quant;
 pub mod report;
+pub mod runtime;
 pub mod stats;
 pub mod worker;
 

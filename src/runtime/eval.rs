@@ -1,0 +1,295 @@
+//! The accuracy of a plan against FP32: both networks run on the same data, sample by sample, and the figures the
+//! model's task uses are compared (docs/EVALUATION.md gives every formula).
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Architecture, EvalData, Network, TokenSequence, bert};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::quant::{ErrorMetrics, Plan};
+
+/// Samples of a graph model run in one batch.
+const GRAPH_BATCH: usize = 256;
+
+/// What running a plan did to a model's outputs. Figures that do not apply to the model are `None` (and absent
+/// from the JSON); `output_sqnr_db` is `null` when the outputs are identical.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// "graph", "bert" or "llama".
+    pub family: &'static str,
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Output positions compared: samples for a graph, unmasked tokens for BERT and Llama.
+    pub positions: usize,
+    /// Classification accuracy of the FP32 model on labelled data (fraction of samples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp32_accuracy: Option<f64>,
+    /// Classification accuracy of the plan on labelled data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Fraction of samples (graph) or token positions (Llama) where the plan's top-1 class equals FP32's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    /// Mean over token positions of KL(P_fp32 ‖ P_plan) of the next-token distributions, in nats (Llama).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_kl: Option<f64>,
+    /// Mean cosine similarity of the sentence embeddings, FP32 against plan (BERT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_cosine: Option<f64>,
+    /// Smallest cosine similarity of the sentence embeddings over the samples (BERT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_cosine: Option<f64>,
+    /// `10 log10(Σ y² / Σ (y - ŷ)²)` over the compared outputs (logits, last hidden states); `None`: identical.
+    pub output_sqnr_db: Option<f64>,
+    /// Mean squared difference of the compared outputs.
+    pub output_mse: f64,
+    /// Largest absolute difference of the compared outputs.
+    pub output_max_abs_error: f64,
+}
+
+/// Per-sample sums, combined in sample order so the result does not depend on scheduling.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    positions: usize,
+    signal_sq: f64,
+    error_sq: f64,
+    max_abs_error: f64,
+    fp32_correct: usize,
+    plan_correct: usize,
+    labelled: usize,
+    top1_same: usize,
+    kl: f64,
+    cosine_sum: f64,
+    cosine_min: f64,
+}
+
+impl Sums {
+    fn add(mut self, o: Sums) -> Sums {
+        self.positions += o.positions;
+        self.signal_sq += o.signal_sq;
+        self.error_sq += o.error_sq;
+        self.max_abs_error = self.max_abs_error.max(o.max_abs_error);
+        self.fp32_correct += o.fp32_correct;
+        self.plan_correct += o.plan_correct;
+        self.labelled += o.labelled;
+        self.top1_same += o.top1_same;
+        self.kl += o.kl;
+        self.cosine_sum += o.cosine_sum;
+        self.cosine_min = self.cosine_min.min(o.cosine_min);
+        self
+    }
+
+    fn compare(&mut self, reference: &[f32], planned: &[f32]) {
+        for (&y, &q) in reference.iter().zip(planned) {
+            let e = (y as f64 - q as f64).abs();
+            self.signal_sq += (y as f64) * (y as f64);
+            self.error_sq += e * e;
+            self.max_abs_error = self.max_abs_error.max(e);
+        }
+    }
+}
+
+/// Runs FP32 and `plan` on `data` and compares them. The two networks are built first (sharing the tensors the
+/// plan keeps in FP32), then every sample runs through both.
+pub fn evaluate(
+    model: &Model,
+    arch: &Architecture,
+    data: &EvalData,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<EvalReport> {
+    let (reference, planned) = Network::build_pair(model, arch, plan, progress)?;
+    progress.start_stage("running FP32 and the plan", data.len() as u64);
+    let sums = match (&reference, &planned, data) {
+        (Network::Graph(r), Network::Graph(p), EvalData::Samples { inputs, sample_shape, labels }) => {
+            if *sample_shape != r.spec.input_shape {
+                return Err(Error::Unsupported(format!(
+                    "the data's samples are {sample_shape:?}, the model takes {:?}",
+                    r.spec.input_shape
+                )));
+            }
+            graph_sums(r, p, inputs, labels.as_deref(), progress)?
+        }
+        (Network::Bert(r), Network::Bert(p), EvalData::Sequences(seqs)) => {
+            sequence_sums(seqs, progress, |seq| bert_sample(r, p, seq))?
+        }
+        (Network::Llama(r), Network::Llama(p), EvalData::Sequences(seqs)) => sequence_sums(seqs, progress, |seq| {
+            let logits_r = r.forward(seq, &mut r.new_cache())?;
+            let logits_p = p.forward(seq, &mut p.new_cache())?;
+            Ok(logit_sums(&logits_r, &logits_p, r.config.vocab_size, &seq.mask, true))
+        })?,
+        (_, _, EvalData::Samples { .. }) => {
+            return Err(Error::Unsupported(format!(
+                "a {} model takes token sequences: give a text file or a safetensors file with input_ids",
+                arch.family()
+            )));
+        }
+        (_, _, EvalData::Sequences(_)) => {
+            return Err(Error::Unsupported("a model.json graph takes an `inputs` tensor, not token sequences".into()));
+        }
+    };
+    let metrics =
+        ErrorMetrics::from_sums(sums.signal_sq, sums.error_sq, sums.max_abs_error, (sums.positions as u64).max(1));
+    let fraction = |count: usize, of: usize| (of > 0).then(|| count as f64 / of as f64);
+    let samples = data.len();
+    let family = arch.family();
+    let element_count = match &reference {
+        Network::Graph(r) => sums.positions * r.output_len(),
+        Network::Bert(r) => sums.positions * r.config.hidden_size,
+        Network::Llama(r) => sums.positions * r.config.vocab_size,
+    };
+    Ok(EvalReport {
+        family,
+        samples,
+        positions: sums.positions,
+        fp32_accuracy: fraction(sums.fp32_correct, sums.labelled),
+        accuracy: fraction(sums.plan_correct, sums.labelled),
+        top1_agreement: (family != "bert").then(|| fraction(sums.top1_same, sums.positions)).flatten(),
+        mean_kl: (family == "llama").then(|| sums.kl / sums.positions.max(1) as f64),
+        mean_cosine: (family == "bert").then(|| sums.cosine_sum / samples.max(1) as f64),
+        min_cosine: (family == "bert").then_some(sums.cosine_min),
+        output_sqnr_db: metrics.sqnr_db,
+        output_mse: sums.error_sq / element_count.max(1) as f64,
+        output_max_abs_error: metrics.max_abs_error,
+    })
+}
+
+fn empty_sums() -> Sums {
+    Sums { cosine_min: f64::INFINITY, ..Sums::default() }
+}
+
+fn graph_sums(
+    reference: &super::graph::GraphNet,
+    planned: &super::graph::GraphNet,
+    inputs: &[f32],
+    labels: Option<&[i64]>,
+    progress: &Progress,
+) -> Result<Sums> {
+    let sample_len = reference.input_len();
+    let classes = reference.output_len();
+    let mut sums = empty_sums();
+    for (b, batch) in inputs.chunks(GRAPH_BATCH * sample_len).enumerate() {
+        progress.check()?;
+        let out_r = reference.forward(batch);
+        let out_p = planned.forward(batch);
+        let mut part = logit_sums(&out_r, &out_p, classes, &vec![true; batch.len() / sample_len], false);
+        if let Some(labels) = labels {
+            let first = b * GRAPH_BATCH;
+            for (i, (row_r, row_p)) in out_r.chunks_exact(classes).zip(out_p.chunks_exact(classes)).enumerate() {
+                let label = labels[first + i];
+                part.labelled += 1;
+                part.fp32_correct += (argmax(row_r) as i64 == label) as usize;
+                part.plan_correct += (argmax(row_p) as i64 == label) as usize;
+            }
+        }
+        sums = sums.add(part);
+        progress.advance((batch.len() / sample_len) as u64);
+    }
+    Ok(sums)
+}
+
+fn sequence_sums(
+    seqs: &[TokenSequence],
+    progress: &Progress,
+    run: impl Fn(&TokenSequence) -> Result<Sums> + Sync,
+) -> Result<Sums> {
+    let parts = seqs
+        .par_iter()
+        .map(|seq| {
+            progress.check()?;
+            let sums = run(seq)?;
+            progress.advance(1);
+            Ok(sums)
+        })
+        .collect::<Result<Vec<Sums>>>()?;
+    Ok(parts.into_iter().fold(empty_sums(), Sums::add))
+}
+
+fn bert_sample(reference: &bert::BertNet, planned: &bert::BertNet, seq: &TokenSequence) -> Result<Sums> {
+    let dim = reference.config.hidden_size;
+    let hidden_r = reference.forward(seq)?;
+    let hidden_p = planned.forward(seq)?;
+    let mut sums = empty_sums();
+    for ((row_r, row_p), _) in
+        hidden_r.chunks_exact(dim).zip(hidden_p.chunks_exact(dim)).zip(&seq.mask).filter(|(_, m)| **m)
+    {
+        sums.compare(row_r, row_p);
+        sums.positions += 1;
+    }
+    let cosine = cosine(
+        &bert::sentence_embedding(&hidden_r, &seq.mask, dim),
+        &bert::sentence_embedding(&hidden_p, &seq.mask, dim),
+    );
+    sums.cosine_sum = cosine;
+    sums.cosine_min = cosine;
+    Ok(sums)
+}
+
+/// Output comparison of rows of `classes` logits at the unmasked positions: error sums, top-1 agreement and, when
+/// `kl` is set, KL(softmax(reference) ‖ softmax(planned)).
+fn logit_sums(reference: &[f32], planned: &[f32], classes: usize, mask: &[bool], kl: bool) -> Sums {
+    let mut sums = empty_sums();
+    for ((row_r, row_p), _) in
+        reference.chunks_exact(classes).zip(planned.chunks_exact(classes)).zip(mask).filter(|(_, m)| **m)
+    {
+        sums.compare(row_r, row_p);
+        sums.positions += 1;
+        sums.top1_same += (argmax(row_r) == argmax(row_p)) as usize;
+        if kl {
+            sums.kl += kl_divergence(row_r, row_p);
+        }
+    }
+    sums
+}
+
+/// Index of the largest value; the first on ties; NaN never wins.
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] || values[best].is_nan() && !v.is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// KL(softmax(p_logits) ‖ softmax(q_logits)) in nats, in f64 with log-sum-exp; never negative.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let log_softmax = |logits: &[f32]| -> Vec<f64> {
+        let max = logits.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
+        let log_sum = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        logits.iter().map(|&v| v as f64 - log_sum).collect()
+    };
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+}
+
+/// Cosine similarity in f64; 1 for two zero vectors, 0 when only one is zero.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    match (na > 0.0, nb > 0.0) {
+        (true, true) => dot / (na * nb),
+        (false, false) => 1.0,
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_and_cosine_hand_cases() {
+        assert_eq!(kl_divergence(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 0.0);
+        // p = (1/2, 1/2), q = softmax(0, ln 3) = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3).
+        let expected = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+        assert!((kl_divergence(&[0.0, 0.0], &[0.0, 3f32.ln()]) - expected).abs() < 1e-7);
+        assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert_eq!(cosine(&[0.0], &[0.0]), 1.0);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0, 3.0]), 2);
+    }
+}

@@ -1,0 +1,235 @@
+//! Llama decoders (`model_type` "llama", Hugging Face `LlamaForCausalLM`): RMS norm, rotary position embedding,
+//! grouped-query causal attention with a key/value cache, SwiGLU MLP, tied or separate output embedding.
+
+use std::sync::Arc;
+
+use super::TokenSequence;
+use super::config::{self, ConfigMap};
+use super::ops::{self, AttentionShape};
+use super::weights::{Weight, WeightSource};
+use crate::error::{Error, Result};
+
+/// The parts of a `LlamaConfig` the forward pass uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Token vocabulary.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Added to the mean square in every RMS norm.
+    pub rms_norm_eps: f32,
+    /// Rotary embedding base.
+    pub rope_theta: f32,
+    /// Whether the output projection is the token embedding (no `lm_head.weight`).
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections have biases.
+    pub attention_bias: bool,
+    /// Longest sequence the model was trained for.
+    pub max_position_embeddings: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the fields from a parsed `config.json`; refuses what this runtime does not implement.
+    pub fn from_config(c: &ConfigMap) -> Result<LlamaConfig> {
+        config::expect_str(c, "hidden_act", "silu")?;
+        if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+            return Err(config::unsupported("rope_scaling is not implemented (plain rotary embedding only)".into()));
+        }
+        if config::bool_field(c, "mlp_bias", false)? {
+            return Err(config::unsupported("mlp_bias true is not implemented".into()));
+        }
+        let hidden_size = config::usize_field(c, "hidden_size", None)?;
+        let heads = config::usize_field(c, "num_attention_heads", None)?;
+        if heads == 0 {
+            return Err(config::unsupported("num_attention_heads is 0".into()));
+        }
+        let kv_heads = config::usize_field(c, "num_key_value_heads", Some(heads))?;
+        let head_dim = config::usize_field(c, "head_dim", Some(hidden_size / heads))?;
+        if kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+            return Err(config::unsupported(format!(
+                "{heads} attention heads, {kv_heads} key/value heads of width {head_dim}: heads must be a multiple of \
+                 key/value heads and the width even"
+            )));
+        }
+        Ok(LlamaConfig {
+            vocab_size: config::usize_field(c, "vocab_size", None)?,
+            hidden_size,
+            intermediate_size: config::usize_field(c, "intermediate_size", None)?,
+            num_hidden_layers: config::usize_field(c, "num_hidden_layers", None)?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: config::f32_field(c, "rms_norm_eps", 1e-6)?,
+            rope_theta: config::f32_field(c, "rope_theta", 10000.0)?,
+            tie_word_embeddings: config::bool_field(c, "tie_word_embeddings", false)?,
+            attention_bias: config::bool_field(c, "attention_bias", false)?,
+            max_position_embeddings: config::usize_field(c, "max_position_embeddings", Some(2048))?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Projection {
+    weight: Arc<Weight>,
+    bias: Option<Arc<Weight>>,
+}
+
+impl Projection {
+    fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize, bias: bool) -> Result<Projection> {
+        Ok(Projection {
+            weight: w.get(&format!("{name}.weight"), Some(&[outputs, inputs]))?,
+            bias: if bias { Some(w.get(&format!("{name}.bias"), Some(&[outputs]))?) } else { None },
+        })
+    }
+
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (outputs, inputs) = (self.weight.shape[0], self.weight.shape[1]);
+        ops::linear(x, rows, inputs, &self.weight.values, outputs, self.bias.as_ref().map(|b| &b.values[..]))
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_norm: Arc<Weight>,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+    post_attention_norm: Arc<Weight>,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
+}
+
+/// A Llama decoder ready to run.
+#[derive(Debug)]
+pub struct LlamaNet {
+    /// Its configuration.
+    pub config: LlamaConfig,
+    embed_tokens: Arc<Weight>,
+    layers: Vec<DecoderLayer>,
+    final_norm: Arc<Weight>,
+    lm_head: Arc<Weight>,
+}
+
+/// Keys and values of the positions seen so far, per layer, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    valid: Vec<bool>,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.valid.is_empty()
+    }
+}
+
+impl LlamaNet {
+    /// Binds every weight, checking names and shapes against the config.
+    pub fn build(config: LlamaConfig, w: &WeightSource) -> Result<LlamaNet> {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let q_width = config.num_attention_heads * config.head_dim;
+        let kv_width = config.num_key_value_heads * config.head_dim;
+        let bias = config.attention_bias;
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let n = format!("model.layers.{l}");
+                Ok(DecoderLayer {
+                    input_norm: w.get(&format!("{n}.input_layernorm.weight"), Some(&[h]))?,
+                    q: Projection::load(w, &format!("{n}.self_attn.q_proj"), q_width, h, bias)?,
+                    k: Projection::load(w, &format!("{n}.self_attn.k_proj"), kv_width, h, bias)?,
+                    v: Projection::load(w, &format!("{n}.self_attn.v_proj"), kv_width, h, bias)?,
+                    o: Projection::load(w, &format!("{n}.self_attn.o_proj"), h, q_width, bias)?,
+                    post_attention_norm: w.get(&format!("{n}.post_attention_layernorm.weight"), Some(&[h]))?,
+                    gate: Projection::load(w, &format!("{n}.mlp.gate_proj"), i, h, false)?,
+                    up: Projection::load(w, &format!("{n}.mlp.up_proj"), i, h, false)?,
+                    down: Projection::load(w, &format!("{n}.mlp.down_proj"), h, i, false)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = w.get("model.embed_tokens.weight", Some(&[config.vocab_size, h]))?;
+        let lm_head = if config.tie_word_embeddings && !w.has("lm_head.weight") {
+            embed_tokens.clone()
+        } else if w.has("lm_head.weight") {
+            w.get("lm_head.weight", Some(&[config.vocab_size, h]))?
+        } else {
+            return Err(Error::Unsupported(
+                "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
+            ));
+        };
+        Ok(LlamaNet { final_norm: w.get("model.norm.weight", Some(&[h]))?, embed_tokens, lm_head, layers, config })
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        let layers = self.config.num_hidden_layers;
+        KvCache { keys: vec![Vec::new(); layers], values: vec![Vec::new(); layers], valid: Vec::new() }
+    }
+
+    /// Runs `seq` after the positions already in `cache` (which it extends) and returns the logits
+    /// `[tokens, vocab]`. Token `i` is at position `cache.len() + i`; masked tokens are never attended to.
+    pub fn forward(&self, seq: &TokenSequence, cache: &mut KvCache) -> Result<Vec<f32>> {
+        let c = &self.config;
+        seq.check(c.vocab_size, None, usize::MAX)?;
+        let (h, t) = (c.hidden_size, seq.ids.len());
+        let first_position = cache.len();
+        let mut x = vec![0.0f32; t * h];
+        for (row, &id) in x.chunks_exact_mut(h).zip(&seq.ids) {
+            row.copy_from_slice(&self.embed_tokens.values[id as usize * h..][..h]);
+        }
+        cache.valid.extend_from_slice(&seq.mask);
+        let keys = cache.len();
+        let shape = AttentionShape {
+            queries: t,
+            keys,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            causal: true,
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut normed = x.clone();
+            ops::rms_norm(&mut normed, h, &layer.input_norm.values, c.rms_norm_eps);
+            let mut q = layer.q.apply(&normed, t);
+            let mut k = layer.k.apply(&normed, t);
+            let v = layer.v.apply(&normed, t);
+            ops::rotary(&mut q, c.num_attention_heads, c.head_dim, first_position, c.rope_theta);
+            ops::rotary(&mut k, c.num_key_value_heads, c.head_dim, first_position, c.rope_theta);
+            cache.keys[l].extend_from_slice(&k);
+            cache.values[l].extend_from_slice(&v);
+            let context = ops::attention(&q, &cache.keys[l], &cache.values[l], Some(&cache.valid), shape);
+            let attended = layer.o.apply(&context, t);
+            ops::add_in_place(&mut x, &attended);
+            let mut normed = x.clone();
+            ops::rms_norm(&mut normed, h, &layer.post_attention_norm.values, c.rms_norm_eps);
+            let mut gate = layer.gate.apply(&normed, t);
+            let up = layer.up.apply(&normed, t);
+            ops::silu(&mut gate);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g *= u;
+            }
+            let down = layer.down.apply(&gate, t);
+            ops::add_in_place(&mut x, &down);
+        }
+        ops::rms_norm(&mut x, h, &self.final_norm.values, c.rms_norm_eps);
+        Ok(ops::linear(&x, t, h, &self.lm_head.values, c.vocab_size, None))
+    }
+}

@@ -1,0 +1,120 @@
+//! A small inference runtime: the FP32 forward pass of the models the studio can run, and the same pass with
+//! a plan's weights (quantized and dequantized exactly as the foundation's schemes define), so that a plan is
+//! judged by what the model then computes.
+//!
+//! Three families run: chain networks described by a `model.json` ([`graph`], the digits samples), BERT encoders
+//! ([`bert`]) and Llama decoders ([`llama`]) from their Hugging Face `config.json`. Any other model opens in
+//! weight-only mode; [`Architecture::detect`] says why it cannot run.
+
+pub mod bert;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod graph;
+pub mod llama;
+pub mod ops;
+pub mod weights;
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::quant::Plan;
+
+pub use data::{EvalData, TokenSequence};
+pub use eval::{EvalReport, evaluate};
+
+/// What kind of network a model is, with what its forward pass needs.
+#[derive(Clone, Debug)]
+pub enum Architecture {
+    /// A chain of ops from `model.json`.
+    Graph(graph::GraphSpec),
+    /// A BERT encoder.
+    Bert(bert::BertConfig),
+    /// A Llama decoder.
+    Llama(llama::LlamaConfig),
+}
+
+impl Architecture {
+    /// The architecture of an opened model, or `Unsupported` with the reason it cannot run (weight-only mode).
+    pub fn detect(model: &Model) -> Result<Architecture> {
+        let Some(config) = &model.config else {
+            return Err(Error::Unsupported(
+                "no config.json beside the weights, so the architecture is unknown: weight-only mode".into(),
+            ));
+        };
+        if let Some(graph) = config.get("graph") {
+            let name = graph.as_str().ok_or_else(|| config::unsupported("graph is not a file name".into()))?;
+            let path = model.path.join(name);
+            if !path.is_file() || name.contains("..") {
+                return Err(config::unsupported(format!("graph {name:?} is not a file beside config.json")));
+            }
+            return graph::GraphSpec::load(&path).map(Architecture::Graph);
+        }
+        match config.get("model_type").and_then(|v| v.as_str()) {
+            Some("bert") => bert::BertConfig::from_config(config).map(Architecture::Bert),
+            Some("llama") => llama::LlamaConfig::from_config(config).map(Architecture::Llama),
+            Some(other) => Err(Error::Unsupported(format!(
+                "model_type {other:?} has no forward pass here (bert, llama and model.json graphs run): weight-only mode"
+            ))),
+            None => Err(Error::Unsupported("config.json names no model_type: weight-only mode".into())),
+        }
+    }
+
+    /// A short name for the family: "graph", "bert" or "llama".
+    pub fn family(&self) -> &'static str {
+        match self {
+            Architecture::Graph(_) => "graph",
+            Architecture::Bert(_) => "bert",
+            Architecture::Llama(_) => "llama",
+        }
+    }
+}
+
+/// A network with its weights bound, ready to run.
+#[derive(Debug)]
+pub enum Network {
+    /// A `model.json` chain.
+    Graph(graph::GraphNet),
+    /// A BERT encoder.
+    Bert(bert::BertNet),
+    /// A Llama decoder.
+    Llama(llama::LlamaNet),
+}
+
+impl Network {
+    /// Reads the weights (as stored when `plan` is `None`, else as the plan quantizes them) and binds them.
+    pub fn build(model: &Model, arch: &Architecture, plan: Option<&Plan>, progress: &Progress) -> Result<Network> {
+        Self::from_source(arch, &weights::WeightSource::new(model, plan, progress))
+    }
+
+    /// The FP32 network and the planned one, sharing the tensors the plan leaves in FP32.
+    pub fn build_pair(
+        model: &Model,
+        arch: &Architecture,
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Result<(Network, Network)> {
+        let reference = weights::WeightSource::new(model, None, progress);
+        progress.start_stage("reading FP32 weights", 0);
+        let fp32 = Self::from_source(arch, &reference)?;
+        progress.start_stage("quantizing weights as planned", 0);
+        let planned = Self::from_source(arch, &weights::WeightSource::sharing(&reference, plan))?;
+        Ok((fp32, planned))
+    }
+
+    /// Binds the weights `source` gives.
+    pub fn from_source(arch: &Architecture, source: &weights::WeightSource) -> Result<Network> {
+        Ok(match arch {
+            Architecture::Graph(spec) => Network::Graph(graph::GraphNet::build(spec.clone(), source)?),
+            Architecture::Bert(c) => Network::Bert(bert::BertNet::build(c.clone(), source)?),
+            Architecture::Llama(c) => Network::Llama(llama::LlamaNet::build(c.clone(), source)?),
+        })
+    }
+}
+
+/// The folder a model was opened from (for `tokenizer.json` and the sample data files).
+pub fn model_folder(model: &Model) -> PathBuf {
+    if model.path.is_dir() { model.path.clone() } else { model.path.parent().map(PathBuf::from).unwrap_or_default() }
+}

@@ -1,0 +1,541 @@
+//! The runtime's operators on row-major f32 buffers.
+//!
+//! Matrix products go to `matrixmultiply`'s packed SGEMM (AVX2/FMA kernels chosen at run time), split across
+//! rayon's threads by output column blocks; one-row products (a decoder's token) take a dot-product GEMV that
+//! streams each weight row once. How work is split depends on the shapes and the thread count only, and every
+//! output element is summed in the same order whatever the split, so results are reproducible run to run.
+
+use rayon::prelude::*;
+
+/// Column blocks handed to one thread are a multiple of this (the SGEMM kernel's widest tile).
+const COLUMN_ALIGN: usize = 16;
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// `y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n])`: a PyTorch `Linear` with `w` of shape `[n, k]`.
+pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(w.len(), n * k);
+    let mut y = vec![0.0f32; m * n];
+    if m <= 2 {
+        for (x_row, y_row) in x.chunks_exact(k.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+            gemv(x_row, w, y_row, bias);
+        }
+        return y;
+    }
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n) {
+            row.copy_from_slice(b);
+        }
+    }
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    // SAFETY (all calls below): the strides describe `x` as m x k, `w` as the k x n matrix wᵀ and the chunk of `y`
+    // as m x cols, all within their slices (asserted lengths above).
+    for_column_blocks(&mut y, m, n, m * k, |c0, cols, y_block_ptr| unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            cols,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr().add(c0 * k),
+            1,
+            k as isize,
+            beta,
+            y_block_ptr,
+            n as isize,
+            1,
+        );
+    });
+    y
+}
+
+/// `c[m, n] = a[m, k] · b[k, n]`, both row-major (attention's `P · V`, convolution's `W · columns`).
+pub fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), k * n);
+    let mut c = vec![0.0f32; m * n];
+    // SAFETY: as in `linear`, with `b` as k x n row-major.
+    for_column_blocks(&mut c, m, n, m * k, |c0, cols, c_ptr| unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            cols,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr().add(c0),
+            n as isize,
+            1,
+            0.0,
+            c_ptr,
+            n as isize,
+            1,
+        );
+    });
+    c
+}
+
+/// A raw pointer that may cross to rayon's threads: each thread writes a disjoint column block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the blocks written through it are disjoint and the buffer outlives the scope.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Runs `f(first_column, columns, pointer to y[0, first_column])` over column blocks of an `m x n` output,
+/// in parallel when the product is large enough.
+fn for_column_blocks(y: &mut [f32], m: usize, n: usize, a_len: usize, f: impl Fn(usize, usize, *mut f32) + Sync) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let macs = a_len.saturating_mul(n);
+    let threads = rayon::current_num_threads();
+    let blocks = if macs < PARALLEL_MIN_MACS { 1 } else { threads.min(n.div_ceil(COLUMN_ALIGN)).max(1) };
+    let ptr = SendPtr(y.as_mut_ptr());
+    if blocks == 1 {
+        f(0, n, ptr.0);
+        return;
+    }
+    let per_block = n.div_ceil(blocks).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
+    (0..n.div_ceil(per_block)).into_par_iter().for_each(|b| {
+        let c0 = b * per_block;
+        let cols = per_block.min(n - c0);
+        let p = ptr;
+        // SAFETY: c0 < n, so the pointer stays inside `y`.
+        f(c0, cols, unsafe { p.0.add(c0) });
+    });
+}
+
+/// `y[j] = x · w[j] (+ bias[j])` for every row `j` of `w`, rows split across threads.
+fn gemv(x: &[f32], w: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
+    let k = x.len();
+    let rows_per_task = (PARALLEL_MIN_MACS / k.max(1)).max(COLUMN_ALIGN);
+    y.par_chunks_mut(rows_per_task).enumerate().for_each(|(task, out)| {
+        let first = task * rows_per_task;
+        for (i, y_j) in out.iter_mut().enumerate() {
+            let j = first + i;
+            *y_j = dot(x, &w[j * k..(j + 1) * k]) + bias.map_or(0.0, |b| b[j]);
+        }
+    });
+}
+
+/// A dot product with eight independent partial sums (vectorised by the compiler), combined pairwise.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_tail) = b.split_at(a8.len());
+    for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] = ca[i].mul_add(cb[i], acc[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        tail = x.mul_add(*y, tail);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Layer normalisation over rows of `dim`: `(x - mean) / sqrt(var + eps) * gamma + beta`, population variance.
+pub fn layer_norm(x: &mut [f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    x.par_chunks_mut(dim.max(1)).for_each(|row| {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = ((*v as f64 - mean) * inv) as f32 * g + b;
+        }
+    });
+}
+
+/// RMS normalisation over rows of `dim` (Llama): `x / sqrt(mean(x²) + eps) * weight`.
+pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
+    x.par_chunks_mut(dim.max(1)).for_each(|row| {
+        let mean_sq = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let inv = (1.0 / (mean_sq + eps as f64).sqrt()) as f32;
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    });
+}
+
+/// ReLU in place.
+pub fn relu(x: &mut [f32]) {
+    for v in x {
+        *v = v.max(0.0);
+    }
+}
+
+/// Exact GELU in place: `x/2 · (1 + erf(x/√2))` (PyTorch's default, BERT's `"gelu"`).
+pub fn gelu(x: &mut [f32]) {
+    x.par_chunks_mut(4096).for_each(|chunk| {
+        for v in chunk {
+            *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    });
+}
+
+/// SiLU in place: `x · sigmoid(x)`.
+pub fn silu(x: &mut [f32]) {
+    x.par_chunks_mut(4096).for_each(|chunk| {
+        for v in chunk {
+            *v /= 1.0 + (-*v).exp();
+        }
+    });
+}
+
+/// Softmax in place over rows of `dim`, stable (the row maximum is subtracted first).
+pub fn softmax(x: &mut [f32], dim: usize) {
+    for row in x.chunks_exact_mut(dim.max(1)) {
+        softmax_row(row);
+    }
+}
+
+fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `a += b`, elementwise (residual connections).
+pub fn add_in_place(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// The shape of one attention call over one sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Query positions (rows of `q`).
+    pub queries: usize,
+    /// Key/value positions (rows of `k` and `v`), the cached ones first.
+    pub keys: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; query head `h` reads key/value head `h / (heads / kv_heads)` (grouped-query attention).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Causal: query `i` (at absolute position `keys - queries + i`) sees keys up to its own position.
+    pub causal: bool,
+}
+
+/// Scaled dot-product attention over one sequence.
+///
+/// `q` is `[queries, heads·head_dim]`, `k` and `v` are `[keys, kv_heads·head_dim]`; `key_valid[j] == false` masks key
+/// `j` out (padding). Returns `[queries, heads·head_dim]`. Masked keys get probability exactly 0; a query that sees
+/// no key at all (possible only on padded positions) gets zeros.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s: AttentionShape) -> Vec<f32> {
+    let AttentionShape { queries, keys, heads, kv_heads, head_dim, causal } = s;
+    let q_stride = heads * head_dim;
+    let kv_stride = kv_heads * head_dim;
+    let group = heads / kv_heads.max(1);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let offset = keys - queries;
+    let per_head: Vec<Vec<f32>> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group.max(1);
+            let mut scores = vec![0.0f32; queries * keys];
+            // SAFETY: q_h is queries x head_dim with row stride q_stride; k_hᵀ is head_dim x keys read with strides
+            // (1, kv_stride); both stay inside q and k; `scores` is queries x keys.
+            unsafe {
+                matrixmultiply::sgemm(
+                    queries,
+                    head_dim,
+                    keys,
+                    scale,
+                    q.as_ptr().add(h * head_dim),
+                    q_stride as isize,
+                    1,
+                    k.as_ptr().add(kvh * head_dim),
+                    1,
+                    kv_stride as isize,
+                    0.0,
+                    scores.as_mut_ptr(),
+                    keys as isize,
+                    1,
+                );
+            }
+            for (i, row) in scores.chunks_exact_mut(keys.max(1)).enumerate() {
+                let visible = if causal { offset + i + 1 } else { keys };
+                let mut any = false;
+                for (j, s) in row.iter_mut().enumerate() {
+                    if j >= visible || key_valid.is_some_and(|m| !m[j]) {
+                        *s = f32::NEG_INFINITY;
+                    } else {
+                        any = true;
+                    }
+                }
+                if any {
+                    softmax_row(row);
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            let mut out = vec![0.0f32; queries * head_dim];
+            // SAFETY: scores is queries x keys; v_h is keys x head_dim with row stride kv_stride; out is
+            // queries x head_dim.
+            unsafe {
+                matrixmultiply::sgemm(
+                    queries,
+                    keys,
+                    head_dim,
+                    1.0,
+                    scores.as_ptr(),
+                    keys as isize,
+                    1,
+                    v.as_ptr().add(kvh * head_dim),
+                    kv_stride as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    head_dim as isize,
+                    1,
+                );
+            }
+            out
+        })
+        .collect();
+    let mut merged = vec![0.0f32; queries * q_stride];
+    for (h, out) in per_head.iter().enumerate() {
+        for (i, row) in out.chunks_exact(head_dim.max(1)).enumerate() {
+            merged[i * q_stride + h * head_dim..][..head_dim].copy_from_slice(row);
+        }
+    }
+    merged
+}
+
+/// Rotary position embedding in place (Hugging Face's "rotate half" layout): for each head of `x`
+/// (`[rows, heads·head_dim]`, row `i` at position `first_position + i`) and `j < head_dim/2`, with
+/// `θ_j = position · base^(-2j/head_dim)`: `(x_j, x_{j+d/2}) <- (x_j cos θ_j - x_{j+d/2} sin θ_j,
+/// x_{j+d/2} cos θ_j + x_j sin θ_j)`.
+pub fn rotary(x: &mut [f32], heads: usize, head_dim: usize, first_position: usize, base: f32) {
+    let half = head_dim / 2;
+    // Frequencies and angles in f32, as transformers computes them (inv_freq = 1 / base^(2j/d)).
+    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / base.powf((2 * j) as f32 / head_dim as f32)).collect();
+    for (i, row) in x.chunks_exact_mut((heads * head_dim).max(1)).enumerate() {
+        let position = (first_position + i) as f32;
+        let (cos, sin): (Vec<f32>, Vec<f32>) =
+            inv_freq.iter().map(|f| (position * f).sin_cos()).map(|(s, c)| (c, s)).unzip();
+        for head in row.chunks_exact_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (lo[j], hi[j]);
+                lo[j] = a * cos[j] - b * sin[j];
+                hi[j] = b * cos[j] + a * sin[j];
+            }
+        }
+    }
+}
+
+/// The geometry of a 2-D convolution over one sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Input height and width.
+    pub in_hw: [usize; 2],
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride (rows, columns).
+    pub stride: [usize; 2],
+    /// Zero padding on both sides (rows, columns).
+    pub padding: [usize; 2],
+    /// Groups: input and output channels split into this many independent blocks (depthwise: = in_channels).
+    pub groups: usize,
+}
+
+impl ConvShape {
+    /// Output height and width, or `None` when the kernel does not fit or a stride is 0.
+    pub fn out_hw(&self) -> Option<[usize; 2]> {
+        let dim = |i: usize| {
+            let span = self.in_hw[i] + 2 * self.padding[i];
+            (self.stride[i] > 0 && span >= self.kernel[i]).then(|| (span - self.kernel[i]) / self.stride[i] + 1)
+        };
+        Some([dim(0)?, dim(1)?])
+    }
+}
+
+/// A grouped 2-D cross-correlation (PyTorch `Conv2d`, dilation 1) of a batch `[n, C, H, W]` with `weight`
+/// `[O, C/groups, KH, KW]`: im2col per sample and group, then one SGEMM `W_g · columns`.
+pub fn conv2d(x: &[f32], batch: usize, s: &ConvShape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let [oh, ow] = s.out_hw().unwrap_or([0, 0]);
+    let [h, w] = s.in_hw;
+    let [kh, kw] = s.kernel;
+    let c_per_group = s.in_channels / s.groups;
+    let o_per_group = s.out_channels / s.groups;
+    let patch = c_per_group * kh * kw;
+    let positions = oh * ow;
+    let in_len = s.in_channels * h * w;
+    let out_len = s.out_channels * positions;
+    let mut y = vec![0.0f32; batch * out_len];
+    y.par_chunks_mut(out_len.max(1)).zip(x.par_chunks(in_len.max(1))).for_each(|(y_n, x_n)| {
+        let mut cols = vec![0.0f32; patch * positions];
+        for g in 0..s.groups {
+            for c in 0..c_per_group {
+                let plane = &x_n[(g * c_per_group + c) * h * w..][..h * w];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let row = &mut cols[((c * kh + ky) * kw + kx) * positions..][..positions];
+                        for oy in 0..oh {
+                            let iy = (oy * s.stride[0] + ky) as isize - s.padding[0] as isize;
+                            for ox in 0..ow {
+                                let ix = (ox * s.stride[1] + kx) as isize - s.padding[1] as isize;
+                                row[oy * ow + ox] = if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
+                                    plane[iy as usize * w + ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            let w_g = &weight[g * o_per_group * patch..][..o_per_group * patch];
+            let out = matmul(w_g, o_per_group, patch, &cols, positions);
+            y_n[g * o_per_group * positions..][..o_per_group * positions].copy_from_slice(&out);
+        }
+        if let Some(b) = bias {
+            for (plane, b) in y_n.chunks_exact_mut(positions.max(1)).zip(b) {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: Option<&[f32]>) -> Vec<f32> {
+        let mut y = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>()
+                    + b.map_or(0.0, |b| b[j] as f64);
+            }
+        }
+        y.into_iter().map(|v| v as f32).collect()
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn linear_matches_the_definition_for_every_path() {
+        for &(m, k, n) in &[(1, 7, 5), (2, 33, 40), (3, 16, 17), (64, 96, 200), (129, 64, 33)] {
+            let x = values(m * k, 1);
+            let w = values(n * k, 2);
+            let b = values(n, 3);
+            assert_close(&linear(&x, m, k, &w, n, Some(&b)), &naive_linear(&x, m, k, &w, n, Some(&b)), 1e-5);
+            assert_close(&linear(&x, m, k, &w, n, None), &naive_linear(&x, m, k, &w, n, None), 1e-5);
+        }
+    }
+
+    #[test]
+    fn attention_masks_padding_and_future_keys() {
+        let (t, d) = (3, 2);
+        let q = values(t * d, 4);
+        let k = values(t * d, 5);
+        let v = values(t * d, 6);
+        let shape = AttentionShape { queries: t, keys: t, heads: 1, kv_heads: 1, head_dim: d, causal: true };
+        let out = attention(&q, &k, &v, None, shape);
+        // The first query sees only the first key: its output is the first value row.
+        assert_close(&out[..d], &v[..d], 1e-6);
+        // Masking key 2 for a non-causal call equals dropping it.
+        let valid = [true, true, false];
+        let full = attention(&q, &k, &v, Some(&valid), AttentionShape { causal: false, ..shape });
+        let dropped = attention(
+            &q,
+            &k[..2 * d],
+            &v[..2 * d],
+            None,
+            AttentionShape { keys: 2, queries: 3, causal: false, ..shape },
+        );
+        assert_close(&full, &dropped, 1e-6);
+    }
+
+    #[test]
+    fn grouped_convolution_matches_the_definition() {
+        let s = ConvShape {
+            in_channels: 4,
+            in_hw: [5, 6],
+            out_channels: 6,
+            kernel: [3, 2],
+            stride: [2, 1],
+            padding: [1, 0],
+            groups: 2,
+        };
+        let [oh, ow] = s.out_hw().unwrap();
+        let x = values(2 * 4 * 5 * 6, 7);
+        let w = values(6 * 2 * 3 * 2, 8);
+        let b = values(6, 9);
+        let y = conv2d(&x, 2, &s, &w, Some(&b));
+        for n in 0..2 {
+            for o in 0..6 {
+                let g = o / 3;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = b[o] as f64;
+                        for c in 0..2 {
+                            for ky in 0..3 {
+                                for kx in 0..2 {
+                                    let iy = (oy * 2 + ky) as isize - 1;
+                                    let ix = (ox + kx) as isize;
+                                    if (0..5).contains(&iy) && (0..6).contains(&ix) {
+                                        let xi = ((n * 4 + g * 2 + c) * 5 + iy as usize) * 6 + ix as usize;
+                                        acc += x[xi] as f64 * w[((o * 2 + c) * 3 + ky) * 2 + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        let got = y[((n * 6 + o) * oh + oy) * ow + ox];
+                        assert!((got as f64 - acc).abs() < 1e-5, "{got} vs {acc}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn norms_and_activations() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut x, 4, &[1.0; 4], &[0.0; 4], 0.0);
+        assert_close(&x, &[-1.3416408, -0.4472136, 0.4472136, 1.3416408], 1e-6);
+        let mut r = vec![3.0, 4.0];
+        rms_norm(&mut r, 2, &[1.0, 2.0], 0.0);
+        assert_close(&r, &[3.0 / 12.5f32.sqrt(), 8.0 / 12.5f32.sqrt()], 1e-6);
+        let mut g = vec![-1.0, 0.0, 1.0];
+        gelu(&mut g);
+        assert_close(&g, &[-0.15865526, 0.0, 0.8413447], 1e-6);
+        let mut s = vec![1000.0, 1000.0];
+        softmax(&mut s, 2);
+        assert_close(&s, &[0.5, 0.5], 0.0);
+    }
+}

@@ -1,0 +1,125 @@
+//! Weights as the runtime reads them: f32 values, either as stored (FP32 reference) or as a plan makes them
+//! (simulated quantization: every value quantized and dequantized exactly as `docs/QUANTIZATION.md` defines).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::export::quantize_tensor;
+use crate::model::{Model, TensorId};
+use crate::progress::Progress;
+use crate::quant::pass::TensorData;
+use crate::quant::{Plan, Precision, params};
+
+/// One weight tensor in f32.
+#[derive(Debug)]
+pub struct Weight {
+    /// The tensor's name in the checkpoint.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// Reads the weights of one model under one plan (`None`: FP32 as stored). Tensors are read once and shared.
+pub struct WeightSource<'m> {
+    model: &'m Model,
+    plan: Option<&'m Plan>,
+    progress: &'m Progress,
+    /// Where tensors the plan keeps in FP32 come from, so two networks share them.
+    reference: Option<&'m WeightSource<'m>>,
+    loaded: Mutex<HashMap<String, Arc<Weight>>>,
+}
+
+impl<'m> WeightSource<'m> {
+    /// A source over `model`; `plan` decides each tensor's simulated precision (see [`Plan::tensor`]).
+    pub fn new(model: &'m Model, plan: Option<&'m Plan>, progress: &'m Progress) -> WeightSource<'m> {
+        WeightSource { model, plan, progress, reference: None, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// A source for `plan` that takes the tensors the plan keeps in FP32 from `reference` (shared, not re-read).
+    pub fn sharing(reference: &'m WeightSource<'m>, plan: &'m Plan) -> WeightSource<'m> {
+        WeightSource {
+            plan: Some(plan),
+            reference: Some(reference),
+            ..WeightSource::new(reference.model, None, reference.progress)
+        }
+    }
+
+    /// The model the weights come from.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Whether the checkpoint has a tensor of this name.
+    pub fn has(&self, name: &str) -> bool {
+        self.model.tensor_by_name(name).is_some()
+    }
+
+    /// The tensor `name`, checked to have `shape` when one is given.
+    pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Arc<Weight>> {
+        let id = self.model.tensor_by_name(name).ok_or_else(|| {
+            Error::Unsupported(format!("the model has no tensor {name:?}, which its architecture needs"))
+        })?;
+        if let Some(reference) = self.reference
+            && self.plan.is_none_or(|p| p.tensor(self.model, id) == Precision::Fp32)
+        {
+            return reference.get(name, shape);
+        }
+        let cached = self.loaded.lock().map_err(|_| poisoned())?.get(name).cloned();
+        let weight = match cached {
+            Some(w) => w,
+            None => {
+                self.progress.check()?;
+                let w = Arc::new(self.read(id)?);
+                self.loaded.lock().map_err(|_| poisoned())?.insert(name.to_owned(), w.clone());
+                w
+            }
+        };
+        if let Some(expected) = shape
+            && weight.shape != expected
+        {
+            return Err(Error::Unsupported(format!(
+                "tensor {name:?} has shape {:?}, the architecture expects {expected:?}",
+                weight.shape
+            )));
+        }
+        Ok(weight)
+    }
+
+    fn read(&self, id: TensorId) -> Result<Weight> {
+        let info = self.model.tensor(id);
+        let data = TensorData::of(self.model, id)?;
+        let precision = self.plan.map_or(Precision::Fp32, |p| p.tensor(self.model, id));
+        Ok(Weight {
+            name: info.name.clone(),
+            shape: info.shape.clone(),
+            values: simulate(&data, precision, self.progress)?,
+        })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Unsupported("a weight loader thread panicked".into())
+}
+
+/// The values of a tensor after quantizing and dequantizing it at `precision` (FP32: the stored values widened).
+pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) -> Result<Vec<f32>> {
+    let mut buf = Vec::new();
+    let mut values = data.values(0..data.len(), &mut buf).to_vec();
+    match precision {
+        Precision::Fp32 => {}
+        Precision::Fp16 => values.iter_mut().for_each(|v| *v = params::round_fp16(*v)),
+        Precision::Bf16 => values.iter_mut().for_each(|v| *v = params::round_bf16(*v)),
+        Precision::Int8(scheme) => {
+            let quantized = quantize_tensor(data, scheme, progress)?;
+            let per_row = quantized.params.len() > 1;
+            let cols = data.cols.max(1);
+            for (i, (v, q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
+                *v = quantized.params[if per_row { i / cols } else { 0 }].dequantize(*q);
+            }
+        }
+    }
+    Ok(values)
+}
