@@ -19,3 +19,5 @@ mod gui;
 mod samples;
 // The independent numpy reference (tools/reference_check.py) against the CLI.
 mod python;
+// The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
+mod runtime;

@@ -59,6 +59,9 @@ impl StudioApp {
         panels::menu_bar(ui, self);
         panels::summary_bar(ui, self);
         panels::status_bar(ui, self);
+        if self.studio.prefs.show_accuracy && self.studio.model.is_some() {
+            panels::accuracy(ui, self);
+        }
         if self.studio.prefs.show_inspector {
             panels::inspector(ui, self);
         }

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::export::{ExportSummary, planned_bytes};
 use crate::model::{LayerId, Model, TensorId};
 use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe, TensorAnalysis};
+use crate::runtime::{Architecture, EvalReport};
 use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
 
 /// The default INT8 scheme offered first: symmetric, per output channel.
@@ -47,8 +48,31 @@ pub enum Command {
     SaveRecipe(PathBuf),
     /// Load a recipe file and apply it.
     LoadRecipe(PathBuf),
+    /// Run the model in FP32 and under the current plan on this data file, and compare.
+    Evaluate(PathBuf),
+    /// Make the plan of an earlier evaluation (index into [`Studio::evaluations`]) the current plan.
+    RestorePlan(usize),
+    /// Forget the evaluations of this session.
+    ClearEvaluations,
     /// Hide the current notice.
     DismissNotice,
+}
+
+/// One evaluated plan, kept for comparison with the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// 1, 2, ... in the order they finished.
+    pub number: usize,
+    /// The plan's precision per layer.
+    pub plan: Vec<Precision>,
+    /// Layers per precision, e.g. "INT8 3, FP32 2".
+    pub summary: String,
+    /// Export size under the plan.
+    pub planned_bytes: u64,
+    /// The data it ran on.
+    pub data: PathBuf,
+    /// The figures.
+    pub report: EvalReport,
 }
 
 /// A message for the user in the status bar.
@@ -94,11 +118,13 @@ pub struct Preferences {
     pub log_counts: bool,
     /// Whether the inspector panel is shown.
     pub show_inspector: bool,
+    /// Whether the accuracy panel is shown.
+    pub show_accuracy: bool,
 }
 
 impl Default for Preferences {
     fn default() -> Self {
-        Preferences { recent: Vec::new(), log_counts: true, show_inspector: true }
+        Preferences { recent: Vec::new(), log_counts: true, show_inspector: true, show_accuracy: true }
     }
 }
 
@@ -135,6 +161,12 @@ pub struct Studio {
     pub notice: Option<Notice>,
     /// The last export.
     pub last_export: Option<ExportSummary>,
+    /// How the open model runs, or why it cannot (weight-only mode); `None` while none is open.
+    pub runtime: Option<Result<Arc<Architecture>, String>>,
+    /// The evaluation data the model's folder brings, if any.
+    pub default_eval_data: Option<PathBuf>,
+    /// Plans evaluated on the open model, oldest first.
+    pub evaluations: Vec<Evaluation>,
     /// Persisted preferences.
     pub prefs: Preferences,
     /// Bumped whenever the model or the plan changes (for caches of derived values).
@@ -164,6 +196,9 @@ impl Studio {
             sort: (SortColumn::Name, true),
             notice: None,
             last_export: None,
+            runtime: None,
+            default_eval_data: None,
+            evaluations: Vec::new(),
             prefs,
             revision: 0,
             generation: 0,
@@ -272,13 +307,32 @@ impl Studio {
                 let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
                 self.submit(Job::LoadRecipe { model, path });
             }
+            Command::Evaluate(data) => {
+                let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
+                match &self.runtime {
+                    Some(Ok(arch)) => {
+                        let job = Job::Evaluate { model, arch: arch.clone(), plan: self.plan.clone(), data };
+                        self.submit(job);
+                    }
+                    Some(Err(why)) => self.error(format!("cannot run this model: {why}")),
+                    None => {}
+                }
+            }
+            Command::RestorePlan(index) => {
+                if let Some(evaluation) = self.evaluations.get(index) {
+                    let (number, plan) = (evaluation.number, evaluation.plan.clone());
+                    self.set_plan(plan);
+                    self.info(format!("plan #{number} restored"));
+                }
+            }
+            Command::ClearEvaluations => self.evaluations.clear(),
             Command::DismissNotice => self.notice = None,
         }
     }
 
     fn open(&mut self, path: PathBuf) {
         // A new model makes every running job moot.
-        for kind in [JobKind::Analyse, JobKind::Export, JobKind::Recipe] {
+        for kind in [JobKind::Analyse, JobKind::Export, JobKind::Recipe, JobKind::Evaluate] {
             self.worker.cancel(kind);
         }
         self.model_path = Some(path.clone());
@@ -349,9 +403,16 @@ impl Studio {
             Event::Output { job, outcome } => {
                 let current_model = self.job_generation.get(&job) == Some(&self.generation);
                 match outcome {
-                    Outcome::Opened(model) => {
+                    Outcome::Opened { model, runtime, default_data } => {
                         if self.worker.is_current(job) {
+                            self.runtime = Some(runtime);
+                            self.default_eval_data = default_data;
                             self.model_opened(model);
+                        }
+                    }
+                    Outcome::Evaluated { plan, data, report } => {
+                        if current_model {
+                            self.evaluated(plan, data, report);
                         }
                     }
                     Outcome::Analysed { tensor, precision, analysis } => {
@@ -426,8 +487,26 @@ impl Studio {
         self.focus = Some(LayerId(0));
         self.anchor = None;
         self.last_export = None;
+        self.evaluations.clear();
         self.info(text);
         self.plan_changed();
+    }
+
+    fn evaluated(&mut self, plan: Plan, data: PathBuf, report: EvalReport) {
+        let Some(model) = &self.model else { return };
+        let counts = precision_counts(model, &plan.layers);
+        let summary = counts.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>();
+        let planned_bytes = (0..model.tensors.len()).map(|i| planned_bytes(model, &plan, TensorId(i))).sum();
+        let number = self.evaluations.last().map_or(1, |e| e.number + 1);
+        self.info(format!("evaluation #{number} done: {}", report.headline()));
+        self.evaluations.push(Evaluation {
+            number,
+            plan: plan.layers,
+            summary: summary.join(", "),
+            planned_bytes,
+            data,
+            report,
+        });
     }
 
     fn info(&mut self, text: String) {
@@ -517,22 +596,29 @@ impl Studio {
 
     /// Counts of layers per precision name (INT8, FP16, BF16, FP32), only layers with float tensors.
     pub fn precision_counts(&self) -> [(&'static str, usize); 4] {
-        let mut counts = [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)];
-        let Some(model) = &self.model else { return counts };
-        for (index, precision) in self.plan.layers.iter().enumerate() {
-            if model.main_tensor(LayerId(index)).is_none() {
-                continue;
-            }
-            let slot = match precision {
-                Precision::Int8(_) => 0,
-                Precision::Fp16 => 1,
-                Precision::Bf16 => 2,
-                Precision::Fp32 => 3,
-            };
-            counts[slot].1 += 1;
+        match &self.model {
+            Some(model) => precision_counts(model, &self.plan.layers),
+            None => [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)],
         }
-        counts
     }
+}
+
+/// Layers per precision name in a plan, counting only layers with float tensors.
+fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 4] {
+    let mut counts = [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)];
+    for (index, precision) in layers.iter().enumerate() {
+        if model.main_tensor(LayerId(index)).is_none() {
+            continue;
+        }
+        let slot = match precision {
+            Precision::Int8(_) => 0,
+            Precision::Fp16 => 1,
+            Precision::Bf16 => 2,
+            Precision::Fp32 => 3,
+        };
+        counts[slot].1 += 1;
+    }
+    counts
 }
 
 fn cmp_option(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {

@@ -49,6 +49,23 @@ pub struct EvalReport {
     pub output_max_abs_error: f64,
 }
 
+impl EvalReport {
+    /// The figure that matters most for the family, in one phrase ("accuracy 99.17% (FP32 99.44%)").
+    pub fn headline(&self) -> String {
+        let percent = |v: f64| format!("{:.2}%", v * 100.0);
+        let sqnr = match self.output_sqnr_db {
+            Some(db) => format!("output SQNR {db:.1} dB"),
+            None => "outputs identical to FP32".into(),
+        };
+        match (self.accuracy, self.fp32_accuracy, self.mean_cosine, self.top1_agreement) {
+            (Some(a), Some(f), _, _) => format!("accuracy {} (FP32 {}), {sqnr}", percent(a), percent(f)),
+            (_, _, Some(c), _) => format!("mean cosine {c:.5}, {sqnr}"),
+            (_, _, _, Some(t)) => format!("top-1 agreement {}, {sqnr}", percent(t)),
+            _ => sqnr,
+        }
+    }
+}
+
 /// Per-sample sums, combined in sample order so the result does not depend on scheduling.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sums {

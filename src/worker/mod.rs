@@ -1,4 +1,4 @@
-//! The only code that spawns threads: jobs (open, analyse, export, recipes) run on background threads and report
+//! The only code that spawns threads: jobs (open, analyse, export, recipes, evaluation) run on background threads and report
 //! events the window drains each frame.
 //!
 //! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one (its late
@@ -15,6 +15,7 @@ use crate::model::{Model, TensorId};
 use crate::progress::{Progress, ProgressSnapshot};
 use crate::quant::pass::{TensorData, analyze};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+use crate::runtime::{Architecture, EvalData, EvalReport};
 
 /// Identifies a submitted job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +32,8 @@ pub enum JobKind {
     Export,
     /// Reading or writing a recipe file.
     Recipe,
+    /// Running the model in FP32 and as planned on evaluation data.
+    Evaluate,
 }
 
 impl JobKind {
@@ -41,6 +44,7 @@ impl JobKind {
             JobKind::Analyse => "analysing",
             JobKind::Export => "exporting",
             JobKind::Recipe => "recipe",
+            JobKind::Evaluate => "evaluating",
         }
     }
 }
@@ -72,6 +76,17 @@ pub enum Job {
         /// Destination file.
         path: PathBuf,
     },
+    /// Run the model in FP32 and under a plan on a data file, and compare.
+    Evaluate {
+        /// The model.
+        model: Arc<Model>,
+        /// Its architecture.
+        arch: Arc<Architecture>,
+        /// The plan.
+        plan: Plan,
+        /// The data file.
+        data: PathBuf,
+    },
     /// Load a recipe file and resolve it against a model.
     LoadRecipe {
         /// The model to resolve against.
@@ -89,6 +104,7 @@ impl Job {
             Job::Analyse { .. } => JobKind::Analyse,
             Job::Export { .. } => JobKind::Export,
             Job::SaveRecipe { .. } | Job::LoadRecipe { .. } => JobKind::Recipe,
+            Job::Evaluate { .. } => JobKind::Evaluate,
         }
     }
 }
@@ -97,7 +113,23 @@ impl Job {
 #[derive(Debug)]
 pub enum Outcome {
     /// A model was opened.
-    Opened(Arc<Model>),
+    Opened {
+        /// The model.
+        model: Arc<Model>,
+        /// How it runs, or why it cannot (weight-only mode).
+        runtime: Result<Arc<Architecture>, String>,
+        /// The evaluation data its folder brings, if any.
+        default_data: Option<PathBuf>,
+    },
+    /// An evaluation finished.
+    Evaluated {
+        /// The plan that was evaluated.
+        plan: Plan,
+        /// The data file.
+        data: PathBuf,
+        /// The figures.
+        report: EvalReport,
+    },
     /// One tensor was analysed (more may follow from the same job).
     Analysed {
         /// The tensor.
@@ -238,8 +270,10 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
         Job::Open(path) => {
             progress.start_stage(format!("opening {}", path.display()), 1);
             let model = Model::open(&path)?;
+            let runtime = Architecture::detect(&model).map(Arc::new).map_err(|e| e.to_string());
+            let default_data = EvalData::default_path(&crate::runtime::model_folder(&model));
             progress.check()?;
-            send(Outcome::Opened(Arc::new(model)));
+            send(Outcome::Opened { model: Arc::new(model), runtime, default_data });
         }
         Job::Analyse { model, requests } => {
             let elements: u64 = requests.iter().map(|(t, _)| 2 * model.tensor(*t).numel() as u64).sum();
@@ -253,6 +287,12 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
         Job::Export { model, plan, dest } => {
             let summary = crate::export::export(&model, &plan, &dest, progress)?;
             send(Outcome::Exported(summary));
+        }
+        Job::Evaluate { model, arch, plan, data } => {
+            progress.start_stage(format!("reading {}", data.display()), 0);
+            let eval_data = EvalData::load(&data, &crate::runtime::model_folder(&model))?;
+            let report = crate::runtime::evaluate(&model, &arch, &eval_data, &plan, progress)?;
+            send(Outcome::Evaluated { plan, data, report });
         }
         Job::SaveRecipe { recipe, path } => {
             progress.start_stage("saving recipe", 1);

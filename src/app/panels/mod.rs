@@ -1,5 +1,6 @@
 //! The panels of the window. Each function draws from the state and pushes commands; none computes.
 
+mod accuracy;
 mod inspector;
 mod table;
 
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 
 use egui::{Color32, RichText};
 
+pub use accuracy::accuracy;
 pub use inspector::inspector;
 pub use table::central;
 
@@ -29,6 +31,10 @@ pub struct Inputs {
     pub save_recipe_path: String,
     /// The precision the bulk buttons apply.
     pub bulk_precision: Option<Precision>,
+    /// The evaluation data path field.
+    pub eval_data: String,
+    /// The model the data field was filled for (a new model brings its own default).
+    pub eval_data_model: Option<PathBuf>,
 }
 
 /// The colour of an SQNR figure: red below 20 dB, orange below 30, yellow below 40, green above.
@@ -93,6 +99,7 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             });
             ui.menu_button("View", |ui| {
                 ui.checkbox(&mut app.studio.prefs.show_inspector, "Inspector");
+                ui.checkbox(&mut app.studio.prefs.show_accuracy, "Accuracy panel");
                 ui.checkbox(&mut app.studio.prefs.log_counts, "Log-scale histogram counts");
             });
         });

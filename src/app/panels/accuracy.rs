@@ -1,0 +1,218 @@
+//! The accuracy panel: the Evaluate action, and FP32 against every plan evaluated on the open model.
+
+use eframe::egui;
+use egui::{Color32, RichText};
+use egui_extras::{Column, TableBuilder};
+
+use super::{format, sqnr_color};
+use crate::app::StudioApp;
+use crate::app::state::{Command, Evaluation};
+use crate::worker::JobKind;
+
+/// The bottom panel above the status bar.
+pub fn accuracy(ui: &mut egui::Ui, app: &mut StudioApp) {
+    egui::Panel::bottom("accuracy").resizable(true).default_size(170.0).min_size(90.0).show(ui, |ui| {
+        accuracy_ui(ui, app);
+    });
+}
+
+fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    // A newly opened model brings its own data file.
+    let model_path = app.studio.model.as_ref().map(|m| m.path.clone());
+    if app.inputs.eval_data_model != model_path {
+        app.inputs.eval_data_model = model_path;
+        app.inputs.eval_data =
+            app.studio.default_eval_data.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    }
+    ui.horizontal(|ui| {
+        ui.heading("Accuracy");
+        let runnable = match &app.studio.runtime {
+            Some(Ok(arch)) => {
+                ui.label(RichText::new(format!("{} model", arch.family())).weak());
+                true
+            }
+            Some(Err(why)) => {
+                ui.label(RichText::new(format!("Running unavailable: {why}")).color(Color32::from_rgb(220, 170, 80)));
+                false
+            }
+            None => false,
+        };
+        if !runnable {
+            return;
+        }
+        ui.separator();
+        ui.label("Data");
+        ui.add(egui::TextEdit::singleline(&mut app.inputs.eval_data).desired_width(260.0).hint_text("data file"))
+            .on_hover_text(
+                "A .safetensors file (`inputs` [+ `labels`], or `input_ids` [+ `attention_mask`]) or a text file, \
+                 one sample per line, tokenised with the model's tokenizer.json",
+            );
+        if ui.button("Browse...").clicked()
+            && let Some(path) = rfd::FileDialog::new().add_filter("data", &["safetensors", "txt"]).pick_file()
+        {
+            app.inputs.eval_data = path.display().to_string();
+        }
+        let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Evaluate);
+        let data = app.inputs.eval_data.trim().to_owned();
+        let evaluate = ui
+            .add_enabled(!running && !data.is_empty(), egui::Button::new("Evaluate plan"))
+            .on_hover_text("Run the model in FP32 and under the current plan on the data, and compare");
+        if evaluate.clicked() {
+            app.send(Command::Evaluate(data.into()));
+        }
+        if !app.studio.evaluations.is_empty() && ui.button("Clear").on_hover_text("Forget these evaluations").clicked()
+        {
+            app.send(Command::ClearEvaluations);
+        }
+    });
+    if app.studio.evaluations.is_empty() {
+        if matches!(app.studio.runtime, Some(Ok(_))) {
+            ui.label("Evaluate the plan to compare it with FP32; every plan evaluated stays here for comparison.");
+        }
+        return;
+    }
+    results_table(ui, app);
+}
+
+/// Which figures the model's family reports, as (header, hover text, value of a report).
+type Figure = (&'static str, &'static str, fn(&Evaluation) -> Option<String>);
+
+fn figures(family: &str) -> Vec<Figure> {
+    let mut figures: Vec<Figure> = Vec::new();
+    match family {
+        "graph" => {
+            figures.push(("Accuracy", "Share of labelled samples classified correctly", |e| {
+                e.report.accuracy.map(|v| format!("{:.2}%", v * 100.0))
+            }));
+            figures.push(("Top-1 agreement", "Share of samples where the plan's class equals FP32's", |e| {
+                e.report.top1_agreement.map(|v| format!("{:.2}%", v * 100.0))
+            }));
+        }
+        "bert" => {
+            figures.push(("Mean cosine", "Mean cosine similarity of sentence embeddings, FP32 vs plan", |e| {
+                e.report.mean_cosine.map(|v| format!("{v:.5}"))
+            }));
+            figures.push(("Min cosine", "Lowest cosine similarity over the samples", |e| {
+                e.report.min_cosine.map(|v| format!("{v:.5}"))
+            }));
+        }
+        _ => {
+            figures.push((
+                "Top-1 agreement",
+                "Share of token positions where the next-token argmax equals FP32's",
+                |e| e.report.top1_agreement.map(|v| format!("{:.2}%", v * 100.0)),
+            ));
+            figures.push(("Mean KL", "Mean KL(P_fp32 || P_plan) of next-token distributions, nats", |e| {
+                e.report.mean_kl.map(|v| format!("{v:.5}"))
+            }));
+        }
+    }
+    figures
+}
+
+fn results_table(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let family = app.studio.evaluations[0].report.family;
+    let figures = figures(family);
+    let model_size = app.studio.model.as_ref().map_or(0, |m| m.size_bytes());
+    let fp32_accuracy = app.studio.evaluations.iter().find_map(|e| e.report.fp32_accuracy);
+    let mut restore = None;
+    let mut table = TableBuilder::new(ui)
+        .striped(true)
+        .auto_shrink([false, true])
+        .column(Column::exact(34.0))
+        .column(Column::initial(230.0).at_least(120.0).clip(true))
+        .column(Column::exact(80.0));
+    for _ in &figures {
+        table = table.column(Column::exact(120.0));
+    }
+    table
+        .column(Column::exact(110.0))
+        .column(Column::exact(80.0))
+        .column(Column::remainder())
+        .header(20.0, |mut header| {
+            header.col(|ui| {
+                ui.strong("#");
+            });
+            header.col(|ui| {
+                ui.strong("Plan");
+            });
+            header.col(|ui| {
+                ui.strong("Size");
+            });
+            for (name, hover, _) in &figures {
+                header.col(|ui| {
+                    ui.strong(*name).on_hover_text(*hover);
+                });
+            }
+            header.col(|ui| {
+                ui.strong("Output SQNR")
+                    .on_hover_text("10·log10(Σy² / Σ(y - ŷ)²) over the compared outputs (logits or hidden states)");
+            });
+            header.col(|ui| {
+                ui.strong("Samples");
+            });
+            header.col(|_| {});
+        })
+        .body(|mut body| {
+            body.row(20.0, |mut row| {
+                row.col(|ui| {
+                    ui.label("-");
+                });
+                row.col(|ui| {
+                    ui.label(RichText::new("FP32 (reference)").strong());
+                });
+                row.col(|ui| {
+                    ui.label(format::bytes(model_size));
+                });
+                for (name, _, _) in &figures {
+                    row.col(|ui| {
+                        ui.label(match *name {
+                            "Accuracy" => fp32_accuracy.map_or("-".into(), |v| format!("{:.2}%", v * 100.0)),
+                            "Mean KL" => "0".into(),
+                            "Top-1 agreement" => "100.00%".into(),
+                            _ => "1.00000".into(),
+                        });
+                    });
+                }
+                row.col(|ui| {
+                    ui.label("reference");
+                });
+                row.col(|_| {});
+                row.col(|_| {});
+            });
+            for (index, evaluation) in app.studio.evaluations.iter().enumerate().rev() {
+                body.row(20.0, |mut row| {
+                    row.col(|ui| {
+                        ui.label(format!("#{}", evaluation.number));
+                    });
+                    row.col(|ui| {
+                        ui.label(&evaluation.summary).on_hover_text(format!("data: {}", evaluation.data.display()));
+                    });
+                    row.col(|ui| {
+                        ui.label(format::bytes(evaluation.planned_bytes));
+                    });
+                    for (_, _, value) in &figures {
+                        row.col(|ui| {
+                            ui.label(value(evaluation).unwrap_or_else(|| "-".into()));
+                        });
+                    }
+                    row.col(|ui| {
+                        let sqnr = evaluation.report.output_sqnr_db;
+                        let text = sqnr.map_or("identical".into(), |db| format!("{db:.1} dB"));
+                        ui.label(RichText::new(text).color(sqnr_color(sqnr)));
+                    });
+                    row.col(|ui| {
+                        ui.label(evaluation.report.samples.to_string());
+                    });
+                    row.col(|ui| {
+                        if ui.small_button("Restore plan").on_hover_text("Make this plan the current one").clicked() {
+                            restore = Some(index);
+                        }
+                    });
+                });
+            }
+        });
+    if let Some(index) = restore {
+        app.send(Command::RestorePlan(index));
+    }
+}
