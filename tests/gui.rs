@@ -76,7 +76,8 @@ fn changing_a_precision_changes_the_planned_size_and_undo_restores_it() {
 fn a_running_job_can_be_cancelled_and_the_app_stays_usable() {
     let dir = common::temp_dir();
     let path = dir.path().join("big.safetensors");
-    let specs: Vec<Spec> = (0..6)
+    // Large enough that the analysis is still running when Cancel is clicked, even on a fast machine.
+    let specs: Vec<Spec> = (0..16)
         .map(|i| Spec::f32(&format!("layers.{i}.weight"), &[1024, 1024], &common::normal(1 << 20, i, 0.02)))
         .collect();
     common::write_model(&path, &specs);
@@ -144,4 +145,41 @@ fn export_and_recipes_run_as_jobs_and_report_in_the_status_bar() {
     h.step();
     step_until(&mut h, "the recipe error", |app| app.studio.notice.as_ref().is_some_and(|n| n.is_error));
     h.get_by_label_contains("decoder.block.7");
+}
+
+#[test]
+fn evaluate_compares_plans_with_fp32_and_remembers_them() {
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.get_by_label_contains("graph model");
+    // The data field is filled with the sample's own evaluation split.
+    assert!(h.state().inputs_eval_data().ends_with("eval.safetensors"));
+    h.get_by_label("Evaluate plan").click();
+    h.step();
+    step_until(&mut h, "the evaluation", |app| !app.studio.evaluations.is_empty() && !app.studio.is_busy());
+    h.get_by_label("FP32 (reference)");
+    h.get_by_label("#1");
+    assert!(h.query_all_by_label("99.44%").count() >= 2, "FP32 accuracy and the INT8 plan's are shown");
+    // A second plan is kept beside the first, and the first can be restored.
+    let first_plan = h.state().studio.plan.layers.clone();
+    h.state_mut()
+        .send(Command::SetPrecisionMatching { pattern: "*".into(), precision: quantstudio::quant::Precision::Fp16 });
+    h.step();
+    h.get_by_label("Evaluate plan").click();
+    h.step();
+    step_until(&mut h, "the second evaluation", |app| app.studio.evaluations.len() == 2 && !app.studio.is_busy());
+    h.get_by_label("#2");
+    h.get_by_label("#1");
+    h.get_all_by_label("Restore plan").last().unwrap().click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.layers, first_plan);
+}
+
+#[test]
+fn a_model_without_a_forward_pass_says_why_it_cannot_run() {
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open", loaded_and_analysed);
+    h.get_by_label_contains("Running unavailable");
+    assert!(h.query_by_label("Evaluate plan").is_none());
 }

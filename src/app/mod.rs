@@ -45,6 +45,11 @@ impl StudioApp {
         StudioApp { studio, pending: Vec::new(), inputs: panels::Inputs::default(), frame_stats: None }
     }
 
+    /// The text of the evaluation data field.
+    pub fn inputs_eval_data(&self) -> &str {
+        &self.inputs.eval_data
+    }
+
     /// Queues a command (applied at the end of the frame).
     pub fn send(&mut self, command: Command) {
         self.pending.push(command);
