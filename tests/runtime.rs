@@ -340,3 +340,108 @@ fn cli_eval_json_names_the_figures_of_each_family() {
     assert_eq!(code, 2);
     assert!(stderr.trim().lines().count() == 1 && stderr.contains("weight-only"), "{stderr}");
 }
+
+/// Writes a graph model folder: config.json naming model.json, the document, and the weights.
+fn write_graph(dir: &Path, ops: serde_json::Value, input: &[usize], output: &[usize], specs: &[common::Spec]) {
+    std::fs::write(dir.join("config.json"), r#"{"graph": "model.json", "model_type": "test-graph"}"#).unwrap();
+    let doc = serde_json::json!({
+        "format": "quantstudio-graph", "version": 1,
+        "inputs": [{"name": "x", "dtype": "F32", "shape": input}],
+        "ops": ops,
+        "outputs": [{"name": "y", "dtype": "F32", "shape": output}],
+    });
+    std::fs::write(dir.join("model.json"), doc.to_string()).unwrap();
+    common::write_model(&dir.join("model.safetensors"), specs);
+}
+
+#[test]
+fn graph_ops_compute_what_model_json_documents() {
+    let dir = common::temp_dir();
+    // Depthwise 1x1 convolution scaling channel c by (c + 1), flatten, layer norm, then softmax.
+    let ops = serde_json::json!([
+        {"op": "conv2d", "weight": "dw.weight", "groups": 3},
+        {"op": "flatten"},
+        {"op": "layer_norm", "weight": "ln.weight", "bias": "ln.bias", "eps": 0.0},
+        {"op": "softmax"},
+    ]);
+    let specs = [
+        common::Spec::f32("dw.weight", &[3, 1, 1, 1], &[1.0, 2.0, 3.0]),
+        common::Spec::f32("ln.weight", &[6], &[1.0; 6]),
+        common::Spec::f32("ln.bias", &[6], &[0.0; 6]),
+    ];
+    write_graph(dir.path(), ops, &[3, 1, 2], &[6], &specs);
+    let (_, _, net) = open_network(dir.path());
+    let Network::Graph(graph) = net else { panic!("a graph") };
+    let x = [1.0f32, -1.0, 0.5, 0.25, 2.0, 0.0];
+    let y = graph.forward(&x);
+    // By hand: scaled = [1, -1, 1, 0.5, 6, 0]; normalised; softmax.
+    let scaled = [1.0f64, -1.0, 1.0, 0.5, 6.0, 0.0];
+    let mean = scaled.iter().sum::<f64>() / 6.0;
+    let std = (scaled.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0).sqrt();
+    let exps: Vec<f64> = scaled.iter().map(|v| ((v - mean) / std).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    for (got, e) in y.iter().zip(&exps) {
+        assert!((*got as f64 - e / total).abs() < 1e-6, "{y:?}");
+    }
+    // gelu, silu, relu, linear with bias on a batch of two.
+    let ops = serde_json::json!([
+        {"op": "linear", "weight": "fc.weight", "bias": "fc.bias"},
+        {"op": "gelu"}, {"op": "silu"}, {"op": "relu"},
+    ]);
+    let specs = [
+        common::Spec::f32("fc.weight", &[2, 2], &[1.0, 0.0, 0.0, -1.0]),
+        common::Spec::f32("fc.bias", &[2], &[0.5, 0.0]),
+    ];
+    write_graph(dir.path(), ops, &[2], &[2], &specs);
+    let (_, _, net) = open_network(dir.path());
+    let Network::Graph(graph) = net else { panic!("a graph") };
+    let y = graph.forward(&[1.0, 2.0, -3.0, 0.0]);
+    let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()));
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    let expected = [1.5f64, -2.0, -2.5, 0.0].map(|v| silu(gelu(v)).max(0.0));
+    for (got, e) in y.iter().zip(expected) {
+        assert!((*got as f64 - e).abs() < 1e-6, "{y:?} vs {expected:?}");
+    }
+}
+
+/// erf by its Maclaurin series (enough terms for |x| < 3).
+fn erf(x: f64) -> f64 {
+    let mut term = x;
+    let mut sum = x;
+    for n in 1..80 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn graph_documents_that_do_not_fit_are_refused() {
+    let dir = common::temp_dir();
+    let conv = |extra: serde_json::Value| {
+        let mut op = serde_json::json!({"op": "conv2d", "weight": "c.weight"});
+        op.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::json!([op, {"op": "flatten"}])
+    };
+    let specs = [common::Spec::f32("c.weight", &[4, 1, 1, 1], &[1.0; 4])];
+    let cases = [
+        (conv(serde_json::json!({"dilation": [2, 2]})), "unknown field"),
+        (conv(serde_json::json!({"groups": 3})), "group"),
+        (conv(serde_json::json!({"groups": 0})), "bad groups"),
+        (serde_json::json!([{"op": "maxpool"}]), "unknown op"),
+    ];
+    for (ops, expected) in cases {
+        write_graph(dir.path(), ops, &[2, 2, 2], &[16], &specs);
+        let model = Model::open(dir.path()).unwrap();
+        let error = Architecture::detect(&model)
+            .and_then(|arch| Network::build(&model, &arch, None, &Progress::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected) && !error.contains('\n'), "{expected}: {error}");
+    }
+    // groups = 2 fits 2 input channels with a [4, 1, 1, 1] weight, and the output shape is checked.
+    write_graph(dir.path(), conv(serde_json::json!({"groups": 2})), &[2, 2, 2], &[15], &specs);
+    let model = Model::open(dir.path()).unwrap();
+    let error = Network::build(&model, &Architecture::detect(&model).unwrap(), None, &Progress::new()).unwrap_err();
+    assert!(error.to_string().contains("[16]"), "{error}");
+}
