@@ -1,4 +1,4 @@
-//! The headless commands (`inspect`, `quantize`, `recipe`, `throughput`) over the same core the window uses.
+//! The headless commands (`inspect`, `quantize`, `recipe`, `eval`, `bench`, `throughput`) over the same core the window uses.
 //!
 //! Every command prints one JSON document on stdout with `--json`, a table otherwise, and a progress bar on
 //! stderr when stderr is a terminal. Errors are printed once, on one line, and give exit code 2.
@@ -82,6 +82,26 @@ pub enum Command {
         /// `token_type_ids`]) or a text file, one sample per line, tokenised with the model's tokenizer.json.
         #[arg(long, value_name = "FILE")]
         data: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the FP32 forward pass: batch-1 latency (median, p95) and throughput, on synthetic inputs.
+    Bench {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// BERT: tokens per sequence; Llama: prompt length of the prefill throughput run.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Llama: positions in the key/value cache before the timed token.
+        #[arg(long, default_value_t = 127)]
+        past: usize,
+        /// Samples (graph) or sequences (BERT) per throughput run.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Timed batch-1 runs (after 3 warm-up runs).
+        #[arg(long, default_value_t = 30)]
+        repeat: usize,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -225,6 +245,36 @@ fn execute(command: Command) -> Result<()> {
                 print_json(&doc);
             } else {
                 print_eval(&report);
+            }
+            Ok(())
+        }
+        Command::Bench { model, seq, past, batch, repeat, json } => {
+            let model = Model::open(&model)?;
+            let arch = crate::runtime::Architecture::detect(&model)?;
+            let workload = crate::runtime::latency::Workload { seq_len: seq, past_len: past, batch, repeat };
+            let latency = with_progress_bar(|progress| {
+                let (net, bytes) = crate::runtime::Network::build_measured(&model, &arch, None, progress)?;
+                crate::runtime::latency::measure(&net, bytes, workload, progress)
+            })?;
+            if json {
+                let mut fp32 = serde_json::to_value(&latency).map_err(|e| Error::Unsupported(e.to_string()))?;
+                fp32["name"] = json!("FP32");
+                print_json(&json!({
+                    "model": model.path,
+                    "family": arch.family(),
+                    "workload": workload,
+                    "configurations": [fp32],
+                }));
+            } else {
+                out!("{} model, FP32, {} thread(s)", arch.family(), latency.threads);
+                out!(
+                    "latency ({}): median {:.3} ms, p95 {:.3} ms over {repeat} runs",
+                    latency.unit,
+                    latency.latency_ms_median,
+                    latency.latency_ms_p95
+                );
+                out!("throughput: {:.1} {}/s", latency.throughput_per_s, latency.throughput_unit);
+                out!("weights in memory: {}", human_bytes(latency.weights_bytes));
             }
             Ok(())
         }

@@ -140,6 +140,16 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.valid.is_empty()
     }
+
+    /// Forgets every position from `len` on (no effect when `len >= self.len()`).
+    pub fn truncate(&mut self, len: usize) {
+        let positions = self.valid.len().max(1);
+        for keys in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let width = keys.len() / positions;
+            keys.truncate(len * width);
+        }
+        self.valid.truncate(len);
+    }
 }
 
 impl LlamaNet {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod graph;
+pub mod latency;
 pub mod llama;
 pub mod ops;
 pub mod weights;
@@ -86,7 +87,19 @@ pub enum Network {
 impl Network {
     /// Reads the weights (as stored when `plan` is `None`, else as the plan quantizes them) and binds them.
     pub fn build(model: &Model, arch: &Architecture, plan: Option<&Plan>, progress: &Progress) -> Result<Network> {
-        Self::from_source(arch, &weights::WeightSource::new(model, plan, progress))
+        Ok(Self::build_measured(model, arch, plan, progress)?.0)
+    }
+
+    /// [`Network::build`], also returning the bytes of f32 weights the network holds.
+    pub fn build_measured(
+        model: &Model,
+        arch: &Architecture,
+        plan: Option<&Plan>,
+        progress: &Progress,
+    ) -> Result<(Network, u64)> {
+        let source = weights::WeightSource::new(model, plan, progress);
+        let net = Self::from_source(arch, &source)?;
+        Ok((net, source.loaded_bytes()))
     }
 
     /// The FP32 network and the planned one, sharing the tensors the plan leaves in FP32.

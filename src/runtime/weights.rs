@@ -47,6 +47,11 @@ impl<'m> WeightSource<'m> {
         }
     }
 
+    /// Bytes of the f32 tensors this source has read (not counting those it shares from its reference).
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded.lock().map_or(0, |m| m.values().map(|w| w.values.len() as u64 * 4).sum())
+    }
+
     /// The model the weights come from.
     pub fn model(&self) -> &'m Model {
         self.model
