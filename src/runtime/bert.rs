@@ -86,13 +86,13 @@ struct Dense {
 impl Dense {
     fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize) -> Result<Dense> {
         Ok(Dense {
-            weight: w.get(&format!("{name}.weight"), Some(&[outputs, inputs]))?,
+            weight: w.get_linear(&format!("{name}.weight"), outputs, inputs)?,
             bias: w.get(&format!("{name}.bias"), Some(&[outputs]))?,
         })
     }
 
     fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (outputs, inputs) = (self.weight.shape[0], self.weight.shape[1]);
+        let (inputs, outputs) = (self.weight.shape[0], self.weight.shape[1]);
         ops::linear(x, rows, inputs, &self.weight.values, outputs, Some(&self.bias.values))
     }
 }

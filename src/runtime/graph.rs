@@ -188,6 +188,8 @@ impl GraphNet {
                     if w_in != inputs {
                         return Err(bad(format!("op {i}: {weight} takes {w_in} inputs, the chain gives {inputs}")));
                     }
+                    drop(w);
+                    let w = weights.get_linear(weight, outputs, inputs)?;
                     let bias = bias.as_deref().map(|b| weights.get(b, Some(&[outputs]))).transpose()?;
                     let rows = lead.iter().product();
                     shape = [lead, &[outputs]].concat();

@@ -87,13 +87,13 @@ struct Projection {
 impl Projection {
     fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize, bias: bool) -> Result<Projection> {
         Ok(Projection {
-            weight: w.get(&format!("{name}.weight"), Some(&[outputs, inputs]))?,
+            weight: w.get_linear(&format!("{name}.weight"), outputs, inputs)?,
             bias: if bias { Some(w.get(&format!("{name}.bias"), Some(&[outputs]))?) } else { None },
         })
     }
 
     fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (outputs, inputs) = (self.weight.shape[0], self.weight.shape[1]);
+        let (inputs, outputs) = (self.weight.shape[0], self.weight.shape[1]);
         ops::linear(x, rows, inputs, &self.weight.values, outputs, self.bias.as_ref().map(|b| &b.values[..]))
     }
 }
@@ -119,6 +119,7 @@ pub struct LlamaNet {
     embed_tokens: Arc<Weight>,
     layers: Vec<DecoderLayer>,
     final_norm: Arc<Weight>,
+    /// `[hidden, vocab]` (transposed).
     lm_head: Arc<Weight>,
 }
 
@@ -176,10 +177,10 @@ impl LlamaNet {
             })
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = w.get("model.embed_tokens.weight", Some(&[config.vocab_size, h]))?;
-        let lm_head = if config.tie_word_embeddings && !w.has("lm_head.weight") {
-            embed_tokens.clone()
-        } else if w.has("lm_head.weight") {
-            w.get("lm_head.weight", Some(&[config.vocab_size, h]))?
+        let lm_head = if w.has("lm_head.weight") {
+            w.get_linear("lm_head.weight", config.vocab_size, h)?
+        } else if config.tie_word_embeddings {
+            w.get_linear("model.embed_tokens.weight", config.vocab_size, h)?
         } else {
             return Err(Error::Unsupported(
                 "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),

@@ -93,6 +93,34 @@ impl<'m> WeightSource<'m> {
         Ok(weight)
     }
 
+    /// The `[outputs, inputs]` weight of a linear layer, transposed to `[inputs, outputs]` as
+    /// [`super::ops::linear`] takes it (read, simulated, transposed and cached once).
+    pub fn get_linear(&self, name: &str, outputs: usize, inputs: usize) -> Result<Arc<Weight>> {
+        let key = format!("{name} (transposed)");
+        if let Some(w) = self.loaded.lock().map_err(|_| poisoned())?.get(&key).cloned() {
+            return Ok(w);
+        }
+        if let Some(reference) = self.reference
+            && let Some(id) = self.model.tensor_by_name(name)
+            && self.plan.is_none_or(|p| p.tensor(self.model, id) == Precision::Fp32)
+        {
+            return reference.get_linear(name, outputs, inputs);
+        }
+        let weight = self.get(name, Some(&[outputs, inputs]))?;
+        let transposed = Arc::new(Weight {
+            name: weight.name.clone(),
+            shape: vec![inputs, outputs],
+            values: super::ops::transpose(&weight.values, outputs, inputs),
+        });
+        let mut loaded = self.loaded.lock().map_err(|_| poisoned())?;
+        // Only the transposed copy is kept, unless someone else needs the stored layout too.
+        if Arc::strong_count(&weight) == 2 {
+            loaded.remove(name);
+        }
+        loaded.insert(key, transposed.clone());
+        Ok(transposed)
+    }
+
     fn read(&self, id: TensorId) -> Result<Weight> {
         let info = self.model.tensor(id);
         let data = TensorData::of(self.model, id)?;
