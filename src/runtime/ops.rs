@@ -49,62 +49,92 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// `c[m, n] = a[m, k] · b[k, n]`, both row-major (attention's `P · V`, convolution's `W · columns`).
+/// `c[m, n] = a[m, k] · b[k, n]`, both row-major (attention's `P · V`, linear layers).
 pub fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), k * n);
     let mut c = vec![0.0f32; m * n];
-    // SAFETY: as in `linear`, with `b` as k x n row-major.
-    for_column_blocks(&mut c, m, n, m * k, |c0, cols, c_ptr| unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            cols,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr().add(c0),
-            n as isize,
-            1,
-            0.0,
-            c_ptr,
-            n as isize,
-            1,
-        );
-    });
+    gemm(&mut c, m, k, n, (a, k, 1), (b, n, 1));
     c
 }
 
-/// A raw pointer that may cross to rayon's threads: each thread writes a disjoint column block.
+/// A matrix operand: values, row stride, column stride.
+type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `c[m, n] = A · B` (row-major `c`), with `A` (`m x k`) and `B` (`k x n`) read through their strides. Split across
+/// rayon's threads by blocks of columns when `n` is wide, else by blocks of rows; every element is computed by the
+/// same kernel sequence whatever the split.
+fn gemm(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand) {
+    gemm_with_threads(c, m, k, n, a, b, rayon::current_num_threads());
+}
+
+fn gemm_with_threads(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand, threads: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (a, rsa, csa) = a;
+    let (b, rsb, csb) = b;
+    assert!(c.len() >= m * n);
+    assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
+    let run = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, c_ptr: SendPtr| {
+        // SAFETY: the asserts above keep every read of `a` and `b` inside them; `c_ptr` points at c[rows.start,
+        // cols.start] and the block written (rows x cols, row stride n) is inside `c` and disjoint from others.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows.len(),
+                k,
+                cols.len(),
+                1.0,
+                a.as_ptr().add(rows.start * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr().add(cols.start * csb),
+                rsb as isize,
+                csb as isize,
+                0.0,
+                c_ptr.0,
+                n as isize,
+                1,
+            );
+        }
+    };
+    let ptr = SendPtr(c.as_mut_ptr());
+    if m * k * n < PARALLEL_MIN_MACS || threads <= 1 {
+        return run(0..m, 0..n, ptr);
+    }
+    if n >= threads * 4 * COLUMN_ALIGN || m < threads * 8 {
+        let per_block = n.div_ceil(threads).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
+        (0..n.div_ceil(per_block)).into_par_iter().for_each(|block| {
+            let cols = block * per_block..((block + 1) * per_block).min(n);
+            run(0..m, cols.clone(), ptr.offset(cols.start));
+        });
+    } else {
+        let per_block = m.div_ceil(threads).div_ceil(8) * 8;
+        (0..m.div_ceil(per_block)).into_par_iter().for_each(|block| {
+            let rows = block * per_block..((block + 1) * per_block).min(m);
+            run(rows.clone(), 0..n, ptr.offset(rows.start * n));
+        });
+    }
+}
+
+/// [`gemm`] on the calling thread only (for callers that already run in parallel).
+fn gemm_serial(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand) {
+    gemm_with_threads(c, m, k, n, a, b, 1);
+}
+
+/// A raw pointer that may cross to rayon's threads: each thread writes a disjoint block.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: the blocks written through it are disjoint and the buffer outlives the scope.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Runs `f(first_column, columns, pointer to y[0, first_column])` over column blocks of an `m x n` output,
-/// in parallel when the product is large enough.
-fn for_column_blocks(y: &mut [f32], m: usize, n: usize, a_len: usize, f: impl Fn(usize, usize, *mut f32) + Sync) {
-    if m == 0 || n == 0 {
-        return;
+impl SendPtr {
+    /// The pointer `count` values further; the callers stay inside the buffer (`count < len`).
+    fn offset(self, count: usize) -> SendPtr {
+        SendPtr(self.0.wrapping_add(count))
     }
-    let macs = a_len.saturating_mul(n);
-    let threads = rayon::current_num_threads();
-    let blocks = if macs < PARALLEL_MIN_MACS { 1 } else { threads.min(n.div_ceil(COLUMN_ALIGN)).max(1) };
-    let ptr = SendPtr(y.as_mut_ptr());
-    if blocks == 1 {
-        f(0, n, ptr.0);
-        return;
-    }
-    let per_block = n.div_ceil(blocks).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
-    (0..n.div_ceil(per_block)).into_par_iter().for_each(|b| {
-        let c0 = b * per_block;
-        let cols = per_block.min(n - c0);
-        let p = ptr;
-        // SAFETY: c0 < n, so the pointer stays inside `y`.
-        f(c0, cols, unsafe { p.0.add(c0) });
-    });
 }
 
 /// `y = bias + Σ_k x[k] · w_t[k, :]`: the rows of `w_t` are split into one contiguous block per thread (each
@@ -113,6 +143,14 @@ fn gemv(x: &[f32], w_t: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
     let (k, n) = (x.len(), y.len());
     let blocks = if k * n < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().clamp(1, k.div_ceil(4)) };
     let rows_per_block = (k.div_ceil(blocks).div_ceil(4) * 4).max(4);
+    match bias {
+        Some(b) => y.copy_from_slice(b),
+        None => y.fill(0.0),
+    }
+    if blocks == 1 {
+        accumulate_rows(x, w_t, y);
+        return;
+    }
     let partials: Vec<Vec<f32>> = (0..k.div_ceil(rows_per_block))
         .into_par_iter()
         .map(|b| {
@@ -122,10 +160,6 @@ fn gemv(x: &[f32], w_t: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
             acc
         })
         .collect();
-    match bias {
-        Some(b) => y.copy_from_slice(b),
-        None => y.fill(0.0),
-    }
     for partial in &partials {
         add_in_place(y, partial);
     }
@@ -402,51 +436,85 @@ impl ConvShape {
 }
 
 /// A grouped 2-D cross-correlation (PyTorch `Conv2d`, dilation 1) of a batch `[n, C, H, W]` with `weight`
-/// `[O, C/groups, KH, KW]`: im2col per sample and group, then one SGEMM `W_g · columns`.
+/// `[O, C/groups, KH, KW]`: per sample and group, im2col (`[patch, positions]`, copied row span by row span) and one
+/// SGEMM `W_g · columns`. Samples run in parallel; a single sample parallelises inside the SGEMM instead.
 pub fn conv2d(x: &[f32], batch: usize, s: &ConvShape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let [oh, ow] = s.out_hw().unwrap_or([0, 0]);
-    let [h, w] = s.in_hw;
-    let [kh, kw] = s.kernel;
     let c_per_group = s.in_channels / s.groups;
     let o_per_group = s.out_channels / s.groups;
-    let patch = c_per_group * kh * kw;
+    let patch = c_per_group * s.kernel[0] * s.kernel[1];
     let positions = oh * ow;
-    let in_len = s.in_channels * h * w;
+    let in_len = s.in_channels * s.in_hw[0] * s.in_hw[1];
     let out_len = s.out_channels * positions;
     let mut y = vec![0.0f32; batch * out_len];
-    y.par_chunks_mut(out_len.max(1)).zip(x.par_chunks(in_len.max(1))).for_each(|(y_n, x_n)| {
+    if patch == 0 || positions == 0 {
+        return y;
+    }
+    let one_sample = |(y_n, x_n): (&mut [f32], &[f32]), parallel: bool| {
         let mut cols = vec![0.0f32; patch * positions];
         for g in 0..s.groups {
-            for c in 0..c_per_group {
-                let plane = &x_n[(g * c_per_group + c) * h * w..][..h * w];
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let row = &mut cols[((c * kh + ky) * kw + kx) * positions..][..positions];
-                        for oy in 0..oh {
-                            let iy = (oy * s.stride[0] + ky) as isize - s.padding[0] as isize;
-                            for ox in 0..ow {
-                                let ix = (ox * s.stride[1] + kx) as isize - s.padding[1] as isize;
-                                row[oy * ow + ox] = if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
-                                    plane[iy as usize * w + ix as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
+            let x_g = &x_n[g * c_per_group * s.in_hw[0] * s.in_hw[1]..];
+            im2col(x_g, c_per_group, s, [oh, ow], &mut cols);
+            let w_g = &weight[g * o_per_group * patch..][..o_per_group * patch];
+            let y_g = &mut y_n[g * o_per_group * positions..][..o_per_group * positions];
+            let (a, b) = ((w_g, patch, 1), (&cols[..], positions, 1));
+            if parallel {
+                gemm(y_g, o_per_group, patch, positions, a, b);
+            } else {
+                gemm_serial(y_g, o_per_group, patch, positions, a, b);
+            }
+        }
+        if let Some(b) = bias {
+            for (plane, b) in y_n.chunks_exact_mut(positions).zip(b) {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    };
+    if batch == 1 {
+        one_sample((&mut y, x), true);
+    } else {
+        y.par_chunks_mut(out_len).zip(x.par_chunks(in_len.max(1))).for_each(|pair| one_sample(pair, false));
+    }
+    y
+}
+
+/// The patches of `channels` planes as columns: row `(c, ky, kx)` of `cols` (`[patch, oh·ow]`) holds, for every
+/// output position, the input value under that kernel tap (0 in the padding). Runs of a row that read one input
+/// row are copied as slices when the column stride is 1.
+fn im2col(x: &[f32], channels: usize, s: &ConvShape, [oh, ow]: [usize; 2], cols: &mut [f32]) {
+    let [h, w] = s.in_hw;
+    let [kh, kw] = s.kernel;
+    let [sh, sw] = s.stride;
+    let [ph, pw] = s.padding;
+    for c in 0..channels {
+        let plane = &x[c * h * w..][..h * w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &mut cols[((c * kh + ky) * kw + kx) * oh * ow..][..oh * ow];
+                // Output columns whose input column ox·sw + kx − pw lies in 0..w.
+                let ox_lo = pw.saturating_sub(kx).div_ceil(sw).min(ow);
+                let ox_hi = if w + pw > kx { ((w + pw - kx - 1) / sw + 1).min(ow) } else { 0 }.max(ox_lo);
+                for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+                    let iy = (oy * sh + ky) as isize - ph as isize;
+                    if iy < 0 || iy as usize >= h {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let input = &plane[iy as usize * w..][..w];
+                    out[..ox_lo].fill(0.0);
+                    out[ox_hi..].fill(0.0);
+                    let first = ox_lo * sw + kx - pw;
+                    if sw == 1 {
+                        out[ox_lo..ox_hi].copy_from_slice(&input[first..first + (ox_hi - ox_lo)]);
+                    } else {
+                        for (i, v) in out[ox_lo..ox_hi].iter_mut().enumerate() {
+                            *v = input[first + i * sw];
                         }
                     }
                 }
             }
-            let w_g = &weight[g * o_per_group * patch..][..o_per_group * patch];
-            let out = matmul(w_g, o_per_group, patch, &cols, positions);
-            y_n[g * o_per_group * positions..][..o_per_group * positions].copy_from_slice(&out);
         }
-        if let Some(b) = bias {
-            for (plane, b) in y_n.chunks_exact_mut(positions.max(1)).zip(b) {
-                plane.iter_mut().for_each(|v| *v += b);
-            }
-        }
-    });
-    y
+    }
 }
 
 #[cfg(test)]
@@ -514,40 +582,42 @@ mod tests {
 
     #[test]
     fn grouped_convolution_matches_the_definition() {
-        let s = ConvShape {
-            in_channels: 4,
-            in_hw: [5, 6],
-            out_channels: 6,
-            kernel: [3, 2],
-            stride: [2, 1],
-            padding: [1, 0],
-            groups: 2,
-        };
-        let [oh, ow] = s.out_hw().unwrap();
-        let x = values(2 * 4 * 5 * 6, 7);
-        let w = values(6 * 2 * 3 * 2, 8);
-        let b = values(6, 9);
-        let y = conv2d(&x, 2, &s, &w, Some(&b));
-        for n in 0..2 {
-            for o in 0..6 {
-                let g = o / 3;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = b[o] as f64;
-                        for c in 0..2 {
-                            for ky in 0..3 {
-                                for kx in 0..2 {
-                                    let iy = (oy * 2 + ky) as isize - 1;
-                                    let ix = (ox + kx) as isize;
-                                    if (0..5).contains(&iy) && (0..6).contains(&ix) {
-                                        let xi = ((n * 4 + g * 2 + c) * 5 + iy as usize) * 6 + ix as usize;
-                                        acc += x[xi] as f64 * w[((o * 2 + c) * 3 + ky) * 2 + kx] as f64;
+        for (stride, padding, batch) in [([2, 1], [1, 0], 2), ([1, 2], [0, 2], 1), ([3, 3], [2, 1], 3)] {
+            let s = ConvShape {
+                in_channels: 4,
+                in_hw: [5, 6],
+                out_channels: 6,
+                kernel: [3, 2],
+                stride,
+                padding,
+                groups: 2,
+            };
+            let [oh, ow] = s.out_hw().unwrap();
+            let x = values(batch * 4 * 5 * 6, 7);
+            let w = values(6 * 2 * 3 * 2, 8);
+            let b = values(6, 9);
+            let y = conv2d(&x, batch, &s, &w, Some(&b));
+            for n in 0..batch {
+                for o in 0..6 {
+                    let g = o / 3;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut acc = b[o] as f64;
+                            for c in 0..2 {
+                                for ky in 0..3 {
+                                    for kx in 0..2 {
+                                        let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
+                                        let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
+                                        if (0..5).contains(&iy) && (0..6).contains(&ix) {
+                                            let xi = ((n * 4 + g * 2 + c) * 5 + iy as usize) * 6 + ix as usize;
+                                            acc += x[xi] as f64 * w[((o * 2 + c) * 3 + ky) * 2 + kx] as f64;
+                                        }
                                     }
                                 }
                             }
+                            let got = y[((n * 6 + o) * oh + oy) * ow + ox];
+                            assert!((got as f64 - acc).abs() < 1e-5, "{stride:?} {padding:?}: {got} vs {acc}");
                         }
-                        let got = y[((n * 6 + o) * oh + oy) * ow + ox];
-                        assert!((got as f64 - acc).abs() < 1e-5, "{got} vs {acc}");
                     }
                 }
             }
