@@ -1,14 +1,11 @@
 //! The runtime's operators on row-major f32 buffers.
 //!
-//! Matrix products go to `matrixmultiply`'s packed SGEMM (AVX2/FMA kernels chosen at run time), split across
-//! rayon's threads by output column blocks; one-row products (a decoder's token) take a dot-product GEMV that
-//! streams each weight row once. How work is split depends on the shapes and the thread count only, and every
-//! output element is summed in the same order whatever the split, so results are reproducible run to run.
+//! Matrix products go to the `gemm` crate's packed SGEMM (AVX2/FMA kernels chosen at run time) on rayon's threads;
+//! one-row products (a decoder's token) take a GEMV that streams each weight row once. How work is split depends on
+//! the shapes and the thread count only, so results are reproducible run to run on one machine.
 
 use rayon::prelude::*;
 
-/// Column blocks handed to one thread are a multiple of this (the SGEMM kernel's widest tile).
-const COLUMN_ALIGN: usize = 16;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
@@ -61,9 +58,8 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
 /// A matrix operand: values, row stride, column stride.
 type Operand<'a> = (&'a [f32], usize, usize);
 
-/// `c[m, n] = A · B` (row-major `c`), with `A` (`m x k`) and `B` (`k x n`) read through their strides. Split across
-/// rayon's threads by blocks of columns when `n` is wide, else by blocks of rows; every element is computed by the
-/// same kernel sequence whatever the split.
+/// `c[m, n] = A · B` (row-major `c`), with `A` (`m x k`) and `B` (`k x n`) read through their strides, on rayon's
+/// threads when the product is large enough (the `gemm` crate splits the work).
 fn gemm(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand) {
     gemm_with_threads(c, m, k, n, a, b, rayon::current_num_threads());
 }
@@ -77,44 +73,25 @@ fn gemm_with_threads(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b:
     assert!(c.len() >= m * n);
     assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
-    let run = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, c_ptr: SendPtr| {
-        // SAFETY: the asserts above keep every read of `a` and `b` inside them; `c_ptr` points at c[rows.start,
-        // cols.start] and the block written (rows x cols, row stride n) is inside `c` and disjoint from others.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows.len(),
-                k,
-                cols.len(),
-                1.0,
-                a.as_ptr().add(rows.start * rsa),
-                rsa as isize,
-                csa as isize,
-                b.as_ptr().add(cols.start * csb),
-                rsb as isize,
-                csb as isize,
-                0.0,
-                c_ptr.0,
-                n as isize,
-                1,
-            );
-        }
-    };
-    let ptr = SendPtr(c.as_mut_ptr());
-    if m * k * n < PARALLEL_MIN_MACS || threads <= 1 {
-        return run(0..m, 0..n, ptr);
-    }
-    if n >= threads * 4 * COLUMN_ALIGN || m < threads * 8 {
-        let per_block = n.div_ceil(threads).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
-        (0..n.div_ceil(per_block)).into_par_iter().for_each(|block| {
-            let cols = block * per_block..((block + 1) * per_block).min(n);
-            run(0..m, cols.clone(), ptr.offset(cols.start));
-        });
-    } else {
-        let per_block = m.div_ceil(threads).div_ceil(8) * 8;
-        (0..m.div_ceil(per_block)).into_par_iter().for_each(|block| {
-            let rows = block * per_block..((block + 1) * per_block).min(m);
-            run(rows.clone(), 0..n, ptr.offset(rows.start * n));
-        });
+    let threads = if m * k * n < PARALLEL_MIN_MACS { 1 } else { threads };
+    // SAFETY: the asserts keep every read of `a` and `b` inside them, and `c` holds the m x n result.
+    unsafe {
+        sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            threads,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
@@ -123,17 +100,32 @@ fn gemm_serial(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Opera
     gemm_with_threads(c, m, k, n, a, b, 1);
 }
 
-/// A raw pointer that may cross to rayon's threads: each thread writes a disjoint block.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the blocks written through it are disjoint and the buffer outlives the scope.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `count` values further; the callers stay inside the buffer (`count < len`).
-    fn offset(self, count: usize) -> SendPtr {
-        SendPtr(self.0.wrapping_add(count))
+/// `C = alpha · A · B` (C overwritten) on `threads` rayon threads (1: the calling thread), arguments in the BLAS-like
+/// order: sizes, alpha, then A, B, C each as pointer, row stride, column stride.
+///
+/// # Safety
+/// The strides must keep every access inside the three buffers, and C must not overlap A or B.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    threads: usize,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: forwarded from the caller. gemm computes dst = alpha·dst + beta·lhs·rhs; dst is not read.
+    unsafe {
+        gemm::gemm(m, n, k, c, csc, rsc, false, a, csa, rsa, b, csb, rsb, 0.0, alpha, false, false, false, parallelism)
     }
 }
 
@@ -247,7 +239,7 @@ pub fn erf(x: f32) -> f32 {
 pub fn silu(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|chunk| {
         for v in chunk {
-            *v /= 1.0 + (-*v).exp();
+            *v /= 1.0 + exp(-*v);
         }
     });
 }
@@ -259,17 +251,47 @@ pub fn softmax(x: &mut [f32], dim: usize) {
     }
 }
 
+/// Softmax of one row; entries at -inf get exactly 0, and a row with no finite entry becomes all zeros.
 fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
     }
+    for v in row.iter_mut() {
+        // exp(-inf) is not representable by the polynomial: masked entries are set to 0 explicitly.
+        *v = if *v == f32::NEG_INFINITY { 0.0 } else { exp(*v - max) };
+    }
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
     let inv = 1.0 / sum;
     for v in row.iter_mut() {
         *v *= inv;
     }
+}
+
+/// `e^x` for x ≤ 88 (finite results; below -87 it flushes towards 0), branch-free so loops over it vectorise:
+/// Cody–Waite reduction by ln 2 and a degree-6 polynomial (Cephes' `expf`). Relative error below 2e-7
+/// (unit-tested against f64).
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round x / ln 2 to the nearest integer with the 1.5·2^23 trick (no call to `round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 /// `a += b`, elementwise (residual connections).
@@ -316,7 +338,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
             // SAFETY: q_h is queries x head_dim with row stride q_stride; k_hᵀ is head_dim x keys read with strides
             // (1, kv_stride); both stay inside q and k; `scores` is queries x keys.
             unsafe {
-                matrixmultiply::sgemm(
+                sgemm(
                     queries,
                     head_dim,
                     keys,
@@ -327,33 +349,30 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
                     k.as_ptr().add(kvh * head_dim),
                     1,
                     kv_stride as isize,
-                    0.0,
+                    1,
                     scores.as_mut_ptr(),
                     keys as isize,
                     1,
                 );
             }
             for (i, row) in scores.chunks_exact_mut(keys.max(1)).enumerate() {
-                let visible = if causal { offset + i + 1 } else { keys };
-                let mut any = false;
-                for (j, s) in row.iter_mut().enumerate() {
-                    if j >= visible || key_valid.is_some_and(|m| !m[j]) {
-                        *s = f32::NEG_INFINITY;
-                    } else {
-                        any = true;
+                let visible = if causal { (offset + i + 1).min(keys) } else { keys };
+                if let Some(valid) = key_valid {
+                    for (s, ok) in row[..visible].iter_mut().zip(valid) {
+                        if !ok {
+                            *s = f32::NEG_INFINITY;
+                        }
                     }
                 }
-                if any {
-                    softmax_row(row);
-                } else {
-                    row.fill(0.0);
-                }
+                // Future keys get probability exactly 0.
+                row[visible..].fill(0.0);
+                softmax_row(&mut row[..visible]);
             }
             let mut out = vec![0.0f32; queries * head_dim];
             // SAFETY: scores is queries x keys; v_h is keys x head_dim with row stride kv_stride; out is
             // queries x head_dim.
             unsafe {
-                matrixmultiply::sgemm(
+                sgemm(
                     queries,
                     keys,
                     head_dim,
@@ -364,7 +383,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
                     v.as_ptr().add(kvh * head_dim),
                     kv_stride as isize,
                     1,
-                    0.0,
+                    1,
                     out.as_mut_ptr(),
                     head_dim as isize,
                     1,
@@ -622,6 +641,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exp_is_within_2e_7_relative() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let exact = (x as f64).exp();
+            assert!(((exp(x) as f64 - exact) / exact).abs() < 2e-7, "exp({x})");
+            x += 0.001;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        let mut row = [0.0, f32::NEG_INFINITY, 0.0];
+        softmax_row(&mut row);
+        assert_eq!(row, [0.5, 0.0, 0.5]);
     }
 
     #[test]
