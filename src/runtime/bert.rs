@@ -61,7 +61,7 @@ impl BertConfig {
             layer_norm_eps: config::f32_field(c, "layer_norm_eps", 1e-12)?,
             activation,
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(config::unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
