@@ -1,5 +1,6 @@
-//! The independent numpy implementation of the formulas (`tools/reference_check.py`) against the CLI: on the
-//! bundled sample, on a hand-made model of edge values, and on a real checkpoint when CI provides one.
+//! Independent Python checks: the numpy implementation of the formulas (`tools/reference_check.py`) against the CLI
+//! on the bundled sample, on a hand-made model of edge values and on a real checkpoint when CI provides one; the
+//! runtime fixtures against a numpy forward pass; and the runtime on the real all-MiniLM-L6-v2.
 //!
 //! Needs a Python with numpy and safetensors (`QUANTSTUDIO_PYTHON`, default `python3`). Where there is none the
 //! test says so and passes, unless `QUANTSTUDIO_REQUIRE_PYTHON=1` (set by `.ci/run`), which makes it fail.
@@ -59,4 +60,59 @@ fn numpy_reference_agrees_on_a_real_checkpoint() {
     };
     let Some(python) = python() else { return };
     reference_check(&python, &[&model]);
+}
+
+/// The runtime fixtures' goldens (from transformers' Flax models) agree with a plain-numpy forward pass that reads
+/// only config.json + model.safetensors (tools/check_runtime_fixtures.py), so a fixture cannot drift from the
+/// checkpoint it claims to describe.
+#[test]
+fn runtime_fixtures_agree_with_an_independent_numpy_forward() {
+    let Some(python) = python() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(&python)
+        .arg(root.join("tools/check_runtime_fixtures.py"))
+        .arg("--fixtures")
+        .arg(root.join("tests/fixtures"))
+        .output()
+        .expect("run check_runtime_fixtures.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("all runtime fixtures match their goldens"), "{stdout}");
+}
+
+/// On the real all-MiniLM-L6-v2 (when CI provides it), the runtime reproduces the scores of sentence-transformers'
+/// semantic-search example ("A man is eating pasta." against its corpus), printed to four decimals in its docs.
+#[test]
+fn minilm_sentence_embeddings_give_the_published_similarities() {
+    let Ok(model) = std::env::var("QUANTSTUDIO_REFERENCE_MODEL") else {
+        eprintln!("skipped: set QUANTSTUDIO_REFERENCE_MODEL to the all-MiniLM-L6-v2 folder");
+        return;
+    };
+    use quantstudio::runtime::{Architecture, EvalData, Network, bert};
+    let folder = Path::new(&model);
+    let dir = common::temp_dir();
+    let text = dir.path().join("sentences.txt");
+    let sentences = [
+        "A man is eating pasta.",
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "A man is riding a horse.",
+        "A man is riding a white horse on an enclosed ground.",
+        "A cheetah is running behind its prey.",
+    ];
+    std::fs::write(&text, sentences.join("\n")).unwrap();
+    let loaded = quantstudio::Model::open(folder).unwrap();
+    let arch = Architecture::detect(&loaded).unwrap();
+    let Network::Bert(net) = Network::build(&loaded, &arch, None, &quantstudio::Progress::new()).unwrap() else {
+        panic!("all-MiniLM-L6-v2 is a BERT model")
+    };
+    let EvalData::Sequences(seqs) = EvalData::load(&text, folder).unwrap() else { panic!("text gives sequences") };
+    let dim = net.config.hidden_size;
+    let embeddings: Vec<Vec<f32>> =
+        seqs.iter().map(|s| bert::sentence_embedding(&net.forward(s).unwrap(), &s.mask, dim)).collect();
+    let published = [0.7035, 0.5272, 0.1889, 0.1047, 0.0980];
+    for (i, expected) in published.iter().enumerate() {
+        let score = quantstudio::runtime::eval::cosine(&embeddings[0], &embeddings[i + 1]);
+        assert!((score - expected).abs() < 6e-5, "{:?}: {score:.5} vs published {expected}", sentences[i + 1]);
+    }
 }

@@ -17,7 +17,7 @@ mod cli;
 mod gui;
 // The digits sample models: documented data split, committed weights and accuracy, seeded training, model.json.
 mod samples;
-// The independent numpy reference (tools/reference_check.py) against the CLI.
+// Independent Python checks: the numpy reference of the formulas, the runtime fixtures, MiniLM's published scores.
 mod python;
 // The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
 mod runtime;
