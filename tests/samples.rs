@@ -294,7 +294,10 @@ fn model_json_with_unknown_ops_or_misfitting_tensors_is_refused() {
         edit(&mut g);
         Net::from_graph(&g, &weights).err().unwrap_or_default()
     };
-    assert!(with(&|g| g["ops"][1]["op"] = "gelu".into()).contains("unknown op"));
+    assert!(with(&|g| g["ops"][1]["op"] = "maxpool".into()).contains("unknown op"));
+    // The studio runs GELU, but the training program has no gradient for it.
+    assert!(with(&|g| g["ops"][1]["op"] = "gelu".into()).contains("cannot be trained"));
+    assert!(with(&|g| g["ops"][0]["groups"] = 2.into()).contains("cannot be trained"));
     assert!(with(&|g| g["version"] = 2.into()).contains("version"));
     assert!(with(&|g| g["ops"][0]["dilation"] = serde_json::json!([2, 2])).contains("unknown field"));
     assert!(with(&|g| g["inputs"][0]["shape"] = serde_json::json!([2, 8, 4])).contains("linear"));

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use quantstudio::Model;
 use quantstudio::model::DType;
+use quantstudio::runtime::graph::{GraphOp, GraphSpec};
 
 /// Side of a digit image, in pixels.
 pub const SIDE: usize = 8;
@@ -510,68 +511,47 @@ impl Net {
         )
     }
 
-    /// A network from a model.json document and the weights it names; checks format, version, op fields, dtypes
-    /// and shapes. The reference reading of docs/MODEL-JSON.md.
+    /// A network from a model.json document and the weights it names. The document is read by the studio's own
+    /// reader (`GraphSpec::parse`, which checks format, version and op fields); this program trains only the ops
+    /// it has gradients for (linear, one-group conv2d, relu, flatten) and checks dtypes and shapes.
     pub fn from_graph(graph: &serde_json::Value, weights: &Model) -> Result<Net, String> {
-        if graph["format"] != GRAPH_FORMAT || graph["version"] != GRAPH_VERSION {
-            return Err(format!("not a {GRAPH_FORMAT} version {GRAPH_VERSION} document"));
-        }
-        let [input] = graph["inputs"].as_array().map(Vec::as_slice).unwrap_or_default() else {
-            return Err("expected exactly one input".into());
-        };
-        let input_shape = usizes(&input["shape"]).ok_or("input shape is not a list of sizes")?;
-        let mut net = Net::new(input["name"].as_str().unwrap_or("input"), &input_shape);
-        let param = |net: &mut Net, op: &serde_json::Value, field: &str| -> Result<Option<usize>, String> {
-            let Some(name) = op.get(field) else { return Ok(None) };
-            let name = name.as_str().ok_or(format!("{field} is not a tensor name"))?;
+        let spec = GraphSpec::parse(graph)?;
+        let mut net = Net::new(&spec.input_name, &spec.input_shape);
+        let param = |net: &mut Net, name: &str| -> Result<usize, String> {
             if let Some(i) = net.params.iter().position(|p| p.name == name) {
-                return Ok(Some(i));
+                return Ok(i);
             }
             let (value, shape) = f32_values(weights, name)?;
-            Ok(Some(net.push_param(name.into(), shape, value)))
+            Ok(net.push_param(name.into(), shape, value))
         };
-        for (i, op) in graph["ops"].as_array().ok_or("ops is not a list")?.iter().enumerate() {
-            let pair = |field: &str, default: usize| match op.get(field) {
-                None => Ok([default; 2]),
-                Some(v) => usizes(v).and_then(|v| <[usize; 2]>::try_from(v).ok()).ok_or(format!("op {i}: bad {field}")),
-            };
-            let kind = op["op"].as_str().unwrap_or_default();
-            let fields: &[&str] = match kind {
-                "linear" => &["op", "weight", "bias"],
-                "conv2d" => &["op", "weight", "bias", "stride", "padding"],
-                _ => &["op"],
-            };
-            // A field this reader does not know (dilation, groups, ...) could change the result: refuse it.
-            if let Some(unknown) = op.as_object().and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str()))) {
-                return Err(format!("op {i} ({kind}): unknown field {unknown:?}"));
-            }
-            let parsed = match op["op"].as_str() {
-                Some("linear") => {
-                    let weight = param(&mut net, op, "weight")?.ok_or(format!("op {i}: linear without weight"))?;
-                    Op::Linear { weight, bias: param(&mut net, op, "bias")? }
+        for (i, op) in spec.ops.iter().enumerate() {
+            let parsed = match op {
+                GraphOp::Linear { weight, bias } => Op::Linear {
+                    weight: param(&mut net, weight)?,
+                    bias: bias.as_deref().map(|b| param(&mut net, b)).transpose()?,
+                },
+                GraphOp::Conv2d { weight, bias, stride, padding, groups: 1 } => Op::Conv2d {
+                    weight: param(&mut net, weight)?,
+                    bias: bias.as_deref().map(|b| param(&mut net, b)).transpose()?,
+                    stride: *stride,
+                    padding: *padding,
+                },
+                GraphOp::Relu => Op::Relu,
+                GraphOp::Flatten => Op::Flatten,
+                other => {
+                    return Err(format!(
+                        "op {i}: {other:?} cannot be trained here (linear, one-group conv2d, relu and flatten can)"
+                    ));
                 }
-                Some("conv2d") => {
-                    let weight = param(&mut net, op, "weight")?.ok_or(format!("op {i}: conv2d without weight"))?;
-                    let bias = param(&mut net, op, "bias")?;
-                    Op::Conv2d { weight, bias, stride: pair("stride", 1)?, padding: pair("padding", 0)? }
-                }
-                Some("relu") => Op::Relu,
-                Some("flatten") => Op::Flatten,
-                other => return Err(format!("op {i}: unknown op {other:?}")),
             };
             net.ops.push(parsed);
         }
         let shapes = net.shapes()?;
-        let outputs = graph["outputs"].as_array().map(Vec::as_slice).unwrap_or_default();
-        match outputs {
-            [output] if usizes(&output["shape"]).as_ref() == shapes.last() => Ok(net),
-            _ => Err(format!("outputs do not match the computed output shape {:?}", shapes.last())),
+        if shapes.last() != Some(&spec.output_shape) {
+            return Err(format!("outputs do not match the computed output shape {:?}", shapes.last()));
         }
+        Ok(net)
     }
-}
-
-fn usizes(value: &serde_json::Value) -> Option<Vec<usize>> {
-    value.as_array()?.iter().map(|v| v.as_u64().and_then(|v| usize::try_from(v).ok())).collect()
 }
 
 fn argmax(values: &[f32]) -> usize {
