@@ -179,16 +179,14 @@ impl GraphNet {
         for (i, op) in spec.ops.iter().enumerate() {
             let step = match op {
                 GraphOp::Linear { weight, bias } => {
-                    let w = weights.get(weight, None)?;
                     let (&inputs, lead) =
                         shape.split_last().ok_or_else(|| bad(format!("op {i}: linear on a scalar")))?;
-                    let [outputs, w_in] = w.shape[..] else {
+                    let [outputs, w_in] = weights.shape(weight)?[..] else {
                         return Err(bad(format!("op {i}: {weight} is not 2-D")));
                     };
                     if w_in != inputs {
                         return Err(bad(format!("op {i}: {weight} takes {w_in} inputs, the chain gives {inputs}")));
                     }
-                    drop(w);
                     let w = weights.get_linear(weight, outputs, inputs)?;
                     let bias = bias.as_deref().map(|b| weights.get(b, Some(&[outputs]))).transpose()?;
                     let rows = lead.iter().product();

@@ -52,21 +52,33 @@ impl<'m> WeightSource<'m> {
         self.loaded.lock().map_or(0, |m| m.values().map(|w| w.values.len() as u64 * 4).sum())
     }
 
-    /// The model the weights come from.
-    pub fn model(&self) -> &'m Model {
-        self.model
-    }
-
     /// Whether the checkpoint has a tensor of this name.
     pub fn has(&self, name: &str) -> bool {
         self.model.tensor_by_name(name).is_some()
     }
 
-    /// The tensor `name`, checked to have `shape` when one is given.
-    pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Arc<Weight>> {
+    /// The stored shape of tensor `name` (from the header; nothing is read).
+    pub fn shape(&self, name: &str) -> Result<&'m [usize]> {
+        Ok(&self.model.tensor(self.id_with_shape(name, None)?).shape)
+    }
+
+    /// The id of tensor `name`, checked to have `shape` when one is given.
+    fn id_with_shape(&self, name: &str, shape: Option<&[usize]>) -> Result<TensorId> {
         let id = self.model.tensor_by_name(name).ok_or_else(|| {
             Error::Unsupported(format!("the model has no tensor {name:?}, which its architecture needs"))
         })?;
+        let stored = &self.model.tensor(id).shape;
+        match shape {
+            Some(expected) if stored != expected => Err(Error::Unsupported(format!(
+                "tensor {name:?} has shape {stored:?}, the architecture expects {expected:?}"
+            ))),
+            _ => Ok(id),
+        }
+    }
+
+    /// The tensor `name`, checked to have `shape` when one is given.
+    pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Arc<Weight>> {
+        let id = self.id_with_shape(name, shape)?;
         if let Some(reference) = self.reference
             && self.plan.is_none_or(|p| p.tensor(self.model, id) == Precision::Fp32)
         {
@@ -82,14 +94,6 @@ impl<'m> WeightSource<'m> {
                 w
             }
         };
-        if let Some(expected) = shape
-            && weight.shape != expected
-        {
-            return Err(Error::Unsupported(format!(
-                "tensor {name:?} has shape {:?}, the architecture expects {expected:?}",
-                weight.shape
-            )));
-        }
         Ok(weight)
     }
 
@@ -106,17 +110,16 @@ impl<'m> WeightSource<'m> {
         {
             return reference.get_linear(name, outputs, inputs);
         }
-        let weight = self.get(name, Some(&[outputs, inputs]))?;
+        // Read, simulated and transposed straight into the cache: the stored layout is never kept.
+        let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
+        self.progress.check()?;
+        let stored = self.read(id)?;
         let transposed = Arc::new(Weight {
-            name: weight.name.clone(),
+            name: stored.name,
             shape: vec![inputs, outputs],
-            values: super::ops::transpose(&weight.values, outputs, inputs),
+            values: super::ops::transpose(&stored.values, outputs, inputs),
         });
         let mut loaded = self.loaded.lock().map_err(|_| poisoned())?;
-        // Only the transposed copy is kept, unless someone else needs the stored layout too.
-        if Arc::strong_count(&weight) == 2 {
-            loaded.remove(name);
-        }
         loaded.insert(key, transposed.clone());
         Ok(transposed)
     }
