@@ -168,10 +168,10 @@ impl PlanArgs {
         if let Some(path) = &self.recipe {
             return Recipe::load(path);
         }
-        let scheme = Int8Scheme {
-            symmetric: !self.asymmetric,
-            granularity: if self.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
-        };
+        let scheme = Int8Scheme::weights(
+            !self.asymmetric,
+            if self.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
+        );
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
             None => {

@@ -163,6 +163,17 @@ pub enum Error {
         names: Vec<String>,
     },
 
+    /// W8A8 layers whose input range has not been calibrated.
+    #[error(
+        "{} W8A8 layer(s) have no calibrated input range (run calibrate first): {}",
+        names.len(),
+        names.join(", ")
+    )]
+    Uncalibrated {
+        /// The layers, in model order.
+        names: Vec<String>,
+    },
+
     /// An invalid glob in a recipe rule.
     #[error("recipe rule pattern {pattern:?} is not a valid glob: {reason}")]
     BadPattern {

@@ -7,7 +7,7 @@ use quantstudio::{Error, Model, Progress};
 use crate::common;
 
 fn scheme(symmetric: bool, granularity: Granularity) -> Precision {
-    Precision::Int8(Int8Scheme { symmetric, granularity })
+    Precision::Int8(Int8Scheme::weights(symmetric, granularity))
 }
 
 /// Reads `name` from an exported file as f32 values, whatever float dtype it has.

@@ -9,9 +9,9 @@ use crate::common::{self, Spec};
 /// Relative tolerance between two f64 summations of the same numbers in different orders.
 const SUM_REL_TOL: f64 = 1e-12;
 
-const SYM_TENSOR: Precision = Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerTensor });
-const SYM_CHANNEL: Precision = Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel });
-const ASYM_CHANNEL: Precision = Precision::Int8(Int8Scheme { symmetric: false, granularity: Granularity::PerChannel });
+const SYM_TENSOR: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerTensor));
+const SYM_CHANNEL: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
+const ASYM_CHANNEL: Precision = Precision::Int8(Int8Scheme::weights(false, Granularity::PerChannel));
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs())

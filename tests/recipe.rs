@@ -5,7 +5,7 @@ use quantstudio::{Error, Model};
 
 use crate::common;
 
-const INT8: Precision = Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel });
+const INT8: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
 
 fn sample() -> Model {
     Model::open(&common::bundled_sample()).unwrap()

@@ -158,7 +158,7 @@ fn eval_uniform(folder: &Path, data: &Path, precision: Precision) -> EvalReport 
 }
 
 fn int8(granularity: Granularity) -> Precision {
-    Precision::Int8(Int8Scheme { symmetric: true, granularity })
+    Precision::Int8(Int8Scheme::weights(true, granularity))
 }
 
 #[test]

@@ -13,8 +13,7 @@ use crate::runtime::{Architecture, EvalReport};
 use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
 
 /// The default INT8 scheme offered first: symmetric, per output channel.
-pub const DEFAULT_INT8: Precision =
-    Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel });
+pub const DEFAULT_INT8: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
 
 /// Everything the user can ask the studio to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -185,7 +184,7 @@ impl Studio {
             worker: Worker::new(wake),
             model: None,
             model_path: None,
-            plan: Plan { layers: Vec::new(), warnings: Vec::new() },
+            plan: Plan::fp32(0),
             undo: Vec::new(),
             redo: Vec::new(),
             cache: HashMap::new(),

@@ -37,6 +37,40 @@ pub struct Int8Scheme {
     /// Per tensor or per output channel.
     #[serde(default)]
     pub granularity: Granularity,
+    /// What the layer's input becomes: kept in float (weight-only, W8A16/W8A32) or static INT8 (W8A8).
+    #[serde(default, skip_serializing_if = "Activations::is_float")]
+    pub activations: Activations,
+}
+
+/// The precision of a quantized layer's input activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activations {
+    /// Kept in float: weight-only INT8 (W8A16 / W8A32).
+    #[default]
+    Float,
+    /// Static per-tensor symmetric INT8 with the calibrated scale (W8A8): `scale = clip / 127`,
+    /// `q = clamp(round_half_even(x / scale), -127, 127)`, the weight formulas with the clip as absmax.
+    Int8,
+}
+
+impl Activations {
+    /// Whether the input stays in float (weight-only).
+    pub fn is_float(&self) -> bool {
+        *self == Activations::Float
+    }
+}
+
+impl Int8Scheme {
+    /// A weight-only scheme.
+    pub const fn weights(symmetric: bool, granularity: Granularity) -> Int8Scheme {
+        Int8Scheme { symmetric, granularity, activations: Activations::Float }
+    }
+
+    /// The same weights with static INT8 inputs (W8A8).
+    pub const fn with_int8_inputs(self) -> Int8Scheme {
+        Int8Scheme { activations: Activations::Int8, ..self }
+    }
 }
 
 fn default_true() -> bool {
@@ -45,7 +79,7 @@ fn default_true() -> bool {
 
 impl Default for Int8Scheme {
     fn default() -> Self {
-        Int8Scheme { symmetric: true, granularity: Granularity::PerChannel }
+        Int8Scheme::weights(true, Granularity::PerChannel)
     }
 }
 
@@ -69,6 +103,11 @@ impl Precision {
         self.to_string()
     }
 
+    /// Whether the layer's input is quantized too (W8A8).
+    pub fn quantizes_inputs(self) -> bool {
+        matches!(self, Precision::Int8(s) if s.activations == Activations::Int8)
+    }
+
     /// Bytes per element of a tensor stored at this precision (`stored_bytes` for FP32, which keeps the dtype).
     pub fn element_bytes(self, stored_bytes: usize) -> usize {
         match self {
@@ -84,7 +123,8 @@ impl fmt::Display for Precision {
         match self {
             Precision::Int8(s) => write!(
                 f,
-                "int8 {} {}",
+                "{} {} {}",
+                if s.activations == Activations::Int8 { "w8a8" } else { "int8" },
                 if s.symmetric { "sym" } else { "asym" },
                 match s.granularity {
                     Granularity::PerTensor => "per-tensor",
@@ -104,12 +144,17 @@ mod tests {
 
     #[test]
     fn precision_json_is_flat_and_tagged() {
-        let p = Precision::Int8(Int8Scheme { symmetric: false, granularity: Granularity::PerChannel });
+        let p = Precision::Int8(Int8Scheme::weights(false, Granularity::PerChannel));
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, r#"{"precision":"int8","symmetric":false,"granularity":"per_channel"}"#);
         assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
         let short: Precision = serde_json::from_str(r#"{"precision":"int8"}"#).unwrap();
-        assert_eq!(short, Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerTensor }));
+        assert_eq!(short, Precision::Int8(Int8Scheme::weights(true, Granularity::PerTensor)));
+        let w8a8 = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel).with_int8_inputs());
+        let json = serde_json::to_string(&w8a8).unwrap();
+        assert_eq!(json, r#"{"precision":"int8","symmetric":true,"granularity":"per_channel","activations":"int8"}"#);
+        assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), w8a8);
+        assert_eq!(w8a8.to_string(), "w8a8 sym per-channel");
         assert_eq!(serde_json::from_str::<Precision>(r#"{"precision":"bf16"}"#).unwrap(), Precision::Bf16);
         assert_eq!(p.to_string(), "int8 asym per-channel");
     }

@@ -4,11 +4,14 @@
 //! Resolution, for each layer: the recipe's `default`; then, when `keep_norms_and_vectors` is on, norms and
 //! layers whose tensors are all 0-D or 1-D stay FP32; then every rule whose glob matches the layer name, in
 //! order, the last match winning; then an entry of `layers` naming it.
+//!
+//! W8A8 layers (INT8 with [`super::Activations::Int8`]) also need the clip of their input from calibration:
+//! `input_clips` carries it, by layer name, in the recipe and by [`LayerId`] in the plan.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Granularity, Int8Scheme, Precision};
+use super::{Granularity, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
 
@@ -47,6 +50,9 @@ pub struct Recipe {
     /// Per-layer precisions, by exact layer name; they win over rules.
     #[serde(default)]
     pub layers: BTreeMap<String, Precision>,
+    /// The calibrated symmetric clip of each layer's input (`scale = clip / 127` for W8A8 layers), by layer name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_clips: BTreeMap<String, f32>,
 }
 
 fn recipe_format() -> String {
@@ -75,14 +81,14 @@ impl Recipe {
             keep_norms_and_vectors: true,
             rules: Vec::new(),
             layers: BTreeMap::new(),
+            input_clips: BTreeMap::new(),
         }
     }
 
     /// A starting point for `model`: INT8 symmetric per-channel everywhere it is sensible, every layer listed
     /// explicitly so that it can be edited.
     pub fn starting(model: &Model) -> Recipe {
-        let base =
-            Recipe::uniform(Precision::Int8(Int8Scheme { symmetric: true, granularity: Granularity::PerChannel }));
+        let base = Recipe::uniform(Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel)));
         match base.resolve(model) {
             Ok(plan) => plan.to_recipe(model),
             Err(_) => base,
@@ -124,8 +130,15 @@ impl Recipe {
     /// Resolves the recipe against `model`. Fails when a `layers` entry names a layer the model lacks (all such
     /// names are listed) or when a pattern is not a valid glob.
     pub fn resolve(&self, model: &Model) -> Result<Plan> {
-        let unknown: Vec<String> =
-            self.layers.keys().filter(|name| model.layer_by_name(name).is_none()).cloned().collect();
+        let mut unknown: Vec<String> = self
+            .layers
+            .keys()
+            .chain(self.input_clips.keys())
+            .filter(|name| model.layer_by_name(name).is_none())
+            .cloned()
+            .collect();
+        unknown.sort();
+        unknown.dedup();
         if !unknown.is_empty() {
             return Err(Error::RecipeUnknownLayers { names: unknown });
         }
@@ -138,7 +151,7 @@ impl Recipe {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut rule_matches = vec![0usize; self.rules.len()];
-        let layers = model
+        let layers: Vec<Precision> = model
             .layers
             .iter()
             .enumerate()
@@ -163,7 +176,8 @@ impl Recipe {
             .filter(|(_, n)| *n == 0)
             .map(|(rule, _)| format!("rule {:?} matches no layer", rule.pattern))
             .collect();
-        Ok(Plan { layers, warnings })
+        let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
+        Ok(Plan { layers, input_clips, warnings })
     }
 }
 
@@ -179,6 +193,9 @@ fn is_norm_or_vector(model: &Model, id: LayerId) -> bool {
 pub struct Plan {
     /// Indexed by [`LayerId`].
     pub layers: Vec<Precision>,
+    /// The calibrated clip of each layer's input, indexed by [`LayerId`]; `None` when not calibrated. Only W8A8
+    /// layers use it.
+    pub input_clips: Vec<Option<f32>>,
     /// Rules that matched nothing, and the like.
     pub warnings: Vec<String>,
 }
@@ -186,7 +203,41 @@ pub struct Plan {
 impl Plan {
     /// Every layer of `model` at `precision`, with no exceptions.
     pub fn all(model: &Model, precision: Precision) -> Plan {
-        Plan { layers: vec![precision; model.layers.len()], warnings: Vec::new() }
+        Plan {
+            layers: vec![precision; model.layers.len()],
+            input_clips: vec![None; model.layers.len()],
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A plan for a model of `layer_count` layers, all FP32, nothing calibrated.
+    pub fn fp32(layer_count: usize) -> Plan {
+        Plan { layers: vec![Precision::Fp32; layer_count], input_clips: vec![None; layer_count], warnings: Vec::new() }
+    }
+
+    /// The quantization of layer `id`'s input: `Some` for a W8A8 layer with a calibrated clip
+    /// (`QParams::symmetric(clip)`: `scale = clip / 127`, 1 when the clip is 0).
+    pub fn input_params(&self, id: LayerId) -> Option<QParams> {
+        if !self.layer(id).quantizes_inputs() {
+            return None;
+        }
+        self.input_clips.get(id.0).copied().flatten().map(QParams::symmetric)
+    }
+
+    /// The W8A8 layers that have no calibrated input clip, by name, in model order.
+    pub fn uncalibrated(&self, model: &Model) -> Vec<String> {
+        (0..model.layers.len())
+            .filter(|&i| {
+                self.layer(LayerId(i)).quantizes_inputs() && self.input_clips.get(i).copied().flatten().is_none()
+            })
+            .map(|i| model.layers[i].name.clone())
+            .collect()
+    }
+
+    /// `Err(Uncalibrated)` naming every W8A8 layer without a calibrated input clip.
+    pub fn check_calibrated(&self, model: &Model) -> Result<()> {
+        let names = self.uncalibrated(model);
+        if names.is_empty() { Ok(()) } else { Err(Error::Uncalibrated { names }) }
     }
 
     /// The precision of a layer.
@@ -217,6 +268,12 @@ impl Plan {
         let mut recipe = Recipe::uniform(Precision::Fp32);
         recipe.keep_norms_and_vectors = false;
         recipe.layers = model.layers.iter().zip(&self.layers).map(|(l, p)| (l.name.clone(), *p)).collect();
+        recipe.input_clips = model
+            .layers
+            .iter()
+            .zip(&self.input_clips)
+            .filter_map(|(l, clip)| clip.map(|c| (l.name.clone(), c)))
+            .collect();
         recipe
     }
 }

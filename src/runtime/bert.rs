@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::TokenSequence;
 use super::config::{self, ConfigMap};
+use super::linear::{Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
@@ -77,45 +78,6 @@ struct Norm {
     bias: Arc<Weight>,
 }
 
-#[derive(Debug)]
-struct Dense {
-    weight: Arc<Weight>,
-    bias: Arc<Weight>,
-}
-
-impl Dense {
-    fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize) -> Result<Dense> {
-        Ok(Dense {
-            weight: w.get_linear(&format!("{name}.weight"), outputs, inputs)?,
-            bias: w.get(&format!("{name}.bias"), Some(&[outputs]))?,
-        })
-    }
-
-    /// Layers reading the same input, as one layer whose outputs are theirs side by side.
-    fn concat(parts: &[Dense]) -> Dense {
-        let inputs = parts[0].weight.shape[0];
-        let outputs: usize = parts.iter().map(|p| p.weight.shape[1]).sum();
-        let mut weight = Vec::with_capacity(inputs * outputs);
-        for r in 0..inputs {
-            for p in parts {
-                let width = p.weight.shape[1];
-                weight.extend_from_slice(&p.weight.values[r * width..(r + 1) * width]);
-            }
-        }
-        let name = parts.iter().map(|p| p.weight.name.as_str()).collect::<Vec<_>>().join(" + ");
-        let bias = parts.iter().flat_map(|p| p.bias.values.iter().copied()).collect();
-        Dense {
-            weight: Arc::new(Weight { name: name.clone(), shape: vec![inputs, outputs], values: weight }),
-            bias: Arc::new(Weight { name, shape: vec![outputs], values: bias }),
-        }
-    }
-
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (inputs, outputs) = (self.weight.shape[0], self.weight.shape[1]);
-        ops::linear(x, rows, inputs, &self.weight.values, outputs, Some(&self.bias.values))
-    }
-}
-
 impl Norm {
     fn load(w: &WeightSource, name: &str, dim: usize) -> Result<Norm> {
         // Old checkpoints name them gamma/beta.
@@ -133,13 +95,41 @@ impl Norm {
 
 #[derive(Debug)]
 struct EncoderLayer {
-    /// Query, key and value projections side by side (`[hidden, 3·hidden]`): one product instead of three.
-    qkv: Dense,
-    attention_out: Dense,
+    qkv: Qkv,
+    attention_out: Linear,
     attention_norm: Norm,
-    intermediate: Dense,
-    output: Dense,
+    intermediate: Linear,
+    output: Linear,
     output_norm: Norm,
+}
+
+/// The query, key and value projections.
+#[derive(Debug)]
+enum Qkv {
+    /// Side by side (`[hidden, 3·hidden]`): one product instead of three (their inputs are quantized alike).
+    Fused(Linear),
+    /// Apart, when their inputs are quantized differently.
+    Split(Vec<Linear>),
+}
+
+impl Qkv {
+    /// Queries, keys and values of `rows` rows, `[rows, hidden]` each.
+    fn apply(&self, x: &[f32], rows: usize, h: usize, tap: &mut Tap) -> [Vec<f32>; 3] {
+        match self {
+            Qkv::Fused(linear) => {
+                let qkv = linear.apply(x, rows, tap);
+                let mut parts =
+                    [Vec::with_capacity(rows * h), Vec::with_capacity(rows * h), Vec::with_capacity(rows * h)];
+                for row in qkv.chunks_exact(3 * h) {
+                    for (j, part) in parts.iter_mut().enumerate() {
+                        part.extend_from_slice(&row[j * h..(j + 1) * h]);
+                    }
+                }
+                parts
+            }
+            Qkv::Split(parts) => [0, 1, 2].map(|j| parts[j].apply(x, rows, tap)),
+        }
+    }
 }
 
 /// A BERT encoder ready to run.
@@ -170,15 +160,18 @@ impl BertNet {
             .map(|l| {
                 let n = format!("{p}encoder.layer.{l}");
                 Ok(EncoderLayer {
-                    qkv: Dense::concat(&[
-                        Dense::load(w, &format!("{n}.attention.self.query"), h, h)?,
-                        Dense::load(w, &format!("{n}.attention.self.key"), h, h)?,
-                        Dense::load(w, &format!("{n}.attention.self.value"), h, h)?,
-                    ]),
-                    attention_out: Dense::load(w, &format!("{n}.attention.output.dense"), h, h)?,
+                    qkv: match Linear::fuse(vec![
+                        Linear::load(w, &format!("{n}.attention.self.query"), h, h, true)?,
+                        Linear::load(w, &format!("{n}.attention.self.key"), h, h, true)?,
+                        Linear::load(w, &format!("{n}.attention.self.value"), h, h, true)?,
+                    ]) {
+                        Ok(fused) => Qkv::Fused(fused),
+                        Err(parts) => Qkv::Split(parts),
+                    },
+                    attention_out: Linear::load(w, &format!("{n}.attention.output.dense"), h, h, true)?,
                     attention_norm: Norm::load(w, &format!("{n}.attention.output.LayerNorm"), h)?,
-                    intermediate: Dense::load(w, &format!("{n}.intermediate.dense"), i, h)?,
-                    output: Dense::load(w, &format!("{n}.output.dense"), h, i)?,
+                    intermediate: Linear::load(w, &format!("{n}.intermediate.dense"), i, h, true)?,
+                    output: Linear::load(w, &format!("{n}.output.dense"), h, i, true)?,
                     output_norm: Norm::load(w, &format!("{n}.output.LayerNorm"), h)?,
                 })
             })
@@ -204,6 +197,11 @@ impl BertNet {
 
     /// The last hidden state `[tokens, hidden]` of one sequence; masked tokens are not attended to.
     pub fn forward(&self, seq: &TokenSequence) -> Result<Vec<f32>> {
+        self.forward_tapped(seq, &mut no_tap())
+    }
+
+    /// [`BertNet::forward`], showing the input of every linear layer to `tap`.
+    pub fn forward_tapped(&self, seq: &TokenSequence, tap: &mut Tap) -> Result<Vec<f32>> {
         self.check(seq)?;
         let h = self.config.hidden_size;
         let t = seq.ids.len();
@@ -221,24 +219,17 @@ impl BertNet {
         let heads = self.config.num_attention_heads;
         let shape = AttentionShape { queries: t, keys: t, heads, kv_heads: heads, head_dim: h / heads, causal: false };
         for layer in &self.layers {
-            let qkv = layer.qkv.apply(&x, t);
-            let (mut q, mut k, mut v) =
-                (Vec::with_capacity(t * h), Vec::with_capacity(t * h), Vec::with_capacity(t * h));
-            for row in qkv.chunks_exact(3 * h) {
-                q.extend_from_slice(&row[..h]);
-                k.extend_from_slice(&row[h..2 * h]);
-                v.extend_from_slice(&row[2 * h..]);
-            }
+            let [q, k, v] = layer.qkv.apply(&x, t, h, tap);
             let context = ops::attention(&q, &k, &v, Some(&seq.mask), shape);
-            let mut attended = layer.attention_out.apply(&context, t);
+            let mut attended = layer.attention_out.apply(&context, t, tap);
             ops::add_in_place(&mut attended, &x);
             layer.attention_norm.apply(&mut attended, eps);
-            let mut inner = layer.intermediate.apply(&attended, t);
+            let mut inner = layer.intermediate.apply(&attended, t, tap);
             match self.config.activation {
                 Activation::Gelu => ops::gelu(&mut inner),
                 Activation::Relu => ops::relu(&mut inner),
             }
-            x = layer.output.apply(&inner, t);
+            x = layer.output.apply(&inner, t, tap);
             ops::add_in_place(&mut x, &attended);
             layer.output_norm.apply(&mut x, eps);
         }

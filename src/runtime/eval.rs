@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Architecture, EvalData, Network, TokenSequence, bert};
+use super::{Architecture, EvalData, Network, bert};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::progress::Progress;
@@ -117,47 +117,179 @@ pub fn evaluate(
     plan: &Plan,
     progress: &Progress,
 ) -> Result<EvalReport> {
+    plan.check_calibrated(model)?;
     let (reference, planned) = Network::build_pair(model, arch, plan, progress)?;
+    check_data(&reference, data)?;
     progress.start_stage("running FP32 and the plan", data.len() as u64);
-    let sums = match (&reference, &planned, data) {
-        (Network::Graph(r), Network::Graph(p), EvalData::Samples { inputs, sample_shape, labels }) => {
-            if *sample_shape != r.spec.input_shape {
-                return Err(Error::Unsupported(format!(
-                    "the data's samples are {sample_shape:?}, the model takes {:?}",
-                    r.spec.input_shape
-                )));
+    let sums = over_units(data, progress, |unit| {
+        let out_r = run_unit(&reference, data, unit)?;
+        let out_p = run_unit(&planned, data, unit)?;
+        Ok(unit_sums(&reference, data, unit, &out_r, &out_p))
+    })?;
+    Ok(report(&reference, data, sums))
+}
+
+/// The FP32 outputs of a dataset, computed once, to compare several plans against (sensitivity analysis).
+pub struct Reference<'n> {
+    network: &'n Network,
+    outputs: Vec<Vec<f32>>,
+}
+
+impl<'n> Reference<'n> {
+    /// Runs `network` (the FP32 one) on every sample of `data` and keeps the outputs.
+    pub fn run(network: &'n Network, data: &EvalData, progress: &Progress) -> Result<Reference<'n>> {
+        check_data(network, data)?;
+        let units = unit_count(network, data);
+        let outputs = if units > 1 && matches!(data, EvalData::Sequences(_)) {
+            (0..units)
+                .into_par_iter()
+                .map(|unit| {
+                    progress.check()?;
+                    let out = run_unit(network, data, unit);
+                    progress.advance(unit_samples(network, data, unit) as u64);
+                    out
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            let mut outputs = Vec::with_capacity(units);
+            for unit in 0..units {
+                progress.check()?;
+                outputs.push(run_unit(network, data, unit)?);
+                progress.advance(unit_samples(network, data, unit) as u64);
             }
-            graph_sums(r, p, inputs, labels.as_deref(), progress)?
+            outputs
+        };
+        Ok(Reference { network, outputs })
+    }
+
+    /// Runs `planned` on `data` (the data this reference was computed on) and compares it with the reference.
+    pub fn compare(&self, planned: &Network, data: &EvalData, progress: &Progress) -> Result<EvalReport> {
+        let sums = over_units(data, progress, |unit| {
+            let out_p = run_unit(planned, data, unit)?;
+            Ok(unit_sums(self.network, data, unit, &self.outputs[unit], &out_p))
+        })?;
+        Ok(report(self.network, data, sums))
+    }
+}
+
+/// Refuses data the network cannot take.
+fn check_data(network: &Network, data: &EvalData) -> Result<()> {
+    match (network, data) {
+        (Network::Graph(r), EvalData::Samples { sample_shape, .. }) if *sample_shape != r.spec.input_shape => {
+            Err(Error::Unsupported(format!(
+                "the data's samples are {sample_shape:?}, the model takes {:?}",
+                r.spec.input_shape
+            )))
         }
-        (Network::Bert(r), Network::Bert(p), EvalData::Sequences(seqs)) => {
-            sequence_sums(seqs, progress, |seq| bert_sample(r, p, seq))?
+        (Network::Graph(_), EvalData::Samples { .. }) => Ok(()),
+        (Network::Bert(_) | Network::Llama(_), EvalData::Sequences(_)) => Ok(()),
+        (_, EvalData::Samples { .. }) => Err(Error::Unsupported(
+            "this model takes token sequences: give a text file or a safetensors file with input_ids".into(),
+        )),
+        (_, EvalData::Sequences(_)) => {
+            Err(Error::Unsupported("a model.json graph takes an `inputs` tensor, not token sequences".into()))
         }
-        (Network::Llama(r), Network::Llama(p), EvalData::Sequences(seqs)) => sequence_sums(seqs, progress, |seq| {
-            let logits_r = r.forward(seq, &mut r.new_cache())?;
-            let logits_p = p.forward(seq, &mut p.new_cache())?;
-            Ok(logit_sums(&logits_r, &logits_p, r.config.vocab_size, &seq.mask, true))
-        })?,
-        (_, _, EvalData::Samples { .. }) => {
-            return Err(Error::Unsupported(format!(
-                "a {} model takes token sequences: give a text file or a safetensors file with input_ids",
-                arch.family()
-            )));
+    }
+}
+
+/// Units of work: batches of [`GRAPH_BATCH`] samples for a graph, single sequences otherwise.
+fn unit_count(network: &Network, data: &EvalData) -> usize {
+    match (network, data) {
+        (Network::Graph(_), EvalData::Samples { .. }) => data.len().div_ceil(GRAPH_BATCH),
+        _ => data.len(),
+    }
+}
+
+/// Samples in one unit.
+fn unit_samples(network: &Network, data: &EvalData, unit: usize) -> usize {
+    match (network, data) {
+        (Network::Graph(_), EvalData::Samples { .. }) => (data.len() - unit * GRAPH_BATCH).min(GRAPH_BATCH),
+        _ => 1,
+    }
+}
+
+/// The outputs of one unit: logits `[batch, classes]` (graph), last hidden states `[tokens, hidden]` (BERT) or
+/// logits `[tokens, vocab]` (Llama).
+fn run_unit(network: &Network, data: &EvalData, unit: usize) -> Result<Vec<f32>> {
+    match (network, data) {
+        (Network::Graph(net), EvalData::Samples { inputs, .. }) => {
+            let sample_len = net.input_len();
+            let first = unit * GRAPH_BATCH * sample_len;
+            let last = (first + GRAPH_BATCH * sample_len).min(inputs.len());
+            Ok(net.forward(&inputs[first..last]))
         }
-        (_, _, EvalData::Sequences(_)) => {
-            return Err(Error::Unsupported("a model.json graph takes an `inputs` tensor, not token sequences".into()));
+        (Network::Bert(net), EvalData::Sequences(seqs)) => net.forward(&seqs[unit]),
+        (Network::Llama(net), EvalData::Sequences(seqs)) => net.forward(&seqs[unit], &mut net.new_cache()),
+        _ => Err(Error::Unsupported("the data does not fit the model".into())),
+    }
+}
+
+/// Runs `unit_sums` over every unit (sequences in parallel, graph batches in order: their ops are parallel
+/// inside) and adds the sums in unit order.
+fn over_units(data: &EvalData, progress: &Progress, unit_sums: impl Fn(usize) -> Result<Sums> + Sync) -> Result<Sums> {
+    let parts = match data {
+        EvalData::Sequences(seqs) => (0..seqs.len())
+            .into_par_iter()
+            .map(|unit| {
+                progress.check()?;
+                let sums = unit_sums(unit)?;
+                progress.advance(1);
+                Ok(sums)
+            })
+            .collect::<Result<Vec<Sums>>>()?,
+        EvalData::Samples { .. } => {
+            let mut parts = Vec::new();
+            for unit in 0..data.len().div_ceil(GRAPH_BATCH) {
+                progress.check()?;
+                parts.push(unit_sums(unit)?);
+                progress.advance((data.len() - unit * GRAPH_BATCH).min(GRAPH_BATCH) as u64);
+            }
+            parts
         }
     };
+    Ok(parts.into_iter().fold(empty_sums(), Sums::add))
+}
+
+/// The comparison sums of one unit.
+fn unit_sums(reference: &Network, data: &EvalData, unit: usize, out_r: &[f32], out_p: &[f32]) -> Sums {
+    match (reference, data) {
+        (Network::Graph(net), EvalData::Samples { labels, .. }) => {
+            let classes = net.output_len();
+            let rows = out_r.len() / classes.max(1);
+            let mut sums = logit_sums(out_r, out_p, classes, &vec![true; rows], false);
+            if let Some(labels) = labels {
+                let first = unit * GRAPH_BATCH;
+                for (i, (row_r, row_p)) in out_r.chunks_exact(classes).zip(out_p.chunks_exact(classes)).enumerate() {
+                    let label = labels[first + i];
+                    sums.labelled += 1;
+                    sums.fp32_correct += (argmax(row_r) as i64 == label) as usize;
+                    sums.plan_correct += (argmax(row_p) as i64 == label) as usize;
+                }
+            }
+            sums
+        }
+        (Network::Bert(net), EvalData::Sequences(seqs)) => {
+            bert_sums(out_r, out_p, &seqs[unit].mask, net.config.hidden_size)
+        }
+        (Network::Llama(net), EvalData::Sequences(seqs)) => {
+            logit_sums(out_r, out_p, net.config.vocab_size, &seqs[unit].mask, true)
+        }
+        _ => empty_sums(),
+    }
+}
+
+/// The report of the summed comparisons.
+fn report(reference: &Network, data: &EvalData, sums: Sums) -> EvalReport {
     let metrics =
         ErrorMetrics::from_sums(sums.signal_sq, sums.error_sq, sums.max_abs_error, (sums.positions as u64).max(1));
     let fraction = |count: usize, of: usize| (of > 0).then(|| count as f64 / of as f64);
     let samples = data.len();
-    let family = arch.family();
-    let element_count = match &reference {
-        Network::Graph(r) => sums.positions * r.output_len(),
-        Network::Bert(r) => sums.positions * r.config.hidden_size,
-        Network::Llama(r) => sums.positions * r.config.vocab_size,
+    let (family, element_count) = match reference {
+        Network::Graph(r) => ("graph", sums.positions * r.output_len()),
+        Network::Bert(r) => ("bert", sums.positions * r.config.hidden_size),
+        Network::Llama(r) => ("llama", sums.positions * r.config.vocab_size),
     };
-    Ok(EvalReport {
+    EvalReport {
         family,
         samples,
         positions: sums.positions,
@@ -170,78 +302,24 @@ pub fn evaluate(
         output_sqnr_db: metrics.sqnr_db,
         output_mse: sums.error_sq / element_count.max(1) as f64,
         output_max_abs_error: metrics.max_abs_error,
-    })
+    }
 }
 
 fn empty_sums() -> Sums {
     Sums { cosine_min: f64::INFINITY, ..Sums::default() }
 }
 
-fn graph_sums(
-    reference: &super::graph::GraphNet,
-    planned: &super::graph::GraphNet,
-    inputs: &[f32],
-    labels: Option<&[i64]>,
-    progress: &Progress,
-) -> Result<Sums> {
-    let sample_len = reference.input_len();
-    let classes = reference.output_len();
+fn bert_sums(hidden_r: &[f32], hidden_p: &[f32], mask: &[bool], dim: usize) -> Sums {
     let mut sums = empty_sums();
-    for (b, batch) in inputs.chunks(GRAPH_BATCH * sample_len).enumerate() {
-        progress.check()?;
-        let out_r = reference.forward(batch);
-        let out_p = planned.forward(batch);
-        let mut part = logit_sums(&out_r, &out_p, classes, &vec![true; batch.len() / sample_len], false);
-        if let Some(labels) = labels {
-            let first = b * GRAPH_BATCH;
-            for (i, (row_r, row_p)) in out_r.chunks_exact(classes).zip(out_p.chunks_exact(classes)).enumerate() {
-                let label = labels[first + i];
-                part.labelled += 1;
-                part.fp32_correct += (argmax(row_r) as i64 == label) as usize;
-                part.plan_correct += (argmax(row_p) as i64 == label) as usize;
-            }
-        }
-        sums = sums.add(part);
-        progress.advance((batch.len() / sample_len) as u64);
-    }
-    Ok(sums)
-}
-
-fn sequence_sums(
-    seqs: &[TokenSequence],
-    progress: &Progress,
-    run: impl Fn(&TokenSequence) -> Result<Sums> + Sync,
-) -> Result<Sums> {
-    let parts = seqs
-        .par_iter()
-        .map(|seq| {
-            progress.check()?;
-            let sums = run(seq)?;
-            progress.advance(1);
-            Ok(sums)
-        })
-        .collect::<Result<Vec<Sums>>>()?;
-    Ok(parts.into_iter().fold(empty_sums(), Sums::add))
-}
-
-fn bert_sample(reference: &bert::BertNet, planned: &bert::BertNet, seq: &TokenSequence) -> Result<Sums> {
-    let dim = reference.config.hidden_size;
-    let hidden_r = reference.forward(seq)?;
-    let hidden_p = planned.forward(seq)?;
-    let mut sums = empty_sums();
-    for ((row_r, row_p), _) in
-        hidden_r.chunks_exact(dim).zip(hidden_p.chunks_exact(dim)).zip(&seq.mask).filter(|(_, m)| **m)
+    for ((row_r, row_p), _) in hidden_r.chunks_exact(dim).zip(hidden_p.chunks_exact(dim)).zip(mask).filter(|(_, m)| **m)
     {
         sums.compare(row_r, row_p);
         sums.positions += 1;
     }
-    let cosine = cosine(
-        &bert::sentence_embedding(&hidden_r, &seq.mask, dim),
-        &bert::sentence_embedding(&hidden_p, &seq.mask, dim),
-    );
+    let cosine = cosine(&bert::sentence_embedding(hidden_r, mask, dim), &bert::sentence_embedding(hidden_p, mask, dim));
     sums.cosine_sum = cosine;
     sums.cosine_min = cosine;
-    Ok(sums)
+    sums
 }
 
 /// Output comparison of rows of `classes` logits at the unmasked positions: error sums, top-1 agreement and, when

@@ -3,9 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::linear::{Linear, Tap, no_tap, planned_input};
 use super::ops::{self, ConvShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
+use crate::quant::QParams;
 
 const GRAPH_FORMAT: &str = "quantstudio-graph";
 const GRAPH_VERSION: u64 = 1;
@@ -152,13 +154,29 @@ impl GraphSpec {
 /// A step with its weights bound and its input shape known.
 #[derive(Debug)]
 enum Step {
-    Linear { weight: Arc<Weight>, bias: Option<Arc<Weight>>, inputs: usize, outputs: usize, rows: usize },
-    Conv2d { weight: Arc<Weight>, bias: Option<Arc<Weight>>, shape: ConvShape },
-    LayerNorm { weight: Arc<Weight>, bias: Arc<Weight>, eps: f32, dim: usize },
+    Linear {
+        linear: Linear,
+        rows: usize,
+    },
+    Conv2d {
+        layer: String,
+        weight: Arc<Weight>,
+        bias: Option<Arc<Weight>>,
+        shape: ConvShape,
+        input_params: Option<QParams>,
+    },
+    LayerNorm {
+        weight: Arc<Weight>,
+        bias: Arc<Weight>,
+        eps: f32,
+        dim: usize,
+    },
     Relu,
     Gelu,
     Silu,
-    Softmax { dim: usize },
+    Softmax {
+        dim: usize,
+    },
     Flatten,
 }
 
@@ -187,11 +205,11 @@ impl GraphNet {
                     if w_in != inputs {
                         return Err(bad(format!("op {i}: {weight} takes {w_in} inputs, the chain gives {inputs}")));
                     }
-                    let w = weights.get_linear(weight, outputs, inputs)?;
                     let bias = bias.as_deref().map(|b| weights.get(b, Some(&[outputs]))).transpose()?;
+                    let linear = Linear::load_tensors(weights, weight, bias, outputs, inputs)?;
                     let rows = lead.iter().product();
                     shape = [lead, &[outputs]].concat();
-                    Step::Linear { weight: w, bias, inputs, outputs, rows }
+                    Step::Linear { linear, rows }
                 }
                 GraphOp::Conv2d { weight, bias, stride, padding, groups } => {
                     let w = weights.get(weight, None)?;
@@ -216,7 +234,13 @@ impl GraphNet {
                     let [oh, ow] = conv.out_hw().ok_or_else(|| bad(format!("op {i}: the kernel does not fit")))?;
                     let bias = bias.as_deref().map(|b| weights.get(b, Some(&[o]))).transpose()?;
                     shape = vec![o, oh, ow];
-                    Step::Conv2d { weight: w, bias, shape: conv }
+                    Step::Conv2d {
+                        layer: weights.layer_name(weight),
+                        input_params: weights.input_params(weight),
+                        weight: w,
+                        bias,
+                        shape: conv,
+                    }
                 }
                 GraphOp::LayerNorm { weight, bias, eps } => {
                     let dim = *shape.last().ok_or_else(|| bad(format!("op {i}: layer_norm on a scalar")))?;
@@ -256,16 +280,20 @@ impl GraphNet {
 
     /// Runs a batch of `x.len() / input_len()` samples; returns `[batch, output_len()]`.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        self.forward_tapped(x, &mut no_tap())
+    }
+
+    /// [`GraphNet::forward`], showing the input of every linear and conv layer to `tap`.
+    pub fn forward_tapped(&self, x: &[f32], tap: &mut Tap) -> Vec<f32> {
         let batch = x.len() / self.input_len().max(1);
         let mut h = x.to_vec();
         for step in &self.steps {
             match step {
-                Step::Linear { weight, bias, inputs, outputs, rows } => {
-                    let m = batch * rows;
-                    h = ops::linear(&h, m, *inputs, &weight.values, *outputs, bias.as_ref().map(|b| &b.values[..]));
-                }
-                Step::Conv2d { weight, bias, shape } => {
-                    h = ops::conv2d(&h, batch, shape, &weight.values, bias.as_ref().map(|b| &b.values[..]));
+                Step::Linear { linear, rows } => h = linear.apply(&h, batch * rows, tap),
+                Step::Conv2d { layer, weight, bias, shape, input_params } => {
+                    tap(layer, &h);
+                    let input = planned_input(&h, input_params.as_ref());
+                    h = ops::conv2d(&input, batch, shape, &weight.values, bias.as_ref().map(|b| &b.values[..]));
                 }
                 Step::LayerNorm { weight, bias, eps, dim } => {
                     ops::layer_norm(&mut h, *dim, &weight.values, &bias.values, *eps)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::TokenSequence;
 use super::config::{self, ConfigMap};
+use super::linear::{Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
@@ -79,36 +80,16 @@ impl LlamaConfig {
 }
 
 #[derive(Debug)]
-struct Projection {
-    weight: Arc<Weight>,
-    bias: Option<Arc<Weight>>,
-}
-
-impl Projection {
-    fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize, bias: bool) -> Result<Projection> {
-        Ok(Projection {
-            weight: w.get_linear(&format!("{name}.weight"), outputs, inputs)?,
-            bias: if bias { Some(w.get(&format!("{name}.bias"), Some(&[outputs]))?) } else { None },
-        })
-    }
-
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (inputs, outputs) = (self.weight.shape[0], self.weight.shape[1]);
-        ops::linear(x, rows, inputs, &self.weight.values, outputs, self.bias.as_ref().map(|b| &b.values[..]))
-    }
-}
-
-#[derive(Debug)]
 struct DecoderLayer {
     input_norm: Arc<Weight>,
-    q: Projection,
-    k: Projection,
-    v: Projection,
-    o: Projection,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     post_attention_norm: Arc<Weight>,
-    gate: Projection,
-    up: Projection,
-    down: Projection,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// A Llama decoder ready to run.
@@ -119,8 +100,7 @@ pub struct LlamaNet {
     embed_tokens: Arc<Weight>,
     layers: Vec<DecoderLayer>,
     final_norm: Arc<Weight>,
-    /// `[hidden, vocab]` (transposed).
-    lm_head: Arc<Weight>,
+    lm_head: Linear,
 }
 
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
@@ -165,22 +145,22 @@ impl LlamaNet {
                 let n = format!("model.layers.{l}");
                 Ok(DecoderLayer {
                     input_norm: w.get(&format!("{n}.input_layernorm.weight"), Some(&[h]))?,
-                    q: Projection::load(w, &format!("{n}.self_attn.q_proj"), q_width, h, bias)?,
-                    k: Projection::load(w, &format!("{n}.self_attn.k_proj"), kv_width, h, bias)?,
-                    v: Projection::load(w, &format!("{n}.self_attn.v_proj"), kv_width, h, bias)?,
-                    o: Projection::load(w, &format!("{n}.self_attn.o_proj"), h, q_width, bias)?,
+                    q: Linear::load(w, &format!("{n}.self_attn.q_proj"), q_width, h, bias)?,
+                    k: Linear::load(w, &format!("{n}.self_attn.k_proj"), kv_width, h, bias)?,
+                    v: Linear::load(w, &format!("{n}.self_attn.v_proj"), kv_width, h, bias)?,
+                    o: Linear::load(w, &format!("{n}.self_attn.o_proj"), h, q_width, bias)?,
                     post_attention_norm: w.get(&format!("{n}.post_attention_layernorm.weight"), Some(&[h]))?,
-                    gate: Projection::load(w, &format!("{n}.mlp.gate_proj"), i, h, false)?,
-                    up: Projection::load(w, &format!("{n}.mlp.up_proj"), i, h, false)?,
-                    down: Projection::load(w, &format!("{n}.mlp.down_proj"), h, i, false)?,
+                    gate: Linear::load(w, &format!("{n}.mlp.gate_proj"), i, h, false)?,
+                    up: Linear::load(w, &format!("{n}.mlp.up_proj"), i, h, false)?,
+                    down: Linear::load(w, &format!("{n}.mlp.down_proj"), h, i, false)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = w.get("model.embed_tokens.weight", Some(&[config.vocab_size, h]))?;
         let lm_head = if w.has("lm_head.weight") {
-            w.get_linear("lm_head.weight", config.vocab_size, h)?
+            Linear::load_tensors(w, "lm_head.weight", None, config.vocab_size, h)?
         } else if config.tie_word_embeddings {
-            w.get_linear("model.embed_tokens.weight", config.vocab_size, h)?
+            Linear::load_tensors(w, "model.embed_tokens.weight", None, config.vocab_size, h)?
         } else {
             return Err(Error::Unsupported(
                 "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
@@ -198,6 +178,11 @@ impl LlamaNet {
     /// Runs `seq` after the positions already in `cache` (which it extends) and returns the logits
     /// `[tokens, vocab]`. Token `i` is at position `cache.len() + i`; masked tokens are never attended to.
     pub fn forward(&self, seq: &TokenSequence, cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_tapped(seq, cache, &mut no_tap())
+    }
+
+    /// [`LlamaNet::forward`], showing the input of every linear layer to `tap`.
+    pub fn forward_tapped(&self, seq: &TokenSequence, cache: &mut KvCache, tap: &mut Tap) -> Result<Vec<f32>> {
         let c = &self.config;
         seq.check(c.vocab_size, None, usize::MAX)?;
         let (h, t) = (c.hidden_size, seq.ids.len());
@@ -219,28 +204,28 @@ impl LlamaNet {
         for (l, layer) in self.layers.iter().enumerate() {
             let mut normed = x.clone();
             ops::rms_norm(&mut normed, h, &layer.input_norm.values, c.rms_norm_eps);
-            let mut q = layer.q.apply(&normed, t);
-            let mut k = layer.k.apply(&normed, t);
-            let v = layer.v.apply(&normed, t);
+            let mut q = layer.q.apply(&normed, t, tap);
+            let mut k = layer.k.apply(&normed, t, tap);
+            let v = layer.v.apply(&normed, t, tap);
             ops::rotary(&mut q, c.num_attention_heads, c.head_dim, first_position, c.rope_theta);
             ops::rotary(&mut k, c.num_key_value_heads, c.head_dim, first_position, c.rope_theta);
             cache.keys[l].extend_from_slice(&k);
             cache.values[l].extend_from_slice(&v);
             let context = ops::attention(&q, &cache.keys[l], &cache.values[l], Some(&cache.valid), shape);
-            let attended = layer.o.apply(&context, t);
+            let attended = layer.o.apply(&context, t, tap);
             ops::add_in_place(&mut x, &attended);
             let mut normed = x.clone();
             ops::rms_norm(&mut normed, h, &layer.post_attention_norm.values, c.rms_norm_eps);
-            let mut gate = layer.gate.apply(&normed, t);
-            let up = layer.up.apply(&normed, t);
+            let mut gate = layer.gate.apply(&normed, t, tap);
+            let up = layer.up.apply(&normed, t, tap);
             ops::silu(&mut gate);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g *= u;
             }
-            let down = layer.down.apply(&gate, t);
+            let down = layer.down.apply(&gate, t, tap);
             ops::add_in_place(&mut x, &down);
         }
         ops::rms_norm(&mut x, h, &self.final_norm.values, c.rms_norm_eps);
-        Ok(ops::linear(&x, t, h, &self.lm_head.values, c.vocab_size, None))
+        Ok(self.lm_head.apply(&x, t, tap))
     }
 }

@@ -12,6 +12,7 @@ pub mod data;
 pub mod eval;
 pub mod graph;
 pub mod latency;
+pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod weights;

@@ -76,6 +76,22 @@ impl<'m> WeightSource<'m> {
         }
     }
 
+    /// The name of the model layer tensor `name` belongs to (the tensor name itself when the model lacks it).
+    pub fn layer_name(&self, name: &str) -> String {
+        match self.model.tensor_by_name(name) {
+            Some(id) => self.model.layer(self.model.tensor(id).layer).name.clone(),
+            None => name.to_owned(),
+        }
+    }
+
+    /// How the plan quantizes the input of the layer tensor `name` belongs to: `Some` for a calibrated W8A8
+    /// layer; always `None` for the FP32 reference.
+    pub fn input_params(&self, name: &str) -> Option<crate::quant::QParams> {
+        let plan = self.plan?;
+        let id = self.model.tensor_by_name(name)?;
+        plan.input_params(self.model.tensor(id).layer)
+    }
+
     /// The tensor `name`, checked to have `shape` when one is given.
     pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Arc<Weight>> {
         let id = self.id_with_shape(name, shape)?;

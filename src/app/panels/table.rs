@@ -14,7 +14,7 @@ const ROW_HEIGHT: f32 = 22.0;
 
 /// The INT8 schemes offered, with their labels.
 fn scheme_choices() -> [(Int8Scheme, &'static str); 4] {
-    let s = |symmetric, granularity| Int8Scheme { symmetric, granularity };
+    let s = |symmetric, granularity| Int8Scheme::weights(symmetric, granularity);
     [
         (s(true, Granularity::PerChannel), "sym · per-channel"),
         (s(true, Granularity::PerTensor), "sym · per-tensor"),

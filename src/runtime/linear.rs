@@ -1,0 +1,118 @@
+//! Linear layers as every family runs them: the weight transposed to `[inputs, outputs]`, an optional bias, and
+//! what happens to the input first: it is shown to a [`Tap`] (calibration observes it there) and, for a W8A8
+//! layer, quantized and dequantized with the calibrated static scale (simulated INT8 activations).
+
+use std::sync::Arc;
+
+use super::ops;
+use super::weights::{Weight, WeightSource};
+use crate::error::Result;
+use crate::quant::QParams;
+
+/// Sees the input of every quantizable layer (linear or conv) during a forward pass, by layer name, before any
+/// input quantization. The values are the whole input of the call: `[rows, inputs]` for a linear layer,
+/// `[batch, C, H, W]` for a convolution.
+pub type Tap<'a> = dyn FnMut(&str, &[f32]) + 'a;
+
+/// A tap that looks at nothing.
+pub fn no_tap() -> impl FnMut(&str, &[f32]) {
+    |_: &str, _: &[f32]| {}
+}
+
+/// `x` quantized to INT8 with `params` and dequantized again (`x_hat = q · scale`), in a new buffer.
+pub fn fake_quantize(x: &[f32], params: &QParams) -> Vec<f32> {
+    x.iter().map(|&v| params.dequantize(params.quantize(v))).collect()
+}
+
+/// The input of a layer after its planned activation quantization (borrowed unchanged when there is none).
+pub fn planned_input<'x>(x: &'x [f32], params: Option<&QParams>) -> std::borrow::Cow<'x, [f32]> {
+    match params {
+        Some(p) => std::borrow::Cow::Owned(fake_quantize(x, p)),
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
+/// `y = x wᵀ + b`, ready to run.
+#[derive(Debug)]
+pub struct Linear {
+    /// The model layers whose input this is: one, or several fused side by side (BERT's query, key and value).
+    pub layers: Vec<String>,
+    /// `[inputs, outputs]`.
+    weight: Arc<Weight>,
+    bias: Option<Arc<Weight>>,
+    input_params: Option<QParams>,
+}
+
+impl Linear {
+    /// Binds `{name}.weight` (`[outputs, inputs]`) and, when `bias` is set, `{name}.bias` (`[outputs]`).
+    pub fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize, bias: bool) -> Result<Linear> {
+        let bias = if bias { Some(w.get(&format!("{name}.bias"), Some(&[outputs]))?) } else { None };
+        Self::load_tensors(w, &format!("{name}.weight"), bias, outputs, inputs)
+    }
+
+    /// Binds weight tensor `weight` (`[outputs, inputs]`) with an already bound bias.
+    pub fn load_tensors(
+        w: &WeightSource,
+        weight: &str,
+        bias: Option<Arc<Weight>>,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            layers: vec![w.layer_name(weight)],
+            weight: w.get_linear(weight, outputs, inputs)?,
+            bias,
+            input_params: w.input_params(weight),
+        })
+    }
+
+    /// Inputs per row.
+    pub fn inputs(&self) -> usize {
+        self.weight.shape[0]
+    }
+
+    /// Outputs per row.
+    pub fn outputs(&self) -> usize {
+        self.weight.shape[1]
+    }
+
+    /// Runs `rows` rows of `x`; the tap sees `x` first.
+    pub fn apply(&self, x: &[f32], rows: usize, tap: &mut Tap) -> Vec<f32> {
+        for layer in &self.layers {
+            tap(layer, x);
+        }
+        let x = planned_input(x, self.input_params.as_ref());
+        let bias = self.bias.as_ref().map(|b| &b.values[..]);
+        ops::linear(&x, rows, self.inputs(), &self.weight.values, self.outputs(), bias)
+    }
+
+    /// Layers reading the same input as one layer whose outputs are theirs side by side (one product instead of
+    /// several), when their inputs are quantized alike; otherwise `Err` gives the parts back unchanged.
+    pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
+        let alike = parts.windows(2).all(|w| w[0].input_params == w[1].input_params && w[0].inputs() == w[1].inputs());
+        let biased = parts.iter().all(|p| p.bias.is_some()) || parts.iter().all(|p| p.bias.is_none());
+        if parts.is_empty() || !alike || !biased {
+            return Err(parts);
+        }
+        let inputs = parts[0].inputs();
+        let outputs: usize = parts.iter().map(Linear::outputs).sum();
+        let mut weight = Vec::with_capacity(inputs * outputs);
+        for r in 0..inputs {
+            for p in &parts {
+                let width = p.outputs();
+                weight.extend_from_slice(&p.weight.values[r * width..(r + 1) * width]);
+            }
+        }
+        let name = parts.iter().map(|p| p.weight.name.as_str()).collect::<Vec<_>>().join(" + ");
+        let bias = parts[0].bias.is_some().then(|| {
+            let values = parts.iter().flat_map(|p| p.bias.iter().flat_map(|b| b.values.iter().copied())).collect();
+            Arc::new(Weight { name: name.clone(), shape: vec![outputs], values })
+        });
+        Ok(Linear {
+            layers: parts.iter().flat_map(|p| p.layers.iter().cloned()).collect(),
+            weight: Arc::new(Weight { name, shape: vec![inputs, outputs], values: weight }),
+            bias,
+            input_params: parts[0].input_params,
+        })
+    }
+}
