@@ -1,4 +1,5 @@
-//! The headless commands (`inspect`, `quantize`, `recipe`, `eval`, `bench`, `throughput`) over the same core the window uses.
+//! The headless commands (`inspect`, `quantize`, `recipe`, `eval`, `calibrate`, `sensitivity`, `bench`,
+//! `throughput`) over the same core the window uses.
 //!
 //! Every command prints one JSON document on stdout with `--json`, a table otherwise, and a progress bar on
 //! stderr when stderr is a terminal. Errors are printed once, on one line, and give exit code 2.
@@ -86,6 +87,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the model in FP32 on calibration data and pick a clip for the input of every linear and conv layer
+    /// (static INT8 activations, W8A8); results are cached, so re-running with another observer is instant.
+    Calibrate {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// Calibration data, in any format `eval --data` takes.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// How the clip is chosen: minmax, percentile (99.99), percentile:P, mse or entropy.
+        #[arg(long, default_value = "percentile:99.99", value_parser = parse_observer)]
+        observer: crate::calib::Observer,
+        /// The weights of the recipe written with --write-recipe (default: INT8 symmetric per channel).
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Write a recipe whose INT8 layers become W8A8 with the calibrated input clips.
+        #[arg(long, value_name = "FILE")]
+        write_recipe: Option<PathBuf>,
+        /// Neither read nor write the calibration cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rank the layers by how much quantizing each one costs the task metric (one at a time, or everything
+    /// but one).
+    Sensitivity {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// Evaluation data, in any format `eval --data` takes.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// The precisions tried (default: INT8 symmetric per channel on every layer it suits).
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// one-at-a-time: each layer quantized alone; all-but-one: everything quantized except one layer.
+        #[arg(long, value_enum, default_value_t = ModeArg::OneAtATime)]
+        mode: ModeArg,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the FP32 forward pass: batch-1 latency (median, p95) and throughput, on synthetic inputs.
     Bench {
         /// A model folder with a runnable architecture.
@@ -145,6 +188,19 @@ pub enum PrecisionArg {
     Fp32,
 }
 
+/// The sensitivity variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Each layer quantized alone.
+    OneAtATime,
+    /// Everything quantized except one layer.
+    AllButOne,
+}
+
+fn parse_observer(text: &str) -> std::result::Result<crate::calib::Observer, String> {
+    crate::calib::Observer::parse(text)
+}
+
 /// How the plan is given: a recipe file or the uniform-precision shortcuts.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -163,6 +219,14 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
+    /// The recipe these arguments describe, or INT8 symmetric per channel when they describe none.
+    pub fn recipe_or_int8(&self) -> Result<Recipe> {
+        if self.recipe.is_none() && self.precision.is_none() && !self.per_channel && !self.asymmetric {
+            return Ok(Recipe::uniform(Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel))));
+        }
+        self.recipe()
+    }
+
     /// The recipe these arguments describe.
     pub fn recipe(&self) -> Result<Recipe> {
         if let Some(path) = &self.recipe {
@@ -248,6 +312,46 @@ fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Calibrate { model, data, observer, plan, write_recipe, no_cache, json } => {
+            calibrate_command(&model, &data, observer, &plan, write_recipe.as_deref(), no_cache, json)
+        }
+        Command::Sensitivity { model, data, plan, mode, json } => {
+            let recipe = plan.recipe_or_int8()?;
+            let model = Model::open(&model)?;
+            let plan = recipe.resolve(&model)?;
+            let arch = crate::runtime::Architecture::detect(&model)?;
+            let data = crate::runtime::EvalData::load(&data, &crate::runtime::model_folder(&model))?;
+            let mode = match mode {
+                ModeArg::OneAtATime => crate::calib::SensitivityMode::OneAtATime,
+                ModeArg::AllButOne => crate::calib::SensitivityMode::AllButOne,
+            };
+            let report = with_progress_bar(|progress| {
+                crate::calib::sensitivity(&model, &arch, &data, &plan, mode, progress, &mut |_| {})
+            })?;
+            if json {
+                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
+                doc["model"] = json!(model.path);
+                print_json(&doc);
+            } else {
+                out!("{} model, {} samples, {}; score = {}", arch.family(), data.len(), mode.label(), report.metric);
+                if let Some(full) = &report.full_plan {
+                    out!("full plan: {}", full.headline());
+                }
+                out!("{:>4}  {:>12}  {:>10}  {:<24}  layer", "rank", "score", "SQNR dB", "precision");
+                for (rank, l) in report.layers.iter().enumerate() {
+                    let sqnr = l.report.output_sqnr_db.map_or("identical".to_owned(), |db| format!("{db:.2}"));
+                    out!(
+                        "{:>4}  {:>12.6}  {:>10}  {:<24}  {}",
+                        rank + 1,
+                        l.score,
+                        sqnr,
+                        l.precision.to_string(),
+                        l.layer
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Bench { model, seq, past, batch, repeat, json } => {
             let model = Model::open(&model)?;
             let arch = crate::runtime::Architecture::detect(&model)?;
@@ -321,6 +425,99 @@ fn execute(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn calibrate_command(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    observer: crate::calib::Observer,
+    plan_args: &PlanArgs,
+    write_recipe: Option<&std::path::Path>,
+    no_cache: bool,
+    json: bool,
+) -> Result<()> {
+    use crate::calib::Observer;
+    let recipe = plan_args.recipe_or_int8()?;
+    let model = Model::open(model)?;
+    let mut plan = recipe.resolve(&model)?;
+    let arch = crate::runtime::Architecture::detect(&model)?;
+    let cache = (!no_cache).then(crate::calib::default_cache_dir);
+    let run = with_progress_bar(|progress| crate::calib::calibrate(&model, &arch, data, cache.as_deref(), progress))?;
+    let calibration = &run.calibration;
+    let observers = [
+        Observer::MinMax,
+        Observer::Percentile { percentile: 99.9 },
+        Observer::Percentile { percentile: 99.99 },
+        Observer::Mse,
+        Observer::Entropy,
+    ];
+    // Model order, so the table reads like the network.
+    let ordered: Vec<(&String, &crate::calib::ActivationHistogram)> =
+        model.layers.iter().filter_map(|l| calibration.layers.get_key_value(&l.name)).collect();
+    if let Some(path) = write_recipe {
+        for (index, precision) in plan.layers.iter_mut().enumerate() {
+            if let Precision::Int8(scheme) = precision
+                && calibration.layers.contains_key(&model.layers[index].name)
+            {
+                *scheme = scheme.with_int8_inputs();
+            }
+        }
+        calibration.apply(&model, &mut plan, observer, &Default::default());
+        plan.to_recipe(&model).save(path)?;
+    }
+    if json {
+        let layers: Vec<Value> = ordered
+            .iter()
+            .map(|(name, h)| {
+                let clip = observer.clip(h);
+                let clips: serde_json::Map<String, Value> =
+                    observers.iter().map(|o| (o.label(), json!(o.clip(h)))).collect();
+                json!({
+                    "name": name,
+                    "values": h.count,
+                    "nonfinite": h.nonfinite,
+                    "min": if h.count > 0 { json!(h.min) } else { Value::Null },
+                    "max": if h.count > 0 { json!(h.max) } else { Value::Null },
+                    "absmax": h.absmax(),
+                    "clip": clip,
+                    "scale": crate::quant::QParams::symmetric(clip).scale,
+                    "error": crate::calib::clip_error(h, clip),
+                    "clips": clips,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "model": model.path,
+            "data": data,
+            "observer": observer,
+            "samples": calibration.samples,
+            "from_cache": run.from_cache,
+            "cache_file": run.cache_file,
+            "recipe": write_recipe,
+            "layers": layers,
+        }));
+    } else {
+        let source = if run.from_cache { "from the cache" } else { "measured" };
+        out!("{} layers calibrated on {} samples ({source}); observer {observer}", ordered.len(), calibration.samples);
+        out!("{:>10}  {:>10}  {:>10}  {:>10}  {:>9}  layer", "absmax", "clip", "scale", "SQNR dB", "clipped");
+        for (name, h) in &ordered {
+            let clip = observer.clip(h);
+            let error = crate::calib::clip_error(h, clip);
+            let sqnr = error.sqnr_db.map_or("lossless".to_owned(), |db| format!("{db:.2}"));
+            out!(
+                "{:>10.4}  {:>10.4}  {:>10.3e}  {:>10}  {:>8.4}%  {name}",
+                h.absmax(),
+                clip,
+                crate::quant::QParams::symmetric(clip).scale,
+                sqnr,
+                error.clipped_fraction * 100.0
+            );
+        }
+        if let Some(path) = write_recipe {
+            out!("W8A8 recipe written to {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn print_json(value: &Value) {

@@ -18,6 +18,7 @@
 #[cfg(feature = "gui")]
 pub mod app;
 pub mod bench;
+pub mod calib;
 pub mod cli;
 pub mod error;
 pub mod export;

@@ -1,6 +1,6 @@
 //! The `quantization_config` entry of an exported `config.json`, in the compressed-tensors schema.
 //!
-//! One config group per distinct (format, symmetric, strategy), targeting exact layer (module) names; every
+//! One config group per distinct (format, symmetric, strategy, static INT8 inputs), targeting exact layer (module) names; every
 //! layer whose main tensor stayed in float and has two or more dimensions is listed in `ignore` (vLLM needs
 //! every Linear to be either targeted or ignored). Each group carries its own `format`, and the global `format`
 //! is that format or `mixed-precision`. Keys that older loaders reject (`scale_dtype`, `zp_dtype`) are not written.
@@ -16,15 +16,18 @@ use crate::quant::Plan;
 /// The `quantization_config` for `plan`, or `None` when no layer is INT8 (a pure FP16/BF16 export is a plain
 /// float checkpoint).
 pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
-    let mut groups: BTreeMap<(&'static str, bool, &'static str), Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&'static str, bool, &'static str, bool), Vec<String>> = BTreeMap::new();
     let mut ignore = Vec::new();
     for (index, layer) in model.layers.iter().enumerate() {
         let Some(main) = model.main_tensor(LayerId(index)) else { continue };
         let key = match layout(model, plan, main) {
-            Layout::Packed => ("pack-quantized", true, "channel"),
-            Layout::Naive { channels, symmetric } => {
-                ("naive-quantized", symmetric, if channels.is_some() { "channel" } else { "tensor" })
-            }
+            Layout::Packed => ("pack-quantized", true, "channel", false),
+            Layout::Naive { channels, symmetric, int8_inputs } => (
+                if int8_inputs { "int-quantized" } else { "naive-quantized" },
+                symmetric,
+                if channels.is_some() { "channel" } else { "tensor" },
+                int8_inputs,
+            ),
             Layout::Cast(_) | Layout::Kept => {
                 if model.tensor(main).shape.len() >= 2 {
                     ignore.push(layer.name.clone());
@@ -37,12 +40,27 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
     if groups.is_empty() {
         return None;
     }
-    let formats: Vec<&str> = groups.keys().map(|(format, _, _)| *format).collect();
+    let formats: Vec<&str> = groups.keys().map(|(format, _, _, _)| *format).collect();
     let global_format = if formats.windows(2).all(|w| w[0] == w[1]) { formats[0] } else { "mixed-precision" };
     let config_groups: serde_json::Map<String, Value> = groups
         .into_iter()
         .enumerate()
-        .map(|(i, ((format, symmetric, strategy), targets))| {
+        .map(|(i, ((format, symmetric, strategy, int8_inputs), targets))| {
+            // Static per-tensor symmetric INT8 inputs with the calibrated `input_scale` (vLLM's static W8A8).
+            let input_activations = int8_inputs.then(|| {
+                json!({
+                    "num_bits": 8,
+                    "type": "int",
+                    "symmetric": true,
+                    "strategy": "tensor",
+                    "group_size": null,
+                    "block_structure": null,
+                    "dynamic": false,
+                    "actorder": null,
+                    "observer": "minmax",
+                    "observer_kwargs": {},
+                })
+            });
             let group = json!({
                 "targets": targets,
                 "format": format,
@@ -58,7 +76,7 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
                     "observer": "minmax",
                     "observer_kwargs": {},
                 },
-                "input_activations": null,
+                "input_activations": input_activations,
                 "output_activations": null,
             });
             (format!("group_{i}"), group)

@@ -8,6 +8,8 @@
 //! - any other INT8 tensor (asymmetric, conv kernels, 1-D…): `naive-quantized`: `<name>` as I8 codes in the
 //!   original shape, `<name>_scale` (F32, `[1]` per tensor or `[out, 1]` per channel) and, when asymmetric,
 //!   `<name>_zero_point` (I8, the scale's shape).
+//! - the weight of a W8A8 layer `M` (static INT8 inputs): `int-quantized`, the same tensors as `naive-quantized`
+//!   plus `M.input_scale` (F32 `[1]`, the calibrated `clip / 127`).
 //! - FP16 / BF16: cast, round to nearest even with saturation (the formulas of `docs/QUANTIZATION.md`).
 //! - everything else: bytes copied unchanged, integer tensors included.
 //!
@@ -30,7 +32,7 @@ use crate::progress::Progress;
 use crate::quant::kernels;
 use crate::quant::params::{to_bf16, to_fp16};
 use crate::quant::pass::{TensorData, scan};
-use crate::quant::{Granularity, Int8Scheme, Plan, Precision, QParams};
+use crate::quant::{Activations, Granularity, Int8Scheme, Plan, Precision, QParams};
 
 /// Name of the weights file in an export.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -106,6 +108,9 @@ pub enum Layout {
         channels: Option<usize>,
         /// Whether zero points are omitted.
         symmetric: bool,
+        /// Whether the layer's input is static INT8 (W8A8): an `input_scale` is written and the format is
+        /// `int-quantized`.
+        int8_inputs: bool,
     },
     /// Cast to F16 or BF16.
     Cast(DType),
@@ -117,7 +122,12 @@ pub enum Layout {
 pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
     let info = model.tensor(id);
     match plan.tensor(model, id) {
-        Precision::Int8(scheme) if scheme.symmetric && info.shape.len() == 2 && info.name.ends_with(".weight") => {
+        Precision::Int8(scheme)
+            if scheme.symmetric
+                && scheme.activations == Activations::Float
+                && info.shape.len() == 2
+                && info.name.ends_with(".weight") =>
+        {
             Layout::Packed
         }
         Precision::Int8(scheme) => {
@@ -125,7 +135,11 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
                 Granularity::PerChannel => Some(info.rows_cols().0),
                 Granularity::PerTensor => None,
             };
-            Layout::Naive { channels, symmetric: scheme.symmetric }
+            Layout::Naive {
+                channels,
+                symmetric: scheme.symmetric,
+                int8_inputs: scheme.activations == Activations::Int8,
+            }
         }
         Precision::Fp16 => Layout::Cast(DType::F16),
         Precision::Bf16 => Layout::Cast(DType::BF16),
@@ -141,6 +155,11 @@ fn param_shape(channels: Option<usize>) -> Vec<usize> {
     }
 }
 
+/// The name of the input scale of the layer whose weight is `weight`: `M.weight` -> `M.input_scale`.
+pub fn input_scale_name(weight: &str) -> String {
+    format!("{}.input_scale", weight.strip_suffix(".weight").unwrap_or(weight))
+}
+
 /// The tensors written for one model tensor under a layout, in write order.
 pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout) -> Vec<PlannedTensor> {
     let planned = |name: String, dtype, shape| PlannedTensor { name, dtype, shape };
@@ -153,13 +172,16 @@ pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout)
                 planned(param_name(name, "shape"), DType::I64, vec![2]),
             ]
         }
-        Layout::Naive { channels, symmetric } => {
+        Layout::Naive { channels, symmetric, int8_inputs } => {
             let mut outputs = vec![
                 planned(name.to_owned(), DType::I8, shape.to_vec()),
                 planned(param_name(name, "scale"), DType::F32, param_shape(channels)),
             ];
             if !symmetric {
                 outputs.push(planned(param_name(name, "zero_point"), DType::I8, param_shape(channels)));
+            }
+            if int8_inputs {
+                outputs.push(planned(input_scale_name(name), DType::F32, vec![1]));
             }
             outputs
         }
@@ -254,6 +276,7 @@ fn companion_files(model: &Model) -> Vec<PathBuf> {
 /// Writes the planned model into `dest` (created if needed): `model.safetensors`, `config.json` with its
 /// `quantization_config`, the recipe, and the model folder's tokenizer and other small JSON/text files.
 pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> Result<ExportSummary> {
+    plan.check_calibrated(model)?;
     let dest = prepare_destination(model, dest)?;
     let recipe_json = plan.to_recipe(model).to_json();
     let planned = planned_tensors(model, plan);
@@ -292,6 +315,13 @@ pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> R
                     if !scheme.symmetric {
                         let zero_points: Vec<u8> = quantized.params.iter().map(|p| p.zero_point as i8 as u8).collect();
                         writer.write_tensor(&outputs[2].name, &zero_points)?;
+                    }
+                    if let Layout::Naive { int8_inputs: true, .. } = layout {
+                        let input = plan
+                            .input_params(info.layer)
+                            .ok_or_else(|| Error::Uncalibrated { names: vec![model.layer(info.layer).name.clone()] })?;
+                        let last = outputs.last().map(|o| o.name.as_str()).unwrap_or_default();
+                        writer.write_tensor(last, &f32_le_bytes(&[input.scale]))?;
                     }
                 }
             }

@@ -29,13 +29,15 @@ pub struct WeightSource<'m> {
     progress: &'m Progress,
     /// Where tensors the plan keeps in FP32 come from, so two networks share them.
     reference: Option<&'m WeightSource<'m>>,
+    /// Where tensors come from that another plan already made at the same precision.
+    donor: Option<&'m WeightSource<'m>>,
     loaded: Mutex<HashMap<String, Arc<Weight>>>,
 }
 
 impl<'m> WeightSource<'m> {
     /// A source over `model`; `plan` decides each tensor's simulated precision (see [`Plan::tensor`]).
     pub fn new(model: &'m Model, plan: Option<&'m Plan>, progress: &'m Progress) -> WeightSource<'m> {
-        WeightSource { model, plan, progress, reference: None, loaded: Mutex::new(HashMap::new()) }
+        WeightSource { model, plan, progress, reference: None, donor: None, loaded: Mutex::new(HashMap::new()) }
     }
 
     /// A source for `plan` that takes the tensors the plan keeps in FP32 from `reference` (shared, not re-read).
@@ -45,6 +47,28 @@ impl<'m> WeightSource<'m> {
             reference: Some(reference),
             ..WeightSource::new(reference.model, None, reference.progress)
         }
+    }
+
+    /// [`WeightSource::sharing`], also taking from `donor` (a source of another plan over the same reference)
+    /// every tensor that plan makes at the same precision as `plan` does, so that it is not quantized again.
+    pub fn sharing_with(
+        reference: &'m WeightSource<'m>,
+        donor: &'m WeightSource<'m>,
+        plan: &'m Plan,
+    ) -> WeightSource<'m> {
+        WeightSource { donor: Some(donor), ..WeightSource::sharing(reference, plan) }
+    }
+
+    /// The source that already holds tensor `id` as this source's plan makes it, if another one does.
+    fn delegate(&self, id: TensorId) -> Option<&'m WeightSource<'m>> {
+        let precision = |plan: Option<&Plan>| plan.map_or(Precision::Fp32, |p| p.tensor(self.model, id));
+        let mine = precision(self.plan);
+        if let Some(reference) = self.reference
+            && mine == Precision::Fp32
+        {
+            return Some(reference);
+        }
+        self.donor.filter(|donor| precision(donor.plan) == mine)
     }
 
     /// Bytes of the f32 tensors this source has read (not counting those it shares from its reference).
@@ -95,10 +119,8 @@ impl<'m> WeightSource<'m> {
     /// The tensor `name`, checked to have `shape` when one is given.
     pub fn get(&self, name: &str, shape: Option<&[usize]>) -> Result<Arc<Weight>> {
         let id = self.id_with_shape(name, shape)?;
-        if let Some(reference) = self.reference
-            && self.plan.is_none_or(|p| p.tensor(self.model, id) == Precision::Fp32)
-        {
-            return reference.get(name, shape);
+        if let Some(source) = self.delegate(id) {
+            return source.get(name, shape);
         }
         let cached = self.loaded.lock().map_err(|_| poisoned())?.get(name).cloned();
         let weight = match cached {
@@ -120,11 +142,10 @@ impl<'m> WeightSource<'m> {
         if let Some(w) = self.loaded.lock().map_err(|_| poisoned())?.get(&key).cloned() {
             return Ok(w);
         }
-        if let Some(reference) = self.reference
-            && let Some(id) = self.model.tensor_by_name(name)
-            && self.plan.is_none_or(|p| p.tensor(self.model, id) == Precision::Fp32)
+        if let Some(id) = self.model.tensor_by_name(name)
+            && let Some(source) = self.delegate(id)
         {
-            return reference.get_linear(name, outputs, inputs);
+            return source.get_linear(name, outputs, inputs);
         }
         // Read, simulated and transposed straight into the cache: the stored layout is never kept.
         let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
