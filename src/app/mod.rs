@@ -67,6 +67,9 @@ impl StudioApp {
         if self.studio.prefs.show_accuracy && self.studio.model.is_some() {
             panels::accuracy(ui, self);
         }
+        if self.studio.prefs.show_diagnose && self.studio.model.is_some() {
+            panels::diagnose(ui, self);
+        }
         if self.studio.prefs.show_inspector {
             panels::inspector(ui, self);
         }

@@ -1,10 +1,12 @@
 //! The window's state and the commands that change it. No drawing here, and no heavy work: files are opened,
 //! analysed and written by jobs on the [`Worker`]; this module only schedules them and files their results.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::calib::view::LayerActivations;
+use crate::calib::{ClipError, LayerSensitivity, Observer, SensitivityMode};
 use crate::error::Error;
 use crate::export::{ExportSummary, planned_bytes};
 use crate::model::{LayerId, Model, TensorId};
@@ -14,6 +16,9 @@ use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
 
 /// The default INT8 scheme offered first: symmetric, per output channel.
 pub const DEFAULT_INT8: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
+
+/// The observer a new calibration starts with.
+pub const DEFAULT_OBSERVER: Observer = Observer::Percentile { percentile: 99.99 };
 
 /// Everything the user can ask the studio to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,8 +58,77 @@ pub enum Command {
     RestorePlan(usize),
     /// Forget the evaluations of this session.
     ClearEvaluations,
+    /// Histogram the input of every layer on this data file (the calibration used by W8A8 layers).
+    Calibrate(PathBuf),
+    /// Choose the observer that picks every layer's input clip (hand-set clips stay).
+    SetObserver(Observer),
+    /// Set one layer's input clip by hand; `None` gives it back to the observer.
+    SetInputClip {
+        /// The layer.
+        layer: LayerId,
+        /// The clip (absolute value), or `None`.
+        clip: Option<f32>,
+    },
+    /// Rank the layers the plan quantizes by sensitivity on this data file.
+    Sensitivity {
+        /// The data file.
+        data: PathBuf,
+        /// One at a time, or all but one.
+        mode: SensitivityMode,
+    },
+    /// Set the `count` most sensitive layers of the last ranking to `precision`.
+    SetMostSensitive {
+        /// How many, from the top of the ranking.
+        count: usize,
+        /// Usually FP16 or FP32.
+        precision: Precision,
+    },
     /// Hide the current notice.
     DismissNotice,
+}
+
+/// The calibration of the open model, as the window uses it.
+#[derive(Clone, Debug)]
+pub struct CalibrationState {
+    /// The data it ran on.
+    pub data: PathBuf,
+    /// Whether it came from the cache.
+    pub from_cache: bool,
+    /// Samples it ran.
+    pub samples: usize,
+    /// Every calibrated layer's histogram and observer clips.
+    pub layers: Arc<BTreeMap<LayerId, LayerActivations>>,
+    /// The observer that picks the clips.
+    pub observer: Observer,
+    /// Clips set by hand, by layer; they win over the observer.
+    pub overrides: BTreeMap<LayerId, f32>,
+}
+
+impl CalibrationState {
+    /// The clip layer `id`'s input gets, when calibrated.
+    pub fn clip(&self, id: LayerId) -> Option<f32> {
+        let view = self.layers.get(&id)?;
+        Some(self.overrides.get(&id).copied().unwrap_or_else(|| view.clip(self.observer)))
+    }
+}
+
+/// A sensitivity analysis, streaming or finished.
+#[derive(Clone, Debug, Default)]
+pub struct SensitivityState {
+    /// The data it ran on.
+    pub data: PathBuf,
+    /// Its mode, once started.
+    pub mode: Option<SensitivityMode>,
+    /// Results as they arrive; ranked (most sensitive first) once `ranked`.
+    pub results: Vec<LayerSensitivity>,
+    /// Score by layer.
+    pub scores: HashMap<LayerId, f64>,
+    /// Whether the analysis finished and `results` is the ranking.
+    pub ranked: bool,
+    /// The name of the task loss behind the scores.
+    pub metric: Option<&'static str>,
+    /// Layers to try, when it started.
+    pub planned: usize,
 }
 
 /// One evaluated plan, kept for comparison with the others.
@@ -105,6 +179,8 @@ pub enum SortColumn {
     MaxError,
     /// SQNR (worst first when ascending).
     Sqnr,
+    /// Sensitivity score (most sensitive first when ascending).
+    Sensitivity,
 }
 
 /// Preferences kept between runs.
@@ -119,11 +195,19 @@ pub struct Preferences {
     pub show_inspector: bool,
     /// Whether the accuracy panel is shown.
     pub show_accuracy: bool,
+    /// Whether the calibrate & diagnose panel is shown.
+    pub show_diagnose: bool,
 }
 
 impl Default for Preferences {
     fn default() -> Self {
-        Preferences { recent: Vec::new(), log_counts: true, show_inspector: true, show_accuracy: true }
+        Preferences {
+            recent: Vec::new(),
+            log_counts: true,
+            show_inspector: true,
+            show_accuracy: true,
+            show_diagnose: true,
+        }
     }
 }
 
@@ -166,6 +250,15 @@ pub struct Studio {
     pub default_eval_data: Option<PathBuf>,
     /// Plans evaluated on the open model, oldest first.
     pub evaluations: Vec<Evaluation>,
+    /// The calibration file the model's folder brings, if any.
+    pub default_calib_data: Option<PathBuf>,
+    /// The calibration of the open model.
+    pub calibration: Option<CalibrationState>,
+    /// The last sensitivity analysis of the open model.
+    pub sensitivity: Option<SensitivityState>,
+    /// The calibration cache folder (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    clip_error_cache: Option<((LayerId, u32), ClipError)>,
     /// Persisted preferences.
     pub prefs: Preferences,
     /// Bumped whenever the model or the plan changes (for caches of derived values).
@@ -198,6 +291,11 @@ impl Studio {
             runtime: None,
             default_eval_data: None,
             evaluations: Vec::new(),
+            default_calib_data: None,
+            calibration: None,
+            sensitivity: None,
+            cache_dir: Some(crate::calib::default_cache_dir()),
+            clip_error_cache: None,
             prefs,
             revision: 0,
             generation: 0,
@@ -325,13 +423,121 @@ impl Studio {
                 }
             }
             Command::ClearEvaluations => self.evaluations.clear(),
+            Command::Calibrate(data) => {
+                let Some((model, arch)) = self.runnable() else { return };
+                self.submit(Job::Calibrate { model, arch, data, cache_dir: self.cache_dir.clone() });
+            }
+            Command::SetObserver(observer) => {
+                if let Some(calibration) = &mut self.calibration {
+                    calibration.observer = observer;
+                    self.clips_changed();
+                }
+            }
+            Command::SetInputClip { layer, clip } => {
+                if let Some(calibration) = &mut self.calibration {
+                    match clip {
+                        Some(c) if c.is_finite() && c >= 0.0 => {
+                            calibration.overrides.insert(layer, c);
+                        }
+                        Some(_) => return,
+                        None => {
+                            calibration.overrides.remove(&layer);
+                        }
+                    }
+                    self.clips_changed();
+                }
+            }
+            Command::Sensitivity { data, mode } => {
+                let Some((model, arch)) = self.runnable() else { return };
+                let planned = crate::calib::sensitivity::planned_layers(&model, &self.plan).len();
+                self.sensitivity =
+                    Some(SensitivityState { data: data.clone(), mode: Some(mode), planned, ..Default::default() });
+                self.submit(Job::Sensitivity { model, arch, plan: self.plan.clone(), data, mode });
+            }
+            Command::SetMostSensitive { count, precision } => {
+                let Some(sensitivity) = &self.sensitivity else { return };
+                let Some(model) = &self.model else { return };
+                let mut ranked = sensitivity.results.clone();
+                if !sensitivity.ranked {
+                    crate::calib::sensitivity::rank(
+                        &mut ranked,
+                        sensitivity.mode.unwrap_or(SensitivityMode::OneAtATime),
+                    );
+                }
+                let layers: Vec<LayerId> =
+                    ranked.iter().take(count).filter_map(|r| model.layer_by_name(&r.layer)).collect();
+                if layers.is_empty() {
+                    return self.error("no sensitivity ranking yet: run Sensitivity first".into());
+                }
+                let names: Vec<String> = ranked.iter().take(count).map(|r| r.layer.clone()).collect();
+                self.info(format!("{} most sensitive layer(s) set to {precision}: {}", layers.len(), names.join(", ")));
+                let mut next = self.plan.layers.clone();
+                for layer in layers {
+                    next[layer.0] = precision;
+                }
+                self.set_plan(next);
+            }
             Command::DismissNotice => self.notice = None,
         }
     }
 
+    /// The open model and its architecture, or `None` after telling the user why it cannot run.
+    fn runnable(&mut self) -> Option<(Arc<Model>, Arc<Architecture>)> {
+        let Some(model) = self.model.clone() else {
+            self.error("open a model first".into());
+            return None;
+        };
+        match &self.runtime {
+            Some(Ok(arch)) => Some((model, arch.clone())),
+            Some(Err(why)) => {
+                let text = format!("cannot run this model: {why}");
+                self.error(text);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Copies the calibrated clips (observer or hand-set) into the plan.
+    fn clips_changed(&mut self) {
+        let Some(model) = &self.model else { return };
+        let mut clips = vec![None; model.layers.len()];
+        if let Some(calibration) = &self.calibration {
+            for id in calibration.layers.keys() {
+                if let Some(slot) = clips.get_mut(id.0) {
+                    *slot = calibration.clip(*id);
+                }
+            }
+        }
+        self.plan.input_clips = clips;
+        self.revision += 1;
+    }
+
+    /// The input clip of layer `id` and its activation error (cached: recomputed only when either changes).
+    pub fn input_clip_error(&mut self, id: LayerId) -> Option<(f32, ClipError)> {
+        let calibration = self.calibration.as_ref()?;
+        let clip = calibration.clip(id)?;
+        let key = (id, clip.to_bits());
+        if let Some((cached, error)) = &self.clip_error_cache
+            && *cached == key
+        {
+            return Some((clip, *error));
+        }
+        let error = crate::calib::clip_error(&calibration.layers.get(&id)?.histogram, clip);
+        self.clip_error_cache = Some((key, error));
+        Some((clip, error))
+    }
+
     fn open(&mut self, path: PathBuf) {
         // A new model makes every running job moot.
-        for kind in [JobKind::Analyse, JobKind::Export, JobKind::Recipe, JobKind::Evaluate] {
+        for kind in [
+            JobKind::Analyse,
+            JobKind::Export,
+            JobKind::Recipe,
+            JobKind::Evaluate,
+            JobKind::Calibrate,
+            JobKind::Sensitivity,
+        ] {
             self.worker.cancel(kind);
         }
         self.model_path = Some(path.clone());
@@ -402,16 +608,55 @@ impl Studio {
             Event::Output { job, outcome } => {
                 let current_model = self.job_generation.get(&job) == Some(&self.generation);
                 match outcome {
-                    Outcome::Opened { model, runtime, default_data } => {
+                    Outcome::Opened { model, runtime, default_data, default_calib_data } => {
                         if self.worker.is_current(job) {
                             self.runtime = Some(runtime);
                             self.default_eval_data = default_data;
+                            self.default_calib_data = default_calib_data;
                             self.model_opened(model);
                         }
                     }
                     Outcome::Evaluated { plan, data, report } => {
                         if current_model {
                             self.evaluated(plan, data, report);
+                        }
+                    }
+                    Outcome::Calibrated { data, from_cache, samples, layers } => {
+                        if current_model {
+                            let observer = self.calibration.as_ref().map_or(DEFAULT_OBSERVER, |c| c.observer);
+                            let source = if from_cache { "read from the cache" } else { "measured" };
+                            self.info(format!(
+                                "{} layer inputs calibrated on {samples} samples ({source}); observer {observer}",
+                                layers.len()
+                            ));
+                            self.calibration = Some(CalibrationState {
+                                data,
+                                from_cache,
+                                samples,
+                                layers,
+                                observer,
+                                overrides: BTreeMap::new(),
+                            });
+                            self.clips_changed();
+                        }
+                    }
+                    Outcome::SensitivityLayer(result) => {
+                        if current_model && let (Some(state), Some(model)) = (&mut self.sensitivity, &self.model) {
+                            if let Some(id) = model.layer_by_name(&result.layer) {
+                                state.scores.insert(id, result.score);
+                            }
+                            state.results.push(result);
+                            self.revision += 1;
+                        }
+                    }
+                    Outcome::SensitivityRanked(report) => {
+                        if current_model && let Some(state) = &mut self.sensitivity {
+                            state.metric = Some(report.metric);
+                            state.results = report.layers;
+                            state.ranked = true;
+                            let top = state.results.first().map(|r| r.layer.clone()).unwrap_or_default();
+                            self.info(format!("sensitivity ranked; most sensitive: {top}"));
+                            self.revision += 1;
                         }
                     }
                     Outcome::Analysed { tensor, precision, analysis } => {
@@ -436,6 +681,22 @@ impl Studio {
                     Outcome::RecipeLoaded { path, plan } => {
                         if current_model {
                             let warnings = plan.warnings.clone();
+                            // The recipe's calibrated clips come with it (as hand-set clips over a calibration).
+                            let recipe_clips: Vec<(LayerId, f32)> = plan
+                                .input_clips
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(i, c)| c.map(|c| (LayerId(i), c)))
+                                .collect();
+                            if !recipe_clips.is_empty() {
+                                match &mut self.calibration {
+                                    Some(calibration) => calibration.overrides.extend(recipe_clips),
+                                    None => self.plan.input_clips = plan.input_clips.clone(),
+                                }
+                                if self.calibration.is_some() {
+                                    self.clips_changed();
+                                }
+                            }
                             self.set_plan(plan.layers);
                             let mut text = format!("recipe loaded from {}", path.display());
                             if let Some(w) = warnings.first() {
@@ -487,6 +748,9 @@ impl Studio {
         self.anchor = None;
         self.last_export = None;
         self.evaluations.clear();
+        self.calibration = None;
+        self.sensitivity = None;
+        self.clip_error_cache = None;
         self.info(text);
         self.plan_changed();
     }
@@ -555,6 +819,10 @@ impl Studio {
             SortColumn::Sqnr => {
                 let sqnr = |l: &LayerId| metric(l, |x| x.error.sqnr_db.unwrap_or(f64::INFINITY));
                 rows.sort_by(|a, b| cmp_option(sqnr(a), sqnr(b)));
+            }
+            SortColumn::Sensitivity => {
+                let score = |l: &LayerId| self.sensitivity.as_ref().and_then(|s| s.scores.get(l)).map(|v| -v);
+                rows.sort_by(|a, b| cmp_option(score(a), score(b)));
             }
         }
         if !ascending {

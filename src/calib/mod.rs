@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod histogram;
 pub mod observer;
 pub mod sensitivity;
+pub mod view;
 
 pub use calibrate::{Calibration, CalibrationRun, calibrate, default_cache_dir};
 pub use histogram::ActivationHistogram;

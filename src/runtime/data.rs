@@ -106,6 +106,11 @@ impl EvalData {
         ["eval.safetensors", "eval.txt", "inputs.txt"].iter().map(|f| model_folder.join(f)).find(|p| p.is_file())
     }
 
+    /// The calibration file a model folder brings, if any: `calib.safetensors` or `calib.txt`.
+    pub fn default_calibration_path(model_folder: &Path) -> Option<PathBuf> {
+        ["calib.safetensors", "calib.txt"].iter().map(|f| model_folder.join(f)).find(|p| p.is_file())
+    }
+
     fn from_safetensors(path: &Path) -> Result<EvalData> {
         let file = Model::open(path)?;
         if file.tensor_by_name("inputs").is_some() {

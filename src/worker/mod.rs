@@ -1,4 +1,5 @@
-//! The only code that spawns threads: jobs (open, analyse, export, recipes, evaluation) run on background threads and report
+//! The only code that spawns threads: jobs (open, analyse, export, recipes, evaluation, calibration,
+//! sensitivity) run on background threads and report
 //! events the window drains each frame.
 //!
 //! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one (its late
@@ -9,9 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
+use crate::calib::view::LayerActivations;
+use crate::calib::{LayerSensitivity, SensitivityMode, SensitivityReport};
 use crate::error::Error;
 use crate::export::ExportSummary;
-use crate::model::{Model, TensorId};
+use crate::model::{LayerId, Model, TensorId};
 use crate::progress::{Progress, ProgressSnapshot};
 use crate::quant::pass::{TensorData, analyze};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
@@ -34,6 +37,10 @@ pub enum JobKind {
     Recipe,
     /// Running the model in FP32 and as planned on evaluation data.
     Evaluate,
+    /// Observing the input of every layer on calibration data.
+    Calibrate,
+    /// Ranking the layers by sensitivity.
+    Sensitivity,
 }
 
 impl JobKind {
@@ -45,6 +52,8 @@ impl JobKind {
             JobKind::Export => "exporting",
             JobKind::Recipe => "recipe",
             JobKind::Evaluate => "evaluating",
+            JobKind::Calibrate => "calibrating",
+            JobKind::Sensitivity => "sensitivity",
         }
     }
 }
@@ -87,6 +96,30 @@ pub enum Job {
         /// The data file.
         data: PathBuf,
     },
+    /// Histogram the input of every linear and conv layer on a data file (from the cache when it holds it).
+    Calibrate {
+        /// The model.
+        model: Arc<Model>,
+        /// Its architecture.
+        arch: Arc<Architecture>,
+        /// The data file.
+        data: PathBuf,
+        /// The calibration cache folder (`None`: no cache).
+        cache_dir: Option<PathBuf>,
+    },
+    /// Rank the layers a plan quantizes by how much each costs the task metric; results stream one by one.
+    Sensitivity {
+        /// The model.
+        model: Arc<Model>,
+        /// Its architecture.
+        arch: Arc<Architecture>,
+        /// The plan whose layers are tried.
+        plan: Plan,
+        /// The data file.
+        data: PathBuf,
+        /// One at a time, or all but one.
+        mode: SensitivityMode,
+    },
     /// Load a recipe file and resolve it against a model.
     LoadRecipe {
         /// The model to resolve against.
@@ -105,6 +138,8 @@ impl Job {
             Job::Export { .. } => JobKind::Export,
             Job::SaveRecipe { .. } | Job::LoadRecipe { .. } => JobKind::Recipe,
             Job::Evaluate { .. } => JobKind::Evaluate,
+            Job::Calibrate { .. } => JobKind::Calibrate,
+            Job::Sensitivity { .. } => JobKind::Sensitivity,
         }
     }
 }
@@ -120,6 +155,8 @@ pub enum Outcome {
         runtime: Result<Arc<Architecture>, String>,
         /// The evaluation data its folder brings, if any.
         default_data: Option<PathBuf>,
+        /// The calibration data its folder brings, if any.
+        default_calib_data: Option<PathBuf>,
     },
     /// An evaluation finished.
     Evaluated {
@@ -130,6 +167,21 @@ pub enum Outcome {
         /// The figures.
         report: EvalReport,
     },
+    /// A calibration finished.
+    Calibrated {
+        /// The data file.
+        data: PathBuf,
+        /// Whether it was read from the cache.
+        from_cache: bool,
+        /// Samples it ran.
+        samples: usize,
+        /// Every calibrated layer with its display histogram and observer clips.
+        layers: Arc<BTreeMap<LayerId, LayerActivations>>,
+    },
+    /// One layer's sensitivity was measured (more follow from the same job).
+    SensitivityLayer(LayerSensitivity),
+    /// The sensitivity analysis finished: the ranking.
+    SensitivityRanked(SensitivityReport),
     /// One tensor was analysed (more may follow from the same job).
     Analysed {
         /// The tensor.
@@ -271,9 +323,11 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             progress.start_stage(format!("opening {}", path.display()), 1);
             let model = Model::open(&path)?;
             let runtime = Architecture::detect(&model).map(Arc::new).map_err(|e| e.to_string());
-            let default_data = EvalData::default_path(&crate::runtime::model_folder(&model));
+            let folder = crate::runtime::model_folder(&model);
+            let default_data = EvalData::default_path(&folder);
+            let default_calib_data = EvalData::default_calibration_path(&folder).or_else(|| default_data.clone());
             progress.check()?;
-            send(Outcome::Opened { model: Arc::new(model), runtime, default_data });
+            send(Outcome::Opened { model: Arc::new(model), runtime, default_data, default_calib_data });
         }
         Job::Analyse { model, requests } => {
             let elements: u64 = requests.iter().map(|(t, _)| 2 * model.tensor(*t).numel() as u64).sum();
@@ -293,6 +347,22 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             let eval_data = EvalData::load(&data, &crate::runtime::model_folder(&model))?;
             let report = crate::runtime::evaluate(&model, &arch, &eval_data, &plan, progress)?;
             send(Outcome::Evaluated { plan, data, report });
+        }
+        Job::Calibrate { model, arch, data, cache_dir } => {
+            let run = crate::calib::calibrate(&model, &arch, &data, cache_dir.as_deref(), progress)?;
+            progress.start_stage("choosing clips", 0);
+            let layers = crate::calib::view::layer_activations(&model, &run.calibration);
+            progress.check()?;
+            let samples = run.calibration.samples;
+            send(Outcome::Calibrated { data, from_cache: run.from_cache, samples, layers: Arc::new(layers) });
+        }
+        Job::Sensitivity { model, arch, plan, data, mode } => {
+            progress.start_stage(format!("reading {}", data.display()), 0);
+            let eval_data = EvalData::load(&data, &crate::runtime::model_folder(&model))?;
+            let report = crate::calib::sensitivity(&model, &arch, &eval_data, &plan, mode, progress, &mut |layer| {
+                send(Outcome::SensitivityLayer(layer.clone()))
+            })?;
+            send(Outcome::SensitivityRanked(report));
         }
         Job::SaveRecipe { recipe, path } => {
             progress.start_stage("saving recipe", 1);

@@ -33,6 +33,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         let t = model.tensor(*tensor);
         ui.label(RichText::new(format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape))).small());
     }
+    super::calibration::input_section(ui, app, layer);
     let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
         if model.main_tensor(layer).is_some() {
             ui.label("Computing...");

@@ -1,6 +1,7 @@
 //! The panels of the window. Each function draws from the state and pushes commands; none computes.
 
 mod accuracy;
+mod calibration;
 mod inspector;
 mod table;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use egui::{Color32, RichText};
 
 pub use accuracy::accuracy;
+pub use calibration::diagnose;
 pub use inspector::inspector;
 pub use table::central;
 
@@ -19,7 +21,6 @@ use super::state::{Command, DEFAULT_INT8};
 use crate::quant::Precision;
 
 /// Text fields that live across frames.
-#[derive(Default)]
 pub struct Inputs {
     /// "Open path" field of the File menu.
     pub open_path: String,
@@ -35,6 +36,32 @@ pub struct Inputs {
     pub eval_data: String,
     /// The model the data field was filled for (a new model brings its own default).
     pub eval_data_model: Option<PathBuf>,
+    /// The calibration data path field.
+    pub calib_data: String,
+    /// The model the calibration field was filled for.
+    pub calib_data_model: Option<PathBuf>,
+    /// The sensitivity mode to run.
+    pub sensitivity_mode: crate::calib::SensitivityMode,
+    /// How many of the most sensitive layers the one-click buttons change.
+    pub most_sensitive_count: usize,
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Inputs {
+            open_path: String::new(),
+            export_path: String::new(),
+            recipe_path: String::new(),
+            save_recipe_path: String::new(),
+            bulk_precision: None,
+            eval_data: String::new(),
+            eval_data_model: None,
+            calib_data: String::new(),
+            calib_data_model: None,
+            sensitivity_mode: crate::calib::SensitivityMode::OneAtATime,
+            most_sensitive_count: 3,
+        }
+    }
 }
 
 /// The colour of an SQNR figure: red below 20 dB, orange below 30, yellow below 40, green above.
@@ -100,6 +127,7 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             ui.menu_button("View", |ui| {
                 ui.checkbox(&mut app.studio.prefs.show_inspector, "Inspector");
                 ui.checkbox(&mut app.studio.prefs.show_accuracy, "Accuracy panel");
+                ui.checkbox(&mut app.studio.prefs.show_diagnose, "Calibrate & diagnose panel");
                 ui.checkbox(&mut app.studio.prefs.log_counts, "Log-scale histogram counts");
             });
         });

@@ -12,14 +12,16 @@ use crate::quant::{Granularity, Int8Scheme, Precision};
 
 const ROW_HEIGHT: f32 = 22.0;
 
-/// The INT8 schemes offered, with their labels.
-fn scheme_choices() -> [(Int8Scheme, &'static str); 4] {
+/// The INT8 schemes offered, with their labels: weight-only, then W8A8 (static INT8 inputs, calibrated).
+fn scheme_choices() -> [(Int8Scheme, &'static str); 6] {
     let s = |symmetric, granularity| Int8Scheme::weights(symmetric, granularity);
     [
         (s(true, Granularity::PerChannel), "sym · per-channel"),
         (s(true, Granularity::PerTensor), "sym · per-tensor"),
         (s(false, Granularity::PerChannel), "asym · per-channel"),
         (s(false, Granularity::PerTensor), "asym · per-tensor"),
+        (s(true, Granularity::PerChannel).with_int8_inputs(), "W8A8 sym · per-channel"),
+        (s(true, Granularity::PerTensor).with_int8_inputs(), "W8A8 sym · per-tensor"),
     ]
 }
 
@@ -120,11 +122,12 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         .column(Column::initial(38.0))
         .column(Column::initial(118.0))
         .column(Column::initial(62.0))
-        .column(Column::initial(112.0))
+        .column(Column::initial(150.0))
         .column(Column::initial(54.0))
         .column(Column::initial(54.0))
         .column(Column::initial(62.0))
         .column(Column::initial(48.0))
+        .column(Column::initial(70.0))
         .header(24.0, |mut header| {
             header.col(|ui| sort_header(ui, app, "Layer", SortColumn::Name, "Layer name (tensors grouped by prefix)"));
             header.col(|ui| sort_header(ui, app, "Kind", SortColumn::Kind, "Linear, conv, embedding, norm or other"));
@@ -160,6 +163,16 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
             header.col(|ui| {
                 ui.label(RichText::new("NaN/Inf").strong())
                     .on_hover_text("Non-finite values in the layer's main tensor");
+            });
+            header.col(|ui| {
+                sort_header(
+                    ui,
+                    app,
+                    "Sensitivity",
+                    SortColumn::Sensitivity,
+                    "Task loss of quantizing this layer (one at a time) or recovered by keeping it FP32 (all but \
+                     one); larger is more sensitive. Run it from the Calibrate & diagnose panel",
+                )
             });
         })
         .body(|body| {
@@ -227,7 +240,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     let mut chosen = scheme;
                     let combo = egui::ComboBox::from_id_salt(("scheme", layer_id.0))
                         .selected_text(scheme_label(scheme))
-                        .width(98.0)
+                        .width(140.0)
                         .show_ui(ui, |ui| {
                             for (option, label) in scheme_choices() {
                                 ui.selectable_value(&mut chosen, option, label);
@@ -275,6 +288,11 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                             "{} NaN, {} ±inf (excluded from every figure)",
                             a.stats.nan_count, a.stats.inf_count
                         ));
+                    }
+                });
+                row.col(|ui| {
+                    if let Some(score) = app.studio.sensitivity.as_ref().and_then(|s| s.scores.get(&layer_id)) {
+                        ui.label(format::sci(*score));
                     }
                 });
                 if row.response().clicked() {
