@@ -21,3 +21,5 @@ mod samples;
 mod python;
 // The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
 mod runtime;
+// Calibration, W8A8 and sensitivity.
+mod calib;

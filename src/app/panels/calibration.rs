@@ -162,17 +162,31 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         crate::calib::sensitivity::rank(&mut shown, state.mode.unwrap_or(SensitivityMode::OneAtATime));
     }
     shown.truncate(CHART_LAYERS);
+    // When the task metric does not move (accuracy on small data often does not), the bars show the relative
+    // output noise Σ(y - ŷ)² / Σy² = 10^(-SQNR/10) instead, which the ranking uses to break ties.
+    let by_score = shown.iter().any(|r| r.score != 0.0);
+    let value = |r: &crate::calib::LayerSensitivity| {
+        if by_score { r.score } else { r.report.output_sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0)) }
+    };
+    let series = if by_score { "task loss" } else { "relative output noise" };
     let bars: Vec<Bar> = shown
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let sqnr = r.report.output_sqnr_db.map_or("identical".into(), |db| format!("{db:.1} dB"));
-            Bar::new(-(i as f64), r.score)
+            Bar::new(-(i as f64), value(r))
                 .name(format!("{}\nscore {}, output SQNR {sqnr}", r.layer, format::sci(r.score)))
                 .width(0.7)
                 .fill(BAR_COLOR)
         })
         .collect();
+    if !by_score {
+        ui.label(
+            RichText::new("Every score is 0 (the task metric did not move): bars show the relative output noise.")
+                .weak()
+                .small(),
+        );
+    }
     let names: Vec<String> = shown.iter().map(|r| r.layer.clone()).collect();
     Plot::new("sensitivity-ranking")
         .height(ui.available_height().max(80.0))
@@ -187,7 +201,8 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 String::new()
             }
         })
-        .show(ui, |plot| plot.bar_chart(BarChart::new("score", bars).horizontal().color(BAR_COLOR)));
+        .legend(egui_plot::Legend::default())
+        .show(ui, |plot| plot.bar_chart(BarChart::new(series, bars).horizontal().color(BAR_COLOR)));
 }
 
 /// The last two dotted components of a layer name (`self_attn.q_proj`).

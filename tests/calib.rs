@@ -1,0 +1,348 @@
+//! Calibration, W8A8 simulation and export, and sensitivity analysis, on the samples and on hand-built models.
+
+use std::path::{Path, PathBuf};
+
+use quantstudio::calib::{Observer, SensitivityMode, calibrate, sensitivity};
+use quantstudio::model::Model;
+use quantstudio::progress::Progress;
+use quantstudio::quant::{Granularity, Int8Scheme, Plan, Precision, QParams, Recipe};
+use quantstudio::runtime::{Architecture, EvalData, Network, evaluate};
+use quantstudio::{Error, Result};
+use safetensors::Dtype;
+
+use crate::common::{self, Spec};
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models").join(name)
+}
+
+fn w8a8(granularity: Granularity) -> Precision {
+    Precision::Int8(Int8Scheme::weights(true, granularity).with_int8_inputs())
+}
+
+/// The sample's plan with every linear and conv layer W8A8 per channel, its inputs calibrated by `observer`.
+fn calibrated_w8a8_plan(model: &Model, arch: &Architecture, cache: &Path, observer: Observer) -> Plan {
+    let run = calibrate(model, arch, &model.path.join("calib.safetensors"), Some(cache), &Progress::new()).unwrap();
+    let mut plan = Recipe::uniform(w8a8(Granularity::PerChannel)).resolve(model).unwrap();
+    run.calibration.apply(model, &mut plan, observer, &Default::default());
+    plan
+}
+
+#[test]
+fn w8a8_on_the_digits_samples_keeps_accuracy_within_one_point_of_fp32() {
+    let cache = common::temp_dir();
+    for name in ["digits-mlp", "digits-cnn"] {
+        let model = Model::open(&sample(name)).unwrap();
+        let arch = Architecture::detect(&model).unwrap();
+        let data = EvalData::load(&model.path.join("eval.safetensors"), &model.path).unwrap();
+        for observer in [Observer::Percentile { percentile: 99.99 }, Observer::Mse, Observer::MinMax] {
+            let plan = calibrated_w8a8_plan(&model, &arch, cache.path(), observer);
+            assert!(plan.uncalibrated(&model).is_empty(), "every W8A8 layer has a clip");
+            let report = evaluate(&model, &arch, &data, &plan, &Progress::new()).unwrap();
+            let (fp32, w8a8) = (report.fp32_accuracy.unwrap(), report.accuracy.unwrap());
+            // The stated margin: static INT8 inputs and INT8 weights cost at most one point of accuracy.
+            assert!(w8a8 >= fp32 - 0.01, "{name} {observer}: W8A8 {w8a8} vs FP32 {fp32}");
+            assert!(report.output_sqnr_db.unwrap() > 25.0, "{name} {observer}: {report:?}");
+        }
+    }
+}
+
+#[test]
+fn calibration_is_cached_by_model_and_data_and_observers_never_rerun_it() {
+    let dir = common::temp_dir();
+    let cache = dir.path().join("cache");
+    // A private copy of the sample so that its data file can change.
+    let folder = dir.path().join("mlp");
+    std::fs::create_dir(&folder).unwrap();
+    for file in ["config.json", "model.json", "model.safetensors", "calib.safetensors"] {
+        std::fs::copy(sample("digits-mlp").join(file), folder.join(file)).unwrap();
+    }
+    let model = Model::open(&folder).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let data = folder.join("calib.safetensors");
+    let first = calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap();
+    assert!(!first.from_cache);
+    assert_eq!(first.calibration.layers.keys().collect::<Vec<_>>(), ["fc1", "fc2", "fc3"]);
+    assert_eq!(first.calibration.samples, 128);
+    // 128 samples x 64 pixels went into fc1's histogram.
+    assert_eq!(first.calibration.layers["fc1"].count, 128 * 64);
+    let again = calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap();
+    assert!(again.from_cache, "the same model and data come from the cache");
+    assert_eq!(again.calibration, first.calibration);
+    // A cancelled progress proves nothing runs: the cache answers without checking it.
+    let cancelled = Progress::new();
+    cancelled.cancel();
+    let cached = calibrate(&model, &arch, &data, Some(&cache), &cancelled).unwrap();
+    for observer in [Observer::MinMax, Observer::Mse, Observer::Entropy] {
+        assert_eq!(cached.calibration.clips(observer), first.calibration.clips(observer));
+    }
+    // New data bytes: measured again.
+    let mut eval = std::fs::read(sample("digits-mlp").join("eval.safetensors")).unwrap();
+    std::fs::write(&data, &mut eval).unwrap();
+    let changed = calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap();
+    assert!(!changed.from_cache);
+    assert_eq!(changed.calibration.samples, 360);
+    // Without a cache folder nothing is written and nothing read.
+    let uncached = calibrate(&model, &arch, &data, None, &Progress::new()).unwrap();
+    assert!(!uncached.from_cache && uncached.cache_file.is_none());
+    // A corrupt cache file is ignored and replaced.
+    std::fs::write(changed.cache_file.as_ref().unwrap(), b"{not json").unwrap();
+    assert!(!calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap().from_cache);
+}
+
+/// A one-layer graph `y = x wᵀ` with `w` 2x3, inputs of 3.
+fn write_linear(dir: &Path, weight: &[f32]) {
+    std::fs::write(dir.join("config.json"), r#"{"graph": "model.json"}"#).unwrap();
+    let doc = serde_json::json!({
+        "format": "quantstudio-graph", "version": 1,
+        "inputs": [{"name": "x", "dtype": "F32", "shape": [3]}],
+        "ops": [{"op": "linear", "weight": "fc.weight"}],
+        "outputs": [{"name": "y", "dtype": "F32", "shape": [2]}],
+    });
+    std::fs::write(dir.join("model.json"), doc.to_string()).unwrap();
+    common::write_model(&dir.join("model.safetensors"), &[Spec::f32("fc.weight", &[2, 3], weight)]);
+}
+
+#[test]
+fn w8a8_simulation_quantizes_the_input_with_the_calibrated_scale() {
+    let dir = common::temp_dir();
+    let weight = [0.5f32, -0.25, 1.0, 0.125, 0.75, -1.0];
+    write_linear(dir.path(), &weight);
+    let model = Model::open(dir.path()).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let mut plan = Plan::all(&model, w8a8(Granularity::PerTensor));
+    // Uncalibrated W8A8 is refused with the layer named.
+    let data = EvalData::Samples { inputs: vec![0.0; 3], sample_shape: vec![3], labels: None };
+    let err = evaluate(&model, &arch, &data, &plan, &Progress::new()).unwrap_err();
+    assert!(matches!(&err, Error::Uncalibrated { names } if names == &["fc"]), "{err}");
+    assert!(err.to_string().contains("run calibrate first"), "{err}");
+    let clip = 0.9f32;
+    plan.input_clips = vec![Some(clip)];
+    let net = Network::build(&model, &arch, Some(&plan), &Progress::new()).unwrap();
+    let Network::Graph(graph) = net else { panic!("a graph") };
+    let x = [0.3f32, -2.0, 0.0517];
+    let y = graph.forward(&x);
+    // By hand: the input on the grid of clip/127, clamped at ±127 steps; the weight per tensor (absmax 1).
+    let input = QParams::symmetric(clip);
+    assert_eq!(input.scale, clip / 127.0);
+    let x_hat: Vec<f32> =
+        x.iter().map(|&v| ((v / input.scale).round_ties_even().clamp(-127.0, 127.0)) * input.scale).collect();
+    assert_eq!(x_hat[1], -127.0 * input.scale, "-2 is clipped to -clip");
+    let w_scale = 1.0f32 / 127.0;
+    let w_hat: Vec<f32> = weight.iter().map(|&v| (v / w_scale).round_ties_even() * w_scale).collect();
+    for (row, got) in y.iter().enumerate() {
+        let expected: f32 = (0..3).map(|k| x_hat[k] * w_hat[row * 3 + k]).sum();
+        assert!((got - expected).abs() < 1e-6, "row {row}: {got} vs {expected}");
+    }
+    // The same layer weight-only sees the exact input.
+    let weight_only = Plan::all(&model, Precision::Int8(Int8Scheme::weights(true, Granularity::PerTensor)));
+    let Network::Graph(graph) = Network::build(&model, &arch, Some(&weight_only), &Progress::new()).unwrap() else {
+        panic!("a graph")
+    };
+    let y = graph.forward(&x);
+    let expected: f32 = (0..3).map(|k| x[k] * w_hat[k]).sum();
+    assert!((y[0] - expected).abs() < 1e-6);
+}
+
+/// Three linear layers 8 -> 8 -> 8 -> 4 with ReLU; `b` has one weight 300 times the others.
+fn write_outlier_model(dir: &Path) -> Vec<Spec> {
+    std::fs::write(dir.join("config.json"), r#"{"graph": "model.json"}"#).unwrap();
+    let doc = serde_json::json!({
+        "format": "quantstudio-graph", "version": 1,
+        "inputs": [{"name": "x", "dtype": "F32", "shape": [8]}],
+        "ops": [
+            {"op": "linear", "weight": "a.weight", "bias": "a.bias"}, {"op": "relu"},
+            {"op": "linear", "weight": "b.weight", "bias": "b.bias"}, {"op": "relu"},
+            {"op": "linear", "weight": "c.weight", "bias": "c.bias"},
+        ],
+        "outputs": [{"name": "y", "dtype": "F32", "shape": [4]}],
+    });
+    std::fs::write(dir.join("model.json"), doc.to_string()).unwrap();
+    let mut b = common::normal(64, 2, 0.35);
+    b[9] = 100.0;
+    let specs = vec![
+        Spec::f32("a.weight", &[8, 8], &common::normal(64, 1, 0.35)),
+        Spec::f32("a.bias", &[8], &[0.1; 8]),
+        Spec::f32("b.weight", &[8, 8], &b),
+        Spec::f32("b.bias", &[8], &[0.1; 8]),
+        Spec::f32("c.weight", &[4, 8], &common::normal(32, 3, 0.35)),
+        Spec::f32("c.bias", &[4], &[0.0; 4]),
+    ];
+    common::write_model(&dir.join("model.safetensors"), &specs);
+    specs
+}
+
+#[test]
+fn sensitivity_puts_the_layer_with_an_outlier_first_and_streams_every_layer() -> Result<()> {
+    let dir = common::temp_dir();
+    write_outlier_model(dir.path());
+    let model = Model::open(dir.path())?;
+    let arch = Architecture::detect(&model)?;
+    // Labels are the FP32 classes, so FP32 scores 100% and any drop is the plan's.
+    let inputs = common::normal(256 * 8, 7, 1.0);
+    let Network::Graph(fp32) = Network::build(&model, &arch, None, &Progress::new())? else { panic!("a graph") };
+    let labels: Vec<i64> =
+        fp32.forward(&inputs).chunks_exact(4).map(|row| quantstudio::runtime::eval::argmax(row) as i64).collect();
+    let data_path = dir.path().join("data.safetensors");
+    let label_bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    common::write_model(
+        &data_path,
+        &[Spec::f32("inputs", &[256, 8], &inputs), Spec::raw("labels", Dtype::I64, &[256], label_bytes)],
+    );
+    let data = EvalData::load(&data_path, dir.path())?;
+    let plan = Recipe::uniform(Precision::Int8(Int8Scheme::weights(true, Granularity::PerTensor))).resolve(&model)?;
+    for mode in [SensitivityMode::OneAtATime, SensitivityMode::AllButOne] {
+        let mut streamed = Vec::new();
+        let report =
+            sensitivity(&model, &arch, &data, &plan, mode, &Progress::new(), &mut |l| streamed.push(l.layer.clone()))?;
+        assert_eq!(streamed, ["a", "b", "c"], "{mode:?}: every layer streams, in model order");
+        let ranking: Vec<&str> = report.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(ranking[0], "b", "{mode:?}: {ranking:?} {report:#?}");
+        assert!(report.layers[0].score > 0.0, "{mode:?}: the outlier costs accuracy: {report:#?}");
+        assert_eq!(report.metric, "accuracy drop");
+        assert_eq!(report.full_plan.is_some(), mode == SensitivityMode::AllButOne);
+    }
+    // Nothing to try is a clear error.
+    let none = Plan::all(&model, Precision::Fp32);
+    let err = sensitivity(&model, &arch, &data, &none, SensitivityMode::OneAtATime, &Progress::new(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("quantizes no layer"), "{err}");
+    // Cancelling stops it.
+    let cancelled = Progress::new();
+    cancelled.cancel();
+    let err = sensitivity(&model, &arch, &data, &plan, SensitivityMode::OneAtATime, &cancelled, &mut |_| {});
+    assert!(matches!(err, Err(Error::Cancelled)));
+    Ok(())
+}
+
+#[test]
+fn w8a8_export_writes_input_scales_and_an_int_quantized_group_and_the_recipe_reproduces_it() {
+    let dir = common::temp_dir();
+    let model = Model::open(&sample("digits-mlp")).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let plan = calibrated_w8a8_plan(&model, &arch, &dir.path().join("cache"), Observer::Mse);
+    let out = dir.path().join("export");
+    quantstudio::export::export(&model, &plan, &out, &Progress::new()).unwrap();
+    let exported = Model::open(&out).unwrap();
+    for (index, layer) in ["fc1", "fc2", "fc3"].iter().enumerate() {
+        let id = exported.tensor_by_name(&format!("{layer}.input_scale")).unwrap();
+        let info = exported.tensor(id);
+        assert_eq!((info.dtype.as_str(), info.shape.as_slice()), ("F32", &[1usize][..]));
+        let bytes = exported.tensor_bytes(id);
+        let scale = f32::from_le_bytes(bytes[..4].try_into().unwrap());
+        assert_eq!(scale, QParams::symmetric(plan.input_clips[index].unwrap()).scale, "{layer}");
+        let weight = exported.tensor(exported.tensor_by_name(&format!("{layer}.weight")).unwrap());
+        assert_eq!(weight.dtype.as_str(), "I8", "W8A8 weights are int-quantized, not packed");
+        assert!(exported.tensor_by_name(&format!("{layer}.weight_packed")).is_none());
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let q = &config["quantization_config"];
+    assert_eq!(q["format"], "int-quantized");
+    let group = &q["config_groups"]["group_0"];
+    assert_eq!(group["format"], "int-quantized");
+    assert_eq!(group["targets"], serde_json::json!(["fc1", "fc2", "fc3"]));
+    let input = &group["input_activations"];
+    assert_eq!((input["num_bits"].as_u64(), input["strategy"].as_str()), (Some(8), Some("tensor")));
+    assert_eq!((input["symmetric"].as_bool(), input["dynamic"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(group["weights"]["strategy"], "channel");
+    // The recipe written beside the export carries the clips and resolves to the same plan.
+    let recipe = Recipe::load(&out.join("quantstudio-recipe.json")).unwrap();
+    assert_eq!(recipe.input_clips.len(), 3);
+    assert_eq!(recipe.resolve(&model).unwrap(), plan);
+    // An uncalibrated W8A8 plan is not exported, and nothing is written.
+    let uncalibrated = Plan::all(&model, w8a8(Granularity::PerChannel));
+    let empty = dir.path().join("never");
+    let err = quantstudio::export::export(&model, &uncalibrated, &empty, &Progress::new()).unwrap_err();
+    assert!(err.to_string().contains("fc1"), "{err}");
+    assert!(!empty.exists());
+}
+
+fn run_cli_cached(args: &[&str], cache: &Path) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_quantstudio"))
+        .args(args)
+        .env("QUANTSTUDIO_CACHE_DIR", cache)
+        .output()
+        .expect("run quantstudio");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_calibrate_and_sensitivity_give_the_same_numbers_as_the_library() {
+    let dir = common::temp_dir();
+    let cache = dir.path().join("cache");
+    let mlp = sample("digits-mlp");
+    let (m, calib, eval) = (mlp.to_str().unwrap(), mlp.join("calib.safetensors"), mlp.join("eval.safetensors"));
+    let recipe = dir.path().join("w8a8.json");
+    let (code, stdout, stderr) = run_cli_cached(
+        &[
+            "calibrate",
+            m,
+            "--data",
+            calib.to_str().unwrap(),
+            "--observer",
+            "mse",
+            "--write-recipe",
+            recipe.to_str().unwrap(),
+            "--json",
+        ],
+        &cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["from_cache"], false);
+    let layers = doc["layers"].as_array().unwrap();
+    assert_eq!(layers.iter().map(|l| l["name"].as_str().unwrap()).collect::<Vec<_>>(), ["fc1", "fc2", "fc3"]);
+    // The library's numbers for the same model and data.
+    let model = Model::open(&mlp).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let run = calibrate(&model, &arch, &calib, None, &Progress::new()).unwrap();
+    for layer in layers {
+        let h = &run.calibration.layers[layer["name"].as_str().unwrap()];
+        assert_eq!(layer["clip"].as_f64().unwrap() as f32, Observer::Mse.clip(h));
+        assert_eq!(layer["clips"]["entropy"].as_f64().unwrap() as f32, Observer::Entropy.clip(h));
+        assert_eq!(layer["absmax"].as_f64().unwrap() as f32, h.absmax());
+    }
+    let (_, stdout, _) = run_cli_cached(&["calibrate", m, "--data", calib.to_str().unwrap(), "--json"], &cache);
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(again["from_cache"], true, "the second run reads the cache");
+    // The written recipe is W8A8 and evaluates in the CLI as in the library.
+    let (code, stdout, stderr) = run_cli_cached(
+        &["eval", m, "--recipe", recipe.to_str().unwrap(), "--data", eval.to_str().unwrap(), "--json"],
+        &cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let cli_report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let plan = Recipe::load(&recipe).unwrap().resolve(&model).unwrap();
+    assert!(plan.layers.iter().all(|p| p.quantizes_inputs()));
+    let data = EvalData::load(&eval, &mlp).unwrap();
+    let report = evaluate(&model, &arch, &data, &plan, &Progress::new()).unwrap();
+    assert_eq!(cli_report["accuracy"].as_f64(), report.accuracy);
+    assert_eq!(cli_report["output_sqnr_db"].as_f64(), report.output_sqnr_db);
+    // Sensitivity: one object per layer, ranked.
+    let (code, stdout, stderr) = run_cli_cached(
+        &["sensitivity", m, "--data", eval.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "--json"],
+        &cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["mode"], "one_at_a_time");
+    assert_eq!(doc["layers"].as_array().unwrap().len(), 3);
+    assert!(doc["layers"][0]["report"]["output_sqnr_db"].is_number());
+    // A W8A8 recipe without clips: one line, exit code 2.
+    let bare = dir.path().join("bare.json");
+    std::fs::write(
+        &bare,
+        r#"{"version":1,"default":{"precision":"int8","granularity":"per_channel","activations":"int8"}}"#,
+    )
+    .unwrap();
+    let (code, _, stderr) =
+        run_cli_cached(&["eval", m, "--recipe", bare.to_str().unwrap(), "--data", eval.to_str().unwrap()], &cache);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no calibrated input range"), "{stderr}");
+}
