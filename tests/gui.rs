@@ -183,3 +183,61 @@ fn a_model_without_a_forward_pass_says_why_it_cannot_run() {
     h.get_by_label_contains("Running unavailable");
     assert!(h.query_by_label("Evaluate plan").is_none());
 }
+
+#[test]
+fn calibrate_and_sensitivity_run_as_jobs_and_drive_the_plan() {
+    use quantstudio::calib::Observer;
+    use quantstudio::model::LayerId;
+    use quantstudio::quant::{Granularity, Int8Scheme, Precision};
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let cache = common::temp_dir();
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.state_mut().studio.cache_dir = Some(cache.path().to_owned());
+    h.get_by_label_contains("not calibrated");
+    h.get_by_label("Calibrate").click();
+    h.step();
+    step_until(&mut h, "the calibration", |app| app.studio.calibration.is_some() && !app.studio.is_busy());
+    h.get_by_label_contains("3 layers, 128 samples");
+    assert!(cache.path().read_dir().unwrap().count() == 1, "the calibration is cached on disk");
+    // Every layer W8A8: each one has its calibrated clip.
+    let w8a8 = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel).with_int8_inputs());
+    h.state_mut().send(Command::SetPrecisionMatching { pattern: "*".into(), precision: w8a8 });
+    h.run_steps(2);
+    let model = h.state().studio.model.clone().unwrap();
+    assert!(h.state().studio.plan.uncalibrated(&model).is_empty());
+    // The inspector shows fc1's input with its clip, from the default observer.
+    h.get_by_label("Input activations");
+    h.get_by_label_contains("from percentile 99.99");
+    let fc1 = LayerId(0);
+    let absmax = h.state().studio.calibration.as_ref().unwrap().layers[&fc1].histogram.absmax();
+    h.state_mut().send(Command::SetObserver(Observer::MinMax));
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax));
+    // A clip set by hand wins over the observer until reset.
+    h.state_mut().send(Command::SetInputClip { layer: fc1, clip: Some(absmax / 2.0) });
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax / 2.0));
+    h.get_by_label("Reset").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax));
+    // The W8A8 plan evaluates.
+    h.get_by_label("Evaluate plan").click();
+    h.step();
+    step_until(&mut h, "the evaluation", |app| !app.studio.evaluations.is_empty() && !app.studio.is_busy());
+    assert!(h.state().studio.evaluations[0].report.accuracy.unwrap() > 0.98);
+    // Sensitivity streams into the table's column and ranks; one click keeps the most sensitive in FP16.
+    h.get_by_label("Run sensitivity").click();
+    h.step();
+    step_until(&mut h, "the ranking", |app| app.studio.sensitivity.as_ref().is_some_and(|s| s.ranked));
+    assert_eq!(h.state().studio.sensitivity.as_ref().unwrap().scores.len(), 3);
+    let top = h.state().studio.sensitivity.as_ref().unwrap().results[0].layer.clone();
+    h.state_mut().send(Command::SetMostSensitive { count: 1, precision: Precision::Fp16 });
+    h.run_steps(2);
+    let top_id = model.layer_by_name(&top).unwrap();
+    assert_eq!(h.state().studio.plan.layer(top_id), Precision::Fp16);
+    assert_eq!(h.state().studio.plan.layers.iter().filter(|p| **p == Precision::Fp16).count(), 1);
+    h.get_by_label("-> FP32").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.layers.iter().filter(|p| **p == Precision::Fp32).count(), 3);
+}

@@ -60,13 +60,14 @@ pub fn range_for(absmax: f32) -> f32 {
     if absmax == 0.0 || !absmax.is_finite() {
         return 0.0;
     }
+    let absmax = absmax.abs();
     if absmax <= MIN_RANGE {
         return MIN_RANGE;
     }
-    let bits = absmax.abs().to_bits();
+    let bits = absmax.to_bits();
     let (exponent, mantissa) = (bits >> 23, bits & 0x7f_ffff);
     if mantissa == 0 {
-        return absmax.abs();
+        return absmax;
     }
     if exponent >= 254 { MAX_RANGE } else { f32::from_bits((exponent + 1) << 23) }
 }

@@ -410,10 +410,11 @@ mod tests {
 
     #[test]
     fn clip_error_by_hand() {
-        // Range 1, w = 2^-12: 0.5 is in folded bin 2048 (centre 2048.5 w), 0 costs nothing.
-        let h = hist(&[0.5, -0.5, 0.0, 0.0]);
+        // Range 0.5, w = 2^-13: 0.3 and -0.3 are both in folded bin 2457 (0.3 / w = 2457.6); 0 costs nothing.
+        let h = hist(&[0.3, -0.3, 0.0, 0.0]);
         let w = h.bin_width() as f64;
-        let centre = 2048.5 * w;
+        assert_eq!((h.range, h.folded()[2457]), (0.5, 2));
+        let centre = 2457.5 * w;
         let kept = clip_error(&h, 0.5);
         let clipped = clip_error(&h, 0.25);
         assert_eq!(kept.mse, 2.0 * (0.5f64 / 127.0).powi(2) / 12.0 / 4.0);

@@ -47,10 +47,14 @@ impl LayerActivations {
 
 /// The calibrated layers of `model`, by id, each with its display bins and observer clips.
 pub fn layer_activations(model: &Model, calibration: &Calibration) -> BTreeMap<LayerId, LayerActivations> {
-    calibration
-        .layers
-        .iter()
+    use rayon::prelude::*;
+    // The entropy search is the slow one (tens of ms per layer): layers run in parallel.
+    let layers: Vec<(&String, &ActivationHistogram)> = calibration.layers.iter().collect();
+    layers
+        .into_par_iter()
         .filter_map(|(name, h)| Some((model.layer_by_name(name)?, LayerActivations::new(h.clone()))))
+        .collect::<Vec<_>>()
+        .into_iter()
         .collect()
 }
 

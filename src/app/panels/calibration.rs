@@ -125,7 +125,8 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         let has_results = app.studio.sensitivity.as_ref().is_some_and(|s| !s.results.is_empty());
         ui.separator();
         ui.label("Most sensitive");
-        ui.add(egui::DragValue::new(&mut app.inputs.most_sensitive_count).range(1..=1000).speed(0.2));
+        let count_field = ui.add(egui::DragValue::new(&mut app.inputs.most_sensitive_count).range(1..=1000).speed(0.2));
+        count_field.widget_info(|| egui::WidgetInfo::labeled(egui::Role::SpinButton, true, "most sensitive count"));
         let count = app.inputs.most_sensitive_count;
         for precision in [Precision::Fp16, Precision::Fp32] {
             let label = format!("-> {}", super::family_label(precision));
