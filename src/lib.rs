@@ -7,6 +7,8 @@
 //! - [`export`]: the compressed-tensors folder a plan produces; temp file + rename.
 //! - [`report`]: the model-wide analysis the CLI prints and the window shows.
 //! - [`runtime`]: forward passes (model.json graphs, BERT, Llama) in FP32 and as a plan quantizes them; evaluation.
+//! - [`calib`]: activation histograms of every layer's input, observers that pick the clip of static INT8 inputs
+//!   (W8A8), cached calibration runs, per-layer sensitivity ranking.
 //! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
 //! - [`cli`]: the headless commands over the same core.
 //! - [`worker`]: the only code that spawns threads: jobs with progress and cancel, for the window.
