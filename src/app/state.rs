@@ -861,31 +861,37 @@ impl Studio {
         }
     }
 
-    /// Counts of layers per precision name (INT8, FP16, BF16, FP32), only layers with float tensors.
-    pub fn precision_counts(&self) -> [(&'static str, usize); 4] {
+    /// Counts of layers per precision name (INT8 weight-only, W8A8, FP16, BF16, FP32), only layers with float
+    /// tensors.
+    pub fn precision_counts(&self) -> [(&'static str, usize); 5] {
         match &self.model {
             Some(model) => precision_counts(model, &self.plan.layers),
-            None => [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)],
+            None => precision_counts_empty(),
         }
     }
 }
 
 /// Layers per precision name in a plan, counting only layers with float tensors.
-fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 4] {
-    let mut counts = [("INT8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)];
+fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 5] {
+    let mut counts = precision_counts_empty();
     for (index, precision) in layers.iter().enumerate() {
         if model.main_tensor(LayerId(index)).is_none() {
             continue;
         }
         let slot = match precision {
+            Precision::Int8(_) if precision.quantizes_inputs() => 1,
             Precision::Int8(_) => 0,
-            Precision::Fp16 => 1,
-            Precision::Bf16 => 2,
-            Precision::Fp32 => 3,
+            Precision::Fp16 => 2,
+            Precision::Bf16 => 3,
+            Precision::Fp32 => 4,
         };
         counts[slot].1 += 1;
     }
     counts
+}
+
+fn precision_counts_empty() -> [(&'static str, usize); 5] {
+    [("INT8", 0), ("W8A8", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)]
 }
 
 fn cmp_option(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {

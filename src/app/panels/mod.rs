@@ -241,6 +241,9 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
             ui.separator();
             for (name, count) in studio.precision_counts() {
+                if name == "W8A8" && count == 0 {
+                    continue;
+                }
                 ui.label(format!("{name} {count}"));
             }
         });
