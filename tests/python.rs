@@ -116,3 +116,26 @@ fn minilm_sentence_embeddings_give_the_published_similarities() {
         assert!((score - expected).abs() < 6e-5, "{:?}: {score:.5} vs published {expected}", sentences[i + 1]);
     }
 }
+
+/// Calibration statistics and observers, the W8A8 simulation and the W8A8 export on digits-mlp against an
+/// independent numpy forward pass and the formulas of CALIBRATION.md / QUANTIZATION.md / EXPORT.md
+/// (tools/check_calibration.py; tolerances in its header).
+#[test]
+fn numpy_checks_calibration_w8a8_simulation_and_export() {
+    let Some(python) = python() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = common::temp_dir();
+    let output = Command::new(&python)
+        .arg(root.join("tools/check_calibration.py"))
+        .args(["--quantstudio", env!("CARGO_BIN_EXE_quantstudio")])
+        .arg("--model")
+        .arg(root.join("sample-models/digits-mlp"))
+        .arg("--work")
+        .arg(work.path())
+        .output()
+        .expect("run check_calibration.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "calibration check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ALL CHECKS PASSED"), "{stdout}");
+}
