@@ -19,9 +19,12 @@ pub fn no_tap() -> impl FnMut(&str, &[f32]) {
     |_: &str, _: &[f32]| {}
 }
 
-/// `x` quantized to INT8 with `params` and dequantized again (`x_hat = q · scale`), in a new buffer.
+/// `x` quantized to INT8 with `params` and dequantized again (`x_hat = (q - zero_point) · scale`), in a new buffer.
+/// The codes come from the analysis pass's SIMD kernel, bit-identical to `QParams::quantize`.
 pub fn fake_quantize(x: &[f32], params: &QParams) -> Vec<f32> {
-    x.iter().map(|&v| params.dequantize(params.quantize(v))).collect()
+    let mut codes = vec![0i8; x.len()];
+    crate::quant::kernels::quantize_codes(x, params, &mut codes);
+    codes.iter().map(|&q| params.dequantize(q)).collect()
 }
 
 /// The input of a layer after its planned activation quantization (borrowed unchanged when there is none).

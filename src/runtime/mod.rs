@@ -15,6 +15,7 @@ pub mod latency;
 pub mod linear;
 pub mod llama;
 pub mod ops;
+pub mod qgemm;
 pub mod weights;
 
 use std::path::PathBuf;

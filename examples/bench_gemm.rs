@@ -1,0 +1,97 @@
+//! INT8 against FP32 matrix products, the shapes of issue 7: `cargo run --release --example bench_gemm -- [REPEAT]`.
+//!
+//! For each `m x k x n` (activations `[m, k]` times weights `[n, k]`ᵀ), the median over `REPEAT` timed runs after
+//! three warm-ups of:
+//! - `fp32`: the runtime's SGEMM (`ops::matmul`, weights held transposed `[k, n]`);
+//! - `int8_gemm`: the exact `i32` product of INT8 codes (`qgemm::gemm_i8`, weights packed once);
+//! - `int8_dynamic`: what a dynamically quantised layer does per call, as onnxruntime's `quantize_dynamic` model
+//!   does: per-tensor absmax of the activations, their INT8 codes, the INT8 product, requantised to `f32` with
+//!   per-channel weight scales as the tiles are stored (the output is allocated per call, as FP32's is).
+//!
+//! Prints one JSON document; `tools/bench_qgemm.sh` runs it beside onnxruntime.
+
+use std::time::Instant;
+
+use quantstudio::runtime::{ops, qgemm};
+
+fn median_ms(repeat: usize, mut run: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..repeat)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Deterministic values in about [-2, 2].
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
+        })
+        .collect()
+}
+
+fn main() {
+    let repeat: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(30).max(1);
+    let shapes = [(512usize, 768usize, 768usize), (128, 768, 3072), (1, 768, 3072)];
+    let mut results = Vec::new();
+    for (m, k, n) in shapes {
+        let a = values(m * k, 1);
+        let w = values(n * k, 2);
+        // Per-channel symmetric weight codes.
+        let mut w_codes = Vec::with_capacity(n * k);
+        let mut w_scales = Vec::with_capacity(n);
+        for row in w.chunks_exact(k) {
+            let absmax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let params = quantstudio::quant::QParams::symmetric(absmax);
+            w_scales.push(params.scale);
+            w_codes.extend(row.iter().map(|&v| params.quantize(v)));
+        }
+        let packed = qgemm::PackedInt8::pack(&w_codes, n, k).expect("symmetric codes");
+        let w_t = ops::transpose(&w, n, k);
+        let fp32 = median_ms(repeat, || {
+            std::hint::black_box(ops::matmul(&a, m, k, &w_t, n));
+        });
+        let a_codes = qgemm::quantize_activations(&a, 2.0 / 127.0);
+        let mut acc = vec![0i32; m * n];
+        let int8_gemm = median_ms(repeat, || {
+            qgemm::gemm_i8(&a_codes, m, &packed, &mut acc);
+            std::hint::black_box(&acc);
+        });
+        let int8_dynamic = median_ms(repeat, || {
+            let scale = quantstudio::quant::QParams::symmetric(qgemm::absmax(&a)).scale;
+            let codes = qgemm::quantize_activations(&a, scale);
+            let scales: Vec<f32> = w_scales.iter().map(|w| scale * w).collect();
+            let mut y = vec![0f32; m * n];
+            let output = qgemm::Output::Scaled { out: &mut y, scales: &scales, bias: None };
+            qgemm::gemm_i8_into(&codes, m, &packed, output, qgemm::Kernel::Best);
+            std::hint::black_box(y);
+        });
+        results.push(serde_json::json!({
+            "shape": format!("{m}x{k}x{n}"),
+            "fp32_ms": fp32,
+            "int8_gemm_ms": int8_gemm,
+            "int8_dynamic_ms": int8_dynamic,
+            "int8_speedup_over_fp32": fp32 / int8_dynamic,
+        }));
+    }
+    let doc = serde_json::json!({
+        "tool": "quantstudio",
+        "avx2": qgemm::avx2_available(),
+        "threads": rayon::current_num_threads(),
+        "repeat": repeat,
+        "results": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+}

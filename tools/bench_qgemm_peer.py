@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""onnxruntime's side of `tools/bench_qgemm.sh`: one MatMul of activations [m, k] by weights [k, n], in FP32 and
+quantised by `onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)` (per-tensor dynamic u8 activations,
+s8 weights: the graph becomes DynamicQuantizeLinear + MatMulInteger + rescale, or the fused
+DynamicQuantizeMatMul), timed with 2 intra-op threads like quantstudio.
+
+Usage: bench_qgemm_peer.py REPEAT  -> one JSON document on stdout (median ms per shape, after 3 warm-ups).
+Needs numpy, onnx and onnxruntime (the versions used are printed).
+"""
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+SHAPES = [(512, 768, 768), (128, 768, 3072), (1, 768, 3072)]
+
+
+def matmul_model(path: Path, k: int, n: int, seed: int) -> None:
+    weights = np.random.default_rng(seed).uniform(-2, 2, size=(k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def median_ms(session, feed, repeat: int) -> float:
+    for _ in range(3):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m, k, n in SHAPES:
+            fp32_path, int8_path = Path(tmp) / f"fp32-{k}-{n}.onnx", Path(tmp) / f"int8-{k}-{n}.onnx"
+            matmul_model(fp32_path, k, n, seed=2)
+            quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+            feed = {"a": np.random.default_rng(1).uniform(-2, 2, size=(m, k)).astype(np.float32)}
+            providers = ["CPUExecutionProvider"]
+            fp32 = ort.InferenceSession(str(fp32_path), options, providers=providers)
+            int8 = ort.InferenceSession(str(int8_path), options, providers=providers)
+            ops = sorted({node.op_type for node in onnx.load(str(int8_path)).graph.node})
+            results.append(
+                {
+                    "shape": f"{m}x{k}x{n}",
+                    "fp32_ms": median_ms(fp32, feed, repeat),
+                    "int8_dynamic_ms": median_ms(int8, feed, repeat),
+                    "int8_ops": ops,
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "tool": "onnxruntime",
+                "onnxruntime": ort.__version__,
+                "onnx": onnx.__version__,
+                "numpy": np.__version__,
+                "threads": 2,
+                "repeat": repeat,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
