@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::histogram::{ActivationHistogram, BINS};
 use super::observer::Observer;
 use crate::error::{Error, Result};
-use crate::model::{LayerId, Model};
+use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::Plan;
 use crate::runtime::{Architecture, EvalData, Network};
@@ -119,11 +119,6 @@ impl Calibration {
                 plan.input_clips[id.0] = Some(clip);
             }
         }
-    }
-
-    /// The histogram of layer `id`'s input, when calibrated.
-    pub fn layer(&self, model: &Model, id: LayerId) -> Option<&ActivationHistogram> {
-        self.layers.get(&model.layer(id).name)
     }
 }
 

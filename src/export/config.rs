@@ -47,35 +47,11 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
         .enumerate()
         .map(|(i, ((format, symmetric, strategy, int8_inputs), targets))| {
             // Static per-tensor symmetric INT8 inputs with the calibrated `input_scale` (vLLM's static W8A8).
-            let input_activations = int8_inputs.then(|| {
-                json!({
-                    "num_bits": 8,
-                    "type": "int",
-                    "symmetric": true,
-                    "strategy": "tensor",
-                    "group_size": null,
-                    "block_structure": null,
-                    "dynamic": false,
-                    "actorder": null,
-                    "observer": "minmax",
-                    "observer_kwargs": {},
-                })
-            });
+            let input_activations = int8_inputs.then(|| static_int8_args(true, "tensor"));
             let group = json!({
                 "targets": targets,
                 "format": format,
-                "weights": {
-                    "num_bits": 8,
-                    "type": "int",
-                    "symmetric": symmetric,
-                    "strategy": strategy,
-                    "group_size": null,
-                    "block_structure": null,
-                    "dynamic": false,
-                    "actorder": null,
-                    "observer": "minmax",
-                    "observer_kwargs": {},
-                },
+                "weights": static_int8_args(symmetric, strategy),
                 "input_activations": input_activations,
                 "output_activations": null,
             });
@@ -93,4 +69,20 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
         "sparsity_config": {},
         "transform_config": {},
     }))
+}
+
+/// compressed-tensors `QuantizationArgs` of static 8-bit integers (no key that older loaders reject).
+fn static_int8_args(symmetric: bool, strategy: &str) -> Value {
+    json!({
+        "num_bits": 8,
+        "type": "int",
+        "symmetric": symmetric,
+        "strategy": strategy,
+        "group_size": null,
+        "block_structure": null,
+        "dynamic": false,
+        "actorder": null,
+        "observer": "minmax",
+        "observer_kwargs": {},
+    })
 }
