@@ -129,10 +129,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time the FP32 forward pass: batch-1 latency (median, p95) and throughput, on synthetic inputs.
+    /// Time the FP32 forward pass, and the plan's when one is given: batch-1 latency (median, p95) and
+    /// throughput, on synthetic inputs. W8A8 layers of the plan run on INT8 codes with integer products.
     Bench {
         /// A model folder with a runnable architecture.
         model: PathBuf,
+        /// A plan to time beside FP32 (a recipe, or the uniform-precision shortcuts).
+        #[command(flatten)]
+        plan: PlanArgs,
         /// BERT: tokens per sequence; Llama: prompt length of the prefill throughput run.
         #[arg(long, default_value_t = 128)]
         seq: usize,
@@ -219,9 +223,14 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
+    /// Whether a plan was given at all (a recipe, a precision or a scheme flag).
+    pub fn given(&self) -> bool {
+        self.recipe.is_some() || self.precision.is_some() || self.per_channel || self.asymmetric
+    }
+
     /// The recipe these arguments describe, or INT8 symmetric per channel when they describe none.
     pub fn recipe_or_int8(&self) -> Result<Recipe> {
-        if self.recipe.is_none() && self.precision.is_none() && !self.per_channel && !self.asymmetric {
+        if !self.given() {
             return Ok(Recipe::uniform(Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel))));
         }
         self.recipe()
@@ -352,33 +361,57 @@ fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, seq, past, batch, repeat, json } => {
+        Command::Bench { model, plan, seq, past, batch, repeat, json } => {
+            let recipe = plan.given().then(|| plan.recipe()).transpose()?;
             let model = Model::open(&model)?;
             let arch = crate::runtime::Architecture::detect(&model)?;
+            let planned = recipe.as_ref().map(|r| r.resolve(&model)).transpose()?;
             let workload = crate::runtime::latency::Workload { seq_len: seq, past_len: past, batch, repeat };
-            let latency = with_progress_bar(|progress| {
+            let mut configurations = Vec::new();
+            let fp32 = with_progress_bar(|progress| {
                 let (net, bytes) = crate::runtime::Network::build_measured(&model, &arch, None, progress)?;
                 crate::runtime::latency::measure(&net, bytes, workload, progress)
             })?;
+            configurations.push(("FP32".to_owned(), fp32, 0u64));
+            if let Some(plan) = &planned {
+                let (latency, int8_layers) = with_progress_bar(|progress| {
+                    let (net, bytes, int8_layers) =
+                        crate::runtime::Network::build_deployed(&model, &arch, plan, progress)?;
+                    Ok((crate::runtime::latency::measure(&net, bytes, workload, progress)?, int8_layers))
+                })?;
+                configurations.push(("plan".to_owned(), latency, int8_layers));
+            }
             if json {
-                let mut fp32 = serde_json::to_value(&latency).map_err(|e| Error::Unsupported(e.to_string()))?;
-                fp32["name"] = json!("FP32");
+                let mut docs = Vec::new();
+                for (name, latency, int8_layers) in &configurations {
+                    let mut doc = serde_json::to_value(latency).map_err(|e| Error::Unsupported(e.to_string()))?;
+                    doc["name"] = json!(name);
+                    if name != "FP32" {
+                        doc["integer_layers"] = json!(int8_layers);
+                    }
+                    docs.push(doc);
+                }
                 print_json(&json!({
                     "model": model.path,
                     "family": arch.family(),
                     "workload": workload,
-                    "configurations": [fp32],
+                    "recipe": recipe,
+                    "configurations": docs,
                 }));
             } else {
-                out!("{} model, FP32, {} thread(s)", arch.family(), latency.threads);
-                out!(
-                    "latency ({}): median {:.3} ms, p95 {:.3} ms over {repeat} runs",
-                    latency.unit,
-                    latency.latency_ms_median,
-                    latency.latency_ms_p95
-                );
-                out!("throughput: {:.1} {}/s", latency.throughput_per_s, latency.throughput_unit);
-                out!("weights in memory: {}", human_bytes(latency.weights_bytes));
+                for (name, latency, int8_layers) in &configurations {
+                    let integer =
+                        if name == "FP32" { String::new() } else { format!(", {int8_layers} integer layer(s)") };
+                    out!("{} model, {name}, {} thread(s){integer}", arch.family(), latency.threads);
+                    out!(
+                        "  latency ({}): median {:.3} ms, p95 {:.3} ms over {repeat} runs",
+                        latency.unit,
+                        latency.latency_ms_median,
+                        latency.latency_ms_p95
+                    );
+                    out!("  throughput: {:.1} {}/s", latency.throughput_per_s, latency.throughput_unit);
+                    out!("  weights in memory: {}", human_bytes(latency.weights_bytes));
+                }
             }
             Ok(())
         }

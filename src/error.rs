@@ -165,7 +165,8 @@ pub enum Error {
 
     /// W8A8 layers whose input range has not been calibrated.
     #[error(
-        "{} W8A8 layer(s) have no calibrated input range (run calibrate first): {}",
+        "{} W8A8 layer(s) have no calibrated input range (run calibrate first; layers it does not observe, such as \
+         embeddings, can only be weight-only): {}",
         names.len(),
         names.join(", ")
     )]

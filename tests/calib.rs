@@ -16,6 +16,10 @@ fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models").join(name)
 }
 
+fn int8_weights() -> Precision {
+    Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel))
+}
+
 fn w8a8(granularity: Granularity) -> Precision {
     Precision::Int8(Int8Scheme::weights(true, granularity).with_int8_inputs())
 }
@@ -345,4 +349,83 @@ fn cli_calibrate_and_sensitivity_give_the_same_numbers_as_the_library() {
     assert_eq!(code, 2);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no calibrated input range"), "{stderr}");
+}
+
+fn relative_l2(reference: &[f32], other: &[f32]) -> f64 {
+    let signal: f64 = reference.iter().map(|v| (*v as f64).powi(2)).sum();
+    let error: f64 = reference.iter().zip(other).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    (error / signal.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+#[test]
+fn deployed_w8a8_layers_run_integer_products_that_match_the_simulation() {
+    let cache = common::temp_dir();
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    for (folder, data_file) in [(sample("digits-mlp"), "calib.safetensors"), (bert, "inputs.txt")] {
+        let model = Model::open(&folder).unwrap();
+        let arch = Architecture::detect(&model).unwrap();
+        let data_path = folder.join(data_file);
+        let run = calibrate(&model, &arch, &data_path, Some(cache.path()), &Progress::new()).unwrap();
+        // W8A8 where calibration saw an input (embeddings have none), weight-only INT8 elsewhere.
+        let mut plan = Recipe::uniform(int8_weights()).resolve(&model).unwrap();
+        for (i, layer) in model.layers.iter().enumerate() {
+            if plan.layers[i] != Precision::Fp32 && run.calibration.layers.contains_key(&layer.name) {
+                plan.layers[i] = w8a8(Granularity::PerChannel);
+            }
+        }
+        run.calibration.apply(&model, &mut plan, Observer::Mse, &Default::default());
+        let (simulated, simulated_bytes) =
+            Network::build_measured(&model, &arch, Some(&plan), &Progress::new()).unwrap();
+        let (deployed, deployed_bytes, integer_layers) =
+            quantstudio::runtime::Network::build_deployed(&model, &arch, &plan, &Progress::new()).unwrap();
+        assert!(integer_layers >= 3, "{folder:?}: {integer_layers} integer layers");
+        assert!(deployed_bytes < simulated_bytes, "INT8 codes, not f32: {deployed_bytes} vs {simulated_bytes}");
+        let data = EvalData::load(&data_path, &folder).unwrap();
+        // The same computation up to f32 rounding (integer sums instead of f32 products of dequantized values);
+        // a rounding difference can move a later layer's input code by one step, hence a relative bound.
+        match (&simulated, &deployed, &data) {
+            (Network::Graph(s), Network::Graph(d), EvalData::Samples { inputs, .. }) => {
+                let (ys, yd) = (s.forward(inputs), d.forward(inputs));
+                assert!(relative_l2(&ys, &yd) < 1e-3, "{}", relative_l2(&ys, &yd));
+                let agree = ys
+                    .chunks(10)
+                    .zip(yd.chunks(10))
+                    .filter(|(a, b)| quantstudio::runtime::eval::argmax(a) == quantstudio::runtime::eval::argmax(b));
+                assert!(agree.count() >= 127, "the classes agree on (almost) every sample");
+            }
+            (Network::Bert(s), Network::Bert(d), EvalData::Sequences(seqs)) => {
+                for seq in seqs {
+                    let (ys, yd) = (s.forward(seq).unwrap(), d.forward(seq).unwrap());
+                    assert!(relative_l2(&ys, &yd) < 1e-3, "{}", relative_l2(&ys, &yd));
+                }
+            }
+            _ => panic!("unexpected family"),
+        }
+    }
+}
+
+#[test]
+fn cli_bench_times_fp32_and_the_deployed_plan() {
+    let dir = common::temp_dir();
+    let mlp = sample("digits-mlp");
+    let recipe = dir.path().join("w8a8.json");
+    let calib = mlp.join("calib.safetensors");
+    let m = mlp.to_str().unwrap();
+    let args = ["calibrate", m, "--data", calib.to_str().unwrap(), "--write-recipe", recipe.to_str().unwrap()];
+    assert_eq!(run_cli_cached(&args, &dir.path().join("cache")).0, 0);
+    let args = ["bench", m, "--recipe", recipe.to_str().unwrap(), "--repeat", "3", "--batch", "4", "--json"];
+    let (code, stdout, stderr) = run_cli_cached(&args, &dir.path().join("cache"));
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let configurations = doc["configurations"].as_array().unwrap();
+    assert_eq!(configurations.len(), 2);
+    assert_eq!((configurations[0]["name"].as_str(), configurations[1]["name"].as_str()), (Some("FP32"), Some("plan")));
+    assert_eq!(configurations[1]["integer_layers"], 3);
+    for c in configurations {
+        assert!(c["latency_ms_median"].as_f64().unwrap() > 0.0);
+        assert!(c["latency_ms_p95"].as_f64().unwrap() >= c["latency_ms_median"].as_f64().unwrap());
+    }
+    let (fp32, plan) =
+        (configurations[0]["weights_bytes"].as_u64().unwrap(), configurations[1]["weights_bytes"].as_u64().unwrap());
+    assert!(plan * 3 < fp32, "the plan holds INT8 codes: {plan} vs {fp32} bytes");
 }

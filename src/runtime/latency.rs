@@ -42,7 +42,8 @@ pub struct Latency {
     pub throughput_per_s: f64,
     /// What the throughput counts.
     pub throughput_unit: String,
-    /// Bytes of the weights the network holds in memory (f32 in this runtime).
+    /// Bytes of the weights the network holds in memory: f32, and INT8 codes with their scales for the layers
+    /// that run integer products.
     pub weights_bytes: u64,
     /// Rayon threads.
     pub threads: usize,

@@ -44,6 +44,15 @@ pub struct Linear {
     weight: Arc<Weight>,
     bias: Option<Arc<Weight>>,
     input_params: Option<QParams>,
+    /// Deployed W8A8: the layer runs on INT8 codes with an integer product instead of `weight`.
+    int8: Option<Int8Weights>,
+}
+
+/// A deployed W8A8 layer's weights: packed codes and, per output column, `input scale · weight scale`.
+#[derive(Debug)]
+struct Int8Weights {
+    packed: super::qgemm::PackedInt8,
+    scales: Vec<f32>,
 }
 
 impl Linear {
@@ -61,11 +70,24 @@ impl Linear {
         outputs: usize,
         inputs: usize,
     ) -> Result<Linear> {
+        if let Some((packed, w_scales, input)) = w.int8_linear(weight, outputs, inputs)? {
+            // Deployed W8A8: no f32 copy of the weights; the shape is kept for `inputs` / `outputs`.
+            let scales = w_scales.iter().map(|s| input.scale * s).collect();
+            let shape = Arc::new(Weight { name: weight.to_owned(), shape: vec![inputs, outputs], values: Vec::new() });
+            return Ok(Linear {
+                layers: vec![w.layer_name(weight)],
+                weight: shape,
+                bias,
+                input_params: Some(input),
+                int8: Some(Int8Weights { packed, scales }),
+            });
+        }
         Ok(Linear {
             layers: vec![w.layer_name(weight)],
             weight: w.get_linear(weight, outputs, inputs)?,
             bias,
             input_params: w.input_params(weight),
+            int8: None,
         })
     }
 
@@ -84,6 +106,15 @@ impl Linear {
         for layer in &self.layers {
             tap(layer, x);
         }
+        if let (Some(int8), Some(input)) = (&self.int8, &self.input_params) {
+            // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
+            let codes = super::qgemm::quantize_activations(x, input.scale);
+            let mut y = vec![0.0f32; rows * self.outputs()];
+            let bias = self.bias.as_ref().map(|b| &b.values[..]);
+            let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
+            super::qgemm::gemm_i8_into(&codes, rows, &int8.packed, output, super::qgemm::Kernel::Best);
+            return y;
+        }
         let x = planned_input(x, self.input_params.as_ref());
         let bias = self.bias.as_ref().map(|b| &b.values[..]);
         ops::linear(&x, rows, self.inputs(), &self.weight.values, self.outputs(), bias)
@@ -93,6 +124,8 @@ impl Linear {
     /// several), when their inputs are quantized alike; otherwise `Err` gives the parts back unchanged.
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
         let alike = parts.windows(2).all(|w| w[0].input_params == w[1].input_params && w[0].inputs() == w[1].inputs());
+        // Deployed INT8 layers stay apart (their packed panels are not concatenated).
+        let alike = alike && parts.iter().all(|p| p.int8.is_none());
         let biased = parts.iter().all(|p| p.bias.is_some()) || parts.iter().all(|p| p.bias.is_none());
         if parts.is_empty() || !alike || !biased {
             return Err(parts);
@@ -116,6 +149,7 @@ impl Linear {
             weight: Arc::new(Weight { name, shape: vec![inputs, outputs], values: weight }),
             bias,
             input_params: parts[0].input_params,
+            int8: None,
         })
     }
 }

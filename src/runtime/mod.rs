@@ -104,6 +104,21 @@ impl Network {
         Ok((net, source.loaded_bytes()))
     }
 
+    /// The network `plan` makes, run as deployed where this runtime can: W8A8 layers with symmetric weights hold
+    /// INT8 codes and compute integer products ([`qgemm`]); every other layer runs on its simulated f32 weights.
+    /// Also returns the bytes of weights held and the number of integer layers.
+    pub fn build_deployed(
+        model: &Model,
+        arch: &Architecture,
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Result<(Network, u64, u64)> {
+        plan.check_calibrated(model)?;
+        let source = weights::WeightSource::deployed(model, plan, progress);
+        let net = Self::from_source(arch, &source)?;
+        Ok((net, source.loaded_bytes(), source.int8_layers()))
+    }
+
     /// The FP32 network and the planned one, sharing the tensors the plan leaves in FP32.
     pub fn build_pair(
         model: &Model,

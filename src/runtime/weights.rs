@@ -31,13 +31,29 @@ pub struct WeightSource<'m> {
     reference: Option<&'m WeightSource<'m>>,
     /// Where tensors come from that another plan already made at the same precision.
     donor: Option<&'m WeightSource<'m>>,
+    /// Whether W8A8 layers run as a deployment would (INT8 codes and integer products) instead of simulated.
+    deployed: bool,
+    /// Bytes of the INT8 weights handed out for deployed layers.
+    int8_bytes: std::sync::atomic::AtomicU64,
+    /// Deployed INT8 layers handed out.
+    int8_layers: std::sync::atomic::AtomicU64,
     loaded: Mutex<HashMap<String, Arc<Weight>>>,
 }
 
 impl<'m> WeightSource<'m> {
     /// A source over `model`; `plan` decides each tensor's simulated precision (see [`Plan::tensor`]).
     pub fn new(model: &'m Model, plan: Option<&'m Plan>, progress: &'m Progress) -> WeightSource<'m> {
-        WeightSource { model, plan, progress, reference: None, donor: None, loaded: Mutex::new(HashMap::new()) }
+        WeightSource {
+            model,
+            plan,
+            progress,
+            reference: None,
+            donor: None,
+            deployed: false,
+            int8_bytes: std::sync::atomic::AtomicU64::new(0),
+            int8_layers: std::sync::atomic::AtomicU64::new(0),
+            loaded: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A source for `plan` that takes the tensors the plan keeps in FP32 from `reference` (shared, not re-read).
@@ -47,6 +63,44 @@ impl<'m> WeightSource<'m> {
             reference: Some(reference),
             ..WeightSource::new(reference.model, None, reference.progress)
         }
+    }
+
+    /// A source for `plan` whose W8A8 layers run as deployed: INT8 codes packed for the integer product
+    /// ([`WeightSource::int8_linear`]) instead of dequantized f32.
+    pub fn deployed(model: &'m Model, plan: &'m Plan, progress: &'m Progress) -> WeightSource<'m> {
+        WeightSource { deployed: true, ..WeightSource::new(model, Some(plan), progress) }
+    }
+
+    /// For a deployed source and a W8A8 layer with symmetric weights: the weight `name` (`[outputs, inputs]`) as
+    /// packed INT8 codes with their per-row scales, and the input's quantization. `None` otherwise (the layer runs
+    /// on f32 weights).
+    pub fn int8_linear(
+        &self,
+        name: &str,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Option<(super::qgemm::PackedInt8, Vec<f32>, crate::quant::QParams)>> {
+        let (Some(plan), true) = (self.plan, self.deployed) else { return Ok(None) };
+        let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
+        let (Precision::Int8(scheme), Some(input)) =
+            (plan.tensor(self.model, id), plan.input_params(self.model.tensor(id).layer))
+        else {
+            return Ok(None);
+        };
+        if !scheme.symmetric {
+            return Ok(None);
+        }
+        self.progress.check()?;
+        let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, self.progress)?;
+        let packed = super::qgemm::PackedInt8::pack(&quantized.codes, outputs, inputs)?;
+        let scales: Vec<f32> = match quantized.params.as_slice() {
+            [one] => vec![one.scale; outputs],
+            rows => rows.iter().map(|p| p.scale).collect(),
+        };
+        self.int8_bytes
+            .fetch_add(packed.size_bytes() as u64 + 4 * outputs as u64, std::sync::atomic::Ordering::Relaxed);
+        self.int8_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some((packed, scales, input)))
     }
 
     /// [`WeightSource::sharing`], also taking from `donor` (a source of another plan over the same reference)
@@ -71,9 +125,16 @@ impl<'m> WeightSource<'m> {
         self.donor.filter(|donor| precision(donor.plan) == mine)
     }
 
-    /// Bytes of the f32 tensors this source has read (not counting those it shares from its reference).
+    /// Bytes of the weights this source has handed out: f32 tensors read (not counting those it shares from its
+    /// reference) and packed INT8 weights with their scales.
     pub fn loaded_bytes(&self) -> u64 {
-        self.loaded.lock().map_or(0, |m| m.values().map(|w| w.values.len() as u64 * 4).sum())
+        let f32_bytes: u64 = self.loaded.lock().map_or(0, |m| m.values().map(|w| w.values.len() as u64 * 4).sum());
+        f32_bytes + self.int8_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Layers this source handed out as deployed INT8 (integer products).
+    pub fn int8_layers(&self) -> u64 {
+        self.int8_layers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the checkpoint has a tensor of this name.
