@@ -16,6 +16,7 @@ use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
 use crate::report::{ModelReport, TensorReport, analyze_model};
+use crate::runtime::EvalData;
 
 /// `println!` that ignores a closed stdout (`quantstudio inspect M | head` must not panic).
 macro_rules! out {
@@ -130,13 +131,21 @@ pub enum Command {
         json: bool,
     },
     /// Time the FP32 forward pass, and the plan's when one is given: batch-1 latency (median, p95) and
-    /// throughput, on synthetic inputs. W8A8 layers of the plan run on INT8 codes with integer products.
+    /// throughput on synthetic inputs, weights in memory, size on disk, and the plan's accuracy against FP32 on
+    /// evaluation data. The plan runs as deployed: W8A8 layers on INT8 codes with integer products, other
+    /// quantized linear layers on FP16/BF16/INT8 weights converted tile by tile.
     Bench {
         /// A model folder with a runnable architecture.
         model: PathBuf,
         /// A plan to time beside FP32 (a recipe, or the uniform-precision shortcuts).
         #[command(flatten)]
         plan: PlanArgs,
+        /// Evaluation data for the accuracy figures (default: the data file the model folder brings, if any).
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Time only; skip the accuracy figures.
+        #[arg(long)]
+        no_accuracy: bool,
         /// BERT: tokens per sequence; Llama: prompt length of the prefill throughput run.
         #[arg(long, default_value_t = 128)]
         seq: usize,
@@ -361,56 +370,70 @@ fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, plan, seq, past, batch, repeat, json } => {
+        Command::Bench { model, plan, data, no_accuracy, seq, past, batch, repeat, json } => {
             let recipe = plan.given().then(|| plan.recipe()).transpose()?;
             let model = Model::open(&model)?;
             let arch = crate::runtime::Architecture::detect(&model)?;
             let planned = recipe.as_ref().map(|r| r.resolve(&model)).transpose()?;
             let workload = crate::runtime::latency::Workload { seq_len: seq, past_len: past, batch, repeat };
+            let folder = crate::runtime::model_folder(&model);
+            let data_path = if no_accuracy { None } else { data.or_else(|| EvalData::default_path(&folder)) };
+            let eval_data = data_path.as_ref().map(|p| EvalData::load(p, &folder)).transpose()?;
+            let request = crate::runtime::benchmark::Request {
+                model: &model,
+                arch: &arch,
+                plan: planned.as_ref(),
+                time_fp32: true,
+                data: eval_data.as_ref(),
+                workload,
+            };
             let mut configurations = Vec::new();
-            let fp32 = with_progress_bar(|progress| {
-                let (net, bytes) = crate::runtime::Network::build_measured(&model, &arch, None, progress)?;
-                crate::runtime::latency::measure(&net, bytes, workload, progress)
+            with_progress_bar(|progress| {
+                crate::runtime::benchmark::run(&request, progress, &mut |c| configurations.push(c))
             })?;
-            configurations.push(("FP32".to_owned(), fp32, 0u64));
-            if let Some(plan) = &planned {
-                let (latency, int8_layers) = with_progress_bar(|progress| {
-                    let (net, bytes, int8_layers) =
-                        crate::runtime::Network::build_deployed(&model, &arch, plan, progress)?;
-                    Ok((crate::runtime::latency::measure(&net, bytes, workload, progress)?, int8_layers))
-                })?;
-                configurations.push(("plan".to_owned(), latency, int8_layers));
-            }
             if json {
-                let mut docs = Vec::new();
-                for (name, latency, int8_layers) in &configurations {
-                    let mut doc = serde_json::to_value(latency).map_err(|e| Error::Unsupported(e.to_string()))?;
-                    doc["name"] = json!(name);
-                    if name != "FP32" {
-                        doc["integer_layers"] = json!(int8_layers);
-                    }
-                    docs.push(doc);
-                }
                 print_json(&json!({
                     "model": model.path,
                     "family": arch.family(),
                     "workload": workload,
+                    "data": data_path,
                     "recipe": recipe,
-                    "configurations": docs,
+                    "configurations": configurations,
                 }));
             } else {
-                for (name, latency, int8_layers) in &configurations {
-                    let integer =
-                        if name == "FP32" { String::new() } else { format!(", {int8_layers} integer layer(s)") };
-                    out!("{} model, {name}, {} thread(s){integer}", arch.family(), latency.threads);
+                let fp32_median = configurations.first().map(|c| c.latency.latency_ms_median);
+                for c in &configurations {
+                    let latency = &c.latency;
+                    let layers = if c.name == "FP32" {
+                        String::new()
+                    } else {
+                        format!(", {} integer layer(s), {} compact layer(s)", c.integer_layers, c.compact_layers)
+                    };
+                    out!("{} model, {}, {} thread(s){layers}", arch.family(), c.name, latency.threads);
+                    let speedup = match fp32_median {
+                        Some(base) if c.name != "FP32" && latency.latency_ms_median > 0.0 => {
+                            format!(" ({:.2}x FP32)", base / latency.latency_ms_median)
+                        }
+                        _ => String::new(),
+                    };
                     out!(
-                        "  latency ({}): median {:.3} ms, p95 {:.3} ms over {repeat} runs",
+                        "  latency ({}): median {:.3} ms{speedup}, p95 {:.3} ms over {repeat} runs",
                         latency.unit,
                         latency.latency_ms_median,
                         latency.latency_ms_p95
                     );
                     out!("  throughput: {:.1} {}/s", latency.throughput_per_s, latency.throughput_unit);
-                    out!("  weights in memory: {}", human_bytes(latency.weights_bytes));
+                    out!(
+                        "  weights in memory: {}, on disk: {}",
+                        human_bytes(latency.weights_bytes),
+                        human_bytes(c.disk_bytes)
+                    );
+                    if let Some(quality) = &c.quality {
+                        out!("  {quality}");
+                    }
+                    if let Some(evaluation) = &c.evaluation {
+                        out!("  against FP32: {}", evaluation.headline());
+                    }
                 }
             }
             Ok(())

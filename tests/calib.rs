@@ -376,7 +376,7 @@ fn deployed_w8a8_layers_run_integer_products_that_match_the_simulation() {
         run.calibration.apply(&model, &mut plan, Observer::Mse, &Default::default());
         let (simulated, simulated_bytes) =
             Network::build_measured(&model, &arch, Some(&plan), &Progress::new()).unwrap();
-        let (deployed, deployed_bytes, integer_layers) =
+        let quantstudio::runtime::Deployed { network: deployed, weights_bytes: deployed_bytes, integer_layers, .. } =
             quantstudio::runtime::Network::build_deployed(&model, &arch, &plan, &Progress::new()).unwrap();
         assert!(integer_layers >= 3, "{folder:?}: {integer_layers} integer layers");
         assert!(deployed_bytes < simulated_bytes, "INT8 codes, not f32: {deployed_bytes} vs {simulated_bytes}");

@@ -83,6 +83,15 @@ pub enum Command {
         /// Usually FP16 or FP32.
         precision: Precision,
     },
+    /// Time FP32 and the current plan as deployed; with a data file, measure the plan's accuracy beside.
+    Benchmark {
+        /// Evaluation data for the accuracy figures.
+        data: Option<PathBuf>,
+    },
+    /// Make the plan of an earlier benchmark (index into [`Studio::benchmarks`]) the current plan.
+    RestoreBenchmarkPlan(usize),
+    /// Forget the benchmarks of this session.
+    ClearBenchmarks,
     /// Hide the current notice.
     DismissNotice,
 }
@@ -148,6 +157,22 @@ pub struct Evaluation {
     pub report: EvalReport,
 }
 
+/// One benchmarked configuration: FP32 (re-timed with every plan, so the two are measured side by side) or a
+/// plan tried in this session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchEntry {
+    /// 1, 2, ... for plans in the order they finished; 0 for FP32.
+    pub number: usize,
+    /// The plan's precision per layer; `None` for FP32.
+    pub plan: Option<Vec<Precision>>,
+    /// Layers per precision, e.g. "INT8 3, FP32 2" ("FP32" for FP32).
+    pub summary: String,
+    /// The data of the accuracy figures.
+    pub data: Option<PathBuf>,
+    /// The figures.
+    pub configuration: crate::runtime::benchmark::Configuration,
+}
+
 /// A message for the user in the status bar.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
@@ -197,6 +222,8 @@ pub struct Preferences {
     pub show_accuracy: bool,
     /// Whether the calibrate & diagnose panel is shown.
     pub show_diagnose: bool,
+    /// Whether the accuracy panel shows the benchmark instead of the evaluations.
+    pub show_benchmark_tab: bool,
 }
 
 impl Default for Preferences {
@@ -207,6 +234,7 @@ impl Default for Preferences {
             show_inspector: true,
             show_accuracy: true,
             show_diagnose: true,
+            show_benchmark_tab: false,
         }
     }
 }
@@ -250,6 +278,8 @@ pub struct Studio {
     pub default_eval_data: Option<PathBuf>,
     /// Plans evaluated on the open model, oldest first.
     pub evaluations: Vec<Evaluation>,
+    /// Benchmarks of the open model: FP32 (the latest timing) first, then every plan benchmarked, oldest first.
+    pub benchmarks: Vec<BenchEntry>,
     /// The calibration file the model's folder brings, if any.
     pub default_calib_data: Option<PathBuf>,
     /// The calibration of the open model.
@@ -291,6 +321,7 @@ impl Studio {
             runtime: None,
             default_eval_data: None,
             evaluations: Vec::new(),
+            benchmarks: Vec::new(),
             default_calib_data: None,
             calibration: None,
             sensitivity: None,
@@ -423,6 +454,19 @@ impl Studio {
                 }
             }
             Command::ClearEvaluations => self.evaluations.clear(),
+            Command::Benchmark { data } => {
+                let Some((model, arch)) = self.runnable() else { return };
+                let workload = crate::runtime::latency::Workload { repeat: 20, ..Default::default() };
+                self.submit(Job::Benchmark { model, arch, plan: self.plan.clone(), data, workload });
+            }
+            Command::RestoreBenchmarkPlan(index) => {
+                if let Some(BenchEntry { number, plan: Some(plan), .. }) = self.benchmarks.get(index) {
+                    let (number, plan) = (*number, plan.clone());
+                    self.set_plan(plan);
+                    self.info(format!("benchmarked plan #{number} restored"));
+                }
+            }
+            Command::ClearBenchmarks => self.benchmarks.clear(),
             Command::Calibrate(data) => {
                 let Some((model, arch)) = self.runnable() else { return };
                 self.submit(Job::Calibrate { model, arch, data, cache_dir: self.cache_dir.clone() });
@@ -621,6 +665,11 @@ impl Studio {
                             self.evaluated(plan, data, report);
                         }
                     }
+                    Outcome::Benchmarked { plan, data, configuration } => {
+                        if current_model {
+                            self.benchmarked(plan, data, configuration);
+                        }
+                    }
                     Outcome::Calibrated { data, from_cache, samples, layers } => {
                         if current_model {
                             let observer = self.calibration.as_ref().map_or(DEFAULT_OBSERVER, |c| c.observer);
@@ -748,6 +797,7 @@ impl Studio {
         self.anchor = None;
         self.last_export = None;
         self.evaluations.clear();
+        self.benchmarks.clear();
         self.calibration = None;
         self.sensitivity = None;
         self.clip_error_cache = None;
@@ -755,21 +805,42 @@ impl Studio {
         self.plan_changed();
     }
 
+    fn benchmarked(
+        &mut self,
+        plan: Option<Plan>,
+        data: Option<PathBuf>,
+        configuration: crate::runtime::benchmark::Configuration,
+    ) {
+        let Some(model) = &self.model else { return };
+        let median_ms = configuration.latency.latency_ms_median;
+        let Some(plan) = plan else {
+            // FP32 is re-timed beside every plan: the latest timing replaces the earlier one.
+            let entry = BenchEntry { number: 0, plan: None, summary: "FP32".into(), data, configuration };
+            match self.benchmarks.first_mut() {
+                Some(first) if first.plan.is_none() => *first = entry,
+                _ => self.benchmarks.insert(0, entry),
+            }
+            return;
+        };
+        let summary = plan_summary(model, &plan.layers);
+        let number = self.benchmarks.iter().map(|b| b.number).max().unwrap_or(0) + 1;
+        let speedup = match self.benchmarks.first() {
+            Some(BenchEntry { plan: None, configuration: fp32, .. }) if median_ms > 0.0 => {
+                format!(" ({:.2}x FP32)", fp32.latency.latency_ms_median / median_ms)
+            }
+            _ => String::new(),
+        };
+        self.info(format!("benchmark #{number} done: median {median_ms:.3} ms{speedup}"));
+        self.benchmarks.push(BenchEntry { number, plan: Some(plan.layers), summary, data, configuration });
+    }
+
     fn evaluated(&mut self, plan: Plan, data: PathBuf, report: EvalReport) {
         let Some(model) = &self.model else { return };
-        let counts = precision_counts(model, &plan.layers);
-        let summary = counts.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>();
+        let summary = plan_summary(model, &plan.layers);
         let planned_bytes = (0..model.tensors.len()).map(|i| planned_bytes(model, &plan, TensorId(i))).sum();
         let number = self.evaluations.last().map_or(1, |e| e.number + 1);
         self.info(format!("evaluation #{number} done: {}", report.headline()));
-        self.evaluations.push(Evaluation {
-            number,
-            plan: plan.layers,
-            summary: summary.join(", "),
-            planned_bytes,
-            data,
-            report,
-        });
+        self.evaluations.push(Evaluation { number, plan: plan.layers, summary, planned_bytes, data, report });
     }
 
     fn info(&mut self, text: String) {
@@ -888,6 +959,12 @@ fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usiz
         counts[slot].1 += 1;
     }
     counts
+}
+
+/// Layers per precision in one phrase, e.g. "INT8 3, FP32 2".
+fn plan_summary(model: &Model, layers: &[Precision]) -> String {
+    let counts = precision_counts(model, layers);
+    counts.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn precision_counts_empty() -> [(&'static str, usize); 5] {

@@ -6,6 +6,7 @@
 //! ([`bert`]) and Llama decoders ([`llama`]) from their Hugging Face `config.json`. Any other model opens in
 //! weight-only mode; [`Architecture::detect`] says why it cannot run.
 
+pub mod benchmark;
 pub mod bert;
 pub mod config;
 pub mod data;
@@ -105,18 +106,19 @@ impl Network {
     }
 
     /// The network `plan` makes, run as deployed where this runtime can: W8A8 layers with symmetric weights hold
-    /// INT8 codes and compute integer products ([`qgemm`]); every other layer runs on its simulated f32 weights.
-    /// Also returns the bytes of weights held and the number of integer layers.
-    pub fn build_deployed(
-        model: &Model,
-        arch: &Architecture,
-        plan: &Plan,
-        progress: &Progress,
-    ) -> Result<(Network, u64, u64)> {
+    /// INT8 codes and compute integer products ([`qgemm`]); other linear layers the plan quantizes hold their
+    /// weights as FP16, BF16 or INT8 codes, converted tile by tile as they multiply ([`wgemm`]); the rest (FP32
+    /// layers, embeddings, convolutions) run on f32 values as simulated.
+    pub fn build_deployed(model: &Model, arch: &Architecture, plan: &Plan, progress: &Progress) -> Result<Deployed> {
         plan.check_calibrated(model)?;
         let source = weights::WeightSource::deployed(model, plan, progress);
-        let net = Self::from_source(arch, &source)?;
-        Ok((net, source.loaded_bytes(), source.int8_layers()))
+        let network = Self::from_source(arch, &source)?;
+        Ok(Deployed {
+            network,
+            weights_bytes: source.loaded_bytes(),
+            integer_layers: source.int8_layers(),
+            compact_layers: source.compact_layers(),
+        })
     }
 
     /// The FP32 network and the planned one, sharing the tensors the plan leaves in FP32.
@@ -142,6 +144,19 @@ impl Network {
             Architecture::Llama(c) => Network::Llama(llama::LlamaNet::build(c.clone(), source)?),
         })
     }
+}
+
+/// A network as deployed ([`Network::build_deployed`]) with what it holds.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The network.
+    pub network: Network,
+    /// Bytes of weights it holds in memory (f32, half and INT8 buffers with their scales).
+    pub weights_bytes: u64,
+    /// Linear layers running INT8 integer products.
+    pub integer_layers: u64,
+    /// Linear layers holding FP16, BF16 or INT8 weights converted tile by tile.
+    pub compact_layers: u64,
 }
 
 /// The folder a model was opened from (for `tokenizer.json` and the sample data files).

@@ -37,6 +37,8 @@ pub struct WeightSource<'m> {
     int8_bytes: std::sync::atomic::AtomicU64,
     /// Deployed INT8 layers handed out.
     int8_layers: std::sync::atomic::AtomicU64,
+    /// Deployed layers handed out with compact (FP16, BF16, INT8) weights converted at run time.
+    compact_layers: std::sync::atomic::AtomicU64,
     loaded: Mutex<HashMap<String, Arc<Weight>>>,
 }
 
@@ -52,6 +54,7 @@ impl<'m> WeightSource<'m> {
             deployed: false,
             int8_bytes: std::sync::atomic::AtomicU64::new(0),
             int8_layers: std::sync::atomic::AtomicU64::new(0),
+            compact_layers: std::sync::atomic::AtomicU64::new(0),
             loaded: Mutex::new(HashMap::new()),
         }
     }
@@ -135,6 +138,11 @@ impl<'m> WeightSource<'m> {
     /// Layers this source handed out as deployed INT8 (integer products).
     pub fn int8_layers(&self) -> u64 {
         self.int8_layers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Layers this source handed out with compact weights converted at run time.
+    pub fn compact_layers(&self) -> u64 {
+        self.compact_layers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the checkpoint has a tensor of this name.

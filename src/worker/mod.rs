@@ -1,5 +1,5 @@
 //! The only code that spawns threads: jobs (open, analyse, export, recipes, evaluation, calibration,
-//! sensitivity) run on background threads and report
+//! sensitivity, benchmark) run on background threads and report
 //! events the window drains each frame.
 //!
 //! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one (its late
@@ -18,6 +18,8 @@ use crate::model::{LayerId, Model, TensorId};
 use crate::progress::{Progress, ProgressSnapshot};
 use crate::quant::pass::{TensorData, analyze};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+use crate::runtime::benchmark::Configuration;
+use crate::runtime::latency::Workload;
 use crate::runtime::{Architecture, EvalData, EvalReport};
 
 /// Identifies a submitted job.
@@ -41,6 +43,8 @@ pub enum JobKind {
     Calibrate,
     /// Ranking the layers by sensitivity.
     Sensitivity,
+    /// Timing FP32 and the plan as deployed.
+    Benchmark,
 }
 
 impl JobKind {
@@ -54,6 +58,7 @@ impl JobKind {
             JobKind::Evaluate => "evaluating",
             JobKind::Calibrate => "calibrating",
             JobKind::Sensitivity => "sensitivity",
+            JobKind::Benchmark => "benchmarking",
         }
     }
 }
@@ -120,6 +125,19 @@ pub enum Job {
         /// One at a time, or all but one.
         mode: SensitivityMode,
     },
+    /// Time FP32 and the plan as deployed, and measure the plan's accuracy on a data file when one is given.
+    Benchmark {
+        /// The model.
+        model: Arc<Model>,
+        /// Its architecture.
+        arch: Arc<Architecture>,
+        /// The plan.
+        plan: Plan,
+        /// Evaluation data for the accuracy figures.
+        data: Option<PathBuf>,
+        /// The timed runs.
+        workload: Workload,
+    },
     /// Load a recipe file and resolve it against a model.
     LoadRecipe {
         /// The model to resolve against.
@@ -140,6 +158,7 @@ impl Job {
             Job::Evaluate { .. } => JobKind::Evaluate,
             Job::Calibrate { .. } => JobKind::Calibrate,
             Job::Sensitivity { .. } => JobKind::Sensitivity,
+            Job::Benchmark { .. } => JobKind::Benchmark,
         }
     }
 }
@@ -182,6 +201,15 @@ pub enum Outcome {
     SensitivityLayer(LayerSensitivity),
     /// The sensitivity analysis finished: the ranking.
     SensitivityRanked(SensitivityReport),
+    /// One configuration was benchmarked (FP32 first, then the plan).
+    Benchmarked {
+        /// The plan benchmarked, for the plan's configuration; `None` for FP32.
+        plan: Option<Plan>,
+        /// The data of the accuracy figures.
+        data: Option<PathBuf>,
+        /// The figures.
+        configuration: Configuration,
+    },
     /// One tensor was analysed (more may follow from the same job).
     Analysed {
         /// The tensor.
@@ -363,6 +391,28 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
                 send(Outcome::SensitivityLayer(layer.clone()))
             })?;
             send(Outcome::SensitivityRanked(report));
+        }
+        Job::Benchmark { model, arch, plan, data, workload } => {
+            let folder = crate::runtime::model_folder(&model);
+            let eval_data = match &data {
+                Some(path) => {
+                    progress.start_stage(format!("reading {}", path.display()), 0);
+                    Some(EvalData::load(path, &folder)?)
+                }
+                None => None,
+            };
+            let request = crate::runtime::benchmark::Request {
+                model: &model,
+                arch: &arch,
+                plan: Some(&plan),
+                time_fp32: true,
+                data: eval_data.as_ref(),
+                workload,
+            };
+            crate::runtime::benchmark::run(&request, progress, &mut |configuration| {
+                let plan = (configuration.name != "FP32").then(|| plan.clone());
+                send(Outcome::Benchmarked { plan, data: data.clone(), configuration });
+            })?;
         }
         Job::SaveRecipe { recipe, path } => {
             progress.start_stage("saving recipe", 1);

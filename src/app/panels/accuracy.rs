@@ -1,4 +1,5 @@
-//! The accuracy panel: the Evaluate action, and FP32 against every plan evaluated on the open model.
+//! The accuracy panel: the Evaluate action and FP32 against every plan evaluated on the open model, or (its
+//! Benchmark tab, [`super::benchmark`]) the timings of FP32 and the plans as deployed.
 
 use eframe::egui;
 use egui::{Color32, RichText};
@@ -24,8 +25,13 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         app.inputs.eval_data =
             app.studio.default_eval_data.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     }
+    let benchmark_tab = app.studio.prefs.show_benchmark_tab;
     ui.horizontal(|ui| {
-        ui.heading("Accuracy");
+        let tab = &mut app.studio.prefs.show_benchmark_tab;
+        ui.selectable_value(tab, false, RichText::new("Accuracy").heading())
+            .on_hover_text("FP32 against every plan evaluated, on the data");
+        ui.selectable_value(tab, true, RichText::new("Benchmark").heading())
+            .on_hover_text("Latency, throughput, memory and size of FP32 and every plan benchmarked");
         let runnable = match &app.studio.runtime {
             Some(Ok(arch)) => {
                 ui.label(RichText::new(format!("{} model", arch.family())).weak());
@@ -52,8 +58,12 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         {
             app.inputs.eval_data = path.display().to_string();
         }
-        let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Evaluate);
         let data = app.inputs.eval_data.trim().to_owned();
+        if benchmark_tab {
+            super::benchmark::actions(ui, app, &data);
+            return;
+        }
+        let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Evaluate);
         let evaluate = ui
             .add_enabled(!running && !data.is_empty(), egui::Button::new("Evaluate plan"))
             .on_hover_text("Run the model in FP32 and under the current plan on the data, and compare");
@@ -65,6 +75,13 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             app.send(Command::ClearEvaluations);
         }
     });
+    if !matches!(app.studio.runtime, Some(Ok(_))) {
+        return;
+    }
+    if benchmark_tab {
+        super::benchmark::results(ui, app);
+        return;
+    }
     if app.studio.evaluations.is_empty() {
         if matches!(app.studio.runtime, Some(Ok(_))) {
             ui.label("Evaluate the plan to compare it with FP32; every plan evaluated stays here for comparison.");

@@ -1,6 +1,7 @@
 //! The panels of the window. Each function draws from the state and pushes commands; none computes.
 
 mod accuracy;
+mod benchmark;
 mod calibration;
 mod inspector;
 mod table;

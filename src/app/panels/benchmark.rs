@@ -1,0 +1,218 @@
+//! The benchmark tab of the accuracy panel: FP32 and every plan benchmarked in this session, as deployed, in a
+//! table (latency, throughput, memory, size, accuracy) and a chart of accuracy against latency whose marker area
+//! is the size on disk, so the trade-off reads at a glance.
+
+use eframe::egui;
+use egui::{Align2, Color32, RichText};
+use egui_extras::{Column, TableBuilder};
+use egui_plot::{Legend, MarkerShape, Plot, PlotPoint, Points, Text};
+
+use super::format;
+use crate::app::StudioApp;
+use crate::app::state::{BenchEntry, Command};
+use crate::worker::JobKind;
+
+const FP32_COLOR: Color32 = Color32::from_rgb(170, 170, 170);
+const PLAN_COLORS: [Color32; 6] = [
+    Color32::from_rgb(90, 170, 240),
+    Color32::from_rgb(240, 150, 60),
+    Color32::from_rgb(120, 200, 120),
+    Color32::from_rgb(200, 110, 200),
+    Color32::from_rgb(230, 200, 80),
+    Color32::from_rgb(235, 90, 80),
+];
+
+/// The Benchmark button and Clear, on the panel's header row.
+pub fn actions(ui: &mut egui::Ui, app: &mut StudioApp, data: &str) {
+    let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Benchmark);
+    let hover = "Time FP32 and the current plan as a deployment runs them (W8A8: INT8 codes and integer products; \
+                 other quantized linear layers: FP16/BF16/INT8 weights converted tile by tile), batch-1 latency and \
+                 batch throughput on synthetic inputs, with the plan's accuracy on the data when a data file is given";
+    if ui.add_enabled(!running, egui::Button::new("Benchmark plan")).on_hover_text(hover).clicked() {
+        let data = (!data.is_empty()).then(|| data.into());
+        app.send(Command::Benchmark { data });
+    }
+    if !app.studio.benchmarks.is_empty() && ui.button("Clear").on_hover_text("Forget these benchmarks").clicked() {
+        app.send(Command::ClearBenchmarks);
+    }
+}
+
+/// The table and the chart.
+pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
+    if app.studio.benchmarks.is_empty() {
+        ui.label(
+            "Benchmark the plan to time it against FP32 (latency, throughput, memory, size, accuracy); every plan \
+             benchmarked stays here for comparison.",
+        );
+        return;
+    }
+    let table_width = (ui.available_width() * 0.62).max(300.0);
+    ui.horizontal_top(|ui| {
+        ui.allocate_ui(egui::vec2(table_width, ui.available_height()), |ui| {
+            egui::ScrollArea::horizontal().id_salt("bench-table").show(ui, |ui| table(ui, app));
+        });
+        ui.separator();
+        chart(ui, &app.studio.benchmarks);
+    });
+}
+
+fn color(entry: &BenchEntry) -> Color32 {
+    match entry.plan {
+        None => FP32_COLOR,
+        Some(_) => PLAN_COLORS[(entry.number - 1) % PLAN_COLORS.len()],
+    }
+}
+
+fn label(entry: &BenchEntry) -> String {
+    if entry.plan.is_none() { "FP32".into() } else { format!("#{}", entry.number) }
+}
+
+fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let entries = &app.studio.benchmarks;
+    let fp32_ms = entries.iter().find(|e| e.plan.is_none()).map(|e| e.configuration.latency.latency_ms_median);
+    let metric = entries.iter().find_map(|e| e.configuration.quality.as_ref().map(|q| q.metric));
+    let mut restore = None;
+    TableBuilder::new(ui)
+        .striped(true)
+        .auto_shrink([false, true])
+        .column(Column::exact(40.0))
+        .column(Column::initial(170.0).at_least(100.0).clip(true))
+        .columns(Column::exact(78.0), 7)
+        .column(Column::exact(104.0))
+        .column(Column::remainder().at_least(60.0))
+        .header(20.0, |mut header| {
+            let headers = [
+                ("#", ""),
+                ("Configuration", "Layers per precision"),
+                ("Median", "Batch-1 latency, median of the timed runs"),
+                ("p95", "Batch-1 latency, 95th percentile"),
+                ("Speed-up", "FP32 median latency / this median latency (measured in the same run)"),
+                ("Throughput", "Units per second with a larger batch (see the hover of a value)"),
+                ("Memory", "Bytes of weights held in memory while running (f32, half and INT8 buffers)"),
+                ("On disk", "Size of the checkpoint: as stored for FP32, as exported for a plan"),
+                ("Layers", "Integer-GEMM (W8A8) layers / compact-weight layers (FP16, BF16, INT8 weight-only)"),
+                (metric.unwrap_or("Accuracy"), "The family's figure of merit on the data, as deployed"),
+                ("", ""),
+            ];
+            for (name, hover) in headers {
+                header.col(|ui| {
+                    let response = ui.strong(name);
+                    if !hover.is_empty() {
+                        response.on_hover_text(hover);
+                    }
+                });
+            }
+        })
+        .body(|mut body| {
+            for (index, entry) in entries.iter().enumerate() {
+                let c = &entry.configuration;
+                let latency = &c.latency;
+                body.row(20.0, |mut row| {
+                    row.col(|ui| {
+                        ui.label(RichText::new(label(entry)).color(color(entry)).strong());
+                    });
+                    row.col(|ui| {
+                        let hover =
+                            entry.data.as_ref().map_or("no accuracy data".into(), |d| format!("data: {}", d.display()));
+                        ui.label(&entry.summary).on_hover_text(hover);
+                    });
+                    row.col(|ui| {
+                        ui.label(format!("{:.3} ms", latency.latency_ms_median)).on_hover_text(&latency.unit);
+                    });
+                    row.col(|ui| {
+                        ui.label(format!("{:.3} ms", latency.latency_ms_p95));
+                    });
+                    row.col(|ui| {
+                        let text = match fp32_ms {
+                            Some(base) if latency.latency_ms_median > 0.0 => {
+                                format!("{:.2}x", base / latency.latency_ms_median)
+                            }
+                            _ => "-".into(),
+                        };
+                        ui.label(text);
+                    });
+                    row.col(|ui| {
+                        ui.label(format!("{:.1}/s", latency.throughput_per_s)).on_hover_text(format!(
+                            "{} per second, {} thread(s)",
+                            latency.throughput_unit, latency.threads
+                        ));
+                    });
+                    row.col(|ui| {
+                        ui.label(format::bytes(latency.weights_bytes));
+                    });
+                    row.col(|ui| {
+                        ui.label(format::bytes(c.disk_bytes));
+                    });
+                    row.col(|ui| {
+                        ui.label(if entry.plan.is_none() {
+                            "-".into()
+                        } else {
+                            format!("{} / {}", c.integer_layers, c.compact_layers)
+                        });
+                    });
+                    row.col(|ui| {
+                        let text = c.quality.as_ref().map_or("-".into(), |q| q.value_text());
+                        let response = ui.label(text);
+                        if let Some(evaluation) = &c.evaluation {
+                            response.on_hover_text(evaluation.headline());
+                        }
+                    });
+                    row.col(|ui| {
+                        if entry.plan.is_some()
+                            && ui.small_button("Restore plan").on_hover_text("Make this plan the current one").clicked()
+                        {
+                            restore = Some(index);
+                        }
+                    });
+                });
+            }
+        });
+    if let Some(index) = restore {
+        app.send(Command::RestoreBenchmarkPlan(index));
+    }
+}
+
+/// Accuracy (or, without data, size on disk) against median latency; marker area proportional to the size.
+fn chart(ui: &mut egui::Ui, entries: &[BenchEntry]) {
+    let metric = entries.iter().find_map(|e| e.configuration.quality.as_ref().map(|q| q.metric));
+    let largest = entries.iter().map(|e| e.configuration.disk_bytes).max().unwrap_or(1).max(1) as f64;
+    let y_of = |entry: &BenchEntry| match (metric, &entry.configuration.quality) {
+        (Some(_), Some(q)) => Some(if q.metric == "mean cosine" { q.value } else { q.value * 100.0 }),
+        (Some(_), None) => None,
+        (None, _) => Some(entry.configuration.disk_bytes as f64 / 1e6),
+    };
+    let y_label = match metric {
+        Some("mean cosine") => "mean cosine".to_owned(),
+        Some(m) => format!("{m} (%)"),
+        None => "size on disk (MB)".to_owned(),
+    };
+    ui.vertical(|ui| {
+        ui.label(RichText::new(format!("{y_label} against median latency; marker area: size on disk")).small());
+        Plot::new("bench-chart")
+            .height(ui.available_height().max(80.0))
+            .allow_scroll(false)
+            .x_axis_label("median latency (ms)")
+            .y_axis_label(y_label)
+            .legend(Legend::default())
+            .show(ui, |plot| {
+                for entry in entries {
+                    let Some(y) = y_of(entry) else { continue };
+                    let x = entry.configuration.latency.latency_ms_median;
+                    let share = entry.configuration.disk_bytes as f64 / largest;
+                    let radius = (3.0 + 9.0 * share.sqrt()) as f32;
+                    let name = format!("{} {}", label(entry), entry.summary);
+                    plot.points(
+                        Points::new(name.clone(), vec![[x, y]])
+                            .radius(radius)
+                            .shape(MarkerShape::Circle)
+                            .filled(true)
+                            .color(color(entry)),
+                    );
+                    let text = format!("{} · {}", label(entry), format::bytes(entry.configuration.disk_bytes));
+                    plot.text(
+                        Text::new(name, PlotPoint::new(x, y), text).anchor(Align2::LEFT_BOTTOM).color(color(entry)),
+                    );
+                }
+            });
+    });
+}
