@@ -18,6 +18,7 @@ pub mod llama;
 pub mod ops;
 pub mod qgemm;
 pub mod weights;
+pub mod wgemm;
 
 use std::path::PathBuf;
 

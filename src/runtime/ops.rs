@@ -56,7 +56,7 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
 }
 
 /// A matrix operand: values, row stride, column stride.
-type Operand<'a> = (&'a [f32], usize, usize);
+pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
 
 /// `c[m, n] = A · B` (row-major `c`), with `A` (`m x k`) and `B` (`k x n`) read through their strides, on rayon's
 /// threads when the product is large enough (the `gemm` crate splits the work).
@@ -65,33 +65,63 @@ fn gemm(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand) {
 }
 
 fn gemm_with_threads(c: &mut [f32], m: usize, k: usize, n: usize, a: Operand, b: Operand, threads: usize) {
+    assert!(c.len() >= m * n);
+    // SAFETY: `c` holds the m x n result at row stride n, and nothing else refers to it while we hold `&mut`.
+    unsafe { gemm_strided(c.as_mut_ptr(), n, false, m, k, n, a, b, threads) }
+}
+
+/// `C[m, n] = A · B`, or `C += A · B` when `accumulate`, with `C` written in place at `c` with row stride `rsc`
+/// (column stride 1): a block of columns of a wider matrix. `A` (`m x k`) and `B` (`k x n`) are read through their
+/// strides (bounds-checked); on `threads` rayon threads when the product is large enough (1: the calling thread).
+///
+/// # Safety
+/// `c` must be valid for reads and writes of rows `0..m`, columns `0..n` at row stride `rsc`; those elements must
+/// not overlap `a` or `b`, and no other thread may access them during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    c: *mut f32,
+    rsc: usize,
+    accumulate: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    threads: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     let (a, rsa, csa) = a;
     let (b, rsb, csb) = b;
-    assert!(c.len() >= m * n);
     assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
     let threads = if m * k * n < PARALLEL_MIN_MACS { 1 } else { threads };
-    // SAFETY: the asserts keep every read of `a` and `b` inside them, and `c` holds the m x n result.
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts keep every read of `a` and `b` inside them; the caller guarantees `c`. gemm computes
+    // dst = alpha·dst + beta·lhs·rhs and reads dst only when asked to.
     unsafe {
-        sgemm(
+        gemm::gemm(
             m,
-            k,
             n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            threads,
-            c.as_mut_ptr(),
-            n as isize,
+            k,
+            c,
             1,
-        );
+            rsc as isize,
+            accumulate,
+            a.as_ptr(),
+            csa as isize,
+            rsa as isize,
+            b.as_ptr(),
+            csb as isize,
+            rsb as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 

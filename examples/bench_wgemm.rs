@@ -1,0 +1,98 @@
+//! Compact weights against FP32 in linear layers (issue 7): `cargo run --release --no-default-features --example
+//! bench_wgemm -- [REPEAT]`.
+//!
+//! For each `m x k x n` (activations `[m, k]` times a weight `[n, k]`ᵀ, no bias), the median over `REPEAT` timed runs
+//! after three warm-ups of:
+//! - `fp32`: `ops::linear` on the weight held transposed `[k, n]`;
+//! - `fp16`, `bf16`: `wgemm::PackedWeights::{fp16, bf16}` (2 bytes a weight, converted tile by tile per call);
+//! - `int8`: weight-only INT8, per-channel symmetric codes (1 byte a weight), dequantised tile by tile per call.
+//!
+//! Every variant allocates its output per call, as `ops::linear` does. Prints one JSON document.
+
+use std::time::Instant;
+
+use quantstudio::quant::QParams;
+use quantstudio::runtime::{ops, wgemm};
+
+fn median_ms(repeat: usize, mut run: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..repeat)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Deterministic values in about [-2, 2].
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
+        })
+        .collect()
+}
+
+fn main() -> quantstudio::error::Result<()> {
+    let repeat: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(30).max(1);
+    let shapes = [(512usize, 768usize, 768usize), (128, 768, 3072), (1, 768, 3072)];
+    let mut results = Vec::new();
+    for (m, k, n) in shapes {
+        let x = values(m * k, 1);
+        let w = values(n * k, 2);
+        let w_t = ops::transpose(&w, n, k);
+        let mut codes = Vec::with_capacity(n * k);
+        let mut params = Vec::with_capacity(n);
+        for row in w.chunks_exact(k) {
+            let p = QParams::symmetric(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            codes.extend(row.iter().map(|&v| p.quantize(v)));
+            params.push(p);
+        }
+        let fp16 = wgemm::PackedWeights::fp16(&w, n, k)?;
+        let bf16 = wgemm::PackedWeights::bf16(&w, n, k)?;
+        let int8 = wgemm::PackedWeights::int8(&codes, &params, n, k)?;
+        let fp32_ms = median_ms(repeat, || {
+            std::hint::black_box(ops::linear(&x, m, k, &w_t, n, None));
+        });
+        let time = |packed: &wgemm::PackedWeights| {
+            median_ms(repeat, || {
+                std::hint::black_box(packed.matmul(&x, m, None));
+            })
+        };
+        let (fp16_ms, bf16_ms, int8_ms) = (time(&fp16), time(&bf16), time(&int8));
+        results.push(serde_json::json!({
+            "shape": format!("{m}x{k}x{n}"),
+            "fp32_ms": fp32_ms,
+            "fp16_ms": fp16_ms,
+            "bf16_ms": bf16_ms,
+            "int8_weight_only_ms": int8_ms,
+            "fp16_over_fp32": fp16_ms / fp32_ms,
+            "bf16_over_fp32": bf16_ms / fp32_ms,
+            "int8_over_fp32": int8_ms / fp32_ms,
+            "weight_bytes": {
+                "fp32": 4 * n * k,
+                "fp16": fp16.size_bytes(),
+                "bf16": bf16.size_bytes(),
+                "int8": int8.size_bytes(),
+            },
+        }));
+    }
+    let doc = serde_json::json!({
+        "tool": "quantstudio bench_wgemm",
+        "simd": wgemm::simd_available(),
+        "threads": rayon::current_num_threads(),
+        "repeat": repeat,
+        "results": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    Ok(())
+}

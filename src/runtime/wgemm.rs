@@ -1,0 +1,812 @@
+//! Linear layers whose weights are stored compactly — FP16, BF16, or weight-only INT8 codes with their scales and
+//! zero points — and multiplied by f32 activations: `y[m, n] = x[m, k] · Wᵀ + b` for a weight `W` `[n, k]`
+//! (issue 7).
+//!
+//! Weights are packed once ([`PackedWeights`]) in blocks of [`BLOCK_COLS`] output columns, each block stored
+//! `[k][64]` contiguous (`n` padded with zero columns), so that converting a block is one streaming pass.
+//!
+//! - More than two rows: each block is converted to an f32 tile `[k, 64]` in a per-thread buffer that is kept
+//!   between calls (no fresh pages per call), then `x` times the tile goes through the runtime's SGEMM straight
+//!   into the block's columns of `y`; blocks run in parallel. The whole matrix is never converted: a call converts
+//!   `k · n` values once and amortises them over `m` rows.
+//! - One or two rows (a decoder's token): a GEMV reads the stored weights directly, 8 columns per vector, and
+//!   converts them in registers (F16C's `vcvtph2ps`, a 16-bit shift for BF16, sign extension for INT8).
+//!
+//! Conversion is exact: FP16 and BF16 widen to f32 without rounding, and an INT8 tile holds
+//! `(q - zero_point) as f32 · scale`, the formula of `QParams::dequantize`, so a tile holds bit for bit the values of
+//! the simulated path (`weights::simulate`), and the products differ from `ops::linear` on those values only in the
+//! order of the f32 sums. The SIMD and portable paths give identical results: their tiles are equal and go to the
+//! same SGEMM, and the two GEMVs do the same multiplies and adds (unfused) in the same order. The INT8 GEMV sums
+//! `x · (q - zero_point)` and multiplies by the column's scale once at the end.
+
+use rayon::prelude::*;
+
+use super::ops;
+pub use super::qgemm::Kernel;
+use crate::error::{Error, Result};
+use crate::quant::QParams;
+use crate::quant::params::{to_bf16, to_fp16};
+
+/// Output columns per packed block.
+pub const BLOCK_COLS: usize = 64;
+/// `BLOCK_COLS`, short.
+const NB: usize = BLOCK_COLS;
+/// f32 per AVX2 vector.
+const LANES: usize = 8;
+/// Rows up to which a product is a GEMV over the stored weights.
+const GEMV_MAX_ROWS: usize = 2;
+/// Multiply-adds below which one thread does the whole product.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+thread_local! {
+    /// The f32 tile of the block a thread is multiplying: grown once to the largest `k · 64` seen, then reused.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How a [`PackedWeights`] stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// IEEE half precision, 2 bytes a weight.
+    Fp16,
+    /// bfloat16, 2 bytes a weight.
+    Bf16,
+    /// INT8 codes (1 byte a weight) with a scale and zero point per output row.
+    Int8,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Storage {
+    /// FP16 bits, blocks `[k][64]`.
+    Fp16(Vec<u16>),
+    /// BF16 bits, blocks `[k][64]`.
+    Bf16(Vec<u16>),
+    /// Codes, blocks `[k][64]`; scale and zero point per (padded) output column.
+    Int8 { codes: Vec<i8>, scales: Vec<f32>, zero_points: Vec<i32>, symmetric: bool },
+}
+
+/// A weight `[n, k]` (`n` outputs × `k` inputs) held as FP16, BF16 or INT8 codes, packed for its product with f32
+/// activations ([`PackedWeights::matmul`]).
+///
+/// Layout: block `b` holds output columns `64·b .. 64·b + 64`; its values sit at `(b · k + i) · 64 + c` for input
+/// `i` and column `c` (zero past `n`). INT8 keeps one scale and zero point per output column (the per-tensor pair
+/// repeated).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedWeights {
+    n: usize,
+    k: usize,
+    storage: Storage,
+}
+
+/// Whether the SIMD kernels run on this machine (AVX2, FMA and F16C).
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `len` values make an `[n, k]` matrix.
+fn check_shape(len: usize, n: usize, k: usize, what: &str) -> Result<()> {
+    match n.checked_mul(k) {
+        Some(expected) if expected == len => Ok(()),
+        _ => Err(Error::Unsupported(format!("{len} {what} cannot be a [{n}, {k}] weight"))),
+    }
+}
+
+/// Row-major `[n, k]` `values` into blocks `[k][64]`, each value through `convert`, padding columns `T::default()`.
+fn pack<S: Copy + Sync, T: Copy + Default + Send>(
+    values: &[S],
+    n: usize,
+    k: usize,
+    convert: impl Fn(S) -> T + Sync,
+) -> Vec<T> {
+    let mut data = vec![T::default(); n.div_ceil(NB) * k * NB];
+    data.par_chunks_mut((k * NB).max(1)).enumerate().for_each(|(b, block)| {
+        for c in 0..NB.min(n - b * NB) {
+            let row = &values[(b * NB + c) * k..][..k];
+            for (i, &v) in row.iter().enumerate() {
+                block[i * NB + c] = convert(v);
+            }
+        }
+    });
+    data
+}
+
+impl PackedWeights {
+    /// FP16 weights: `values` row-major `[n, k]`, each stored as `quant::params::to_fp16` does (finite values
+    /// beyond ±65504 saturate).
+    pub fn fp16(values: &[f32], n: usize, k: usize) -> Result<PackedWeights> {
+        check_shape(values.len(), n, k, "values")?;
+        Ok(PackedWeights { n, k, storage: Storage::Fp16(pack(values, n, k, |v| to_fp16(v).to_bits())) })
+    }
+
+    /// BF16 weights: `values` row-major `[n, k]`, each stored as `quant::params::to_bf16` does.
+    pub fn bf16(values: &[f32], n: usize, k: usize) -> Result<PackedWeights> {
+        check_shape(values.len(), n, k, "values")?;
+        Ok(PackedWeights { n, k, storage: Storage::Bf16(pack(values, n, k, |v| to_bf16(v).to_bits())) })
+    }
+
+    /// Weight-only INT8: `codes` row-major `[n, k]` (as `export::quantize_tensor` gives them) with one `params`
+    /// for the tensor or one per output row.
+    pub fn int8(codes: &[i8], params: &[QParams], n: usize, k: usize) -> Result<PackedWeights> {
+        check_shape(codes.len(), n, k, "INT8 codes")?;
+        if params.len() != 1 && params.len() != n {
+            return Err(Error::Unsupported(format!(
+                "{} quantization parameters for {n} output rows (expected 1 or {n})",
+                params.len()
+            )));
+        }
+        let padded = n.div_ceil(NB) * NB;
+        let param = |j: usize| (j < n).then(|| params[if params.len() == 1 { 0 } else { j }]);
+        let scales = (0..padded).map(|j| param(j).map_or(0.0, |p| p.scale)).collect();
+        let zero_points: Vec<i32> = (0..padded).map(|j| param(j).map_or(0, |p| p.zero_point)).collect();
+        let symmetric = zero_points.iter().all(|&z| z == 0);
+        let codes = pack(codes, n, k, |q| q);
+        Ok(PackedWeights { n, k, storage: Storage::Int8 { codes, scales, zero_points, symmetric } })
+    }
+
+    /// Output channels.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// How the values are stored.
+    pub fn format(&self) -> WeightFormat {
+        match self.storage {
+            Storage::Fp16(_) => WeightFormat::Fp16,
+            Storage::Bf16(_) => WeightFormat::Bf16,
+            Storage::Int8 { .. } => WeightFormat::Int8,
+        }
+    }
+
+    /// Bytes held: 2 a weight for FP16 and BF16, 1 for INT8 plus 8 per output column (scale and zero point),
+    /// padding to whole blocks included.
+    pub fn size_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Fp16(bits) | Storage::Bf16(bits) => 2 * bits.len(),
+            Storage::Int8 { codes, scales, zero_points, .. } => codes.len() + 4 * scales.len() + 4 * zero_points.len(),
+        }
+    }
+
+    /// The `[n, k]` weight in f32, as the simulated path gives it (for checks; the products never build it).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut values = vec![0.0f32; n * k];
+        let mut tile = vec![0.0f32; k * NB];
+        for b in 0..self.blocks() {
+            self.convert(b, &mut tile, simd_available());
+            for c in 0..NB.min(n - b * NB) {
+                for (i, v) in values[(b * NB + c) * k..][..k].iter_mut().enumerate() {
+                    *v = tile[i * NB + c];
+                }
+            }
+        }
+        values
+    }
+
+    /// `y[m, n] = x[m, k] · Wᵀ (+ bias[n])` into a new vector, with the best kernel (see [`PackedWeights::matmul_into`]).
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * self.n];
+        self.matmul_into(x, m, &mut out, bias, Kernel::Best);
+        out
+    }
+
+    /// `out[m, n] = x[m, k] · Wᵀ (+ bias[n])`, `x` and `out` row-major; `kernel` chooses SIMD (AVX2, FMA and F16C
+    /// when present) or portable code, which give identical results.
+    ///
+    /// # Panics
+    /// When `x` is not `m · k` values, `out` not `m · n`, or `bias` not `n` (the caller's shapes, not data).
+    pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], bias: Option<&[f32]>, kernel: Kernel) {
+        let (k, n) = (self.k, self.n);
+        assert_eq!(Some(x.len()), m.checked_mul(k), "x is not [m, k]");
+        assert_eq!(Some(out.len()), m.checked_mul(n), "out is not [m, n]");
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), n, "one bias per output column");
+        }
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in out.chunks_exact_mut(n) {
+                row.copy_from_slice(bias.unwrap_or(&vec![0.0; n]));
+            }
+            return;
+        }
+        let simd = kernel == Kernel::Best && simd_available();
+        if m <= GEMV_MAX_ROWS {
+            self.gemv(x, m, out, bias, simd);
+        } else {
+            self.tiled(x, m, out, bias, simd);
+        }
+    }
+
+    /// Blocks of 64 output columns.
+    fn blocks(&self) -> usize {
+        self.n.div_ceil(NB)
+    }
+
+    /// Block `b`'s stored values and parameters.
+    fn block(&self, b: usize) -> Block<'_> {
+        let len = self.k * NB;
+        match &self.storage {
+            Storage::Fp16(bits) => Block::Fp16(&bits[b * len..][..len]),
+            Storage::Bf16(bits) => Block::Bf16(&bits[b * len..][..len]),
+            Storage::Int8 { codes, scales, zero_points, symmetric } => Block::Int8 {
+                codes: &codes[b * len..][..len],
+                scales: &scales[b * NB..][..NB],
+                zero_points: &zero_points[b * NB..][..NB],
+                symmetric: *symmetric,
+            },
+        }
+    }
+
+    /// Block `b` as f32 into `tile` (`[k, 64]`, at least `k · 64` long).
+    fn convert(&self, b: usize, tile: &mut [f32], simd: bool) {
+        let tile = &mut tile[..self.k * NB];
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `simd` is only true when `simd_available()` said so; the tile is as long as the block.
+            unsafe {
+                avx2::tile(self.block(b), tile)
+            }
+        } else {
+            tile_portable(self.block(b), tile);
+        }
+    }
+
+    /// More than two rows: block by block, a converted tile times `x` into the block's columns of `out`.
+    fn tiled(&self, x: &[f32], m: usize, out: &mut [f32], bias: Option<&[f32]>, simd: bool) {
+        let (k, n) = (self.k, self.n);
+        let blocks = self.blocks();
+        let threads = rayon::current_num_threads().max(1);
+        let big = m.saturating_mul(k).saturating_mul(n) >= PARALLEL_MIN_MACS;
+        let out = OutPtr(out.as_mut_ptr());
+        let run = |b: usize, gemm_threads: usize| {
+            // Taken out of the thread-local (not borrowed), so that a task nested on this thread while the SGEMM
+            // waits for rayon finds an empty buffer instead of a borrow in progress.
+            let mut tile = TILE.take();
+            if tile.len() < k * NB {
+                tile.resize(k * NB, 0.0);
+            }
+            self.convert(b, &mut tile, simd);
+            let (j0, cols) = (b * NB, NB.min(n - b * NB));
+            // SAFETY: this task alone touches columns j0..j0 + cols of the m rows of n values of `out`, which lie
+            // inside it; `x` and the tile are other buffers.
+            unsafe {
+                let c = out.at(j0);
+                if let Some(bias) = bias {
+                    for i in 0..m {
+                        std::ptr::copy_nonoverlapping(bias[j0..].as_ptr(), c.add(i * n), cols);
+                    }
+                }
+                ops::gemm_strided(c, n, bias.is_some(), m, k, cols, (x, k, 1), (&tile[..k * NB], NB, 1), gemm_threads);
+            }
+            TILE.set(tile);
+        };
+        if big && threads > 1 && blocks >= 2 * threads {
+            (0..blocks).into_par_iter().for_each(|b| run(b, 1));
+        } else {
+            // Few blocks: one at a time, each SGEMM split over the threads.
+            for b in 0..blocks {
+                run(b, if big { threads } else { 1 });
+            }
+        }
+    }
+
+    /// One or two rows: the stored weights read once, block by block.
+    fn gemv(&self, x: &[f32], m: usize, out: &mut [f32], bias: Option<&[f32]>, simd: bool) {
+        let (k, n) = (self.k, self.n);
+        let parallel = k * n >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+        let x0 = &x[..k];
+        if m == 1 {
+            let run = |(b, y): (usize, &mut [f32])| self.gemv_block(b, [x0], [y], bias, simd);
+            if parallel {
+                out.par_chunks_mut(NB).enumerate().for_each(run);
+            } else {
+                out.chunks_mut(NB).enumerate().for_each(run);
+            }
+        } else {
+            let x1 = &x[k..2 * k];
+            let (y0, y1) = out.split_at_mut(n);
+            let run =
+                |(b, (y0, y1)): (usize, (&mut [f32], &mut [f32]))| self.gemv_block(b, [x0, x1], [y0, y1], bias, simd);
+            if parallel {
+                y0.par_chunks_mut(NB).zip(y1.par_chunks_mut(NB)).enumerate().for_each(run);
+            } else {
+                y0.chunks_mut(NB).zip(y1.chunks_mut(NB)).enumerate().for_each(run);
+            }
+        }
+    }
+
+    /// Block `b`'s columns of `R` rows: `y[r]` holds the block's valid columns of row `r`.
+    fn gemv_block<const R: usize>(
+        &self,
+        b: usize,
+        x: [&[f32]; R],
+        y: [&mut [f32]; R],
+        bias: Option<&[f32]>,
+        simd: bool,
+    ) {
+        let block = self.block(b);
+        let mut acc = [[0.0f32; NB]; R];
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `simd` is only true when `simd_available()` said so; every `x[r]` holds `k` values and the
+            // block `k · 64`.
+            unsafe {
+                avx2::gemv(block, self.k, x, &mut acc)
+            }
+        } else {
+            gemv_portable(block, self.k, &x, &mut acc);
+        }
+        let j0 = b * NB;
+        for (y, acc) in y.into_iter().zip(&acc) {
+            let bias = bias.map(|bias| &bias[j0..j0 + y.len()]);
+            finish(acc, block, bias, y);
+        }
+    }
+}
+
+/// The output as a pointer that tasks writing disjoint columns share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint elements (see `PackedWeights::tiled`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` values in.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// One block of stored values: `[k][64]`.
+#[derive(Clone, Copy)]
+enum Block<'a> {
+    Fp16(&'a [u16]),
+    Bf16(&'a [u16]),
+    /// With the 64 columns' scales and zero points; `symmetric` when every zero point of the weight is 0.
+    Int8 {
+        codes: &'a [i8],
+        scales: &'a [f32],
+        zero_points: &'a [i32],
+        symmetric: bool,
+    },
+}
+
+/// FP16 bits to f32, exactly.
+#[inline]
+fn fp16_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// BF16 bits to f32, exactly.
+#[inline]
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// The block as f32 values (INT8: `(q - zero_point) as f32 · scale`), portable.
+fn tile_portable(block: Block, tile: &mut [f32]) {
+    match block {
+        Block::Fp16(bits) => tile.iter_mut().zip(bits).for_each(|(t, &b)| *t = fp16_to_f32(b)),
+        Block::Bf16(bits) => tile.iter_mut().zip(bits).for_each(|(t, &b)| *t = bf16_to_f32(b)),
+        Block::Int8 { codes, scales, zero_points, .. } => {
+            for (t, q) in tile.chunks_exact_mut(NB).zip(codes.chunks_exact(NB)) {
+                for c in 0..NB {
+                    t[c] = (q[c] as i32 - zero_points[c]) as f32 * scales[c];
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][c] += Σ_i x[r][i] · w[i][c]` over the block, `i` in order, multiply then add (INT8: `w = q - zero_point`,
+/// unscaled), portable.
+fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &mut [[f32; NB]; R]) {
+    let mut w = [0.0f32; NB];
+    for i in 0..k {
+        match block {
+            Block::Fp16(bits) => w.iter_mut().zip(&bits[i * NB..]).for_each(|(w, &b)| *w = fp16_to_f32(b)),
+            Block::Bf16(bits) => w.iter_mut().zip(&bits[i * NB..]).for_each(|(w, &b)| *w = bf16_to_f32(b)),
+            Block::Int8 { codes, zero_points, .. } => {
+                for ((w, &q), &z) in w.iter_mut().zip(&codes[i * NB..]).zip(zero_points) {
+                    *w = (q as i32 - z) as f32;
+                }
+            }
+        }
+        for (acc, x) in acc.iter_mut().zip(x) {
+            let xi = x[i];
+            for (a, &w) in acc.iter_mut().zip(&w) {
+                *a += xi * w;
+            }
+        }
+    }
+}
+
+/// `y[c] = acc[c] (· scale[c]) (+ bias[c])` for the valid columns of a block.
+fn finish(acc: &[f32; NB], block: Block, bias: Option<&[f32]>, y: &mut [f32]) {
+    match block {
+        Block::Int8 { scales, .. } => y.iter_mut().zip(acc).zip(scales).for_each(|((y, &a), &s)| *y = a * s),
+        _ => y.copy_from_slice(&acc[..y.len()]),
+    }
+    if let Some(bias) = bias {
+        y.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Block, LANES, NB};
+
+    /// Stored formats, as const parameters of the GEMV.
+    const FP16: u8 = 0;
+    const BF16: u8 = 1;
+    /// INT8 with every zero point 0 (no subtraction).
+    const INT8: u8 = 2;
+    const INT8_ZP: u8 = 3;
+
+    /// [`super::tile_portable`] with F16C and AVX2; bit-identical.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `tile` must be as long as the block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile(block: Block, tile: &mut [f32]) {
+        match block {
+            Block::Fp16(bits) => {
+                for (t, b) in tile.chunks_exact_mut(LANES).zip(bits.chunks_exact(LANES)) {
+                    // SAFETY: 8 values each.
+                    unsafe { _mm256_storeu_ps(t.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().cast()))) }
+                }
+            }
+            Block::Bf16(bits) => {
+                for (t, b) in tile.chunks_exact_mut(LANES).zip(bits.chunks_exact(LANES)) {
+                    // SAFETY: 8 values each.
+                    unsafe {
+                        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(b.as_ptr().cast()));
+                        _mm256_storeu_ps(t.as_mut_ptr(), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide)));
+                    }
+                }
+            }
+            Block::Int8 { codes, scales, zero_points, .. } => {
+                let mut scale = [_mm256_setzero_ps(); NB / LANES];
+                let mut zero = [_mm256_setzero_si256(); NB / LANES];
+                for (v, (s, z)) in scale.iter_mut().zip(&mut zero).enumerate() {
+                    // SAFETY: 64 scales and zero points.
+                    unsafe {
+                        *s = _mm256_loadu_ps(scales.as_ptr().add(v * LANES));
+                        *z = _mm256_loadu_si256(zero_points.as_ptr().add(v * LANES).cast());
+                    }
+                }
+                for (t, q) in tile.chunks_exact_mut(NB).zip(codes.chunks_exact(NB)) {
+                    for v in 0..NB / LANES {
+                        // SAFETY: 64 values each.
+                        unsafe {
+                            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(v * LANES).cast()));
+                            let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, zero[v])), scale[v]);
+                            _mm256_storeu_ps(t.as_mut_ptr().add(v * LANES), w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::gemv_portable`] with AVX2 and F16C; identical results.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; each `x[r]` must hold `k` values and the block `k · 64`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemv<const R: usize>(block: Block, k: usize, x: [&[f32]; R], acc: &mut [[f32; NB]; R]) {
+        debug_assert!(x.iter().all(|x| x.len() >= k));
+        // SAFETY: forwarded; the zero points are 64 values.
+        unsafe {
+            match block {
+                Block::Fp16(bits) => by_rows::<FP16, R>(bits.as_ptr().cast(), k, x, &[0; NB], acc),
+                Block::Bf16(bits) => by_rows::<BF16, R>(bits.as_ptr().cast(), k, x, &[0; NB], acc),
+                Block::Int8 { codes, zero_points, symmetric: true, .. } => {
+                    by_rows::<INT8, R>(codes.as_ptr().cast(), k, x, zero_points, acc)
+                }
+                Block::Int8 { codes, zero_points, symmetric: false, .. } => {
+                    by_rows::<INT8_ZP, R>(codes.as_ptr().cast(), k, x, zero_points, acc)
+                }
+            }
+        }
+    }
+
+    /// One row: 8 vectors of columns per pass (8 accumulators); two rows: 4 per pass (4 per row).
+    ///
+    /// # Safety
+    /// As [`gemv`]; `w` points at the block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn by_rows<const F: u8, const R: usize>(
+        w: *const u8,
+        k: usize,
+        x: [&[f32]; R],
+        zero_points: &[i32],
+        acc: &mut [[f32; NB]; R],
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            if R == 1 {
+                columns::<F, R, 8>(w, k, x, zero_points, acc)
+            } else {
+                columns::<F, R, 4>(w, k, x, zero_points, acc)
+            }
+        }
+    }
+
+    /// `R` rows times the block, `V` vectors of 8 columns per pass over `k`.
+    ///
+    /// # Safety
+    /// As [`gemv`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn columns<const F: u8, const R: usize, const V: usize>(
+        w: *const u8,
+        k: usize,
+        x: [&[f32]; R],
+        zero_points: &[i32],
+        acc: &mut [[f32; NB]; R],
+    ) {
+        for pass in 0..NB / (V * LANES) {
+            let col0 = pass * V * LANES;
+            let mut zero = [_mm256_setzero_si256(); V];
+            for (v, z) in zero.iter_mut().enumerate() {
+                // SAFETY: 64 zero points.
+                *z = unsafe { _mm256_loadu_si256(zero_points.as_ptr().add(col0 + v * LANES).cast()) };
+            }
+            let mut sums = [[_mm256_setzero_ps(); V]; R];
+            for i in 0..k {
+                let mut xs = [_mm256_setzero_ps(); R];
+                for (xs, x) in xs.iter_mut().zip(&x) {
+                    // SAFETY: i < k.
+                    *xs = _mm256_set1_ps(unsafe { *x.get_unchecked(i) });
+                }
+                for v in 0..V {
+                    // SAFETY: within the block.
+                    let wv = unsafe { load::<F>(w, i * NB + col0 + v * LANES, zero[v]) };
+                    for r in 0..R {
+                        sums[r][v] = _mm256_add_ps(sums[r][v], _mm256_mul_ps(xs[r], wv));
+                    }
+                }
+            }
+            for (acc, sums) in acc.iter_mut().zip(&sums) {
+                for (v, s) in sums.iter().enumerate() {
+                    // SAFETY: col0 + 8·v + 8 ≤ 64.
+                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(col0 + v * LANES), *s) };
+                }
+            }
+        }
+    }
+
+    /// 8 stored values from element `at` as f32 (INT8: `q - zero`, unscaled).
+    ///
+    /// # Safety
+    /// AVX2 and F16C; elements `at..at + 8` must lie in the block at `w`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load<const F: u8>(w: *const u8, at: usize, zero: __m256i) -> __m256 {
+        // SAFETY: forwarded (2-byte elements for FP16 and BF16, 1-byte for INT8).
+        unsafe {
+            match F {
+                FP16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * at).cast())),
+                BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                    w.add(2 * at).cast(),
+                )))),
+                INT8 => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(at).cast()))),
+                _ => {
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(at).cast())), zero))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Progress;
+    use crate::quant::pass::TensorData;
+    use crate::quant::{Granularity, Int8Scheme, Precision};
+    use crate::runtime::weights::simulate;
+
+    /// Largest relative L2 distance between a product and `ops::linear` on the simulated weights.
+    const MAX_REL_L2: f64 = 1e-5;
+
+    /// Seeded values in about [-scale, scale].
+    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
+            })
+            .collect()
+    }
+
+    /// FP16 bits decoded in f64 arithmetic (exact), independent of `half` and F16C.
+    fn fp16_reference(bits: u16) -> f32 {
+        let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let exponent = ((bits >> 10) & 0x1F) as i32;
+        let mantissa = (bits & 0x3FF) as f64;
+        let magnitude = match exponent {
+            0 => mantissa * 2f64.powi(-24),
+            31 => f64::INFINITY,
+            e => (1.0 + mantissa / 1024.0) * 2f64.powi(e - 15),
+        };
+        (sign * magnitude) as f32
+    }
+
+    fn kernels() -> Vec<bool> {
+        if simd_available() { vec![false, true] } else { vec![false] }
+    }
+
+    #[test]
+    fn conversion_is_exact_on_every_half_bit_pattern() {
+        // Every pattern but NaN: ±0, subnormals, normals up to ±65504 (FP16) or ±BF16_MAX, ±inf.
+        let fp16: Vec<u16> = (0..=u16::MAX).filter(|b| b & 0x7C00 != 0x7C00 || b & 0x3FF == 0).collect();
+        let bf16: Vec<u16> = (0..=u16::MAX).filter(|b| b & 0x7F80 != 0x7F80 || b & 0x7F == 0).collect();
+        for is_fp16 in [true, false] {
+            let mut padded = if is_fp16 { fp16.clone() } else { bf16.clone() };
+            padded.resize(padded.len().div_ceil(NB) * NB, 0);
+            let reference = |b: u16| if is_fp16 { fp16_reference(b) } else { half::bf16::from_bits(b).to_f32() };
+            let expected: Vec<u32> = padded.iter().map(|&b| reference(b).to_bits()).collect();
+            for simd in kernels() {
+                let mut tile = vec![0.0f32; padded.len()];
+                let block = if is_fp16 { Block::Fp16(&padded) } else { Block::Bf16(&padded) };
+                if simd {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: checked by `kernels`; the tile is as long as the block.
+                    unsafe {
+                        avx2::tile(block, &mut tile)
+                    }
+                } else {
+                    tile_portable(block, &mut tile);
+                }
+                let got: Vec<u32> = tile.iter().map(|v| v.to_bits()).collect();
+                assert!(got == expected, "fp16 {is_fp16} simd {simd}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_hold_the_simulated_values_bit_for_bit() {
+        let progress = Progress::new();
+        for &(n, k) in &[(1, 1), (9, 7), (64, 64), (130, 100)] {
+            let mut w = values(n * k, (n * 31 + k) as u64, 3.0);
+            // Edges: beyond FP16's range, FP16 subnormals and underflow, ±inf, ±0, beyond BF16's range.
+            let edges = [7e4, -1e6, 65504.0, -65504.0, 6e-8, -3e-5, 1e-9, f32::INFINITY, f32::NEG_INFINITY, -0.0];
+            for (v, e) in w.iter_mut().zip(edges.iter().chain(&[f32::MAX, -f32::MAX, 1.0 + 2f32.powi(-8)])) {
+                *v = *e;
+            }
+            let data = TensorData::from_f32(&w, n, k);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let fp16 = PackedWeights::fp16(&w, n, k).unwrap();
+            let bf16 = PackedWeights::bf16(&w, n, k).unwrap();
+            let mut cases = vec![
+                (fp16, simulate(&data, Precision::Fp16, &progress).unwrap()),
+                (bf16, simulate(&data, Precision::Bf16, &progress).unwrap()),
+            ];
+            // INT8 on finite values (quantization ignores ±inf for the range).
+            let finite: Vec<f32> = w.iter().map(|v| if v.is_finite() { v.clamp(-1e5, 1e5) } else { 0.5 }).collect();
+            let data = TensorData::from_f32(&finite, n, k);
+            for symmetric in [true, false] {
+                for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
+                    let scheme = Int8Scheme::weights(symmetric, granularity);
+                    let q = crate::export::quantize_tensor(&data, scheme, &progress).unwrap();
+                    let packed = PackedWeights::int8(&q.codes, &q.params, n, k).unwrap();
+                    cases.push((packed, simulate(&data, Precision::Int8(scheme), &progress).unwrap()));
+                }
+            }
+            for (packed, simulated) in cases {
+                for simd in kernels() {
+                    let mut tile = vec![0.0f32; k * NB];
+                    let mut values = vec![0.0f32; n * k];
+                    for b in 0..packed.blocks() {
+                        packed.convert(b, &mut tile, simd);
+                        for c in 0..NB.min(n - b * NB) {
+                            for i in 0..k {
+                                values[(b * NB + c) * k + i] = tile[i * NB + c];
+                            }
+                        }
+                    }
+                    assert_eq!(bits(values), bits(simulated.clone()), "{:?} n={n} k={k} simd {simd}", packed.format());
+                }
+                assert_eq!(bits(packed.dequantize()), bits(simulated));
+            }
+        }
+    }
+
+    /// `‖a - b‖ / ‖b‖` in f64 (0 when both are 0).
+    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+        let diff: f64 = a.iter().zip(b).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+        let norm: f64 = b.iter().map(|&b| (b as f64).powi(2)).sum();
+        if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+    }
+
+    #[test]
+    fn products_match_linear_on_the_simulated_weights_and_every_kernel_agrees() {
+        let progress = Progress::new();
+        let mut shapes = Vec::new();
+        for m in [1, 2, 3, 17, 64] {
+            for k in [1, 7, 64, 100] {
+                for n in [1, 9, 64, 130] {
+                    shapes.push((m, k, n));
+                }
+            }
+        }
+        // Large enough to run in parallel: GEMV over blocks, tiles over blocks, one SGEMM split over threads.
+        shapes.extend([(1, 600, 515), (2, 300, 1000), (33, 300, 600), (200, 64, 130)]);
+        for (m, k, n) in shapes {
+            let seed = (m * 10_000 + k * 100 + n) as u64;
+            let w = values(n * k, seed, 1.0);
+            let x = values(m * k, seed + 1, 2.0);
+            let bias = values(n, seed + 2, 0.5);
+            let data = TensorData::from_f32(&w, n, k);
+            let scheme = |symmetric, granularity| Int8Scheme::weights(symmetric, granularity);
+            let mut cases = vec![
+                (PackedWeights::fp16(&w, n, k).unwrap(), Precision::Fp16),
+                (PackedWeights::bf16(&w, n, k).unwrap(), Precision::Bf16),
+            ];
+            for s in [scheme(true, Granularity::PerChannel), scheme(false, Granularity::PerTensor)] {
+                let q = crate::export::quantize_tensor(&data, s, &progress).unwrap();
+                cases.push((PackedWeights::int8(&q.codes, &q.params, n, k).unwrap(), Precision::Int8(s)));
+            }
+            for (packed, precision) in cases {
+                let w_t = ops::transpose(&simulate(&data, precision, &progress).unwrap(), n, k);
+                for bias in [None, Some(&bias[..])] {
+                    let expected = ops::linear(&x, m, k, &w_t, n, bias);
+                    let mut portable = vec![f32::NAN; m * n];
+                    packed.matmul_into(&x, m, &mut portable, bias, Kernel::Portable);
+                    let best = packed.matmul(&x, m, bias);
+                    let what = format!("{precision:?} m={m} k={k} n={n} bias {}", bias.is_some());
+                    assert!(rel_l2(&best, &expected) < MAX_REL_L2, "{what}: {}", rel_l2(&best, &expected));
+                    let (best_bits, portable_bits): (Vec<u32>, Vec<u32>) =
+                        best.iter().zip(&portable).map(|(a, b)| (a.to_bits(), b.to_bits())).unzip();
+                    assert!(best_bits == portable_bits, "{what}: the kernels differ");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes_give_the_bias() {
+        let packed = PackedWeights::fp16(&[], 3, 0).unwrap();
+        assert_eq!(packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        assert_eq!(packed.matmul(&[], 1, None), [0.0; 3]);
+        let packed = PackedWeights::bf16(&[], 0, 4).unwrap();
+        assert!(packed.matmul(&[0.0; 8], 2, None).is_empty());
+        assert!(packed.matmul(&[], 0, None).is_empty());
+    }
+
+    #[test]
+    fn constructors_refuse_bad_shapes_and_count_bytes() {
+        assert!(PackedWeights::fp16(&[0.0; 5], 2, 3).is_err());
+        assert!(PackedWeights::bf16(&[0.0; 5], usize::MAX, 2).is_err());
+        let p = QParams::symmetric(1.0);
+        assert!(PackedWeights::int8(&[0; 6], &[p, p], 3, 2).is_err());
+        assert!(PackedWeights::int8(&[0; 5], &[p], 3, 2).is_err());
+        assert_eq!(PackedWeights::fp16(&[0.0; 640], 64, 10).unwrap().size_bytes(), 1280);
+        assert_eq!(PackedWeights::bf16(&[0.0; 650], 65, 10).unwrap().size_bytes(), 2 * 128 * 10);
+        let int8 = PackedWeights::int8(&[0; 640], &[p; 64], 64, 10).unwrap();
+        assert_eq!((int8.size_bytes(), int8.format(), int8.n(), int8.k()), (640 + 64 * 8, WeightFormat::Int8, 64, 10));
+    }
+}
