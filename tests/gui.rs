@@ -177,6 +177,43 @@ fn evaluate_compares_plans_with_fp32_and_remembers_them() {
 }
 
 #[test]
+fn benchmark_times_fp32_beside_each_plan_and_keeps_them_for_comparison() {
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.get_by_label("Benchmark").click();
+    h.run_steps(2);
+    h.get_by_label("Benchmark plan").click();
+    h.step();
+    step_until(&mut h, "the benchmark", |app| app.studio.benchmarks.len() == 2 && !app.studio.is_busy());
+    h.get_by_label("#1");
+    {
+        let benchmarks = &h.state().studio.benchmarks;
+        assert!(benchmarks[0].plan.is_none(), "FP32 comes first");
+        let plan = &benchmarks[1].configuration;
+        assert_eq!(plan.compact_layers, 3, "the INT8 weights run compact");
+        assert_eq!(plan.quality.as_ref().map(|q| q.metric), Some("accuracy"), "measured on the sample's data");
+        assert!(plan.disk_bytes * 3 < benchmarks[0].configuration.disk_bytes);
+    }
+    // A second plan joins the first; FP32 is re-timed beside it and stays one row.
+    let first_plan = h.state().studio.plan.layers.clone();
+    h.state_mut()
+        .send(Command::SetPrecisionMatching { pattern: "*".into(), precision: quantstudio::quant::Precision::Fp16 });
+    h.step();
+    h.get_by_label("Benchmark plan").click();
+    h.step();
+    step_until(&mut h, "the second benchmark", |app| app.studio.benchmarks.len() == 3 && !app.studio.is_busy());
+    h.get_by_label("#2");
+    assert_eq!(h.state().studio.benchmarks.iter().filter(|b| b.plan.is_none()).count(), 1);
+    // Move off the button first: its tooltip would catch the click.
+    h.get_all_by_label("Restore").next().unwrap().hover();
+    h.run_steps(2);
+    h.get_all_by_label("Restore").next().unwrap().click_accesskit();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.layers, first_plan);
+}
+
+#[test]
 fn a_model_without_a_forward_pass_says_why_it_cannot_run() {
     let mut h = harness(&common::bundled_sample());
     step_until(&mut h, "the sample to open", loaded_and_analysed);

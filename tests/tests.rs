@@ -23,3 +23,5 @@ mod python;
 mod runtime;
 // Calibration, W8A8 and sensitivity.
 mod calib;
+// Benchmarks: the deployed kernels against the simulation, and the benchmark's figures.
+mod bench;

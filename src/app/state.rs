@@ -667,7 +667,7 @@ impl Studio {
                     }
                     Outcome::Benchmarked { plan, data, configuration } => {
                         if current_model {
-                            self.benchmarked(plan, data, configuration);
+                            self.benchmarked(plan, data, *configuration);
                         }
                     }
                     Outcome::Calibrated { data, from_cache, samples, layers } => {

@@ -40,19 +40,33 @@ pub fn planned_input<'x>(x: &'x [f32], params: Option<&QParams>) -> std::borrow:
 pub struct Linear {
     /// The model layers whose input this is: one, or several fused side by side (BERT's query, key and value).
     pub layers: Vec<String>,
-    /// `[inputs, outputs]`.
-    weight: Arc<Weight>,
+    /// The weight tensor's name (names joined by " + " when fused).
+    name: String,
+    inputs: usize,
+    outputs: usize,
+    weights: Weights,
     bias: Option<Arc<Weight>>,
     input_params: Option<QParams>,
-    /// Deployed W8A8: the layer runs on INT8 codes with an integer product instead of `weight`.
-    int8: Option<Int8Weights>,
 }
 
-/// A deployed W8A8 layer's weights: packed codes and, per output column, `input scale · weight scale`.
+/// How a linear layer holds its weights and multiplies.
+#[derive(Debug)]
+enum Weights {
+    /// f32 values (as stored, or simulated), transposed to `[inputs, outputs]`.
+    F32(Arc<Weight>),
+    /// Deployed FP16, BF16 or INT8 (weight-only) weights, converted tile by tile as they multiply.
+    Compact(super::wgemm::PackedWeights),
+    /// Deployed W8A8: INT8 codes and integer products.
+    Int8(Int8Weights),
+}
+
+/// A deployed W8A8 layer's weights: packed codes and, per output column, `input scale · weight scale`; and the
+/// static quantization of its input.
 #[derive(Debug)]
 struct Int8Weights {
     packed: super::qgemm::PackedInt8,
     scales: Vec<f32>,
+    input: QParams,
 }
 
 impl Linear {
@@ -70,35 +84,33 @@ impl Linear {
         outputs: usize,
         inputs: usize,
     ) -> Result<Linear> {
-        if let Some((packed, w_scales, input)) = w.int8_linear(weight, outputs, inputs)? {
-            // Deployed W8A8: no f32 copy of the weights; the shape is kept for `inputs` / `outputs`.
+        let weights = if let Some((packed, w_scales, input)) = w.int8_linear(weight, outputs, inputs)? {
             let scales = w_scales.iter().map(|s| input.scale * s).collect();
-            let shape = Arc::new(Weight { name: weight.to_owned(), shape: vec![inputs, outputs], values: Vec::new() });
-            return Ok(Linear {
-                layers: vec![w.layer_name(weight)],
-                weight: shape,
-                bias,
-                input_params: Some(input),
-                int8: Some(Int8Weights { packed, scales }),
-            });
-        }
+            Weights::Int8(Int8Weights { packed, scales, input })
+        } else if let Some(packed) = w.compact_linear(weight, outputs, inputs)? {
+            Weights::Compact(packed)
+        } else {
+            Weights::F32(w.get_linear(weight, outputs, inputs)?)
+        };
         Ok(Linear {
             layers: vec![w.layer_name(weight)],
-            weight: w.get_linear(weight, outputs, inputs)?,
+            name: weight.to_owned(),
+            inputs,
+            outputs,
+            weights,
             bias,
             input_params: w.input_params(weight),
-            int8: None,
         })
     }
 
     /// Inputs per row.
     pub fn inputs(&self) -> usize {
-        self.weight.shape[0]
+        self.inputs
     }
 
     /// Outputs per row.
     pub fn outputs(&self) -> usize {
-        self.weight.shape[1]
+        self.outputs
     }
 
     /// Runs `rows` rows of `x`; the tap sees `x` first.
@@ -106,50 +118,68 @@ impl Linear {
         for layer in &self.layers {
             tap(layer, x);
         }
-        if let (Some(int8), Some(input)) = (&self.int8, &self.input_params) {
-            // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
-            let codes = super::qgemm::quantize_activations(x, input.scale);
-            let mut y = vec![0.0f32; rows * self.outputs()];
-            let bias = self.bias.as_ref().map(|b| &b.values[..]);
-            let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
-            super::qgemm::gemm_i8_into(&codes, rows, &int8.packed, output, super::qgemm::Kernel::Best);
-            return y;
-        }
-        let x = planned_input(x, self.input_params.as_ref());
         let bias = self.bias.as_ref().map(|b| &b.values[..]);
-        ops::linear(&x, rows, self.inputs(), &self.weight.values, self.outputs(), bias)
+        match (&self.weights, &self.input_params) {
+            (Weights::Int8(int8), _) => {
+                // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
+                let codes = super::qgemm::quantize_activations(x, int8.input.scale);
+                let mut y = vec![0.0f32; rows * self.outputs];
+                let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
+                super::qgemm::gemm_i8_into(&codes, rows, &int8.packed, output, super::qgemm::Kernel::Best);
+                y
+            }
+            (Weights::Compact(packed), params) => {
+                let x = planned_input(x, params.as_ref());
+                packed.matmul(&x, rows, bias)
+            }
+            (Weights::F32(weight), params) => {
+                let x = planned_input(x, params.as_ref());
+                ops::linear(&x, rows, self.inputs, &weight.values, self.outputs, bias)
+            }
+        }
     }
 
     /// Layers reading the same input as one layer whose outputs are theirs side by side (one product instead of
-    /// several), when their inputs are quantized alike; otherwise `Err` gives the parts back unchanged.
+    /// several), when their inputs are quantized alike and their weights are f32; otherwise `Err` gives the parts
+    /// back unchanged (deployed compact and INT8 weights stay apart: their packed panels are not concatenated).
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
-        let alike = parts.windows(2).all(|w| w[0].input_params == w[1].input_params && w[0].inputs() == w[1].inputs());
-        // Deployed INT8 layers stay apart (their packed panels are not concatenated).
-        let alike = alike && parts.iter().all(|p| p.int8.is_none());
+        let alike = parts.windows(2).all(|w| w[0].input_params == w[1].input_params && w[0].inputs == w[1].inputs);
+        let f32_weights: Vec<&Arc<Weight>> = parts
+            .iter()
+            .filter_map(|p| match &p.weights {
+                Weights::F32(w) => Some(w),
+                _ => None,
+            })
+            .collect();
         let biased = parts.iter().all(|p| p.bias.is_some()) || parts.iter().all(|p| p.bias.is_none());
-        if parts.is_empty() || !alike || !biased {
+        if parts.is_empty() || !alike || !biased || f32_weights.len() != parts.len() {
             return Err(parts);
         }
-        let inputs = parts[0].inputs();
+        let inputs = parts[0].inputs;
         let outputs: usize = parts.iter().map(Linear::outputs).sum();
         let mut weight = Vec::with_capacity(inputs * outputs);
         for r in 0..inputs {
-            for p in &parts {
-                let width = p.outputs();
-                weight.extend_from_slice(&p.weight.values[r * width..(r + 1) * width]);
+            for (p, w) in parts.iter().zip(&f32_weights) {
+                weight.extend_from_slice(&w.values[r * p.outputs..(r + 1) * p.outputs]);
             }
         }
-        let name = parts.iter().map(|p| p.weight.name.as_str()).collect::<Vec<_>>().join(" + ");
+        let name = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" + ");
         let bias = parts[0].bias.is_some().then(|| {
             let values = parts.iter().flat_map(|p| p.bias.iter().flat_map(|b| b.values.iter().copied())).collect();
             Arc::new(Weight { name: name.clone(), shape: vec![outputs], values })
         });
         Ok(Linear {
             layers: parts.iter().flat_map(|p| p.layers.iter().cloned()).collect(),
-            weight: Arc::new(Weight { name, shape: vec![inputs, outputs], values: weight }),
+            weights: Weights::F32(Arc::new(Weight {
+                name: name.clone(),
+                shape: vec![inputs, outputs],
+                values: weight,
+            })),
+            name,
+            inputs,
+            outputs,
             bias,
             input_params: parts[0].input_params,
-            int8: None,
         })
     }
 }

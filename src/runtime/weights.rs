@@ -33,7 +33,7 @@ pub struct WeightSource<'m> {
     donor: Option<&'m WeightSource<'m>>,
     /// Whether W8A8 layers run as a deployment would (INT8 codes and integer products) instead of simulated.
     deployed: bool,
-    /// Bytes of the INT8 weights handed out for deployed layers.
+    /// Bytes of the INT8, FP16 and BF16 weights handed out for deployed layers.
     int8_bytes: std::sync::atomic::AtomicU64,
     /// Deployed INT8 layers handed out.
     int8_layers: std::sync::atomic::AtomicU64,
@@ -104,6 +104,40 @@ impl<'m> WeightSource<'m> {
             .fetch_add(packed.size_bytes() as u64 + 4 * outputs as u64, std::sync::atomic::Ordering::Relaxed);
         self.int8_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some((packed, scales, input)))
+    }
+
+    /// For a deployed source and a linear layer the plan stores in FP16, BF16 or INT8 without an integer product
+    /// (weight-only INT8, or W8A8 with asymmetric weights): the weight `name` (`[outputs, inputs]`) held compact,
+    /// converted tile by tile as it multiplies ([`super::wgemm`]). `None` otherwise.
+    pub fn compact_linear(
+        &self,
+        name: &str,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Option<super::wgemm::PackedWeights>> {
+        let (Some(plan), true) = (self.plan, self.deployed) else { return Ok(None) };
+        let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
+        self.progress.check()?;
+        let data = TensorData::of(self.model, id)?;
+        let packed = match plan.tensor(self.model, id) {
+            Precision::Fp32 => return Ok(None),
+            Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
+            Precision::Fp16 => {
+                let mut buf = Vec::new();
+                super::wgemm::PackedWeights::fp16(data.values(0..data.len(), &mut buf), outputs, inputs)?
+            }
+            Precision::Bf16 => {
+                let mut buf = Vec::new();
+                super::wgemm::PackedWeights::bf16(data.values(0..data.len(), &mut buf), outputs, inputs)?
+            }
+            Precision::Int8(scheme) => {
+                let quantized = quantize_tensor(&data, scheme, self.progress)?;
+                super::wgemm::PackedWeights::int8(&quantized.codes, &quantized.params, outputs, inputs)?
+            }
+        };
+        self.int8_bytes.fetch_add(packed.size_bytes() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.compact_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(packed))
     }
 
     /// [`WeightSource::sharing`], also taking from `donor` (a source of another plan over the same reference)

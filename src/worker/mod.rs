@@ -208,7 +208,7 @@ pub enum Outcome {
         /// The data of the accuracy figures.
         data: Option<PathBuf>,
         /// The figures.
-        configuration: Configuration,
+        configuration: Box<Configuration>,
     },
     /// One tensor was analysed (more may follow from the same job).
     Analysed {
@@ -411,7 +411,7 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             };
             crate::runtime::benchmark::run(&request, progress, &mut |configuration| {
                 let plan = (configuration.name != "FP32").then(|| plan.clone());
-                send(Outcome::Benchmarked { plan, data: data.clone(), configuration });
+                send(Outcome::Benchmarked { plan, data: data.clone(), configuration: Box::new(configuration) });
             })?;
         }
         Job::SaveRecipe { recipe, path } => {

@@ -46,7 +46,8 @@ pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
         );
         return;
     }
-    let table_width = (ui.available_width() * 0.62).max(300.0);
+    let chart_width = (ui.available_width() * 0.3).max(260.0);
+    let table_width = (ui.available_width() - chart_width - 12.0).max(300.0);
     ui.horizontal_top(|ui| {
         ui.allocate_ui(egui::vec2(table_width, ui.available_height()), |ui| {
             egui::ScrollArea::horizontal().id_salt("bench-table").show(ui, |ui| table(ui, app));
@@ -75,31 +76,28 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
     TableBuilder::new(ui)
         .striped(true)
         .auto_shrink([false, true])
-        .column(Column::exact(40.0))
-        .column(Column::initial(170.0).at_least(100.0).clip(true))
-        .columns(Column::exact(78.0), 7)
-        .column(Column::exact(104.0))
-        .column(Column::remainder().at_least(60.0))
+        .column(Column::exact(92.0))
+        .column(Column::initial(150.0).at_least(90.0).clip(true))
+        .column(Column::exact(122.0))
+        .column(Column::exact(62.0))
+        .column(Column::exact(92.0))
+        .column(Column::exact(140.0))
+        .column(Column::exact(56.0))
+        .column(Column::remainder().at_least(80.0))
         .header(20.0, |mut header| {
             let headers = [
-                ("#", ""),
+                ("#", "Restore makes a benchmarked plan the current one"),
                 ("Configuration", "Layers per precision"),
-                ("Median", "Batch-1 latency, median of the timed runs"),
-                ("p95", "Batch-1 latency, 95th percentile"),
-                ("Speed-up", "FP32 median latency / this median latency (measured in the same run)"),
-                ("Throughput", "Units per second with a larger batch (see the hover of a value)"),
-                ("Memory", "Bytes of weights held in memory while running (f32, half and INT8 buffers)"),
-                ("On disk", "Size of the checkpoint: as stored for FP32, as exported for a plan"),
+                ("Latency p50 / p95", "Batch-1 latency: median and 95th percentile of the timed runs"),
+                ("Speed-up", "FP32 median latency / this median latency (timed in the same run)"),
+                ("Throughput", "Units per second with a larger batch (hover a value for the unit)"),
+                ("Memory / disk", "Weights held in memory while running (f32, half and INT8 buffers) / checkpoint size on disk (as stored for FP32, as exported for a plan)"),
                 ("Layers", "Integer-GEMM (W8A8) layers / compact-weight layers (FP16, BF16, INT8 weight-only)"),
-                (metric.unwrap_or("Accuracy"), "The family's figure of merit on the data, as deployed"),
-                ("", ""),
+                (metric.unwrap_or("Accuracy"), "The family's figure of merit on the data, measured as deployed"),
             ];
             for (name, hover) in headers {
                 header.col(|ui| {
-                    let response = ui.strong(name);
-                    if !hover.is_empty() {
-                        response.on_hover_text(hover);
-                    }
+                    ui.strong(name).on_hover_text(hover);
                 });
             }
         })
@@ -110,17 +108,19 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                 body.row(20.0, |mut row| {
                     row.col(|ui| {
                         ui.label(RichText::new(label(entry)).color(color(entry)).strong());
+                        if entry.plan.is_some()
+                            && ui.small_button("Restore").on_hover_text("Make this plan the current one").clicked()
+                        {
+                            restore = Some(index);
+                        }
                     });
                     row.col(|ui| {
-                        let hover =
-                            entry.data.as_ref().map_or("no accuracy data".into(), |d| format!("data: {}", d.display()));
-                        ui.label(&entry.summary).on_hover_text(hover);
+                        let data = entry.data.as_ref().map_or("no accuracy data".into(), |d| format!("data: {}", d.display()));
+                        ui.label(&entry.summary).on_hover_text(format!("{}\n{data}", entry.summary));
                     });
                     row.col(|ui| {
-                        ui.label(format!("{:.3} ms", latency.latency_ms_median)).on_hover_text(&latency.unit);
-                    });
-                    row.col(|ui| {
-                        ui.label(format!("{:.3} ms", latency.latency_ms_p95));
+                        ui.label(format!("{:.3} / {:.3} ms", latency.latency_ms_median, latency.latency_ms_p95))
+                            .on_hover_text(&latency.unit);
                     });
                     row.col(|ui| {
                         let text = match fp32_ms {
@@ -132,16 +132,11 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                         ui.label(text);
                     });
                     row.col(|ui| {
-                        ui.label(format!("{:.1}/s", latency.throughput_per_s)).on_hover_text(format!(
-                            "{} per second, {} thread(s)",
-                            latency.throughput_unit, latency.threads
-                        ));
+                        ui.label(format!("{:.1}/s", latency.throughput_per_s))
+                            .on_hover_text(format!("{} per second, {} thread(s)", latency.throughput_unit, latency.threads));
                     });
                     row.col(|ui| {
-                        ui.label(format::bytes(latency.weights_bytes));
-                    });
-                    row.col(|ui| {
-                        ui.label(format::bytes(c.disk_bytes));
+                        ui.label(format!("{} / {}", format::bytes(latency.weights_bytes), format::bytes(c.disk_bytes)));
                     });
                     row.col(|ui| {
                         ui.label(if entry.plan.is_none() {
@@ -155,13 +150,6 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                         let response = ui.label(text);
                         if let Some(evaluation) = &c.evaluation {
                             response.on_hover_text(evaluation.headline());
-                        }
-                    });
-                    row.col(|ui| {
-                        if entry.plan.is_some()
-                            && ui.small_button("Restore plan").on_hover_text("Make this plan the current one").clicked()
-                        {
-                            restore = Some(index);
                         }
                     });
                 });
