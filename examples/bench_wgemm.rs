@@ -1,8 +1,8 @@
 //! Compact weights against FP32 in linear layers (issue 7): `cargo run --release --no-default-features --example
 //! bench_wgemm -- [REPEAT]`.
 //!
-//! For each `m x k x n` (activations `[m, k]` times a weight `[n, k]`ᵀ, no bias), the median over `REPEAT` timed runs
-//! after three warm-ups of:
+//! For each `m x k x n` (activations `[m, k]` times a weight `[n, k]`ᵀ, no bias), the median over `REPEAT` timed
+//! rounds after three warm-up rounds (the variants take turns within a round) of:
 //! - `fp32`: `ops::linear` on the weight held transposed `[k, n]`;
 //! - `fp16`, `bf16`: `wgemm::PackedWeights::{fp16, bf16}` (2 bytes a weight, converted tile by tile per call);
 //! - `int8`: weight-only INT8, per-channel symmetric codes (1 byte a weight), dequantised tile by tile per call.
@@ -14,19 +14,27 @@ use std::time::Instant;
 use quantstudio::quant::QParams;
 use quantstudio::runtime::{ops, wgemm};
 
-fn median_ms(repeat: usize, mut run: impl FnMut()) -> f64 {
+/// Median milliseconds of each of `runs` over `repeat` rounds after three warm-up rounds; every round runs each once,
+/// in turn, so that a slow spell of the machine (a shared VM) falls on all of them alike.
+fn medians_ms(repeat: usize, runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     for _ in 0..3 {
-        run();
+        runs.iter_mut().for_each(|run| run());
     }
-    let mut times: Vec<f64> = (0..repeat)
-        .map(|_| {
+    let mut times = vec![Vec::with_capacity(repeat); runs.len()];
+    for _ in 0..repeat {
+        for (run, times) in runs.iter_mut().zip(&mut times) {
             let start = Instant::now();
             run();
-            start.elapsed().as_secs_f64() * 1e3
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+        .collect()
 }
 
 /// Deterministic values in about [-2, 2].
@@ -60,15 +68,21 @@ fn main() -> quantstudio::error::Result<()> {
         let fp16 = wgemm::PackedWeights::fp16(&w, n, k)?;
         let bf16 = wgemm::PackedWeights::bf16(&w, n, k)?;
         let int8 = wgemm::PackedWeights::int8(&codes, &params, n, k)?;
-        let fp32_ms = median_ms(repeat, || {
-            std::hint::black_box(ops::linear(&x, m, k, &w_t, n, None));
-        });
-        let time = |packed: &wgemm::PackedWeights| {
-            median_ms(repeat, || {
-                std::hint::black_box(packed.matmul(&x, m, None));
-            })
+        let matmul = |packed: &wgemm::PackedWeights| {
+            std::hint::black_box(packed.matmul(&x, m, None));
         };
-        let (fp16_ms, bf16_ms, int8_ms) = (time(&fp16), time(&bf16), time(&int8));
+        let medians = medians_ms(
+            repeat,
+            &mut [
+                &mut || {
+                    std::hint::black_box(ops::linear(&x, m, k, &w_t, n, None));
+                },
+                &mut || matmul(&fp16),
+                &mut || matmul(&bf16),
+                &mut || matmul(&int8),
+            ],
+        );
+        let [fp32_ms, fp16_ms, bf16_ms, int8_ms] = medians[..] else { unreachable!("four variants") };
         results.push(serde_json::json!({
             "shape": format!("{m}x{k}x{n}"),
             "fp32_ms": fp32_ms,
