@@ -5,7 +5,7 @@
 use eframe::egui;
 use egui::{Align2, Color32, RichText};
 use egui_extras::{Column, TableBuilder};
-use egui_plot::{Legend, MarkerShape, Plot, PlotPoint, Points, Text};
+use egui_plot::{MarkerShape, Plot, PlotPoint, Points, Text};
 
 use super::format;
 use crate::app::StudioApp;
@@ -46,15 +46,14 @@ pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
         );
         return;
     }
-    let chart_width = (ui.available_width() * 0.3).max(260.0);
-    let table_width = (ui.available_width() - chart_width - 12.0).max(300.0);
-    ui.horizontal_top(|ui| {
-        ui.allocate_ui(egui::vec2(table_width, ui.available_height()), |ui| {
-            egui::ScrollArea::horizontal().id_salt("bench-table").show(ui, |ui| table(ui, app));
-        });
-        ui.separator();
-        chart(ui, &app.studio.benchmarks);
-    });
+    // One fixed rectangle split in two (sizing by the panel's available height would grow the panel frame after
+    // frame): the table on the left, the chart on the right.
+    const BODY_HEIGHT: f32 = 180.0;
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(ui.available_width(), BODY_HEIGHT), egui::Sense::hover());
+    let chart_width = (rect.width() * 0.3).max(260.0).min(rect.width() * 0.5);
+    let (table_rect, chart_rect) = rect.split_left_right_at_x(rect.right() - chart_width);
+    ui.scope_builder(egui::UiBuilder::new().max_rect(table_rect.shrink2(egui::vec2(4.0, 0.0))), |ui| table(ui, app));
+    ui.scope_builder(egui::UiBuilder::new().max_rect(chart_rect), |ui| chart(ui, &app.studio.benchmarks, BODY_HEIGHT));
 }
 
 fn color(entry: &BenchEntry) -> Color32 {
@@ -75,6 +74,8 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
     let mut restore = None;
     TableBuilder::new(ui)
         .striped(true)
+        .cell_layout(egui::Layout::left_to_right(egui::Align::Center))
+        .max_scroll_height(150.0)
         .auto_shrink([false, true])
         .column(Column::exact(92.0))
         .column(Column::initial(150.0).at_least(90.0).clip(true))
@@ -161,7 +162,7 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 /// Accuracy (or, without data, size on disk) against median latency; marker area proportional to the size.
-fn chart(ui: &mut egui::Ui, entries: &[BenchEntry]) {
+fn chart(ui: &mut egui::Ui, entries: &[BenchEntry], height: f32) {
     let metric = entries.iter().find_map(|e| e.configuration.quality.as_ref().map(|q| q.metric));
     let largest = entries.iter().map(|e| e.configuration.disk_bytes).max().unwrap_or(1).max(1) as f64;
     let y_of = |entry: &BenchEntry| match (metric, &entry.configuration.quality) {
@@ -174,14 +175,15 @@ fn chart(ui: &mut egui::Ui, entries: &[BenchEntry]) {
         Some(m) => format!("{m} (%)"),
         None => "size on disk (MB)".to_owned(),
     };
+    // Labels sit a little to the right of their marker (the plot has no pixel offsets).
+    let label_dx = 0.05 * entries.iter().map(|e| e.configuration.latency.latency_ms_median).fold(0.0, f64::max);
     ui.vertical(|ui| {
-        ui.label(RichText::new(format!("{y_label} against median latency; marker area: size on disk")).small());
+        ui.label(RichText::new(format!("↑ {y_label}   → median latency (ms)   ● area: size on disk")).small());
         Plot::new("bench-chart")
-            .height(ui.available_height().max(80.0))
+            .height(height - 18.0)
             .allow_scroll(false)
-            .x_axis_label("median latency (ms)")
-            .y_axis_label(y_label)
-            .legend(Legend::default())
+            .include_x(0.0)
+            .set_margin_fraction(egui::vec2(0.3, 0.25))
             .show(ui, |plot| {
                 for entry in entries {
                     let Some(y) = y_of(entry) else { continue };
