@@ -28,8 +28,8 @@ pub const PANEL: usize = 8;
 const K_GROUP: usize = 4;
 /// Rows of `A` per micro-tile (12 accumulators, 2 weight vectors and a broadcast: 15 of the 16 `ymm` registers).
 const ROWS: usize = 6;
-/// Bytes of `i16` codes of `A` per cache block (60 rows of 768 inputs): in L2, read again for every panel.
-const ROW_BLOCK_BYTES: usize = 96 << 10;
+/// Most bytes of `i16` codes of `A` per cache block (126 rows of 768 inputs): in L2, read again for every panel.
+const ROW_BLOCK_BYTES: usize = 192 << 10;
 /// Multiply-accumulates below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -270,7 +270,9 @@ impl Job<'_> {
     /// Rows `first_row..first_row + rows` of the product, the columns `out` holds.
     fn run(&self, first_row: usize, rows: usize, out: &mut Out) {
         let (first_panel, last_panel) = (out.col0 / PANEL, (out.col0 + out.width).div_ceil(PANEL));
-        let block = (ROW_BLOCK_BYTES / (self.stride * 2).max(1) / ROWS * ROWS).max(ROWS).min(rows);
+        // Blocks of equal size (whole tiles), so that no small last block reads all of the panels again.
+        let most = (ROW_BLOCK_BYTES / (self.stride * 2).max(1) / ROWS * ROWS).max(ROWS);
+        let block = rows.div_ceil(rows.div_ceil(most)).div_ceil(ROWS) * ROWS;
         ROWS_I16.with_borrow_mut(|buf| {
             if buf.len() < block * self.stride {
                 buf.resize(block * self.stride, 0);
