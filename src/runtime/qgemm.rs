@@ -5,10 +5,11 @@
 //! (a block of rows at a time, in a buffer each thread keeps), the packed `i8` weights are widened to `i16` as they
 //! are loaded (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane:
 //! `C[i, j] = Σ_t (a[i, 2t] · b[j, 2t] + a[i, 2t+1] · b[j, 2t+1])`, every pair within `±2 · 127 · 127 = ±32258`, every
-//! product and sum exact. That is two multiply instructions per 32 multiply-accumulates, as many as the `u8 × s8`
-//! `vpmaddubsw` + `vpmaddwd` scheme of onnxruntime's MLAS, whose `i16` pair sums can saturate (exactness there
-//! would need corrections for weight pairs of one sign summing above 128, a quarter of the pairs of uniform
-//! codes), and one fewer than `|a| · (b · sign(a))` with `vpmaddubsw` (exact, but `vpsignb` per product).
+//! product and sum exact: two multiplies and two adds per 32 multiply-accumulates. A `u8 × s8` `vpmaddubsw` scheme
+//! needs one add fewer, but its `i16` pair sums can saturate; made exact (activations offset by 128, the second
+//! weight of each pair of one sign summing above 128 clamped, `C = Σ u·b' − 128·colsum(b') + Σ r·a` with sparse
+//! corrections `r`), it would need a correction for about a quarter of the pairs of uniformly spread codes, so it
+//! is not used. The previous `|a| · (b · sign(a))` with `vpmaddubsw` is exact too but adds a `vpsignb` per 32 products.
 //! The portable path (plain `i32` dot products) gives identical results; the tests hold them to it on every edge
 //! size and at the extreme codes.
 //!
