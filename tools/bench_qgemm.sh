@@ -13,7 +13,7 @@ if ! "$PYTHON" -c "import numpy, onnx, onnxruntime" 2>/dev/null; then
 fi
 cargo build --release --no-default-features --example bench_gemm >&2
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%F)" >&2
-OURS=$(RAYON_NUM_THREADS=2 target/release/examples/bench_gemm "$REPEAT")
+OURS=$(RAYON_NUM_THREADS=2 "${CARGO_TARGET_DIR:-target}/release/examples/bench_gemm" "$REPEAT")
 PEER=$("$PYTHON" tools/bench_qgemm_peer.py "$REPEAT")
 "$PYTHON" - "$OURS" "$PEER" <<'PY'
 import json, sys

@@ -1,13 +1,23 @@
 //! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` and `B` symmetric INT8 codes in `[-127, 127]` and `C`
 //! exact `i32` sums, then requantised to `f32` with the scales (`y = C · s_a · s_w[j] + b[j]`).
 //!
-//! The AVX2 path (chosen at run time) multiplies four `k` at a time per `i32` lane without VNNI:
-//! `|a|` (unsigned) times `b · sign(a)` (signed) with `vpmaddubsw`, whose pairs stay below `2 · 127 · 127 = 32258`
-//! and so never saturate, then `vpmaddwd` against ones into `i32`. Every product and sum is exact, so the portable
-//! path (plain `i32` dot products) gives identical results; the tests hold them to it on every edge size.
+//! The AVX2 path (chosen at run time) has no VNNI and no saturating shortcut: the codes of `A` are held as `i16`
+//! (a block of rows at a time, in a buffer each thread keeps), the packed `i8` weights are widened to `i16` as they
+//! are loaded (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane:
+//! `C[i, j] = Σ_t (a[i, 2t] · b[j, 2t] + a[i, 2t+1] · b[j, 2t+1])`, every pair within `±2 · 127 · 127 = ±32258`, every
+//! product and sum exact: two multiplies and two adds per 32 multiply-accumulates. A `u8 × s8` `vpmaddubsw` scheme
+//! needs one add fewer, but its `i16` pair sums can saturate; made exact (activations offset by 128, the second
+//! weight of each pair of one sign summing above 128 clamped, `C = Σ u·b' − 128·colsum(b') + Σ r·a` with sparse
+//! corrections `r`), it would need a correction for about a quarter of the pairs of uniformly spread codes, so it
+//! is not used. The previous `|a| · (b · sign(a))` with `vpmaddubsw` is exact too but adds a `vpsignb` per 32 products.
+//! The portable path (plain `i32` dot products) gives identical results; the tests hold them to it on every edge
+//! size and at the extreme codes.
+//!
+//! [`gemm_quantized_into`] quantizes `f32` activations into that buffer block by block (bit for bit the codes of
+//! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix.
 //!
 //! Weights are packed once ([`PackedInt8`]): panels of 8 output columns, `k` padded to a multiple of 4 with zero
-//! codes, so that one 32-byte load holds 4 `k` of 8 columns.
+//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by one panel.
 
 use rayon::prelude::*;
 
@@ -17,10 +27,10 @@ use crate::error::{Error, Result};
 pub const PANEL: usize = 8;
 /// `k` per `i32` lane.
 const K_GROUP: usize = 4;
-/// Rows of `A` per micro-tile.
-const ROWS: usize = 4;
-/// Rows of `A` per cache block (64 rows of 768 codes: 48 KiB, in L2 with the task's weight panels).
-const ROW_BLOCK: usize = 64;
+/// Rows of `A` per micro-tile (12 accumulators, 2 weight vectors and a broadcast: 15 of the 16 `ymm` registers).
+const ROWS: usize = 6;
+/// Most bytes of `i16` codes of `A` per cache block (126 rows of 768 inputs): in L2, read again for every panel.
+const ROW_BLOCK_BYTES: usize = 192 << 10;
 /// Multiply-accumulates below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -120,28 +130,75 @@ pub fn gemm_i8_with(a: &[i8], m: usize, b: &PackedInt8, out: &mut [i32], kernel:
 /// The INT8 product of `a` (`[m, k]` codes) and `b` into `output`, requantised on the way out when asked: the
 /// sums are never stored when `output` is [`Output::Scaled`].
 pub fn gemm_i8_into(a: &[i8], m: usize, b: &PackedInt8, output: Output, kernel: Kernel) {
+    assert_eq!(a.len(), m * b.k, "A is not [m, k]");
+    product(Source::Codes(a), m, b, output, kernel);
+}
+
+/// The INT8 product of the activations `x` (`[m, k]` f32) quantized with `a_scale`, and `b`, into `output`: the
+/// codes are those of [`quantize_activations`] (bit for bit) and the sums those of [`gemm_i8_into`] on them, but
+/// the codes are made a block of rows at a time inside each task, into a buffer the thread keeps, so no `[m, k]`
+/// code matrix is allocated or written out. The fastest deployed W8A8 layer: quantize, multiply, requantise.
+pub fn gemm_quantized_into(x: &[f32], m: usize, a_scale: f32, b: &PackedInt8, output: Output, kernel: Kernel) {
+    assert_eq!(x.len(), m * b.k, "x is not [m, k]");
+    let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -127, qmax: 127 };
+    product(Source::Values { x, params }, m, b, output, kernel);
+}
+
+/// Where the rows of A come from.
+enum Source<'s> {
+    /// Row-major INT8 codes.
+    Codes(&'s [i8]),
+    /// Row-major f32 activations and their quantization.
+    Values { x: &'s [f32], params: crate::quant::QParams },
+}
+
+impl Source<'_> {
+    /// Rows `first..first + rows` of A as `i16` codes, `stride` per row (zeros past `k`), into `buf`.
+    fn fill(&self, first: usize, k: usize, stride: usize, buf: &mut [i16], use_avx2: bool) {
+        for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
+            let (row, rest) = dst.split_at_mut(k);
+            let at = (first + r) * k;
+            match self {
+                Source::Codes(a) => widen(&a[at..at + k], row),
+                Source::Values { x, params } => quantize_i16(&x[at..at + k], params, row, use_avx2),
+            }
+            rest.fill(0);
+        }
+    }
+}
+
+fn widen(codes: &[i8], out: &mut [i16]) {
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = c as i16;
+    }
+}
+
+/// The codes of `x` as `i16`, bit for bit those of `QParams::quantize`.
+fn quantize_i16(x: &[f32], params: &crate::quant::QParams, out: &mut [i16], use_avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { avx2::quantize_i16(x, params, out) };
+        return;
+    }
+    let _ = use_avx2;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = params.quantize(v) as i16;
+    }
+}
+
+/// The product of `source` (`[m, k]`) and `b` into `output`, in parallel tasks.
+fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Kernel) {
     let (k, n) = (b.k, b.n);
-    assert_eq!(a.len(), m * k, "A is not [m, k]");
     if m == 0 || n == 0 {
         return;
     }
-    // Rows of A padded to whole groups of 4 (zero codes add nothing); borrowed when k already is.
-    let stride = b.k_groups * K_GROUP;
-    let padded: std::borrow::Cow<[i8]> = if stride == k {
-        std::borrow::Cow::Borrowed(a)
-    } else {
-        let mut p = vec![0i8; m * stride];
-        for (dst, src) in p.chunks_exact_mut(stride).zip(a.chunks_exact(k.max(1))) {
-            dst[..k].copy_from_slice(src);
-        }
-        std::borrow::Cow::Owned(p)
-    };
     let panels = n.div_ceil(PANEL);
     // Scales and bias padded to whole panels, so that the vector epilogue never reads past them.
-    let (mut out_i32, mut out_f32, scales, bias) = match output {
+    let (data, scales, bias) = match output {
         Output::Sums(out) => {
             assert_eq!(out.len(), m * n, "C is not [m, n]");
-            (Some(out), None, Vec::new(), Vec::new())
+            (Data::Sums(out), Vec::new(), Vec::new())
         }
         Output::Scaled { out, scales, bias } => {
             assert_eq!(out.len(), m * n, "C is not [m, n]");
@@ -150,64 +207,105 @@ pub fn gemm_i8_into(a: &[i8], m: usize, b: &PackedInt8, output: Output, kernel: 
             padded_scales.resize(panels * PANEL, 0.0);
             let mut padded_bias = bias.map_or_else(|| vec![0.0; n], <[f32]>::to_vec);
             padded_bias.resize(panels * PANEL, 0.0);
-            (None, Some(out), padded_scales, padded_bias)
+            (Data::Scaled(out), padded_scales, padded_bias)
         }
     };
-    let job = Job { a: &padded, stride, b, use_avx2: kernel == Kernel::Best && avx2_available() };
+    let job = Job { source, k, stride: b.k_groups * K_GROUP, b, use_avx2: kernel == Kernel::Best && avx2_available() };
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-    let epilogue = |data| Epilogue { data, scales: &scales, bias: &bias };
-    if m == 1 && threads > 1 {
-        // One row: tasks own runs of whole panels (contiguous columns of the row).
-        let per_task = panels.div_ceil(threads * 2).max(1) * PANEL;
-        match (&mut out_i32, &mut out_f32) {
-            (Some(out), _) => out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
-                job.run(0, 1, t * per_task / PANEL, &mut Dst { data: epilogue(Data::Sums(chunk)), col0: t * per_task })
-            }),
-            (_, Some(out)) => out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
-                job.run(
-                    0,
-                    1,
-                    t * per_task / PANEL,
-                    &mut Dst { data: epilogue(Data::Scaled(chunk)), col0: t * per_task },
-                )
-            }),
-            _ => {}
-        }
-    } else {
-        // Tasks own runs of whole rows and read all of B (one panel at a time, from cache).
-        let rows_per_task = m.div_ceil(threads).div_ceil(ROWS) * ROWS;
-        match (&mut out_i32, &mut out_f32) {
-            (Some(out), _) => out.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
+    let split = Split { m, n, panels, threads, scales: &scales, bias: &bias };
+    match data {
+        Data::Sums(out) => split.run(&job, out, |chunk| Data::Sums(chunk)),
+        Data::Scaled(out) => split.run(&job, out, |chunk| Data::Scaled(chunk)),
+    }
+}
+
+/// How a product is cut into tasks.
+struct Split<'s> {
+    m: usize,
+    n: usize,
+    panels: usize,
+    threads: usize,
+    scales: &'s [f32],
+    bias: &'s [f32],
+}
+
+impl Split<'_> {
+    fn run<T: Send>(&self, job: &Job, out: &mut [T], wrap: impl for<'d> Fn(&'d mut [T]) -> Data<'d> + Sync) {
+        let (m, n) = (self.m, self.n);
+        let part = |data, col0, width| Out { data, width, col0, scales: self.scales, bias: self.bias };
+        if m == 1 && self.threads > 1 {
+            // One row: tasks own runs of whole panels (contiguous columns of the row).
+            let per_task = self.panels.div_ceil(self.threads * 2).max(1) * PANEL;
+            out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
+                let width = chunk.len();
+                job.run(0, 1, &mut part(wrap(chunk), t * per_task, width));
+            });
+        } else {
+            // Tasks own runs of whole rows and read all of B (one panel at a time, from cache).
+            let rows_per_task = m.div_ceil(self.threads).div_ceil(ROWS) * ROWS;
+            out.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
                 let rows = chunk.len() / n;
-                job.run(t * rows_per_task, rows, 0, &mut Dst { data: epilogue(Data::Sums(chunk)), col0: 0 })
-            }),
-            (_, Some(out)) => out.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
-                let rows = chunk.len() / n;
-                job.run(t * rows_per_task, rows, 0, &mut Dst { data: epilogue(Data::Scaled(chunk)), col0: 0 })
-            }),
-            _ => {}
+                job.run(t * rows_per_task, rows, &mut part(wrap(chunk), 0, n));
+            });
         }
     }
 }
 
 /// One product, shared by its tasks.
 struct Job<'j> {
-    a: &'j [i8],
+    source: Source<'j>,
+    k: usize,
+    /// `k` rounded up to whole groups of 4: the row length of the `i16` codes.
     stride: usize,
     b: &'j PackedInt8,
     use_avx2: bool,
 }
 
-/// A task's part of the output: whole rows of `dst.width()` columns, the first at global column `col0`.
-struct Dst<'d> {
-    data: Epilogue<'d>,
-    col0: usize,
+thread_local! {
+    /// A block of rows of A as `i16` codes, kept by each thread from one product to the next (a fresh buffer
+    /// per product would cost page faults).
+    static ROWS_I16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The output slice with what the sums become on the way in.
-struct Epilogue<'d> {
+impl Job<'_> {
+    /// Rows `first_row..first_row + rows` of the product, the columns `out` holds.
+    fn run(&self, first_row: usize, rows: usize, out: &mut Out) {
+        let (first_panel, last_panel) = (out.col0 / PANEL, (out.col0 + out.width).div_ceil(PANEL));
+        // Blocks of equal size (whole tiles), so that no small last block reads all of the panels again.
+        let most = (ROW_BLOCK_BYTES / (self.stride * 2).max(1) / ROWS * ROWS).max(ROWS);
+        let block = rows.div_ceil(rows.div_ceil(most)).div_ceil(ROWS) * ROWS;
+        ROWS_I16.with_borrow_mut(|buf| {
+            if buf.len() < block * self.stride {
+                buf.resize(block * self.stride, 0);
+            }
+            for r0 in (0..rows).step_by(block) {
+                let block_rows = block.min(rows - r0);
+                let a = &mut buf[..block_rows * self.stride];
+                self.source.fill(first_row + r0, self.k, self.stride, a, self.use_avx2);
+                let a = &*a;
+                for p in first_panel..last_panel {
+                    if self.use_avx2 {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX2 was detected at run time; `a` holds `block_rows` rows of `stride` codes and
+                        // the panel `stride / 4` groups of 32 codes.
+                        unsafe {
+                            avx2::panel(a, block_rows, self.stride, self.b.panel(p), out, r0, p * PANEL)
+                        };
+                    } else {
+                        portable_panel(a, block_rows, self.stride, self.b.panel(p), out, r0, p * PANEL);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A task's part of the output: whole rows of `width` columns, the first at global column `col0`.
+struct Out<'d> {
     data: Data<'d>,
-    /// Padded to whole panels; empty for sums.
+    width: usize,
+    col0: usize,
+    /// Padded to whole panels, by global column; empty for sums.
     scales: &'d [f32],
     bias: &'d [f32],
 }
@@ -217,76 +315,35 @@ enum Data<'d> {
     Scaled(&'d mut [f32]),
 }
 
-impl Dst<'_> {
-    /// Columns per row of this part.
-    fn width(&self, rows: usize) -> usize {
-        match &self.data.data {
-            Data::Sums(d) => d.len() / rows.max(1),
-            Data::Scaled(d) => d.len() / rows.max(1),
-        }
-    }
-
+impl Out<'_> {
     /// Stores the 8 sums of global columns `column..column + 8` of local row `row` (those that exist).
-    fn store(&mut self, row: usize, rows: usize, column: usize, sums: &[i32; PANEL]) {
-        let width = self.width(rows);
+    fn store(&mut self, row: usize, column: usize, sums: &[i32; PANEL]) {
         let local = column - self.col0;
-        let valid = PANEL.min(width - local);
-        let at = row * width + local;
-        match &mut self.data.data {
+        let valid = PANEL.min(self.width - local);
+        let at = row * self.width + local;
+        match &mut self.data {
             Data::Sums(d) => d[at..at + valid].copy_from_slice(&sums[..valid]),
             Data::Scaled(d) => {
                 for (c, (y, &sum)) in d[at..at + valid].iter_mut().zip(sums).enumerate() {
-                    *y = sum as f32 * self.data.scales[column + c] + self.data.bias[column + c];
+                    *y = sum as f32 * self.scales[column + c] + self.bias[column + c];
                 }
             }
         }
     }
 }
 
-impl Job<'_> {
-    /// Rows `first_row..first_row + rows` of the product, panels from `first_panel` on as far as `dst` reaches.
-    fn run(&self, first_row: usize, rows: usize, first_panel: usize, dst: &mut Dst) {
-        let width = dst.width(rows);
-        let last_panel = (dst.col0 + width).div_ceil(PANEL);
-        for r0 in (0..rows).step_by(ROW_BLOCK) {
-            let block_rows = ROW_BLOCK.min(rows - r0);
-            let a_rows = &self.a[(first_row + r0) * self.stride..(first_row + r0 + block_rows) * self.stride];
-            for p in (first_panel..last_panel).step_by(2) {
-                let pair: Vec<&[i8]> = (p..(p + 2).min(last_panel)).map(|q| self.b.panel(q)).collect();
-                if self.use_avx2 {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2 was detected at run time; the slices have the lengths the kernel reads.
-                    unsafe {
-                        avx2::panels(a_rows, block_rows, self.stride, &pair, &mut |row, panel, sums| {
-                            dst.store(r0 + row, rows, (p + panel) * PANEL, sums)
-                        });
-                    }
-                } else {
-                    for (i, panel) in pair.iter().enumerate() {
-                        portable_panel(a_rows, block_rows, self.stride, panel, &mut |row, sums| {
-                            dst.store(r0 + row, rows, (p + i) * PANEL, sums)
-                        });
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One panel of 8 columns for every row, handed to `store(row, sums)`.
-fn portable_panel(a: &[i8], m: usize, stride: usize, panel: &[i8], store: &mut dyn FnMut(usize, &[i32; PANEL])) {
-    let groups = stride / K_GROUP;
-    for row in 0..m {
-        let a_row = &a[row * stride..(row + 1) * stride];
+/// One panel of 8 columns (global `column..`) for the `rows` rows of `a`, local rows `row0..` of `out`.
+fn portable_panel(a: &[i16], rows: usize, stride: usize, panel: &[i8], out: &mut Out, row0: usize, column: usize) {
+    for (row, a_row) in a.chunks_exact(stride).take(rows).enumerate() {
         let mut sums = [0i32; PANEL];
         for (c, sum) in sums.iter_mut().enumerate() {
-            for g in 0..groups {
-                for l in 0..K_GROUP {
-                    *sum += a_row[g * K_GROUP + l] as i32 * panel[(g * PANEL + c) * K_GROUP + l] as i32;
+            for (g, a_group) in a_row.chunks_exact(K_GROUP).enumerate() {
+                for (l, &x) in a_group.iter().enumerate() {
+                    *sum += x as i32 * panel[(g * PANEL + c) * K_GROUP + l] as i32;
                 }
             }
         }
-        store(row, &sums);
+        out.store(row0 + row, column, &sums);
     }
 }
 
@@ -294,95 +351,160 @@ fn portable_panel(a: &[i8], m: usize, stride: usize, panel: &[i8], store: &mut d
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{K_GROUP, PANEL, ROWS};
+    use super::{Data, K_GROUP, Out, PANEL, ROWS};
 
-    /// Panels `panels` (one or two) for every row of `a`, four rows at a time; every 8 sums go to
-    /// `store(row, panel, sums)`.
+    /// One panel of 8 columns (global `column..`) for the `rows` rows of `a`, six rows at a time, into local rows
+    /// `row0..` of `out`.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `a` holds `m` rows of `stride` codes, every panel `stride / 4` groups of 32 codes.
+    /// The CPU must have AVX2; `a` holds `rows` rows of `stride` codes, `panel` `stride / 4` groups of 32 codes.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn panels(
-        a: &[i8],
-        m: usize,
+    pub unsafe fn panel(
+        a: &[i16],
+        rows: usize,
         stride: usize,
-        panels: &[&[i8]],
-        store: &mut dyn FnMut(usize, usize, &[i32; PANEL]),
+        panel: &[i8],
+        out: &mut Out,
+        row0: usize,
+        column: usize,
     ) {
         let groups = stride / K_GROUP;
-        debug_assert!(a.len() >= m * stride && panels.iter().all(|p| p.len() >= groups * PANEL * K_GROUP));
-        let mut sums = [0i32; PANEL];
-        let mut emit = |row: usize, panel: usize, v: __m256i, sums: &mut [i32; PANEL]| {
-            // SAFETY: sums holds 8 i32.
-            unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), v) };
-            store(row, panel, sums);
-        };
+        assert!(a.len() >= rows * stride && panel.len() >= groups * PANEL * K_GROUP);
         let mut row = 0;
-        while row < m {
-            let rows = if row + ROWS <= m { ROWS } else { 1 };
-            // SAFETY: rows row..row+rows exist, and the caller guarantees the rest.
+        while row < rows {
+            // SAFETY: rows row.. exist, and the caller guarantees the rest.
+            let (a_rows, b) = (unsafe { a.as_ptr().add(row * stride) }, panel.as_ptr());
+            let at = row0 + row;
+            // SAFETY: as above, for the rows each arm reads.
             unsafe {
-                let a_rows = a.as_ptr().add(row * stride);
-                match (rows, panels) {
-                    (ROWS, [p0, p1]) => {
-                        let tile = tile::<ROWS, 2>(a_rows, stride, [p0.as_ptr(), p1.as_ptr()], groups);
-                        for (r, per_panel) in tile.iter().enumerate() {
-                            for (p, v) in per_panel.iter().enumerate() {
-                                emit(row + r, p, *v, &mut sums);
-                            }
-                        }
-                    }
-                    (ROWS, [p0]) => {
-                        let tile = tile::<ROWS, 1>(a_rows, stride, [p0.as_ptr()], groups);
-                        for (r, per_panel) in tile.iter().enumerate() {
-                            emit(row + r, 0, per_panel[0], &mut sums);
-                        }
-                    }
-                    (_, [p0, p1]) => {
-                        let tile = tile::<1, 2>(a_rows, stride, [p0.as_ptr(), p1.as_ptr()], groups);
-                        for (p, v) in tile[0].iter().enumerate() {
-                            emit(row, p, *v, &mut sums);
-                        }
-                    }
-                    (_, [p0]) => emit(row, 0, tile::<1, 1>(a_rows, stride, [p0.as_ptr()], groups)[0][0], &mut sums),
-                    _ => {}
-                }
+                row += match rows - row {
+                    ROWS.. => tile_into::<ROWS>(a_rows, stride, b, groups, out, at, column),
+                    5 => tile_into::<5>(a_rows, stride, b, groups, out, at, column),
+                    4 => tile_into::<4>(a_rows, stride, b, groups, out, at, column),
+                    3 => tile_into::<3>(a_rows, stride, b, groups, out, at, column),
+                    2 => tile_into::<2>(a_rows, stride, b, groups, out, at, column),
+                    _ => tile_into::<1>(a_rows, stride, b, groups, out, at, column),
+                };
             }
-            row += rows;
         }
     }
 
-    /// `R` rows of A (at `a`, `stride` apart) times `P` panels: 8 column sums per row and panel.
+    /// `R` rows of A times one panel, stored; returns `R`.
     ///
     /// # Safety
-    /// AVX2; `a` readable for `R` rows of `groups · 4` bytes, each `b` for `groups · 32` bytes.
+    /// As [`tile`].
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn tile<const R: usize, const P: usize>(
-        a: *const i8,
+    unsafe fn tile_into<const R: usize>(
+        a: *const i16,
         stride: usize,
-        b: [*const i8; P],
+        b: *const i8,
         groups: usize,
-    ) -> [[__m256i; P]; R] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); P]; R];
+        out: &mut Out,
+        row: usize,
+        column: usize,
+    ) -> usize {
+        // SAFETY: the caller's guarantee.
+        let sums = unsafe { tile::<R>(a, stride, b, groups) };
+        for (r, v) in sums.into_iter().enumerate() {
+            store(out, row + r, column, v);
+        }
+        R
+    }
+
+    /// `R` rows of A (`i16` codes at `a`, `stride` apart) times one panel: the 8 column sums of each row.
+    ///
+    /// Each group of 4 `k` of 8 columns (32 bytes) is widened to two vectors of `i16` (columns 0-3 and 4-7, their
+    /// 4 `k` side by side), multiplied by the row's 4 `k` with `vpmaddwd` (pairs of `i16` products summed into
+    /// `i32`: exact) and added up; the two partial sums of each column are added at the end.
+    ///
+    /// # Safety
+    /// AVX2; `a` readable for `R` rows of `groups · 4` codes, `b` for `groups · 32` bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn tile<const R: usize>(a: *const i16, stride: usize, b: *const i8, groups: usize) -> [__m256i; R] {
+        let mut low = [_mm256_setzero_si256(); R];
+        let mut high = [_mm256_setzero_si256(); R];
         for g in 0..groups {
-            // SAFETY: within the panels.
-            let weights: [__m256i; P] = b.map(|b| unsafe { _mm256_loadu_si256(b.add(g * PANEL * K_GROUP).cast()) });
-            for (r, acc) in acc.iter_mut().enumerate() {
-                // Four codes of row r, in every lane.
-                // SAFETY: within row r.
-                let word = unsafe { (a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned() };
-                let x = _mm256_set1_epi32(word);
-                let magnitude = _mm256_abs_epi8(x);
-                for (acc, w) in acc.iter_mut().zip(&weights) {
-                    // |a| · (b · sign(a)) = a · b; pairs stay within ±32258: no saturation.
-                    let products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(*w, x));
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(products, ones));
+            // SAFETY: within the panel and the rows.
+            unsafe {
+                let w = b.add(g * PANEL * K_GROUP);
+                let w_low = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.cast()));
+                let w_high = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(16).cast()));
+                for r in 0..R {
+                    // The row's 4 codes of this group, in every 64-bit lane.
+                    let x = _mm256_set1_epi64x((a.add(r * stride + g * K_GROUP) as *const i64).read_unaligned());
+                    low[r] = _mm256_add_epi32(low[r], _mm256_madd_epi16(x, w_low));
+                    high[r] = _mm256_add_epi32(high[r], _mm256_madd_epi16(x, w_high));
                 }
             }
         }
-        acc
+        // low: [c0 c0 c1 c1 | c2 c2 c3 c3], high: [c4 c4 c5 c5 | c6 c6 c7 c7]; hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7].
+        let mut sums = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            sums[r] = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(low[r], high[r]));
+        }
+        sums
+    }
+
+    /// Stores the 8 sums `v` of global columns `column..column + 8` of local row `row`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store(out: &mut Out, row: usize, column: usize, v: __m256i) {
+        let local = column - out.col0;
+        if local + PANEL > out.width {
+            let mut sums = [0i32; PANEL];
+            // SAFETY: sums holds 8 i32.
+            unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), v) };
+            out.store(row, column, &sums);
+            return;
+        }
+        let at = row * out.width + local;
+        match &mut out.data {
+            Data::Sums(d) => {
+                let dst = &mut d[at..at + PANEL];
+                // SAFETY: dst holds 8 i32.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+            }
+            Data::Scaled(d) => {
+                let (dst, scales, bias) =
+                    (&mut d[at..at + PANEL], &out.scales[column..column + PANEL], &out.bias[column..column + PANEL]);
+                // SAFETY: each slice holds 8 f32. A multiply, then an add, as the scalar store (never fused).
+                unsafe {
+                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scales.as_ptr()));
+                    _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(y, _mm256_loadu_ps(bias.as_ptr())));
+                }
+            }
+        }
+    }
+
+    /// `QParams::quantize` of every `x` as `i16`, 8 at a time (the same division, rounding and clamping).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_i16(x: &[f32], p: &crate::quant::QParams, out: &mut [i16]) {
+        assert!(out.len() >= x.len());
+        let full = x.len() / 8 * 8;
+        let scale = _mm256_set1_ps(p.scale);
+        let zp = _mm256_set1_ps(p.zero_point as f32);
+        let (qmin, qmax) = (_mm256_set1_ps(p.qmin as f32), _mm256_set1_ps(p.qmax as f32));
+        const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= x.len() <= out.len().
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
+                let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
+                let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                let c = _mm256_cvtps_epi32(q);
+                let packed = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
+                _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), packed);
+            }
+        }
+        for (o, &v) in out[full..].iter_mut().zip(&x[full..]) {
+            *o = p.quantize(v) as i16;
+        }
     }
 }
 
@@ -454,60 +576,106 @@ mod tests {
             .collect()
     }
 
+    /// The exact product in `i64`, checked to fit `i32`.
     fn naive(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
         let mut c = vec![0i32; m * n];
         for i in 0..m {
             for j in 0..n {
-                c[i * n + j] = (0..k).map(|l| a[i * k + l] as i32 * b[j * k + l] as i32).sum();
+                let sum: i64 = (0..k).map(|l| a[i * k + l] as i64 * b[j * k + l] as i64).sum();
+                c[i * n + j] = i32::try_from(sum).unwrap();
             }
         }
         c
     }
 
-    #[test]
-    fn every_kernel_gives_the_exact_sums_on_edge_sizes() {
-        for &(m, k, n) in
-            &[(1, 1, 1), (1, 3, 7), (3, 4, 8), (4, 5, 9), (5, 64, 16), (17, 100, 33), (9, 768, 24), (64, 67, 70)]
-                .into_iter()
-                // Large enough to run in parallel: one row split by columns, several rows split by rows.
-                .chain([(1, 600, 515), (2, 300, 600), (70, 130, 41)])
-                .collect::<Vec<_>>()
-        {
-            let a = codes(m * k, (m * 1000 + k) as u64);
-            let b = codes(n * k, (n * 7 + k) as u64);
-            let packed = PackedInt8::pack(&b, n, k).unwrap();
-            let expected = naive(&a, &b, m, k, n);
-            let scales: Vec<f32> = (0..n).map(|j| 0.001 * (j + 1) as f32).collect();
-            let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.5).collect();
-            let requantized = requantize(&expected, n, 1.0, &scales, Some(&bias));
-            for kernel in [Kernel::Best, Kernel::Portable] {
-                let mut c = vec![0i32; m * n];
-                gemm_i8_with(&a, m, &packed, &mut c, kernel);
-                assert_eq!(c, expected, "{kernel:?} m={m} k={k} n={n}");
-                // The fused epilogue gives the bits of requantising the exact sums.
-                let mut y = vec![0f32; m * n];
-                let output = Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) };
-                gemm_i8_into(&a, m, &packed, output, kernel);
-                assert_eq!(y, requantized, "{kernel:?} scaled m={m} k={k} n={n}");
-            }
+    /// Every kernel and entry point on `a` (`[m, k]`) times `b` (`[n, k]`): the exact sums, and the bits of
+    /// requantising them.
+    fn check_every_path(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) {
+        let packed = PackedInt8::pack(b, n, k).unwrap();
+        let expected = naive(a, b, m, k, n);
+        let scales: Vec<f32> = (0..n).map(|j| 0.001 * (j + 1) as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.5).collect();
+        let requantized = requantize(&expected, n, 1.0, &scales, Some(&bias));
+        // Values whose codes at scale 0.5 are `a`.
+        let a_scale = 0.5f32;
+        let x: Vec<f32> = a.iter().enumerate().map(|(i, &q)| (q as f32 + [0.0, 0.2, -0.2][i % 3]) * a_scale).collect();
+        assert_eq!(quantize_activations(&x, a_scale), a);
+        for kernel in [Kernel::Best, Kernel::Portable] {
+            let mut c = vec![0i32; m * n];
+            gemm_i8_with(a, m, &packed, &mut c, kernel);
+            assert_eq!(c, expected, "{kernel:?} m={m} k={k} n={n}");
+            let mut c = vec![0i32; m * n];
+            gemm_quantized_into(&x, m, a_scale, &packed, Output::Sums(&mut c), kernel);
+            assert_eq!(c, expected, "{kernel:?} quantized m={m} k={k} n={n}");
+            // The fused epilogue gives the bits of requantising the exact sums.
+            let mut y = vec![0f32; m * n];
+            gemm_i8_into(a, m, &packed, Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) }, kernel);
+            assert_eq!(y, requantized, "{kernel:?} scaled m={m} k={k} n={n}");
+            let mut y = vec![0f32; m * n];
+            let output = Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) };
+            gemm_quantized_into(&x, m, a_scale, &packed, output, kernel);
+            assert_eq!(y, requantized, "{kernel:?} quantized scaled m={m} k={k} n={n}");
         }
     }
 
     #[test]
-    fn extreme_codes_never_saturate() {
-        // Every pair at ±127 · ±127: the sums are exact at the largest magnitude.
-        let (m, k, n) = (5, 4096, 9);
-        let a: Vec<i8> = (0..m * k).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
-        let b: Vec<i8> = (0..n * k).map(|i| if i % 5 == 0 { -127 } else { 127 }).collect();
-        let packed = PackedInt8::pack(&b, n, k).unwrap();
-        let mut c = vec![0i32; m * n];
-        gemm_i8(&a, m, &packed, &mut c);
-        assert_eq!(c, naive(&a, &b, m, k, n));
+    fn every_kernel_gives_the_exact_sums_on_edge_sizes() {
+        // Rows 1-7 and 13 leave every remainder of the 6-row tile; k and n are off the groups of 4 and panels of 8.
+        let small = [(1, 1, 1), (1, 3, 7), (2, 2, 1), (3, 4, 8), (4, 5, 9), (5, 64, 16), (6, 7, 3), (7, 9, 17)];
+        let larger = [(13, 100, 33), (9, 768, 24), (64, 67, 70), (1, 1, 40), (61, 1, 2)];
+        // Large enough to run in parallel (one row split by columns, several rows split by rows), and k so long
+        // that a cache block holds one tile of rows.
+        let parallel = [(1, 600, 515), (2, 300, 600), (70, 130, 41), (20, 8195, 9)];
+        for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
+            let a = codes(m * k, (m * 1000 + k) as u64);
+            let b = codes(n * k, (n * 7 + k) as u64);
+            check_every_path(&a, &b, m, k, n);
+        }
+    }
+
+    #[test]
+    fn extreme_codes_are_exact() {
+        // Every product at ±127 · ±127, alike and mixed, on sizes off the tiles: the sums at their largest magnitude.
+        let (m, k, n) = (7, 4099, 9);
+        let mixed_a: Vec<i8> = (0..m * k).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
+        let mixed_b: Vec<i8> = (0..n * k).map(|i| if i % 5 == 0 { -127 } else { 127 }).collect();
+        for (a, b) in [
+            (vec![127i8; m * k], vec![127i8; n * k]),
+            (vec![-127; m * k], vec![-127; n * k]),
+            (vec![127; m * k], vec![-127; n * k]),
+            (vec![-127; m * k], vec![127; n * k]),
+            (mixed_a.clone(), mixed_b.clone()),
+            (mixed_a, vec![127; n * k]),
+            (vec![-127; m * k], mixed_b),
+        ] {
+            check_every_path(&a, &b, m, k, n);
+        }
         let same = vec![127i8; k];
         let packed = PackedInt8::pack(&same, 1, k).unwrap();
         let mut c = vec![0i32; 1];
         gemm_i8(&same, 1, &packed, &mut c);
         assert_eq!(c[0], 127 * 127 * k as i32);
+    }
+
+    #[test]
+    fn fused_codes_are_those_of_the_quantizer() {
+        // Ordinary values, ties, the clamps, infinities and NaN, through the fused path's quantizer (AVX2 when
+        // present, in blocks of 8 and the tail) and the portable one.
+        let params = crate::quant::QParams { scale: 0.02, zero_point: 0, qmin: -127, qmax: 127 };
+        let mut x: Vec<f32> = (0..1003).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
+        for (i, v) in [0.01, -0.01, 0.03, -0.05, 2.54, -2.54, 1e9, -1e9, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]
+            .into_iter()
+            .enumerate()
+        {
+            x[i * 7] = v;
+            x[1000 - i] = v;
+        }
+        let expected: Vec<i16> = x.iter().map(|&v| params.quantize(v) as i16).collect();
+        for use_avx2 in [avx2_available(), false] {
+            let mut out = vec![0i16; x.len()];
+            quantize_i16(&x, &params, &mut out, use_avx2);
+            assert_eq!(out, expected, "avx2 {use_avx2}");
+        }
     }
 
     #[test]
