@@ -122,10 +122,10 @@ impl Linear {
         match (&self.weights, &self.input_params) {
             (Weights::Int8(int8), _) => {
                 // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
-                let codes = super::qgemm::quantize_activations(x, int8.input.scale);
                 let mut y = vec![0.0f32; rows * self.outputs];
                 let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
-                super::qgemm::gemm_i8_into(&codes, rows, &int8.packed, output, super::qgemm::Kernel::Best);
+                let kernel = super::qgemm::Kernel::Best;
+                super::qgemm::gemm_quantized_into(x, rows, int8.input.scale, &int8.packed, output, kernel);
                 y
             }
             (Weights::Compact(packed), params) => {

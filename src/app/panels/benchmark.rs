@@ -199,9 +199,8 @@ fn chart(ui: &mut egui::Ui, entries: &[BenchEntry], height: f32) {
                             .color(color(entry)),
                     );
                     let text = format!("{} · {}", label(entry), format::bytes(entry.configuration.disk_bytes));
-                    plot.text(
-                        Text::new(name, PlotPoint::new(x, y), text).anchor(Align2::LEFT_BOTTOM).color(color(entry)),
-                    );
+                    let at = PlotPoint::new(x + label_dx, y);
+                    plot.text(Text::new(name, at, text).anchor(Align2::LEFT_CENTER).color(color(entry)));
                 }
             });
     });
