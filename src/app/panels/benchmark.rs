@@ -178,7 +178,7 @@ fn chart(ui: &mut egui::Ui, entries: &[BenchEntry], height: f32) {
     // Labels sit a little to the right of their marker (the plot has no pixel offsets).
     let label_dx = 0.05 * entries.iter().map(|e| e.configuration.latency.latency_ms_median).fold(0.0, f64::max);
     ui.vertical(|ui| {
-        ui.label(RichText::new(format!("↑ {y_label}   → median latency (ms)   ● area: size on disk")).small());
+        ui.label(RichText::new(format!("y: {y_label}   x: median latency (ms)   marker area: size on disk")).small());
         Plot::new("bench-chart")
             .height(height - 18.0)
             .allow_scroll(false)
