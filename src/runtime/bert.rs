@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::TokenSequence;
 use super::config::{self, ConfigMap};
-use super::linear::{Linear, Tap, no_tap};
+use super::linear::{Embedding, Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
@@ -137,9 +137,9 @@ impl Qkv {
 pub struct BertNet {
     /// Its configuration.
     pub config: BertConfig,
-    word_embeddings: Arc<Weight>,
-    position_embeddings: Arc<Weight>,
-    token_type_embeddings: Arc<Weight>,
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
     embeddings_norm: Norm,
     layers: Vec<EncoderLayer>,
 }
@@ -177,13 +177,24 @@ impl BertNet {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BertNet {
-            word_embeddings: w.get(&format!("{p}embeddings.word_embeddings.weight"), Some(&[config.vocab_size, h]))?,
-            position_embeddings: w.get(
-                &format!("{p}embeddings.position_embeddings.weight"),
-                Some(&[config.max_position_embeddings, h]),
+            word_embeddings: Embedding::load(
+                w,
+                &format!("{p}embeddings.word_embeddings.weight"),
+                config.vocab_size,
+                h,
             )?,
-            token_type_embeddings: w
-                .get(&format!("{p}embeddings.token_type_embeddings.weight"), Some(&[config.type_vocab_size, h]))?,
+            position_embeddings: Embedding::load(
+                w,
+                &format!("{p}embeddings.position_embeddings.weight"),
+                config.max_position_embeddings,
+                h,
+            )?,
+            token_type_embeddings: Embedding::load(
+                w,
+                &format!("{p}embeddings.token_type_embeddings.weight"),
+                config.type_vocab_size,
+                h,
+            )?,
             embeddings_norm: Norm::load(w, &format!("{p}embeddings.LayerNorm"), h)?,
             layers,
             config,
@@ -207,12 +218,10 @@ impl BertNet {
         let t = seq.ids.len();
         let mut x = vec![0.0f32; t * h];
         for (pos, row) in x.chunks_exact_mut(h).enumerate() {
-            let word = &self.word_embeddings.values[seq.ids[pos] as usize * h..][..h];
-            let position = &self.position_embeddings.values[pos * h..][..h];
-            let segment = &self.token_type_embeddings.values[seq.type_ids[pos] as usize * h..][..h];
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = word[j] + segment[j] + position[j];
-            }
+            // word + segment + position, added in that order.
+            self.word_embeddings.add_row_into(seq.ids[pos] as usize, row);
+            self.token_type_embeddings.add_row_into(seq.type_ids[pos] as usize, row);
+            self.position_embeddings.add_row_into(pos, row);
         }
         let eps = self.config.layer_norm_eps;
         self.embeddings_norm.apply(&mut x, eps);

@@ -183,3 +183,43 @@ impl Linear {
         })
     }
 }
+
+/// A lookup table `[rows, width]` (token, position or segment embeddings): f32 values, or, deployed, the compact
+/// FP16, BF16 or INT8 weights of the plan, converted one row at a time as they are looked up.
+#[derive(Debug)]
+pub struct Embedding {
+    width: usize,
+    table: Table,
+}
+
+#[derive(Debug)]
+enum Table {
+    F32(Arc<Weight>),
+    Compact(super::wgemm::PackedWeights),
+}
+
+impl Embedding {
+    /// Binds table `name`, checked to be `[rows, width]`.
+    pub fn load(w: &WeightSource, name: &str, rows: usize, width: usize) -> Result<Embedding> {
+        let table = match w.compact_linear(name, rows, width)? {
+            Some(packed) => Table::Compact(packed),
+            None => Table::F32(w.get(name, Some(&[rows, width]))?),
+        };
+        Ok(Embedding { width, table })
+    }
+
+    /// Row `index` added into `out` (`width` values); the caller checked `index < rows`.
+    pub fn add_row_into(&self, index: usize, out: &mut [f32]) {
+        match &self.table {
+            Table::F32(values) => {
+                let row = &values.values[index * self.width..][..self.width];
+                out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            }
+            Table::Compact(packed) => {
+                let mut row = vec![0.0f32; self.width];
+                packed.row_into(index, &mut row);
+                out.iter_mut().zip(&row).for_each(|(o, v)| *o += v);
+            }
+        }
+    }
+}

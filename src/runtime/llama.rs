@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::TokenSequence;
 use super::config::{self, ConfigMap};
-use super::linear::{Linear, Tap, no_tap};
+use super::linear::{Embedding, Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
@@ -97,7 +97,7 @@ struct DecoderLayer {
 pub struct LlamaNet {
     /// Its configuration.
     pub config: LlamaConfig,
-    embed_tokens: Arc<Weight>,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     final_norm: Arc<Weight>,
     lm_head: Linear,
@@ -156,7 +156,7 @@ impl LlamaNet {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed_tokens = w.get("model.embed_tokens.weight", Some(&[config.vocab_size, h]))?;
+        let embed_tokens = Embedding::load(w, "model.embed_tokens.weight", config.vocab_size, h)?;
         let lm_head = if w.has("lm_head.weight") {
             Linear::load_tensors(w, "lm_head.weight", None, config.vocab_size, h)?
         } else if config.tie_word_embeddings {
@@ -189,7 +189,7 @@ impl LlamaNet {
         let first_position = cache.len();
         let mut x = vec![0.0f32; t * h];
         for (row, &id) in x.chunks_exact_mut(h).zip(&seq.ids) {
-            row.copy_from_slice(&self.embed_tokens.values[id as usize * h..][..h]);
+            self.embed_tokens.add_row_into(id as usize, row);
         }
         cache.valid.extend_from_slice(&seq.mask);
         let keys = cache.len();

@@ -195,6 +195,25 @@ impl PackedWeights {
         values
     }
 
+    /// Row `j` of the `[n, k]` weight (`k` values) in f32 into `out`, exactly as [`PackedWeights::dequantize`] gives
+    /// it: an embedding lookup on compact weights.
+    ///
+    /// # Panics
+    /// When `j >= n` or `out` is not `k` long (the caller's shapes).
+    pub fn row_into(&self, j: usize, out: &mut [f32]) {
+        assert!(j < self.n && out.len() == self.k, "row {j} of [{}, {}]", self.n, self.k);
+        let (block, c) = (self.block(j / NB), j % NB);
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = match block {
+                Block::Fp16(bits) => fp16_to_f32(bits[i * NB + c]),
+                Block::Bf16(bits) => bf16_to_f32(bits[i * NB + c]),
+                Block::Int8 { codes, scales, zero_points, .. } => {
+                    (codes[i * NB + c] as i32 - zero_points[c]) as f32 * scales[c]
+                }
+            };
+        }
+    }
+
     /// `y[m, n] = x[m, k] · Wᵀ (+ bias[n])` into a new vector, with the best kernel (see [`PackedWeights::matmul_into`]).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let mut out = vec![0.0f32; m * self.n];
@@ -657,6 +676,29 @@ mod tests {
 
     fn kernels() -> Vec<bool> {
         if simd_available() { vec![false, true] } else { vec![false] }
+    }
+
+    #[test]
+    fn rows_are_the_rows_of_the_dequantized_weight() {
+        let (n, k) = (70, 5);
+        let values: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let params: Vec<QParams> = (0..n)
+            .map(|j| QParams { scale: 0.01 * (j + 1) as f32, zero_point: j as i32 % 3 - 1, qmin: -128, qmax: 127 })
+            .collect();
+        let codes: Vec<i8> = (0..n * k).map(|i| (i * 53 % 255) as i32 as i8).collect();
+        for packed in [
+            PackedWeights::fp16(&values, n, k).unwrap(),
+            PackedWeights::bf16(&values, n, k).unwrap(),
+            PackedWeights::int8(&codes, &params, n, k).unwrap(),
+        ] {
+            let all = packed.dequantize();
+            let mut row = vec![0.0f32; k];
+            for j in 0..n {
+                packed.row_into(j, &mut row);
+                let expected = &all[j * k..(j + 1) * k];
+                assert!(row.iter().zip(expected).all(|(a, b)| a.to_bits() == b.to_bits()), "row {j}");
+            }
+        }
     }
 
     #[test]
