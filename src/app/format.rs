@@ -18,6 +18,16 @@ pub fn bytes(n: u64) -> String {
     crate::cli::human_bytes(n)
 }
 
+/// A duration given in milliseconds, with three significant digits: `12.3 ms`, `0.457 ms`, `2.41 us`.
+pub fn millis(ms: f64) -> String {
+    match ms {
+        ms if ms >= 100.0 => format!("{ms:.0} ms"),
+        ms if ms >= 10.0 => format!("{ms:.1} ms"),
+        ms if ms >= 0.1 => format!("{ms:.3} ms"),
+        ms => format!("{:.2} us", ms * 1e3),
+    }
+}
+
 /// A small positive error in engineering-style scientific notation: `3.21e-5`.
 pub fn sci(x: f64) -> String {
     if x == 0.0 { "0".into() } else { format!("{x:.2e}") }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::eval::Reference;
-use super::latency::{Latency, Workload, measure};
+use super::latency::{Latency, Workload, measure, measure_interleaved};
 use super::{Architecture, EvalData, EvalReport, Network};
 use crate::error::Result;
 use crate::model::{Model, TensorId};
@@ -94,7 +94,8 @@ pub struct Request<'a> {
     pub workload: Workload,
 }
 
-/// Runs `request`, handing each configuration to `on_configuration` as soon as it is measured (FP32 first).
+/// Runs `request`, handing each configuration to `on_configuration` once measured (FP32 first). FP32 and the plan
+/// are timed in alternation (one run of each per round), so that a slow spell of the machine falls on both.
 pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn FnMut(Configuration)) -> Result<()> {
     let Request { model, arch, plan, time_fp32, data, workload } = *request;
     if let Some(plan) = plan {
@@ -112,22 +113,22 @@ pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn Fn
         }
         _ => None,
     };
-    let mut fp32_result = None;
-    if let (true, Some((net, bytes))) = (time_fp32, &fp32) {
-        fp32_result = Some(Configuration {
-            name: "FP32".into(),
-            latency: measure(net, *bytes, workload, progress)?,
-            disk_bytes: model.size_bytes(),
-            integer_layers: 0,
-            compact_layers: 0,
-            quality: None,
-            evaluation: None,
-        });
-        if plan.is_none() || reference.is_none() {
-            on_configuration(fp32_result.take().expect("just set"));
+    let fp32_configuration = |latency, quality| Configuration {
+        name: "FP32".into(),
+        latency,
+        disk_bytes: model.size_bytes(),
+        integer_layers: 0,
+        compact_layers: 0,
+        quality,
+        evaluation: None,
+    };
+    let timed_fp32 = fp32.as_ref().filter(|_| time_fp32).map(|(net, bytes)| (net, *bytes));
+    let Some(plan) = plan else {
+        if let Some((net, bytes)) = timed_fp32 {
+            on_configuration(fp32_configuration(measure(net, bytes, workload, progress)?, None));
         }
-    }
-    let Some(plan) = plan else { return Ok(()) };
+        return Ok(());
+    };
     progress.start_stage("building the plan as deployed", 0);
     let deployed = Network::build_deployed(model, arch, plan, progress)?;
     let evaluation = match (&reference, data) {
@@ -137,15 +138,19 @@ pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn Fn
         }
         _ => None,
     };
-    if let Some(mut fp32) = fp32_result {
-        // FP32's figure comes with the plan's evaluation (the FP32 accuracy is measured beside it).
-        fp32.quality = evaluation.as_ref().and_then(Quality::of_fp32);
-        on_configuration(fp32);
+    let mut nets = vec![(&deployed.network, deployed.weights_bytes)];
+    if let Some(fp32) = timed_fp32 {
+        nets.insert(0, fp32);
     }
-    let latency = measure(&deployed.network, deployed.weights_bytes, workload, progress)?;
+    let mut latencies = measure_interleaved(&nets, workload, progress)?;
+    let plan_latency = latencies.pop().expect("the plan was timed");
+    if let Some(fp32_latency) = latencies.pop() {
+        // FP32's figure comes with the plan's evaluation (the FP32 accuracy is measured beside it).
+        on_configuration(fp32_configuration(fp32_latency, evaluation.as_ref().and_then(Quality::of_fp32)));
+    }
     on_configuration(Configuration {
         name: "plan".into(),
-        latency,
+        latency: plan_latency,
         disk_bytes: planned_disk_bytes(model, plan),
         integer_layers: deployed.integer_layers,
         compact_layers: deployed.compact_layers,

@@ -53,92 +53,123 @@ const WARMUP_RUNS: usize = 3;
 
 /// Times `net` on `workload`: batch-1 latency over `repeat` runs after warm-up, then throughput.
 pub fn measure(net: &Network, weights_bytes: u64, workload: Workload, progress: &Progress) -> Result<Latency> {
-    progress.start_stage("timing", (WARMUP_RUNS + workload.repeat) as u64 * 2);
+    let mut latencies = measure_interleaved(&[(net, weights_bytes)], workload, progress)?;
+    Ok(latencies.remove(0))
+}
+
+/// Times several networks on `workload` in alternation: each round runs every network once, so that a slow spell
+/// of a shared machine falls on all of them alike and their figures compare. One [`Latency`] per network, in order.
+pub fn measure_interleaved(nets: &[(&Network, u64)], workload: Workload, progress: &Progress) -> Result<Vec<Latency>> {
     let repeat = workload.repeat.max(1);
-    let (unit, throughput_unit, single, batch): (String, String, Box<dyn Fn() -> Result<()> + '_>, _) = match net {
+    let batch_rounds = repeat.div_ceil(3);
+    let runners = nets.iter().map(|(net, _)| runner(net, workload)).collect::<Result<Vec<_>>>()?;
+    progress.start_stage("timing", ((WARMUP_RUNS + repeat + WARMUP_RUNS + batch_rounds) * nets.len()) as u64);
+    let mut times_ms = vec![Vec::with_capacity(repeat); nets.len()];
+    for run in 0..WARMUP_RUNS + repeat {
+        for (runner, times) in runners.iter().zip(&mut times_ms) {
+            progress.check()?;
+            let start = Instant::now();
+            (runner.single)()?;
+            if run >= WARMUP_RUNS {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            progress.advance(1);
+        }
+    }
+    let mut best_rates = vec![0.0f64; nets.len()];
+    for run in 0..WARMUP_RUNS + batch_rounds {
+        for (runner, best_rate) in runners.iter().zip(&mut best_rates) {
+            progress.check()?;
+            let start = Instant::now();
+            let units = (runner.batch)()?;
+            if run >= WARMUP_RUNS {
+                *best_rate = best_rate.max(units as f64 / start.elapsed().as_secs_f64());
+            }
+            progress.advance(1);
+        }
+    }
+    let mut latencies = Vec::with_capacity(nets.len());
+    for (((runner, mut times), best_rate), (_, weights_bytes)) in
+        runners.into_iter().zip(times_ms).zip(best_rates).zip(nets)
+    {
+        times.sort_by(f64::total_cmp);
+        latencies.push(Latency {
+            unit: runner.unit,
+            latency_ms_median: percentile(&times, 0.5),
+            latency_ms_p95: percentile(&times, 0.95),
+            throughput_per_s: best_rate,
+            throughput_unit: runner.throughput_unit,
+            weights_bytes: *weights_bytes,
+            threads: rayon::current_num_threads(),
+        });
+    }
+    Ok(latencies)
+}
+
+/// What one timed run of a network does: a batch-1 run, and a throughput run returning the units it processed.
+struct Runner<'n> {
+    unit: String,
+    throughput_unit: String,
+    single: Box<dyn Fn() -> Result<()> + 'n>,
+    batch: Box<dyn Fn() -> Result<usize> + 'n>,
+}
+
+/// The timed runs of `net` on `workload` (inputs made once, up front).
+fn runner<'n>(net: &'n Network, workload: Workload) -> Result<Runner<'n>> {
+    Ok(match net {
         Network::Graph(g) => {
             let sample = synthetic(g.input_len(), 1);
             let many = synthetic(g.input_len() * workload.batch, 2);
-            (
-                "1 sample".into(),
-                "samples".into(),
-                Box::new(move || {
+            Runner {
+                unit: "1 sample".into(),
+                throughput_unit: "samples".into(),
+                single: Box::new(move || {
                     std::hint::black_box(g.forward(&sample));
                     Ok(())
                 }),
-                Box::new(move || {
+                batch: Box::new(move || {
                     std::hint::black_box(g.forward(&many));
                     Ok(workload.batch)
-                }) as Box<dyn Fn() -> Result<usize> + '_>,
-            )
+                }),
+            }
         }
         Network::Bert(b) => {
             let seq = tokens(workload.seq_len, b.config.vocab_size);
             let seqs = vec![seq.clone(); workload.batch];
-            (
-                format!("1 sequence of {} tokens", workload.seq_len),
-                "sequences".into(),
-                Box::new(move || {
+            Runner {
+                unit: format!("1 sequence of {} tokens", workload.seq_len),
+                throughput_unit: "sequences".into(),
+                single: Box::new(move || {
                     std::hint::black_box(b.forward(&seq)?);
                     Ok(())
                 }),
-                Box::new(move || {
+                batch: Box::new(move || {
                     seqs.par_iter().try_for_each(|s| b.forward(s).map(|o| drop(std::hint::black_box(o))))?;
                     Ok(workload.batch)
                 }),
-            )
+            }
         }
         Network::Llama(l) => {
             let cache = std::cell::RefCell::new(l.new_cache());
             l.forward(&tokens(workload.past_len, l.config.vocab_size), &mut cache.borrow_mut())?;
             let next = TokenSequence::new(vec![(workload.past_len % l.config.vocab_size) as u32]);
             let prompt = tokens(workload.seq_len, l.config.vocab_size);
-            (
-                format!("1 token after {}", workload.past_len),
-                "prefill tokens".into(),
-                Box::new(move || {
+            Runner {
+                unit: format!("1 token after {}", workload.past_len),
+                throughput_unit: "prefill tokens".into(),
+                single: Box::new(move || {
                     // Decode one token, then drop it from the cache: every run sees `past_len` cached positions.
                     let mut cache = cache.borrow_mut();
                     std::hint::black_box(l.forward(&next, &mut cache)?);
                     cache.truncate(workload.past_len);
                     Ok(())
                 }),
-                Box::new(move || {
+                batch: Box::new(move || {
                     std::hint::black_box(l.forward(&prompt, &mut l.new_cache())?);
                     Ok(workload.seq_len)
                 }),
-            )
+            }
         }
-    };
-    let mut times_ms = Vec::with_capacity(repeat);
-    for run in 0..WARMUP_RUNS + repeat {
-        progress.check()?;
-        let start = Instant::now();
-        single()?;
-        if run >= WARMUP_RUNS {
-            times_ms.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        progress.advance(1);
-    }
-    let mut best_rate = 0.0f64;
-    for run in 0..WARMUP_RUNS + repeat.div_ceil(3) {
-        progress.check()?;
-        let start = Instant::now();
-        let units = batch()?;
-        if run >= WARMUP_RUNS {
-            best_rate = best_rate.max(units as f64 / start.elapsed().as_secs_f64());
-        }
-        progress.advance(1);
-    }
-    times_ms.sort_by(f64::total_cmp);
-    Ok(Latency {
-        unit,
-        latency_ms_median: percentile(&times_ms, 0.5),
-        latency_ms_p95: percentile(&times_ms, 0.95),
-        throughput_per_s: best_rate,
-        throughput_unit,
-        weights_bytes,
-        threads: rayon::current_num_threads(),
     })
 }
 

@@ -120,7 +120,7 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                         ui.label(&entry.summary).on_hover_text(format!("{}\n{data}", entry.summary));
                     });
                     row.col(|ui| {
-                        ui.label(format!("{:.3} / {:.3} ms", latency.latency_ms_median, latency.latency_ms_p95))
+                        ui.label(format!("{} / {}", format::millis(latency.latency_ms_median), format::millis(latency.latency_ms_p95)))
                             .on_hover_text(&latency.unit);
                     });
                     row.col(|ui| {
