@@ -177,31 +177,39 @@ fn chart(ui: &mut egui::Ui, entries: &[BenchEntry], height: f32) {
     };
     // Labels sit a little to the right of their marker (the plot has no pixel offsets).
     let label_dx = 0.05 * entries.iter().map(|e| e.configuration.latency.latency_ms_median).fold(0.0, f64::max);
+    // Equal values (one configuration, or plans as accurate as FP32) get a small range around them, not the
+    // plot's default of ±100.
+    let ys: Vec<f64> = entries.iter().filter_map(y_of).collect();
+    let (low, high) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| (l.min(y), h.max(y)));
+    let pad = if high - low < 1e-9 { 1e-3 * high.abs().max(1.0) } else { 0.0 };
     ui.vertical(|ui| {
         ui.label(RichText::new(format!("y: {y_label}   x: median latency (ms)   marker area: size on disk")).small());
-        Plot::new("bench-chart")
+        let mut chart = Plot::new("bench-chart")
             .height(height - 18.0)
             .allow_scroll(false)
             .include_x(0.0)
-            .set_margin_fraction(egui::vec2(0.3, 0.25))
-            .show(ui, |plot| {
-                for entry in entries {
-                    let Some(y) = y_of(entry) else { continue };
-                    let x = entry.configuration.latency.latency_ms_median;
-                    let share = entry.configuration.disk_bytes as f64 / largest;
-                    let radius = (3.0 + 9.0 * share.sqrt()) as f32;
-                    let name = format!("{} {}", label(entry), entry.summary);
-                    plot.points(
-                        Points::new(name.clone(), vec![[x, y]])
-                            .radius(radius)
-                            .shape(MarkerShape::Circle)
-                            .filled(true)
-                            .color(color(entry)),
-                    );
-                    let text = format!("{} · {}", label(entry), format::bytes(entry.configuration.disk_bytes));
-                    let at = PlotPoint::new(x + label_dx, y);
-                    plot.text(Text::new(name, at, text).anchor(Align2::LEFT_CENTER).color(color(entry)));
-                }
-            });
+            .set_margin_fraction(egui::vec2(0.3, 0.25));
+        if pad > 0.0 && low.is_finite() {
+            chart = chart.include_y(low - pad).include_y(high + pad);
+        }
+        chart.show(ui, |plot| {
+            for entry in entries {
+                let Some(y) = y_of(entry) else { continue };
+                let x = entry.configuration.latency.latency_ms_median;
+                let share = entry.configuration.disk_bytes as f64 / largest;
+                let radius = (3.0 + 9.0 * share.sqrt()) as f32;
+                let name = format!("{} {}", label(entry), entry.summary);
+                plot.points(
+                    Points::new(name.clone(), vec![[x, y]])
+                        .radius(radius)
+                        .shape(MarkerShape::Circle)
+                        .filled(true)
+                        .color(color(entry)),
+                );
+                let text = format!("{} · {}", label(entry), format::bytes(entry.configuration.disk_bytes));
+                let at = PlotPoint::new(x + label_dx, y);
+                plot.text(Text::new(name, at, text).anchor(Align2::LEFT_CENTER).color(color(entry)));
+            }
+        });
     });
 }
