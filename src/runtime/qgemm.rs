@@ -361,6 +361,20 @@ fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Ker
             (Data::Scaled(out), padded_scales, padded_bias)
         }
     };
+    if k == 0 {
+        // No inputs: every sum is 0 (and a row of codes would be empty, which the kernels do not take).
+        match data {
+            Data::Sums(out) => out.fill(0),
+            Data::Scaled(out) => {
+                for row in out.chunks_exact_mut(n) {
+                    for ((y, &scale), &bias) in row.iter_mut().zip(&scales).zip(&bias) {
+                        *y = 0f32 * scale + bias;
+                    }
+                }
+            }
+        }
+        return;
+    }
     let use_avx2 = kernel == Kernel::Best && avx2_available();
     let path = match (use_avx2, b.has_u8s8()) {
         (true, true) => Path::U8s8,
@@ -1113,7 +1127,8 @@ mod tests {
 
     #[test]
     fn u8s8_form_is_exact_on_bell_shaped_weights() {
-        let small = [(1, 1, 1), (1, 3, 7), (2, 2, 1), (3, 4, 8), (4, 5, 9), (6, 7, 3), (7, 9, 17), (1, 1, 40)];
+        let small =
+            [(1, 1, 1), (1, 3, 7), (2, 2, 1), (3, 4, 8), (4, 5, 9), (6, 7, 3), (7, 9, 17), (1, 1, 40), (2, 0, 3)];
         let larger = [(13, 100, 33), (9, 768, 24), (64, 67, 70), (61, 1, 2), (5, 257, 1), (1, 768, 23)];
         let parallel = [(1, 600, 515), (1, 768, 515), (2, 1001, 300), (70, 130, 41), (20, 8195, 9), (97, 768, 72)];
         for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
