@@ -451,8 +451,8 @@ thread_local! {
     static ROWS_U8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// For the `u8 × s8` kernel: the block's `u8` codes input-major, and the corrections' sums of two panels
     /// (column-major: 8 columns of the block's rows each).
-    static U8_CORRECTIONS: std::cell::RefCell<(Vec<u8>, Vec<i32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static U8_CORRECTIONS: std::cell::RefCell<(Vec<u8>, Vec<i32>, Vec<i32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 impl Job<'_> {
@@ -507,7 +507,7 @@ impl Job<'_> {
         let block = self.block_rows(rows, U8_BLOCK_CODE_BYTES);
         let corrected = !self.b.u8s8.corrections.is_empty();
         ROWS_U8.with_borrow_mut(|buf| {
-            U8_CORRECTIONS.with_borrow_mut(|(transposed, fixes)| {
+            U8_CORRECTIONS.with_borrow_mut(|(transposed, fixes, scratch)| {
                 if buf.len() < block * self.stride {
                     buf.resize(block * self.stride, 128);
                 }
@@ -516,6 +516,7 @@ impl Job<'_> {
                 }
                 if corrected && fixes.len() < 2 * PANEL * block {
                     fixes.resize(2 * PANEL * block, 0);
+                    scratch.resize(PANEL * block, 0);
                 }
                 for r0 in (0..rows).step_by(block) {
                     let block_rows = block.min(rows - r0);
@@ -524,9 +525,13 @@ impl Job<'_> {
                     let a = &*a;
                     let transposed = &mut transposed[..if corrected { block_rows * self.k } else { 0 }];
                     if corrected {
-                        for (i, column) in transposed.chunks_exact_mut(block_rows).enumerate() {
-                            for (t, code) in column.iter_mut().enumerate() {
-                                *code = a[t * self.stride + i];
+                        // 16 rows at a time, so that the rows being read stay in L1.
+                        for t0 in (0..block_rows).step_by(16) {
+                            let rows = &a[t0 * self.stride..(t0 + 16).min(block_rows) * self.stride];
+                            for (i, column) in transposed.chunks_exact_mut(block_rows).enumerate() {
+                                for (code, row) in column[t0..].iter_mut().zip(rows.chunks_exact(self.stride)) {
+                                    *code = row[i];
+                                }
                             }
                         }
                     }
@@ -536,7 +541,13 @@ impl Job<'_> {
                         for (q, fixes) in fixes.chunks_exact_mut(PANEL * block_rows).enumerate() {
                             // SAFETY: this path runs only where AVX2 was detected.
                             unsafe {
-                                avx2::sum_corrections(fixes, transposed, block_rows, self.b.panel_corrections(p + q))
+                                avx2::sum_corrections(
+                                    fixes,
+                                    scratch,
+                                    transposed,
+                                    block_rows,
+                                    self.b.panel_corrections(p + q),
+                                )
                             };
                         }
                         // SAFETY: this path runs only where AVX2 was detected; `a` holds `block_rows` rows of
@@ -672,7 +683,7 @@ mod avx2 {
 
     /// The corrections' sums of a block of rows for one or two panels, from row `first`.
     struct Fixes<'f> {
-        /// Column-major per panel: `PANEL` columns of `rows`; empty when there are no corrections.
+        /// Row-major per panel: `rows` rows of `PANEL` sums; empty when there are no corrections.
         sums: &'f [i32],
         rows: usize,
         first: usize,
@@ -683,34 +694,46 @@ mod avx2 {
             Fixes { sums: self.sums, rows: self.rows, first }
         }
 
-        /// The sums of rows `first..first + R` of panel `q` (of the pair), row-major.
-        fn tile<const R: usize>(&self, q: usize) -> [[i32; PANEL]; R] {
-            let mut tile = [[0i32; PANEL]; R];
+        /// The 8 sums of row `first + r` of panel `q` (of the pair).
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        fn row(&self, q: usize, r: usize) -> __m256i {
             if self.sums.is_empty() {
-                return tile;
+                return _mm256_setzero_si256();
             }
-            for (c, column) in self.sums[q * PANEL * self.rows..].chunks_exact(self.rows).take(PANEL).enumerate() {
-                for (r, row) in tile.iter_mut().enumerate() {
-                    row[c] = column[self.first + r];
-                }
-            }
-            tile
+            let at = (q * self.rows + self.first + r) * PANEL;
+            let sums = &self.sums[at..at + PANEL];
+            // SAFETY: sums holds 8 i32.
+            unsafe { _mm256_loadu_si256(sums.as_ptr().cast()) }
         }
     }
 
-    /// `fixes[c · rows + t] = Σ r · u[t, k]` over the corrections `(k, c, r)` of one panel, `transposed` holding the
-    /// `u8` codes (offset by 128) of the block's `rows` rows input-major; vectorised over the rows.
+    /// `fixes[t · 8 + c] = Σ r · u[t, k]` over the corrections `(k, c, r)` of one panel, `transposed` holding the
+    /// `u8` codes (offset by 128) of the block's `rows` rows input-major: summed column by column in `scratch`
+    /// (`8 · rows`), vectorised over the rows, then stored row-major for the tiles.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn sum_corrections(fixes: &mut [i32], transposed: &[u8], rows: usize, corrections: &[Correction]) {
-        fixes.fill(0);
+    pub unsafe fn sum_corrections(
+        fixes: &mut [i32],
+        scratch: &mut [i32],
+        transposed: &[u8],
+        rows: usize,
+        corrections: &[Correction],
+    ) {
+        let scratch = &mut scratch[..PANEL * rows];
+        scratch.fill(0);
         for fix in corrections {
             let (k, column, r) = (fix.k as usize, fix.column as usize, fix.r as i32);
-            let sums = &mut fixes[column * rows..(column + 1) * rows];
+            let sums = &mut scratch[column * rows..(column + 1) * rows];
             for (sum, &u) in sums.iter_mut().zip(&transposed[k * rows..(k + 1) * rows]) {
                 *sum = sum.wrapping_add(r * u as i32);
+            }
+        }
+        for (c, column) in scratch.chunks_exact(rows).enumerate() {
+            for (row, &sum) in fixes.chunks_exact_mut(PANEL).zip(column) {
+                row[c] = sum;
             }
         }
     }
@@ -740,13 +763,10 @@ mod avx2 {
         let sums = unsafe { tile_u8s8::<R, P>(a.as_ptr(), stride, w, groups) };
         for (q, panel_sums) in sums.into_iter().enumerate() {
             let p = first + q;
-            let fixes = fixes.tile::<R>(q);
             // SAFETY: offsets hold whole panels (checked by the caller).
             let offset = unsafe { _mm256_loadu_si256(b.u8s8.offsets[p * PANEL..p * PANEL + PANEL].as_ptr().cast()) };
-            for (r, (v, fix)) in panel_sums.into_iter().zip(&fixes).enumerate() {
-                // SAFETY: fix holds 8 i32.
-                let fix = unsafe { _mm256_loadu_si256(fix.as_ptr().cast()) };
-                store(out, row + r, p * PANEL, _mm256_add_epi32(_mm256_add_epi32(v, offset), fix));
+            for (r, v) in panel_sums.into_iter().enumerate() {
+                store(out, row + r, p * PANEL, _mm256_add_epi32(_mm256_add_epi32(v, offset), fixes.row(q, r)));
             }
         }
         R
