@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""onnxruntime's side of `tools/bench_qgemm.sh`: one MatMul of activations [m, k] by weights [k, n], in FP32 and
+"""onnxruntime's side of `tools/bench_qgemm.sh`: one MatMul of activations [m, k] (uniform in [-2, 2]) by weights
+[k, n] (standard normal, as trained weights are bell-shaped), in FP32 and
 quantised by `onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)` (per-tensor dynamic u8 activations,
 s8 weights: the graph becomes DynamicQuantizeLinear + MatMulInteger + rescale, or the fused
 DynamicQuantizeMatMul), timed with 2 intra-op threads like quantstudio.
@@ -24,7 +25,8 @@ SHAPES = [(512, 768, 768), (128, 768, 3072), (1, 768, 3072)]
 
 
 def matmul_model(path: Path, k: int, n: int, seed: int) -> None:
-    weights = np.random.default_rng(seed).uniform(-2, 2, size=(k, n)).astype(np.float32)
+    # Normally distributed like trained weights (and like quantstudio's side of the benchmark).
+    weights = np.random.default_rng(seed).standard_normal(size=(k, n)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "w"], ["y"])],
         "matmul",

@@ -1,23 +1,36 @@
 //! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` and `B` symmetric INT8 codes in `[-127, 127]` and `C`
 //! exact `i32` sums, then requantised to `f32` with the scales (`y = C · s_a · s_w[j] + b[j]`).
 //!
-//! The AVX2 path (chosen at run time) has no VNNI and no saturating shortcut: the codes of `A` are held as `i16`
-//! (a block of rows at a time, in a buffer each thread keeps), the packed `i8` weights are widened to `i16` as they
-//! are loaded (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane:
-//! `C[i, j] = Σ_t (a[i, 2t] · b[j, 2t] + a[i, 2t+1] · b[j, 2t+1])`, every pair within `±2 · 127 · 127 = ±32258`, every
-//! product and sum exact: two multiplies and two adds per 32 multiply-accumulates. A `u8 × s8` `vpmaddubsw` scheme
-//! needs one add fewer, but its `i16` pair sums can saturate; made exact (activations offset by 128, the second
-//! weight of each pair of one sign summing above 128 clamped, `C = Σ u·b' − 128·colsum(b') + Σ r·a` with sparse
-//! corrections `r`), it would need a correction for about a quarter of the pairs of uniformly spread codes, so it
-//! is not used. The previous `|a| · (b · sign(a))` with `vpmaddubsw` is exact too but adds a `vpsignb` per 32 products.
-//! The portable path (plain `i32` dot products) gives identical results; the tests hold them to it on every edge
-//! size and at the extreme codes.
+//! Two AVX2 kernels (chosen at run time; no VNNI):
+//!
+//! - `u8 × s8` (the default when the weights allow it): activation codes offset to `u = a + 128 ∈ [1, 255]` (a
+//!   block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row, `vpmaddubsw`
+//!   (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into one `i32`)
+//!   and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates `i16` only
+//!   when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not), so
+//!   [`PackedInt8::pack`] clamps the second weight of every such pair to `b1' = sign · (128 − |b0|)` and records the
+//!   rest `r = b1 − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly,
+//!   `C[i, j] = Σ_k u[i, k] · b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as
+//!   `Σ_k u · b' + Σ_{corrections of j} r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') +
+//!   Σ r`): the corrections are summed for a whole block of rows from its `u8` codes transposed, 8 rows per vector,
+//!   and the offset and those sums are added to the `i32` sums of each tile before they are stored or requantised
+//!   (all in wrapping `i32`, whose result is the exact sum whenever that sum fits `i32`). Trained weights are bell-shaped and need a
+//!   correction for well under 1% of their codes; when more than 2% would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly
+//!   spread codes need one for about a quarter of the pairs), the weights are packed as they are and use the kernel
+//!   below.
+//! - `i16`: the codes of `A` are held as `i16`, the packed `i8` weights widened to `i16` as they are loaded
+//!   (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane, every pair within
+//!   `±2 · 127 · 127 = ±32258`: exact, four instructions per 32 multiply-accumulates.
+//!
+//! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results;
+//! the tests hold every path to a naive `i64` product on every edge size and at the extreme codes.
 //!
 //! [`gemm_quantized_into`] quantizes `f32` activations into that buffer block by block (bit for bit the codes of
 //! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix.
 //!
 //! Weights are packed once ([`PackedInt8`]): panels of 8 output columns, `k` padded to a multiple of 4 with zero
-//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by one panel.
+//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (`u8 × s8`) or
+//! by one panel (`i16`).
 
 use rayon::prelude::*;
 
@@ -31,8 +44,25 @@ const K_GROUP: usize = 4;
 const ROWS: usize = 6;
 /// Most bytes of `i16` codes of `A` per cache block (126 rows of 768 inputs): in L2, read again for every panel.
 const ROW_BLOCK_BYTES: usize = 192 << 10;
+/// Bytes per code counted against [`ROW_BLOCK_BYTES`] for the `u8` codes (as many rows per block as with `i16`).
+#[cfg(target_arch = "x86_64")]
+const U8_BLOCK_CODE_BYTES: usize = 2;
 /// Multiply-accumulates below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
+/// Most corrections per weight code for which [`PackedInt8::pack`] builds the `u8 × s8` form (2%): beyond, the
+/// corrections would cost more than the kernel saves.
+pub const MAX_CORRECTIONS_PER_WEIGHT: f64 = 0.02;
+
+/// A weight the `u8 × s8` form leaves out of the packed codes: `r · a[i, k]` is added to column `column` of its panel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Correction {
+    /// Input.
+    k: u32,
+    /// Column within the panel.
+    column: u8,
+    /// The weight left out, `|r| ≤ 126`.
+    r: i8,
+}
 
 /// INT8 weight codes `[n, k]` (output channels × inputs) packed for [`gemm_i8`].
 #[derive(Clone, Debug, PartialEq)]
@@ -44,18 +74,38 @@ pub struct PackedInt8 {
     /// `ceil(k / 4)`.
     k_groups: usize,
     /// Panel `p`, group `g`, column `c`, lane `l` at `((p · k_groups + g) · PANEL + c) · 4 + l` = code of column
-    /// `p · PANEL + c`, input `g · 4 + l` (0 past `n` or `k`).
+    /// `p · PANEL + c`, input `g · 4 + l` (0 past `n` or `k`); with the `u8 × s8` form, the clamped codes `b'`.
     data: Vec<i8>,
+    /// The `u8 × s8` form's offsets and corrections (empty without it), boxed: the layers that hold a
+    /// `PackedInt8` stay small.
+    u8s8: Box<U8s8Form>,
+}
+
+/// The offsets and corrections of the `u8 × s8` form of a [`PackedInt8`].
+#[derive(Clone, Debug, Default, PartialEq)]
+struct U8s8Form {
+    /// Empty without the `u8 × s8` form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping: the kernel
+    /// adds the corrections times the offset codes `u`), padded to whole panels.
+    offsets: Vec<i32>,
+    /// The corrections of panel `p` (sorted by column, then input) at `corrections[starts[p]..starts[p + 1]]`.
+    corrections: Vec<Correction>,
+    /// Panels + 1 bounds into `corrections` (empty without the `u8 × s8` form).
+    starts: Vec<usize>,
 }
 
 impl PackedInt8 {
-    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range).
+    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range). Builds the
+    /// `u8 × s8` form (clamped pairs, offsets, corrections: see the module docs) when at most
+    /// [`MAX_CORRECTIONS_PER_WEIGHT`] of the codes need a correction.
     pub fn pack(codes: &[i8], n: usize, k: usize) -> Result<PackedInt8> {
-        if codes.len() != n * k {
+        if n.checked_mul(k) != Some(codes.len()) {
             return Err(Error::Unsupported(format!("{} INT8 codes cannot be a [{n}, {k}] matrix", codes.len())));
         }
         if codes.contains(&i8::MIN) {
             return Err(Error::Unsupported("INT8 GEMM weights must be symmetric codes in [-127, 127]".into()));
+        }
+        if u32::try_from(k).is_err() {
+            return Err(Error::Unsupported(format!("INT8 GEMM inputs {k} exceed u32")));
         }
         let k_groups = k.div_ceil(K_GROUP);
         let panels = n.div_ceil(PANEL);
@@ -67,17 +117,83 @@ impl PackedInt8 {
                 data[((panel * k_groups + group) * PANEL + column) * K_GROUP + lane] = q;
             }
         }
-        Ok(PackedInt8 { n, k, k_groups, data })
+        let mut packed = PackedInt8 { n, k, k_groups, data, u8s8: Box::default() };
+        packed.build_u8s8();
+        Ok(packed)
+    }
+
+    /// Clamps the pairs that could saturate `vpmaddubsw` and records the corrections and column offsets, unless
+    /// there would be too many corrections (then the codes stay as they are, for the `i16` kernel).
+    fn build_u8s8(&mut self) {
+        let needs_correction = |b0: i8, b1: i8| {
+            (b0 > 0 && b1 > 0 || b0 < 0 && b1 < 0) && b0.unsigned_abs() as u32 + b1.unsigned_abs() as u32 > 128
+        };
+        let count = self.data.chunks_exact(2).filter(|pair| needs_correction(pair[0], pair[1])).count();
+        if count as f64 > MAX_CORRECTIONS_PER_WEIGHT * (self.n * self.k) as f64 {
+            return;
+        }
+        let panel_len = self.k_groups * PANEL * K_GROUP;
+        let panels = self.n.div_ceil(PANEL);
+        let mut corrections = Vec::with_capacity(count);
+        let mut starts = Vec::with_capacity(panels + 1);
+        let mut offsets = vec![0i32; panels * PANEL];
+        for (p, panel) in self.data.chunks_exact_mut(panel_len.max(1)).enumerate().take(panels) {
+            starts.push(corrections.len());
+            for (g, group) in panel.chunks_exact_mut(PANEL * K_GROUP).enumerate() {
+                for (column, codes) in group.chunks_exact_mut(K_GROUP).enumerate() {
+                    for (t, pair) in codes.chunks_exact_mut(2).enumerate() {
+                        let (b0, b1) = (pair[0], pair[1]);
+                        if needs_correction(b0, b1) {
+                            let clamped = (128 - b0.unsigned_abs() as i32) * (b1 as i32).signum();
+                            // |clamped| in [1, 127], |r| <= 126: both fit i8.
+                            pair[1] = clamped as i8;
+                            let k = (g * K_GROUP + 2 * t + 1) as u32;
+                            corrections.push(Correction { k, column: column as u8, r: (b1 as i32 - clamped) as i8 });
+                        }
+                        // The original codes: the kernel adds `r · u`, not `r · a`, so `−128 · r` is offset too.
+                        let sum = b0 as i32 + b1 as i32;
+                        let offset = &mut offsets[p * PANEL + column];
+                        *offset = offset.wrapping_sub(sum.wrapping_mul(128));
+                    }
+                }
+            }
+        }
+        starts.push(corrections.len());
+        for bounds in starts.windows(2) {
+            corrections[bounds[0]..bounds[1]].sort_by_key(|fix| (fix.column, fix.k));
+        }
+        *self.u8s8 = U8s8Form { offsets, corrections, starts };
     }
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
         self.data.len()
+            + 4 * self.u8s8.offsets.len()
+            + std::mem::size_of::<Correction>() * self.u8s8.corrections.len()
+            + std::mem::size_of::<usize>() * self.u8s8.starts.len()
+    }
+
+    /// Whether the `u8 × s8` form was built (few enough weight pairs need a correction).
+    pub fn has_u8s8(&self) -> bool {
+        !self.u8s8.starts.is_empty()
+    }
+
+    /// Weight codes that the `u8 × s8` form leaves out of the packed codes, as corrections (0 without the form).
+    pub fn corrections(&self) -> usize {
+        self.u8s8.corrections.len()
     }
 
     fn panel(&self, p: usize) -> &[i8] {
         let len = self.k_groups * PANEL * K_GROUP;
         &self.data[p * len..(p + 1) * len]
+    }
+
+    /// The corrections of panel `p` (none without the `u8 × s8` form).
+    fn panel_corrections(&self, p: usize) -> &[Correction] {
+        match (self.u8s8.starts.get(p), self.u8s8.starts.get(p + 1)) {
+            (Some(&from), Some(&to)) => &self.u8s8.corrections[from..to],
+            _ => &[],
+        }
     }
 }
 
@@ -167,6 +283,41 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// Rows `first..first + rows` of A as `u8` codes offset by 128, `stride` per row (128, the code 0, past `k`),
+    /// into `buf`.
+    fn fill_u8(&self, first: usize, k: usize, stride: usize, buf: &mut [u8], use_avx2: bool) {
+        for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
+            let (row, rest) = dst.split_at_mut(k);
+            let at = (first + r) * k;
+            match self {
+                Source::Codes(a) => {
+                    for (o, &c) in row.iter_mut().zip(&a[at..at + k]) {
+                        *o = (c as u8) ^ 0x80;
+                    }
+                }
+                Source::Values { x, params } => quantize_u8(&x[at..at + k], params, row, use_avx2),
+            }
+            rest.fill(128);
+        }
+    }
+}
+
+/// The codes of `x` plus 128 as `u8`, the codes bit for bit those of `QParams::quantize` (which must be in
+/// `[-128, 127]`: a symmetric or signed quantization).
+fn quantize_u8(x: &[f32], params: &crate::quant::QParams, out: &mut [u8], use_avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { avx2::quantize_u8(x, params, out) };
+        return;
+    }
+    let _ = use_avx2;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (params.quantize(v) as u8) ^ 0x80;
+    }
+}
+
 fn widen(codes: &[i8], out: &mut [i16]) {
     for (o, &c) in out.iter_mut().zip(codes) {
         *o = c as i16;
@@ -210,7 +361,27 @@ fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Ker
             (Data::Scaled(out), padded_scales, padded_bias)
         }
     };
-    let job = Job { source, k, stride: b.k_groups * K_GROUP, b, use_avx2: kernel == Kernel::Best && avx2_available() };
+    if k == 0 {
+        // No inputs: every sum is 0 (and a row of codes would be empty, which the kernels do not take).
+        match data {
+            Data::Sums(out) => out.fill(0),
+            Data::Scaled(out) => {
+                for row in out.chunks_exact_mut(n) {
+                    for ((y, &scale), &bias) in row.iter_mut().zip(&scales).zip(&bias) {
+                        *y = 0f32 * scale + bias;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let use_avx2 = kernel == Kernel::Best && avx2_available();
+    let path = match (use_avx2, b.has_u8s8()) {
+        (true, true) => Path::U8s8,
+        (true, false) => Path::I16,
+        (false, _) => Path::Portable,
+    };
+    let job = Job { source, k, stride: b.k_groups * K_GROUP, b, path };
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
     let split = Split { m, n, panels, threads, scales: &scales, bias: &bias };
     match data {
@@ -258,22 +429,43 @@ struct Job<'j> {
     /// `k` rounded up to whole groups of 4: the row length of the `i16` codes.
     stride: usize,
     b: &'j PackedInt8,
-    use_avx2: bool,
+    path: Path,
+}
+
+/// Which kernel a product runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// Plain `i32` dot products on `i16` codes, plus the corrections.
+    Portable,
+    /// AVX2 `vpmaddwd` on `i16` codes (weights without the `u8 × s8` form).
+    I16,
+    /// AVX2 `vpmaddubsw` on `u8` codes offset by 128, plus the offsets and the corrections.
+    U8s8,
 }
 
 thread_local! {
     /// A block of rows of A as `i16` codes, kept by each thread from one product to the next (a fresh buffer
     /// per product would cost page faults).
     static ROWS_I16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for the `u8` codes (offset by 128) of the `u8 × s8` kernel.
+    static ROWS_U8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// For the `u8 × s8` kernel: the block's `u8` codes input-major, and the corrections' sums of two panels
+    /// (column-major: 8 columns of the block's rows each).
+    static U8_CORRECTIONS: std::cell::RefCell<(Vec<u8>, Vec<i32>, Vec<i32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 impl Job<'_> {
     /// Rows `first_row..first_row + rows` of the product, the columns `out` holds.
     fn run(&self, first_row: usize, rows: usize, out: &mut Out) {
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::U8s8 {
+            self.run_u8s8(first_row, rows, out);
+            return;
+        }
+        let use_avx2 = self.path == Path::I16;
         let (first_panel, last_panel) = (out.col0 / PANEL, (out.col0 + out.width).div_ceil(PANEL));
-        // Blocks of equal size (whole tiles), so that no small last block reads all of the panels again.
-        let most = (ROW_BLOCK_BYTES / (self.stride * 2).max(1) / ROWS * ROWS).max(ROWS);
-        let block = rows.div_ceil(rows.div_ceil(most)).div_ceil(ROWS) * ROWS;
+        let block = self.block_rows(rows, 2);
         ROWS_I16.with_borrow_mut(|buf| {
             if buf.len() < block * self.stride {
                 buf.resize(block * self.stride, 0);
@@ -281,21 +473,89 @@ impl Job<'_> {
             for r0 in (0..rows).step_by(block) {
                 let block_rows = block.min(rows - r0);
                 let a = &mut buf[..block_rows * self.stride];
-                self.source.fill(first_row + r0, self.k, self.stride, a, self.use_avx2);
+                self.source.fill(first_row + r0, self.k, self.stride, a, use_avx2);
                 let a = &*a;
                 for p in first_panel..last_panel {
-                    if self.use_avx2 {
+                    let (panel, corrections) = (self.b.panel(p), self.b.panel_corrections(p));
+                    if use_avx2 {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: AVX2 was detected at run time; `a` holds `block_rows` rows of `stride` codes and
                         // the panel `stride / 4` groups of 32 codes.
                         unsafe {
-                            avx2::panel(a, block_rows, self.stride, self.b.panel(p), out, r0, p * PANEL)
+                            avx2::panel(a, block_rows, self.stride, panel, out, r0, p * PANEL)
                         };
                     } else {
-                        portable_panel(a, block_rows, self.stride, self.b.panel(p), out, r0, p * PANEL);
+                        portable_panel(a, block_rows, self.stride, panel, corrections, out, r0, p * PANEL);
                     }
                 }
             }
+        });
+    }
+
+    /// Rows per cache block of `rows` rows of `code_bytes` bytes per code: blocks of equal size (whole tiles), so
+    /// that no small last block reads all of the panels again.
+    fn block_rows(&self, rows: usize, code_bytes: usize) -> usize {
+        let most = (ROW_BLOCK_BYTES / (self.stride * code_bytes).max(1) / ROWS * ROWS).max(ROWS);
+        rows.div_ceil(rows.div_ceil(most)).div_ceil(ROWS) * ROWS
+    }
+
+    /// [`Job::run`] with the `u8 × s8` kernel, two panels at a time. The corrections of a panel are added up for the
+    /// whole block of rows first, 8 rows at a time, from the block's codes transposed (input-major).
+    #[cfg(target_arch = "x86_64")]
+    fn run_u8s8(&self, first_row: usize, rows: usize, out: &mut Out) {
+        let (first_panel, last_panel) = (out.col0 / PANEL, (out.col0 + out.width).div_ceil(PANEL));
+        let block = self.block_rows(rows, U8_BLOCK_CODE_BYTES);
+        let corrected = !self.b.u8s8.corrections.is_empty();
+        ROWS_U8.with_borrow_mut(|buf| {
+            U8_CORRECTIONS.with_borrow_mut(|(transposed, fixes, scratch)| {
+                if buf.len() < block * self.stride {
+                    buf.resize(block * self.stride, 128);
+                }
+                if corrected && transposed.len() < block * self.k {
+                    transposed.resize(block * self.k, 0);
+                }
+                if corrected && fixes.len() < 2 * PANEL * block {
+                    fixes.resize(2 * PANEL * block, 0);
+                    scratch.resize(PANEL * block, 0);
+                }
+                for r0 in (0..rows).step_by(block) {
+                    let block_rows = block.min(rows - r0);
+                    let a = &mut buf[..block_rows * self.stride];
+                    self.source.fill_u8(first_row + r0, self.k, self.stride, a, true);
+                    let a = &*a;
+                    let transposed = &mut transposed[..if corrected { block_rows * self.k } else { 0 }];
+                    if corrected {
+                        // 16 rows at a time, so that the rows being read stay in L1.
+                        for t0 in (0..block_rows).step_by(16) {
+                            let rows = &a[t0 * self.stride..(t0 + 16).min(block_rows) * self.stride];
+                            for (i, column) in transposed.chunks_exact_mut(block_rows).enumerate() {
+                                for (code, row) in column[t0..].iter_mut().zip(rows.chunks_exact(self.stride)) {
+                                    *code = row[i];
+                                }
+                            }
+                        }
+                    }
+                    for p in (first_panel..last_panel).step_by(2) {
+                        let pair = (last_panel - p).min(2);
+                        let fixes = &mut fixes[..if corrected { pair * PANEL * block_rows } else { 0 }];
+                        for (q, fixes) in fixes.chunks_exact_mut(PANEL * block_rows).enumerate() {
+                            // SAFETY: this path runs only where AVX2 was detected.
+                            unsafe {
+                                avx2::sum_corrections(
+                                    fixes,
+                                    scratch,
+                                    transposed,
+                                    block_rows,
+                                    self.b.panel_corrections(p + q),
+                                )
+                            };
+                        }
+                        // SAFETY: this path runs only where AVX2 was detected; `a` holds `block_rows` rows of
+                        // `stride` codes, and panels `p..p + pair` exist.
+                        unsafe { avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, fixes, out, r0) };
+                    }
+                }
+            });
         });
     }
 }
@@ -333,7 +593,17 @@ impl Out<'_> {
 }
 
 /// One panel of 8 columns (global `column..`) for the `rows` rows of `a`, local rows `row0..` of `out`.
-fn portable_panel(a: &[i16], rows: usize, stride: usize, panel: &[i8], out: &mut Out, row0: usize, column: usize) {
+#[allow(clippy::too_many_arguments)]
+fn portable_panel(
+    a: &[i16],
+    rows: usize,
+    stride: usize,
+    panel: &[i8],
+    corrections: &[Correction],
+    out: &mut Out,
+    row0: usize,
+    column: usize,
+) {
     for (row, a_row) in a.chunks_exact(stride).take(rows).enumerate() {
         let mut sums = [0i32; PANEL];
         for (c, sum) in sums.iter_mut().enumerate() {
@@ -343,6 +613,10 @@ fn portable_panel(a: &[i16], rows: usize, stride: usize, panel: &[i8], out: &mut
                 }
             }
         }
+        for fix in corrections {
+            let sum = &mut sums[fix.column as usize];
+            *sum = sum.wrapping_add(fix.r as i32 * a_row[fix.k as usize] as i32);
+        }
         out.store(row0 + row, column, &sums);
     }
 }
@@ -351,7 +625,192 @@ fn portable_panel(a: &[i16], rows: usize, stride: usize, panel: &[i8], out: &mut
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Data, K_GROUP, Out, PANEL, ROWS};
+    use super::{Correction, Data, K_GROUP, Out, PANEL, PackedInt8, ROWS};
+
+    /// Panels `first..first + count` (`count` 1 or 2) of `b` for the `rows` rows of `a` (`u8` codes offset by 128),
+    /// six rows at a time, into local rows `row0..` of `out`, with the offsets and the corrections.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn panels_u8s8(
+        a: &[u8],
+        rows: usize,
+        stride: usize,
+        b: &PackedInt8,
+        first: usize,
+        count: usize,
+        fixes: &[i32],
+        out: &mut Out,
+        row0: usize,
+    ) {
+        let groups = stride / K_GROUP;
+        let panel_len = groups * PANEL * K_GROUP;
+        assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
+        assert!(b.data.len() >= (first + count) * panel_len && b.u8s8.offsets.len() >= (first + count) * PANEL);
+        // The corrections' sums of each panel (`PANEL` columns of `rows`), or none when the matrix has none.
+        assert!(fixes.is_empty() || fixes.len() == count * PANEL * rows);
+        let fixes = Fixes { sums: fixes, rows, first: 0 };
+        let w = b.data[first * panel_len..].as_ptr();
+        let mut row = 0;
+        while row < rows {
+            let a_rows = &a[row * stride..];
+            let at = row0 + row;
+            // SAFETY: rows row.. exist (at least the tile's, checked by `a_rows` below), and the panels.
+            unsafe {
+                row += match (rows - row, count) {
+                    (ROWS.., 2) => {
+                        tile_u8s8_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at)
+                    }
+                    (ROWS.., _) => {
+                        tile_u8s8_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at)
+                    }
+                    (5, 2) => tile_u8s8_into::<5, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (5, _) => tile_u8s8_into::<5, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (4, 2) => tile_u8s8_into::<4, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (4, _) => tile_u8s8_into::<4, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (3, 2) => tile_u8s8_into::<3, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (3, _) => tile_u8s8_into::<3, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (2, 2) => tile_u8s8_into::<2, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (2, _) => tile_u8s8_into::<2, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (_, 2) => tile_u8s8_into::<1, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                    (_, _) => tile_u8s8_into::<1, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
+                };
+            }
+        }
+    }
+
+    /// The corrections' sums of a block of rows for one or two panels, from row `first`.
+    struct Fixes<'f> {
+        /// Row-major per panel: `rows` rows of `PANEL` sums; empty when there are no corrections.
+        sums: &'f [i32],
+        rows: usize,
+        first: usize,
+    }
+
+    impl<'f> Fixes<'f> {
+        fn at(&self, first: usize) -> Fixes<'f> {
+            Fixes { sums: self.sums, rows: self.rows, first }
+        }
+
+        /// The 8 sums of row `first + r` of panel `q` (of the pair).
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        fn row(&self, q: usize, r: usize) -> __m256i {
+            if self.sums.is_empty() {
+                return _mm256_setzero_si256();
+            }
+            let at = (q * self.rows + self.first + r) * PANEL;
+            let sums = &self.sums[at..at + PANEL];
+            // SAFETY: sums holds 8 i32.
+            unsafe { _mm256_loadu_si256(sums.as_ptr().cast()) }
+        }
+    }
+
+    /// `fixes[t · 8 + c] = Σ r · u[t, k]` over the corrections `(k, c, r)` of one panel, `transposed` holding the
+    /// `u8` codes (offset by 128) of the block's `rows` rows input-major: summed column by column in `scratch`
+    /// (`8 · rows`), vectorised over the rows, then stored row-major for the tiles.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sum_corrections(
+        fixes: &mut [i32],
+        scratch: &mut [i32],
+        transposed: &[u8],
+        rows: usize,
+        corrections: &[Correction],
+    ) {
+        let scratch = &mut scratch[..PANEL * rows];
+        scratch.fill(0);
+        for fix in corrections {
+            let (k, column, r) = (fix.k as usize, fix.column as usize, fix.r as i32);
+            let sums = &mut scratch[column * rows..(column + 1) * rows];
+            for (sum, &u) in sums.iter_mut().zip(&transposed[k * rows..(k + 1) * rows]) {
+                *sum = sum.wrapping_add(r * u as i32);
+            }
+        }
+        for (c, column) in scratch.chunks_exact(rows).enumerate() {
+            for (row, &sum) in fixes.chunks_exact_mut(PANEL).zip(column) {
+                row[c] = sum;
+            }
+        }
+    }
+
+    /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets and corrections added, stored;
+    /// returns `R`.
+    ///
+    /// # Safety
+    /// AVX2; `a` holds `R` rows of `stride = groups · 4` codes; `w` is readable for `P` panels of `groups · 32`
+    /// bytes, `b`'s panels `first..first + P`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_u8s8_into<const R: usize, const P: usize>(
+        a: &[u8],
+        stride: usize,
+        w: *const i8,
+        groups: usize,
+        b: &PackedInt8,
+        first: usize,
+        fixes: &Fixes,
+        out: &mut Out,
+        row: usize,
+    ) -> usize {
+        assert!(a.len() >= R * stride);
+        // SAFETY: the caller's guarantee and the check above.
+        let sums = unsafe { tile_u8s8::<R, P>(a.as_ptr(), stride, w, groups) };
+        for (q, panel_sums) in sums.into_iter().enumerate() {
+            let p = first + q;
+            // SAFETY: offsets hold whole panels (checked by the caller).
+            let offset = unsafe { _mm256_loadu_si256(b.u8s8.offsets[p * PANEL..p * PANEL + PANEL].as_ptr().cast()) };
+            for (r, v) in panel_sums.into_iter().enumerate() {
+                store(out, row + r, p * PANEL, _mm256_add_epi32(_mm256_add_epi32(v, offset), fixes.row(q, r)));
+            }
+        }
+        R
+    }
+
+    /// `R` rows of A (`u8` codes offset by 128 at `a`, `stride` apart) times `P` panels (`w`, `groups · 32` bytes
+    /// apart): the 8 column sums `Σ u · b'` of each row and panel, in wrapping `i32`.
+    ///
+    /// Per group of 4 `k`: a broadcast of the row's 4 codes, `vpmaddubsw` with the panel's 32 codes (pairs of `k` of
+    /// one column into `i16`; never saturating, as the pairs were clamped when packing), `vpmaddwd` by ones (the
+    /// column's two pairs into its `i32` lane) and an add.
+    ///
+    /// # Safety
+    /// AVX2; `a` readable for `R` rows of `groups · 4` codes, `w` for `P · groups · 32` bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile_u8s8<const R: usize, const P: usize>(
+        a: *const u8,
+        stride: usize,
+        w: *const i8,
+        groups: usize,
+    ) -> [[__m256i; R]; P] {
+        let ones = _mm256_set1_epi16(1);
+        let panel_len = groups * PANEL * K_GROUP;
+        let mut acc = [[_mm256_setzero_si256(); R]; P];
+        for g in 0..groups {
+            // SAFETY: within the panels and the rows.
+            unsafe {
+                let mut wv = [_mm256_setzero_si256(); P];
+                for (q, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(w.add(q * panel_len + g * PANEL * K_GROUP).cast());
+                }
+                for r in 0..R {
+                    let x = _mm256_set1_epi32((a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned());
+                    for q in 0..P {
+                        let pairs = _mm256_maddubs_epi16(x, wv[q]);
+                        acc[q][r] = _mm256_add_epi32(acc[q][r], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+        acc
+    }
 
     /// One panel of 8 columns (global `column..`) for the `rows` rows of `a`, six rows at a time, into local rows
     /// `row0..` of `out`.
@@ -478,6 +937,37 @@ mod avx2 {
         }
     }
 
+    /// `QParams::quantize` of every `x` plus 128 as `u8`, 8 at a time (the codes of [`quantize_i16`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_u8(x: &[f32], p: &crate::quant::QParams, out: &mut [u8]) {
+        assert!(out.len() >= x.len());
+        let full = x.len() / 8 * 8;
+        let scale = _mm256_set1_ps(p.scale);
+        let zp = _mm256_set1_ps(p.zero_point as f32);
+        let (qmin, qmax) = (_mm256_set1_ps(p.qmin as f32), _mm256_set1_ps(p.qmax as f32));
+        let offset = _mm_set1_epi16(128);
+        const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= x.len() <= out.len().
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
+                let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
+                let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                let c = _mm256_cvtps_epi32(q);
+                let packed = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
+                let u = _mm_add_epi16(packed, offset);
+                _mm_storel_epi64(out.as_mut_ptr().add(i).cast(), _mm_packus_epi16(u, u));
+            }
+        }
+        for (o, &v) in out[full..].iter_mut().zip(&x[full..]) {
+            *o = (p.quantize(v) as u8) ^ 0x80;
+        }
+    }
+
     /// `QParams::quantize` of every `x` as `i16`, 8 at a time (the same division, rounding and clamping).
     ///
     /// # Safety
@@ -576,6 +1066,28 @@ mod tests {
             .collect()
     }
 
+    /// Bell-shaped weight codes `[n, k]` as trained weights give: normal values (Box-Muller), each row quantized
+    /// with its absmax (so every row has a ±127).
+    fn bell_codes(n: usize, k: usize, seed: u64) -> Vec<i8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let values: Vec<f64> = (0..n * k)
+            .map(|_| (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos())
+            .collect();
+        values
+            .chunks_exact(k.max(1))
+            .flat_map(|row| {
+                let absmax = row.iter().fold(0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+                row.iter().map(move |v| (v / absmax * 127.0).round_ties_even() as i8)
+            })
+            .collect()
+    }
+
     /// The exact product in `i64`, checked to fit `i32`.
     fn naive(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
         let mut c = vec![0i32; m * n];
@@ -634,6 +1146,71 @@ mod tests {
     }
 
     #[test]
+    fn u8s8_form_is_exact_on_bell_shaped_weights() {
+        let small =
+            [(1, 1, 1), (1, 3, 7), (2, 2, 1), (3, 4, 8), (4, 5, 9), (6, 7, 3), (7, 9, 17), (1, 1, 40), (2, 0, 3)];
+        let larger = [(13, 100, 33), (9, 768, 24), (64, 67, 70), (61, 1, 2), (5, 257, 1), (1, 768, 23)];
+        let parallel = [(1, 600, 515), (1, 768, 515), (2, 1001, 300), (70, 130, 41), (20, 8195, 9), (97, 768, 72)];
+        for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
+            let b = bell_codes(n, k, (n * 7 + k) as u64);
+            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            // One input: no pair to correct. Long rows: absmax at 3-4 sigma, about 1% of the codes corrected (short
+            // rows have their absmax nearer the bulk, and more corrections).
+            if k == 1 || k >= 700 {
+                assert!(packed.has_u8s8(), "m={m} k={k} n={n}: {} corrections", packed.corrections());
+            }
+            let mixed: Vec<i8> = (0..m * k).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
+            for a in [codes(m * k, (m * 1000 + k) as u64), vec![127; m * k], vec![-127; m * k], mixed] {
+                check_every_path(&a, &b, m, k, n);
+            }
+        }
+    }
+
+    #[test]
+    fn u8s8_corrections_are_exact() {
+        // Bell-shaped weights with pairs that saturate vpmaddubsw unless corrected, at every position of the group
+        // of 4 and in first, middle and last columns, rows and panels.
+        let (m, k, n) = (13, 771, 37);
+        let mut b = bell_codes(n, k, 11);
+        let pairs: [(i8, i8); 4] = [(127, 127), (-127, -127), (127, 2), (-100, -29)];
+        let mut planted = 0;
+        for j in [0, 5, 8, 17, 36] {
+            for (t, &(b0, b1)) in pairs.iter().enumerate() {
+                let at = j * k + 2 * (t * 25 + j % 3);
+                (b[at], b[at + 1]) = (b0, b1);
+                planted += 1;
+            }
+        }
+        let packed = PackedInt8::pack(&b, n, k).unwrap();
+        assert!(packed.has_u8s8());
+        assert!(packed.corrections() >= planted, "{} corrections", packed.corrections());
+        let mixed: Vec<i8> = (0..m * k).map(|i| [127, -127, 1, -1, 0][i % 5]).collect();
+        for a in [codes(m * k, 5), vec![127; m * k], vec![-127; m * k], mixed] {
+            check_every_path(&a, &b, m, k, n);
+        }
+        // A pair (b0, b1) of one sign summing to exactly 128 needs no correction; 129 does.
+        let mut edge = vec![0i8; 64];
+        edge[..8].copy_from_slice(&[64, 64, -1, -127, 100, 28, -100, -29]);
+        let packed = PackedInt8::pack(&edge, 1, 64).unwrap();
+        assert_eq!((packed.has_u8s8(), packed.corrections()), (true, 1));
+        let signs: Vec<i8> = (0..64).map(|i| [-127, 127, 127, -127][i % 4]).collect();
+        for a in [vec![127i8; 64], vec![-127; 64], signs] {
+            check_every_path(&a, &edge, 1, 64, 1);
+        }
+    }
+
+    #[test]
+    fn dense_corrections_fall_back_to_the_i16_kernel() {
+        let (m, k, n) = (7, 300, 20);
+        for b in [vec![127i8; n * k], vec![-127; n * k], codes(n * k, 9)] {
+            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            assert!(!packed.has_u8s8());
+            assert_eq!((packed.corrections(), packed.size_bytes()), (0, n.div_ceil(PANEL) * PANEL * k.div_ceil(4) * 4));
+            check_every_path(&codes(m * k, 3), &b, m, k, n);
+        }
+    }
+
+    #[test]
     fn extreme_codes_are_exact() {
         // Every product at ±127 · ±127, alike and mixed, on sizes off the tiles: the sums at their largest magnitude.
         let (m, k, n) = (7, 4099, 9);
@@ -675,6 +1252,10 @@ mod tests {
             let mut out = vec![0i16; x.len()];
             quantize_i16(&x, &params, &mut out, use_avx2);
             assert_eq!(out, expected, "avx2 {use_avx2}");
+            let mut out = vec![0u8; x.len()];
+            quantize_u8(&x, &params, &mut out, use_avx2);
+            let offset: Vec<u8> = expected.iter().map(|&q| (q + 128) as u8).collect();
+            assert_eq!(out, offset, "u8 avx2 {use_avx2}");
         }
     }
 
