@@ -204,7 +204,13 @@ fn benchmark_times_fp32_beside_each_plan_and_keeps_them_for_comparison() {
     h.step();
     step_until(&mut h, "the second benchmark", |app| app.studio.benchmarks.len() == 3 && !app.studio.is_busy());
     h.get_by_label("#2");
-    assert_eq!(h.state().studio.benchmarks.iter().filter(|b| b.plan.is_none()).count(), 1);
+    {
+        let benchmarks = &h.state().studio.benchmarks;
+        assert_eq!(benchmarks.iter().filter(|b| b.plan.is_none()).count(), 1);
+        // Each plan's speed-up is against the FP32 timed beside it; the FP32 row holds the latest timing.
+        assert_eq!(benchmarks[2].fp32_latency_ms, Some(benchmarks[0].configuration.latency.latency_ms_median));
+        assert!(benchmarks[1].fp32_latency_ms.is_some());
+    }
     h.get_all_by_label("Restore").next().unwrap().click();
     h.run_steps(2);
     assert_eq!(h.state().studio.plan.layers, first_plan);

@@ -13,6 +13,10 @@ pub use state::{Command, Preferences, Studio};
 
 /// Key of the preferences in eframe's storage.
 const PREFS_KEY: &str = "quantstudio-preferences";
+/// Repaint interval while a job runs (its progress bar moves).
+const BUSY_REPAINT: Duration = Duration::from_millis(50);
+/// Repaint interval while a benchmark runs.
+const BENCHMARK_REPAINT: Duration = Duration::from_millis(500);
 /// Longest time per frame spent filing worker events.
 const EVENT_BUDGET: Duration = Duration::from_millis(8);
 
@@ -78,7 +82,11 @@ impl StudioApp {
             self.studio.apply(command);
         }
         if self.studio.is_busy() {
-            ui.ctx().request_repaint_after(Duration::from_millis(50));
+            // While a benchmark times runs, draw its progress twice a second only: every frame takes CPU (all of a
+            // core with a software renderer) from the runs being timed.
+            let benchmarking = self.studio.jobs().iter().any(|(kind, _, _)| *kind == crate::worker::JobKind::Benchmark);
+            let interval = if benchmarking { BENCHMARK_REPAINT } else { BUSY_REPAINT };
+            ui.ctx().request_repaint_after(interval);
         }
         self.record_frame(ui.ctx(), start);
     }

@@ -171,6 +171,8 @@ pub struct BenchEntry {
     pub data: Option<PathBuf>,
     /// The figures.
     pub configuration: crate::runtime::benchmark::Configuration,
+    /// For a plan: FP32's median latency timed beside it in the same run (its speed-up is relative to that).
+    pub fp32_latency_ms: Option<f64>,
 }
 
 /// A message for the user in the status bar.
@@ -815,7 +817,14 @@ impl Studio {
         let median_ms = configuration.latency.latency_ms_median;
         let Some(plan) = plan else {
             // FP32 is re-timed beside every plan: the latest timing replaces the earlier one.
-            let entry = BenchEntry { number: 0, plan: None, summary: "FP32".into(), data, configuration };
+            let entry = BenchEntry {
+                number: 0,
+                plan: None,
+                summary: "FP32".into(),
+                data,
+                configuration,
+                fp32_latency_ms: None,
+            };
             match self.benchmarks.first_mut() {
                 Some(first) if first.plan.is_none() => *first = entry,
                 _ => self.benchmarks.insert(0, entry),
@@ -824,14 +833,18 @@ impl Studio {
         };
         let summary = plan_summary(model, &plan.layers);
         let number = self.benchmarks.iter().map(|b| b.number).max().unwrap_or(0) + 1;
-        let speedup = match self.benchmarks.first() {
-            Some(BenchEntry { plan: None, configuration: fp32, .. }) if median_ms > 0.0 => {
-                format!(" ({:.2}x FP32)", fp32.latency.latency_ms_median / median_ms)
-            }
+        // FP32 arrives first from the same run: its timing is the one this plan was measured beside.
+        let fp32_latency_ms = match self.benchmarks.first() {
+            Some(BenchEntry { plan: None, configuration: fp32, .. }) => Some(fp32.latency.latency_ms_median),
+            _ => None,
+        };
+        let speedup = match fp32_latency_ms {
+            Some(fp32) if median_ms > 0.0 => format!(" ({:.2}x FP32)", fp32 / median_ms),
             _ => String::new(),
         };
         self.info(format!("benchmark #{number} done: median {median_ms:.3} ms{speedup}"));
-        self.benchmarks.push(BenchEntry { number, plan: Some(plan.layers), summary, data, configuration });
+        let plan = Some(plan.layers);
+        self.benchmarks.push(BenchEntry { number, plan, summary, data, configuration, fp32_latency_ms });
     }
 
     fn evaluated(&mut self, plan: Plan, data: PathBuf, report: EvalReport) {

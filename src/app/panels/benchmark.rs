@@ -69,7 +69,6 @@ fn label(entry: &BenchEntry) -> String {
 
 fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
     let entries = &app.studio.benchmarks;
-    let fp32_ms = entries.iter().find(|e| e.plan.is_none()).map(|e| e.configuration.latency.latency_ms_median);
     let metric = entries.iter().find_map(|e| e.configuration.quality.as_ref().map(|q| q.metric));
     let mut restore = None;
     TableBuilder::new(ui)
@@ -90,7 +89,7 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                 ("#", "Restore makes a benchmarked plan the current one"),
                 ("Configuration", "Layers per precision"),
                 ("Latency p50 / p95", "Batch-1 latency: median and 95th percentile of the timed runs"),
-                ("Speed-up", "FP32 median latency / this median latency (timed in the same run)"),
+                ("Speed-up", "Median latency of FP32 timed in the same run (in alternation) / this median latency"),
                 ("Throughput", "Units per second with a larger batch (hover a value for the unit)"),
                 ("Memory / disk", "Weights held in memory while running (f32, half and INT8 buffers) / checkpoint size on disk (as stored for FP32, as exported for a plan)"),
                 ("Layers", "Integer-GEMM (W8A8) layers / compact-weight layers (FP16, BF16, INT8 weight-only)"),
@@ -124,7 +123,8 @@ fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
                             .on_hover_text(&latency.unit);
                     });
                     row.col(|ui| {
-                        let text = match fp32_ms {
+                        let base = if entry.plan.is_none() { Some(latency.latency_ms_median) } else { entry.fp32_latency_ms };
+                        let text = match base {
                             Some(base) if latency.latency_ms_median > 0.0 => {
                                 format!("{:.2}x", base / latency.latency_ms_median)
                             }
