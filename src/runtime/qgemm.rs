@@ -945,21 +945,11 @@ mod avx2 {
     pub unsafe fn quantize_u8(x: &[f32], p: &crate::quant::QParams, out: &mut [u8]) {
         assert!(out.len() >= x.len());
         let full = x.len() / 8 * 8;
-        let scale = _mm256_set1_ps(p.scale);
-        let zp = _mm256_set1_ps(p.zero_point as f32);
-        let (qmin, qmax) = (_mm256_set1_ps(p.qmin as f32), _mm256_set1_ps(p.qmax as f32));
         let offset = _mm_set1_epi16(128);
-        const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 <= full <= x.len() <= out.len().
             unsafe {
-                let v = _mm256_loadu_ps(x.as_ptr().add(i));
-                let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
-                let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
-                let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-                let c = _mm256_cvtps_epi32(q);
-                let packed = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
-                let u = _mm_add_epi16(packed, offset);
+                let u = _mm_add_epi16(codes8(x.as_ptr().add(i), p), offset);
                 _mm_storel_epi64(out.as_mut_ptr().add(i).cast(), _mm_packus_epi16(u, u));
             }
         }
@@ -976,25 +966,33 @@ mod avx2 {
     pub unsafe fn quantize_i16(x: &[f32], p: &crate::quant::QParams, out: &mut [i16]) {
         assert!(out.len() >= x.len());
         let full = x.len() / 8 * 8;
-        let scale = _mm256_set1_ps(p.scale);
-        let zp = _mm256_set1_ps(p.zero_point as f32);
-        let (qmin, qmax) = (_mm256_set1_ps(p.qmin as f32), _mm256_set1_ps(p.qmax as f32));
-        const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 <= full <= x.len() <= out.len().
-            unsafe {
-                let v = _mm256_loadu_ps(x.as_ptr().add(i));
-                let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
-                let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
-                let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-                let c = _mm256_cvtps_epi32(q);
-                let packed = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
-                _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), packed);
-            }
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), codes8(x.as_ptr().add(i), p)) };
         }
         for (o, &v) in out[full..].iter_mut().zip(&x[full..]) {
             *o = p.quantize(v) as i16;
         }
+    }
+
+    /// The codes of the 8 values at `x` as `i16`: `QParams::quantize`'s division, round half to even, zero point,
+    /// clamp, and NaN to the zero point.
+    ///
+    /// # Safety
+    /// AVX2; `x` is readable for 8 `f32`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn codes8(x: *const f32, p: &crate::quant::QParams) -> __m128i {
+        const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let (scale, zp) = (_mm256_set1_ps(p.scale), _mm256_set1_ps(p.zero_point as f32));
+        let (qmin, qmax) = (_mm256_set1_ps(p.qmin as f32), _mm256_set1_ps(p.qmax as f32));
+        // SAFETY: the caller's guarantee.
+        let v = unsafe { _mm256_loadu_ps(x) };
+        let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
+        let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
+        let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        let c = _mm256_cvtps_epi32(q);
+        _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
     }
 }
 
