@@ -87,9 +87,11 @@ struct U8s8Form {
     /// Empty without the `u8 × s8` form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping: the kernel
     /// adds the corrections times the offset codes `u`), padded to whole panels.
     offsets: Vec<i32>,
-    /// The corrections of panel `p` (sorted by column, then input) at `corrections[starts[p]..starts[p + 1]]`.
+    /// The corrections of column `c` of panel `p` (sorted by input) at
+    /// `corrections[starts[p · 8 + c]..starts[p · 8 + c + 1]]`: a panel's corrections are sorted by column, then
+    /// input.
     corrections: Vec<Correction>,
-    /// Panels + 1 bounds into `corrections` (empty without the `u8 × s8` form).
+    /// `8 · panels + 1` bounds into `corrections` (empty without the `u8 × s8` form).
     starts: Vec<usize>,
 }
 
@@ -135,10 +137,10 @@ impl PackedInt8 {
         let panel_len = self.k_groups * PANEL * K_GROUP;
         let panels = self.n.div_ceil(PANEL);
         let mut corrections = Vec::with_capacity(count);
-        let mut starts = Vec::with_capacity(panels + 1);
+        let mut starts = Vec::with_capacity(panels * PANEL + 1);
         let mut offsets = vec![0i32; panels * PANEL];
         for (p, panel) in self.data.chunks_exact_mut(panel_len.max(1)).enumerate().take(panels) {
-            starts.push(corrections.len());
+            let first = corrections.len();
             for (g, group) in panel.chunks_exact_mut(PANEL * K_GROUP).enumerate() {
                 for (column, codes) in group.chunks_exact_mut(K_GROUP).enumerate() {
                     for (t, pair) in codes.chunks_exact_mut(2).enumerate() {
@@ -157,11 +159,13 @@ impl PackedInt8 {
                     }
                 }
             }
+            let panel_corrections = &mut corrections[first..];
+            panel_corrections.sort_by_key(|fix| (fix.column, fix.k));
+            for column in 0..PANEL as u8 {
+                starts.push(first + panel_corrections.partition_point(|fix| fix.column < column));
+            }
         }
         starts.push(corrections.len());
-        for bounds in starts.windows(2) {
-            corrections[bounds[0]..bounds[1]].sort_by_key(|fix| (fix.column, fix.k));
-        }
         *self.u8s8 = U8s8Form { offsets, corrections, starts };
     }
 
@@ -190,7 +194,18 @@ impl PackedInt8 {
 
     /// The corrections of panel `p` (none without the `u8 × s8` form).
     fn panel_corrections(&self, p: usize) -> &[Correction] {
-        match (self.u8s8.starts.get(p), self.u8s8.starts.get(p + 1)) {
+        self.corrections_between(p * PANEL, (p + 1) * PANEL)
+    }
+
+    /// The corrections of column `c` of panel `p`, by input (none without the `u8 × s8` form).
+    #[cfg(target_arch = "x86_64")]
+    fn column_corrections(&self, p: usize, c: usize) -> &[Correction] {
+        self.corrections_between(p * PANEL + c, p * PANEL + c + 1)
+    }
+
+    /// The corrections of the panel columns `first..last` (counted over all panels).
+    fn corrections_between(&self, first: usize, last: usize) -> &[Correction] {
+        match (self.u8s8.starts.get(first), self.u8s8.starts.get(last)) {
             (Some(&from), Some(&to)) => &self.u8s8.corrections[from..to],
             _ => &[],
         }
@@ -500,64 +515,69 @@ impl Job<'_> {
     }
 
     /// [`Job::run`] with the `u8 × s8` kernel, two panels at a time. The corrections of a panel are added up for the
-    /// whole block of rows first, 8 rows at a time, from the block's codes transposed (input-major).
+    /// whole block of rows first: from the row-major codes for fewer than 8 rows, else 8 rows per vector from the
+    /// block's codes transposed (input-major, rows padded to a multiple of 8).
     #[cfg(target_arch = "x86_64")]
     fn run_u8s8(&self, first_row: usize, rows: usize, out: &mut Out) {
         let (first_panel, last_panel) = (out.col0 / PANEL, (out.col0 + out.width).div_ceil(PANEL));
         let block = self.block_rows(rows, U8_BLOCK_CODE_BYTES);
+        let block_padded = block.div_ceil(PANEL) * PANEL;
         let corrected = !self.b.u8s8.corrections.is_empty();
         ROWS_U8.with_borrow_mut(|buf| {
             U8_CORRECTIONS.with_borrow_mut(|(transposed, fixes, scratch)| {
                 if buf.len() < block * self.stride {
                     buf.resize(block * self.stride, 128);
                 }
-                if corrected && transposed.len() < block * self.k {
-                    transposed.resize(block * self.k, 0);
+                if corrected && block >= PANEL && transposed.len() < block_padded * self.k {
+                    transposed.resize(block_padded * self.k, 0);
                 }
-                if corrected && fixes.len() < 2 * PANEL * block {
-                    fixes.resize(2 * PANEL * block, 0);
-                    scratch.resize(PANEL * block, 0);
+                if corrected && fixes.len() < 2 * PANEL * block_padded {
+                    fixes.resize(2 * PANEL * block_padded, 0);
+                    scratch.resize(PANEL * block_padded, 0);
                 }
                 for r0 in (0..rows).step_by(block) {
                     let block_rows = block.min(rows - r0);
+                    let padded = block_rows.div_ceil(PANEL) * PANEL;
                     let a = &mut buf[..block_rows * self.stride];
                     self.source.fill_u8(first_row + r0, self.k, self.stride, a, true);
                     let a = &*a;
-                    let transposed = &mut transposed[..if corrected { block_rows * self.k } else { 0 }];
-                    if corrected {
-                        // 16 rows at a time, so that the rows being read stay in L1.
-                        for t0 in (0..block_rows).step_by(16) {
-                            let rows = &a[t0 * self.stride..(t0 + 16).min(block_rows) * self.stride];
-                            for (i, column) in transposed.chunks_exact_mut(block_rows).enumerate() {
-                                for (code, row) in column[t0..].iter_mut().zip(rows.chunks_exact(self.stride)) {
-                                    *code = row[i];
-                                }
-                            }
-                        }
-                    }
+                    let codes = if !corrected {
+                        Codes::None
+                    } else if block_rows < PANEL {
+                        Codes::RowMajor { a, stride: self.stride }
+                    } else {
+                        let transposed = &mut transposed[..padded * self.k];
+                        // SAFETY: this path runs only where AVX2 was detected.
+                        unsafe { avx2::transpose(a, block_rows, self.stride, self.k, transposed, padded) };
+                        Codes::Transposed(transposed)
+                    };
                     for p in (first_panel..last_panel).step_by(2) {
                         let pair = (last_panel - p).min(2);
-                        let fixes = &mut fixes[..if corrected { pair * PANEL * block_rows } else { 0 }];
-                        for (q, fixes) in fixes.chunks_exact_mut(PANEL * block_rows).enumerate() {
+                        let fixes = &mut fixes[..if corrected { pair * PANEL * padded } else { 0 }];
+                        for (q, fixes) in fixes.chunks_exact_mut(PANEL * padded).enumerate() {
                             // SAFETY: this path runs only where AVX2 was detected.
-                            unsafe {
-                                avx2::sum_corrections(
-                                    fixes,
-                                    scratch,
-                                    transposed,
-                                    block_rows,
-                                    self.b.panel_corrections(p + q),
-                                )
-                            };
+                            unsafe { avx2::sum_corrections(fixes, scratch, &codes, block_rows, self.b, p + q) };
                         }
+                        let fixes = avx2::Fixes { sums: fixes, rows: padded, first: 0 };
                         // SAFETY: this path runs only where AVX2 was detected; `a` holds `block_rows` rows of
                         // `stride` codes, and panels `p..p + pair` exist.
-                        unsafe { avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, fixes, out, r0) };
+                        unsafe { avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0) };
                     }
                 }
             });
         });
     }
+}
+
+/// The `u8` codes (offset by 128) of a block of rows, as the corrections read them.
+#[cfg(target_arch = "x86_64")]
+enum Codes<'c> {
+    /// The matrix has no corrections.
+    None,
+    /// Row-major, `stride` per row (fewer than 8 rows).
+    RowMajor { a: &'c [u8], stride: usize },
+    /// Input-major: input `k`'s codes of the block's rows (padded to a multiple of 8) at `[k · padded..]`.
+    Transposed(&'c [u8]),
 }
 
 /// A task's part of the output: whole rows of `width` columns, the first at global column `col0`.
@@ -625,7 +645,7 @@ fn portable_panel(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Correction, Data, K_GROUP, Out, PANEL, PackedInt8, ROWS};
+    use super::{Codes, Data, K_GROUP, Out, PANEL, PackedInt8, ROWS};
 
     /// Panels `first..first + count` (`count` 1 or 2) of `b` for the `rows` rows of `a` (`u8` codes offset by 128),
     /// six rows at a time, into local rows `row0..` of `out`, with the offsets and the corrections.
@@ -641,7 +661,7 @@ mod avx2 {
         b: &PackedInt8,
         first: usize,
         count: usize,
-        fixes: &[i32],
+        fixes: &Fixes,
         out: &mut Out,
         row0: usize,
     ) {
@@ -650,8 +670,7 @@ mod avx2 {
         assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
         assert!(b.data.len() >= (first + count) * panel_len && b.u8s8.offsets.len() >= (first + count) * PANEL);
         // The corrections' sums of each panel (`PANEL` columns of `rows`), or none when the matrix has none.
-        assert!(fixes.is_empty() || fixes.len() == count * PANEL * rows);
-        let fixes = Fixes { sums: fixes, rows, first: 0 };
+        assert!(fixes.sums.is_empty() || (fixes.sums.len() == count * PANEL * fixes.rows && fixes.rows >= rows));
         let w = b.data[first * panel_len..].as_ptr();
         let mut row = 0;
         while row < rows {
@@ -682,11 +701,13 @@ mod avx2 {
     }
 
     /// The corrections' sums of a block of rows for one or two panels, from row `first`.
-    struct Fixes<'f> {
+    pub struct Fixes<'f> {
         /// Row-major per panel: `rows` rows of `PANEL` sums; empty when there are no corrections.
-        sums: &'f [i32],
-        rows: usize,
-        first: usize,
+        pub sums: &'f [i32],
+        /// Rows per panel in `sums` (at least the block's).
+        pub rows: usize,
+        /// The row that [`Fixes::row`] counts from.
+        pub first: usize,
     }
 
     impl<'f> Fixes<'f> {
@@ -708,9 +729,11 @@ mod avx2 {
         }
     }
 
-    /// `fixes[t · 8 + c] = Σ r · u[t, k]` over the corrections `(k, c, r)` of one panel, `transposed` holding the
-    /// `u8` codes (offset by 128) of the block's `rows` rows input-major: summed column by column in `scratch`
-    /// (`8 · rows`), vectorised over the rows, then stored row-major for the tiles.
+    /// `fixes[t · 8 + c] = Σ r · u[t, k]` over the corrections `(k, c, r)` of panel `p` of `b`, for the block's
+    /// `rows` rows (`fixes` holds `padded = rows` rounded up to 8 rows of 8 sums; the padding rows are garbage).
+    /// From row-major codes one row and column at a time; from transposed codes column by column, 32 and then 8 rows
+    /// per vector of sums (`vpmovzxbd`, `vpmaddwd` by the correction, `vpaddd`: each product `u · r` is exact in
+    /// `i32`), into `scratch` (`8 · padded`, column-major), then transposed 8 × 8 into `fixes`.
     ///
     /// # Safety
     /// The CPU must have AVX2.
@@ -718,22 +741,148 @@ mod avx2 {
     pub unsafe fn sum_corrections(
         fixes: &mut [i32],
         scratch: &mut [i32],
-        transposed: &[u8],
+        codes: &Codes,
         rows: usize,
-        corrections: &[Correction],
+        b: &PackedInt8,
+        p: usize,
     ) {
-        let scratch = &mut scratch[..PANEL * rows];
-        scratch.fill(0);
-        for fix in corrections {
-            let (k, column, r) = (fix.k as usize, fix.column as usize, fix.r as i32);
-            let sums = &mut scratch[column * rows..(column + 1) * rows];
-            for (sum, &u) in sums.iter_mut().zip(&transposed[k * rows..(k + 1) * rows]) {
-                *sum = sum.wrapping_add(r * u as i32);
+        let padded = rows.div_ceil(PANEL) * PANEL;
+        assert!(fixes.len() == PANEL * padded && scratch.len() >= PANEL * padded);
+        match *codes {
+            Codes::None => {}
+            Codes::RowMajor { a, stride } => {
+                assert!(a.len() >= rows * stride);
+                for c in 0..PANEL {
+                    let column = b.column_corrections(p, c);
+                    for (t, row) in a.chunks_exact(stride).take(rows).enumerate() {
+                        let mut sum = 0i32;
+                        for fix in column {
+                            sum = sum.wrapping_add(fix.r as i32 * row[fix.k as usize] as i32);
+                        }
+                        fixes[t * PANEL + c] = sum;
+                    }
+                }
+            }
+            Codes::Transposed(transposed) => {
+                assert!(transposed.len() >= b.k * padded);
+                for c in 0..PANEL {
+                    let column = b.column_corrections(p, c);
+                    let sums = &mut scratch[c * padded..(c + 1) * padded];
+                    let mut r0 = 0;
+                    while r0 < padded {
+                        let lanes = if padded - r0 >= 4 * PANEL { 4 } else { 1 };
+                        let mut acc = [_mm256_setzero_si256(); 4];
+                        for fix in column {
+                            let r = _mm256_set1_epi32(fix.r as i32);
+                            let at = fix.k as usize * padded + r0;
+                            let u = &transposed[at..at + lanes * PANEL];
+                            for (l, acc) in acc.iter_mut().take(lanes).enumerate() {
+                                // SAFETY: `u` holds `lanes · 8` codes.
+                                let u = unsafe { _mm_loadl_epi64(u.as_ptr().add(l * PANEL).cast()) };
+                                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_cvtepu8_epi32(u), r));
+                            }
+                        }
+                        for (l, acc) in acc.iter().take(lanes).enumerate() {
+                            let dst = &mut sums[r0 + l * PANEL..r0 + (l + 1) * PANEL];
+                            // SAFETY: `dst` holds 8 i32.
+                            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *acc) };
+                        }
+                        r0 += lanes * PANEL;
+                    }
+                }
+                for r0 in (0..padded).step_by(PANEL) {
+                    let mut columns = [_mm256_setzero_si256(); PANEL];
+                    for (c, v) in columns.iter_mut().enumerate() {
+                        let src = &scratch[c * padded + r0..c * padded + r0 + PANEL];
+                        // SAFETY: `src` holds 8 i32.
+                        *v = unsafe { _mm256_loadu_si256(src.as_ptr().cast()) };
+                    }
+                    for (t, v) in transpose8x8(columns).into_iter().enumerate() {
+                        let dst = &mut fixes[(r0 + t) * PANEL..(r0 + t + 1) * PANEL];
+                        // SAFETY: `dst` holds 8 i32.
+                        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+                    }
+                }
             }
         }
-        for (c, column) in scratch.chunks_exact(rows).enumerate() {
-            for (row, &sum) in fixes.chunks_exact_mut(PANEL).zip(column) {
-                row[c] = sum;
+    }
+
+    /// The 8 × 8 transpose of `i32` vectors: lane `j` of output `i` is lane `i` of input `j`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8x8(v: [__m256i; 8]) -> [__m256i; 8] {
+        let t = [
+            _mm256_unpacklo_epi32(v[0], v[1]),
+            _mm256_unpackhi_epi32(v[0], v[1]),
+            _mm256_unpacklo_epi32(v[2], v[3]),
+            _mm256_unpackhi_epi32(v[2], v[3]),
+            _mm256_unpacklo_epi32(v[4], v[5]),
+            _mm256_unpackhi_epi32(v[4], v[5]),
+            _mm256_unpacklo_epi32(v[6], v[7]),
+            _mm256_unpackhi_epi32(v[6], v[7]),
+        ];
+        let u = [
+            _mm256_unpacklo_epi64(t[0], t[2]),
+            _mm256_unpackhi_epi64(t[0], t[2]),
+            _mm256_unpacklo_epi64(t[1], t[3]),
+            _mm256_unpackhi_epi64(t[1], t[3]),
+            _mm256_unpacklo_epi64(t[4], t[6]),
+            _mm256_unpackhi_epi64(t[4], t[6]),
+            _mm256_unpacklo_epi64(t[5], t[7]),
+            _mm256_unpackhi_epi64(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2x128_si256::<0x20>(u[0], u[4]),
+            _mm256_permute2x128_si256::<0x20>(u[1], u[5]),
+            _mm256_permute2x128_si256::<0x20>(u[2], u[6]),
+            _mm256_permute2x128_si256::<0x20>(u[3], u[7]),
+            _mm256_permute2x128_si256::<0x31>(u[0], u[4]),
+            _mm256_permute2x128_si256::<0x31>(u[1], u[5]),
+            _mm256_permute2x128_si256::<0x31>(u[2], u[6]),
+            _mm256_permute2x128_si256::<0x31>(u[3], u[7]),
+        ]
+    }
+
+    /// `out[i · padded + t] = a[t · stride + i]` for the `rows` rows and `k` inputs of `a`: 16 × 16 bytes at a time
+    /// (four rounds of byte interleaves), the edges one byte at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose(a: &[u8], rows: usize, stride: usize, k: usize, out: &mut [u8], padded: usize) {
+        assert!(a.len() >= rows * stride && stride >= k && padded >= rows && out.len() >= k * padded);
+        let (full_rows, full_k) = (rows / 16 * 16, k / 16 * 16);
+        for t0 in (0..full_rows).step_by(16) {
+            for i0 in (0..full_k).step_by(16) {
+                let mut x = [_mm_setzero_si128(); 16];
+                for (t, v) in x.iter_mut().enumerate() {
+                    let src = &a[(t0 + t) * stride + i0..(t0 + t) * stride + i0 + 16];
+                    // SAFETY: `src` holds 16 bytes.
+                    *v = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
+                }
+                for _ in 0..4 {
+                    let mut y = [_mm_setzero_si128(); 16];
+                    for i in 0..8 {
+                        y[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 8]);
+                        y[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 8]);
+                    }
+                    x = y;
+                }
+                for (i, v) in x.iter().enumerate() {
+                    let dst = &mut out[(i0 + i) * padded + t0..(i0 + i) * padded + t0 + 16];
+                    // SAFETY: `dst` holds 16 bytes.
+                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), *v) };
+                }
+            }
+            for i in full_k..k {
+                for t in t0..t0 + 16 {
+                    out[i * padded + t] = a[t * stride + i];
+                }
+            }
+        }
+        for t in full_rows..rows {
+            for i in 0..k {
+                out[i * padded + t] = a[t * stride + i];
             }
         }
     }
