@@ -1,8 +1,8 @@
 //! INT8 against FP32 matrix products, the shapes of issue 7: `cargo run --release --example bench_gemm -- [REPEAT]`.
 //!
 //! For each `m x k x n` (activations `[m, k]`, uniform in `[-2, 2]`, times weights `[n, k]`ᵀ, standard normal: trained
-//! weights are bell-shaped), the median over `REPEAT` timed runs after
-//! three warm-ups of:
+//! weights are bell-shaped), the median over `REPEAT` timed rounds after
+//! three warm-up rounds (the three take turns within each round, so a slow spell of the machine falls on all) of:
 //! - `fp32`: the runtime's SGEMM (`ops::matmul`, weights held transposed `[k, n]`);
 //! - `int8_gemm`: the exact `i32` product of INT8 codes (`qgemm::gemm_i8`, weights packed once);
 //! - `int8_dynamic`: what a dynamically quantised layer does per call, as onnxruntime's `quantize_dynamic` model
@@ -12,53 +12,11 @@
 //!
 //! Prints one JSON document; `tools/bench_qgemm.sh` runs it beside onnxruntime.
 
-use std::time::Instant;
+mod common;
 
 use quantstudio::runtime::{ops, qgemm};
 
-fn median_ms(repeat: usize, mut run: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        run();
-    }
-    let mut times: Vec<f64> = (0..repeat)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-/// Deterministic values in about [-2, 2].
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
-        })
-        .collect()
-}
-
-/// Deterministic standard normal values (Box-Muller on the same generator): bell-shaped, as trained weights are.
-fn normal(len: usize, seed: u64) -> Vec<f32> {
-    let uniform = values(len + len % 2, seed);
-    uniform
-        .chunks_exact(2)
-        .flat_map(|pair| {
-            // Map [-2, 2) to (0, 1]: the logarithm never sees 0.
-            let (u1, u2) = (1.0 - (pair[0] as f64 + 2.0) / 4.0, (pair[1] as f64 + 2.0) / 4.0);
-            let radius = (-2.0 * u1.max(f64::MIN_POSITIVE).ln()).sqrt();
-            let angle = 2.0 * std::f64::consts::PI * u2;
-            [(radius * angle.cos()) as f32, (radius * angle.sin()) as f32]
-        })
-        .take(len)
-        .collect()
-}
+use common::{medians_ms, normal, values};
 
 fn main() {
     let repeat: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(30).max(1);
@@ -80,23 +38,29 @@ fn main() {
         }
         let packed = qgemm::PackedInt8::pack(&w_codes, n, k).expect("symmetric codes");
         let w_t = ops::transpose(&w, n, k);
-        let fp32 = median_ms(repeat, || {
-            std::hint::black_box(ops::matmul(&a, m, k, &w_t, n));
-        });
         let a_codes = qgemm::quantize_activations(&a, 2.0 / 127.0);
         let mut acc = vec![0i32; m * n];
-        let int8_gemm = median_ms(repeat, || {
-            qgemm::gemm_i8(&a_codes, m, &packed, &mut acc);
-            std::hint::black_box(&acc);
-        });
-        let int8_dynamic = median_ms(repeat, || {
-            let scale = quantstudio::quant::QParams::symmetric(qgemm::absmax(&a)).scale;
-            let scales: Vec<f32> = w_scales.iter().map(|w| scale * w).collect();
-            let mut y = vec![0f32; m * n];
-            let output = qgemm::Output::Scaled { out: &mut y, scales: &scales, bias: None };
-            qgemm::gemm_quantized_into(&a, m, scale, &packed, output, qgemm::Kernel::Best);
-            std::hint::black_box(y);
-        });
+        let medians = medians_ms(
+            repeat,
+            &mut [
+                &mut || {
+                    std::hint::black_box(ops::matmul(&a, m, k, &w_t, n));
+                },
+                &mut || {
+                    qgemm::gemm_i8(&a_codes, m, &packed, &mut acc);
+                    std::hint::black_box(&acc);
+                },
+                &mut || {
+                    let scale = quantstudio::quant::QParams::symmetric(qgemm::absmax(&a)).scale;
+                    let scales: Vec<f32> = w_scales.iter().map(|w| scale * w).collect();
+                    let mut y = vec![0f32; m * n];
+                    let output = qgemm::Output::Scaled { out: &mut y, scales: &scales, bias: None };
+                    qgemm::gemm_quantized_into(&a, m, scale, &packed, output, qgemm::Kernel::Best);
+                    std::hint::black_box(y);
+                },
+            ],
+        );
+        let (fp32, int8_gemm, int8_dynamic) = (medians[0], medians[1], medians[2]);
         results.push(serde_json::json!({
             "shape": format!("{m}x{k}x{n}"),
             "fp32_ms": fp32,

@@ -9,46 +9,12 @@
 //!
 //! Every variant allocates its output per call, as `ops::linear` does. Prints one JSON document.
 
-use std::time::Instant;
+mod common;
 
 use quantstudio::quant::QParams;
 use quantstudio::runtime::{ops, wgemm};
 
-/// Median milliseconds of each of `runs` over `repeat` rounds after three warm-up rounds; every round runs each once,
-/// in turn, so that a slow spell of the machine (a shared VM) falls on all of them alike.
-fn medians_ms(repeat: usize, runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
-    for _ in 0..3 {
-        runs.iter_mut().for_each(|run| run());
-    }
-    let mut times = vec![Vec::with_capacity(repeat); runs.len()];
-    for _ in 0..repeat {
-        for (run, times) in runs.iter_mut().zip(&mut times) {
-            let start = Instant::now();
-            run();
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times
-        .into_iter()
-        .map(|mut t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect()
-}
-
-/// Deterministic values in about [-2, 2].
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
-        })
-        .collect()
-}
+use common::{medians_ms, values};
 
 fn main() -> quantstudio::error::Result<()> {
     let repeat: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(30).max(1);

@@ -5,7 +5,8 @@ quantised by `onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)` (per
 s8 weights: the graph becomes DynamicQuantizeLinear + MatMulInteger + rescale, or the fused
 DynamicQuantizeMatMul), timed with 2 intra-op threads like quantstudio.
 
-Usage: bench_qgemm_peer.py REPEAT  -> one JSON document on stdout (median ms per shape, after 3 warm-ups).
+Usage: bench_qgemm_peer.py REPEAT  -> one JSON document on stdout (median ms per shape after 3 warm-up rounds;
+FP32 and INT8 take turns in each round).
 Needs numpy, onnx and onnxruntime (the versions used are printed).
 """
 import json
@@ -39,15 +40,18 @@ def matmul_model(path: Path, k: int, n: int, seed: int) -> None:
     onnx.save(model, str(path))
 
 
-def median_ms(session, feed, repeat: int) -> float:
+def medians_ms(sessions, feed, repeat: int) -> list:
+    """Median ms of each session over `repeat` rounds after 3 warm-up rounds; the sessions take turns in a round."""
     for _ in range(3):
-        session.run(None, feed)
-    times = []
+        for session in sessions:
+            session.run(None, feed)
+    times = [[] for _ in sessions]
     for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for session, session_times in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feed)
+            session_times.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -67,11 +71,12 @@ def main() -> None:
             fp32 = ort.InferenceSession(str(fp32_path), options, providers=providers)
             int8 = ort.InferenceSession(str(int8_path), options, providers=providers)
             ops = sorted({node.op_type for node in onnx.load(str(int8_path)).graph.node})
+            fp32_ms, int8_ms = medians_ms([fp32, int8], feed, repeat)
             results.append(
                 {
                     "shape": f"{m}x{k}x{n}",
-                    "fp32_ms": median_ms(fp32, feed, repeat),
-                    "int8_dynamic_ms": median_ms(int8, feed, repeat),
+                    "fp32_ms": fp32_ms,
+                    "int8_dynamic_ms": int8_ms,
                     "int8_ops": ops,
                 }
             )

@@ -769,25 +769,13 @@ mod avx2 {
                     let column = b.column_corrections(p, c);
                     let sums = &mut scratch[c * padded..(c + 1) * padded];
                     let mut r0 = 0;
+                    while r0 + 4 * PANEL <= padded {
+                        column_sums::<4>(column, transposed, padded, r0, &mut sums[r0..r0 + 4 * PANEL]);
+                        r0 += 4 * PANEL;
+                    }
                     while r0 < padded {
-                        let lanes = if padded - r0 >= 4 * PANEL { 4 } else { 1 };
-                        let mut acc = [_mm256_setzero_si256(); 4];
-                        for fix in column {
-                            let r = _mm256_set1_epi32(fix.r as i32);
-                            let at = fix.k as usize * padded + r0;
-                            let u = &transposed[at..at + lanes * PANEL];
-                            for (l, acc) in acc.iter_mut().take(lanes).enumerate() {
-                                // SAFETY: `u` holds `lanes · 8` codes.
-                                let u = unsafe { _mm_loadl_epi64(u.as_ptr().add(l * PANEL).cast()) };
-                                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_cvtepu8_epi32(u), r));
-                            }
-                        }
-                        for (l, acc) in acc.iter().take(lanes).enumerate() {
-                            let dst = &mut sums[r0 + l * PANEL..r0 + (l + 1) * PANEL];
-                            // SAFETY: `dst` holds 8 i32.
-                            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *acc) };
-                        }
-                        r0 += lanes * PANEL;
+                        column_sums::<1>(column, transposed, padded, r0, &mut sums[r0..r0 + PANEL]);
+                        r0 += PANEL;
                     }
                 }
                 for r0 in (0..padded).step_by(PANEL) {
@@ -804,6 +792,35 @@ mod avx2 {
                     }
                 }
             }
+        }
+    }
+
+    /// `sums[l] = Σ r · u[k, r0 + l]` over the corrections `(k, r)` of one column, for `8 · L` rows from `r0`, the
+    /// `L` vectors of sums in registers.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn column_sums<const L: usize>(
+        column: &[super::Correction],
+        transposed: &[u8],
+        padded: usize,
+        r0: usize,
+        sums: &mut [i32],
+    ) {
+        assert_eq!(sums.len(), L * PANEL);
+        let mut acc = [_mm256_setzero_si256(); L];
+        for fix in column {
+            let r = _mm256_set1_epi32(fix.r as i32);
+            let at = fix.k as usize * padded + r0;
+            let u = &transposed[at..at + L * PANEL];
+            for (l, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `u` holds `L · 8` codes.
+                let u = unsafe { _mm_loadl_epi64(u.as_ptr().add(l * PANEL).cast()) };
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_cvtepu8_epi32(u), r));
+            }
+        }
+        for (l, acc) in acc.into_iter().enumerate() {
+            // SAFETY: `sums` holds `L · 8` i32.
+            unsafe { _mm256_storeu_si256(sums.as_mut_ptr().add(l * PANEL).cast(), acc) };
         }
     }
 
