@@ -751,12 +751,12 @@ mod avx2 {
         match *codes {
             Codes::None => {}
             Codes::RowMajor { a, stride } => {
-                assert!(a.len() >= rows * stride);
-                for c in 0..PANEL {
-                    let column = b.column_corrections(p, c);
-                    for (t, row) in a.chunks_exact(stride).take(rows).enumerate() {
+                let bounds = &b.u8s8.starts[p * PANEL..=(p + 1) * PANEL];
+                for t in 0..rows {
+                    let row = &a[t * stride..(t + 1) * stride];
+                    for (c, ends) in bounds.windows(2).enumerate() {
                         let mut sum = 0i32;
-                        for fix in column {
+                        for fix in &b.u8s8.corrections[ends[0]..ends[1]] {
                             sum = sum.wrapping_add(fix.r as i32 * row[fix.k as usize] as i32);
                         }
                         fixes[t * PANEL + c] = sum;
