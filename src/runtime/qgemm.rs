@@ -12,9 +12,10 @@
 //!   rest `r = b1 − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly,
 //!   `C[i, j] = Σ_k u[i, k] · b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as
 //!   `Σ_k u · b' + Σ_{corrections of j} r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') +
-//!   Σ r`): the corrections are summed for a whole block of rows from its `u8` codes transposed, 8 rows per vector,
-//!   and the offset and those sums are added to the `i32` sums of each tile before they are stored or requantised
-//!   (all in wrapping `i32`, whose result is the exact sum whenever that sum fits `i32`). Trained weights are bell-shaped and need a
+//!   Σ r`): the corrections are summed column by column for a whole block of rows from its `u8` codes transposed
+//!   (32 rows per pass, in registers; row by row from the codes as they are below 8 rows), and the offset and those
+//!   sums are added to the `i32` sums of each tile before they are stored or requantised (all in wrapping `i32`,
+//!   whose result is the exact sum whenever that sum fits `i32`). Trained weights are bell-shaped and need a
 //!   correction for well under 1% of their codes; when more than 2% would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly
 //!   spread codes need one for about a quarter of the pairs), the weights are packed as they are and use the kernel
 //!   below.
