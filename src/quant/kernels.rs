@@ -350,8 +350,69 @@ mod avx2 {
         (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)))
     }
 
+    /// The scan: first a loop that assumes every value finite (no masks) and only notes whether one was not; if
+    /// one was, the slice is scanned again from the same totals by the masked loop. Both give the same bits on a
+    /// finite slice (the masks keep every finite lane as it is).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scan(x: &[f32], shift: f64, acc: &mut ScanAcc) {
+        let before = *acc;
+        // SAFETY: the caller's guarantee.
+        if !unsafe { scan_finite(x, shift, acc) } {
+            *acc = before;
+            // SAFETY: as above.
+            unsafe { scan_masked(x, shift, acc) };
+        }
+    }
+
+    /// The scan of a slice assumed finite; returns false (and leaves `acc` to be discarded) if it was not.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scan_finite(x: &[f32], shift: f64, acc: &mut ScanAcc) -> bool {
+        let full = x.len() / LANES * LANES;
+        let abs = abs_mask();
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let k = _mm256_set1_pd(shift);
+        let mut min = inf;
+        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: each reads 8 f64.
+        let (mut s1_lo, mut s1_hi) = unsafe { load_lanes(&acc.sum_shifted) };
+        let (mut s2_lo, mut s2_hi) = unsafe { load_lanes(&acc.sum_sq_shifted) };
+        let (mut sq_lo, mut sq_hi) = unsafe { load_lanes(&acc.sum_sq) };
+        // Lanes that were not finite (`!(|v| < inf)`: NaN and ±inf).
+        let mut not_finite = _mm256_setzero_ps();
+        for i in (0..full).step_by(LANES) {
+            // SAFETY: i + 8 <= full <= x.len().
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            not_finite = _mm256_or_ps(not_finite, _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), inf));
+            min = _mm256_min_ps(min, v);
+            max = _mm256_max_ps(max, v);
+            let (x_lo, x_hi) = widen(v);
+            let (d_lo, d_hi) = (_mm256_sub_pd(x_lo, k), _mm256_sub_pd(x_hi, k));
+            s1_lo = _mm256_add_pd(s1_lo, d_lo);
+            s1_hi = _mm256_add_pd(s1_hi, d_hi);
+            s2_lo = _mm256_add_pd(s2_lo, _mm256_mul_pd(d_lo, d_lo));
+            s2_hi = _mm256_add_pd(s2_hi, _mm256_mul_pd(d_hi, d_hi));
+            sq_lo = _mm256_add_pd(sq_lo, _mm256_mul_pd(x_lo, x_lo));
+            sq_hi = _mm256_add_pd(sq_hi, _mm256_mul_pd(x_hi, x_hi));
+        }
+        if _mm256_movemask_ps(not_finite) != 0 || x[full..].iter().any(|v| !v.is_finite()) {
+            return false;
+        }
+        // SAFETY: each writes 8 f64.
+        unsafe {
+            store_lanes(&mut acc.sum_shifted, s1_lo, s1_hi);
+            store_lanes(&mut acc.sum_sq_shifted, s2_lo, s2_hi);
+            store_lanes(&mut acc.sum_sq, sq_lo, sq_hi);
+        }
+        acc.min = acc.min.min(reduce(min, f32::min));
+        acc.max = acc.max.max(reduce(max, f32::max));
+        acc.finite += full as u64;
+        scan_tail(&x[full..], full % LANES, shift, acc);
+        true
+    }
+
+    /// The scan of a slice that may hold NaN and ±inf: every non-finite lane masked out of the range and the sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scan_masked(x: &[f32], shift: f64, acc: &mut ScanAcc) {
         let full = x.len() / LANES * LANES;
         let abs = abs_mask();
         let inf = _mm256_set1_ps(f32::INFINITY);
@@ -646,6 +707,20 @@ mod tests {
             scan_portable(&x, 0.25, &mut portable);
             assert_eq!(fast, portable, "scan len {len}");
             let finite_only: Vec<f32> = x.iter().copied().filter(|v| v.is_finite()).collect();
+            // Finite slices take the unmasked loop; one non-finite value anywhere (the tail too) sends the slice
+            // to the masked one from the same totals.
+            let mut tail_nan = finite_only.clone();
+            tail_nan.push(f32::NAN);
+            let mut first_inf = finite_only.clone();
+            first_inf.insert(0, f32::NEG_INFINITY);
+            for x in [&finite_only, &tail_nan, &first_inf] {
+                let (mut fast, mut portable) = (ScanAcc::default(), ScanAcc::default());
+                for _ in 0..2 {
+                    scan(x, 0.25, &mut fast);
+                    scan_portable(x, 0.25, &mut portable);
+                }
+                assert_eq!(fast, portable, "scan len {}", x.len());
+            }
             for spec in specs() {
                 // `all_finite` is a promise about the data: keep it.
                 let x = if spec.all_finite { &finite_only } else { &x };
