@@ -1,7 +1,8 @@
 //! The runtime's operators on row-major f32 buffers.
 //!
 //! Matrix products go to the `gemm` crate's packed SGEMM (AVX2/FMA kernels chosen at run time) on rayon's threads,
-//! except products of 6 to 127 rows (with AVX2 and FMA), which take a kernel of their own (`few_rows`, faster there);
+//! except products of 16 to 127 rows (with AVX2 and FMA), which take a kernel of their own (`few_rows`, faster
+//! there);
 //! one-row products (a decoder's token) take a GEMV that streams each weight row once. How work is split depends on
 //! the shapes and the thread count only, so results are reproducible run to run on one machine.
 
@@ -137,8 +138,8 @@ pub(crate) unsafe fn gemm_strided(
     }
 }
 
-/// Products with few rows (6 to 127), at least 64 columns and `B` read along its rows: the `gemm` crate is slow there (32 × 768 × 3072
-/// took 6 ms on 2 threads, against 6-8 ms for 128 rows; 1.2-2.2 ms for 8 rows; it makes no use of `B`'s layout).
+/// Products with few rows (16 to 127), at least 64 columns and `B` read along its rows: the `gemm` crate is slow
+/// there (32 × 768 × 3072 took 3.1-6 ms on 2 threads, about as long as 128 rows).
 ///
 /// Each task owns a run of 16-column blocks of `C`. A chunk of `B` (512 columns × 256 inputs) is copied, read along
 /// `B`'s rows, into a buffer the thread keeps, block after block (256 × 16 values, 16 KiB, contiguous): read in place,
@@ -146,16 +147,17 @@ pub(crate) unsafe fn gemm_strided(
 /// block in one pass, their 6 × 16 sums in 12 `ymm` registers, one FMA per `A` value and 8 columns: `C[i, j] =
 /// Σ_k A[i, k] · B[k, j]` in `k` order with fused multiply-adds (each chunk of inputs added to `C` after the
 /// first, and the first too when accumulating). Columns past the last whole block take the same order in scalar
-/// `mul_add`. With fewer than 6 rows, copying `B` costs about what it saves, and the `gemm` crate does as well.
+/// `mul_add`. With fewer than 16 rows, copying `B` costs more than it saves.
 #[cfg(target_arch = "x86_64")]
 mod few_rows {
     use std::arch::x86_64::*;
 
     use rayon::prelude::*;
 
-    /// Rows of `A` for this path (measured against the `gemm` crate on 768 × 3072: faster from 6 or 7 rows to 96,
-    /// even at 128 and 192).
-    pub const ROWS: std::ops::RangeInclusive<usize> = 6..=127;
+    /// Rows of `A` for this path. Against the `gemm` crate on 768 × 3072, 2 threads, the same run: as fast at 16
+    /// rows, a third faster at 32 to 96 (2.2 against 3.1-3.3 ms at 32 rows), as fast at 128; slower below 16 (the
+    /// copy of `B` costs a pass over it: 1.0-1.2 ms against 0.52 at 6 rows).
+    pub const ROWS: std::ops::RangeInclusive<usize> = 16..=127;
     /// Fewest columns of `B` for this path (a `B` of at least 64 K values too): small products (the digits CNN's
     /// convolutions, 8 to 16 columns) run faster in the `gemm` crate, which has kernels for narrow tiles.
     pub const MIN_COLUMNS: usize = 64;
@@ -816,7 +818,7 @@ mod tests {
 
     #[test]
     fn linear_matches_the_definition_for_every_path() {
-        // The GEMV (1-2 rows), the few-rows kernel (6-127 rows: several chunks of inputs and of columns, a scalar
+        // The GEMV (1-2 rows), the few-rows kernel (16-127 rows: several chunks of inputs and of columns, a scalar
         // tail of columns, one and several tasks) and the packed SGEMM.
         let shapes = [
             (1, 7, 5),
@@ -824,9 +826,10 @@ mod tests {
             (1, 300, 700),
             (3, 16, 17),
             (6, 5, 16),
-            (6, 128, 512),
-            (7, 300, 520),
-            (13, 257, 1040),
+            (16, 128, 512),
+            (20, 300, 520),
+            (21, 257, 1040),
+            (127, 64, 1024),
             (64, 96, 200),
             (127, 40, 47),
             (129, 64, 33),
@@ -844,8 +847,8 @@ mod tests {
     #[test]
     fn strided_products_accumulate_into_a_block_of_columns() {
         // C is the middle 72 of 88 columns, pre-filled; C += A · B for every path's row count (with 72 columns
-        // and 1000 inputs, 6 to 127 rows take the few-rows kernel: whole blocks, a scalar tail, several chunks).
-        for m in [2, 6, 9, 70, 130] {
+        // and 1000 inputs, 16 to 127 rows take the few-rows kernel: whole blocks, a scalar tail, several chunks).
+        for m in [2, 9, 16, 70, 130] {
             let (k, n, width) = (1000, 72, 88);
             let (a, b) = (values(m * k, 4), values(k * n, 5));
             let mut c = values(m * width, 6);
