@@ -11,6 +11,7 @@
 //!   (W8A8), cached calibration runs, per-layer sensitivity ranking.
 //! - [`bench`]: throughput of the analysis pass against the read bandwidth of the same file.
 //! - [`cli`]: the headless commands over the same core.
+//! - [`seeded`]: the seeded generator of test, benchmark and example data.
 //! - [`worker`]: the only code that spawns threads: jobs with progress and cancel, for the window.
 //! - `app` (feature `gui`): the window; it only draws and sends commands.
 //!
@@ -29,6 +30,7 @@ pub mod progress;
 pub mod quant;
 pub mod report;
 pub mod runtime;
+pub mod seeded;
 pub mod stats;
 pub mod worker;
 

@@ -29,15 +29,8 @@ pub fn medians_ms(repeat: usize, runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 
 /// Deterministic values in about [-2, 2].
 pub fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
-        })
-        .collect()
+    let mut rng = quantstudio::seeded::XorShift64::new(seed);
+    (0..len).map(|_| (rng.next_unit() * 4.0 - 2.0) as f32).collect()
 }
 
 /// Deterministic standard normal values (Box-Muller on the same generator): bell-shaped, as trained weights are.

@@ -375,13 +375,8 @@ mod tests {
 
     #[test]
     fn mse_search_matches_brute_force() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::seeded::XorShift64::from_state(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_unit();
         for round in 0..4 {
             let scale = [1.0, 3.0, 0.01, 100.0][round];
             let values: Vec<f32> = (0..5000)

@@ -655,13 +655,10 @@ mod tests {
 
     /// A deterministic mix of ordinary, tiny, huge, tie and non-finite values.
     fn awkward_values(n: usize) -> Vec<f32> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut rng = crate::seeded::XorShift64::from_state(0x2545_F491_4F6C_DD1D);
         (0..n)
             .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 match i % 97 {
                     0 => f32::NAN,
                     1 => f32::INFINITY,

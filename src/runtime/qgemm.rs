@@ -1220,27 +1220,15 @@ mod tests {
     use super::*;
 
     fn codes(len: usize, seed: u64) -> Vec<i8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state % 255) as i32 - 127) as i8
-            })
-            .collect()
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        (0..len).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect()
     }
 
     /// Bell-shaped weight codes `[n, k]` as trained weights give: normal values (Box-Muller), each row quantized
     /// with its absmax (so every row has a ±127).
     fn bell_codes(n: usize, k: usize, seed: u64) -> Vec<i8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        let mut uniform = move || rng.next_open_unit();
         let values: Vec<f64> = (0..n * k)
             .map(|_| (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos())
             .collect();

@@ -650,15 +650,8 @@ mod tests {
 
     /// Seeded values in about [-scale, scale].
     fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
-            })
-            .collect()
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        (0..len).map(|_| (rng.next_unit() * 2.0 - 1.0) as f32 * scale).collect()
     }
 
     /// FP16 bits decoded in f64 arithmetic (exact), independent of `half` and F16C.

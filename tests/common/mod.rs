@@ -46,13 +46,8 @@ pub fn write_model(path: &Path, specs: &[Spec]) {
 
 /// Deterministic values ~ N(0, std) (xorshift + Box-Muller), so tests are seeded.
 pub fn normal(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    let mut rng = quantstudio::seeded::XorShift64::new(seed);
+    let mut uniform = move || rng.next_open_unit();
     (0..n)
         .map(|_| {
             let (u1, u2) = (uniform(), uniform());
