@@ -320,18 +320,38 @@ mod avx2 {
         *hi = _mm256_add_pd(*hi, _mm256_mul_pd(v_hi, v_hi));
     }
 
+    /// 8 f64 lanes as two vectors (lanes 0-3, 4-7).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_lanes(lanes: &[f64; LANES]) -> (__m256d, __m256d) {
+    fn load_lanes(lanes: &[f64; LANES]) -> [__m256d; 2] {
         // SAFETY: `lanes` holds 8 f64.
-        unsafe { (_mm256_loadu_pd(lanes.as_ptr()), _mm256_loadu_pd(lanes.as_ptr().add(4))) }
+        unsafe { [_mm256_loadu_pd(lanes.as_ptr()), _mm256_loadu_pd(lanes.as_ptr().add(4))] }
     }
 
+    /// Two vectors back into 8 f64 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn store_lanes(lanes: &mut [f64; LANES], lo: __m256d, hi: __m256d) {
+    fn store_lanes(lanes: &mut [f64; LANES], halves: [__m256d; 2]) {
         // SAFETY: `lanes` holds 8 f64.
         unsafe {
-            _mm256_storeu_pd(lanes.as_mut_ptr(), lo);
-            _mm256_storeu_pd(lanes.as_mut_ptr().add(4), hi);
+            _mm256_storeu_pd(lanes.as_mut_ptr(), halves[0]);
+            _mm256_storeu_pd(lanes.as_mut_ptr().add(4), halves[1]);
+        }
+    }
+
+    /// Adds one vector's moments, as two f64 halves (lanes 0-3, 4-7), about the shift: `S1 += d`, `S2 += d²`,
+    /// `Sq += x²`, with `d = x - k` (masked by the caller when some lanes must not count).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn add_moments(
+        x: [__m256d; 2],
+        d: [__m256d; 2],
+        s1: &mut [__m256d; 2],
+        s2: &mut [__m256d; 2],
+        sq: &mut [__m256d; 2],
+    ) {
+        for half in 0..2 {
+            s1[half] = _mm256_add_pd(s1[half], d[half]);
+            s2[half] = _mm256_add_pd(s2[half], _mm256_mul_pd(d[half], d[half]));
+            sq[half] = _mm256_add_pd(sq[half], _mm256_mul_pd(x[half], x[half]));
         }
     }
 
@@ -373,10 +393,8 @@ mod avx2 {
         let k = _mm256_set1_pd(shift);
         let mut min = inf;
         let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
-        // SAFETY: each reads 8 f64.
-        let (mut s1_lo, mut s1_hi) = unsafe { load_lanes(&acc.sum_shifted) };
-        let (mut s2_lo, mut s2_hi) = unsafe { load_lanes(&acc.sum_sq_shifted) };
-        let (mut sq_lo, mut sq_hi) = unsafe { load_lanes(&acc.sum_sq) };
+        let (mut s1, mut s2, mut sq) =
+            (load_lanes(&acc.sum_shifted), load_lanes(&acc.sum_sq_shifted), load_lanes(&acc.sum_sq));
         // Lanes that were not finite (`!(|v| < inf)`: NaN and ±inf).
         let mut not_finite = _mm256_setzero_ps();
         for i in (0..full).step_by(LANES) {
@@ -386,23 +404,15 @@ mod avx2 {
             min = _mm256_min_ps(min, v);
             max = _mm256_max_ps(max, v);
             let (x_lo, x_hi) = widen(v);
-            let (d_lo, d_hi) = (_mm256_sub_pd(x_lo, k), _mm256_sub_pd(x_hi, k));
-            s1_lo = _mm256_add_pd(s1_lo, d_lo);
-            s1_hi = _mm256_add_pd(s1_hi, d_hi);
-            s2_lo = _mm256_add_pd(s2_lo, _mm256_mul_pd(d_lo, d_lo));
-            s2_hi = _mm256_add_pd(s2_hi, _mm256_mul_pd(d_hi, d_hi));
-            sq_lo = _mm256_add_pd(sq_lo, _mm256_mul_pd(x_lo, x_lo));
-            sq_hi = _mm256_add_pd(sq_hi, _mm256_mul_pd(x_hi, x_hi));
+            let d = [_mm256_sub_pd(x_lo, k), _mm256_sub_pd(x_hi, k)];
+            add_moments([x_lo, x_hi], d, &mut s1, &mut s2, &mut sq);
         }
         if _mm256_movemask_ps(not_finite) != 0 || x[full..].iter().any(|v| !v.is_finite()) {
             return false;
         }
-        // SAFETY: each writes 8 f64.
-        unsafe {
-            store_lanes(&mut acc.sum_shifted, s1_lo, s1_hi);
-            store_lanes(&mut acc.sum_sq_shifted, s2_lo, s2_hi);
-            store_lanes(&mut acc.sum_sq, sq_lo, sq_hi);
-        }
+        store_lanes(&mut acc.sum_shifted, s1);
+        store_lanes(&mut acc.sum_sq_shifted, s2);
+        store_lanes(&mut acc.sum_sq, sq);
         acc.min = acc.min.min(reduce(min, f32::min));
         acc.max = acc.max.max(reduce(max, f32::max));
         acc.finite += full as u64;
@@ -420,10 +430,8 @@ mod avx2 {
         let k = _mm256_set1_pd(shift);
         let mut min = inf;
         let mut max = neg_inf;
-        // SAFETY: each reads 8 f64.
-        let (mut s1_lo, mut s1_hi) = unsafe { load_lanes(&acc.sum_shifted) };
-        let (mut s2_lo, mut s2_hi) = unsafe { load_lanes(&acc.sum_sq_shifted) };
-        let (mut sq_lo, mut sq_hi) = unsafe { load_lanes(&acc.sum_sq) };
+        let (mut s1, mut s2, mut sq) =
+            (load_lanes(&acc.sum_shifted), load_lanes(&acc.sum_sq_shifted), load_lanes(&acc.sum_sq));
         // Per-lane counts as negated masks (a true mask is -1).
         let mut finite_count = _mm256_setzero_si256();
         let mut nan_count = _mm256_setzero_si256();
@@ -441,21 +449,12 @@ mod avx2 {
                 _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(_mm256_castps_si256(finite)))),
                 _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(_mm256_castps_si256(finite)))),
             );
-            let d_lo = _mm256_and_pd(_mm256_sub_pd(x_lo, k), f_lo);
-            let d_hi = _mm256_and_pd(_mm256_sub_pd(x_hi, k), f_hi);
-            s1_lo = _mm256_add_pd(s1_lo, d_lo);
-            s1_hi = _mm256_add_pd(s1_hi, d_hi);
-            s2_lo = _mm256_add_pd(s2_lo, _mm256_mul_pd(d_lo, d_lo));
-            s2_hi = _mm256_add_pd(s2_hi, _mm256_mul_pd(d_hi, d_hi));
-            sq_lo = _mm256_add_pd(sq_lo, _mm256_mul_pd(x_lo, x_lo));
-            sq_hi = _mm256_add_pd(sq_hi, _mm256_mul_pd(x_hi, x_hi));
+            let d = [_mm256_and_pd(_mm256_sub_pd(x_lo, k), f_lo), _mm256_and_pd(_mm256_sub_pd(x_hi, k), f_hi)];
+            add_moments([x_lo, x_hi], d, &mut s1, &mut s2, &mut sq);
         }
-        // SAFETY: each writes 8 f64.
-        unsafe {
-            store_lanes(&mut acc.sum_shifted, s1_lo, s1_hi);
-            store_lanes(&mut acc.sum_sq_shifted, s2_lo, s2_hi);
-            store_lanes(&mut acc.sum_sq, sq_lo, sq_hi);
-        }
+        store_lanes(&mut acc.sum_shifted, s1);
+        store_lanes(&mut acc.sum_sq_shifted, s2);
+        store_lanes(&mut acc.sum_sq, sq);
         let (finite_total, nan_total) = (horizontal_count(finite_count), horizontal_count(nan_count));
         acc.min = acc.min.min(reduce(min, f32::min));
         acc.max = acc.max.max(reduce(max, f32::max));
@@ -584,8 +583,7 @@ mod avx2 {
             (_mm256_set1_ps(spec.value_bins.lo), _mm256_set1_ps(spec.value_bins.bins_per_unit));
         let (error_lo, error_scale) =
             (_mm256_set1_ps(spec.error_bins.lo), _mm256_set1_ps(spec.error_bins.bins_per_unit));
-        // SAFETY: reads 8 f64.
-        let (mut err_lo, mut err_hi) = unsafe { load_lanes(&acc.sum_sq_error) };
+        let [mut err_lo, mut err_hi] = load_lanes(&acc.sum_sq_error);
         let mut max_err = _mm256_setzero_ps();
         let mut saturated = _mm256_setzero_si256();
         let mut slots = [0u32; 2 * LANES];
@@ -618,8 +616,7 @@ mod avx2 {
                 error_hist[lane % COPIES][slots[LANES + lane] as u8 as usize] += 1;
             }
         }
-        // SAFETY: writes 8 f64.
-        unsafe { store_lanes(&mut acc.sum_sq_error, err_lo, err_hi) };
+        store_lanes(&mut acc.sum_sq_error, [err_lo, err_hi]);
         acc.max_abs_error = acc.max_abs_error.max(reduce(max_err, f32::max));
         acc.saturated += horizontal_count(saturated);
         measure_tail(&x[full..], full % LANES, spec, acc);
