@@ -465,8 +465,9 @@ thread_local! {
     static ROWS_I16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for the `u8` codes (offset by 128) of the `u8 × s8` kernel.
     static ROWS_U8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// For the `u8 × s8` kernel: the block's `u8` codes input-major, and the corrections' sums of two panels
-    /// (column-major: 8 columns of the block's rows each).
+    /// For the `u8 × s8` kernel: the block's `u8` codes input-major (rows padded to a multiple of 8), the
+    /// corrections' sums of two panels in the tiles' layout (row-major: the block's rows of 8 sums each), and one
+    /// panel's sums column-major (8 columns of the block's rows) before they are transposed into it.
     static U8_CORRECTIONS: std::cell::RefCell<(Vec<u8>, Vec<i32>, Vec<i32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
