@@ -473,6 +473,31 @@ mod avx2 {
         lanes.iter().map(|&c| c as u64).sum()
     }
 
+    /// Steps of the measure loop between storing a step's bins and counting them.
+    const LAG: usize = 2;
+    /// Slots of the ring of stored bins.
+    const RING: usize = 4;
+
+    /// Bins of the last `RING` steps of the measure loop.
+    #[repr(C, align(32))]
+    struct Ring([[u16; 2 * LANES]; RING]);
+
+    /// Counts one step's bins: lane `l` into copy `l % COPIES`. Bins are in 0..=255 by construction; `as u8`
+    /// lets the compiler drop the bounds checks.
+    #[inline(always)]
+    fn count_bins(
+        bins: &[u16; 2 * LANES],
+        value_hist: &mut [[u32; HIST_BINS]; COPIES],
+        error_hist: &mut [[u32; HIST_BINS]; COPIES],
+    ) {
+        for copy in 0..COPIES {
+            value_hist[copy][bins[copy] as u8 as usize] += 1;
+            error_hist[copy][bins[4 + copy] as u8 as usize] += 1;
+            value_hist[copy][bins[8 + copy] as u8 as usize] += 1;
+            error_hist[copy][bins[12 + copy] as u8 as usize] += 1;
+        }
+    }
+
     /// Rounding kinds of the monomorphic measure loops.
     const INT8_SYM: u8 = 0;
     const INT8_ASYM: u8 = 1;
@@ -586,7 +611,7 @@ mod avx2 {
         let [mut err_lo, mut err_hi] = load_lanes(&acc.sum_sq_error);
         let mut max_err = _mm256_setzero_ps();
         let mut saturated = _mm256_setzero_si256();
-        let mut slots = [0u32; 2 * LANES];
+        let mut ring = Ring([[0; 2 * LANES]; RING]);
         let MeasureAcc { value_hist, error_hist, .. } = acc;
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
@@ -605,16 +630,18 @@ mod avx2 {
                 value_bins = _mm256_and_si256(value_bins, _mm256_castps_si256(finite));
                 error_bins = _mm256_and_si256(error_bins, _mm256_castps_si256(finite));
             }
-            // SAFETY: `slots` holds 16 u32.
-            unsafe {
-                _mm256_storeu_si256(slots.as_mut_ptr().cast(), value_bins);
-                _mm256_storeu_si256(slots.as_mut_ptr().add(LANES).cast(), error_bins);
+            // Both bins of the 8 lanes as 16 u16 (per 128-bit half: 4 value bins, then 4 error bins), stored in
+            // the ring and counted two steps later, once the store has reached the cache.
+            let packed = _mm256_packus_epi32(value_bins, error_bins);
+            let step = i / LANES;
+            // SAFETY: the ring holds RING slots of 16 u16, each 32-byte aligned.
+            unsafe { _mm256_store_si256(ring.0[step % RING].as_mut_ptr().cast(), packed) };
+            if step >= LAG {
+                count_bins(&ring.0[(step - LAG) % RING], value_hist, error_hist);
             }
-            // Bins are in 0..=255 by construction; `as u8` lets the compiler drop the bounds checks.
-            for lane in 0..LANES {
-                value_hist[lane % COPIES][slots[lane] as u8 as usize] += 1;
-                error_hist[lane % COPIES][slots[LANES + lane] as u8 as usize] += 1;
-            }
+        }
+        for step in (full / LANES).saturating_sub(LAG)..full / LANES {
+            count_bins(&ring.0[step % RING], value_hist, error_hist);
         }
         store_lanes(&mut acc.sum_sq_error, [err_lo, err_hi]);
         acc.max_abs_error = acc.max_abs_error.max(reduce(max_err, f32::max));
