@@ -14,6 +14,31 @@ pub const HIST_BINS: usize = 256;
 /// Independent copies of each histogram, so that neighbouring equal bins do not serialise on one counter.
 const COPIES: usize = 4;
 
+/// An element type the scan and the measure read in place: f32, or BF16 widened exactly to f32 as it is loaded
+/// (so a BF16 tensor is never copied into an f32 buffer).
+pub trait Element: Copy + Send + Sync + 'static {
+    /// Whether the element is a BF16 bit pattern (the upper half of an f32).
+    const IS_BF16: bool;
+    /// The value as f32 (exact for both types).
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const IS_BF16: bool = false;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for half::bf16 {
+    const IS_BF16: bool = true;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
 /// Totals of the scan over a slice: finite range, moments and counts of non-finite elements.
 ///
 /// Moments are taken about a shift `k` (the tensor's first finite value): `sum (x - k)` and `sum (x - k)^2`,
@@ -193,7 +218,7 @@ pub fn implementation_name() -> &'static str {
 }
 
 /// Pass 1 over `x` into `acc`, moments about `shift`.
-pub fn scan(x: &[f32], shift: f64, acc: &mut ScanAcc) {
+pub fn scan<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -204,7 +229,7 @@ pub fn scan(x: &[f32], shift: f64, acc: &mut ScanAcc) {
 }
 
 /// Pass 2 over `x` into `acc`.
-pub fn measure(x: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+pub fn measure<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: as in `scan`.
@@ -227,12 +252,13 @@ pub fn quantize_codes(x: &[f32], params: &QParams, out: &mut [i8]) {
 }
 
 /// The portable scan, also used for the tails of the AVX2 one.
-pub fn scan_portable(x: &[f32], shift: f64, acc: &mut ScanAcc) {
+pub fn scan_portable<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
     scan_tail(x, 0, shift, acc);
 }
 
-fn scan_tail(x: &[f32], first_lane: usize, shift: f64, acc: &mut ScanAcc) {
-    for (i, &v) in x.iter().enumerate() {
+fn scan_tail<E: Element>(x: &[E], first_lane: usize, shift: f64, acc: &mut ScanAcc) {
+    for (i, v) in x.iter().enumerate() {
+        let v = v.to_f32();
         if v.is_finite() {
             let lane = (first_lane + i) % LANES;
             acc.min = acc.min.min(v);
@@ -251,7 +277,7 @@ fn scan_tail(x: &[f32], first_lane: usize, shift: f64, acc: &mut ScanAcc) {
 }
 
 /// The portable measure, also used for the tails of the AVX2 one.
-pub fn measure_portable(x: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+pub fn measure_portable<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
     measure_tail(x, 0, spec, acc);
 }
 
@@ -272,8 +298,9 @@ fn round_trip(v: f32, rounding: &Rounding) -> (f32, bool) {
     }
 }
 
-fn measure_tail(x: &[f32], first_lane: usize, spec: &MeasureSpec, acc: &mut MeasureAcc) {
-    for (i, &v) in x.iter().enumerate() {
+fn measure_tail<E: Element>(x: &[E], first_lane: usize, spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    for (i, v) in x.iter().enumerate() {
+        let v = v.to_f32();
         let lane = (first_lane + i) % LANES;
         let copy = lane % COPIES;
         if !v.is_finite() {
@@ -355,6 +382,24 @@ mod avx2 {
         }
     }
 
+    /// The 8 elements of `x` from `i` as f32 (BF16 widened by a shift).
+    ///
+    /// # Safety
+    /// `i + 8 <= x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8<E: Element>(x: &[E], i: usize) -> __m256 {
+        // SAFETY: the caller keeps the 8 elements in bounds; both types are read unaligned.
+        unsafe {
+            if E::IS_BF16 {
+                let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(x.as_ptr().add(i).cast()));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+            } else {
+                _mm256_loadu_ps(x.as_ptr().add(i).cast())
+            }
+        }
+    }
+
     /// Horizontal min or max of 8 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn reduce(v: __m256, pick: fn(f32, f32) -> f32) -> f32 {
@@ -374,7 +419,7 @@ mod avx2 {
     /// one was, the slice is scanned again from the same totals by the masked loop. Both give the same bits on a
     /// finite slice (the masks keep every finite lane as it is).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scan(x: &[f32], shift: f64, acc: &mut ScanAcc) {
+    pub unsafe fn scan<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
         let before = *acc;
         // SAFETY: the caller's guarantee.
         if !unsafe { scan_finite(x, shift, acc) } {
@@ -386,7 +431,7 @@ mod avx2 {
 
     /// The scan of a slice assumed finite; returns false (and leaves `acc` to be discarded) if it was not.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scan_finite(x: &[f32], shift: f64, acc: &mut ScanAcc) -> bool {
+    unsafe fn scan_finite<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) -> bool {
         let full = x.len() / LANES * LANES;
         let abs = abs_mask();
         let inf = _mm256_set1_ps(f32::INFINITY);
@@ -399,7 +444,7 @@ mod avx2 {
         let mut not_finite = _mm256_setzero_ps();
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let v = unsafe { load8(x, i) };
             not_finite = _mm256_or_ps(not_finite, _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), inf));
             min = _mm256_min_ps(min, v);
             max = _mm256_max_ps(max, v);
@@ -407,7 +452,7 @@ mod avx2 {
             let d = [_mm256_sub_pd(x_lo, k), _mm256_sub_pd(x_hi, k)];
             add_moments([x_lo, x_hi], d, &mut s1, &mut s2, &mut sq);
         }
-        if _mm256_movemask_ps(not_finite) != 0 || x[full..].iter().any(|v| !v.is_finite()) {
+        if _mm256_movemask_ps(not_finite) != 0 || x[full..].iter().any(|v| !v.to_f32().is_finite()) {
             return false;
         }
         store_lanes(&mut acc.sum_shifted, s1);
@@ -422,7 +467,7 @@ mod avx2 {
 
     /// The scan of a slice that may hold NaN and ±inf: every non-finite lane masked out of the range and the sums.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scan_masked(x: &[f32], shift: f64, acc: &mut ScanAcc) {
+    unsafe fn scan_masked<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
         let full = x.len() / LANES * LANES;
         let abs = abs_mask();
         let inf = _mm256_set1_ps(f32::INFINITY);
@@ -437,7 +482,7 @@ mod avx2 {
         let mut nan_count = _mm256_setzero_si256();
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let v = unsafe { load8(x, i) };
             let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs), inf);
             let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
             min = _mm256_min_ps(min, _mm256_blendv_ps(inf, v, finite));
@@ -560,14 +605,14 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn measure(x: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    pub unsafe fn measure<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
         // One monomorphic loop per rounding (and per finiteness) keeps every branch out of the loop.
         macro_rules! dispatch {
             ($kind:expr) => {
                 if spec.all_finite {
-                    unsafe { measure_loop::<{ $kind }, true>(x, spec, acc) }
+                    unsafe { measure_loop::<E, { $kind }, true>(x, spec, acc) }
                 } else {
-                    unsafe { measure_loop::<{ $kind }, false>(x, spec, acc) }
+                    unsafe { measure_loop::<E, { $kind }, false>(x, spec, acc) }
                 }
             };
         }
@@ -581,8 +626,8 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn measure_loop<const KIND: u8, const ALL_FINITE: bool>(
-        x: &[f32],
+    unsafe fn measure_loop<E: Element, const KIND: u8, const ALL_FINITE: bool>(
+        x: &[E],
         spec: &MeasureSpec,
         acc: &mut MeasureAcc,
     ) {
@@ -615,7 +660,7 @@ mod avx2 {
         let MeasureAcc { value_hist, error_hist, .. } = acc;
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let v = unsafe { load8(x, i) };
             let finite = if ALL_FINITE { all_ones } else { _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs), inf) };
             let (x_hat, sat) = round_trip8::<KIND>(v, &consts);
             let sat = if ALL_FINITE { sat } else { _mm256_and_ps(sat, finite) };
@@ -659,7 +704,7 @@ mod avx2 {
         let mut codes = [0i32; LANES];
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let v = unsafe { load8(x, i) };
             let q = _mm256_add_ps(_mm256_round_ps::<ROUND_NEAREST>(_mm256_div_ps(v, scale)), zp);
             let q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
             let q = _mm256_blendv_ps(q, zp, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
@@ -719,6 +764,47 @@ mod tests {
             .collect()
     }
 
+    fn assert_same_measure(a: &MeasureAcc, b: &MeasureAcc, what: &str) {
+        assert_eq!(a.sum_sq_error.map(f64::to_bits), b.sum_sq_error.map(f64::to_bits), "{what}");
+        assert_eq!(a.max_abs_error.to_bits(), b.max_abs_error.to_bits(), "{what}");
+        assert_eq!(a.saturated, b.saturated, "{what}");
+        assert_eq!(a.value_hist, b.value_hist, "{what}");
+        assert_eq!(a.error_hist, b.error_hist, "{what}");
+    }
+
+    #[test]
+    fn bf16_read_in_place_gives_the_totals_of_its_f32_values() {
+        for len in [0, 1, 7, 8, 9, 63, 1000, 4099] {
+            let bf16: Vec<half::bf16> =
+                awkward_values(len).iter().map(|v| half::bf16::from_bits((v.to_bits() >> 16) as u16)).collect();
+            let widened: Vec<f32> = bf16.iter().map(|v| v.to_f32()).collect();
+            let finite_bf16: Vec<half::bf16> = bf16.iter().copied().filter(|v| v.is_finite()).collect();
+            let finite_widened: Vec<f32> = finite_bf16.iter().map(|v| v.to_f32()).collect();
+            for (bf16, widened) in [(&bf16, &widened), (&finite_bf16, &finite_widened)] {
+                let mut totals = [ScanAcc::default(); 4];
+                scan(bf16, 0.25, &mut totals[0]);
+                scan_portable(bf16, 0.25, &mut totals[1]);
+                scan(widened, 0.25, &mut totals[2]);
+                scan_portable(widened, 0.25, &mut totals[3]);
+                assert!(totals.iter().all(|t| *t == totals[0]), "scan len {len}");
+            }
+            for spec in specs() {
+                let (bf16, widened) = if spec.all_finite { (&finite_bf16, &finite_widened) } else { (&bf16, &widened) };
+                let mut from_widened = MeasureAcc::default();
+                measure_portable(widened, &spec, &mut from_widened);
+                for dispatched in [true, false] {
+                    let mut from_bf16 = MeasureAcc::default();
+                    if dispatched {
+                        measure(bf16, &spec, &mut from_bf16);
+                    } else {
+                        measure_portable(bf16, &spec, &mut from_bf16);
+                    }
+                    assert_same_measure(&from_bf16, &from_widened, &format!("{spec:?} len {len}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn dispatched_kernels_match_portable_bit_for_bit() {
         for len in [0, 1, 7, 8, 9, 63, 1000, 4099] {
@@ -748,11 +834,7 @@ mod tests {
                 let (mut fast, mut portable) = (MeasureAcc::default(), MeasureAcc::default());
                 measure(x, &spec, &mut fast);
                 measure_portable(x, &spec, &mut portable);
-                assert_eq!(fast.sum_sq_error.map(f64::to_bits), portable.sum_sq_error.map(f64::to_bits), "{spec:?}");
-                assert_eq!(fast.max_abs_error.to_bits(), portable.max_abs_error.to_bits(), "{spec:?}");
-                assert_eq!(fast.saturated, portable.saturated, "{spec:?}");
-                assert_eq!(fast.value_hist, portable.value_hist, "{spec:?}");
-                assert_eq!(fast.error_hist, portable.error_hist, "{spec:?}");
+                assert_same_measure(&fast, &portable, &format!("{spec:?}"));
             }
             for p in [QParams::symmetric(2.0), QParams::asymmetric(-0.3, 1.7), QParams::symmetric(1e-3)] {
                 let (mut fast, mut portable) = (vec![0i8; len], vec![0i8; len]);

@@ -109,6 +109,19 @@ impl<'a> TensorData<'a> {
         buf
     }
 
+    /// The elements `range` as the kernels read them: aligned BF16 data in place (widened as it is loaded),
+    /// anything else as [`TensorData::values`].
+    pub fn elements<'b>(&'b self, range: Range<usize>, buf: &'b mut Vec<f32>) -> Elements<'b> {
+        #[cfg(target_endian = "little")]
+        if self.dtype == DType::BF16 {
+            let raw = &self.bytes[range.start * 2..range.end * 2];
+            if let Ok(bf16) = bytemuck::try_cast_slice::<u8, half::bf16>(raw) {
+                return Elements::Bf16(bf16);
+            }
+        }
+        Elements::F32(self.values(range, buf))
+    }
+
     /// The blocks of work: flat element ranges that are whole rows, or pieces of one long row.
     pub fn blocks(&self) -> Vec<Range<usize>> {
         let (rows, cols) = (self.rows, self.cols);
@@ -128,7 +141,7 @@ impl<'a> TensorData<'a> {
     }
 
     /// Calls `f(row, slice)` for each part of `block` that lies in one row.
-    pub fn for_each_row_slice(&self, block: &Range<usize>, values: &[f32], mut f: impl FnMut(usize, &[f32])) {
+    pub fn for_each_row_slice<E>(&self, block: &Range<usize>, values: &[E], mut f: impl FnMut(usize, &[E])) {
         let mut at = block.start;
         while at < block.end {
             let row = at / self.cols;
@@ -137,6 +150,15 @@ impl<'a> TensorData<'a> {
             at = row_end;
         }
     }
+}
+
+/// A block's elements as the kernels read them.
+#[derive(Clone, Copy, Debug)]
+pub enum Elements<'b> {
+    /// f32 values (borrowed from the map, or converted).
+    F32(&'b [f32]),
+    /// BF16 values in place.
+    Bf16(&'b [half::bf16]),
 }
 
 /// Result of pass 1: totals and the finite range of each row.
@@ -205,6 +227,24 @@ fn first_finite(data: &TensorData) -> f64 {
 /// The finite range `(row, min, max)` one block saw of one row.
 type RowRange = (usize, f32, f32);
 
+/// Pass 1 over one block: its totals and the range it saw of each row.
+fn scan_block<E: kernels::Element>(
+    data: &TensorData,
+    block: &Range<usize>,
+    values: &[E],
+    shift: f64,
+) -> (ScanAcc, Vec<RowRange>) {
+    let mut total = ScanAcc::default();
+    let mut rows = Vec::new();
+    data.for_each_row_slice(block, values, |row, slice| {
+        let mut acc = ScanAcc::default();
+        kernels::scan(slice, shift, &mut acc);
+        total.merge(&acc);
+        rows.push((row, acc.min, acc.max));
+    });
+    (total, rows)
+}
+
 /// Pass 1 over a tensor, in parallel.
 pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
     let shift = first_finite(data);
@@ -213,17 +253,12 @@ pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
         .par_iter()
         .map_init(Vec::new, |buf, block| {
             progress.check()?;
-            let values = data.values(block.clone(), buf);
-            let mut total = ScanAcc::default();
-            let mut rows = Vec::new();
-            data.for_each_row_slice(block, values, |row, slice| {
-                let mut acc = ScanAcc::default();
-                kernels::scan(slice, shift, &mut acc);
-                total.merge(&acc);
-                rows.push((row, acc.min, acc.max));
-            });
+            let scanned = match data.elements(block.clone(), buf) {
+                Elements::F32(values) => scan_block(data, block, values, shift),
+                Elements::Bf16(values) => scan_block(data, block, values, shift),
+            };
             progress.advance(block.len() as u64);
-            Ok((total, rows))
+            Ok(scanned)
         })
         .collect::<Result<_>>()?;
     let mut result = Scan {
@@ -307,9 +342,13 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         .par_iter()
         .map_init(Vec::new, |buf, block| {
             progress.check()?;
-            let values = data.values(block.clone(), buf);
             let mut acc = MeasureAcc::default();
-            data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc));
+            match data.elements(block.clone(), buf) {
+                Elements::F32(values) => data
+                    .for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc)),
+                Elements::Bf16(values) => data
+                    .for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc)),
+            }
             progress.advance(block.len() as u64);
             Ok(acc)
         })
