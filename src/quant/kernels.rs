@@ -175,9 +175,42 @@ impl MeasureAcc {
         }
     }
 
-    /// Adds another accumulator's sums (lane by lane), maximum and saturation count; histograms are collected
-    /// with [`MeasureAcc::add_histograms_to`] (their u32 counters are per block, which stays far below 2^32).
-    pub fn merge_sums(&mut self, other: &MeasureAcc) {
+    /// Adds the histogram counts into `value` and `error` and zeroes them here (the u32 counters are drained
+    /// long before they could reach 2^32).
+    pub fn drain_histograms_into(&mut self, value: &mut [u64; HIST_BINS], error: &mut [u64; HIST_BINS]) {
+        self.add_histograms_to(value, error);
+        self.value_hist = [[0; HIST_BINS]; COPIES];
+        self.error_hist = [[0; HIST_BINS]; COPIES];
+    }
+
+    /// The error sums, maximum and saturation count so far, zeroed here (the histograms are left as they are).
+    pub fn take_sums(&mut self) -> MeasureSums {
+        let sums = MeasureSums {
+            sum_sq_error: self.sum_sq_error,
+            max_abs_error: self.max_abs_error,
+            saturated: self.saturated,
+        };
+        self.sum_sq_error = [0.0; LANES];
+        self.max_abs_error = 0.0;
+        self.saturated = 0;
+        sums
+    }
+}
+
+/// The sums of the measure pass over a slice, without its histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MeasureSums {
+    /// Sum of `(x - x_hat)^2` over finite elements, per lane.
+    pub sum_sq_error: [f64; LANES],
+    /// Largest `|x - x_hat|`.
+    pub max_abs_error: f32,
+    /// Finite elements outside the precision's range.
+    pub saturated: u64,
+}
+
+impl MeasureSums {
+    /// Adds another slice's sums (lane by lane), maximum and saturation count.
+    pub fn merge(&mut self, other: &MeasureSums) {
         for lane in 0..LANES {
             self.sum_sq_error[lane] += other.sum_sq_error[lane];
         }

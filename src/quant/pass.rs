@@ -277,6 +277,55 @@ pub fn scan(data: &TensorData, progress: &Progress) -> Result<Scan> {
     Ok(result)
 }
 
+/// The state of one rayon fold of the measure pass.
+struct MeasureFold {
+    /// The kernels' accumulator (its sums are taken after every block).
+    acc: Box<MeasureAcc>,
+    /// Histogram counts drained from `acc`.
+    value_counts: [u64; kernels::HIST_BINS],
+    error_counts: [u64; kernels::HIST_BINS],
+    /// Elements counted in `acc` since it was last drained.
+    undrained: u64,
+    /// The sums of each block, by block index.
+    block_sums: Vec<(usize, kernels::MeasureSums)>,
+    /// Conversion buffer for blocks that are not read in place.
+    buf: Vec<f32>,
+}
+
+impl Default for MeasureFold {
+    fn default() -> Self {
+        MeasureFold {
+            acc: Box::default(),
+            value_counts: [0; kernels::HIST_BINS],
+            error_counts: [0; kernels::HIST_BINS],
+            undrained: 0,
+            block_sums: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl MeasureFold {
+    /// Elements after which the u32 counters are drained (far below 2^32).
+    const DRAIN_ELEMS: u64 = 1 << 30;
+
+    fn drain(&mut self) {
+        self.acc.drain_histograms_into(&mut self.value_counts, &mut self.error_counts);
+        self.undrained = 0;
+    }
+
+    fn merge(mut self, mut other: MeasureFold) -> MeasureFold {
+        self.drain();
+        other.drain();
+        for bin in 0..kernels::HIST_BINS {
+            self.value_counts[bin] += other.value_counts[bin];
+            self.error_counts[bin] += other.error_counts[bin];
+        }
+        self.block_sums.append(&mut other.block_sums);
+        self
+    }
+}
+
 /// Everything known about one tensor under one precision.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TensorAnalysis {
@@ -338,29 +387,41 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         error_bins: BinMap::new(-error_range, error_range),
     };
     let blocks = data.blocks();
-    let partials: Vec<MeasureAcc> = blocks
+    // Histogram counts are integers and add up in any order, so each rayon fold keeps one set; the f64 sums are
+    // kept per block and added in block order.
+    let mut folded = blocks
         .par_iter()
-        .map_init(Vec::new, |buf, block| {
+        .enumerate()
+        .try_fold(MeasureFold::default, |mut fold, (index, block)| {
             progress.check()?;
-            let mut acc = MeasureAcc::default();
+            let MeasureFold { acc, buf, .. } = &mut fold;
             match data.elements(block.clone(), buf) {
-                Elements::F32(values) => data
-                    .for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc)),
-                Elements::Bf16(values) => data
-                    .for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), &mut acc)),
+                Elements::F32(values) => {
+                    data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), acc))
+                }
+                Elements::Bf16(values) => {
+                    data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), acc))
+                }
+            }
+            let sums = fold.acc.take_sums();
+            fold.block_sums.push((index, sums));
+            fold.undrained += block.len() as u64;
+            if fold.undrained >= MeasureFold::DRAIN_ELEMS {
+                fold.drain();
             }
             progress.advance(block.len() as u64);
-            Ok(acc)
+            Ok::<_, Error>(fold)
         })
-        .collect::<Result<_>>()?;
-    let mut total = MeasureAcc::default();
+        .try_reduce(MeasureFold::default, |a, b| Ok(a.merge(b)))?;
+    folded.drain();
+    let MeasureFold { mut value_counts, mut error_counts, mut block_sums, .. } = folded;
+    block_sums.sort_unstable_by_key(|&(index, _)| index);
+    let mut total = kernels::MeasureSums::default();
+    for (_, sums) in &block_sums {
+        total.merge(sums);
+    }
     let mut value_histogram = Histogram::empty(value_lo, value_hi);
     let mut error_histogram = Histogram::empty(-error_range, error_range);
-    let (mut value_counts, mut error_counts) = ([0u64; kernels::HIST_BINS], [0u64; kernels::HIST_BINS]);
-    for partial in &partials {
-        partial.add_histograms_to(&mut value_counts, &mut error_counts);
-        total.merge_sums(partial);
-    }
     // The kernels count non-finite elements in bin 0; take them out.
     let non_finite = stats.nan_count + stats.inf_count;
     value_counts[0] -= non_finite;
