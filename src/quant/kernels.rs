@@ -11,16 +11,52 @@ use super::params::{BF16_MAX, FP16_MAX, QParams};
 pub const LANES: usize = 8;
 /// Bins of every histogram.
 pub const HIST_BINS: usize = 256;
-/// Independent copies of each histogram, so that neighbouring equal bins do not serialise on one counter.
-const COPIES: usize = 4;
+/// Independent copies of each histogram, one per lane, so that equal bins of nearby elements do not serialise on
+/// one counter.
+const COPIES: usize = 8;
 
-/// An element type the scan and the measure read in place: f32, or BF16 widened exactly to f32 as it is loaded
+/// A run of elements the scan and the measure read in place: f32, or BF16 widened exactly to f32 as it is loaded
 /// (so a BF16 tensor is never copied into an f32 buffer).
+#[derive(Clone, Copy, Debug)]
+pub enum Elements<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// BF16 values.
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> From<&'a [f32]> for Elements<'a> {
+    fn from(x: &'a [f32]) -> Self {
+        Elements::F32(x)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Elements<'a> {
+    fn from(x: &'a Vec<f32>) -> Self {
+        Elements::F32(x)
+    }
+}
+
+impl<'a> From<&'a [half::bf16]> for Elements<'a> {
+    fn from(x: &'a [half::bf16]) -> Self {
+        Elements::Bf16(x)
+    }
+}
+
+impl<'a> From<&'a Vec<half::bf16>> for Elements<'a> {
+    fn from(x: &'a Vec<half::bf16>) -> Self {
+        Elements::Bf16(x)
+    }
+}
+
+/// The element types of [`Elements`].
 pub trait Element: Copy + Send + Sync + 'static {
     /// Whether the element is a BF16 bit pattern (the upper half of an f32).
     const IS_BF16: bool;
     /// The value as f32 (exact for both types).
     fn to_f32(self) -> f32;
+    /// A slice of them as [`Elements`].
+    fn elements(x: &[Self]) -> Elements<'_>;
 }
 
 impl Element for f32 {
@@ -29,6 +65,9 @@ impl Element for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn elements(x: &[Self]) -> Elements<'_> {
+        Elements::F32(x)
+    }
 }
 
 impl Element for half::bf16 {
@@ -36,6 +75,9 @@ impl Element for half::bf16 {
     #[inline]
     fn to_f32(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    fn elements(x: &[Self]) -> Elements<'_> {
+        Elements::Bf16(x)
     }
 }
 
@@ -251,25 +293,51 @@ pub fn implementation_name() -> &'static str {
 }
 
 /// Pass 1 over `x` into `acc`, moments about `shift`.
-pub fn scan<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
+///
+/// The kernels are instantiated here, behind a plain function, whichever crate calls.
+pub fn scan<'a>(x: impl Into<Elements<'a>>, shift: f64, acc: &mut ScanAcc) {
+    scan_elements(x.into(), shift, acc);
+}
+
+fn scan_elements(x: Elements, shift: f64, acc: &mut ScanAcc) {
+    match x {
+        Elements::F32(x) => scan_slice(x, shift, acc),
+        Elements::Bf16(x) => scan_slice(x, shift, acc),
+    }
+}
+
+fn scan_slice<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: the CPU has the features the function is compiled for.
         unsafe { avx2::scan(x, shift, acc) };
         return;
     }
-    scan_portable(x, shift, acc);
+    scan_tail(x, 0, shift, acc);
 }
 
 /// Pass 2 over `x` into `acc`.
-pub fn measure<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+///
+/// The kernels are instantiated here, behind a plain function, whichever crate calls.
+pub fn measure<'a>(x: impl Into<Elements<'a>>, spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    measure_elements(x.into(), spec, acc);
+}
+
+fn measure_elements(x: Elements, spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    match x {
+        Elements::F32(x) => measure_slice(x, spec, acc),
+        Elements::Bf16(x) => measure_slice(x, spec, acc),
+    }
+}
+
+fn measure_slice<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: as in `scan`.
         unsafe { avx2::measure(x, spec, acc) };
         return;
     }
-    measure_portable(x, spec, acc);
+    measure_tail(x, 0, spec, acc);
 }
 
 /// INT8 codes of `x` into `out` (same length).
@@ -285,8 +353,11 @@ pub fn quantize_codes(x: &[f32], params: &QParams, out: &mut [i8]) {
 }
 
 /// The portable scan, also used for the tails of the AVX2 one.
-pub fn scan_portable<E: Element>(x: &[E], shift: f64, acc: &mut ScanAcc) {
-    scan_tail(x, 0, shift, acc);
+pub fn scan_portable<'a>(x: impl Into<Elements<'a>>, shift: f64, acc: &mut ScanAcc) {
+    match x.into() {
+        Elements::F32(x) => scan_tail(x, 0, shift, acc),
+        Elements::Bf16(x) => scan_tail(x, 0, shift, acc),
+    }
 }
 
 fn scan_tail<E: Element>(x: &[E], first_lane: usize, shift: f64, acc: &mut ScanAcc) {
@@ -310,8 +381,11 @@ fn scan_tail<E: Element>(x: &[E], first_lane: usize, shift: f64, acc: &mut ScanA
 }
 
 /// The portable measure, also used for the tails of the AVX2 one.
-pub fn measure_portable<E: Element>(x: &[E], spec: &MeasureSpec, acc: &mut MeasureAcc) {
-    measure_tail(x, 0, spec, acc);
+pub fn measure_portable<'a>(x: impl Into<Elements<'a>>, spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    match x.into() {
+        Elements::F32(x) => measure_tail(x, 0, spec, acc),
+        Elements::Bf16(x) => measure_tail(x, 0, spec, acc),
+    }
 }
 
 /// The round trip of one value and whether it was saturated, exactly as the AVX2 path computes it.
@@ -568,11 +642,11 @@ mod avx2 {
         value_hist: &mut [[u32; HIST_BINS]; COPIES],
         error_hist: &mut [[u32; HIST_BINS]; COPIES],
     ) {
-        for copy in 0..COPIES {
-            value_hist[copy][bins[copy] as u8 as usize] += 1;
-            error_hist[copy][bins[4 + copy] as u8 as usize] += 1;
-            value_hist[copy][bins[8 + copy] as u8 as usize] += 1;
-            error_hist[copy][bins[12 + copy] as u8 as usize] += 1;
+        for lane in 0..4 {
+            value_hist[lane % COPIES][bins[lane] as u8 as usize] += 1;
+            error_hist[lane % COPIES][bins[4 + lane] as u8 as usize] += 1;
+            value_hist[(4 + lane) % COPIES][bins[8 + lane] as u8 as usize] += 1;
+            error_hist[(4 + lane) % COPIES][bins[12 + lane] as u8 as usize] += 1;
         }
     }
 

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{self, BinMap, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
+use super::kernels::{self, BinMap, Element, Elements, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
 use super::{ErrorMetrics, Granularity, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{DType, Model, TensorId};
@@ -152,15 +152,6 @@ impl<'a> TensorData<'a> {
     }
 }
 
-/// A block's elements as the kernels read them.
-#[derive(Clone, Copy, Debug)]
-pub enum Elements<'b> {
-    /// f32 values (borrowed from the map, or converted).
-    F32(&'b [f32]),
-    /// BF16 values in place.
-    Bf16(&'b [half::bf16]),
-}
-
 /// Result of pass 1: totals and the finite range of each row.
 #[derive(Clone, Debug)]
 pub struct Scan {
@@ -228,7 +219,7 @@ fn first_finite(data: &TensorData) -> f64 {
 type RowRange = (usize, f32, f32);
 
 /// Pass 1 over one block: its totals and the range it saw of each row.
-fn scan_block<E: kernels::Element>(
+fn scan_block<E: Element>(
     data: &TensorData,
     block: &Range<usize>,
     values: &[E],
@@ -238,7 +229,7 @@ fn scan_block<E: kernels::Element>(
     let mut rows = Vec::new();
     data.for_each_row_slice(block, values, |row, slice| {
         let mut acc = ScanAcc::default();
-        kernels::scan(slice, shift, &mut acc);
+        kernels::scan(E::elements(slice), shift, &mut acc);
         total.merge(&acc);
         rows.push((row, acc.min, acc.max));
     });
@@ -396,12 +387,12 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
             progress.check()?;
             let MeasureFold { acc, buf, .. } = &mut fold;
             match data.elements(block.clone(), buf) {
-                Elements::F32(values) => {
-                    data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), acc))
-                }
-                Elements::Bf16(values) => {
-                    data.for_each_row_slice(block, values, |row, slice| kernels::measure(slice, &spec_of(row), acc))
-                }
+                Elements::F32(values) => data.for_each_row_slice(block, values, |row, slice| {
+                    kernels::measure(Element::elements(slice), &spec_of(row), acc)
+                }),
+                Elements::Bf16(values) => data.for_each_row_slice(block, values, |row, slice| {
+                    kernels::measure(Element::elements(slice), &spec_of(row), acc)
+                }),
             }
             let sums = fold.acc.take_sums();
             fold.block_sums.push((index, sums));
