@@ -507,6 +507,25 @@ mod avx2 {
         }
     }
 
+    /// How far ahead of its reads the scan asks for data. Hardware prefetch alone leaves one thread's scan
+    /// waiting on memory: from a 64 MB slice, 0.43 ns an element without, 0.33 with (8 to 32 KB ahead all gave
+    /// the same); the whole F32 pass gained 6-11% in the same process. The measure pass, bound by its
+    /// histograms, gained nothing from it.
+    const PREFETCH_BYTES: usize = 8192;
+
+    /// Asks for the cache line `PREFETCH_BYTES` past element `i` of `x`, once per line (`i` a multiple of 8).
+    /// A prefetch past the end of the data is harmless: it never faults.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn prefetch_ahead<E: Element>(x: &[E], i: usize) {
+        let offset = i * size_of::<E>();
+        if offset % 64 == 0 {
+            let ahead = x.as_ptr().cast::<i8>().wrapping_add(offset + PREFETCH_BYTES);
+            // A prefetch reads nothing the program sees, and the address is only a hint.
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+        }
+    }
+
     /// Horizontal min or max of 8 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn reduce(v: __m256, pick: fn(f32, f32) -> f32) -> f32 {
@@ -551,6 +570,7 @@ mod avx2 {
         let mut not_finite = _mm256_setzero_ps();
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
+            prefetch_ahead(x, i);
             let v = unsafe { load8(x, i) };
             not_finite = _mm256_or_ps(not_finite, _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), inf));
             min = _mm256_min_ps(min, v);
@@ -589,6 +609,7 @@ mod avx2 {
         let mut nan_count = _mm256_setzero_si256();
         for i in (0..full).step_by(LANES) {
             // SAFETY: i + 8 <= full <= x.len().
+            prefetch_ahead(x, i);
             let v = unsafe { load8(x, i) };
             let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs), inf);
             let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
