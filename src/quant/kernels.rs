@@ -519,7 +519,7 @@ mod avx2 {
     #[inline]
     fn prefetch_ahead<E: Element>(x: &[E], i: usize) {
         let offset = i * size_of::<E>();
-        if offset % 64 == 0 {
+        if offset.is_multiple_of(64) {
             let ahead = x.as_ptr().cast::<i8>().wrapping_add(offset + PREFETCH_BYTES);
             // A prefetch reads nothing the program sees, and the address is only a hint.
             _mm_prefetch::<_MM_HINT_T0>(ahead);
