@@ -722,14 +722,14 @@ mod avx2 {
         }
     }
 
-    /// Histogram bins of 8 values as [`BinMap::bin`] (non-finite lanes are masked to bin 0 by the caller).
+    /// Histogram bins of 8 values as [`BinMap::bin`], except that a negative `t` is left negative: the caller's
+    /// unsigned saturating pack makes it 0, which is the clamp at 0 for one instruction less (non-finite lanes
+    /// are masked to bin 0 by the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn bins8(v: __m256, lo: __m256, bins_per_unit: __m256) -> __m256i {
         let t = _mm256_mul_ps(_mm256_sub_ps(v, lo), bins_per_unit);
-        // max(t, 0) maps NaN to 0 (maxps returns its second operand when either is NaN).
-        let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps((HIST_BINS - 1) as f32));
-        _mm256_cvttps_epi32(t)
+        _mm256_cvttps_epi32(_mm256_min_ps(t, _mm256_set1_ps((HIST_BINS - 1) as f32)))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
