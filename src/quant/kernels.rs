@@ -3,7 +3,9 @@
 //!
 //! Each has an AVX2 path chosen at run time and a portable path. Both give bit-identical results: element `i` of
 //! a slice is accumulated into lane `i % 8` of eight f64 accumulators, with a multiply and an add rounded
-//! separately (no FMA), and every per-element formula is the one of [`super::params`].
+//! separately, and every per-element formula is the one of [`super::params`]. (The AVX2 path fuses the squares
+//! of f32 values, `x²` and `e²`, into their sums with an FMA: such a product is exact in f64, so the fused and the
+//! separate forms round identically. `(x - k)²` is an f64 product and is not fused.)
 
 use super::params::{BF16_MAX, FP16_MAX, QParams};
 
@@ -445,13 +447,14 @@ mod avx2 {
         _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF))
     }
 
-    /// Adds the squares of the 8 f32 lanes of `v` (widened to f64) to two f64 accumulators.
+    /// Adds the squares of the 8 f32 lanes of `v` (widened to f64; each square is exact, so the FMA rounds as a
+    /// multiply then an add would) to two f64 accumulators.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn add_squares(v: __m256, lo: &mut __m256d, hi: &mut __m256d) {
         let v_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         let v_hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
-        *lo = _mm256_add_pd(*lo, _mm256_mul_pd(v_lo, v_lo));
-        *hi = _mm256_add_pd(*hi, _mm256_mul_pd(v_hi, v_hi));
+        *lo = _mm256_fmadd_pd(v_lo, v_lo, *lo);
+        *hi = _mm256_fmadd_pd(v_hi, v_hi, *hi);
     }
 
     /// 8 f64 lanes as two vectors (lanes 0-3, 4-7).
@@ -472,7 +475,8 @@ mod avx2 {
     }
 
     /// Adds one vector's moments, as two f64 halves (lanes 0-3, 4-7), about the shift: `S1 += d`, `S2 += d²`,
-    /// `Sq += x²`, with `d = x - k` (masked by the caller when some lanes must not count).
+    /// `Sq += x²`, with `d = x - k` (masked by the caller when some lanes must not count). `x²` is exact in f64, so
+    /// it is fused into its sum; `d²` is not exact and is rounded before it is added, as in the portable path.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn add_moments(
@@ -485,7 +489,7 @@ mod avx2 {
         for half in 0..2 {
             s1[half] = _mm256_add_pd(s1[half], d[half]);
             s2[half] = _mm256_add_pd(s2[half], _mm256_mul_pd(d[half], d[half]));
-            sq[half] = _mm256_add_pd(sq[half], _mm256_mul_pd(x[half], x[half]));
+            sq[half] = _mm256_fmadd_pd(x[half], x[half], sq[half]);
         }
     }
 
