@@ -322,7 +322,7 @@ fn cli_calibrate_and_sensitivity_give_the_same_numbers_as_the_library() {
     assert_eq!(code, 0, "{stderr}");
     let cli_report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let plan = Recipe::load(&recipe).unwrap().resolve(&model).unwrap();
-    assert!(plan.layers.iter().all(|p| p.quantizes_inputs()));
+    assert!(plan.layers.iter().all(|p| p.needs_calibration()));
     let data = EvalData::load(&eval, &mlp).unwrap();
     let report = evaluate(&model, &arch, &data, &plan, &Progress::new()).unwrap();
     assert_eq!(cli_report["accuracy"].as_f64(), report.accuracy);

@@ -37,7 +37,8 @@ pub struct Int8Scheme {
     /// Per tensor or per output channel.
     #[serde(default)]
     pub granularity: Granularity,
-    /// What the layer's input becomes: kept in float (weight-only, W8A16/W8A32) or static INT8 (W8A8).
+    /// What the layer's input becomes: kept in float (weight-only, W8A16/W8A32), static INT8 (W8A8) or dynamic
+    /// per-token INT8 (W8A8-dynamic).
     #[serde(default, skip_serializing_if = "Activations::is_float")]
     pub activations: Activations,
 }
@@ -52,6 +53,10 @@ pub enum Activations {
     /// Static per-tensor symmetric INT8 with the calibrated scale (W8A8): `scale = clip / 127`,
     /// `q = clamp(round_half_even(x / scale), -127, 127)`, the weight formulas with the clip as absmax.
     Int8,
+    /// Dynamic per-token symmetric INT8 (W8A8-dynamic, llm-compressor's W8A8 preset): each row of the input (one
+    /// token) is quantized as it arrives with `scale = absmax(row) / 127`, the weight formulas on that row. Needs no
+    /// calibration.
+    Int8Dynamic,
 }
 
 impl Activations {
@@ -59,6 +64,15 @@ impl Activations {
     pub fn is_float(&self) -> bool {
         *self == Activations::Float
     }
+}
+
+/// How a layer's input is quantized before its product, as the runtime simulates and deploys it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InputQuant {
+    /// Static per-tensor symmetric INT8 with these (calibrated) parameters.
+    Static(QParams),
+    /// Dynamic per-token symmetric INT8: every row with its own `QParams::symmetric(absmax(row))`.
+    DynamicInt8,
 }
 
 impl Int8Scheme {
@@ -70,6 +84,16 @@ impl Int8Scheme {
     /// The same weights with static INT8 inputs (W8A8).
     pub const fn with_int8_inputs(self) -> Int8Scheme {
         Int8Scheme { activations: Activations::Int8, ..self }
+    }
+
+    /// The same weights with dynamic per-token INT8 inputs (W8A8-dynamic).
+    pub const fn with_dynamic_int8_inputs(self) -> Int8Scheme {
+        Int8Scheme { activations: Activations::Int8Dynamic, ..self }
+    }
+
+    /// W8A8-dynamic as vLLM users deploy it: symmetric per-channel weights, dynamic per-token INT8 inputs.
+    pub const fn w8a8_dynamic() -> Int8Scheme {
+        Int8Scheme::weights(true, Granularity::PerChannel).with_dynamic_int8_inputs()
     }
 }
 
@@ -103,9 +127,14 @@ impl Precision {
         self.to_string()
     }
 
-    /// Whether the layer's input is quantized too (W8A8).
-    pub fn quantizes_inputs(self) -> bool {
+    /// Whether the layer's input needs a calibrated clip (static W8A8).
+    pub fn needs_calibration(self) -> bool {
         matches!(self, Precision::Int8(s) if s.activations == Activations::Int8)
+    }
+
+    /// Whether the layer's input is quantized too, statically or dynamically.
+    pub fn quantizes_inputs(self) -> bool {
+        matches!(self, Precision::Int8(s) if !s.activations.is_float())
     }
 
     /// Bytes per element of a tensor stored at this precision (`stored_bytes` for FP32, which keeps the dtype).
@@ -124,7 +153,11 @@ impl fmt::Display for Precision {
             Precision::Int8(s) => write!(
                 f,
                 "{} {} {}",
-                if s.activations == Activations::Int8 { "w8a8" } else { "int8" },
+                match s.activations {
+                    Activations::Float => "int8",
+                    Activations::Int8 => "w8a8",
+                    Activations::Int8Dynamic => "w8a8-dyn",
+                },
                 if s.symmetric { "sym" } else { "asym" },
                 match s.granularity {
                     Granularity::PerTensor => "per-tensor",

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Granularity, Int8Scheme, Precision, QParams};
+use super::{Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
 
@@ -218,17 +218,26 @@ impl Plan {
     /// The quantization of layer `id`'s input: `Some` for a W8A8 layer with a calibrated clip
     /// (`QParams::symmetric(clip)`: `scale = clip / 127`, 1 when the clip is 0).
     pub fn input_params(&self, id: LayerId) -> Option<QParams> {
-        if !self.layer(id).quantizes_inputs() {
+        if !self.layer(id).needs_calibration() {
             return None;
         }
         self.input_clips.get(id.0).copied().flatten().map(QParams::symmetric)
+    }
+
+    /// How layer `id`'s input is quantized: static with its calibrated clip ([`Plan::input_params`]), dynamic
+    /// per token, or `None` (kept in float, or a static layer not calibrated yet).
+    pub fn input_quant(&self, id: LayerId) -> Option<InputQuant> {
+        match self.layer(id) {
+            Precision::Int8(s) if s.activations == Activations::Int8Dynamic => Some(InputQuant::DynamicInt8),
+            _ => self.input_params(id).map(InputQuant::Static),
+        }
     }
 
     /// The W8A8 layers that have no calibrated input clip, by name, in model order.
     pub fn uncalibrated(&self, model: &Model) -> Vec<String> {
         (0..model.layers.len())
             .filter(|&i| {
-                self.layer(LayerId(i)).quantizes_inputs() && self.input_clips.get(i).copied().flatten().is_none()
+                self.layer(LayerId(i)).needs_calibration() && self.input_clips.get(i).copied().flatten().is_none()
             })
             .map(|i| model.layers[i].name.clone())
             .collect()

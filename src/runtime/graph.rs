@@ -7,7 +7,7 @@ use super::linear::{Linear, Tap, no_tap, planned_input};
 use super::ops::{self, ConvShape};
 use super::weights::{Weight, WeightSource};
 use crate::error::{Error, Result};
-use crate::quant::QParams;
+use crate::quant::InputQuant;
 
 const GRAPH_FORMAT: &str = "quantstudio-graph";
 const GRAPH_VERSION: u64 = 1;
@@ -163,7 +163,7 @@ enum Step {
         weight: Arc<Weight>,
         bias: Option<Arc<Weight>>,
         shape: ConvShape,
-        input_params: Option<QParams>,
+        input_quant: Option<InputQuant>,
     },
     LayerNorm {
         weight: Arc<Weight>,
@@ -236,7 +236,7 @@ impl GraphNet {
                     shape = vec![o, oh, ow];
                     Step::Conv2d {
                         layer: weights.layer_name(weight),
-                        input_params: weights.input_params(weight),
+                        input_quant: weights.input_quant(weight),
                         weight: w,
                         bias,
                         shape: conv,
@@ -290,9 +290,10 @@ impl GraphNet {
         for step in &self.steps {
             match step {
                 Step::Linear { linear, rows } => h = linear.apply(&h, batch * rows, tap),
-                Step::Conv2d { layer, weight, bias, shape, input_params } => {
+                Step::Conv2d { layer, weight, bias, shape, input_quant } => {
                     tap(layer, &h);
-                    let input = planned_input(&h, input_params.as_ref());
+                    // A dynamic quantization takes each sample's whole input as one row.
+                    let input = planned_input(&h, h.len() / batch.max(1), input_quant.as_ref());
                     h = ops::conv2d(&input, batch, shape, &weight.values, bias.as_ref().map(|b| &b.values[..]));
                 }
                 Step::LayerNorm { weight, bias, eps, dim } => {

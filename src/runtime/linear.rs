@@ -1,13 +1,14 @@
 //! Linear layers as every family runs them: the weight transposed to `[inputs, outputs]`, an optional bias, and
 //! what happens to the input first: it is shown to a [`Tap`] (calibration observes it there) and, for a W8A8
-//! layer, quantized and dequantized with the calibrated static scale (simulated INT8 activations).
+//! layer, quantized and dequantized with the calibrated static scale or, for W8A8-dynamic, with each row's own
+//! scale (simulated INT8 activations).
 
 use std::sync::Arc;
 
 use super::ops;
 use super::weights::{Weight, WeightSource};
 use crate::error::Result;
-use crate::quant::QParams;
+use crate::quant::{InputQuant, QParams};
 
 /// Sees the input of every quantizable layer (linear or conv) during a forward pass, by layer name, before any
 /// input quantization. The values are the whole input of the call: `[rows, inputs]` for a linear layer,
@@ -27,10 +28,27 @@ pub fn fake_quantize(x: &[f32], params: &QParams) -> Vec<f32> {
     codes.iter().map(|&q| params.dequantize(q)).collect()
 }
 
-/// The input of a layer after its planned activation quantization (borrowed unchanged when there is none).
-pub fn planned_input<'x>(x: &'x [f32], params: Option<&QParams>) -> std::borrow::Cow<'x, [f32]> {
-    match params {
-        Some(p) => std::borrow::Cow::Owned(fake_quantize(x, p)),
+/// `x` quantized and dequantized row by row, rows of `row_len` values, each with
+/// `QParams::symmetric(absmax of the row's finite values)` (dynamic per-token INT8).
+pub fn fake_quantize_rows(x: &[f32], row_len: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    let mut codes = vec![0i8; row_len.min(x.len())];
+    for row in x.chunks(row_len.max(1)) {
+        let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
+        let params = QParams::symmetric(absmax);
+        let codes = &mut codes[..row.len()];
+        crate::quant::kernels::quantize_codes(row, &params, codes);
+        out.extend(codes.iter().map(|&q| params.dequantize(q)));
+    }
+    out
+}
+
+/// The input of a layer after its planned activation quantization (borrowed unchanged when there is none); a
+/// dynamic quantization takes each run of `row_len` values (a token, or a sample of a convolution) as one row.
+pub fn planned_input<'x>(x: &'x [f32], row_len: usize, quant: Option<&InputQuant>) -> std::borrow::Cow<'x, [f32]> {
+    match quant {
+        Some(InputQuant::Static(p)) => std::borrow::Cow::Owned(fake_quantize(x, p)),
+        Some(InputQuant::DynamicInt8) => std::borrow::Cow::Owned(fake_quantize_rows(x, row_len)),
         None => std::borrow::Cow::Borrowed(x),
     }
 }
@@ -46,7 +64,7 @@ pub struct Linear {
     outputs: usize,
     weights: Weights,
     bias: Option<Arc<Weight>>,
-    input_params: Option<QParams>,
+    input_quant: Option<InputQuant>,
 }
 
 /// How a linear layer holds its weights and multiplies.
@@ -99,7 +117,7 @@ impl Linear {
             outputs,
             weights,
             bias,
-            input_params: w.input_params(weight),
+            input_quant: w.input_quant(weight),
         })
     }
 
@@ -119,7 +137,7 @@ impl Linear {
             tap(layer, x);
         }
         let bias = self.bias.as_ref().map(|b| &b.values[..]);
-        match (&self.weights, &self.input_params) {
+        match (&self.weights, &self.input_quant) {
             (Weights::Int8(int8), _) => {
                 // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
                 let mut y = vec![0.0f32; rows * self.outputs];
@@ -128,12 +146,12 @@ impl Linear {
                 super::qgemm::gemm_quantized_into(x, rows, int8.input.scale, &int8.packed, output, kernel);
                 y
             }
-            (Weights::Compact(packed), params) => {
-                let x = planned_input(x, params.as_ref());
+            (Weights::Compact(packed), quant) => {
+                let x = planned_input(x, self.inputs, quant.as_ref());
                 packed.matmul(&x, rows, bias)
             }
-            (Weights::F32(weight), params) => {
-                let x = planned_input(x, params.as_ref());
+            (Weights::F32(weight), quant) => {
+                let x = planned_input(x, self.inputs, quant.as_ref());
                 ops::linear(&x, rows, self.inputs, &weight.values, self.outputs, bias)
             }
         }
@@ -143,7 +161,7 @@ impl Linear {
     /// several), when their inputs are quantized alike and their weights are f32; otherwise `Err` gives the parts
     /// back unchanged (deployed compact and INT8 weights stay apart: their packed panels are not concatenated).
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
-        let alike = parts.windows(2).all(|w| w[0].input_params == w[1].input_params && w[0].inputs == w[1].inputs);
+        let alike = parts.windows(2).all(|w| w[0].input_quant == w[1].input_quant && w[0].inputs == w[1].inputs);
         let f32_weights: Vec<&Arc<Weight>> = parts
             .iter()
             .filter_map(|p| match &p.weights {
@@ -179,7 +197,7 @@ impl Linear {
             inputs,
             outputs,
             bias,
-            input_params: parts[0].input_params,
+            input_quant: parts[0].input_quant,
         })
     }
 }

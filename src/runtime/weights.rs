@@ -212,11 +212,11 @@ impl<'m> WeightSource<'m> {
     }
 
     /// How the plan quantizes the input of the layer tensor `name` belongs to: `Some` for a calibrated W8A8
-    /// layer; always `None` for the FP32 reference.
-    pub fn input_params(&self, name: &str) -> Option<crate::quant::QParams> {
+    /// layer or a W8A8-dynamic one; always `None` for the FP32 reference.
+    pub fn input_quant(&self, name: &str) -> Option<crate::quant::InputQuant> {
         let plan = self.plan?;
         let id = self.model.tensor_by_name(name)?;
-        plan.input_params(self.model.tensor(id).layer)
+        plan.input_quant(self.model.tensor(id).layer)
     }
 
     /// The tensor `name`, checked to have `shape` when one is given.

@@ -225,7 +225,7 @@ pub fn input_section(ui: &mut egui::Ui, app: &mut StudioApp, layer: LayerId) {
     ui.separator();
     ui.horizontal(|ui| {
         ui.label(RichText::new("Input activations").strong());
-        let w8a8 = app.studio.plan.layer(layer).quantizes_inputs();
+        let w8a8 = app.studio.plan.layer(layer).needs_calibration();
         ui.label(RichText::new(if w8a8 { "W8A8: quantized with this clip" } else { "float (weight-only)" }).weak());
     });
     let h = &view.histogram;

@@ -12,8 +12,9 @@ use crate::quant::{Granularity, Int8Scheme, Precision};
 
 const ROW_HEIGHT: f32 = 22.0;
 
-/// The INT8 schemes offered, with their labels: weight-only, then W8A8 (static INT8 inputs, calibrated).
-fn scheme_choices() -> [(Int8Scheme, &'static str); 6] {
+/// The INT8 schemes offered, with their labels: weight-only, then W8A8 (static INT8 inputs, calibrated), then
+/// W8A8-dynamic (per-token INT8 inputs, no calibration).
+fn scheme_choices() -> [(Int8Scheme, &'static str); 7] {
     let s = |symmetric, granularity| Int8Scheme::weights(symmetric, granularity);
     [
         (s(true, Granularity::PerChannel), "sym · per-channel"),
@@ -22,6 +23,7 @@ fn scheme_choices() -> [(Int8Scheme, &'static str); 6] {
         (s(false, Granularity::PerTensor), "asym · per-tensor"),
         (s(true, Granularity::PerChannel).with_int8_inputs(), "W8A8 sym · per-channel"),
         (s(true, Granularity::PerTensor).with_int8_inputs(), "W8A8 sym · per-tensor"),
+        (Int8Scheme::w8a8_dynamic(), "W8A8-dynamic sym · per-channel"),
     ]
 }
 
