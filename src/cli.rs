@@ -56,15 +56,25 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Quantize under a recipe or a uniform precision: per-tensor error table, sizes; export with -o.
+    /// Quantize under a recipe or a uniform precision: per-tensor error table, sizes, and whether the export
+    /// target's runtimes load the plan; export with -o.
     Quantize {
         /// A .safetensors file or a Hugging Face model folder.
         model: PathBuf,
         #[command(flatten)]
         plan: PlanArgs,
-        /// Export the quantized model (compressed-tensors layout) into this folder.
+        /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced).
         #[arg(short, long, value_name = "FOLDER")]
         output: Option<PathBuf>,
+        /// Where the export goes: compressed-tensors (transformers, vLLM).
+        #[arg(long, value_enum, default_value_t = TargetArg::CompressedTensors)]
+        target: TargetArg,
+        /// Export even when a runtime of the target will not load the plan (the layers are listed as warnings).
+        #[arg(long)]
+        force: bool,
+        /// Split the weights into shards of at most this many bytes (with model.safetensors.index.json).
+        #[arg(long, value_name = "BYTES", default_value_t = crate::export::DEFAULT_MAX_SHARD_BYTES)]
+        max_shard_bytes: u64,
         #[command(flatten)]
         format: OutputArgs,
     },
@@ -188,11 +198,30 @@ pub struct OutputArgs {
     pub histograms: bool,
 }
 
-/// A uniform precision, for the shortcuts.
+/// An export target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// Hugging Face folder in the compressed-tensors layout (transformers, vLLM).
+    CompressedTensors,
+}
+
+impl From<TargetArg> for crate::export::Target {
+    fn from(arg: TargetArg) -> Self {
+        match arg {
+            TargetArg::CompressedTensors => crate::export::Target::CompressedTensors,
+        }
+    }
+}
+
+/// A uniform precision, for the shortcuts. The quantized ones apply to what deployment runtimes quantize: linear
+/// layers and convolutions, but not embeddings or the output head (lm_head); FP16 and BF16 apply to every layer.
+/// Norms and 1-D layers stay FP32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
-    /// 8-bit integer weights.
+    /// 8-bit integer weights (weight-only; --per-channel, --asymmetric).
     Int8,
+    /// W8A8-dynamic: symmetric per-channel INT8 weights, inputs quantized per token at run time (no calibration).
+    W8a8Dynamic,
     /// IEEE half precision.
     Fp16,
     /// bfloat16.
@@ -220,7 +249,8 @@ pub struct PlanArgs {
     /// A recipe JSON file (see `quantstudio recipe`).
     #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric"])]
     pub recipe: Option<PathBuf>,
-    /// One precision for every layer (norms and 1-D layers stay FP32).
+    /// One precision for the model: quantized ones on linear layers and convolutions (not embeddings or lm_head),
+    /// FP16/BF16 on every layer; norms and 1-D layers stay FP32. The output says which layers it touched.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     /// INT8: one scale per output channel instead of per tensor.
@@ -260,6 +290,9 @@ impl PlanArgs {
                 return Err(Error::Unsupported("give --recipe FILE or --precision int8|fp16|bf16|fp32".into()));
             }
             Some(PrecisionArg::Int8) => Precision::Int8(scheme),
+            Some(PrecisionArg::W8a8Dynamic) => Precision::Int8(
+                Int8Scheme::weights(!self.asymmetric, Granularity::PerChannel).with_dynamic_int8_inputs(),
+            ),
             Some(PrecisionArg::Fp16) => Precision::Fp16,
             Some(PrecisionArg::Bf16) => Precision::Bf16,
             Some(PrecisionArg::Fp32) => Precision::Fp32,
@@ -324,8 +357,10 @@ fn execute(command: Command) -> Result<()> {
                 let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
                 doc["model"] = json!(model.path);
                 doc["recipe"] = serde_json::to_value(&recipe).unwrap_or(Value::Null);
+                doc["coverage"] = json!(plan.coverage(&model));
                 print_json(&doc);
             } else {
+                out!("plan: {}", plan.coverage(&model));
                 print_eval(&report);
             }
             Ok(())
@@ -438,30 +473,9 @@ fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Quantize { model, plan, output, format } => {
-            let recipe = plan.recipe()?;
-            let model = Model::open(&model)?;
-            let plan = recipe.resolve(&model)?;
-            let report = with_progress_bar(|progress| analyze_model(&model, &plan, progress))?;
-            let export = match &output {
-                Some(dest) => Some(with_progress_bar(|progress| crate::export::export(&model, &plan, dest, progress))?),
-                None => None,
-            };
-            if format.json {
-                print_json(&report_json(&model, &report, Some((&recipe, &plan)), export.as_ref(), &format, true));
-            } else {
-                print_table(&model, &report, true);
-                for warning in model.warnings.iter().chain(&plan.warnings) {
-                    out!("warning: {warning}");
-                }
-                if let Some(export) = &export {
-                    for warning in &export.warnings {
-                        out!("warning: {warning}");
-                    }
-                    out!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
-                }
-            }
-            Ok(())
+        Command::Quantize { model, plan, output, target, force, max_shard_bytes, format } => {
+            let options = crate::export::ExportOptions { target: target.into(), force, max_shard_bytes };
+            quantize_command(&model, &plan, output.as_deref(), &options, &format)
         }
         Command::Recipe { model } => {
             let model = Model::open(&model)?;
@@ -481,6 +495,91 @@ fn execute(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn quantize_command(
+    model: &std::path::Path,
+    plan_args: &PlanArgs,
+    output: Option<&std::path::Path>,
+    options: &crate::export::ExportOptions,
+    format: &OutputArgs,
+) -> Result<()> {
+    let recipe = plan_args.recipe()?;
+    let model = Model::open(model)?;
+    let plan = recipe.resolve(&model)?;
+    let report = with_progress_bar(|progress| analyze_model(&model, &plan, progress))?;
+    let compatibility = options.target.check(&model, &plan);
+    let export =
+        output.map(|dest| with_progress_bar(|progress| crate::export::export(&model, &plan, dest, options, progress)));
+    // A refused export still prints the report (with --json, the layers and fixes), then fails.
+    let (export, error) = match export {
+        Some(Ok(summary)) => (Some(summary), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
+    };
+    if format.json {
+        let mut doc = report_json(&model, &report, Some((&recipe, &plan)), export.as_ref(), format, true);
+        doc["coverage"] = json!(plan.coverage(&model));
+        doc["compatibility"] = compatibility_json(&model, &compatibility);
+        print_json(&doc);
+    } else {
+        print_table(&model, &report, true);
+        out!("plan: {}", plan.coverage(&model));
+        out!("{}", compatibility.summary());
+        if export.is_none() {
+            for problem in compatibility.problems(&model) {
+                out!("  {problem}");
+            }
+        }
+        for warning in model.warnings.iter().chain(&plan.warnings) {
+            out!("warning: {warning}");
+        }
+        if let Some(export) = &export {
+            for warning in &export.warnings {
+                out!("warning: {warning}");
+            }
+            out!("exported to {} ({})", export.folder.display(), human_bytes(export.size_bytes));
+        }
+    }
+    match error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The compatibility check as JSON: the summary, one line per problem, and each refused layer with its runtimes,
+/// reasons and fix.
+fn compatibility_json(model: &Model, compatibility: &crate::export::Compatibility) -> Value {
+    let loads: serde_json::Map<String, Value> = compatibility
+        .target
+        .runtimes()
+        .iter()
+        .map(|&r| {
+            (
+                serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                json!(compatibility.loads_in(r)),
+            )
+        })
+        .collect();
+    let layers: Vec<Value> = compatibility
+        .layers
+        .iter()
+        .filter(|l| !l.is_clean())
+        .map(|l| {
+            let mut value = serde_json::to_value(l).unwrap_or(Value::Null);
+            value["name"] = json!(model.layer(l.layer).name);
+            value["fix"] = l.fix.map_or(Value::Null, precision_json);
+            value
+        })
+        .collect();
+    json!({
+        "target": compatibility.target,
+        "summary": compatibility.summary(),
+        "loads_in": loads,
+        "model_refusal": compatibility.model_refusal,
+        "problems": compatibility.problems(model),
+        "layers": layers,
+    })
 }
 
 fn calibrate_command(
@@ -699,8 +798,9 @@ fn report_json(
     if let Some(export) = export {
         map.insert(
             "export".into(),
-            json!({"path": export.folder, "size_bytes": export.size_bytes, "files": export.files}),
+            json!({"path": export.folder, "target": export.target, "size_bytes": export.size_bytes, "files": export.files}),
         );
+        warnings.extend(export.warnings.iter().cloned());
     }
     map.insert("warnings".into(), json!(warnings));
     object

@@ -193,6 +193,24 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A plan an export target cannot write, or (unless forced) that a runtime it serves will not load.
+    #[error(
+        "{target} export refused: {}; {}: {}",
+        problems.join("; "),
+        if *forceable { "change the plan (or export anyway with --force)" } else { "change the plan" },
+        path.display()
+    )]
+    ExportRefused {
+        /// The target (`compressed-tensors`, …).
+        target: String,
+        /// One line per problem, naming the layers and the fix.
+        problems: Vec<String>,
+        /// Whether forcing would write it (the runtimes refuse it, but the target can express it).
+        forceable: bool,
+        /// The destination.
+        path: PathBuf,
+    },
+
     /// A request the tool does not support (a dtype a scheme cannot handle, …).
     #[error("{0}")]
     Unsupported(String),

@@ -12,6 +12,12 @@ use safetensors::Dtype;
 
 use crate::common::{self, Spec};
 
+/// Export options that write a model.json graph anyway (transformers and vLLM cannot build one; the layout is
+/// what is checked here).
+fn forced() -> quantstudio::export::ExportOptions {
+    quantstudio::export::ExportOptions { force: true, ..Default::default() }
+}
+
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models").join(name)
 }
@@ -226,7 +232,7 @@ fn w8a8_export_writes_input_scales_and_an_int_quantized_group_and_the_recipe_rep
     let arch = Architecture::detect(&model).unwrap();
     let plan = calibrated_w8a8_plan(&model, &arch, &dir.path().join("cache"), Observer::Mse);
     let out = dir.path().join("export");
-    quantstudio::export::export(&model, &plan, &out, &Progress::new()).unwrap();
+    quantstudio::export::export(&model, &plan, &out, &forced(), &Progress::new()).unwrap();
     let exported = Model::open(&out).unwrap();
     for (index, layer) in ["fc1", "fc2", "fc3"].iter().enumerate() {
         let id = exported.tensor_by_name(&format!("{layer}.input_scale")).unwrap();
@@ -257,7 +263,8 @@ fn w8a8_export_writes_input_scales_and_an_int_quantized_group_and_the_recipe_rep
     // An uncalibrated W8A8 plan is not exported, and nothing is written.
     let uncalibrated = Plan::all(&model, w8a8(Granularity::PerChannel));
     let empty = dir.path().join("never");
-    let err = quantstudio::export::export(&model, &uncalibrated, &empty, &Progress::new()).unwrap_err();
+    let err =
+        quantstudio::export::export(&model, &uncalibrated, &empty, &Default::default(), &Progress::new()).unwrap_err();
     assert!(err.to_string().contains("fc1"), "{err}");
     assert!(!empty.exists());
 }

@@ -29,7 +29,10 @@ fn quantize_json_has_error_figures_and_sizes() {
     let (code, stdout, stderr) = run_cli(&["quantize", &sample(), "--precision", "int8", "--per-channel", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let doc: Value = serde_json::from_str(&stdout).unwrap();
-    assert!(doc["planned_bytes"].as_u64().unwrap() < doc["size_bytes"].as_u64().unwrap() / 3);
+    // The shortcut quantizes the linear layers (half of this model), not the embedding table or the head.
+    assert!(doc["planned_bytes"].as_u64().unwrap() < doc["size_bytes"].as_u64().unwrap() * 2 / 3);
+    assert_eq!(doc["compatibility"]["loads_in"]["transformers"], true, "{}", doc["compatibility"]);
+    assert!(doc["coverage"].as_str().unwrap().contains("int8 sym per-channel: 6 linear"), "{}", doc["coverage"]);
     let tensors = doc["tensors"].as_array().unwrap();
     let q = tensors.iter().find(|t| t["name"] == "model.layers.0.self_attn.q_proj.weight").unwrap();
     assert_eq!(q["precision"], "int8");
@@ -76,4 +79,37 @@ fn bad_input_exits_2_with_one_line_naming_the_file() {
     let (code, _, stderr) = run_cli(&["quantize", &sample(), "--recipe", recipe.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stderr.contains("no.such.layer"), "{stderr}");
+}
+
+#[test]
+fn quantize_refuses_an_export_its_runtimes_will_not_load_unless_forced() {
+    let dir = common::temp_dir();
+    let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let recipe = dir.path().join("everything.json");
+    let everything =
+        r#"{"version":1,"default":{"precision":"int8","granularity":"per_channel"},"default_scope":"all"}"#;
+    std::fs::write(&recipe, everything).unwrap();
+    let out = dir.path().join("out");
+    let args = ["quantize", bert.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let (code, stdout, stderr) = run_cli(&args);
+    assert_eq!(code, 2, "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("word_embeddings") && stderr.contains("fix: fp16") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("transformers ✗"), "the report says which runtime refuses: {stdout}");
+    assert!(!out.exists());
+    // --json lists the layers, the runtimes that refuse them and the fix.
+    let (code, stdout, _) = run_cli(&[&args[..], &["--json"]].concat());
+    assert_eq!(code, 2);
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    let layers = doc["compatibility"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{}", doc["compatibility"]);
+    assert!(layers.iter().all(|l| l["fix"]["precision"] == "fp16" && l["refusals"].as_array().unwrap().len() == 2));
+    assert_eq!(doc["compatibility"]["loads_in"]["vllm"], false);
+    // --force writes it, and says what will not load.
+    let (code, stdout, stderr) = run_cli(&[&args[..], &["--force"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("warning: 3 layers") && stdout.contains("exported to"), "{stdout}");
 }

@@ -1,4 +1,5 @@
-use quantstudio::export::{self, RECIPE_FILE, RECIPE_METADATA_KEY, WEIGHTS_FILE};
+use quantstudio::export::compressed_tensors::unpack_int8_rows;
+use quantstudio::export::{self, ExportOptions, RECIPE_FILE, RECIPE_METADATA_KEY, WEIGHTS_FILE};
 use quantstudio::model::{DType, TensorId};
 use quantstudio::quant::pass::TensorData;
 use quantstudio::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe, analyze_tensor};
@@ -35,13 +36,17 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
     ] {
         let plan = Recipe::uniform(precision).resolve(&source).unwrap();
         let dir = common::temp_dir();
-        let summary = export::export(&source, &plan, dir.path(), &Progress::new()).unwrap();
+        let symmetric = !precision.to_string().contains("asym");
+        // vLLM loads weight-only INT8 only when symmetric: asymmetric plans are refused unless forced.
+        let refused = export::export(&source, &plan, dir.path(), &ExportOptions::default(), &Progress::new());
+        assert_eq!(refused.is_err(), !symmetric, "{precision}: {refused:?}");
+        let options = ExportOptions { force: true, ..Default::default() };
+        let summary = export::export(&source, &plan, dir.path(), &options, &Progress::new()).unwrap();
         assert!(summary.files.contains(&WEIGHTS_FILE.to_owned()));
         let exported = Model::open(dir.path()).unwrap();
         let name = "model.layers.0.self_attn.q_proj.weight";
         let id = source.tensor_by_name(name).unwrap();
         let analysis = analyze_tensor(&source, id, precision, &Progress::new()).unwrap();
-        let symmetric = !precision.to_string().contains("asym");
         let (codes, scale_name) = if symmetric {
             // pack-quantized: codes packed four to an I32 word, one scale per row, the shape beside them.
             let packed = exported.tensor_by_name(&format!("{name}_packed")).expect("packed weight");
@@ -50,7 +55,7 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
             assert!(exported.tensor_by_name(name).is_none());
             let shape = exported.tensor_bytes(exported.tensor_by_name(&format!("{name}_shape")).unwrap());
             assert_eq!(shape, [64i64, 64].iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
-            (export::unpack_int8_rows(exported.tensor_bytes(packed), 64, 64), format!("{name}_scale"))
+            (unpack_int8_rows(exported.tensor_bytes(packed), 64, 64), format!("{name}_scale"))
         } else {
             (int8s(&exported, name), format!("{name}_scale"))
         };
@@ -95,14 +100,16 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
         assert_eq!(quantization["quantization_status"], "compressed");
         let expected_format = if symmetric { "pack-quantized" } else { "naive-quantized" };
         let groups = quantization["config_groups"].as_object().unwrap();
-        let group = groups.values().find(|g| g["targets"].as_array().unwrap().iter().any(|t| t == "lm_head")).unwrap();
+        let q_proj = "model.layers.0.self_attn.q_proj";
+        let group = groups.values().find(|g| g["targets"].as_array().unwrap().iter().any(|t| t == q_proj)).unwrap();
         assert_eq!(group["format"], expected_format);
         assert_eq!(group["weights"]["num_bits"], 8);
         assert_eq!(group["weights"]["symmetric"], symmetric);
         let ignore: Vec<&str> =
             quantization["ignore"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(ignore.is_empty(), "nothing 2-D stays float under a uniform INT8 plan: {ignore:?}");
-        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        // The shortcut quantizes linear layers but the output head; embeddings are not Linear modules.
+        assert_eq!(ignore, ["lm_head"], "the head stays float, and every 2-D float layer is ignored");
+        assert_eq!(summary.warnings.is_empty(), symmetric, "{:?}", summary.warnings);
     }
 }
 
@@ -112,7 +119,7 @@ fn half_precision_exports_cast_with_the_documented_rounding() {
     for (precision, dtype) in [(Precision::Fp16, DType::F16), (Precision::Bf16, DType::BF16)] {
         let plan = Plan::all(&source, precision);
         let dir = common::temp_dir();
-        export::export(&source, &plan, dir.path(), &Progress::new()).unwrap();
+        export::export(&source, &plan, dir.path(), &ExportOptions::default(), &Progress::new()).unwrap();
         let exported = Model::open(dir.path()).unwrap();
         let name = "lm_head.weight";
         assert_eq!(exported.tensor(exported.tensor_by_name(name).unwrap()).dtype, dtype);
@@ -143,9 +150,22 @@ fn mixed_plans_list_float_layers_in_ignore_and_warn_about_split_fusions() {
     recipe.layers.insert("lm_head".into(), Precision::Fp32);
     let plan = recipe.resolve(&source).unwrap();
     let dir = common::temp_dir();
-    let summary = export::export(&source, &plan, dir.path(), &Progress::new()).unwrap();
-    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
-    assert!(summary.warnings[0].contains("k_proj"));
+    let refused = export::export(&source, &plan, dir.path(), &ExportOptions::default(), &Progress::new()).unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("model.embed_tokens") && message.contains("q_proj") && message.contains("--force"),
+        "{message}"
+    );
+    let options = ExportOptions { force: true, ..Default::default() };
+    let summary = export::export(&source, &plan, dir.path(), &options, &Progress::new()).unwrap();
+    assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
+    let fusion = summary.warnings.iter().find(|w| w.contains("vLLM fuses")).unwrap();
+    assert!(fusion.contains("3 layers") && fusion.contains("fix: int8 sym per-channel"), "{fusion}");
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("embed_tokens") && w.contains("fix: fp16")),
+        "{:?}",
+        summary.warnings
+    );
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
     let quantization = &config["quantization_config"];
@@ -165,10 +185,15 @@ fn never_writes_over_the_input() {
     let before = common::snapshot(&folder);
     let model = Model::open(&folder).unwrap();
     let plan = Plan::all(&model, Precision::Fp16);
-    let error = export::export(&model, &plan, &folder, &Progress::new()).unwrap_err();
+    let options = ExportOptions::default();
+    let error = export::export(&model, &plan, &folder, &options, &Progress::new()).unwrap_err();
     assert!(matches!(error, Error::BadDestination { .. }), "{error}");
     let file_dest = folder.join("model.safetensors");
-    assert!(matches!(export::export(&model, &plan, &file_dest, &Progress::new()), Err(Error::BadDestination { .. })));
+    let error = export::export(&model, &plan, &file_dest, &options, &Progress::new()).unwrap_err();
+    assert!(matches!(error, Error::BadDestination { .. }), "{error}");
+    let inside = folder.join("quantized");
+    let error = export::export(&model, &plan, &inside, &options, &Progress::new()).unwrap_err();
+    assert!(error.to_string().contains("inside it"), "{error}");
     assert_eq!(common::snapshot(&folder), before);
 }
 
@@ -179,8 +204,168 @@ fn cancelled_export_leaves_no_partial_file() {
     let dir = common::temp_dir();
     let progress = Progress::new();
     progress.cancel();
-    let result = export::export(&source, &plan, dir.path(), &progress);
+    let result = export::export(&source, &plan, dir.path(), &ExportOptions::default(), &progress);
     assert!(matches!(result, Err(Error::Cancelled)));
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "files left after cancel: {left:?}");
+}
+
+/// tiny-bert copied into `dir/name` with the files a sentence-transformers folder brings beside the weights.
+fn sentence_transformers_folder(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    std::fs::create_dir_all(folder.join("1_Pooling")).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "inputs.txt"] {
+        std::fs::copy(fixture.join(file), folder.join(file)).unwrap();
+    }
+    std::fs::write(folder.join("1_Pooling/config.json"), r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+    std::fs::write(folder.join("modules.json"), r#"[{"idx":0,"path":"","type":"x"},{"idx":1,"path":"1_Pooling"}]"#)
+        .unwrap();
+    std::fs::write(folder.join("README.md"), "# model card\n").unwrap();
+    std::fs::create_dir_all(folder.join("onnx")).unwrap();
+    std::fs::write(folder.join("onnx/model.onnx"), b"not really onnx").unwrap();
+    std::fs::create_dir_all(folder.join(".cache")).unwrap();
+    std::fs::write(folder.join(".cache/x"), b"hidden").unwrap();
+    folder
+}
+
+#[test]
+fn the_default_int8_plan_deploys_and_a_plan_with_quantized_embeddings_is_refused_with_the_fix() {
+    let dir = common::temp_dir();
+    let folder = sentence_transformers_folder(dir.path(), "bert");
+    let model = Model::open(&folder).unwrap();
+    let target = export::Target::CompressedTensors;
+    // The shortcut quantizes the encoder's linear layers only: transformers and vLLM load that.
+    let default = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&model).unwrap();
+    let check = target.check(&model, &default);
+    assert!(check.is_clean(), "{:?}", check.problems(&model));
+    assert_eq!(check.summary(), "compressed-tensors: loads in transformers ✓, vLLM ✓");
+    // Every layer quantized: the three embedding tables are not Linear modules.
+    let everywhere = Recipe::everywhere(scheme(true, Granularity::PerChannel)).resolve(&model).unwrap();
+    let check = target.check(&model, &everywhere);
+    assert!(!check.loads_in(export::Runtime::Transformers) && !check.loads_in(export::Runtime::Vllm));
+    let refused: Vec<&str> = check.problem_layers().iter().map(|&id| model.layer(id).name.as_str()).collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|name| name.contains("embeddings")), "{refused:?}");
+    assert!(check.summary().contains("transformers ✗ (3 layers)"), "{}", check.summary());
+    let out = dir.path().join("out");
+    let error = export::export(&model, &everywhere, &out, &ExportOptions::default(), &Progress::new()).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::ExportRefused { forceable: true, .. }));
+    assert!(message.contains("word_embeddings") && message.contains("fix: fp16"), "{message}");
+    assert!(!out.exists(), "a refused export writes nothing");
+    // The one-click fix makes it load everywhere.
+    let mut fixed = everywhere.clone();
+    assert_eq!(check.apply_fixes(&mut fixed), 3);
+    assert!(target.check(&model, &fixed).is_clean());
+    export::export(&model, &fixed, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+}
+
+#[test]
+fn the_export_carries_over_every_non_weight_file_and_folder() {
+    let dir = common::temp_dir();
+    let folder = sentence_transformers_folder(dir.path(), "bert");
+    let model = Model::open(&folder).unwrap();
+    let plan = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&model).unwrap();
+    let out = dir.path().join("out");
+    let summary = export::export(&model, &plan, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+    for file in ["1_Pooling/config.json", "modules.json", "README.md", "tokenizer.json", "inputs.txt"] {
+        assert_eq!(std::fs::read(out.join(file)).unwrap(), std::fs::read(folder.join(file)).unwrap(), "{file}");
+        assert!(summary.files.contains(&file.to_owned()), "{file} in {:?}", summary.files);
+    }
+    assert!(!out.join("onnx").exists(), "another format's weights are not carried over");
+    assert!(!out.join(".cache").exists(), "hidden entries are not carried over");
+    assert!(summary.warnings.iter().any(|w| w.contains("onnx/")), "{:?}", summary.warnings);
+    let written: u64 = summary.files.iter().map(|f| std::fs::metadata(out.join(f)).unwrap().len()).sum();
+    assert_eq!(summary.size_bytes, written);
+}
+
+#[test]
+fn large_exports_are_sharded_with_an_index_and_reopen_identically() {
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    let plan = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&source).unwrap();
+    let single = dir.path().join("single");
+    export::export(&source, &plan, &single, &ExportOptions::default(), &Progress::new()).unwrap();
+    let sharded = dir.path().join("sharded");
+    let options = ExportOptions { max_shard_bytes: 40_000, ..Default::default() };
+    let summary = export::export(&source, &plan, &sharded, &options, &Progress::new()).unwrap();
+    let shards: Vec<&String> = summary.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
+    assert!(shards.len() > 2, "{:?}", summary.files);
+    assert_eq!(shards[0], &format!("model-00001-of-{:05}.safetensors", shards.len()));
+    assert!(!sharded.join(WEIGHTS_FILE).exists());
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sharded.join(export::INDEX_FILE)).unwrap()).unwrap();
+    let a = Model::open(&single).unwrap();
+    let b = Model::open(&sharded).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    let total: u64 = a.tensors.iter().map(|t| t.size_bytes()).sum();
+    assert_eq!(index["metadata"]["total_size"], total);
+    for (i, t) in a.tensors.iter().enumerate() {
+        let other = b.tensor_by_name(&t.name).unwrap();
+        assert_eq!(a.tensor_bytes(TensorId(i)), b.tensor_bytes(other), "{}", t.name);
+        assert!(index["weight_map"][&t.name].is_string(), "{} in the index", t.name);
+    }
+}
+
+#[test]
+fn an_export_replaces_an_earlier_one_whole_and_never_writes_into_other_folders() {
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    let out = dir.path().join("out");
+    let sharded = ExportOptions { max_shard_bytes: 40_000, ..Default::default() };
+    let int8 = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&source).unwrap();
+    export::export(&source, &int8, &out, &sharded, &Progress::new()).unwrap();
+    // A second export over the first: no shard of the first survives beside the new single file.
+    let fp16 = Plan::all(&source, Precision::Fp16);
+    let summary = export::export(&source, &fp16, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+    let mut left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    let mut expected = summary.files.clone();
+    expected.sort();
+    assert_eq!(left, expected);
+    // Nothing is left beside it either (no staging or set-aside folder).
+    let siblings: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(siblings, ["out"]);
+    // A folder holding something else is refused, and left as it was.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let error = export::export(&source, &fp16, &other, &ExportOptions::default(), &Progress::new()).unwrap_err();
+    assert!(matches!(error, Error::BadDestination { .. }), "{error}");
+    assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn w8a8_dynamic_exports_int_quantized_weights_with_dynamic_per_token_inputs() {
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    let dynamic = Precision::Int8(Int8Scheme::w8a8_dynamic());
+    let plan = Recipe::uniform(dynamic).resolve(&source).unwrap();
+    assert!(plan.uncalibrated(&source).is_empty(), "dynamic inputs need no calibration");
+    let out = dir.path().join("out");
+    export::export(&source, &plan, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+    let exported = Model::open(&out).unwrap();
+    let name = "model.layers.0.self_attn.q_proj";
+    let weight = exported.tensor(exported.tensor_by_name(&format!("{name}.weight")).unwrap());
+    assert_eq!((weight.dtype, weight.shape.as_slice()), (DType::I8, [64usize, 64].as_slice()));
+    assert!(exported.tensor_by_name(&format!("{name}.input_scale")).is_none(), "no static input scale");
+    let analysis =
+        analyze_tensor(&source, source.tensor_by_name(&format!("{name}.weight")).unwrap(), dynamic, &Progress::new())
+            .unwrap();
+    let scales = floats(&exported, &format!("{name}.weight_scale"));
+    assert_eq!(scales, analysis.group_params.iter().map(|p| p.scale).collect::<Vec<_>>());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let groups = config["quantization_config"]["config_groups"].as_object().unwrap();
+    assert_eq!(groups.len(), 1);
+    let group = groups.values().next().unwrap();
+    assert_eq!(group["format"], "int-quantized");
+    assert_eq!(group["weights"]["strategy"], "channel");
+    let inputs = &group["input_activations"];
+    assert_eq!((inputs["dynamic"].as_bool(), inputs["strategy"].as_str()), (Some(true), Some("token")));
+    assert_eq!((inputs["num_bits"].as_u64(), inputs["symmetric"].as_bool()), (Some(8), Some(true)));
+    assert!(inputs["observer"].is_null());
 }

@@ -52,12 +52,12 @@ fn changing_a_precision_changes_the_planned_size_and_undo_restores_it() {
     let mut h = harness(&common::bundled_sample());
     step_until(&mut h, "the sample to open", loaded_and_analysed);
     let before = h.state().studio.planned_bytes();
-    h.get_by_label("precision of lm_head").click();
+    h.get_by_label("precision of model.layers.0.mlp.down_proj").click();
     h.run_steps(3);
     h.get_by_label("FP16").click();
     h.run_steps(2);
     let after = h.state().studio.planned_bytes();
-    assert!(after > before, "lm_head INT8 -> FP16 grows the plan: {before} -> {after}");
+    assert!(after > before, "down_proj INT8 -> FP16 grows the plan: {before} -> {after}");
     step_until(&mut h, "the new error", loaded_and_analysed);
     h.get_by_label("Edit").click();
     h.run_steps(3);
@@ -129,7 +129,7 @@ fn export_and_recipes_run_as_jobs_and_report_in_the_status_bar() {
     let mut h = harness(&common::bundled_sample());
     step_until(&mut h, "the sample to open", loaded_and_analysed);
     let dest = dir.path().join("export");
-    h.state_mut().send(Command::Export(dest.clone()));
+    h.state_mut().send(Command::Export { dest: dest.clone(), force: false });
     h.step();
     step_until(&mut h, "the export", |app| app.studio.last_export.is_some());
     h.get_by_label_contains("exported to");

@@ -24,8 +24,12 @@ fn uniform_recipe_keeps_norms_and_vectors_fp32() {
     assert_eq!(plan.tensor(&model, ids), Precision::Fp32);
     let bias = model.tensor_by_name("model.layers.0.mlp.up_proj.bias").unwrap();
     assert_eq!(plan.tensor(&model, bias), Precision::Fp32, "biases stay float in INT8 layers");
+    assert_eq!(precision("model.embed_tokens"), Precision::Fp32, "the shortcut leaves embedding tables as stored");
+    assert_eq!(precision("lm_head"), Precision::Fp32, "and the output head");
+    let everywhere = Recipe::everywhere(INT8).resolve(&model).unwrap();
+    assert_eq!(everywhere.layer(model.layer_by_name("lm_head").unwrap()), INT8);
     let planned: u64 =
-        (0..model.tensors.len()).map(|i| quantstudio::export::planned_bytes(&model, &plan, TensorId(i))).sum();
+        (0..model.tensors.len()).map(|i| quantstudio::export::planned_bytes(&model, &everywhere, TensorId(i))).sum();
     assert!(planned < model.size_bytes() / 3);
 }
 

@@ -508,7 +508,9 @@ def run_quantstudio(binary, model, precision, per_channel, asymmetric, out_dir, 
     if asymmetric:
         cmd.append("--asymmetric")
     if out_dir is not None:
-        cmd += ["-o", str(out_dir)]
+        # --force: this checks the layout and the codes, whatever transformers or vLLM would load (asymmetric
+        # weight-only INT8 and the hand-made model are refused by vLLM's rules).
+        cmd += ["-o", str(out_dir), "--force"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     return cmd, p
 

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use net::{Arch, Digits, Net, TrainConfig};
-use quantstudio::export::{PlannedTensor, TensorFileWriter, write_atomically};
 use quantstudio::model::DType;
+use quantstudio::model::writer::{PlannedTensor, TensorFileWriter, write_atomically};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--out DIR] [--data FILE] [--only mlp|cnn]  (defaults: each model's \
      own epochs, seed 1, out <repo>/sample-models, data <repo>/sample-models/digits-data/digits.safetensors)";

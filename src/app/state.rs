@@ -46,8 +46,13 @@ pub enum Command {
     Redo,
     /// Cancel the running job of a kind.
     Cancel(JobKind),
-    /// Export the current plan into a folder.
-    Export(PathBuf),
+    /// Export the current plan into a folder (`force`: even if a runtime of the target will not load it).
+    Export {
+        /// Destination folder.
+        dest: PathBuf,
+        /// Write it even when a runtime of the target refuses some layers.
+        force: bool,
+    },
     /// Save the current plan as a recipe file.
     SaveRecipe(PathBuf),
     /// Load a recipe file and apply it.
@@ -274,6 +279,8 @@ pub struct Studio {
     pub notice: Option<Notice>,
     /// The last export.
     pub last_export: Option<ExportSummary>,
+    /// Where exports go.
+    pub target: crate::export::Target,
     /// How the open model runs, or why it cannot (weight-only mode); `None` while none is open.
     pub runtime: Option<Result<Arc<Architecture>, String>>,
     /// The evaluation data the model's folder brings, if any.
@@ -320,6 +327,7 @@ impl Studio {
             sort: (SortColumn::Name, true),
             notice: None,
             last_export: None,
+            target: crate::export::Target::default(),
             runtime: None,
             default_eval_data: None,
             evaluations: Vec::new(),
@@ -425,9 +433,10 @@ impl Studio {
                     self.info(format!("{} cancelled", kind.label()));
                 }
             }
-            Command::Export(dest) => {
+            Command::Export { dest, force } => {
                 let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
-                self.submit(Job::Export { model, plan: self.plan.clone(), dest });
+                let options = crate::export::ExportOptions { target: self.target, force, ..Default::default() };
+                self.submit(Job::Export { model, plan: self.plan.clone(), dest, options });
             }
             Command::SaveRecipe(path) => {
                 let Some(model) = &self.model else { return self.error("open a model first".into()) };

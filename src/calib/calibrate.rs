@@ -178,7 +178,7 @@ pub fn calibrate(
             .map_err(|e| Error::io("cannot create folder", file, e))
             .and_then(|_| {
                 let json = serde_json::to_vec(&calibration).unwrap_or_default();
-                crate::export::write_atomically(file, &json)
+                crate::model::writer::write_atomically(file, &json)
             });
         if written.is_err() {
             return Ok(CalibrationRun { calibration, from_cache: false, cache_file: None });

@@ -1,405 +1,559 @@
-//! Export of a planned model as a folder in the compressed-tensors layout (the one llm-compressor writes and
-//! vLLM and transformers load), with the recipe that reproduces it. See `docs/EXPORT.md`.
+//! Export of a planned model to where users deploy it, behind one [`Target`] type that the window, the worker and
+//! the CLI pass through. Each target answers, before anything is written, what it does with every layer of a plan
+//! (written as planned, kept, cast, or not expressible) and which of the runtimes it serves will load the result
+//! ([`Target::check`], a [`Compatibility`]); [`export`] refuses a plan a runtime will not load unless forced.
 //!
-//! Per tensor, by its planned precision and shape ([`Layout`]):
-//! - INT8 symmetric, 2-D `*.weight`: `pack-quantized` (what vLLM loads for weight-only INT8): `x.weight_packed`
-//!   (I32 `[out, ceil(in/4)]`, four codes per word as `q + 128`, little-endian), `x.weight_scale` (F32
-//!   `[out, 1]`; a per-tensor scale is repeated per row, which changes no value) and `x.weight_shape` (I64 `[2]`).
-//! - any other INT8 tensor (asymmetric, conv kernels, 1-D…): `naive-quantized`: `<name>` as I8 codes in the
-//!   original shape, `<name>_scale` (F32, `[1]` per tensor or `[out, 1]` per channel) and, when asymmetric,
-//!   `<name>_zero_point` (I8, the scale's shape).
-//! - the weight of a W8A8 layer `M` (static INT8 inputs): `int-quantized`, the same tensors as `naive-quantized`
-//!   plus `M.input_scale` (F32 `[1]`, the calibrated `clip / 127`).
-//! - FP16 / BF16: cast, round to nearest even with saturation (the formulas of `docs/QUANTIZATION.md`).
-//! - everything else: bytes copied unchanged, integer tensors included.
+//! Targets: [`compressed_tensors`] (the folder llm-compressor writes; transformers and vLLM load it). See
+//! `docs/EXPORT.md`.
 //!
-//! Every file is written to a temp file and renamed into place; the input model's files are never written.
+//! Every export is written into a temp folder beside the destination and renamed into place, so the destination
+//! holds the earlier export or the new one, never a mix of both. The destination must be new, empty, or an earlier
+//! quantstudio export; it may be neither the input model's folder nor inside it, and the input is never written.
+//! Every file and folder of the input that is not a weight file is carried over (tokenizer, `modules.json`,
+//! `1_Pooling/`, `README.md`, …), so the export loads like the original.
 
-mod config;
-mod writer;
+pub mod compressed_tensors;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
-pub use config::quantization_config;
-pub use writer::{PlannedTensor, TensorFileWriter, write_atomically};
+pub use crate::model::writer::{PlannedTensor, TensorFileWriter, write_atomically};
 
 use crate::error::{Error, Result};
 use crate::model::{DType, LayerId, Model, TensorId};
 use crate::progress::Progress;
-use crate::quant::kernels;
-use crate::quant::params::{to_bf16, to_fp16};
-use crate::quant::pass::{TensorData, scan};
-use crate::quant::{Activations, Granularity, Int8Scheme, Plan, Precision, QParams};
+use crate::quant::{Plan, Precision};
 
-/// Name of the weights file in an export.
+/// Name of the weights file of an export that fits one shard.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the shard index of a sharded export.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Name of the recipe written beside the weights.
 pub const RECIPE_FILE: &str = "quantstudio-recipe.json";
 /// Key of the recipe in the safetensors `__metadata__`.
 pub const RECIPE_METADATA_KEY: &str = "quantstudio.recipe";
+/// Largest shard `save_pretrained` writes by default (5 GB): bigger exports are split into shards of at most this
+/// many bytes of tensor data (a single larger tensor gets a shard of its own).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Where an export goes: a file layout and the runtimes that load it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// A Hugging Face folder in the compressed-tensors layout, for transformers and vLLM.
+    #[default]
+    CompressedTensors,
+}
+
+impl Target {
+    /// Every target, in menu order.
+    pub const ALL: [Target; 1] = [Target::CompressedTensors];
+
+    /// The runtimes a user deploys this target's files to.
+    pub fn runtimes(self) -> &'static [Runtime] {
+        match self {
+            Target::CompressedTensors => &[Runtime::Transformers, Runtime::Vllm],
+        }
+    }
+
+    /// What this target does with every layer of `plan`, and which runtimes will load it.
+    pub fn check(self, model: &Model, plan: &Plan) -> Compatibility {
+        match self {
+            Target::CompressedTensors => compressed_tensors::check(model, plan),
+        }
+    }
+
+    /// Bytes tensor `id` takes in this target's files under `plan` (all the tensors written for it).
+    pub fn planned_bytes(self, model: &Model, plan: &Plan, id: TensorId) -> u64 {
+        match self {
+            Target::CompressedTensors => compressed_tensors::planned_bytes(model, plan, id),
+        }
+    }
+
+    /// Writes the weights and the config of `plan` into `folder` (empty, created by [`export`]); returns the files
+    /// written with their sizes.
+    fn write(
+        self,
+        model: &Model,
+        plan: &Plan,
+        folder: &Path,
+        options: &ExportOptions,
+        progress: &Progress,
+    ) -> Result<Vec<(String, u64)>> {
+        match self {
+            Target::CompressedTensors => compressed_tensors::write(model, plan, folder, options, progress),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::CompressedTensors => "compressed-tensors",
+        })
+    }
+}
+
+/// Bytes tensor `id` takes in the default target's files under `plan`.
+pub fn planned_bytes(model: &Model, plan: &Plan, id: TensorId) -> u64 {
+    Target::default().planned_bytes(model, plan, id)
+}
+
+/// A program that loads a target's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Hugging Face transformers with the compressed-tensors package.
+    Transformers,
+    /// vLLM.
+    Vllm,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Runtime::Transformers => "transformers",
+            Runtime::Vllm => "vLLM",
+        })
+    }
+}
+
+/// What a target writes for one layer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "treatment", content = "reason", rename_all = "snake_case")]
+pub enum Treatment {
+    /// Quantized as planned.
+    AsPlanned,
+    /// Kept as stored (planned FP32, or nothing the target quantizes).
+    Kept,
+    /// Cast to FP16 or BF16 as planned.
+    Cast,
+    /// The target has no way to write it; the export refuses the plan.
+    NotExpressible(String),
+}
+
+/// A runtime that will not load one layer as planned.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Refusal {
+    /// Who refuses.
+    pub runtime: Runtime,
+    /// Why, in a few words (from the loader's source or a test that ran it; `docs/EXPORT.md`).
+    pub reason: String,
+}
+
+/// What a target does with one layer, and who refuses it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerCheck {
+    /// The layer.
+    pub layer: LayerId,
+    /// What is written for it.
+    #[serde(flatten)]
+    pub treatment: Treatment,
+    /// The runtimes that will not load it as planned.
+    pub refusals: Vec<Refusal>,
+    /// A precision that every runtime of the target loads for this layer, when the plan's does not (the one-click
+    /// fix: e.g. an embedding table kept in FP16).
+    pub fix: Option<Precision>,
+}
+
+impl LayerCheck {
+    /// Whether the layer is written and loaded as planned everywhere.
+    pub fn is_clean(&self) -> bool {
+        self.refusals.is_empty() && !matches!(self.treatment, Treatment::NotExpressible(_))
+    }
+}
+
+/// A target's verdict on a whole plan.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Compatibility {
+    /// The target checked.
+    pub target: Target,
+    /// Why no runtime of the target can load this model at all, whatever the plan (e.g. a model.json graph has no
+    /// architecture transformers knows).
+    pub model_refusal: Option<String>,
+    /// One entry per layer, in model order.
+    pub layers: Vec<LayerCheck>,
+}
+
+impl Compatibility {
+    /// Whether `runtime` loads the export of this plan.
+    pub fn loads_in(&self, runtime: Runtime) -> bool {
+        self.model_refusal.is_none()
+            && self.layers.iter().all(|l| {
+                !matches!(l.treatment, Treatment::NotExpressible(_)) && l.refusals.iter().all(|r| r.runtime != runtime)
+            })
+    }
+
+    /// Whether every runtime of the target loads it and the target can write every layer.
+    pub fn is_clean(&self) -> bool {
+        self.model_refusal.is_none() && self.layers.iter().all(LayerCheck::is_clean)
+    }
+
+    /// Whether the target can write the plan at all (no layer is [`Treatment::NotExpressible`]).
+    pub fn is_expressible(&self) -> bool {
+        self.layers.iter().all(|l| !matches!(l.treatment, Treatment::NotExpressible(_)))
+    }
+
+    /// The check of one layer.
+    pub fn layer(&self, id: LayerId) -> Option<&LayerCheck> {
+        self.layers.iter().find(|l| l.layer == id)
+    }
+
+    /// Layers that some runtime refuses or the target cannot write.
+    pub fn problem_layers(&self) -> Vec<LayerId> {
+        self.layers.iter().filter(|l| !l.is_clean()).map(|l| l.layer).collect()
+    }
+
+    /// One phrase: `loads in transformers ✓, vLLM ✓`, or which runtime refuses how many layers.
+    pub fn summary(&self) -> String {
+        let verdicts: Vec<String> = self
+            .target
+            .runtimes()
+            .iter()
+            .map(|&runtime| {
+                if self.loads_in(runtime) {
+                    format!("{runtime} ✓")
+                } else if self.model_refusal.is_some() {
+                    format!("{runtime} ✗")
+                } else {
+                    let refused = self
+                        .layers
+                        .iter()
+                        .filter(|l| {
+                            matches!(l.treatment, Treatment::NotExpressible(_))
+                                || l.refusals.iter().any(|r| r.runtime == runtime)
+                        })
+                        .count();
+                    format!("{runtime} ✗ ({refused} layer{})", if refused == 1 { "" } else { "s" })
+                }
+            })
+            .collect();
+        format!("{}: loads in {}", self.target, verdicts.join(", "))
+    }
+
+    /// One line per problem, layers with the same refusals grouped and named (the first few), each with its fix
+    /// when all of them share one, e.g. `3 layers: transformers, vLLM will not load (… Linear modules only); fix:
+    /// fp16: a, b, c`; otherwise each layer's fix follows its name.
+    pub fn problems(&self, model: &Model) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(reason) = &self.model_refusal {
+            lines.push(reason.clone());
+        }
+        let mut groups: BTreeMap<String, Vec<(&str, Option<Precision>)>> = BTreeMap::new();
+        for check in self.layers.iter().filter(|l| !l.is_clean()) {
+            let what = match &check.treatment {
+                Treatment::NotExpressible(reason) => format!("{} cannot write {reason}", self.target),
+                _ => {
+                    let runtimes: Vec<String> = check.refusals.iter().map(|r| r.runtime.to_string()).collect();
+                    let mut reasons: Vec<&str> = check.refusals.iter().map(|r| r.reason.as_str()).collect();
+                    reasons.dedup();
+                    format!("{} will not load ({})", runtimes.join(", "), reasons.join("; "))
+                }
+            };
+            groups.entry(what).or_default().push((model.layer(check.layer).name.as_str(), check.fix));
+        }
+        for (mut what, names) in groups {
+            const SHOWN: usize = 4;
+            let shared_fix = names.windows(2).all(|w| w[0].1 == w[1].1);
+            if shared_fix && let Some(fix) = names[0].1 {
+                what.push_str(&format!("; fix: {}", fix.label()));
+            }
+            let more = names.len().saturating_sub(SHOWN);
+            let listed = names
+                .iter()
+                .take(SHOWN)
+                .map(|(name, fix)| match fix {
+                    Some(fix) if !shared_fix => format!("{name} (fix: {})", fix.label()),
+                    _ => (*name).to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let count = names.len();
+            lines.push(format!("{count} layer{}: {what}: {listed}{tail}", if count == 1 { "" } else { "s" }));
+        }
+        lines
+    }
+
+    /// Sets every layer that has a fix to it; returns how many layers changed.
+    pub fn apply_fixes(&self, plan: &mut Plan) -> usize {
+        let mut changed = 0;
+        for check in &self.layers {
+            if let Some(fix) = check.fix
+                && let Some(slot) = plan.layers.get_mut(check.layer.0)
+                && *slot != fix
+            {
+                *slot = fix;
+                changed += 1;
+            }
+        }
+        changed
+    }
+}
+
+/// How an export is made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportOptions {
+    /// Where it goes.
+    pub target: Target,
+    /// Write the plan even when a runtime of the target will not load it (never when the target cannot write it).
+    pub force: bool,
+    /// Largest shard, in bytes of tensor data ([`DEFAULT_MAX_SHARD_BYTES`]).
+    pub max_shard_bytes: u64,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { target: Target::default(), force: false, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+    }
+}
 
 /// What an export produced.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ExportSummary {
     /// The destination folder.
     pub folder: PathBuf,
+    /// The target written.
+    pub target: Target,
     /// Total bytes of the files written.
     pub size_bytes: u64,
-    /// Names of the files written, in order.
+    /// Files written, relative to the folder, in order (weights and config first, then the recipe and the files
+    /// carried over from the input).
     pub files: Vec<String>,
-    /// What a runtime may refuse in this export (see `docs/EXPORT.md`).
+    /// What a runtime will refuse in this export (when forced), and input files not carried over.
     pub warnings: Vec<String>,
+    /// The target's verdict on the plan exported.
+    pub compatibility: Compatibility,
 }
 
-/// INT8 codes of one tensor with their parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantizedTensor {
-    /// Codes in the tensor's original layout.
-    pub codes: Vec<i8>,
-    /// One entry per group (per tensor: one; per channel: one per row).
-    pub params: Vec<QParams>,
-}
-
-/// Quantizes one tensor to INT8 codes under `scheme` (pass 1 for the parameters, then the codes, in parallel).
-pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progress) -> Result<QuantizedTensor> {
-    let params = scan(data, progress)?.group_params(scheme);
-    let mut codes = vec![0i8; data.len()];
-    let blocks = data.blocks();
-    let mut pieces: Vec<(&std::ops::Range<usize>, &mut [i8])> = Vec::with_capacity(blocks.len());
-    let mut rest = codes.as_mut_slice();
-    for block in &blocks {
-        let (piece, tail) = rest.split_at_mut(block.len());
-        pieces.push((block, piece));
-        rest = tail;
-    }
-    let per_row = params.len() > 1;
-    pieces.into_par_iter().try_for_each_init(Vec::new, |buf, (block, out)| {
-        progress.check()?;
-        let values = data.values(block.clone(), buf);
-        let mut at = 0;
-        data.for_each_row_slice(block, values, |row, slice| {
-            let p = &params[if per_row { row } else { 0 }];
-            kernels::quantize_codes(slice, p, &mut out[at..at + slice.len()]);
-            at += slice.len();
+/// Writes the planned model into `dest` for `options.target`: the target's weights and config, the recipe that
+/// reproduces the plan, and every non-weight file of the input folder. Refuses a plan with uncalibrated W8A8
+/// layers, one the target cannot write, and (unless `options.force`) one a runtime of the target will not load.
+pub fn export(
+    model: &Model,
+    plan: &Plan,
+    dest: &Path,
+    options: &ExportOptions,
+    progress: &Progress,
+) -> Result<ExportSummary> {
+    plan.check_calibrated(model)?;
+    let compatibility = options.target.check(model, plan);
+    if !compatibility.is_expressible() || (!options.force && !compatibility.is_clean()) {
+        return Err(Error::ExportRefused {
+            target: options.target.to_string(),
+            problems: compatibility.problems(model),
+            forceable: compatibility.is_expressible(),
+            path: dest.to_owned(),
         });
-        progress.advance(block.len() as u64);
-        Ok::<(), Error>(())
-    })?;
-    Ok(QuantizedTensor { codes, params })
-}
-
-/// The name of a quantization parameter tensor: `x.weight` -> `x.weight_scale`.
-pub fn param_name(tensor: &str, suffix: &str) -> String {
-    format!("{tensor}_{suffix}")
-}
-
-/// How one tensor is stored in the export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// INT8 symmetric 2-D weight, packed four codes per I32 (`pack-quantized`), one scale per row.
-    Packed,
-    /// INT8 codes as I8 in the original shape (`naive-quantized`), with scales (and zero points) of shape `[1]`
-    /// per tensor or `[rows, 1]` per channel.
-    Naive {
-        /// Rows of the scale when per channel; `None` per tensor.
-        channels: Option<usize>,
-        /// Whether zero points are omitted.
-        symmetric: bool,
-        /// Whether the layer's input is static INT8 (W8A8): an `input_scale` is written and the format is
-        /// `int-quantized`.
-        int8_inputs: bool,
-    },
-    /// Cast to F16 or BF16.
-    Cast(DType),
-    /// Bytes copied unchanged.
-    Kept,
-}
-
-/// The layout of tensor `id` under `plan`.
-pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
-    let info = model.tensor(id);
-    match plan.tensor(model, id) {
-        Precision::Int8(scheme)
-            if scheme.symmetric
-                && scheme.activations == Activations::Float
-                && info.shape.len() == 2
-                && info.name.ends_with(".weight") =>
-        {
-            Layout::Packed
-        }
-        Precision::Int8(scheme) => {
-            let channels = match scheme.granularity {
-                Granularity::PerChannel => Some(info.rows_cols().0),
-                Granularity::PerTensor => None,
-            };
-            Layout::Naive {
-                channels,
-                symmetric: scheme.symmetric,
-                int8_inputs: scheme.activations == Activations::Int8,
-            }
-        }
-        Precision::Fp16 => Layout::Cast(DType::F16),
-        Precision::Bf16 => Layout::Cast(DType::BF16),
-        Precision::Fp32 => Layout::Kept,
     }
+    let dest = prepare_destination(model, dest)?;
+    let staging = StagingFolder::create(&dest)?;
+    let mut files = options.target.write(model, plan, staging.path(), options, progress)?;
+    let recipe_json = plan.to_recipe(model).to_json() + "\n";
+    write_atomically(&staging.path().join(RECIPE_FILE), recipe_json.as_bytes())?;
+    files.push((RECIPE_FILE.to_owned(), recipe_json.len() as u64));
+    let mut warnings: Vec<String> = if compatibility.is_clean() { Vec::new() } else { compatibility.problems(model) };
+    let carried = carry_over(model, staging.path(), progress)?;
+    files.extend(carried.copied);
+    warnings.extend(carried.skipped.iter().map(|s| format!("not carried over (a weight file of another format): {s}")));
+    staging.commit(&dest)?;
+    Ok(ExportSummary {
+        folder: dest,
+        target: options.target,
+        size_bytes: files.iter().map(|(_, size)| size).sum(),
+        files: files.into_iter().map(|(name, _)| name).collect(),
+        warnings,
+        compatibility,
+    })
 }
 
-/// Shape of the scale / zero point: `[1]` per tensor, `[channels, 1]` per channel.
-fn param_shape(channels: Option<usize>) -> Vec<usize> {
-    match channels {
-        Some(rows) => vec![rows, 1],
-        None => vec![1],
-    }
+/// Whether `dest` holds an earlier quantstudio export (its recipe file).
+fn is_earlier_export(dest: &Path) -> bool {
+    dest.join(RECIPE_FILE).is_file()
 }
 
-/// The name of the input scale of the layer whose weight is `weight`: `M.weight` -> `M.input_scale`.
-pub fn input_scale_name(weight: &str) -> String {
-    format!("{}.input_scale", weight.strip_suffix(".weight").unwrap_or(weight))
-}
-
-/// The tensors written for one model tensor under a layout, in write order.
-pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout) -> Vec<PlannedTensor> {
-    let planned = |name: String, dtype, shape| PlannedTensor { name, dtype, shape };
-    match layout {
-        Layout::Packed => {
-            let (rows, cols) = (shape[0], shape[1]);
-            vec![
-                planned(param_name(name, "packed"), DType::I32, vec![rows, cols.div_ceil(4)]),
-                planned(param_name(name, "scale"), DType::F32, vec![rows, 1]),
-                planned(param_name(name, "shape"), DType::I64, vec![2]),
-            ]
-        }
-        Layout::Naive { channels, symmetric, int8_inputs } => {
-            let mut outputs = vec![
-                planned(name.to_owned(), DType::I8, shape.to_vec()),
-                planned(param_name(name, "scale"), DType::F32, param_shape(channels)),
-            ];
-            if !symmetric {
-                outputs.push(planned(param_name(name, "zero_point"), DType::I8, param_shape(channels)));
-            }
-            if int8_inputs {
-                outputs.push(planned(input_scale_name(name), DType::F32, vec![1]));
-            }
-            outputs
-        }
-        Layout::Cast(to) => vec![planned(name.to_owned(), to, shape.to_vec())],
-        Layout::Kept => vec![planned(name.to_owned(), dtype, shape.to_vec())],
-    }
-}
-
-/// Bytes tensor `id` takes in the export under `plan` (all the tensors its layout writes).
-pub fn planned_bytes(model: &Model, plan: &Plan, id: TensorId) -> u64 {
-    let info = model.tensor(id);
-    layout_outputs(&info.name, info.dtype, &info.shape, layout(model, plan, id))
-        .iter()
-        .map(|t| t.size_bytes() as u64)
-        .sum()
-}
-
-/// Packs INT8 codes of a `rows x cols` matrix as `pack-quantized` does: each code stored as the byte `q + 128`,
-/// four per little-endian I32 word along a row, the last word of a row padded with zero bytes.
-pub fn pack_int8_rows(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
-    let words_per_row = cols.div_ceil(4);
-    let mut bytes = vec![0u8; rows * words_per_row * 4];
-    for (row, out) in codes.chunks_exact(cols.max(1)).zip(bytes.chunks_exact_mut((words_per_row * 4).max(1))) {
-        for (o, &q) in out.iter_mut().zip(row) {
-            *o = (q as u8) ^ 0x80;
-        }
-    }
-    bytes
-}
-
-/// Inverse of [`pack_int8_rows`].
-pub fn unpack_int8_rows(bytes: &[u8], rows: usize, cols: usize) -> Vec<i8> {
-    let row_bytes = cols.div_ceil(4) * 4;
-    (0..rows).flat_map(|r| bytes[r * row_bytes..r * row_bytes + cols].iter().map(|&b| (b ^ 0x80) as i8)).collect()
-}
-
-/// The tensors of the exported file, in write order, each with the model tensor and layout it comes from.
-fn planned_tensors(model: &Model, plan: &Plan) -> Vec<(TensorId, Layout, Vec<PlannedTensor>)> {
-    (0..model.tensors.len())
-        .map(|index| {
-            let id = TensorId(index);
-            let info = model.tensor(id);
-            let layout = layout(model, plan, id);
-            (id, layout, layout_outputs(&info.name, info.dtype, &info.shape, layout))
-        })
-        .collect()
-}
-
-/// Checks that `dest` can receive an export without touching the input model, and creates it.
+/// Checks that `dest` can receive an export without touching the input model or unrelated files, and returns it
+/// canonical (its parent must exist or be creatable).
 fn prepare_destination(model: &Model, dest: &Path) -> Result<PathBuf> {
     let bad = |reason: &str| Error::BadDestination { reason: reason.into(), path: dest.to_owned() };
     if dest.exists() && !dest.is_dir() {
         return Err(bad("it is a file, not a folder"));
     }
-    std::fs::create_dir_all(dest).map_err(|e| Error::io("cannot create folder", dest, e))?;
-    let dest = dest.canonicalize().map_err(|e| Error::io("cannot resolve", dest, e))?;
-    let sources: Vec<PathBuf> = model.source_files().iter().filter_map(|f| f.canonicalize().ok()).collect();
-    let model_folder = if model.path.is_dir() { model.path.canonicalize().ok() } else { None };
-    if model_folder.as_ref() == Some(&dest) {
-        return Err(bad("it is the input model's folder"));
+    if dest.is_dir() {
+        let empty = std::fs::read_dir(dest).map_err(|e| Error::io("cannot read", dest, e))?.next().is_none();
+        if !empty && !is_earlier_export(dest) {
+            return Err(bad("it is a folder that is neither empty nor an earlier quantstudio export"));
+        }
     }
-    for name in [WEIGHTS_FILE, "config.json", RECIPE_FILE] {
-        if sources.contains(&dest.join(name)) {
-            return Err(bad("it would overwrite the input model"));
+    let name = dest.file_name().ok_or_else(|| bad("it has no folder name"))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("cannot create folder", &parent, e))?;
+    let dest = parent.canonicalize().map_err(|e| Error::io("cannot resolve", &parent, e))?.join(name);
+    let input_folder = crate::runtime::model_folder(model);
+    let input_folder = input_folder.canonicalize().unwrap_or(input_folder);
+    if dest.starts_with(&input_folder) {
+        return Err(bad("it is the input model's folder or inside it"));
+    }
+    for source in model.source_files().iter().filter_map(|f| f.canonicalize().ok()) {
+        if source.starts_with(&dest) {
+            return Err(bad("it holds the input model"));
         }
     }
     Ok(dest)
 }
 
-/// Small files of a model folder that loaders need beside the weights (tokenizer, generation config…).
-fn companion_files(model: &Model) -> Vec<PathBuf> {
-    if !model.path.is_dir() {
-        return Vec::new();
-    }
-    let Ok(entries) = std::fs::read_dir(&model.path) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-            matches!(ext.as_str(), "json" | "txt" | "model" | "tiktoken" | "jinja")
-                && name != "config.json"
-                && name != RECIPE_FILE
-                && !name.ends_with(".safetensors.index.json")
-        })
-        .collect();
-    files.sort();
-    files
+/// A hidden folder beside the destination that receives the export, renamed into place by
+/// [`StagingFolder::commit`]; removed when dropped uncommitted.
+struct StagingFolder {
+    path: PathBuf,
+    committed: bool,
 }
 
-/// Writes the planned model into `dest` (created if needed): `model.safetensors`, `config.json` with its
-/// `quantization_config`, the recipe, and the model folder's tokenizer and other small JSON/text files.
-pub fn export(model: &Model, plan: &Plan, dest: &Path, progress: &Progress) -> Result<ExportSummary> {
-    plan.check_calibrated(model)?;
-    let dest = prepare_destination(model, dest)?;
-    let recipe_json = plan.to_recipe(model).to_json();
-    let planned = planned_tensors(model, plan);
-    let total_elements: u64 = planned.iter().map(|(id, _, _)| model.tensor(*id).numel() as u64).sum();
-    progress.start_stage("exporting", total_elements);
-
-    let mut metadata = BTreeMap::new();
-    metadata.insert("format".to_owned(), "pt".to_owned());
-    metadata.insert(RECIPE_METADATA_KEY.to_owned(), recipe_json.clone());
-    let all_outputs: Vec<PlannedTensor> = planned.iter().flat_map(|(_, _, o)| o.iter().cloned()).collect();
-    let mut writer = TensorFileWriter::create(&dest.join(WEIGHTS_FILE), all_outputs, &metadata)?;
-    for (id, layout, outputs) in &planned {
-        progress.check()?;
-        let info = model.tensor(*id);
-        match *layout {
-            Layout::Packed | Layout::Naive { .. } => {
-                let Precision::Int8(scheme) = plan.tensor(model, *id) else {
-                    return Err(Error::Unsupported(format!(
-                        "tensor {:?} has an INT8 layout but no INT8 plan",
-                        info.name
-                    )));
-                };
-                let data = TensorData::of(model, *id)?;
-                let quantized = quantize_tensor(&data, scheme, &Progress::new())?;
-                let mut scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
-                if *layout == Layout::Packed {
-                    let (rows, cols) = (info.shape[0], info.shape[1]);
-                    scales.resize(rows, scales[0]);
-                    writer.write_tensor(&outputs[0].name, &pack_int8_rows(&quantized.codes, rows, cols))?;
-                    writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
-                    let shape: Vec<u8> = [rows as i64, cols as i64].iter().flat_map(|d| d.to_le_bytes()).collect();
-                    writer.write_tensor(&outputs[2].name, &shape)?;
-                } else {
-                    writer.write_tensor(&outputs[0].name, bytemuck::cast_slice(&quantized.codes))?;
-                    writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
-                    if !scheme.symmetric {
-                        let zero_points: Vec<u8> = quantized.params.iter().map(|p| p.zero_point as i8 as u8).collect();
-                        writer.write_tensor(&outputs[2].name, &zero_points)?;
-                    }
-                    if let Layout::Naive { int8_inputs: true, .. } = layout {
-                        let input = plan
-                            .input_params(info.layer)
-                            .ok_or_else(|| Error::Uncalibrated { names: vec![model.layer(info.layer).name.clone()] })?;
-                        let last = outputs.last().map(|o| o.name.as_str()).unwrap_or_default();
-                        writer.write_tensor(last, &f32_le_bytes(&[input.scale]))?;
-                    }
-                }
-            }
-            Layout::Cast(to) => {
-                let data = TensorData::of(model, *id)?;
-                let mut buf = Vec::new();
-                for block in data.blocks() {
-                    progress.check()?;
-                    let values = data.values(block, &mut buf);
-                    let bytes: Vec<u8> = if to == DType::F16 {
-                        values.iter().flat_map(|&x| to_fp16(x).to_le_bytes()).collect()
-                    } else {
-                        values.iter().flat_map(|&x| to_bf16(x).to_le_bytes()).collect()
-                    };
-                    writer.write_tensor(&info.name, &bytes)?;
-                }
-            }
-            Layout::Kept => {
-                for chunk in model.tensor_bytes(*id).chunks(1 << 24) {
-                    writer.write_tensor(&info.name, chunk)?;
-                }
-            }
+impl StagingFolder {
+    fn create(dest: &Path) -> Result<StagingFolder> {
+        let path = sibling(dest, "tmp");
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
         }
-        progress.advance(info.numel() as u64);
+        std::fs::create_dir(&path).map_err(|e| Error::io("cannot create folder", &path, e))?;
+        Ok(StagingFolder { path, committed: false })
     }
-    let mut size_bytes = writer.finish()?;
-    let mut files = vec![WEIGHTS_FILE.to_owned()];
 
-    let mut config = model.config.clone().unwrap_or_default();
-    config.remove("quantization_config");
-    let warnings = vllm_fusion_warnings(model, plan);
-    if let Some(quantization) = quantization_config(model, plan) {
-        config.insert("quantization_config".into(), quantization);
+    fn path(&self) -> &Path {
+        &self.path
     }
-    let config_text = serde_json::to_string_pretty(&serde_json::Value::Object(config)).unwrap_or_default() + "\n";
-    write_atomically(&dest.join("config.json"), config_text.as_bytes())?;
-    write_atomically(&dest.join(RECIPE_FILE), (recipe_json + "\n").as_bytes())?;
-    size_bytes += config_text.len() as u64;
-    files.push("config.json".into());
-    files.push(RECIPE_FILE.into());
-    for source in companion_files(model) {
-        let Some(name) = source.file_name() else { continue };
-        let bytes = std::fs::read(&source).map_err(|e| Error::io("cannot read", &source, e))?;
-        write_atomically(&dest.join(name), &bytes)?;
-        size_bytes += bytes.len() as u64;
-        files.push(name.to_string_lossy().into_owned());
+
+    /// Moves the finished export to `dest`: an earlier export there is first renamed aside and removed after.
+    fn commit(mut self, dest: &Path) -> Result<()> {
+        let old = sibling(dest, "old");
+        if dest.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
+            }
+            std::fs::rename(dest, &old).map_err(|e| Error::io("cannot move aside", dest, e))?;
+        }
+        if let Err(e) = std::fs::rename(&self.path, dest) {
+            // Put the earlier export back: the destination stays as it was.
+            let _ = std::fs::rename(&old, dest);
+            return Err(Error::io("cannot rename into place", dest, e));
+        }
+        self.committed = true;
+        if old.exists() {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
     }
-    size_bytes += std::fs::metadata(dest.join(RECIPE_FILE)).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportSummary { folder: dest, size_bytes, files, warnings })
 }
 
-/// vLLM fuses `q/k/v_proj` and `gate/up_proj` of one block and needs one layout for all of them.
-fn vllm_fusion_warnings(model: &Model, plan: &Plan) -> Vec<String> {
-    let mut families: BTreeMap<String, Vec<(String, Layout)>> = BTreeMap::new();
-    for (index, layer) in model.layers.iter().enumerate() {
-        let Some((prefix, last)) = layer.name.rsplit_once('.') else { continue };
-        let family = match last {
-            "q_proj" | "k_proj" | "v_proj" => "qkv",
-            "gate_proj" | "up_proj" => "gate_up",
-            _ => continue,
-        };
-        let Some(main) = model.main_tensor(LayerId(index)) else { continue };
-        let kind = match layout(model, plan, main) {
-            Layout::Cast(_) | Layout::Kept => Layout::Kept,
-            other => other,
-        };
-        families.entry(format!("{prefix}.{family}")).or_default().push((layer.name.clone(), kind));
+impl Drop for StagingFolder {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
-    families
-        .into_iter()
-        .filter(|(_, members)| members.windows(2).any(|w| w[0].1 != w[1].1))
-        .map(|(family, members)| {
-            let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
-            format!("vLLM fuses {family} and needs one scheme for {}; it will refuse this export", names.join(", "))
-        })
-        .collect()
 }
 
-fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// `.NAME.quantstudio-KIND-PID` beside `dest`.
+fn sibling(dest: &Path, kind: &str) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.quantstudio-{kind}-{}", std::process::id()))
+}
+
+/// Extensions of weight files in formats other than the one opened (another export of the same weights).
+const OTHER_WEIGHT_EXTENSIONS: [&str; 12] =
+    ["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "onnx_data", "gguf", "tflite", "ot", "mlmodel"];
+
+/// Files carried over from the input folder.
+struct CarriedOver {
+    /// Relative paths with sizes.
+    copied: Vec<(String, u64)>,
+    /// Relative paths left out.
+    skipped: Vec<String>,
+}
+
+/// Copies every file and folder of the input model's folder into `out`, except the weight files opened, the shard
+/// index, `config.json` and the recipe (written anew), hidden entries, and weight files of other formats (a
+/// subfolder holding one, such as `onnx/` or `openvino/`, is another export of the weights and is left out whole).
+fn carry_over(model: &Model, out: &Path, progress: &Progress) -> Result<CarriedOver> {
+    let mut carried = CarriedOver { copied: Vec::new(), skipped: Vec::new() };
+    if !model.path.is_dir() {
+        return Ok(carried);
+    }
+    let sources: Vec<PathBuf> = model.source_files().iter().filter_map(|f| f.canonicalize().ok()).collect();
+    copy_tree(&model.path, out, "", &sources, &mut carried, progress)?;
+    Ok(carried)
+}
+
+fn is_other_weight_file(path: &Path) -> bool {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    OTHER_WEIGHT_EXTENSIONS.contains(&ext.as_str())
+}
+
+/// Whether a folder holds a weight file of another format anywhere below it.
+fn holds_other_weights(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .any(|p| if p.is_dir() { holds_other_weights(&p) } else { is_other_weight_file(&p) })
+}
+
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    prefix: &str,
+    sources: &[PathBuf],
+    carried: &mut CarriedOver,
+    progress: &Progress,
+) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(from)
+        .map_err(|e| Error::io("cannot read", from, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        progress.check()?;
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let relative = format!("{prefix}{name}");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            if holds_other_weights(&path) {
+                carried.skipped.push(format!("{relative}/"));
+                continue;
+            }
+            let target = to.join(&name);
+            std::fs::create_dir_all(&target).map_err(|e| Error::io("cannot create folder", &target, e))?;
+            copy_tree(&path, &target, &format!("{relative}/"), sources, carried, progress)?;
+            continue;
+        }
+        let top_level = prefix.is_empty();
+        let rewritten = top_level && (name == "config.json" || name == RECIPE_FILE || name == INDEX_FILE);
+        let is_source = path.canonicalize().is_ok_and(|p| sources.contains(&p));
+        if rewritten || is_source || (top_level && name.ends_with(".safetensors.index.json")) {
+            continue;
+        }
+        if is_other_weight_file(&path) {
+            carried.skipped.push(relative);
+            continue;
+        }
+        let target = to.join(&name);
+        let size = std::fs::copy(&path, &target).map_err(|e| Error::io("cannot copy", &path, e))?;
+        carried.copied.push((relative, size));
+    }
+    Ok(())
+}
+
+/// The layer a tensor's quantization parameters belong to, for messages.
+pub(crate) fn layer_name(model: &Model, id: TensorId) -> &str {
+    &model.layer(model.tensor(id).layer).name
+}
+
+/// The stored dtype a float fix keeps: BF16 tables stay BF16, everything else becomes FP16.
+pub(crate) fn float_fix(model: &Model, id: TensorId) -> Precision {
+    if model.tensor(id).dtype == DType::BF16 { Precision::Bf16 } else { Precision::Fp16 }
 }

@@ -7,6 +7,7 @@
 pub mod dtype;
 pub mod layers;
 pub mod safetensors;
+pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

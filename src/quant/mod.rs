@@ -4,6 +4,7 @@
 //! The formulas are written down in `docs/QUANTIZATION.md`; [`params`] holds the scalar reference of each one and
 //! the tests hold the fast kernels to it.
 
+pub mod codes;
 pub mod kernels;
 pub mod metrics;
 pub mod params;
@@ -12,6 +13,7 @@ pub mod plan;
 
 use std::fmt;
 
+pub use codes::{QuantizedTensor, quantize_tensor};
 pub use metrics::ErrorMetrics;
 pub use params::QParams;
 pub use pass::{TensorAnalysis, analyze_tensor};

@@ -1,7 +1,8 @@
 //! Recipes (what the user asks for, saved as versioned JSON) and plans (the precision of every layer of one
 //! model, resolved from a recipe).
 //!
-//! Resolution, for each layer: the recipe's `default`; then, when `keep_norms_and_vectors` is on, norms and
+//! Resolution, for each layer: the recipe's `default` when its `default_scope` covers the layer, else FP32 (as
+//! stored); then, when `keep_norms_and_vectors` is on, norms and
 //! layers whose tensors are all 0-D or 1-D stay FP32; then every rule whose glob matches the layer name, in
 //! order, the last match winning; then an entry of `layers` naming it.
 //!
@@ -44,6 +45,9 @@ pub struct Recipe {
     /// Keep norms and all-1-D layers in FP32 unless a rule or a layer entry names them.
     #[serde(default = "yes")]
     pub keep_norms_and_vectors: bool,
+    /// Which layers `default` applies to (the others keep their stored precision unless a rule names them).
+    #[serde(default)]
+    pub default_scope: DefaultScope,
     /// Glob rules applied in order; the last match wins.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -53,6 +57,37 @@ pub struct Recipe {
     /// The calibrated symmetric clip of each layer's input (`scale = clip / 127` for W8A8 layers), by layer name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub input_clips: BTreeMap<String, f32>,
+}
+
+/// Which layers a recipe's `default` precision applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultScope {
+    /// Every layer (norms and 1-D layers aside when `keep_norms_and_vectors` is on).
+    #[default]
+    All,
+    /// What deployment runtimes quantize: linear layers and convolutions, except the output head (`lm_head`).
+    /// Embedding tables, the head, norms and everything else keep their stored precision.
+    Linear,
+}
+
+impl DefaultScope {
+    /// Whether `default` applies to layer `id` of `model`.
+    pub fn covers(self, model: &Model, id: LayerId) -> bool {
+        match self {
+            DefaultScope::All => true,
+            DefaultScope::Linear => {
+                let layer = model.layer(id);
+                matches!(layer.kind, LayerKind::Linear | LayerKind::Conv) && !is_output_head(&layer.name)
+            }
+        }
+    }
+}
+
+/// The output head of a language model (`lm_head`, GPT-NeoX's `embed_out`), which runtimes keep in float.
+pub fn is_output_head(layer_name: &str) -> bool {
+    let last = layer_name.rsplit('.').next().unwrap_or(layer_name);
+    matches!(last, "lm_head" | "embed_out")
 }
 
 fn recipe_format() -> String {
@@ -72,13 +107,25 @@ impl Default for Recipe {
 }
 
 impl Recipe {
-    /// Every layer at `precision`, norms and 1-D layers kept in FP32 (the CLI's `--precision` shortcut).
+    /// The CLI's `--precision` shortcut: INT8 on the layers deployment runtimes quantize (linear layers and
+    /// convolutions but the output head; [`DefaultScope::Linear`]); FP16 and BF16 on every layer; norms and 1-D
+    /// layers kept in FP32 either way.
     pub fn uniform(precision: Precision) -> Recipe {
+        let default_scope = match precision {
+            Precision::Int8(_) => DefaultScope::Linear,
+            Precision::Fp16 | Precision::Bf16 | Precision::Fp32 => DefaultScope::All,
+        };
+        Recipe { default_scope, ..Recipe::everywhere(precision) }
+    }
+
+    /// Every layer at `precision`, norms and 1-D layers kept in FP32.
+    pub fn everywhere(precision: Precision) -> Recipe {
         Recipe {
             format: RECIPE_FORMAT.to_owned(),
             version: RECIPE_VERSION,
             default: precision,
             keep_norms_and_vectors: true,
+            default_scope: DefaultScope::All,
             rules: Vec::new(),
             layers: BTreeMap::new(),
             input_clips: BTreeMap::new(),
@@ -124,7 +171,7 @@ impl Recipe {
 
     /// Writes the recipe atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::export::write_atomically(path, self.to_json().as_bytes())
+        crate::model::writer::write_atomically(path, self.to_json().as_bytes())
     }
 
     /// Resolves the recipe against `model`. Fails when a `layers` entry names a layer the model lacks (all such
@@ -156,7 +203,8 @@ impl Recipe {
             .iter()
             .enumerate()
             .map(|(index, layer)| {
-                let mut precision = self.default;
+                let mut precision =
+                    if self.default_scope.covers(model, LayerId(index)) { self.default } else { Precision::Fp32 };
                 if self.keep_norms_and_vectors && is_norm_or_vector(model, LayerId(index)) {
                     precision = Precision::Fp32;
                 }
@@ -249,6 +297,28 @@ impl Plan {
         if names.is_empty() { Ok(()) } else { Err(Error::Uncalibrated { names }) }
     }
 
+    /// Which layers each precision covers, by kind, in one phrase: `int8 sym per-channel: 36 linear; fp32: 3
+    /// embedding, 13 norm` (layers without a float tensor are left out; FP32 last).
+    pub fn coverage(&self, model: &Model) -> String {
+        let mut by_precision: BTreeMap<(bool, String), BTreeMap<&str, usize>> = BTreeMap::new();
+        for (index, layer) in model.layers.iter().enumerate() {
+            if model.main_tensor(LayerId(index)).is_none() {
+                continue;
+            }
+            let precision = self.layer(LayerId(index));
+            let key = (precision == Precision::Fp32, precision.label());
+            *by_precision.entry(key).or_default().entry(layer.kind.as_str()).or_default() += 1;
+        }
+        by_precision
+            .into_iter()
+            .map(|((_, label), kinds)| {
+                let kinds: Vec<String> = kinds.into_iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+                format!("{label}: {}", kinds.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The precision of a layer.
     pub fn layer(&self, id: LayerId) -> Precision {
         self.layers.get(id.0).copied().unwrap_or(Precision::Fp32)
@@ -274,7 +344,7 @@ impl Plan {
 
     /// A recipe that reproduces this plan exactly: every layer listed, no rules, no defaults applied.
     pub fn to_recipe(&self, model: &Model) -> Recipe {
-        let mut recipe = Recipe::uniform(Precision::Fp32);
+        let mut recipe = Recipe::everywhere(Precision::Fp32);
         recipe.keep_norms_and_vectors = false;
         recipe.layers = model.layers.iter().zip(&self.layers).map(|(l, p)| (l.name.clone(), *p)).collect();
         recipe.input_clips = model

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::export::quantize_tensor;
 use crate::model::{Model, TensorId};
 use crate::progress::Progress;
 use crate::quant::pass::TensorData;
+use crate::quant::quantize_tensor;
 use crate::quant::{Plan, Precision, params};
 
 /// One weight tensor in f32.

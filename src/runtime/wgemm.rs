@@ -132,7 +132,7 @@ impl PackedWeights {
         Ok(PackedWeights { n, k, storage: Storage::Bf16(pack(values, n, k, |v| to_bf16(v).to_bits())) })
     }
 
-    /// Weight-only INT8: `codes` row-major `[n, k]` (as `export::quantize_tensor` gives them) with one `params`
+    /// Weight-only INT8: `codes` row-major `[n, k]` (as `quant::quantize_tensor` gives them) with one `params`
     /// for the tensor or one per output row.
     pub fn int8(codes: &[i8], params: &[QParams], n: usize, k: usize) -> Result<PackedWeights> {
         check_shape(codes.len(), n, k, "INT8 codes")?;
@@ -746,7 +746,7 @@ mod tests {
             for symmetric in [true, false] {
                 for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
                     let scheme = Int8Scheme::weights(symmetric, granularity);
-                    let q = crate::export::quantize_tensor(&data, scheme, &progress).unwrap();
+                    let q = crate::quant::quantize_tensor(&data, scheme, &progress).unwrap();
                     let packed = PackedWeights::int8(&q.codes, &q.params, n, k).unwrap();
                     cases.push((packed, simulate(&data, Precision::Int8(scheme), &progress).unwrap()));
                 }
@@ -802,7 +802,7 @@ mod tests {
                 (PackedWeights::bf16(&w, n, k).unwrap(), Precision::Bf16),
             ];
             for s in [scheme(true, Granularity::PerChannel), scheme(false, Granularity::PerTensor)] {
-                let q = crate::export::quantize_tensor(&data, s, &progress).unwrap();
+                let q = crate::quant::quantize_tensor(&data, s, &progress).unwrap();
                 cases.push((PackedWeights::int8(&q.codes, &q.params, n, k).unwrap(), Precision::Int8(s)));
             }
             for (packed, precision) in cases {

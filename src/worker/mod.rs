@@ -82,6 +82,8 @@ pub enum Job {
         plan: Plan,
         /// Destination folder.
         dest: PathBuf,
+        /// Target, force, shard size.
+        options: crate::export::ExportOptions,
     },
     /// Save a recipe to a file.
     SaveRecipe {
@@ -366,8 +368,8 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
                 send(Outcome::Analysed { tensor, precision, analysis: Arc::new(analysis) });
             }
         }
-        Job::Export { model, plan, dest } => {
-            let summary = crate::export::export(&model, &plan, &dest, progress)?;
+        Job::Export { model, plan, dest, options } => {
+            let summary = crate::export::export(&model, &plan, &dest, &options, progress)?;
             send(Outcome::Exported(summary));
         }
         Job::Evaluate { model, arch, plan, data } => {

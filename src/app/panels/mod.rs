@@ -100,7 +100,7 @@ pub fn shortcuts(ctx: &egui::Context, app: &mut StudioApp) {
         app.send(Command::Open(path));
     }
     if export && let Some(path) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() {
-        app.send(Command::Export(path));
+        app.send(Command::Export { dest: path, force: false });
     }
     if save && let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).save_file() {
         app.send(Command::SaveRecipe(path));
@@ -184,11 +184,13 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     if ui.add_enabled(has_model, egui::Button::new("Export...").shortcut_text("Ctrl+E")).clicked() {
         ui.close();
         if let Some(path) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() {
-            app.send(Command::Export(path));
+            app.send(Command::Export { dest: path, force: false });
         }
     }
     let pending = &mut app.pending;
-    path_field(ui, "Export to", &mut app.inputs.export_path, "Export", |path| pending.push(Command::Export(path)));
+    path_field(ui, "Export to", &mut app.inputs.export_path, "Export", |path| {
+        pending.push(Command::Export { dest: path, force: false })
+    });
 }
 
 /// A text field with a button: the path alternative of every native dialog.

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::DType;
 use crate::error::{Error, Result};
-use crate::model::DType;
 
 /// A tensor to be written: name, dtype and shape (its byte length follows from them).
 #[derive(Clone, Debug, PartialEq)]
