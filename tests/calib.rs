@@ -436,3 +436,189 @@ fn cli_bench_times_fp32_and_the_deployed_plan() {
         (configurations[0]["weights_bytes"].as_u64().unwrap(), configurations[1]["weights_bytes"].as_u64().unwrap());
     assert!(plan * 3 < fp32, "the plan holds INT8 codes: {plan} vs {fp32} bytes");
 }
+
+/// A copy of the model folder `from` in `to` (files only; large ones hard-linked where the file system allows)
+/// whose `tokenizer.json` pads as `padding` says (`null`: no padding).
+fn copy_with_padding(from: &Path, to: &Path, padding: serde_json::Value) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_file() && std::fs::hard_link(&path, &target).is_err() {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+    let tokenizer = to.join("tokenizer.json");
+    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tokenizer).unwrap()).unwrap();
+    doc["padding"] = padding;
+    // A fresh file, not the hard link's shared inode.
+    std::fs::remove_file(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, doc.to_string()).unwrap();
+}
+
+/// Tokenizer padding to `length` tokens on `side` ("Right" or "Left"), with the pad token the file already names.
+fn fixed_padding(tokenizer_folder: &Path, length: usize, side: &str) -> serde_json::Value {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tokenizer_folder.join("tokenizer.json")).unwrap()).unwrap();
+    let current = &doc["padding"];
+    serde_json::json!({
+        "strategy": {"Fixed": length}, "direction": side, "pad_to_multiple_of": null,
+        "pad_id": current["pad_id"], "pad_type_id": current["pad_type_id"], "pad_token": current["pad_token"],
+    })
+}
+
+/// The sequences of a text file tokenised by the folder's tokenizer.
+fn sequences(data: &Path, folder: &Path) -> Vec<quantstudio::runtime::TokenSequence> {
+    let EvalData::Sequences(seqs) = EvalData::load(data, folder).unwrap() else { panic!("text gives sequences") };
+    seqs
+}
+
+/// Calibrates the model in `folder` on `data`, without a cache, and checks that every layer saw exactly one row
+/// per real token: `Σ valid tokens × the layer's inputs` values.
+fn calibrate_counting_real_rows(
+    folder: &Path,
+    data: &Path,
+) -> std::collections::BTreeMap<String, quantstudio::calib::ActivationHistogram> {
+    let model = Model::open(folder).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let run = calibrate(&model, &arch, data, None, &Progress::new()).unwrap();
+    let real_tokens: usize = sequences(data, folder).iter().map(|s| s.valid_len()).sum();
+    assert!(!run.calibration.layers.is_empty());
+    for (name, histogram) in &run.calibration.layers {
+        let id = model.layer_by_name(name).unwrap();
+        let weight = model.tensor(model.main_tensor(id).unwrap());
+        let inputs = weight.shape[1];
+        assert_eq!(histogram.count, (real_tokens * inputs) as u64, "{folder:?} {name}: one row per real token");
+    }
+    run.calibration.layers
+}
+
+/// Padded positions never reach a histogram: with the tokenizer padding every line to a fixed length (right),
+/// calibration gives exactly the histograms of no padding at all; padded on the left (where the real tokens move
+/// to later positions, so the values differ), every layer still sees exactly one row per real token.
+#[test]
+fn padded_tokens_are_not_observed_and_padding_changes_no_histogram() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = common::temp_dir();
+    // Longer than every line (the fixtures truncate at 16 tokens), within BERT's 64 positions.
+    const PADDED_LENGTH: usize = 40;
+    for fixture in ["tiny-bert", "tiny-llama", "tiny-llama-tied"] {
+        let source = fixtures.join(fixture);
+        let data = source.join("inputs.txt");
+        let unpadded = dir.path().join(format!("{fixture}-unpadded"));
+        let padded = dir.path().join(format!("{fixture}-padded"));
+        copy_with_padding(&source, &unpadded, serde_json::Value::Null);
+        copy_with_padding(&source, &padded, fixed_padding(&source, PADDED_LENGTH, "Right"));
+        let seqs = sequences(&data, &padded);
+        assert!(seqs.iter().all(|s| s.ids.len() == PADDED_LENGTH), "{fixture}: every line is padded");
+        let real: usize = seqs.iter().map(|s| s.valid_len()).sum();
+        assert!(real * 2 < seqs.len() * PADDED_LENGTH, "{fixture}: most positions are padding");
+        assert!(sequences(&data, &unpadded).iter().all(|s| s.mask.iter().all(|&m| m)), "{fixture}: no padding");
+        let without = calibrate_counting_real_rows(&unpadded, &data);
+        let with = calibrate_counting_real_rows(&padded, &data);
+        assert_eq!(with.keys().collect::<Vec<_>>(), without.keys().collect::<Vec<_>>());
+        for (name, histogram) in &without {
+            assert_eq!(&with[name], histogram, "{fixture} {name}: the same histogram with and without padding");
+        }
+    }
+    // Left padding (BERT: the positions are absolute, so the real tokens' values change, but no pad is counted).
+    let source = fixtures.join("tiny-bert");
+    let left = dir.path().join("tiny-bert-left");
+    copy_with_padding(&source, &left, fixed_padding(&source, PADDED_LENGTH, "Left"));
+    let data = source.join("inputs.txt");
+    assert!(sequences(&data, &left).iter().all(|s| !s.mask[0] && s.mask[PADDED_LENGTH - 1]), "padded on the left");
+    calibrate_counting_real_rows(&left, &data);
+}
+
+/// The same equality on the real all-MiniLM-L6-v2 (when CI provides it), whose tokenizer pads every line to 128.
+#[test]
+fn minilm_calibration_is_the_same_with_its_fixed_padding_as_without() {
+    let Ok(model) = std::env::var("QUANTSTUDIO_REFERENCE_MODEL") else {
+        eprintln!("skipped: set QUANTSTUDIO_REFERENCE_MODEL to the all-MiniLM-L6-v2 folder");
+        return;
+    };
+    let padded = Path::new(&model);
+    let dir = common::temp_dir();
+    let data = dir.path().join("calib.txt");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut text = std::fs::read_to_string(fixtures.join("tiny-bert/inputs.txt")).unwrap();
+    text += &std::fs::read_to_string(fixtures.join("tiny-llama/inputs.txt")).unwrap();
+    std::fs::write(&data, text).unwrap();
+    let seqs = sequences(&data, padded);
+    assert!(seqs.iter().all(|s| s.ids.len() == 128), "all-MiniLM-L6-v2's tokenizer pads every line to 128 tokens");
+    let unpadded = dir.path().join("unpadded");
+    copy_with_padding(padded, &unpadded, serde_json::Value::Null);
+    let without = calibrate_counting_real_rows(&unpadded, &data);
+    let with = calibrate_counting_real_rows(padded, &data);
+    assert_eq!(with.len(), 36, "6 layers × (query, key, value, attention output, intermediate, output)");
+    assert_eq!(with, without);
+}
+
+/// Every input of what is observed is in the cache key: the tokenizer's files, a graph file named by
+/// config.json, and the observation code's version (a cache written by other code is recomputed, never read).
+#[test]
+fn the_calibration_cache_follows_the_tokenizer_the_graph_and_the_observation_version() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = common::temp_dir();
+    let cache = dir.path().join("cache");
+    let folder = dir.path().join("bert");
+    copy_with_padding(&fixtures.join("tiny-bert"), &folder, serde_json::Value::Null);
+    let data = fixtures.join("tiny-bert/inputs.txt");
+    let model = Model::open(&folder).unwrap();
+    let arch = Architecture::detect(&model).unwrap();
+    let run = || calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap();
+    let first = run();
+    assert!(!first.from_cache);
+    assert!(run().from_cache, "nothing changed");
+    // The tokenizer now pads: measured again (the histograms are the same, as padding is not observed).
+    let tokenizer = folder.join("tokenizer.json");
+    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tokenizer).unwrap()).unwrap();
+    doc["padding"] = fixed_padding(&fixtures.join("tiny-bert"), 32, "Right");
+    std::fs::write(&tokenizer, doc.to_string()).unwrap();
+    let padded = run();
+    assert!(!padded.from_cache, "tokenizer.json changed");
+    assert_eq!(padded.calibration.layers, first.calibration.layers);
+    assert!(run().from_cache);
+    // tokenizer_config.json appears.
+    std::fs::write(folder.join("tokenizer_config.json"), r#"{"model_max_length": 16}"#).unwrap();
+    assert!(!run().from_cache, "tokenizer_config.json appeared");
+    let current = run();
+    assert!(current.from_cache);
+    // A file at the key's name written by other observation code (or an older layout) is recomputed.
+    let file = current.cache_file.unwrap();
+    let mut cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let version = cached["key"]["observation_version"].as_u64().unwrap();
+    cached["key"]["observation_version"] = (version - 1).into();
+    std::fs::write(&file, cached.to_string()).unwrap();
+    assert!(!run().from_cache, "another observation version is not read");
+    assert!(run().from_cache, "and was replaced");
+    let mut cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let key = cached["key"].as_object_mut().unwrap();
+    key.remove("observation_version");
+    key.remove("tokenizer_files");
+    std::fs::write(&file, cached.to_string()).unwrap();
+    assert!(!run().from_cache, "a key without the new fields is not read");
+
+    // A graph model whose config.json names its graph file.
+    let graph = dir.path().join("graph");
+    std::fs::create_dir(&graph).unwrap();
+    write_linear(&graph, &[0.5, -0.25, 1.0, 0.125, 0.75, -1.0]);
+    std::fs::rename(graph.join("model.json"), graph.join("chain.json")).unwrap();
+    std::fs::write(graph.join("config.json"), r#"{"graph": "chain.json"}"#).unwrap();
+    let inputs = common::normal(16 * 3, 11, 1.0);
+    let data = graph.join("calib.safetensors");
+    common::write_model(&data, &[Spec::f32("inputs", &[16, 3], &inputs)]);
+    let run_graph = || {
+        let model = Model::open(&graph).unwrap();
+        let arch = Architecture::detect(&model).unwrap();
+        calibrate(&model, &arch, &data, Some(&cache), &Progress::new()).unwrap()
+    };
+    assert!(!run_graph().from_cache);
+    assert!(run_graph().from_cache);
+    // A ReLU after the layer: another network from the same weights file (its input, observed, is unchanged).
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(graph.join("chain.json")).unwrap()).unwrap();
+    doc["ops"].as_array_mut().unwrap().push(serde_json::json!({"op": "relu"}));
+    std::fs::write(graph.join("chain.json"), doc.to_string()).unwrap();
+    assert!(!run_graph().from_cache, "the graph file changed");
+}

@@ -1,9 +1,14 @@
 //! Calibration runs: the FP32 network on representative data, with a histogram of the input of every linear and
 //! conv layer, cached on disk so that re-opening the model or switching observers never re-runs it.
 //!
+//! Padded positions of token sequences (mask `false`) never enter a histogram: trailing padding is not run at all,
+//! and the rows of any other padded position are skipped in every layer's input.
+//!
 //! The histograms do not depend on the observer (every observer reads them), so the cache is keyed by what they
-//! do depend on: the model's files and the data file (path, size, modification time) and the histogram layout.
+//! do depend on: the model's files, the data file, the tokenizer's files (path, size, modification time), the
+//! histogram layout and the version of the observation code.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,12 +21,20 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::Plan;
-use crate::runtime::{Architecture, EvalData, Network};
+use crate::runtime::{Architecture, EvalData, Network, TokenSequence};
 
 /// The `format` of a calibration cache file.
 pub const CALIBRATION_FORMAT: &str = "quantstudio-calibration";
-/// The version this build writes and reads; files of another version are recomputed.
+/// The version of the cache file's layout this build writes and reads; files of another version are recomputed.
 pub const CALIBRATION_VERSION: u32 = 1;
+/// The version of what [`observe`] puts into the histograms, part of every [`CalibrationKey`]: bumped whenever the
+/// same model and data would give other histograms (1: every position of a sequence; 2: padded positions
+/// excluded), so that a cache written by older code is recomputed, never read.
+pub const OBSERVATION_VERSION: u32 = 2;
+/// The tokenizer's files in the model folder that are part of the key (when they exist): `tokenizer.json` is what
+/// a text data file is tokenised with (padding and truncation included); `tokenizer_config.json` is not read by
+/// this build but holds tokenizer settings other tools apply, so a change to it is treated as a change too.
+pub const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
 /// Samples of a graph model observed per batch.
 const GRAPH_BATCH: usize = 256;
 
@@ -50,15 +63,20 @@ impl FileStamp {
     }
 }
 
-/// What a calibration was computed from.
+/// What a calibration was computed from: every input that can change what is observed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CalibrationKey {
-    /// The model's weight files, `config.json` and graph description.
+    /// The model's weight files, shard index, `config.json` and graph description (`model.json`, or the file
+    /// `config.json` names as its `graph`).
     pub model_files: Vec<FileStamp>,
     /// The data file.
     pub data: FileStamp,
+    /// Those of [`TOKENIZER_FILES`] the model folder holds.
+    pub tokenizer_files: Vec<FileStamp>,
     /// Bins of every histogram.
     pub bins: usize,
+    /// [`OBSERVATION_VERSION`].
+    pub observation_version: u32,
 }
 
 impl CalibrationKey {
@@ -66,17 +84,22 @@ impl CalibrationKey {
     pub fn new(model: &Model, data_path: &Path) -> Result<CalibrationKey> {
         let mut files = model.source_files();
         let folder = crate::runtime::model_folder(model);
-        for extra in ["config.json", "model.json"] {
+        let graph = model.config.as_ref().and_then(|c| c.get("graph")).and_then(|g| g.as_str());
+        for extra in ["config.json", "model.json"].into_iter().chain(graph) {
             let path = folder.join(extra);
             if !files.contains(&path) {
                 files.push(path);
             }
         }
         files.retain(|f| f.is_file());
+        let tokenizer_files: Vec<PathBuf> =
+            TOKENIZER_FILES.iter().map(|f| folder.join(f)).filter(|f| f.is_file()).collect();
         Ok(CalibrationKey {
             model_files: files.iter().map(|f| FileStamp::of(f)).collect::<Result<_>>()?,
             data: FileStamp::of(data_path)?,
+            tokenizer_files: tokenizer_files.iter().map(|f| FileStamp::of(f)).collect::<Result<_>>()?,
             bins: BINS,
+            observation_version: OBSERVATION_VERSION,
         })
     }
 
@@ -197,7 +220,9 @@ fn read_cache(file: &Path, key: &CalibrationKey) -> Option<Calibration> {
 
 /// Runs the FP32 network on every sample of `data` and histograms the input of every linear and conv layer.
 /// Sequences run in parallel, each into its own histograms, merged afterwards; the merge is exact, so the
-/// result does not depend on scheduling.
+/// result does not depend on scheduling. Padded positions of a sequence are never observed: trailing ones are not
+/// run ([`without_trailing_padding`]), the rows of the others are skipped in every layer's input ([`real_rows`]);
+/// a sequence without a real position adds nothing.
 pub fn observe(
     model: &Model,
     arch: &Architecture,
@@ -247,11 +272,23 @@ pub fn observe(
             .par_iter()
             .try_fold(Histograms::new, |mut histograms, seq| {
                 progress.check()?;
-                let mut tap = |layer: &str, values: &[f32]| record(&mut histograms, layer, values);
-                match &network {
-                    Network::Bert(net) => net.forward_tapped(seq, &mut tap).map(drop)?,
-                    Network::Llama(net) => net.forward_tapped(seq, &mut net.new_cache(), &mut tap).map(drop)?,
-                    Network::Graph(_) => {}
+                if let Some(seq) = without_trailing_padding(seq) {
+                    let mut not_per_position = None;
+                    let mut tap = |layer: &str, values: &[f32]| match real_rows(values, &seq.mask) {
+                        Some(runs) => runs.for_each(|run| record(&mut histograms, layer, run)),
+                        None => not_per_position = Some(layer.to_owned()),
+                    };
+                    match &network {
+                        Network::Bert(net) => net.forward_tapped(&seq, &mut tap).map(drop)?,
+                        Network::Llama(net) => net.forward_tapped(&seq, &mut net.new_cache(), &mut tap).map(drop)?,
+                        Network::Graph(_) => {}
+                    }
+                    if let Some(layer) = not_per_position {
+                        return Err(Error::Unsupported(format!(
+                            "calibration: the input of layer {layer:?} is not one row per token, so padded tokens \
+                             cannot be left out of it"
+                        )));
+                    }
                 }
                 progress.advance(1);
                 Ok::<_, Error>(histograms)
@@ -263,5 +300,104 @@ pub fn observe(
         (_, EvalData::Samples { .. }) => Err(Error::Unsupported(
             "this model takes token sequences: give a text file or a safetensors file with input_ids".into(),
         )),
+    }
+}
+
+/// `seq` without its trailing padded positions, `None` when it has no real position. No real position attends
+/// to them (a BERT encoder gives padded keys probability exactly 0; in a causal decoder they come later), so in
+/// exact arithmetic dropping them changes nothing the real positions compute, and the observed values no longer
+/// depend on the padding length (nor do the f32 kernels chosen by the number of rows). Leading or inner padding
+/// stays: removing it would move the real positions. A sequence whose lengths disagree is passed on unchanged,
+/// for the forward pass to refuse.
+fn without_trailing_padding(seq: &TokenSequence) -> Option<Cow<'_, TokenSequence>> {
+    let len = seq.mask.iter().rposition(|&real| real)? + 1;
+    if len == seq.ids.len() || seq.ids.len() != seq.mask.len() || seq.type_ids.len() != seq.mask.len() {
+        return Some(Cow::Borrowed(seq));
+    }
+    Some(Cow::Owned(TokenSequence {
+        ids: seq.ids[..len].to_vec(),
+        type_ids: seq.type_ids[..len].to_vec(),
+        mask: seq.mask[..len].to_vec(),
+    }))
+}
+
+/// The rows of `values` (`[positions, width]`, one row per position of `mask`) whose position is real, as runs
+/// of consecutive real rows; `None` when `values` is not a whole number of rows.
+fn real_rows<'v>(values: &'v [f32], mask: &'v [bool]) -> Option<impl Iterator<Item = &'v [f32]> + 'v> {
+    let positions = mask.len();
+    if positions == 0 || !values.len().is_multiple_of(positions) {
+        return None;
+    }
+    let width = values.len() / positions;
+    let mut start = 0;
+    Some(std::iter::from_fn(move || {
+        start += mask.get(start..)?.iter().position(|&real| real)?;
+        let end = mask[start..].iter().position(|&real| !real).map_or(positions, |n| start + n);
+        let run = values.get(start * width..end * width);
+        start = end;
+        run
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(values: &[f32], mask: &[bool]) -> Option<Vec<Vec<f32>>> {
+        real_rows(values, mask).map(|r| r.map(<[f32]>::to_vec).collect())
+    }
+
+    #[test]
+    fn real_rows_are_the_unmasked_rows_in_runs() {
+        // 5 positions of width 2.
+        let values: Vec<f32> = (0..10).map(|v| v as f32).collect();
+        let mask = [false, true, true, false, true];
+        assert_eq!(runs(&values, &mask), Some(vec![vec![2.0, 3.0, 4.0, 5.0], vec![8.0, 9.0]]));
+        assert_eq!(runs(&values, &[true; 5]), Some(vec![values.clone()]));
+        assert_eq!(runs(&values, &[false; 5]), Some(vec![]));
+        // Width 0: empty runs, nothing to observe.
+        assert_eq!(runs(&[], &[true, false, true]), Some(vec![vec![], vec![]]));
+        // Not a whole number of rows, or no positions.
+        assert_eq!(runs(&values, &[true, true, true]), None);
+        assert_eq!(runs(&values, &[]), None);
+    }
+
+    #[test]
+    fn only_trailing_padding_is_dropped() {
+        let seq = |mask: &[bool]| TokenSequence {
+            ids: (1..=mask.len() as u32).collect(),
+            type_ids: vec![0; mask.len()],
+            mask: mask.to_vec(),
+        };
+        let padded = seq(&[false, true, false, true, false, false]);
+        let kept = without_trailing_padding(&padded).unwrap();
+        assert!(matches!(kept, Cow::Owned(_)));
+        assert_eq!(kept.ids, [1, 2, 3, 4]);
+        assert_eq!(kept.mask, [false, true, false, true]);
+        assert_eq!(kept.type_ids.len(), 4);
+        let full = seq(&[true, true]);
+        assert!(matches!(without_trailing_padding(&full), Some(Cow::Borrowed(s)) if *s == full));
+        assert!(without_trailing_padding(&seq(&[false, false])).is_none());
+        // Lengths that disagree are left for the forward pass to refuse.
+        let mut odd = seq(&[true, false]);
+        odd.ids.push(9);
+        assert!(matches!(without_trailing_padding(&odd), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn the_key_changes_with_the_observation_version() {
+        let stamp = |name: &str| FileStamp { path: PathBuf::from(name), size_bytes: 1, modified_unix_ns: 2 };
+        let key = CalibrationKey {
+            model_files: vec![stamp("model.safetensors")],
+            data: stamp("calib.txt"),
+            tokenizer_files: vec![stamp("tokenizer.json")],
+            bins: BINS,
+            observation_version: OBSERVATION_VERSION,
+        };
+        let older = CalibrationKey { observation_version: OBSERVATION_VERSION - 1, ..key.clone() };
+        let no_tokenizer = CalibrationKey { tokenizer_files: vec![], ..key.clone() };
+        assert_ne!(key.digest(), older.digest());
+        assert_ne!(key.digest(), no_tokenizer.digest());
+        assert_eq!(key.digest(), key.clone().digest());
     }
 }
