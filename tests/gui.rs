@@ -281,3 +281,29 @@ fn calibrate_and_sensitivity_run_as_jobs_and_drive_the_plan() {
     h.run_steps(2);
     assert_eq!(h.state().studio.plan.layers.iter().filter(|p| **p == Precision::Fp32).count(), 3);
 }
+
+#[test]
+fn the_summary_says_whether_the_export_loads_and_one_click_fixes_the_refused_layers() {
+    use quantstudio::quant::{Granularity, Int8Scheme, Precision};
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let mut h = harness(&bert);
+    step_until(&mut h, "tiny-bert to open", loaded_and_analysed);
+    h.get_by_label("compressed-tensors: loads in transformers: yes, vLLM: yes");
+    // The word embeddings quantized: neither runtime loads an INT8 embedding table.
+    let model = h.state().studio.model.clone().unwrap();
+    let words = model.layer_by_name("embeddings.word_embeddings").unwrap();
+    let int8 = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
+    h.state_mut().send(Command::SetPrecision { layers: vec![words], precision: int8 });
+    h.run_steps(2);
+    h.get_by_label_contains("transformers: no (1 layer)");
+    h.get_by_label("no: transformers, vLLM");
+    h.get_by_label("Fix 1 layer").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.layer(words), Precision::Fp16, "the fix keeps the table in FP16");
+    h.get_by_label_contains("transformers: yes, vLLM: yes");
+    h.get_by_label("Edit").click();
+    h.run_steps(3);
+    h.get_by_label_contains("Undo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan.layer(words), int8, "the fix is one undoable edit");
+}

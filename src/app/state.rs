@@ -46,6 +46,8 @@ pub enum Command {
     Redo,
     /// Cancel the running job of a kind.
     Cancel(JobKind),
+    /// Give every layer the export target refuses the precision its runtimes load (one undoable edit).
+    ApplyExportFixes,
     /// Export the current plan into a folder (`force`: even if a runtime of the target will not load it).
     Export {
         /// Destination folder.
@@ -281,6 +283,10 @@ pub struct Studio {
     pub last_export: Option<ExportSummary>,
     /// Where exports go.
     pub target: crate::export::Target,
+    /// The target's verdict on the current plan (recomputed with every plan change: layer metadata only).
+    pub compatibility: Option<crate::export::Compatibility>,
+    /// The destination of an export the target refused, kept so that "Export anyway" can force it.
+    pub refused_export: Option<PathBuf>,
     /// How the open model runs, or why it cannot (weight-only mode); `None` while none is open.
     pub runtime: Option<Result<Arc<Architecture>, String>>,
     /// The evaluation data the model's folder brings, if any.
@@ -328,6 +334,8 @@ impl Studio {
             notice: None,
             last_export: None,
             target: crate::export::Target::default(),
+            compatibility: None,
+            refused_export: None,
             runtime: None,
             default_eval_data: None,
             evaluations: Vec::new(),
@@ -433,8 +441,16 @@ impl Studio {
                     self.info(format!("{} cancelled", kind.label()));
                 }
             }
+            Command::ApplyExportFixes => {
+                let Some(compatibility) = &self.compatibility else { return };
+                let mut plan = self.plan.clone();
+                let changed = compatibility.apply_fixes(&mut plan);
+                self.set_plan(plan.layers);
+                self.info(format!("{changed} layer(s) changed so that {} loads everywhere", self.target));
+            }
             Command::Export { dest, force } => {
                 let Some(model) = self.model.clone() else { return self.error("open a model first".into()) };
+                self.refused_export = None;
                 let options = crate::export::ExportOptions { target: self.target, force, ..Default::default() };
                 self.submit(Job::Export { model, plan: self.plan.clone(), dest, options });
             }
@@ -625,6 +641,8 @@ impl Studio {
             Some(model) => (0..model.tensors.len()).map(|i| planned_bytes(model, &self.plan, TensorId(i))).sum(),
             None => 0,
         };
+        self.compatibility = self.model.as_ref().map(|model| self.target.check(model, &self.plan));
+        self.refused_export = None;
         self.schedule_analysis();
     }
 
@@ -777,6 +795,10 @@ impl Studio {
                     Err(error) => {
                         if kind == JobKind::Open {
                             self.model_path = self.model.as_ref().map(|m| m.path.clone());
+                        }
+                        // A refused export can be forced from the export panel ("Export anyway").
+                        if let Error::ExportRefused { forceable: true, path, .. } = &error {
+                            self.refused_export = Some(path.clone());
                         }
                         self.error(error.to_string());
                     }

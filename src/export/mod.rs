@@ -197,7 +197,8 @@ impl Compatibility {
 
     /// The check of one layer.
     pub fn layer(&self, id: LayerId) -> Option<&LayerCheck> {
-        self.layers.iter().find(|l| l.layer == id)
+        // One entry per layer in model order, so the index is the id; the check guards a foreign id.
+        self.layers.get(id.0).filter(|l| l.layer == id)
     }
 
     /// Layers that some runtime refuses or the target cannot write.
@@ -207,15 +208,21 @@ impl Compatibility {
 
     /// One phrase: `loads in transformers ✓, vLLM ✓`, or which runtime refuses how many layers.
     pub fn summary(&self) -> String {
+        self.summary_marked(" ✓", " ✗")
+    }
+
+    /// [`Compatibility::summary`] with other marks after each runtime's name for "loads" and "refuses" (the
+    /// window's font has no ✓ or ✗).
+    pub fn summary_marked(&self, yes: &str, no: &str) -> String {
         let verdicts: Vec<String> = self
             .target
             .runtimes()
             .iter()
             .map(|&runtime| {
                 if self.loads_in(runtime) {
-                    format!("{runtime} ✓")
+                    format!("{runtime}{yes}")
                 } else if self.model_refusal.is_some() {
-                    format!("{runtime} ✗")
+                    format!("{runtime}{no}")
                 } else {
                     let refused = self
                         .layers
@@ -225,7 +232,7 @@ impl Compatibility {
                                 || l.refusals.iter().any(|r| r.runtime == runtime)
                         })
                         .count();
-                    format!("{runtime} ✗ ({refused} layer{})", if refused == 1 { "" } else { "s" })
+                    format!("{runtime}{no} ({refused} layer{})", if refused == 1 { "" } else { "s" })
                 }
             })
             .collect();

@@ -244,13 +244,55 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
             ui.separator();
             for (name, count) in studio.precision_counts() {
-                if name == "W8A8" && count == 0 {
+                if name.starts_with("W8A8") && count == 0 {
                     continue;
                 }
                 ui.label(format!("{name} {count}"));
             }
+            ui.separator();
+            deploy_status(ui, app);
         });
     });
+}
+
+/// Whether the export target's runtimes load the plan: a green or orange line with the refused layers on hover,
+/// the one-click fix, and "Export anyway" after a refused export.
+fn deploy_status(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let Some((compatibility, model)) = app.studio.compatibility.as_ref().zip(app.studio.model.as_ref()) else {
+        return;
+    };
+    let clean = compatibility.is_clean();
+    let color = if clean { Color32::from_rgb(90, 190, 100) } else { Color32::from_rgb(235, 150, 60) };
+    let problems = compatibility.problems(model);
+    let hover = if problems.is_empty() {
+        format!("Every layer is written as planned and loads in {}", runtimes_phrase(compatibility.target))
+    } else {
+        problems.join("\n")
+    };
+    // The window's font has no ✓ or ✗.
+    ui.label(RichText::new(compatibility.summary_marked(": yes", ": no")).color(color)).on_hover_text(hover);
+    let fixes = compatibility.layers.iter().filter(|l| l.fix.is_some()).count();
+    if fixes > 0
+        && ui
+            .button(format!("Fix {fixes} layer{}", if fixes == 1 { "" } else { "s" }))
+            .on_hover_text("Give each refused layer the precision every runtime loads (undoable)")
+            .clicked()
+    {
+        app.send(Command::ApplyExportFixes);
+    }
+    if let Some(dest) = app.studio.refused_export.clone()
+        && ui
+            .button("Export anyway")
+            .on_hover_text(format!("Write {} even though a runtime will not load it", dest.display()))
+            .clicked()
+    {
+        app.send(Command::Export { dest, force: true });
+    }
+}
+
+/// `transformers and vLLM`.
+fn runtimes_phrase(target: crate::export::Target) -> String {
+    target.runtimes().iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" and ")
 }
 
 /// Jobs with progress and Cancel, and the current notice.

@@ -125,6 +125,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         .column(Column::initial(118.0))
         .column(Column::initial(62.0))
         .column(Column::initial(150.0))
+        .column(Column::initial(70.0))
         .column(Column::initial(54.0))
         .column(Column::initial(54.0))
         .column(Column::initial(62.0))
@@ -148,6 +149,14 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 ui.label(RichText::new("INT8 scheme").strong()).on_hover_text(
                     "Symmetric (zero point 0) or asymmetric; one scale per tensor or per output channel",
                 );
+            });
+            header.col(|ui| {
+                let runtimes = app.studio.target.runtimes().iter().map(|r| r.to_string()).collect::<Vec<_>>();
+                ui.label(RichText::new("Deploys").strong()).on_hover_text(format!(
+                    "Whether {} load the layer as planned from the {} export (hover a mark for the reason and the fix)",
+                    runtimes.join(" and "),
+                    app.studio.target
+                ));
             });
             header.col(|ui| sort_header(ui, app, "MSE", SortColumn::Mse, "Mean squared error of the main tensor"));
             header.col(|ui| {
@@ -254,6 +263,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                         app.send(Command::SetPrecision { layers, precision: Precision::Int8(chosen) });
                     }
                 });
+                row.col(|ui| deploy_cell(ui, app, layer_id));
                 let pending = || RichText::new("...").color(Color32::GRAY);
                 row.col(|ui| {
                     match &analysis {
@@ -304,6 +314,38 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         });
     if let Some(layer) = clicked {
         app.studio.click_row(layer, modifiers.command, modifiers.shift, rows);
+    }
+}
+
+/// The layer's compatibility mark: a check when every runtime of the target loads it as planned, else a cross with
+/// the runtimes that refuse it; the reasons and the fix on hover.
+fn deploy_cell(ui: &mut egui::Ui, app: &StudioApp, layer: LayerId) {
+    let Some(check) = app.studio.compatibility.as_ref().and_then(|c| c.layer(layer)) else { return };
+    if check.is_clean() {
+        ui.label(RichText::new("yes").color(Color32::from_rgb(90, 190, 100)))
+            .on_hover_text(format!("Written {} and loaded everywhere", treatment_phrase(&check.treatment)));
+        return;
+    }
+    let mut runtimes: Vec<String> = check.refusals.iter().map(|r| r.runtime.to_string()).collect();
+    runtimes.dedup();
+    let mut hover: Vec<String> = check.refusals.iter().map(|r| format!("{}: {}", r.runtime, r.reason)).collect();
+    if let crate::export::Treatment::NotExpressible(reason) = &check.treatment {
+        runtimes = vec!["not written".into()];
+        hover.push(format!("{} cannot write {reason}", app.studio.target));
+    }
+    if let Some(fix) = check.fix {
+        hover.push(format!("Fix: {} (Fix button in the summary bar)", fix.label()));
+    }
+    ui.label(RichText::new(format!("no: {}", runtimes.join(", "))).color(Color32::from_rgb(235, 150, 60)))
+        .on_hover_text(hover.join("\n"));
+}
+
+fn treatment_phrase(treatment: &crate::export::Treatment) -> &'static str {
+    match treatment {
+        crate::export::Treatment::AsPlanned => "as planned",
+        crate::export::Treatment::Cast => "cast as planned",
+        crate::export::Treatment::Kept => "as stored",
+        crate::export::Treatment::NotExpressible(_) => "not at all",
     }
 }
 
