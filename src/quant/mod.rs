@@ -4,6 +4,7 @@
 //! The formulas are written down in `docs/QUANTIZATION.md`; [`params`] holds the scalar reference of each one and
 //! the tests hold the fast kernels to it.
 
+pub mod fp8;
 pub mod kernels;
 pub mod metrics;
 pub mod params;
