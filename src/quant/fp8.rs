@@ -12,6 +12,11 @@ pub const E4M3_MAX: f32 = 448.0;
 pub const E4M3_MIN_NORMAL: f32 = 1.0 / 64.0;
 /// Step of the subnormal grid (2^-9), which is also the smallest positive value.
 pub const E4M3_SUBNORMAL_STEP: f32 = 1.0 / 512.0;
+/// Where the clamp starts to matter: `|v|` above 464 (the midpoint between 448 and 480, the next value an E4M3
+/// without the NaN code would have) rounds beyond 448 and is saturated; `|v|` in `(448, 464]` rounds to 448 with or
+/// without the clamp (464 is a tie that goes to 448, the even mantissa). The measure pass counts `|x / scale| > 464`
+/// as saturated, as INT8 counts codes that rounding put outside the range.
+pub const E4M3_SATURATION_THRESHOLD: f32 = 464.0;
 /// The NaN code with the sign bit clear (0x7F); 0xFF is the NaN with the sign bit set.
 pub const E4M3_NAN: u8 = 0x7F;
 
@@ -206,10 +211,7 @@ pub(crate) mod avx2 {
     #[inline]
     pub(crate) fn round_e4m3(v: __m256) -> __m256 {
         let (a, subnormal) = saturated_magnitude(v);
-        let normal = _mm256_castsi256_ps(_mm256_and_si256(
-            round_bits(a),
-            _mm256_set1_epi32(0xFFF0_0000u32 as i32),
-        ));
+        let normal = _mm256_castsi256_ps(_mm256_and_si256(round_bits(a), _mm256_set1_epi32(0xFFF0_0000u32 as i32)));
         // round(a · 2^9) · 2^-9: both products exact.
         let sub = _mm256_mul_ps(
             _mm256_round_ps::<ROUND_NEAREST>(_mm256_mul_ps(a, _mm256_set1_ps(512.0))),
@@ -224,10 +226,8 @@ pub(crate) mod avx2 {
     #[inline]
     fn codes8(v: __m256) -> __m256i {
         let (a, subnormal) = saturated_magnitude(v);
-        let normal = _mm256_sub_epi32(
-            _mm256_srli_epi32::<20>(round_bits(a)),
-            _mm256_set1_epi32(NORMAL_CODE_OFFSET as i32),
-        );
+        let normal =
+            _mm256_sub_epi32(_mm256_srli_epi32::<20>(round_bits(a)), _mm256_set1_epi32(NORMAL_CODE_OFFSET as i32));
         let sub = _mm256_cvtps_epi32(_mm256_round_ps::<ROUND_NEAREST>(_mm256_mul_ps(a, _mm256_set1_ps(512.0))));
         let magnitude = _mm256_blendv_epi8(normal, sub, _mm256_castps_si256(subnormal));
         let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
@@ -244,13 +244,13 @@ pub(crate) mod avx2 {
             // SAFETY: i + 8 <= full <= x.len().
             let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
             let codes = codes8(_mm256_div_ps(v, s));
-            // 8 i32 in 0..=255 -> bytes: each 128-bit half packs its 4 codes into its low 4 bytes.
+            // 8 i32 in 0..=255 -> bytes: each 128-bit half packs its 4 codes into its low 4 bytes; the permute
+            // brings the two groups of 4 together in the low 8 bytes.
             let words = _mm256_packus_epi32(codes, codes);
             let bytes = _mm256_packus_epi16(words, words);
-            let lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)) as u32;
-            let hi = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(bytes)) as u32;
-            let packed = (lo as u64) | ((hi as u64) << 32);
-            out[i..i + 8].copy_from_slice(&packed.to_le_bytes());
+            let packed = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+            // SAFETY: i + 8 <= full <= out.len() (same length as `x`); the store is unaligned.
+            unsafe { _mm_storel_epi64(out.as_mut_ptr().add(i).cast(), _mm256_castsi256_si128(packed)) };
         }
         quantize_e4m3_portable(&x[full..], scale, &mut out[full..]);
     }
@@ -458,7 +458,8 @@ mod tests {
     #[test]
     fn per_row_scales_are_each_rows_own() {
         let cols = 37;
-        let x: Vec<f32> = sample_values(5 * cols).iter().enumerate().map(|(i, v)| v.clamp(-1e3, 1e3) * (i / cols) as f32).collect();
+        let x: Vec<f32> =
+            sample_values(5 * cols).iter().enumerate().map(|(i, v)| v.clamp(-1e3, 1e3) * (i / cols) as f32).collect();
         let mut out = vec![0f32; x.len()];
         fake_quantize_e4m3_rows(&x, cols, &mut out);
         for (row, out_row) in x.chunks(cols).zip(out.chunks(cols)) {

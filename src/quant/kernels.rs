@@ -8,7 +8,7 @@
 //! of f32 values, `x²` and `e²`, into their sums with an FMA: such a product is exact in f64, so the fused and the
 //! separate forms round identically. `(x - k)²` is an f64 product and is not fused.)
 
-use super::fp8::{self, E4M3_MAX};
+use super::fp8::{self, E4M3_SATURATION_THRESHOLD};
 use super::params::{BF16_MAX, FP16_MAX, QParams};
 
 /// Accumulator lanes (one AVX2 register of f32).
@@ -156,7 +156,8 @@ pub enum Rounding {
     /// BF16 round trip.
     Bf16,
     /// FP8 E4M3 quantize-dequantize with this scale (finite, > 0): `x_hat = f32(e4m3(clamp(x / scale, ±448))) ·
-    /// scale` ([`fp8::quantize_dequantize`]); saturated when `|x / scale| > 448`.
+    /// scale` ([`fp8::quantize_dequantize`]); saturated when `|x / scale| > 464`, where the clamp changes the code
+    /// ([`fp8::E4M3_SATURATION_THRESHOLD`]).
     Fp8 {
         /// The group's scale (`fp8::fp8_scale(absmax)`).
         scale: f32,
@@ -411,7 +412,7 @@ fn round_trip(v: f32, rounding: &Rounding) -> (f32, bool) {
         }
         Rounding::Fp16 => (super::params::round_fp16(v), v.abs() > FP16_MAX),
         Rounding::Bf16 => (super::params::round_bf16(v), v.abs() > BF16_MAX),
-        Rounding::Fp8 { scale } => (fp8::quantize_dequantize(v, *scale), (v / scale).abs() > E4M3_MAX),
+        Rounding::Fp8 { scale } => (fp8::quantize_dequantize(v, *scale), (v / scale).abs() > E4M3_SATURATION_THRESHOLD),
         Rounding::Identity => (v, false),
     }
 }
@@ -734,7 +735,10 @@ mod avx2 {
             }
             FP8 => {
                 let scaled = _mm256_div_ps(v, c.scale);
-                let saturated = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_and_ps(scaled, abs_mask()), _mm256_set1_ps(E4M3_MAX));
+                let saturated = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_and_ps(scaled, abs_mask()),
+                    _mm256_set1_ps(E4M3_SATURATION_THRESHOLD),
+                );
                 (_mm256_mul_ps(fp8::avx2::round_e4m3(scaled), c.scale), saturated)
             }
             _ => (v, _mm256_setzero_ps()),
@@ -1059,7 +1063,10 @@ mod tests {
                 let e = v - fp8::quantize_dequantize(v, scale);
                 sum_e2 += (e as f64).powi(2);
                 max_e = max_e.max(e.abs());
-                saturated += ((v / scale).abs() > E4M3_MAX) as u64;
+                // Saturated: the clamp changed the code, i.e. without it `v / scale` would have rounded to 480 or
+                // beyond: it is nearer to 480 than to 448 (a tie goes to 448, the even mantissa).
+                let a = (v / scale).abs() as f64;
+                saturated += (a - 448.0 > 480.0 - a) as u64;
             }
             let got = lane_sum(&acc.sum_sq_error);
             assert!((got - sum_e2).abs() <= 1e-12 * sum_e2, "scale {scale}: {got} vs {sum_e2}");
@@ -1067,6 +1074,24 @@ mod tests {
             assert_eq!(acc.saturated, saturated, "scale {scale}");
             assert!(saturated > 0 || scale == 1.0, "the case must saturate something");
         }
+    }
+
+    #[test]
+    fn fp8_saturation_counts_only_values_the_clamp_changes() {
+        let edge = [448.0, 448f32.next_up(), 464.0, 464f32.next_up(), -464f32.next_up(), 1e30, f32::INFINITY];
+        let x: Vec<f32> = edge.iter().cycle().take(3 * edge.len()).copied().collect();
+        let spec = MeasureSpec {
+            rounding: Rounding::Fp8 { scale: 1.0 },
+            all_finite: false,
+            value_bins: BinMap::new(-2.0, 2.0),
+            error_bins: BinMap::new(-1.0, 1.0),
+        };
+        let (mut fast, mut portable) = (MeasureAcc::default(), MeasureAcc::default());
+        measure(&x, &spec, &mut fast);
+        measure_portable(&x, &spec, &mut portable);
+        assert_same_measure(&fast, &portable, "edges");
+        // Per copy of `edge`: 464+ulp, -(464+ulp) and 1e30 (inf is not finite).
+        assert_eq!(fast.saturated, 3 * 3);
     }
 
     #[test]
