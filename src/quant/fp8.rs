@@ -153,7 +153,7 @@ pub fn fake_quantize_e4m3(x: &[f32], scale: f32, out: &mut [f32]) {
 }
 
 /// Dynamic per-row (per-token) FP8: each row of `cols` values of `x` gets its own scale,
-/// `fp8_scale(absmax_finite(row))`, and is fake-quantized with it into `out`. Returns nothing but the values;
+/// `fp8_scale(absmax_finite(row))`, and is fake-quantized with it into `out` (the scales are not kept).
 /// `x.len()` must be a multiple of `cols` (`cols > 0`).
 pub fn fake_quantize_e4m3_rows(x: &[f32], cols: usize, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "output buffer must match the input");
