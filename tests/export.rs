@@ -369,3 +369,46 @@ fn w8a8_dynamic_exports_int_quantized_weights_with_dynamic_per_token_inputs() {
     assert_eq!((inputs["num_bits"].as_u64(), inputs["symmetric"].as_bool()), (Some(8), Some(true)));
     assert!(inputs["observer"].is_null());
 }
+
+#[test]
+fn fp8_exports_float_quantized_e4m3_codes_and_scales_bit_for_bit() {
+    use quantstudio::quant::{Fp8Scheme, fp8};
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    for (scheme, dynamic) in [(Fp8Scheme::weights(Granularity::PerChannel), false), (Fp8Scheme::dynamic(), true)] {
+        let plan = Recipe::uniform(Precision::Fp8(scheme)).resolve(&source).unwrap();
+        let out = dir.path().join(format!("out-{dynamic}"));
+        export::export(&source, &plan, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+        let exported = Model::open(&out).unwrap();
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let codes_id = exported.tensor_by_name(name).unwrap();
+        assert_eq!(exported.tensor(codes_id).dtype, DType::F8E4M3);
+        assert_eq!(exported.tensor(codes_id).shape, [64, 128]);
+        let codes = exported.tensor_bytes(codes_id);
+        let scales = floats(&exported, &format!("{name}_scale"));
+        assert_eq!(scales.len(), 64);
+        let original = floats(&source, name);
+        for (r, row) in original.chunks(128).enumerate() {
+            let scale = fp8::fp8_scale(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            assert_eq!(scales[r].to_bits(), scale.to_bits(), "row {r}");
+            for (c, &x) in row.iter().enumerate() {
+                assert_eq!(codes[r * 128 + c], fp8::quantize_value(x, scale), "row {r} col {c}");
+            }
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let quantization = &config["quantization_config"];
+        assert_eq!(quantization["format"], "float-quantized");
+        let group = quantization["config_groups"]["group_0"].clone();
+        assert_eq!(group["weights"]["type"], "float");
+        assert_eq!(group["weights"]["num_bits"], 8);
+        assert_eq!(group["weights"]["strategy"], "channel");
+        if dynamic {
+            let inputs = &group["input_activations"];
+            assert_eq!((inputs["type"].as_str(), inputs["strategy"].as_str()), (Some("float"), Some("token")));
+            assert_eq!(inputs["dynamic"], true);
+        } else {
+            assert!(group["input_activations"].is_null());
+        }
+    }
+}
