@@ -225,8 +225,17 @@ fn model_refusal(model: &Model) -> Option<String> {
             "a model.json graph is not an architecture transformers or vLLM know (it runs in the studio)".into(),
         );
     }
-    if config.get("model_type").and_then(Value::as_str).is_none() {
+    let Some(model_type) = config.get("model_type").and_then(Value::as_str) else {
         return Some("config.json names no model_type: transformers and vLLM cannot build the model".into());
+    };
+    // A model that brings its own code (`auto_map`) loads with trust_remote_code.
+    let known = super::transformers_model_types::MODEL_TYPES.binary_search(&model_type).is_ok();
+    if !known && !config.contains_key("auto_map") {
+        return Some(format!(
+            "transformers {} has no model_type {model_type:?} and config.json brings no code (auto_map): \
+             transformers and vLLM cannot build the model",
+            super::transformers_model_types::TRANSFORMERS_VERSION
+        ));
     }
     None
 }
