@@ -10,8 +10,8 @@
 //!   into the block's columns of `y`; blocks run in parallel. The whole matrix is never converted: a call converts
 //!   `k · n` values once and amortises them over `m` rows.
 //! - One or two rows (a decoder's token): a GEMV reads the stored weights directly, 8 columns per vector, and
-//!   converts them in registers (F16C's `vcvtph2ps`, a 16-bit shift for BF16, sign extension for INT8, the FP8
-//!   decoding below).
+//!   converts them in registers (F16C's `vcvtph2ps`, a 16-bit shift for BF16, sign extension for INT8; FP8 codes
+//!   are decoded to FP16 32 rows at a time in a 4 KB stack buffer and widened from it, see below).
 //!
 //! Conversion is exact: FP16 and BF16 widen to f32 without rounding, an INT8 tile holds
 //! `(q - zero_point) as f32 · scale`, the formula of `QParams::dequantize`, and an FP8 tile holds
@@ -59,6 +59,8 @@ const FP8_GEMV_UNIT: f32 = 1.0 / 256.0;
 const FP8_GEMV_X_SCALE: f32 = 256.0;
 /// The largest finite `|x|` whose multiple by 2^8 is finite: rows with a larger one go to the tile path.
 const FP8_GEMV_X_MAX: f32 = f32::MAX / FP8_GEMV_X_SCALE;
+/// Rows of `k` an FP8 GEMV decodes to FP16 at a time (a 4 KB buffer for 64 columns).
+const FP8_CHUNK_ROWS: usize = 32;
 
 thread_local! {
     /// The f32 tile of the block a thread is multiplying: grown once to the largest `k · 64` seen, then reused.
@@ -549,7 +551,7 @@ fn finish(acc: &[f32; NB], block: Block, bias: Option<&[f32]>, y: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Block, LANES, NB};
+    use super::{Block, FP8_CHUNK_ROWS, LANES, NB};
 
     /// Stored formats, as const parameters of the GEMV.
     const FP16: u8 = 0;
@@ -700,10 +702,71 @@ mod avx2 {
     ) {
         // SAFETY: forwarded.
         unsafe {
-            if R == 1 {
-                columns::<F, R, 8>(w, k, x, zero_points, acc)
-            } else {
-                columns::<F, R, 4>(w, k, x, zero_points, acc)
+            match (F, R) {
+                (FP8 | FP8_NAN, 1) => fp8_columns::<F, R, 8>(w, k, x, acc),
+                (FP8 | FP8_NAN, _) => fp8_columns::<F, R, 4>(w, k, x, acc),
+                (_, 1) => columns::<F, R, 8>(w, k, x, zero_points, acc),
+                _ => columns::<F, R, 4>(w, k, x, zero_points, acc),
+            }
+        }
+    }
+
+    /// [`columns`] for FP8 (`F` is `FP8` or `FP8_NAN`): for each chunk of [`FP8_CHUNK_ROWS`] rows of `k`, the pass's
+    /// codes are decoded to FP16 (`value · 2^-8`) into a stack buffer, then widened from it by `vcvtph2ps` and
+    /// multiplied by `x · 2^8`: the same multiplies and adds in the same order as [`super::gemv_portable`]. Widening
+    /// from memory leaves port 5 to the decoding's sign extension; widening the decoded registers (two more port-5
+    /// instructions per 16 codes) was about 1.4 times slower (768 × 3072, one row, one thread).
+    ///
+    /// # Safety
+    /// As [`gemv`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fp8_columns<const F: u8, const R: usize, const V: usize>(
+        w: *const u8,
+        k: usize,
+        x: [&[f32]; R],
+        acc: &mut [[f32; NB]; R],
+    ) {
+        let mut halves = [0u16; FP8_CHUNK_ROWS * NB];
+        for pass in 0..NB / (V * LANES) {
+            let col0 = pass * V * LANES;
+            let mut sums = [[_mm256_setzero_ps(); V]; R];
+            for i0 in (0..k).step_by(FP8_CHUNK_ROWS) {
+                let rows = FP8_CHUNK_ROWS.min(k - i0);
+                for r in 0..rows {
+                    for v in (0..V).step_by(2) {
+                        // SAFETY: row i0 + r < k of the block, columns col0 + 8·v .. + 16 ≤ 64; the buffer holds
+                        // FP8_CHUNK_ROWS rows of V · 8 ≤ 64 values.
+                        unsafe {
+                            let codes =
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add((i0 + r) * NB + col0 + v * LANES).cast()));
+                            let decoded =
+                                if F == FP8_NAN { fp8_halves::<true>(codes) } else { fp8_halves::<false>(codes) };
+                            _mm256_storeu_si256(halves.as_mut_ptr().add((r * V + v) * LANES).cast(), decoded);
+                        }
+                    }
+                }
+                for r in 0..rows {
+                    let mut xs = [_mm256_setzero_ps(); R];
+                    for (xs, x) in xs.iter_mut().zip(&x) {
+                        // SAFETY: i0 + r < k.
+                        *xs = _mm256_set1_ps(unsafe { *x.get_unchecked(i0 + r) } * super::FP8_GEMV_X_SCALE);
+                    }
+                    for v in 0..V {
+                        // SAFETY: within the buffer (above).
+                        let wv = unsafe {
+                            _mm256_cvtph_ps(_mm_loadu_si128(halves.as_ptr().add((r * V + v) * LANES).cast()))
+                        };
+                        for (sums, xs) in sums.iter_mut().zip(&xs) {
+                            sums[v] = _mm256_add_ps(sums[v], _mm256_mul_ps(*xs, wv));
+                        }
+                    }
+                }
+            }
+            for (acc, sums) in acc.iter_mut().zip(&sums) {
+                for (v, s) in sums.iter().enumerate() {
+                    // SAFETY: col0 + 8·v + 8 ≤ 64.
+                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(col0 + v * LANES), *s) };
+                }
             }
         }
     }
@@ -732,15 +795,13 @@ mod avx2 {
                 let mut xs = [_mm256_setzero_ps(); R];
                 for (xs, x) in xs.iter_mut().zip(&x) {
                     // SAFETY: i < k.
-                    let xi = unsafe { *x.get_unchecked(i) };
-                    *xs = _mm256_set1_ps(if F == FP8 || F == FP8_NAN { xi * super::FP8_GEMV_X_SCALE } else { xi });
+                    *xs = _mm256_set1_ps(unsafe { *x.get_unchecked(i) });
                 }
-                for v in (0..V).step_by(2) {
+                for v in 0..V {
                     // SAFETY: within the block.
-                    let wv = unsafe { load2::<F>(w, i * NB + col0 + v * LANES, [zero[v], zero[v + 1]]) };
+                    let wv = unsafe { load::<F>(w, i * NB + col0 + v * LANES, zero[v]) };
                     for r in 0..R {
-                        sums[r][v] = _mm256_add_ps(sums[r][v], _mm256_mul_ps(xs[r], wv[0]));
-                        sums[r][v + 1] = _mm256_add_ps(sums[r][v + 1], _mm256_mul_ps(xs[r], wv[1]));
+                        sums[r][v] = _mm256_add_ps(sums[r][v], _mm256_mul_ps(xs[r], wv));
                     }
                 }
             }
@@ -753,31 +814,7 @@ mod avx2 {
         }
     }
 
-    /// 16 stored values from element `at` as two vectors of f32 (INT8: `q - zero`, unscaled; FP8:
-    /// `e4m3_to_f32(q) · 2^-8`, unscaled, the 16 codes decoded together, for `x · 2^8`).
-    ///
-    /// # Safety
-    /// AVX2 and F16C; elements `at..at + 16` must lie in the block at `w`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load2<const F: u8>(w: *const u8, at: usize, zero: [__m256i; 2]) -> [__m256; 2] {
-        // SAFETY: forwarded (1-byte FP8 codes here, `load` for the other formats).
-        unsafe {
-            match F {
-                FP8 | FP8_NAN => {
-                    let codes = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(at).cast()));
-                    let halves = if F == FP8 { fp8_halves::<false>(codes) } else { fp8_halves::<true>(codes) };
-                    [
-                        _mm256_cvtph_ps(_mm256_castsi256_si128(halves)),
-                        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(halves)),
-                    ]
-                }
-                _ => [load::<F>(w, at, zero[0]), load::<F>(w, at + LANES, zero[1])],
-            }
-        }
-    }
-
-    /// 8 stored values from element `at` as f32 (INT8: `q - zero`, unscaled); not FP8.
+    /// 8 stored values from element `at` as f32 (INT8: `q - zero`, unscaled).
     ///
     /// # Safety
     /// AVX2 and F16C; elements `at..at + 8` must lie in the block at `w`.
