@@ -1,11 +1,11 @@
-//! Benchmarks: the plan as deployed (FP16/BF16/INT8 weights held compact and converted tile by tile, W8A8 on the
+//! Benchmarks: the plan as deployed (FP16/BF16/INT8/FP8 weights held compact and converted tile by tile, W8A8 on the
 //! integer GEMM) against the simulation, and the benchmark's figures (no timing is asserted beyond being positive).
 
 use std::path::{Path, PathBuf};
 
 use quantstudio::model::Model;
 use quantstudio::progress::Progress;
-use quantstudio::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
+use quantstudio::quant::{Fp8Scheme, Granularity, Int8Scheme, Plan, Precision, Recipe};
 use quantstudio::runtime::benchmark::{Request, run};
 use quantstudio::runtime::latency::Workload;
 use quantstudio::runtime::{Architecture, Deployed, EvalData, Network, TokenSequence};
@@ -46,6 +46,10 @@ fn deployed_compact_weights_compute_what_the_simulation_computes() {
         int8(false, Granularity::PerChannel),
         int8(true, Granularity::PerTensor),
         int8(false, Granularity::PerTensor),
+        Precision::Fp8(Fp8Scheme::weights(Granularity::PerChannel)),
+        Precision::Fp8(Fp8Scheme::weights(Granularity::PerTensor)),
+        // Dynamic FP8 inputs are rounded per token as in the simulation; the weights stay compact.
+        Precision::Fp8(Fp8Scheme::dynamic()),
     ];
     for folder in ["sample-models/digits-mlp", "tests/fixtures/tiny-bert", "tests/fixtures/tiny-llama"] {
         let model = Model::open(&path(folder)).unwrap();

@@ -120,8 +120,7 @@ impl<'m> WeightSource<'m> {
         self.progress.check()?;
         let data = TensorData::of(self.model, id)?;
         let packed = match plan.tensor(self.model, id) {
-            // FP8 weights run on their simulated f32 values (no compact FP8 kernel here).
-            Precision::Fp32 | Precision::Fp8(_) => return Ok(None),
+            Precision::Fp32 => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {
                 let mut buf = Vec::new();
@@ -134,6 +133,10 @@ impl<'m> WeightSource<'m> {
             Precision::Int8(scheme) => {
                 let quantized = quantize_tensor(&data, scheme, self.progress)?;
                 super::wgemm::PackedWeights::int8(&quantized.codes, &quantized.params, outputs, inputs)?
+            }
+            Precision::Fp8(scheme) => {
+                let quantized = crate::quant::quantize_tensor_fp8(&data, scheme.granularity, self.progress)?;
+                super::wgemm::PackedWeights::fp8(&quantized.codes, &quantized.scales, outputs, inputs)?
             }
         };
         self.int8_bytes.fetch_add(packed.size_bytes() as u64, std::sync::atomic::Ordering::Relaxed);
