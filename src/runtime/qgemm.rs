@@ -27,7 +27,8 @@
 //! the tests hold every path to a naive `i64` product on every edge size and at the extreme codes.
 //!
 //! [`gemm_quantized_into`] quantizes `f32` activations into that buffer block by block (bit for bit the codes of
-//! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix.
+//! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix; [`gemm_dynamic_into`]
+//! does the same with a scale per row (per-token activations, W8A8-dynamic), applied as the tiles are stored.
 //!
 //! Weights are packed once ([`PackedInt8`]): panels of 8 output columns, `k` padded to a multiple of 4 with zero
 //! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (`u8 × s8`) or
@@ -276,33 +277,125 @@ pub fn gemm_quantized_into(x: &[f32], m: usize, a_scale: f32, b: &PackedInt8, ou
     product(Source::Values { x, params }, m, b, output, kernel);
 }
 
+/// W8A8 with activations quantized per token at run time (W8A8-dynamic):
+/// `y[i, j] = C[i, j] · (s_i · w_scales[j]) + bias[j]` (the product of the two scales in f32, then a multiply and an
+/// add, never fused), where row `i` of `x` (`[m, k]` f32) has the scale `s_i` of [`row_scales`]
+/// (`QParams::symmetric` of its absmax over the finite values) and the codes `QParams::quantize` gives with it
+/// (round half to even, clamp to ±127, NaN to 0), and `C` is the exact `i32` product of those codes and `b`. Each
+/// task computes the absmax and codes of a block of rows where the static path quantizes (AVX2 when the kernel is),
+/// keeps the block's scales and applies them as the tiles are stored: no `[m, k]` code matrix, no second pass over
+/// `x`. `w_scales` and `bias` hold one value per output column.
+pub fn gemm_dynamic_into(
+    x: &[f32],
+    m: usize,
+    b: &PackedInt8,
+    out: &mut [f32],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    kernel: Kernel,
+) {
+    assert_eq!(x.len(), m * b.k, "x is not [m, k]");
+    product(Source::PerRow(x), m, b, Output::Scaled { out, scales: w_scales, bias }, kernel);
+}
+
+/// The per-token (per-row) scale of every row of `x` (`[m, k]`): `QParams::symmetric(absmax).scale` with the absmax
+/// over the row's finite values (`absmax / 127` in f32; 1 when that is 0 or not finite), the scales
+/// [`gemm_dynamic_into`] quantizes with, bit for bit (the largest `|x|` is exact whatever the order of the
+/// comparisons). For simulating W8A8-dynamic: `QParams::symmetric(absmax)` of row `i` quantizes and dequantizes it.
+pub fn row_scales(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    if k == 0 {
+        return vec![1.0; m];
+    }
+    let use_avx2 = avx2_available();
+    let rows_per_task = (CHUNK / k).max(1);
+    let mut scales = vec![0f32; m];
+    scales.par_chunks_mut(rows_per_task).zip(x.par_chunks(rows_per_task * k)).for_each(|(scales, x)| {
+        for (s, row) in scales.iter_mut().zip(x.chunks_exact(k)) {
+            *s = crate::quant::QParams::symmetric(row_absmax(row, use_avx2)).scale;
+        }
+    });
+    scales
+}
+
+/// The largest `|x|` over the finite values of one row (0 when there is none), AVX2 when asked and available.
+fn row_absmax(x: &[f32], use_avx2: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: callers pass `use_avx2` only where AVX2 was detected at run time.
+        return unsafe { avx2::absmax(x) };
+    }
+    let _ = use_avx2;
+    absmax_lanes(x)
+}
+
+/// The largest `|x|` over the finite values of `x`, in 8 lanes that the compiler vectorises.
+fn absmax_lanes(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut blocks = x.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            // NaN and ±inf fail `a < inf` and are skipped; the comparison form vectorises.
+            let a = v.abs();
+            *lane = if a > *lane && a < f32::INFINITY { a } else { *lane };
+        }
+    }
+    let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
+    lanes.into_iter().chain(tail).fold(0f32, f32::max)
+}
+
 /// Where the rows of A come from.
 enum Source<'s> {
     /// Row-major INT8 codes.
     Codes(&'s [i8]),
     /// Row-major f32 activations and their quantization.
     Values { x: &'s [f32], params: crate::quant::QParams },
+    /// Row-major f32 activations, each row quantized symmetrically with the scale of its own absmax.
+    PerRow(&'s [f32]),
 }
 
 impl Source<'_> {
-    /// Rows `first..first + rows` of A as `i16` codes, `stride` per row (zeros past `k`), into `buf`.
-    fn fill(&self, first: usize, k: usize, stride: usize, buf: &mut [i16], use_avx2: bool) {
+    /// Whether the rows carry scales of their own (which the stores multiply into the column scales).
+    fn per_row(&self) -> bool {
+        matches!(self, Source::PerRow(_))
+    }
+
+    /// The quantization of row `row` (`x` its values): the source's, or, per row, the row's own, whose scale is
+    /// written to `scale`.
+    fn params(&self, row: &[f32], scale: &mut f32, use_avx2: bool) -> crate::quant::QParams {
+        match self {
+            Source::Values { params, .. } => *params,
+            _ => {
+                let params = crate::quant::QParams::symmetric(row_absmax(row, use_avx2));
+                *scale = params.scale;
+                params
+            }
+        }
+    }
+
+    /// Rows `first..first + rows` of A as `i16` codes, `stride` per row (zeros past `k`), into `buf`; per row, the
+    /// rows' scales into `row_scales` (else it may be empty).
+    fn fill(&self, first: usize, k: usize, stride: usize, buf: &mut [i16], row_scales: &mut [f32], use_avx2: bool) {
+        let mut unused = 0f32;
         for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
             let (row, rest) = dst.split_at_mut(k);
             let at = (first + r) * k;
             match self {
                 Source::Codes(a) => widen(&a[at..at + k], row),
-                Source::Values { x, params } => quantize_i16(&x[at..at + k], params, row, use_avx2),
+                Source::Values { x, .. } | Source::PerRow(x) => {
+                    let x = &x[at..at + k];
+                    let params = self.params(x, row_scales.get_mut(r).unwrap_or(&mut unused), use_avx2);
+                    quantize_i16(x, &params, row, use_avx2);
+                }
             }
             rest.fill(0);
         }
     }
-}
 
-impl Source<'_> {
     /// Rows `first..first + rows` of A as `u8` codes offset by 128, `stride` per row (128, the code 0, past `k`),
-    /// into `buf`.
-    fn fill_u8(&self, first: usize, k: usize, stride: usize, buf: &mut [u8], use_avx2: bool) {
+    /// into `buf`; per row, the rows' scales into `row_scales` (else it may be empty).
+    fn fill_u8(&self, first: usize, k: usize, stride: usize, buf: &mut [u8], row_scales: &mut [f32], use_avx2: bool) {
+        let mut unused = 0f32;
         for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
             let (row, rest) = dst.split_at_mut(k);
             let at = (first + r) * k;
@@ -312,7 +405,11 @@ impl Source<'_> {
                         *o = (c as u8) ^ 0x80;
                     }
                 }
-                Source::Values { x, params } => quantize_u8(&x[at..at + k], params, row, use_avx2),
+                Source::Values { x, .. } | Source::PerRow(x) => {
+                    let x = &x[at..at + k];
+                    let params = self.params(x, row_scales.get_mut(r).unwrap_or(&mut unused), use_avx2);
+                    quantize_u8(x, &params, row, use_avx2);
+                }
             }
             rest.fill(128);
         }
@@ -397,9 +494,10 @@ fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Ker
         (true, false) => Path::I16,
         (false, _) => Path::Portable,
     };
+    let per_row = source.per_row();
     let job = Job { source, k, stride: b.k_groups * K_GROUP, b, path };
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-    let split = Split { m, n, panels, threads, scales: &scales, bias: &bias };
+    let split = Split { m, n, panels, threads, scales: &scales, bias: &bias, per_row };
     match data {
         Data::Sums(out) => split.run(&job, out, |chunk| Data::Sums(chunk)),
         Data::Scaled(out) => split.run(&job, out, |chunk| Data::Scaled(chunk)),
@@ -414,25 +512,31 @@ struct Split<'s> {
     threads: usize,
     scales: &'s [f32],
     bias: &'s [f32],
+    /// Whether the rows have scales of their own (dynamic per-token activations).
+    per_row: bool,
 }
 
 impl Split<'_> {
     fn run<T: Send>(&self, job: &Job, out: &mut [T], wrap: impl for<'d> Fn(&'d mut [T]) -> Data<'d> + Sync) {
         let (m, n) = (self.m, self.n);
-        let part = |data, col0, width| Out { data, width, col0, scales: self.scales, bias: self.bias };
+        let part = |data, col0, width, rows| {
+            // A task's rows are few (at most m / threads): their scales cost nothing to hold.
+            let row_scales = if self.per_row { vec![0f32; rows] } else { Vec::new() };
+            Out { data, width, col0, scales: self.scales, bias: self.bias, row_scales }
+        };
         if m == 1 && self.threads > 1 {
-            // One row: tasks own runs of whole panels (contiguous columns of the row).
+            // One row: tasks own runs of whole panels (contiguous columns of the row); each quantizes the row.
             let per_task = self.panels.div_ceil(self.threads * 2).max(1) * PANEL;
             out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
                 let width = chunk.len();
-                job.run(0, 1, &mut part(wrap(chunk), t * per_task, width));
+                job.run(0, 1, &mut part(wrap(chunk), t * per_task, width, 1));
             });
         } else {
             // Tasks own runs of whole rows and read all of B (one panel at a time, from cache).
             let rows_per_task = m.div_ceil(self.threads).div_ceil(ROWS) * ROWS;
             out.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
                 let rows = chunk.len() / n;
-                job.run(t * rows_per_task, rows, &mut part(wrap(chunk), 0, n));
+                job.run(t * rows_per_task, rows, &mut part(wrap(chunk), 0, n, rows));
             });
         }
     }
@@ -490,7 +594,8 @@ impl Job<'_> {
             for r0 in (0..rows).step_by(block) {
                 let block_rows = block.min(rows - r0);
                 let a = &mut buf[..block_rows * self.stride];
-                self.source.fill(first_row + r0, self.k, self.stride, a, use_avx2);
+                let row_scales = out.row_scales.get_mut(r0..r0 + block_rows).unwrap_or_default();
+                self.source.fill(first_row + r0, self.k, self.stride, a, row_scales, use_avx2);
                 let a = &*a;
                 for p in first_panel..last_panel {
                     let (panel, corrections) = (self.b.panel(p), self.b.panel_corrections(p));
@@ -541,7 +646,8 @@ impl Job<'_> {
                     let block_rows = block.min(rows - r0);
                     let padded = block_rows.div_ceil(PANEL) * PANEL;
                     let a = &mut buf[..block_rows * self.stride];
-                    self.source.fill_u8(first_row + r0, self.k, self.stride, a, true);
+                    let row_scales = out.row_scales.get_mut(r0..r0 + block_rows).unwrap_or_default();
+                    self.source.fill_u8(first_row + r0, self.k, self.stride, a, row_scales, true);
                     let a = &*a;
                     let codes = if !corrected {
                         Codes::None
@@ -590,6 +696,9 @@ struct Out<'d> {
     /// Padded to whole panels, by global column; empty for sums.
     scales: &'d [f32],
     bias: &'d [f32],
+    /// Per local row, the scale of its activations (multiplied into `scales` as the row is stored), when each row
+    /// has its own; else empty.
+    row_scales: Vec<f32>,
 }
 
 enum Data<'d> {
@@ -606,8 +715,10 @@ impl Out<'_> {
         match &mut self.data {
             Data::Sums(d) => d[at..at + valid].copy_from_slice(&sums[..valid]),
             Data::Scaled(d) => {
+                let row_scale = self.row_scales.get(row).copied();
                 for (c, (y, &sum)) in d[at..at + valid].iter_mut().zip(sums).enumerate() {
-                    *y = sum as f32 * self.scales[column + c] + self.bias[column + c];
+                    let scale = row_scale.map_or(self.scales[column + c], |s| s * self.scales[column + c]);
+                    *y = sum as f32 * scale + self.bias[column + c];
                 }
             }
         }
@@ -1096,13 +1207,45 @@ mod avx2 {
             Data::Scaled(d) => {
                 let (dst, scales, bias) =
                     (&mut d[at..at + PANEL], &out.scales[column..column + PANEL], &out.bias[column..column + PANEL]);
-                // SAFETY: each slice holds 8 f32. A multiply, then an add, as the scalar store (never fused).
+                // SAFETY: each slice holds 8 f32. A multiply, then an add, as the scalar store (never fused); with
+                // per-row scales, the row's scale times the column's first, as there.
                 unsafe {
-                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scales.as_ptr()));
+                    let mut scale = _mm256_loadu_ps(scales.as_ptr());
+                    if let Some(&s) = out.row_scales.get(row) {
+                        scale = _mm256_mul_ps(_mm256_set1_ps(s), scale);
+                    }
+                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale);
                     _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(y, _mm256_loadu_ps(bias.as_ptr())));
                 }
             }
         }
+    }
+
+    /// The largest `|x|` over the finite values of `x` (0 when there is none), 16 at a time: the sign cleared, values
+    /// not below infinity (±inf, NaN) masked to 0, then `vmaxps` (exact, so any order gives the same maximum).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn absmax(x: &[f32]) -> f32 {
+        let (sign, inf) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(f32::INFINITY));
+        let finite_abs = |v: __m256| {
+            let a = _mm256_andnot_ps(sign, v);
+            _mm256_and_ps(a, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf))
+        };
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut blocks = x.chunks_exact(16);
+        for block in &mut blocks {
+            // SAFETY: `block` holds 16 f32.
+            let v = unsafe { [_mm256_loadu_ps(block.as_ptr()), _mm256_loadu_ps(block.as_ptr().add(8))] };
+            acc[0] = _mm256_max_ps(acc[0], finite_abs(v[0]));
+            acc[1] = _mm256_max_ps(acc[1], finite_abs(v[1]));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(acc[0], acc[1])) };
+        let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
+        lanes.into_iter().chain(tail).fold(0f32, f32::max)
     }
 
     /// `QParams::quantize` of every `x` plus 128 as `u8`, 8 at a time (the codes of [`quantize_i16`]).
@@ -1170,21 +1313,7 @@ const CHUNK: usize = 1 << 15;
 /// The largest `|x|` over the finite values of `x` (0 when there is none), in parallel chunks of 8 lanes that
 /// the compiler vectorises: the range of a dynamic per-tensor activation quantization.
 pub fn absmax(x: &[f32]) -> f32 {
-    x.par_chunks(CHUNK)
-        .map(|chunk| {
-            let mut lanes = [0f32; 8];
-            let mut blocks = chunk.chunks_exact(8);
-            for block in &mut blocks {
-                for (lane, &v) in lanes.iter_mut().zip(block) {
-                    // NaN and ±inf fail `a < inf` and are skipped; the comparison form vectorises.
-                    let a = v.abs();
-                    *lane = if a > *lane && a < f32::INFINITY { a } else { *lane };
-                }
-            }
-            let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
-            lanes.into_iter().chain(tail).fold(0f32, f32::max)
-        })
-        .reduce(|| 0.0, f32::max)
+    x.par_chunks(CHUNK).map(absmax_lanes).reduce(|| 0.0, f32::max)
 }
 
 /// Symmetric per-tensor INT8 codes of `x` with `scale` (`q = clamp(round_half_even(x / scale), -127, 127)`, NaN to
@@ -1411,6 +1540,156 @@ mod tests {
             let offset: Vec<u8> = expected.iter().map(|&q| (q + 128) as u8).collect();
             assert_eq!(out, offset, "u8 avx2 {use_avx2}");
         }
+    }
+
+    /// Activations `[m, k]` for the per-token path: rows at magnitudes from 1e-3 to 1e3, and among them a row of
+    /// zeros, one with NaN and ±inf, one of only non-finite values, one whose absmax is so small that its scale is 1
+    /// (`absmax / 127` underflows to 0), one whose scale is subnormal, and one with ±127-step ties.
+    fn per_token_values(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        let mut x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let magnitude = 10f32.powi((i / k.max(1)) as i32 % 7 - 3);
+                (rng.next_unit() * 2.0 - 1.0) as f32 * magnitude
+            })
+            .collect();
+        for (r, row) in x.chunks_exact_mut(k.max(1)).enumerate() {
+            match r % 8 {
+                1 => row.fill(0.0),
+                2 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [*v, f32::NAN, f32::INFINITY, *v, f32::NEG_INFINITY][i % 5];
+                    }
+                }
+                3 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+                    }
+                }
+                4 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [1e-44, -1e-45, 0.0][i % 3];
+                    }
+                }
+                5 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [1e-40, -3e-41, 7e-42][i % 3];
+                    }
+                }
+                6 => {
+                    // Steps of 0.5 up to ±63.5 in a row of absmax 127: the codes are ties, rounded to even.
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = if i == 0 { 127.0 } else { (i % 255) as f32 * 0.5 - 63.5 };
+                    }
+                }
+                _ => {}
+            }
+        }
+        x
+    }
+
+    /// The per-token reference, independently of the kernels: each row's scale from its absmax over the finite
+    /// values (`QParams::symmetric`), its codes by `QParams::quantize`, and the product in `i64`.
+    fn naive_per_token(x: &[f32], m: usize, k: usize, b: &[i8], n: usize) -> (Vec<f32>, Vec<i32>) {
+        let mut scales = Vec::with_capacity(m);
+        let mut codes = Vec::with_capacity(m * k);
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            let params = crate::quant::QParams::symmetric(absmax);
+            scales.push(params.scale);
+            codes.extend(row.iter().map(|&v| params.quantize(v)));
+        }
+        (scales, naive(&codes, b, m, k, n))
+    }
+
+    /// Every kernel on `x` (`[m, k]`) quantized per token times `b` (`[n, k]`): the row scales, the exact sums, and
+    /// the bits of `y = sum · (s_i · w_scales[j]) + bias[j]`, with and without a bias. Returns whether the weights
+    /// took the `u8 × s8` form.
+    fn check_per_token(x: &[f32], m: usize, k: usize, b: &[i8], n: usize) -> bool {
+        let packed = PackedInt8::pack(b, n, k).unwrap();
+        let (scales, sums) = naive_per_token(x, m, k, b, n);
+        assert_eq!(row_scales(x, m, k), scales, "row scales m={m} k={k}");
+        let w_scales: Vec<f32> = (0..n).map(|j| 0.003 * (j % 11 + 1) as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.5).collect();
+        let formula = |bias: Option<&[f32]>| -> Vec<f32> {
+            (0..m * n)
+                .map(|at| {
+                    let (i, j) = (at / n, at % n);
+                    sums[at] as f32 * (scales[i] * w_scales[j]) + bias.map_or(0.0, |b| b[j])
+                })
+                .collect()
+        };
+        let (with_bias, without_bias) = (formula(Some(&bias)), formula(None));
+        for kernel in [Kernel::Best, Kernel::Portable] {
+            let what = format!("{kernel:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
+            let mut c = vec![0i32; m * n];
+            product(Source::PerRow(x), m, &packed, Output::Sums(&mut c), kernel);
+            assert_eq!(c, sums, "sums {what}");
+            for (bias, expected) in [(Some(&bias[..]), &with_bias), (None, &without_bias)] {
+                let mut y = vec![f32::NAN; m * n];
+                gemm_dynamic_into(x, m, &packed, &mut y, &w_scales, bias, kernel);
+                let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(expected), "outputs {what} bias {}", bias.is_some());
+            }
+        }
+        packed.has_u8s8()
+    }
+
+    #[test]
+    fn per_token_activations_are_exact_on_every_kernel() {
+        // Rows 1, 5, 6, 7 and 13 leave every remainder of the 6-row tile, 64 and 97 several blocks and tasks; k off
+        // the groups of 4 and n off the panels of 8 and 16; the last sizes large enough to run in parallel (one row
+        // split by columns, several rows split by rows).
+        let rows = [1, 5, 6, 7, 13, 64, 97];
+        let shapes = [(1, 1), (3, 9), (67, 17), (385, 70)];
+        let parallel = [(1, 771, 515), (97, 771, 70), (13, 1537, 90)];
+        let mut forms = [false, false];
+        for (m, k, n) in rows.iter().flat_map(|&m| shapes.iter().map(move |&(k, n)| (m, k, n))).chain(parallel) {
+            let x = per_token_values(m, k, (m * 31 + k) as u64);
+            // Bell-shaped weights (the u8 x s8 kernel with corrections where its long rows allow) and uniform ones
+            // (the i16 kernel).
+            for b in [bell_codes(n, k, (n * 7 + k) as u64), codes(n * k, (n * 5 + k) as u64)] {
+                let u8s8 = check_per_token(&x, m, k, &b, n);
+                forms[u8s8 as usize] = true;
+            }
+        }
+        assert_eq!(forms, [true, true], "both weight forms were exercised");
+        // Corrections planted in the u8 x s8 form, with rows at the extreme codes.
+        let (m, k, n) = (13, 771, 37);
+        let mut b = bell_codes(n, k, 11);
+        for j in [0, 5, 8, 17, 36] {
+            (b[j * k + 2 * j], b[j * k + 2 * j + 1]) = (127, 127);
+            (b[j * k + 2 * j + 50], b[j * k + 2 * j + 51]) = (-100, -29);
+        }
+        let mut x = per_token_values(m, k, 3);
+        x[7 * k..8 * k].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 3 == 0 { -2.5 } else { 2.5 });
+        assert!(check_per_token(&x, m, k, &b, n));
+        // No inputs: every sum is 0, every row scale 1, the outputs the bias.
+        assert_eq!(row_scales(&[], 3, 0), [1.0; 3]);
+        check_per_token(&[], 3, 0, &[], 5);
+    }
+
+    #[test]
+    fn row_absmax_skips_non_finite_values() {
+        let mut x: Vec<f32> = (0..203).map(|i| ((i as f32) * 0.37).sin() * 2.0).collect();
+        for len in [0, 1, 7, 8, 15, 16, 17, 31, 33, 64, 203] {
+            let expected = x[..len].iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            for use_avx2 in [avx2_available(), false] {
+                assert_eq!(row_absmax(&x[..len], use_avx2), expected, "len {len} avx2 {use_avx2}");
+            }
+        }
+        // The largest finite value at every position of the vector blocks and the tail, among NaN and ±inf.
+        for at in 0..40 {
+            x[..40].fill(f32::NAN);
+            x[..40].iter_mut().step_by(3).for_each(|v| *v = f32::NEG_INFINITY);
+            x[at] = -5.5;
+            x[(at + 17) % 40] = 1.25;
+            for use_avx2 in [avx2_available(), false] {
+                assert_eq!(row_absmax(&x[..40], use_avx2), 5.5, "at {at} avx2 {use_avx2}");
+            }
+        }
+        assert_eq!(row_absmax(&[f32::NAN, f32::INFINITY], avx2_available()), 0.0);
     }
 
     #[test]
