@@ -91,6 +91,7 @@ fn main() {
             "int8_speedup_over_fp32": fp32 / int8_dynamic,
             "int8_per_token_speedup_over_fp32": fp32 / int8_per_token,
             "int8_u8s8": packed.has_u8s8(),
+            "int8_vnni": packed.has_vnni(),
             "int8_corrections_per_weight": packed.corrections() as f64 / (n * k) as f64,
         }));
     }

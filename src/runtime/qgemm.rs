@@ -1,9 +1,15 @@
 //! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` and `B` symmetric INT8 codes in `[-127, 127]` and `C`
 //! exact `i32` sums, then requantised to `f32` with the scales (`y = C · s_a · s_w[j] + b[j]`).
 //!
-//! Two AVX2 kernels (chosen at run time; no VNNI):
+//! Three x86 kernels, chosen at run time:
 //!
-//! - `u8 × s8` (the default when the weights allow it): activation codes offset to `u = a + 128 ∈ [1, 255]` (a
+//! - VNNI (where the CPU has AVX-VNNI, or AVX512-VNNI with AVX512-VL; [`PackedInt8::pack`] then builds the VNNI
+//!   form): activation codes offset to `u = a + 128 ∈ [1, 255]` as below, a 4-byte broadcast per row and one
+//!   `vpdpbusd` per 32 multiply-accumulates, which adds the four `u8 × s8` products of each `i32` lane into it with no
+//!   `i16` step (`4 · 255 · 127` fits): every weight is packed as it is, no pair is clamped, and
+//!   `C[i, j] = Σ_k u[i, k] · b[j, k] − 128 · colsum_j(b)`, the offset added to each tile's sums as below. On 256-bit
+//!   vectors (`ymm`), the same tiles as `u8 × s8`.
+//! - `u8 × s8` (AVX2, the default without VNNI when the weights allow it): activation codes offset to `u = a + 128 ∈ [1, 255]` (a
 //!   block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row, `vpmaddubsw`
 //!   (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into one `i32`)
 //!   and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates `i16` only
@@ -23,7 +29,8 @@
 //!   (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane, every pair within
 //!   `±2 · 127 · 127 = ±32258`: exact, four instructions per 32 multiply-accumulates.
 //!
-//! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results;
+//! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results
+//! (and runs, like the `i16` kernel, on weights in any form: the VNNI form holds the codes as they are);
 //! the tests hold every path to a naive `i64` product on every edge size and at the extreme codes.
 //!
 //! [`gemm_quantized_into`] quantizes `f32` activations into that buffer block by block (bit for bit the codes of
@@ -31,8 +38,8 @@
 //! does the same with a scale per row (per-token activations, W8A8-dynamic), applied as the tiles are stored.
 //!
 //! Weights are packed once ([`PackedInt8`]): panels of 8 output columns, `k` padded to a multiple of 4 with zero
-//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (`u8 × s8`) or
-//! by one panel (`i16`).
+//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (VNNI, `u8 × s8`)
+//! or by one panel (`i16`).
 
 use rayon::prelude::*;
 
@@ -83,11 +90,13 @@ pub struct PackedInt8 {
     u8s8: Box<U8s8Form>,
 }
 
-/// The offsets and corrections of the `u8 × s8` form of a [`PackedInt8`].
+/// The offsets and corrections of the `u8 × s8` form of a [`PackedInt8`], or the offsets alone of its VNNI form.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct U8s8Form {
-    /// Empty without the `u8 × s8` form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping: the kernel
-    /// adds the corrections times the offset codes `u`), padded to whole panels.
+    /// The VNNI form: the codes as they are (no pair clamped, no corrections) and the offsets.
+    vnni: bool,
+    /// Empty without the `u8 × s8` or VNNI form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping:
+    /// the kernel adds the corrections times the offset codes `u`), padded to whole panels.
     offsets: Vec<i32>,
     /// The corrections of column `c` of panel `p` (sorted by input) at
     /// `corrections[starts[p · 8 + c]..starts[p · 8 + c + 1]]`: a panel's corrections are sorted by column, then
@@ -98,10 +107,16 @@ struct U8s8Form {
 }
 
 impl PackedInt8 {
-    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range). Builds the
-    /// `u8 × s8` form (clamped pairs, offsets, corrections: see the module docs) when at most
-    /// [`MAX_CORRECTIONS_PER_WEIGHT`] of the codes need a correction.
+    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range). On a CPU with
+    /// VNNI, builds the VNNI form (the codes as they are, and the offsets); else the `u8 × s8` form (clamped pairs,
+    /// offsets, corrections: see the module docs) when at most [`MAX_CORRECTIONS_PER_WEIGHT`] of the codes need a
+    /// correction.
     pub fn pack(codes: &[i8], n: usize, k: usize) -> Result<PackedInt8> {
+        Self::pack_as(codes, n, k, if vnni().is_some() { Form::Vnni } else { Form::U8s8 })
+    }
+
+    /// [`PackedInt8::pack`] into a chosen form (the `u8 × s8` form only where the corrections are few enough).
+    fn pack_as(codes: &[i8], n: usize, k: usize, form: Form) -> Result<PackedInt8> {
         if n.checked_mul(k) != Some(codes.len()) {
             return Err(Error::Unsupported(format!("{} INT8 codes cannot be a [{n}, {k}] matrix", codes.len())));
         }
@@ -122,8 +137,30 @@ impl PackedInt8 {
             }
         }
         let mut packed = PackedInt8 { n, k, k_groups, data, u8s8: Box::default() };
-        packed.build_u8s8();
+        match form {
+            Form::Plain => {}
+            Form::U8s8 => packed.build_u8s8(),
+            Form::Vnni => packed.build_vnni(),
+        }
         Ok(packed)
+    }
+
+    /// The VNNI form: `vpdpbusd` adds the four `u8 × s8` products of a lane in `i32` without an `i16` step, so no
+    /// pair needs clamping; only the offsets `−128 · Σ_k b[j, k]` are recorded.
+    fn build_vnni(&mut self) {
+        let panels = self.n.div_ceil(PANEL);
+        let mut offsets = vec![0i32; panels * PANEL];
+        let panel_len = self.k_groups * PANEL * K_GROUP;
+        for (p, panel) in self.data.chunks_exact(panel_len.max(1)).enumerate().take(panels) {
+            for group in panel.chunks_exact(PANEL * K_GROUP) {
+                for (column, codes) in group.chunks_exact(K_GROUP).enumerate() {
+                    let sum: i32 = codes.iter().map(|&q| q as i32).sum();
+                    let offset = &mut offsets[p * PANEL + column];
+                    *offset = offset.wrapping_sub(sum.wrapping_mul(128));
+                }
+            }
+        }
+        *self.u8s8 = U8s8Form { vnni: true, offsets, ..U8s8Form::default() };
     }
 
     /// Clamps the pairs that could saturate `vpmaddubsw` and records the corrections and column offsets, unless
@@ -168,7 +205,7 @@ impl PackedInt8 {
             }
         }
         starts.push(corrections.len());
-        *self.u8s8 = U8s8Form { offsets, corrections, starts };
+        *self.u8s8 = U8s8Form { vnni: false, offsets, corrections, starts };
     }
 
     /// Bytes held.
@@ -182,6 +219,11 @@ impl PackedInt8 {
     /// Whether the `u8 × s8` form was built (few enough weight pairs need a correction).
     pub fn has_u8s8(&self) -> bool {
         !self.u8s8.starts.is_empty()
+    }
+
+    /// Whether the VNNI form was built (the CPU has AVX-VNNI or AVX512-VNNI).
+    pub fn has_vnni(&self) -> bool {
+        self.u8s8.vnni
     }
 
     /// Weight codes that the `u8 × s8` form leaves out of the packed codes, as corrections (0 without the form).
@@ -224,6 +266,47 @@ pub fn avx2_available() -> bool {
     {
         false
     }
+}
+
+/// The VNNI instructions this CPU has for `vpdpbusd` on 256-bit vectors, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vnni {
+    /// AVX-VNNI (VEX encoding).
+    Avx,
+    /// AVX512-VNNI with AVX512-VL (EVEX encoding, the same operation).
+    Avx512,
+}
+
+/// The VNNI form of `vpdpbusd` that runs here (with AVX2), if any.
+fn vnni() -> Option<Vnni> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !avx2_available() {
+            None
+        } else if std::is_x86_feature_detected!("avxvnni") {
+            Some(Vnni::Avx)
+        } else if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+            Some(Vnni::Avx512)
+        } else {
+            None
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// How [`PackedInt8::pack_as`] lays out the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// The codes as they are (the `i16` and portable kernels).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Plain,
+    /// Clamped pairs, offsets and corrections for `vpmaddubsw` (plain when too many pairs need a correction).
+    U8s8,
+    /// The codes as they are and the offsets, for `vpdpbusd`.
+    Vnni,
 }
 
 /// Which kernel [`gemm_i8_with`] uses.
@@ -453,6 +536,20 @@ fn quantize_i16(x: &[f32], params: &crate::quant::QParams, out: &mut [i16], use_
 
 /// The product of `source` (`[m, k]`) and `b` into `output`, in parallel tasks.
 fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Kernel) {
+    let use_avx2 = kernel == Kernel::Best && avx2_available();
+    let path = match (use_avx2, b.has_u8s8(), b.has_vnni().then(vnni).flatten()) {
+        (true, _, Some(Vnni::Avx)) => Path::AvxVnni,
+        (true, _, Some(Vnni::Avx512)) => Path::Avx512Vnni,
+        (true, true, _) => Path::U8s8,
+        (true, false, _) => Path::I16,
+        (false, _, _) => Path::Portable,
+    };
+    product_on(source, m, b, output, path);
+}
+
+/// [`product`] on `path`, which must run here and suit the form of `b` (`u8 × s8` only on that form, VNNI only on
+/// the VNNI form, `i16` on the others).
+fn product_on(source: Source, m: usize, b: &PackedInt8, output: Output, path: Path) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -488,12 +585,8 @@ fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Ker
         }
         return;
     }
-    let use_avx2 = kernel == Kernel::Best && avx2_available();
-    let path = match (use_avx2, b.has_u8s8()) {
-        (true, true) => Path::U8s8,
-        (true, false) => Path::I16,
-        (false, _) => Path::Portable,
-    };
+    assert!(path != Path::U8s8 || b.has_u8s8(), "the u8 x s8 kernel needs the u8 x s8 form");
+    assert!(!matches!(path, Path::AvxVnni | Path::Avx512Vnni) || b.has_vnni(), "VNNI needs the VNNI form");
     let per_row = source.per_row();
     let job = Job { source, k, stride: b.k_groups * K_GROUP, b, path };
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
@@ -561,6 +654,10 @@ enum Path {
     I16,
     /// AVX2 `vpmaddubsw` on `u8` codes offset by 128, plus the offsets and the corrections.
     U8s8,
+    /// AVX-VNNI `vpdpbusd` on `u8` codes offset by 128 (weights in the VNNI form), plus the offsets.
+    AvxVnni,
+    /// The same with AVX512-VNNI's encoding.
+    Avx512Vnni,
 }
 
 thread_local! {
@@ -580,7 +677,7 @@ impl Job<'_> {
     /// Rows `first_row..first_row + rows` of the product, the columns `out` holds.
     fn run(&self, first_row: usize, rows: usize, out: &mut Out) {
         #[cfg(target_arch = "x86_64")]
-        if self.path == Path::U8s8 {
+        if matches!(self.path, Path::U8s8 | Path::AvxVnni | Path::Avx512Vnni) {
             self.run_u8s8(first_row, rows, out);
             return;
         }
@@ -667,9 +764,18 @@ impl Job<'_> {
                             unsafe { avx2::sum_corrections(fixes, scratch, &codes, block_rows, self.b, p + q) };
                         }
                         let fixes = avx2::Fixes { sums: fixes, rows: padded, first: 0 };
-                        // SAFETY: this path runs only where AVX2 was detected; `a` holds `block_rows` rows of
-                        // `stride` codes, and panels `p..p + pair` exist.
-                        unsafe { avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0) };
+                        // SAFETY: each path runs only where its instructions were detected; `a` holds `block_rows`
+                        // rows of `stride` codes, and panels `p..p + pair` exist; the VNNI paths take weights in the
+                        // VNNI form, which has no corrections.
+                        unsafe {
+                            match self.path {
+                                Path::AvxVnni => avx_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0),
+                                Path::Avx512Vnni => {
+                                    avx512_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0)
+                                }
+                                _ => avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0),
+                            }
+                        }
                     }
                 }
             });
@@ -1188,7 +1294,7 @@ mod avx2 {
     /// Stores the 8 sums `v` of global columns `column..column + 8` of local row `row`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn store(out: &mut Out, row: usize, column: usize, v: __m256i) {
+    pub(super) fn store(out: &mut Out, row: usize, column: usize, v: __m256i) {
         let local = column - out.col0;
         if local + PANEL > out.width {
             let mut sums = [0i32; PANEL];
@@ -1307,6 +1413,142 @@ mod avx2 {
     }
 }
 
+/// The VNNI kernels, one module per encoding of `vpdpbusd` (the same operation): per group of 4 `k`, a broadcast of
+/// the row's 4 `u8` codes and one `vpdpbusd` per panel (the four `u · b` products of each column added into its
+/// `i32` lane, exactly: no `i16` step, so the weights need no clamping and no corrections). The sums plus the
+/// offsets `−128 · Σ_k b` are `Σ_k a · b`.
+macro_rules! vnni_kernels {
+    ($module:ident, $features:literal, $dpbusd:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use std::arch::x86_64::*;
+
+            use super::{K_GROUP, Out, PANEL, PackedInt8, ROWS};
+
+            /// Panels `first..first + count` (`count` 1 or 2) of `b` (in the VNNI form) for the `rows` rows of `a`
+            /// (`u8` codes offset by 128), six rows at a time, into local rows `row0..` of `out`, with the offsets.
+            ///
+            /// # Safety
+            /// The CPU must have the module's VNNI instructions and AVX2.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn panels(
+                a: &[u8],
+                rows: usize,
+                stride: usize,
+                b: &PackedInt8,
+                first: usize,
+                count: usize,
+                out: &mut Out,
+                row0: usize,
+            ) {
+                let groups = stride / K_GROUP;
+                let panel_len = groups * PANEL * K_GROUP;
+                assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
+                assert!(b.has_vnni() && b.u8s8.offsets.len() >= (first + count) * PANEL);
+                assert!(b.data.len() >= (first + count) * panel_len);
+                let w = b.data[first * panel_len..].as_ptr();
+                let mut row = 0;
+                while row < rows {
+                    let a_rows = &a[row * stride..];
+                    let at = row0 + row;
+                    // SAFETY: rows row.. exist (at least the tile's, checked by `a_rows` in the tile), and the
+                    // panels.
+                    unsafe {
+                        row += match (rows - row, count) {
+                            (ROWS.., 2) => tile_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (ROWS.., _) => tile_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (5, 2) => tile_into::<5, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (5, _) => tile_into::<5, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (4, 2) => tile_into::<4, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (4, _) => tile_into::<4, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (3, 2) => tile_into::<3, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (3, _) => tile_into::<3, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (2, 2) => tile_into::<2, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (2, _) => tile_into::<2, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (_, 2) => tile_into::<1, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (_, _) => tile_into::<1, 1>(a_rows, stride, w, groups, b, first, out, at),
+                        };
+                    }
+                }
+            }
+
+            /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets added, stored; returns
+            /// `R`.
+            ///
+            /// # Safety
+            /// The module's features; `a` holds `R` rows of `stride = groups · 4` codes; `w` is readable for `P`
+            /// panels of `groups · 32` bytes, `b`'s panels `first..first + P`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn tile_into<const R: usize, const P: usize>(
+                a: &[u8],
+                stride: usize,
+                w: *const i8,
+                groups: usize,
+                b: &PackedInt8,
+                first: usize,
+                out: &mut Out,
+                row: usize,
+            ) -> usize {
+                assert!(a.len() >= R * stride);
+                // SAFETY: the caller's guarantee and the check above.
+                let sums = unsafe { tile::<R, P>(a.as_ptr(), stride, w, groups) };
+                for (q, panel_sums) in sums.into_iter().enumerate() {
+                    let p = first + q;
+                    let offsets = &b.u8s8.offsets[p * PANEL..p * PANEL + PANEL];
+                    // SAFETY: `offsets` holds 8 i32.
+                    let offset = unsafe { _mm256_loadu_si256(offsets.as_ptr().cast()) };
+                    for (r, v) in panel_sums.into_iter().enumerate() {
+                        super::avx2::store(out, row + r, p * PANEL, _mm256_add_epi32(v, offset));
+                    }
+                }
+                R
+            }
+
+            /// `R` rows of A (`u8` codes offset by 128 at `a`, `stride` apart) times `P` panels (`w`, `groups · 32`
+            /// bytes apart): the 8 column sums `Σ u · b` of each row and panel, in wrapping `i32`.
+            ///
+            /// # Safety
+            /// The module's features; `a` readable for `R` rows of `groups · 4` codes, `w` for `P · groups · 32`
+            /// bytes.
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn tile<const R: usize, const P: usize>(
+                a: *const u8,
+                stride: usize,
+                w: *const i8,
+                groups: usize,
+            ) -> [[__m256i; R]; P] {
+                let panel_len = groups * PANEL * K_GROUP;
+                let mut acc = [[_mm256_setzero_si256(); R]; P];
+                for g in 0..groups {
+                    // SAFETY: within the panels and the rows.
+                    unsafe {
+                        let mut wv = [_mm256_setzero_si256(); P];
+                        for (q, v) in wv.iter_mut().enumerate() {
+                            *v = _mm256_loadu_si256(w.add(q * panel_len + g * PANEL * K_GROUP).cast());
+                        }
+                        for r in 0..R {
+                            let x = (a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned();
+                            let x = _mm256_set1_epi32(x);
+                            for q in 0..P {
+                                acc[q][r] = $dpbusd(acc[q][r], x, wv[q]);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+vnni_kernels!(avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+vnni_kernels!(avx512_vnni, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
+
 /// Elements per parallel chunk of the element-wise steps.
 const CHUNK: usize = 1 << 15;
 
@@ -1383,10 +1625,22 @@ mod tests {
         c
     }
 
-    /// Every kernel and entry point on `a` (`[m, k]`) times `b` (`[n, k]`): the exact sums, and the bits of
+    /// Every form the weights can be packed in: the VNNI form (its kernel where the CPU has VNNI, else the `i16`
+    /// one), the `u8 × s8` form (plain where too many pairs need corrections) and the plain codes.
+    const FORMS: [Form; 3] = [Form::Vnni, Form::U8s8, Form::Plain];
+
+    /// Every form, kernel and entry point on `a` (`[m, k]`) times `b` (`[n, k]`): the exact sums, and the bits of
     /// requantising them.
     fn check_every_path(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) {
-        let packed = PackedInt8::pack(b, n, k).unwrap();
+        for form in FORMS {
+            check_form(a, b, m, k, n, form);
+        }
+    }
+
+    /// [`check_every_path`] for the weights packed in `form`.
+    fn check_form(a: &[i8], b: &[i8], m: usize, k: usize, n: usize, form: Form) {
+        let packed = PackedInt8::pack_as(b, n, k, form).unwrap();
+        assert_eq!(packed.has_vnni(), form == Form::Vnni);
         let expected = naive(a, b, m, k, n);
         let scales: Vec<f32> = (0..n).map(|j| 0.001 * (j + 1) as f32).collect();
         let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.5).collect();
@@ -1395,21 +1649,36 @@ mod tests {
         let a_scale = 0.5f32;
         let x: Vec<f32> = a.iter().enumerate().map(|(i, &q)| (q as f32 + [0.0, 0.2, -0.2][i % 3]) * a_scale).collect();
         assert_eq!(quantize_activations(&x, a_scale), a);
+        let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -127, qmax: 127 };
+        // Every path that runs here, then the entry points as they choose.
+        for path in paths(&packed).into_iter().map(Some).chain([None]) {
+            let what = format!("{path:?} {form:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
+            let run = |source: Source, output: Output| match path {
+                Some(path) => product_on(source, m, &packed, output, path),
+                None => product(source, m, &packed, output, Kernel::Best),
+            };
+            let mut c = vec![0i32; m * n];
+            run(Source::Codes(a), Output::Sums(&mut c));
+            assert_eq!(c, expected, "{what}");
+            let mut c = vec![0i32; m * n];
+            run(Source::Values { x: &x, params }, Output::Sums(&mut c));
+            assert_eq!(c, expected, "quantized {what}");
+            // The fused epilogue gives the bits of requantising the exact sums.
+            let mut y = vec![0f32; m * n];
+            run(Source::Codes(a), Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) });
+            assert_eq!(y, requantized, "scaled {what}");
+            let mut y = vec![0f32; m * n];
+            run(Source::Values { x: &x, params }, Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) });
+            assert_eq!(y, requantized, "quantized scaled {what}");
+        }
         for kernel in [Kernel::Best, Kernel::Portable] {
             let mut c = vec![0i32; m * n];
             gemm_i8_with(a, m, &packed, &mut c, kernel);
-            assert_eq!(c, expected, "{kernel:?} m={m} k={k} n={n}");
-            let mut c = vec![0i32; m * n];
-            gemm_quantized_into(&x, m, a_scale, &packed, Output::Sums(&mut c), kernel);
-            assert_eq!(c, expected, "{kernel:?} quantized m={m} k={k} n={n}");
-            // The fused epilogue gives the bits of requantising the exact sums.
-            let mut y = vec![0f32; m * n];
-            gemm_i8_into(a, m, &packed, Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) }, kernel);
-            assert_eq!(y, requantized, "{kernel:?} scaled m={m} k={k} n={n}");
+            assert_eq!(c, expected, "gemm_i8_with {kernel:?} {form:?} m={m} k={k} n={n}");
             let mut y = vec![0f32; m * n];
             let output = Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) };
             gemm_quantized_into(&x, m, a_scale, &packed, output, kernel);
-            assert_eq!(y, requantized, "{kernel:?} quantized scaled m={m} k={k} n={n}");
+            assert_eq!(y, requantized, "gemm_quantized_into {kernel:?} {form:?} m={m} k={k} n={n}");
         }
     }
 
@@ -1436,7 +1705,7 @@ mod tests {
         let parallel = [(1, 600, 515), (1, 768, 515), (2, 1001, 300), (70, 130, 41), (20, 8195, 9), (97, 768, 72)];
         for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
             let b = bell_codes(n, k, (n * 7 + k) as u64);
-            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
             // One input: no pair to correct. Long rows: absmax at 3-4 sigma, about 1% of the codes corrected (short
             // rows have their absmax nearer the bulk, and more corrections).
             if k == 1 || k >= 700 {
@@ -1464,7 +1733,7 @@ mod tests {
                 planted += 1;
             }
         }
-        let packed = PackedInt8::pack(&b, n, k).unwrap();
+        let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
         assert!(packed.has_u8s8());
         assert!(packed.corrections() >= planted, "{} corrections", packed.corrections());
         let mixed: Vec<i8> = (0..m * k).map(|i| [127, -127, 1, -1, 0][i % 5]).collect();
@@ -1474,7 +1743,7 @@ mod tests {
         // A pair (b0, b1) of one sign summing to exactly 128 needs no correction; 129 does.
         let mut edge = vec![0i8; 64];
         edge[..8].copy_from_slice(&[64, 64, -1, -127, 100, 28, -100, -29]);
-        let packed = PackedInt8::pack(&edge, 1, 64).unwrap();
+        let packed = PackedInt8::pack_as(&edge, 1, 64, Form::U8s8).unwrap();
         assert_eq!((packed.has_u8s8(), packed.corrections()), (true, 1));
         let signs: Vec<i8> = (0..64).map(|i| [-127, 127, 127, -127][i % 4]).collect();
         for a in [vec![127i8; 64], vec![-127; 64], signs] {
@@ -1486,7 +1755,7 @@ mod tests {
     fn dense_corrections_fall_back_to_the_i16_kernel() {
         let (m, k, n) = (7, 300, 20);
         for b in [vec![127i8; n * k], vec![-127; n * k], codes(n * k, 9)] {
-            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
             assert!(!packed.has_u8s8());
             assert_eq!((packed.corrections(), packed.size_bytes()), (0, n.div_ceil(PANEL) * PANEL * k.div_ceil(4) * 4));
             check_every_path(&codes(m * k, 3), &b, m, k, n);
@@ -1603,11 +1872,38 @@ mod tests {
         (scales, naive(&codes, b, m, k, n))
     }
 
-    /// Every kernel on `x` (`[m, k]`) quantized per token times `b` (`[n, k]`): the row scales, the exact sums, and
-    /// the bits of `y = sum · (s_i · w_scales[j]) + bias[j]`, with and without a bias. Returns whether the weights
-    /// took the `u8 × s8` form.
+    /// Every kernel path that runs here and suits the form of `packed`.
+    fn paths(packed: &PackedInt8) -> Vec<Path> {
+        let mut paths = vec![Path::Portable];
+        if avx2_available() {
+            paths.push(if packed.has_u8s8() { Path::U8s8 } else { Path::I16 });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if packed.has_vnni() && avx2_available() {
+            if std::is_x86_feature_detected!("avxvnni") {
+                paths.push(Path::AvxVnni);
+            }
+            if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+                paths.push(Path::Avx512Vnni);
+            }
+        }
+        paths
+    }
+
+    /// Every form and kernel on `x` (`[m, k]`) quantized per token times `b` (`[n, k]`): the row scales, the exact
+    /// sums, and the bits of `y = sum · (s_i · w_scales[j]) + bias[j]`, with and without a bias. Returns whether the
+    /// weights took the `u8 × s8` form when asked to.
     fn check_per_token(x: &[f32], m: usize, k: usize, b: &[i8], n: usize) -> bool {
-        let packed = PackedInt8::pack(b, n, k).unwrap();
+        let mut u8s8 = false;
+        for form in FORMS {
+            u8s8 |= check_per_token_form(x, m, k, b, n, form);
+        }
+        u8s8
+    }
+
+    /// [`check_per_token`] for the weights packed in `form`.
+    fn check_per_token_form(x: &[f32], m: usize, k: usize, b: &[i8], n: usize, form: Form) -> bool {
+        let packed = PackedInt8::pack_as(b, n, k, form).unwrap();
         let (scales, sums) = naive_per_token(x, m, k, b, n);
         assert_eq!(row_scales(x, m, k), scales, "row scales m={m} k={k}");
         let w_scales: Vec<f32> = (0..n).map(|j| 0.003 * (j % 11 + 1) as f32).collect();
@@ -1621,17 +1917,23 @@ mod tests {
                 .collect()
         };
         let (with_bias, without_bias) = (formula(Some(&bias)), formula(None));
-        for kernel in [Kernel::Best, Kernel::Portable] {
-            let what = format!("{kernel:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
+        let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+        for path in paths(&packed) {
+            let what = format!("{path:?} {form:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
             let mut c = vec![0i32; m * n];
-            product(Source::PerRow(x), m, &packed, Output::Sums(&mut c), kernel);
+            product_on(Source::PerRow(x), m, &packed, Output::Sums(&mut c), path);
             assert_eq!(c, sums, "sums {what}");
             for (bias, expected) in [(Some(&bias[..]), &with_bias), (None, &without_bias)] {
                 let mut y = vec![f32::NAN; m * n];
-                gemm_dynamic_into(x, m, &packed, &mut y, &w_scales, bias, kernel);
-                let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                let output = Output::Scaled { out: &mut y, scales: &w_scales, bias };
+                product_on(Source::PerRow(x), m, &packed, output, path);
                 assert_eq!(bits(&y), bits(expected), "outputs {what} bias {}", bias.is_some());
             }
+        }
+        for kernel in [Kernel::Best, Kernel::Portable] {
+            let mut y = vec![f32::NAN; m * n];
+            gemm_dynamic_into(x, m, &packed, &mut y, &w_scales, Some(&bias), kernel);
+            assert_eq!(bits(&y), bits(&with_bias), "gemm_dynamic_into {kernel:?} {form:?} m={m} k={k} n={n}");
         }
         packed.has_u8s8()
     }
@@ -1655,6 +1957,8 @@ mod tests {
             }
         }
         assert_eq!(forms, [true, true], "both weight forms were exercised");
+        // Packing takes the VNNI form exactly where the CPU has VNNI.
+        assert_eq!(PackedInt8::pack(&codes(64, 1), 8, 8).unwrap().has_vnni(), vnni().is_some());
         // Corrections planted in the u8 x s8 form, with rows at the extreme codes.
         let (m, k, n) = (13, 771, 37);
         let mut b = bell_codes(n, k, 11);
