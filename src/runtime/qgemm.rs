@@ -9,22 +9,21 @@
 //!   `i16` step (`4 · 255 · 127` fits): every weight is packed as it is, no pair is clamped, and
 //!   `C[i, j] = Σ_k u[i, k] · b[j, k] − 128 · colsum_j(b)`, the offset added to each tile's sums as below. On 256-bit
 //!   vectors (`ymm`), the same tiles as `u8 × s8`.
-//! - `u8 × s8` (AVX2, the default without VNNI when the weights allow it): activation codes offset to `u = a + 128 ∈ [1, 255]` (a
-//!   block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row, `vpmaddubsw`
-//!   (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into one `i32`)
-//!   and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates `i16` only
-//!   when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not), so
-//!   [`PackedInt8::pack`] clamps the second weight of every such pair to `b1' = sign · (128 − |b0|)` and records the
-//!   rest `r = b1 − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly,
-//!   `C[i, j] = Σ_k u[i, k] · b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as
-//!   `Σ_k u · b' + Σ_{corrections of j} r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') +
-//!   Σ r`): the corrections are summed column by column for a whole block of rows from its `u8` codes transposed
-//!   (32 rows per pass, in registers; row by row from the codes as they are below 8 rows), and the offset and those
-//!   sums are added to the `i32` sums of each tile before they are stored or requantised (all in wrapping `i32`,
-//!   whose result is the exact sum whenever that sum fits `i32`). Trained weights are bell-shaped and need a
-//!   correction for well under 1% of their codes; when more than 2% would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly
-//!   spread codes need one for about a quarter of the pairs), the weights are packed as they are and use the kernel
-//!   below.
+//! - `u8 × s8` (AVX2, the default without VNNI when the weights allow it): activation codes offset to `u = a + 128 ∈
+//!   [1, 255]` (a block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row,
+//!   `vpmaddubsw` (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into
+//!   one `i32`) and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates
+//!   `i16` only when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not),
+//!   so packing clamps the second weight of every such pair to `b1' = sign · (128 − |b0|)` and records the rest `r = b1
+//!   − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly, `C[i, j] = Σ_k u[i, k] ·
+//!   b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as `Σ_k u · b' + Σ_{corrections of j}
+//!   r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') + Σ r`): the corrections are summed column
+//!   by column for a whole block of rows from its `u8` codes transposed (32 rows per pass, in registers; row by row
+//!   from the codes as they are below 8 rows), and the offset and those sums are added to the `i32` sums of each tile
+//!   before they are stored or requantised (all in wrapping `i32`, whose result is the exact sum whenever that sum fits
+//!   `i32`). Trained weights are bell-shaped and need a correction for well under 1% of their codes; when more than 2%
+//!   would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly spread codes need one for about a quarter of the pairs), the
+//!   weights are packed as they are and use the kernel below.
 //! - `i16`: the codes of `A` are held as `i16`, the packed `i8` weights widened to `i16` as they are loaded
 //!   (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane, every pair within
 //!   `±2 · 127 · 127 = ±32258`: exact, four instructions per 32 multiply-accumulates.
