@@ -74,19 +74,19 @@ impl<'m> WeightSource<'m> {
         WeightSource { deployed: true, ..WeightSource::new(model, Some(plan), progress) }
     }
 
-    /// For a deployed source and a W8A8 layer with symmetric weights: the weight `name` (`[outputs, inputs]`) as
-    /// packed INT8 codes with their per-row scales, and the input's quantization. `None` otherwise (the layer runs
+    /// For a deployed source and a W8A8 or W8A8-dynamic layer with symmetric weights: the weight `name`
+    /// (`[outputs, inputs]`) as packed INT8 codes with their per-row scales, and the input's quantization. `None` otherwise (the layer runs
     /// on f32 weights).
     pub fn int8_linear(
         &self,
         name: &str,
         outputs: usize,
         inputs: usize,
-    ) -> Result<Option<(super::qgemm::PackedInt8, Vec<f32>, crate::quant::QParams)>> {
+    ) -> Result<Option<(super::qgemm::PackedInt8, Vec<f32>, crate::quant::InputQuant)>> {
         let (Some(plan), true) = (self.plan, self.deployed) else { return Ok(None) };
         let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
         let (Precision::Int8(scheme), Some(input)) =
-            (plan.tensor(self.model, id), plan.input_params(self.model.tensor(id).layer))
+            (plan.tensor(self.model, id), plan.input_quant(self.model.tensor(id).layer))
         else {
             return Ok(None);
         };
