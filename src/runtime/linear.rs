@@ -97,6 +97,17 @@ struct Int8Weights {
     input: InputQuant,
 }
 
+impl Int8Weights {
+    /// From packed codes, the weight scale of each output and the input's quantization.
+    fn new((packed, w_scales, input): super::weights::Int8Linear) -> Int8Weights {
+        let scales = match input {
+            InputQuant::Static(params) => w_scales.iter().map(|s| params.scale * s).collect(),
+            _ => w_scales,
+        };
+        Int8Weights { packed, scales, input }
+    }
+}
+
 impl Linear {
     /// Binds `{name}.weight` (`[outputs, inputs]`) and, when `bias` is set, `{name}.bias` (`[outputs]`).
     pub fn load(w: &WeightSource, name: &str, outputs: usize, inputs: usize, bias: bool) -> Result<Linear> {
@@ -112,12 +123,8 @@ impl Linear {
         outputs: usize,
         inputs: usize,
     ) -> Result<Linear> {
-        let weights = if let Some((packed, w_scales, input)) = w.int8_linear(weight, outputs, inputs)? {
-            let scales = match input {
-                InputQuant::Static(params) => w_scales.iter().map(|s| params.scale * s).collect(),
-                _ => w_scales,
-            };
-            Weights::Int8(Int8Weights { packed, scales, input })
+        let weights = if let Some(int8) = w.int8_linear(weight, outputs, inputs)? {
+            Weights::Int8(Int8Weights::new(int8))
         } else if let Some(packed) = w.compact_linear(weight, outputs, inputs)? {
             Weights::Compact(packed)
         } else {
@@ -132,6 +139,43 @@ impl Linear {
             bias,
             input_quant: w.input_quant(weight),
         })
+    }
+
+    /// Layers of `[outputs, inputs]` reading the same input (BERT's query, key and value), as one product when
+    /// they can be (their INT8 codes stacked into one integer product, or their f32 weights side by side: see
+    /// [`Linear::fuse`]), else the parts.
+    pub fn load_side_by_side(
+        w: &WeightSource,
+        names: &[String],
+        outputs: usize,
+        inputs: usize,
+        bias: bool,
+    ) -> Result<std::result::Result<Linear, Vec<Linear>>> {
+        let weights: Vec<String> = names.iter().map(|n| format!("{n}.weight")).collect();
+        let refs: Vec<&str> = weights.iter().map(String::as_str).collect();
+        if let Some(int8) = w.int8_linear_stacked(&refs, outputs, inputs)? {
+            let int8 = Int8Weights::new(int8);
+            let biases = if bias {
+                let parts =
+                    names.iter().map(|n| w.get(&format!("{n}.bias"), Some(&[outputs]))).collect::<Result<Vec<_>>>()?;
+                let values = parts.iter().flat_map(|b| b.values.iter().copied()).collect();
+                let shape = vec![outputs * names.len()];
+                Some(Arc::new(Weight { name: format!("{} biases", names.join(" + ")), shape, values }))
+            } else {
+                None
+            };
+            return Ok(Ok(Linear {
+                layers: weights.iter().map(|name| w.layer_name(name)).collect(),
+                name: weights.join(" + "),
+                inputs,
+                outputs: outputs * names.len(),
+                input_quant: Some(int8.input),
+                weights: Weights::Int8(int8),
+                bias: biases,
+            }));
+        }
+        let parts = names.iter().map(|n| Linear::load(w, n, outputs, inputs, bias)).collect::<Result<Vec<_>>>()?;
+        Ok(Linear::fuse(parts))
     }
 
     /// Inputs per row.
