@@ -33,7 +33,7 @@ What is checked, and the tolerances
      the smallest KL (KL values, not indices, are compared: near-ties may fall either way with another
      summation order).
 2. W8A8 simulation (`eval --recipe R --data eval.safetensors --json`, R written by `calibrate --observer mse
-   --write-recipe R`). Per layer from R: activations int8 -> input x_hat = clip(rint(x / s), -127, 127) * s,
+   --write-recipe R`). Per layer from R: activations int8 -> input x_hat = clip(rint(x / s), -128, 127) * s,
    s = f32(clip) / f32(127) (clip 0 -> s = 1); symmetric INT8 weights per channel (or per tensor):
    scale = f32(absmax) / f32(127) (0 -> 1), q = clip(rint(w / scale), -127, 127), w_hat = q * scale, all float32.
    - `fp32_accuracy` and `accuracy` exactly equal to numpy's (first index on argmax ties); a difference of
@@ -129,7 +129,7 @@ def forward(ops, weights, x, plan=None, taps=None):
             if plan is not None and name in plan:
                 w, s = plan[name]
                 if s is not None:
-                    x = quant_sym(x, s)
+                    x = quant_input(x, s)
             x = x @ w.T
             if op.get("bias"):
                 x = x + weights[op["bias"]].astype(np.float32)
@@ -146,12 +146,14 @@ def sym_scale(absmax) -> np.ndarray:
     return s
 
 
-def codes(x, s):
-    return np.clip(np.rint(x / s), -127, 127).astype(np.float32)
+def codes(x, s, qmin=-127):
+    return np.clip(np.rint(x / s), qmin, 127).astype(np.float32)
 
 
-def quant_sym(x, s):
-    return (codes(x, s) * s).astype(np.float32)
+def quant_input(x, s):
+    """A W8A8 layer's static input: the symmetric scale, codes saturated to [-128, 127] (as compressed-tensors and
+    vLLM quantize inputs)."""
+    return (codes(x, s, qmin=-128) * s).astype(np.float32)
 
 
 def weight_params(w: np.ndarray, granularity: str):

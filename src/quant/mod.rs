@@ -54,7 +54,8 @@ pub enum Activations {
     #[default]
     Float,
     /// Static per-tensor symmetric INT8 with the calibrated scale (W8A8): `scale = clip / 127`,
-    /// `q = clamp(round_half_even(x / scale), -127, 127)`, the weight formulas with the clip as absmax.
+    /// `q = clamp(round_half_even(x / scale), -128, 127)`: the symmetric weight scale with the clip as absmax, and
+    /// the int8 range compressed-tensors and vLLM saturate inputs to.
     Int8,
     /// Dynamic per-token symmetric INT8 (W8A8-dynamic, llm-compressor's W8A8 preset): each row of the input (one
     /// token) is quantized as it arrives with `scale = absmax(row) / 127`, the weight formulas on that row. Needs no

@@ -38,6 +38,13 @@ impl QParams {
         QParams { scale: representable(scale, QMAX), zero_point: 0, qmin: SYM_QMIN, qmax: QMAX }
     }
 
+    /// The static INT8 quantization of a layer's input (W8A8) from its calibrated clip: the scale of
+    /// [`QParams::symmetric`] (`clip / 127`), codes saturated to `[-128, 127]`, as compressed-tensors and vLLM
+    /// quantize inputs (the negative side reaches `-128 · scale`, one step beyond the clip).
+    pub fn static_input(clip: f32) -> QParams {
+        QParams { qmin: ASYM_QMIN, ..QParams::symmetric(clip) }
+    }
+
     /// Asymmetric INT8 from the finite min and max: `lo = min(min, 0)`, `hi = max(max, 0)`,
     /// `scale = (hi - lo) / 255` (1 when 0; `hi/255 - lo/255` when `hi - lo` overflows f32),
     /// `zero_point = clamp(round_half_even(-lo / scale) - 128, -128, 127)`.

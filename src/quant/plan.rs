@@ -261,12 +261,12 @@ impl Plan {
     }
 
     /// The quantization of layer `id`'s input: `Some` for a W8A8 layer with a calibrated clip
-    /// (`QParams::symmetric(clip)`: `scale = clip / 127`, 1 when the clip is 0).
+    /// (`QParams::static_input(clip)`: `scale = clip / 127`, 1 when the clip is 0, codes in `[-128, 127]`).
     pub fn input_params(&self, id: LayerId) -> Option<QParams> {
         if !self.layer(id).needs_calibration() {
             return None;
         }
-        self.input_clips.get(id.0).copied().flatten().map(QParams::symmetric)
+        self.input_clips.get(id.0).copied().flatten().map(QParams::static_input)
     }
 
     /// How layer `id`'s input is quantized: static with its calibrated clip ([`Plan::input_params`]), dynamic

@@ -1,16 +1,18 @@
-//! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` and `B` symmetric INT8 codes in `[-127, 127]` and `C`
+//! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` INT8 codes in `[-128, 127]` (a static input saturates at
+//! `-128`, as compressed-tensors and vLLM quantize inputs; dynamic inputs stay in `[-127, 127]`), `B` symmetric INT8
+//! codes in `[-127, 127]` and `C`
 //! exact `i32` sums, then requantised to `f32` with the scales (`y = C · s_a · s_w[j] + b[j]`).
 //!
 //! Three x86 kernels, chosen at run time:
 //!
 //! - VNNI (where the CPU has AVX-VNNI, or AVX512-VNNI with AVX512-VL; [`PackedInt8::pack`] then builds the VNNI
-//!   form): activation codes offset to `u = a + 128 ∈ [1, 255]` as below, a 4-byte broadcast per row and one
+//!   form): activation codes offset to `u = a + 128 ∈ [0, 255]` as below, a 4-byte broadcast per row and one
 //!   `vpdpbusd` per 32 multiply-accumulates, which adds the four `u8 × s8` products of each `i32` lane into it with no
 //!   `i16` step (`4 · 255 · 127` fits): every weight is packed as it is, no pair is clamped, and
 //!   `C[i, j] = Σ_k u[i, k] · b[j, k] − 128 · colsum_j(b)`, the offset added to each tile's sums as below. On 256-bit
 //!   vectors (`ymm`), the same tiles as `u8 × s8`.
 //! - `u8 × s8` (AVX2, the default without VNNI when the weights allow it): activation codes offset to `u = a + 128 ∈
-//!   [1, 255]` (a block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row,
+//!   [0, 255]` (a block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row,
 //!   `vpmaddubsw` (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into
 //!   one `i32`) and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates
 //!   `i16` only when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not),
@@ -26,7 +28,7 @@
 //!   weights are packed as they are and use the kernel below.
 //! - `i16`: the codes of `A` are held as `i16`, the packed `i8` weights widened to `i16` as they are loaded
 //!   (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane, every pair within
-//!   `±2 · 127 · 127 = ±32258`: exact, four instructions per 32 multiply-accumulates.
+//!   `±2 · 128 · 127 = ±32512`: exact, four instructions per 32 multiply-accumulates.
 //!
 //! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results
 //! (and runs, like the `i16` kernel, on weights in any form: the VNNI form holds the codes as they are);
@@ -332,7 +334,7 @@ pub enum Output<'o> {
     },
 }
 
-/// `out[m, n] = a[m, k] · bᵀ` in exact `i32`, `a` row-major codes in `[-127, 127]`; AVX2 when available.
+/// `out[m, n] = a[m, k] · bᵀ` in exact `i32`, `a` row-major codes in `[-128, 127]`; AVX2 when available.
 pub fn gemm_i8(a: &[i8], m: usize, b: &PackedInt8, out: &mut [i32]) {
     gemm_i8_into(a, m, b, Output::Sums(out), Kernel::Best);
 }
@@ -355,7 +357,7 @@ pub fn gemm_i8_into(a: &[i8], m: usize, b: &PackedInt8, output: Output, kernel: 
 /// code matrix is allocated or written out. The fastest deployed W8A8 layer: quantize, multiply, requantise.
 pub fn gemm_quantized_into(x: &[f32], m: usize, a_scale: f32, b: &PackedInt8, output: Output, kernel: Kernel) {
     assert_eq!(x.len(), m * b.k, "x is not [m, k]");
-    let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -127, qmax: 127 };
+    let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -128, qmax: 127 };
     product(Source::Values { x, params }, m, b, output, kernel);
 }
 
@@ -1557,11 +1559,11 @@ pub fn absmax(x: &[f32]) -> f32 {
     x.par_chunks(CHUNK).map(absmax_lanes).reduce(|| 0.0, f32::max)
 }
 
-/// Symmetric per-tensor INT8 codes of `x` with `scale` (`q = clamp(round_half_even(x / scale), -127, 127)`, NaN to
-/// 0): the activation quantization of `docs/QUANTIZATION.md` with a given scale, by the analysis pass's SIMD code
-/// kernel (bit-identical to `QParams::quantize`), in parallel chunks.
+/// Static per-tensor INT8 codes of `x` with `scale` (`q = clamp(round_half_even(x / scale), -128, 127)`, NaN to 0):
+/// the static input quantization of `docs/QUANTIZATION.md` (`QParams::static_input`) with a given scale, by the
+/// analysis pass's SIMD code kernel (bit-identical to `QParams::quantize`), in parallel chunks.
 pub fn quantize_activations(x: &[f32], scale: f32) -> Vec<i8> {
-    let params = crate::quant::QParams { scale, zero_point: 0, qmin: -127, qmax: 127 };
+    let params = crate::quant::QParams { scale, zero_point: 0, qmin: -128, qmax: 127 };
     let mut codes = vec![0i8; x.len()];
     codes.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
         crate::quant::kernels::quantize_codes(x, &params, out);
@@ -1593,6 +1595,12 @@ mod tests {
     fn codes(len: usize, seed: u64) -> Vec<i8> {
         let mut rng = crate::seeded::XorShift64::new(seed);
         (0..len).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect()
+    }
+
+    /// Activation codes over the whole int8 range, -128 (a saturated static input) included.
+    fn activation_codes(len: usize, seed: u64) -> Vec<i8> {
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        (0..len).map(|_| ((rng.next_u64() % 256) as i32 - 128) as i8).collect()
     }
 
     /// Bell-shaped weight codes `[n, k]` as trained weights give: normal values (Box-Muller), each row quantized
@@ -1648,7 +1656,7 @@ mod tests {
         let a_scale = 0.5f32;
         let x: Vec<f32> = a.iter().enumerate().map(|(i, &q)| (q as f32 + [0.0, 0.2, -0.2][i % 3]) * a_scale).collect();
         assert_eq!(quantize_activations(&x, a_scale), a);
-        let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -127, qmax: 127 };
+        let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -128, qmax: 127 };
         // Every path that runs here, then the entry points as they choose.
         for path in paths(&packed).into_iter().map(Some).chain([None]) {
             let what = format!("{path:?} {form:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
@@ -1690,7 +1698,7 @@ mod tests {
         // that a cache block holds one tile of rows.
         let parallel = [(1, 600, 515), (2, 300, 600), (70, 130, 41), (20, 8195, 9)];
         for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
-            let a = codes(m * k, (m * 1000 + k) as u64);
+            let a = activation_codes(m * k, (m * 1000 + k) as u64);
             let b = codes(n * k, (n * 7 + k) as u64);
             check_every_path(&a, &b, m, k, n);
         }
@@ -1711,7 +1719,8 @@ mod tests {
                 assert!(packed.has_u8s8(), "m={m} k={k} n={n}: {} corrections", packed.corrections());
             }
             let mixed: Vec<i8> = (0..m * k).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
-            for a in [codes(m * k, (m * 1000 + k) as u64), vec![127; m * k], vec![-127; m * k], mixed] {
+            let lowest = vec![-128; m * k];
+            for a in [activation_codes(m * k, (m * 1000 + k) as u64), vec![127; m * k], lowest, mixed] {
                 check_every_path(&a, &b, m, k, n);
             }
         }
@@ -1736,7 +1745,7 @@ mod tests {
         assert!(packed.has_u8s8());
         assert!(packed.corrections() >= planted, "{} corrections", packed.corrections());
         let mixed: Vec<i8> = (0..m * k).map(|i| [127, -127, 1, -1, 0][i % 5]).collect();
-        for a in [codes(m * k, 5), vec![127; m * k], vec![-127; m * k], mixed] {
+        for a in [activation_codes(m * k, 5), vec![127; m * k], vec![-127; m * k], vec![-128; m * k], mixed] {
             check_every_path(&a, &b, m, k, n);
         }
         // A pair (b0, b1) of one sign summing to exactly 128 needs no correction; 129 does.
@@ -1745,7 +1754,7 @@ mod tests {
         let packed = PackedInt8::pack_as(&edge, 1, 64, Form::U8s8).unwrap();
         assert_eq!((packed.has_u8s8(), packed.corrections()), (true, 1));
         let signs: Vec<i8> = (0..64).map(|i| [-127, 127, 127, -127][i % 4]).collect();
-        for a in [vec![127i8; 64], vec![-127; 64], signs] {
+        for a in [vec![127i8; 64], vec![-127; 64], vec![-128; 64], signs] {
             check_every_path(&a, &edge, 1, 64, 1);
         }
     }
@@ -1789,7 +1798,6 @@ mod tests {
     fn fused_codes_are_those_of_the_quantizer() {
         // Ordinary values, ties, the clamps, infinities and NaN, through the fused path's quantizer (AVX2 when
         // present, in blocks of 8 and the tail) and the portable one.
-        let params = crate::quant::QParams { scale: 0.02, zero_point: 0, qmin: -127, qmax: 127 };
         let mut x: Vec<f32> = (0..1003).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
         for (i, v) in [0.01, -0.01, 0.03, -0.05, 2.54, -2.54, 1e9, -1e9, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]
             .into_iter()
@@ -1798,15 +1806,20 @@ mod tests {
             x[i * 7] = v;
             x[1000 - i] = v;
         }
-        let expected: Vec<i16> = x.iter().map(|&v| params.quantize(v) as i16).collect();
-        for use_avx2 in [avx2_available(), false] {
-            let mut out = vec![0i16; x.len()];
-            quantize_i16(&x, &params, &mut out, use_avx2);
-            assert_eq!(out, expected, "avx2 {use_avx2}");
-            let mut out = vec![0u8; x.len()];
-            quantize_u8(&x, &params, &mut out, use_avx2);
-            let offset: Vec<u8> = expected.iter().map(|&q| (q + 128) as u8).collect();
-            assert_eq!(out, offset, "u8 avx2 {use_avx2}");
+        // Dynamic inputs saturate at -127, static ones at -128.
+        for qmin in [-127, -128] {
+            let params = crate::quant::QParams { scale: 0.02, zero_point: 0, qmin, qmax: 127 };
+            let expected: Vec<i16> = x.iter().map(|&v| params.quantize(v) as i16).collect();
+            assert!(expected.contains(&(qmin as i16)));
+            for use_avx2 in [avx2_available(), false] {
+                let mut out = vec![0i16; x.len()];
+                quantize_i16(&x, &params, &mut out, use_avx2);
+                assert_eq!(out, expected, "avx2 {use_avx2} qmin {qmin}");
+                let mut out = vec![0u8; x.len()];
+                quantize_u8(&x, &params, &mut out, use_avx2);
+                let offset: Vec<u8> = expected.iter().map(|&q| (q + 128) as u8).collect();
+                assert_eq!(out, offset, "u8 avx2 {use_avx2} qmin {qmin}");
+            }
         }
     }
 
@@ -2021,7 +2034,7 @@ mod tests {
                 assert!((y[i * n + j] as f64 - exact).abs() < 1e-4 * exact.abs().max(1.0), "{i},{j}");
             }
         }
-        assert_eq!(quantize_activations(&[0.3, -10.0, f32::NAN, 0.01], 0.02), [15, -127, 0, 0]);
+        assert_eq!(quantize_activations(&[0.3, -10.0, f32::NAN, 0.01], 0.02), [15, -128, 0, 0]);
         let mut x: Vec<f32> = (0..100_003).map(|i| (i as f32 * 0.37).sin()).collect();
         x[77_777] = -3.5;
         x[5] = f32::NAN;
