@@ -5,11 +5,13 @@
 //! - `quantstudio_python_numpy`: it imports numpy and safetensors (the numpy reference checks);
 //! - `quantstudio_python_torch`: it imports torch, transformers, compressed_tensors and sentence_transformers
 //!   (the export checks, tools/check_exports.py);
-//! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json.
+//! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
+//!   (all-MiniLM-L6-v2 in CI); `quantstudio_llama_model`: the same for `$QUANTSTUDIO_LLAMA_MODEL` (SmolLM2-135M).
 //!
-//! The tests read the interpreter and the folder from `QUANTSTUDIO_BUILD_PYTHON` and
-//! `QUANTSTUDIO_BUILD_REFERENCE_MODEL` (set here), so they use exactly what was probed. With
-//! `QUANTSTUDIO_REQUIRE_PYTHON=1` (CI) a failed probe fails the build. The probes rerun when one of these variables
+//! The tests read the interpreter and the folders from `QUANTSTUDIO_BUILD_PYTHON`,
+//! `QUANTSTUDIO_BUILD_REFERENCE_MODEL` and `QUANTSTUDIO_BUILD_LLAMA_MODEL` (set here; empty when absent), so they
+//! use exactly what was probed. With `QUANTSTUDIO_REQUIRE_PYTHON=1` (CI) a failed probe or a missing folder fails
+//! the build. The probes rerun when one of these variables
 //! changes; after installing packages into the same interpreter, `touch build.rs`.
 
 use std::process::Command;
@@ -24,13 +26,22 @@ const PROBES: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// The model folders the tests take from the environment, and the cfg set when the folder is there.
+const MODELS: [(&str, &str); 2] = [
+    ("QUANTSTUDIO_REFERENCE_MODEL", "quantstudio_reference_model"),
+    ("QUANTSTUDIO_LLAMA_MODEL", "quantstudio_llama_model"),
+];
+
 fn main() {
-    for var in ["QUANTSTUDIO_PYTHON", "QUANTSTUDIO_REQUIRE_PYTHON", "QUANTSTUDIO_REFERENCE_MODEL"] {
+    for var in ["QUANTSTUDIO_PYTHON", "QUANTSTUDIO_REQUIRE_PYTHON"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(quantstudio_reference_model)");
     for (cfg, _, _) in PROBES {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    for (var, cfg) in MODELS {
+        println!("cargo::rerun-if-env-changed={var}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
 
@@ -47,13 +58,19 @@ fn main() {
         }
     }
 
-    let model = std::env::var("QUANTSTUDIO_REFERENCE_MODEL").unwrap_or_default();
-    let model_found = !model.is_empty() && std::path::Path::new(&model).join("config.json").is_file();
-    println!("cargo::rustc-env=QUANTSTUDIO_BUILD_REFERENCE_MODEL={}", if model_found { &model } else { "" });
-    if model_found {
-        println!("cargo::rustc-cfg=quantstudio_reference_model");
-    } else {
-        missing.push(format!("QUANTSTUDIO_REFERENCE_MODEL={model:?} is not a model folder with config.json"));
+    for (var, cfg) in MODELS {
+        let folder = std::env::var(var).unwrap_or_default();
+        let found = !folder.is_empty() && std::path::Path::new(&folder).join("config.json").is_file();
+        println!(
+            "cargo::rustc-env={}={}",
+            var.replace("QUANTSTUDIO_", "QUANTSTUDIO_BUILD_"),
+            if found { &folder } else { "" }
+        );
+        if found {
+            println!("cargo::rustc-cfg={cfg}");
+        } else {
+            missing.push(format!("{var}={folder:?} is not a model folder with config.json"));
+        }
     }
 
     if required && !missing.is_empty() {

