@@ -90,9 +90,10 @@ fn ints(file: &safetensors::SafeTensors, name: &str) -> Vec<i64> {
     view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
-/// `eval --save-outputs` on the tiny BERT and Llama fixtures: per sample the tokens the data gave, outputs of the
-/// documented shapes, and exactly the outputs the report's figures were computed from (its SQNR, recomputed here
-/// from the file, agrees to f64 rounding); BERT's embeddings are the runtime's pooling of the saved states.
+/// `eval --save-outputs` on the tiny BERT and Llama fixtures and the digits MLP: per sample the tokens the data gave,
+/// outputs of the documented shapes, and exactly the outputs the report's figures were computed from (its SQNR,
+/// recomputed here from the file, agrees to f64 rounding); BERT's embeddings are the runtime's pooling of the saved
+/// states.
 #[test]
 fn eval_save_outputs_writes_the_compared_outputs_with_their_tokens() {
     use quantstudio::runtime::{EvalData, bert};
@@ -157,4 +158,40 @@ fn eval_save_outputs_writes_the_compared_outputs_with_their_tokens() {
         let reported = report["output_sqnr_db"].as_f64().unwrap();
         assert!((sqnr_db - reported).abs() < SQNR_TOLERANCE_DB, "{fixture}: {sqnr_db} vs reported {reported}");
     }
+
+    // A graph model: one output row per sample, nothing else.
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let data_path = sample.join("eval.safetensors");
+    let dir = common::temp_dir();
+    let saved_path = dir.path().join("outputs.safetensors");
+    let (code, stdout, stderr) = common::run_cli(&[
+        "eval",
+        sample.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "--data",
+        data_path.to_str().unwrap(),
+        "--json",
+        "--save-outputs",
+        saved_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let samples = report["samples"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(&saved_path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.len(), 2 * samples);
+    let (mut signal_sq, mut error_sq) = (0.0f64, 0.0f64);
+    for i in 0..samples {
+        let (fp32, shape) = floats(&file, &format!("fp32.{i}"));
+        let (plan, _) = floats(&file, &format!("plan.{i}"));
+        assert_eq!(shape, vec![10]);
+        for (&y, &q) in fp32.iter().zip(&plan) {
+            signal_sq += (y as f64).powi(2);
+            error_sq += (y as f64 - q as f64).powi(2);
+        }
+    }
+    let sqnr_db = 10.0 * (signal_sq / error_sq).log10();
+    let reported = report["output_sqnr_db"].as_f64().unwrap();
+    assert!((sqnr_db - reported).abs() < SQNR_TOLERANCE_DB, "digits-mlp: {sqnr_db} vs reported {reported}");
 }
