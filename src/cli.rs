@@ -97,6 +97,10 @@ pub enum Command {
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
+        /// Also write the FP32 and planned outputs of every sample, with the tokens they were computed on, to this
+        /// safetensors file (names in docs/EVALUATION.md).
+        #[arg(long, value_name = "FILE")]
+        save_outputs: Option<PathBuf>,
     },
     /// Run the model in FP32 on calibration data and pick a clip for the input of every linear and conv layer
     /// (static INT8 activations, W8A8); results are cached, so re-running with another observer is instant.
@@ -357,13 +361,38 @@ fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, plan, data, json } => {
+        Command::Eval { model, plan, data, json, save_outputs } => {
             let recipe = plan.recipe()?;
             let model = Model::open(&model)?;
             let plan = recipe.resolve(&model)?;
             let arch = crate::runtime::Architecture::detect(&model)?;
             let data = crate::runtime::EvalData::load(&data, &crate::runtime::model_folder(&model))?;
-            let report = with_progress_bar(|progress| crate::runtime::evaluate(&model, &arch, &data, &plan, progress))?;
+            let report = match &save_outputs {
+                None => with_progress_bar(|progress| crate::runtime::evaluate(&model, &arch, &data, &plan, progress))?,
+                Some(path) => {
+                    let (report, tensors) = with_progress_bar(|progress| {
+                        crate::runtime::eval::evaluate_with_outputs(&model, &arch, &data, &plan, progress)
+                    })?;
+                    let planned = tensors
+                        .iter()
+                        .map(|t| crate::export::PlannedTensor {
+                            name: t.name.clone(),
+                            dtype: t.dtype,
+                            shape: t.shape.clone(),
+                        })
+                        .collect();
+                    let metadata = [("format", "pt"), ("quantstudio.family", arch.family())]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect();
+                    let mut writer = crate::export::TensorFileWriter::create(path, planned, &metadata)?;
+                    for t in &tensors {
+                        writer.write_tensor(&t.name, &t.bytes)?;
+                    }
+                    writer.finish()?;
+                    report
+                }
+            };
             if json {
                 let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
                 doc["model"] = json!(model.path);

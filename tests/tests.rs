@@ -19,6 +19,8 @@ mod gui;
 mod samples;
 // Independent Python checks: the numpy reference of the formulas, the runtime fixtures, MiniLM's published scores.
 mod python;
+// Exports loaded by transformers, compressed-tensors and sentence-transformers against the studio's simulation.
+mod deploy;
 // The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
 mod runtime;
 // Calibration, W8A8 and sensitivity.

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Architecture, EvalData, Network, bert};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{DType, Model};
 use crate::progress::Progress;
 use crate::quant::{ErrorMetrics, Plan};
 
@@ -117,16 +117,108 @@ pub fn evaluate(
     plan: &Plan,
     progress: &Progress,
 ) -> Result<EvalReport> {
+    Ok(run_evaluation(model, arch, data, plan, progress, false)?.0)
+}
+
+/// One tensor of the outputs kept by [`evaluate_with_outputs`], as raw little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputTensor {
+    /// Name: `fp32.{i}`, `plan.{i}`, `input_ids.{i}`, … (docs/EVALUATION.md lists them).
+    pub name: String,
+    /// Element type: F32 for outputs, I64 for token ids and masks.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// The elements, little-endian.
+    pub bytes: Vec<u8>,
+}
+
+/// [`evaluate`], also keeping per sample `i` the FP32 and planned outputs and the tokens they were computed on:
+/// `fp32.{i}` / `plan.{i}` (graph: the output row; BERT: last hidden state `[tokens, hidden]`; Llama: logits
+/// `[tokens, vocab]`), for BERT `fp32_embedding.{i}` / `plan_embedding.{i}` (the sentence embedding), and for
+/// token models `input_ids.{i}`, `attention_mask.{i}` (and BERT's `token_type_ids.{i}`) as I64. In sample order.
+pub fn evaluate_with_outputs(
+    model: &Model,
+    arch: &Architecture,
+    data: &EvalData,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<(EvalReport, Vec<OutputTensor>)> {
+    run_evaluation(model, arch, data, plan, progress, true)
+}
+
+fn run_evaluation(
+    model: &Model,
+    arch: &Architecture,
+    data: &EvalData,
+    plan: &Plan,
+    progress: &Progress,
+    keep_outputs: bool,
+) -> Result<(EvalReport, Vec<OutputTensor>)> {
     plan.check_calibrated(model)?;
     let (reference, planned) = Network::build_pair(model, arch, plan, progress)?;
     check_data(&reference, data)?;
     progress.start_stage("running FP32 and the plan", data.len() as u64);
-    let sums = over_units(data, progress, |unit| {
+    let parts = over_units(data, progress, |unit| {
         let out_r = run_unit(&reference, data, unit)?;
         let out_p = run_unit(&planned, data, unit)?;
-        Ok(unit_sums(&reference, data, unit, &out_r, &out_p))
+        let sums = unit_sums(&reference, data, unit, &out_r, &out_p);
+        let kept = if keep_outputs { unit_tensors(&reference, data, unit, &out_r, &out_p) } else { Vec::new() };
+        Ok((sums, kept))
     })?;
-    Ok(report(&reference, data, sums))
+    let mut sums = empty_sums();
+    let mut tensors = Vec::new();
+    for (part, kept) in parts {
+        sums = sums.add(part);
+        tensors.extend(kept);
+    }
+    Ok((report(&reference, data, sums), tensors))
+}
+
+/// The tensors [`evaluate_with_outputs`] keeps for one unit.
+fn unit_tensors(network: &Network, data: &EvalData, unit: usize, out_r: &[f32], out_p: &[f32]) -> Vec<OutputTensor> {
+    let floats = |name: String, shape: Vec<usize>, values: &[f32]| OutputTensor {
+        name,
+        dtype: DType::F32,
+        shape,
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    let ints = |name: String, values: Vec<i64>| OutputTensor {
+        name,
+        dtype: DType::I64,
+        shape: vec![values.len()],
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    let mut tensors = Vec::new();
+    match (network, data) {
+        (Network::Graph(net), EvalData::Samples { .. }) => {
+            let classes = net.output_len().max(1);
+            for (row, (r, p)) in out_r.chunks_exact(classes).zip(out_p.chunks_exact(classes)).enumerate() {
+                let i = unit * GRAPH_BATCH + row;
+                tensors.push(floats(format!("fp32.{i}"), vec![classes], r));
+                tensors.push(floats(format!("plan.{i}"), vec![classes], p));
+            }
+        }
+        (Network::Bert(_) | Network::Llama(_), EvalData::Sequences(seqs)) => {
+            let seq = &seqs[unit];
+            let (i, tokens) = (unit, seq.ids.len());
+            let width = out_r.len() / tokens.max(1);
+            tensors.push(ints(format!("input_ids.{i}"), seq.ids.iter().map(|&v| v as i64).collect()));
+            tensors.push(ints(format!("attention_mask.{i}"), seq.mask.iter().map(|&m| m as i64).collect()));
+            tensors.push(floats(format!("fp32.{i}"), vec![tokens, width], out_r));
+            tensors.push(floats(format!("plan.{i}"), vec![tokens, width], out_p));
+            if let Network::Bert(net) = network {
+                let dim = net.config.hidden_size;
+                tensors.push(ints(format!("token_type_ids.{i}"), seq.type_ids.iter().map(|&v| v as i64).collect()));
+                let embedding_r = bert::sentence_embedding(out_r, &seq.mask, dim);
+                let embedding_p = bert::sentence_embedding(out_p, &seq.mask, dim);
+                tensors.push(floats(format!("fp32_embedding.{i}"), vec![dim], &embedding_r));
+                tensors.push(floats(format!("plan_embedding.{i}"), vec![dim], &embedding_p));
+            }
+        }
+        _ => {}
+    }
+    tensors
 }
 
 /// The FP32 outputs of a dataset, computed once, to compare several plans against (sensitivity analysis).
@@ -164,11 +256,11 @@ impl<'n> Reference<'n> {
 
     /// Runs `planned` on `data` (the data this reference was computed on) and compares it with the reference.
     pub fn compare(&self, planned: &Network, data: &EvalData, progress: &Progress) -> Result<EvalReport> {
-        let sums = over_units(data, progress, |unit| {
+        let parts = over_units(data, progress, |unit| {
             let out_p = run_unit(planned, data, unit)?;
             Ok(unit_sums(self.network, data, unit, &self.outputs[unit], &out_p))
         })?;
-        Ok(report(self.network, data, sums))
+        Ok(report(self.network, data, parts.into_iter().fold(empty_sums(), Sums::add)))
     }
 }
 
@@ -224,30 +316,33 @@ fn run_unit(network: &Network, data: &EvalData, unit: usize) -> Result<Vec<f32>>
     }
 }
 
-/// Runs `unit_sums` over every unit (sequences in parallel, graph batches in order: their ops are parallel
-/// inside) and adds the sums in unit order.
-fn over_units(data: &EvalData, progress: &Progress, unit_sums: impl Fn(usize) -> Result<Sums> + Sync) -> Result<Sums> {
-    let parts = match data {
+/// Runs `per_unit` over every unit (sequences in parallel, graph batches in order: their ops are parallel
+/// inside) and returns the results in unit order, for the caller to combine in that order.
+fn over_units<T: Send>(
+    data: &EvalData,
+    progress: &Progress,
+    per_unit: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    match data {
         EvalData::Sequences(seqs) => (0..seqs.len())
             .into_par_iter()
             .map(|unit| {
                 progress.check()?;
-                let sums = unit_sums(unit)?;
+                let part = per_unit(unit)?;
                 progress.advance(1);
-                Ok(sums)
+                Ok(part)
             })
-            .collect::<Result<Vec<Sums>>>()?,
+            .collect::<Result<Vec<T>>>(),
         EvalData::Samples { .. } => {
             let mut parts = Vec::new();
             for unit in 0..data.len().div_ceil(GRAPH_BATCH) {
                 progress.check()?;
-                parts.push(unit_sums(unit)?);
+                parts.push(per_unit(unit)?);
                 progress.advance((data.len() - unit * GRAPH_BATCH).min(GRAPH_BATCH) as u64);
             }
-            parts
+            Ok(parts)
         }
-    };
-    Ok(parts.into_iter().fold(empty_sums(), Sums::add))
+    }
 }
 
 /// The comparison sums of one unit.

@@ -39,6 +39,24 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
 }
 
+/// The rotary base: `rope_theta`, or `rope_parameters.rope_theta` as transformers 5 writes it (whose `rope_type`
+/// must then be "default": scaled variants are not implemented).
+fn rope_theta(c: &ConfigMap) -> Result<f32> {
+    match c.get("rope_parameters") {
+        None | Some(serde_json::Value::Null) => config::f32_field(c, "rope_theta", 10000.0),
+        Some(serde_json::Value::Object(p)) => {
+            let rope_type = config::string(p, "rope_type", "default")?;
+            if rope_type != "default" {
+                return Err(config::unsupported(format!(
+                    "rope_parameters.rope_type {rope_type:?} is not implemented (plain rotary embedding only)"
+                )));
+            }
+            config::f32_field(p, "rope_theta", config::f32_field(c, "rope_theta", 10000.0)?)
+        }
+        Some(other) => Err(config::unsupported(format!("rope_parameters is {other}, not an object"))),
+    }
+}
+
 impl LlamaConfig {
     /// Reads the fields from a parsed `config.json`; refuses what this runtime does not implement.
     pub fn from_config(c: &ConfigMap) -> Result<LlamaConfig> {
@@ -71,7 +89,7 @@ impl LlamaConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: config::f32_field(c, "rms_norm_eps", 1e-6)?,
-            rope_theta: config::f32_field(c, "rope_theta", 10000.0)?,
+            rope_theta: rope_theta(c)?,
             tie_word_embeddings: config::bool_field(c, "tie_word_embeddings", false)?,
             attention_bias: config::bool_field(c, "attention_bias", false)?,
             max_position_embeddings: config::usize_field(c, "max_position_embeddings", Some(2048))?,
@@ -227,5 +245,28 @@ impl LlamaNet {
         }
         ops::rms_norm(&mut x, h, &self.final_norm.values, c.rms_norm_eps);
         Ok(self.lm_head.apply(&x, t, tap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn theta(json: &str) -> Result<f32> {
+        rope_theta(&serde_json::from_str::<ConfigMap>(json).unwrap())
+    }
+
+    #[test]
+    fn rope_theta_is_read_where_transformers_4_and_5_write_it() {
+        assert_eq!(theta(r#"{}"#).unwrap(), 10000.0);
+        assert_eq!(theta(r#"{"rope_theta": 500000.0}"#).unwrap(), 500000.0);
+        assert_eq!(
+            theta(r#"{"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}"#).unwrap(),
+            100000.0
+        );
+        assert_eq!(theta(r#"{"rope_parameters": null, "rope_theta": 5.0}"#).unwrap(), 5.0);
+        let scaled = theta(r#"{"rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}}"#);
+        assert!(scaled.unwrap_err().to_string().contains("llama3"));
+        assert!(theta(r#"{"rope_parameters": 3}"#).is_err());
     }
 }
