@@ -7,6 +7,13 @@
 //! - `scan_f32`, `scan_bf16`: pass 1 (`kernels::scan`) on the values as f32 and as BF16 read in place;
 //! - `measure_f32`, `measure_bf16`: pass 2 (`kernels::measure`), INT8 symmetric, with the histogram ranges the pass
 //!   would choose (the value range, half a step of error);
+//! - `measure_fp8_f32`, `measure_fp8_bf16`: the same pass with FP8 E4M3 rounding (`Rounding::Fp8`, scale
+//!   `absmax / 448`; error histogram over the largest FP8 rounding error, `absmax / 16`, where FP8's errors,
+//!   relative to each value, crowd the middle bins as FP16's do);
+//! - `measure_fp8_int8_bins`: FP8 rounding with the INT8 line's error bins, which spreads the errors over more
+//!   bins: the rounding's own cost apart from how the histogram's counters collide;
+//! - `fp8_fake_quantize`, `fp8_codes`: the bulk FP8 loops alone (`fp8::fake_quantize_e4m3` into f32,
+//!   `fp8::quantize_e4m3` into codes), same scale;
 //! - `histogram_increments`: the two histogram counter increments per element alone (bins computed beforehand,
 //!   one copy of each histogram per lane as in the kernel). Pass 2 cannot be faster than this.
 //!
@@ -15,6 +22,7 @@
 mod common;
 
 use quantstudio::quant::QParams;
+use quantstudio::quant::fp8;
 use quantstudio::quant::kernels::{self, BinMap, HIST_BINS, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
 
 use common::{medians_ms, normal};
@@ -41,6 +49,13 @@ fn main() {
         all_finite: true,
         value_bins: BinMap::new(lo as f64, hi as f64),
         error_bins: BinMap::new(-(params.scale as f64) / 2.0, params.scale as f64 / 2.0),
+    };
+    let absmax = lo.abs().max(hi.abs());
+    let fp8_scale = fp8::fp8_scale(absmax);
+    let fp8_spec = MeasureSpec {
+        rounding: Rounding::Fp8 { scale: fp8_scale },
+        error_bins: BinMap::new(-(absmax as f64) / 16.0, absmax as f64 / 16.0),
+        ..spec
     };
     // The bins the kernel counts, for the increments-only loop.
     let bins: Vec<(u8, u8)> = x
@@ -79,6 +94,42 @@ fn main() {
         }
         std::hint::black_box(acc);
     };
+    let mut measure_fp8_f32 = || {
+        let mut acc = Box::<MeasureAcc>::default();
+        for _ in 0..PASSES {
+            kernels::measure(&x, &fp8_spec, &mut acc);
+        }
+        std::hint::black_box(acc);
+    };
+    let mut measure_fp8_bf16 = || {
+        let mut acc = Box::<MeasureAcc>::default();
+        for _ in 0..PASSES {
+            kernels::measure(&bf16, &fp8_spec, &mut acc);
+        }
+        std::hint::black_box(acc);
+    };
+    let fp8_int8_bins = MeasureSpec { rounding: Rounding::Fp8 { scale: fp8_scale }, ..spec };
+    let mut measure_fp8_int8_bins = || {
+        let mut acc = Box::<MeasureAcc>::default();
+        for _ in 0..PASSES {
+            kernels::measure(&x, &fp8_int8_bins, &mut acc);
+        }
+        std::hint::black_box(acc);
+    };
+    let mut fp8_values = vec![0f32; LEN];
+    let mut fp8_fake_quantize = || {
+        for _ in 0..PASSES {
+            fp8::fake_quantize_e4m3(std::hint::black_box(&x), fp8_scale, &mut fp8_values);
+        }
+        std::hint::black_box(&fp8_values);
+    };
+    let mut fp8_codes_out = vec![0u8; LEN];
+    let mut fp8_codes = || {
+        for _ in 0..PASSES {
+            fp8::quantize_e4m3(std::hint::black_box(&x), fp8_scale, &mut fp8_codes_out);
+        }
+        std::hint::black_box(&fp8_codes_out);
+    };
     let mut histogram_increments = || {
         let mut value = vec![[0u32; HIST_BINS]; COPIES];
         let mut error = vec![[0u32; HIST_BINS]; COPIES];
@@ -92,10 +143,32 @@ fn main() {
         }
         std::hint::black_box((value, error));
     };
-    let names = ["scan_f32", "scan_bf16", "measure_f32", "measure_bf16", "histogram_increments"];
+    let names = [
+        "scan_f32",
+        "scan_bf16",
+        "measure_f32",
+        "measure_bf16",
+        "measure_fp8_f32",
+        "measure_fp8_bf16",
+        "measure_fp8_int8_bins",
+        "fp8_fake_quantize",
+        "fp8_codes",
+        "histogram_increments",
+    ];
     let medians = medians_ms(
         repeat,
-        &mut [&mut scan_f32, &mut scan_bf16, &mut measure_f32, &mut measure_bf16, &mut histogram_increments],
+        &mut [
+            &mut scan_f32,
+            &mut scan_bf16,
+            &mut measure_f32,
+            &mut measure_bf16,
+            &mut measure_fp8_f32,
+            &mut measure_fp8_bf16,
+            &mut measure_fp8_int8_bins,
+            &mut fp8_fake_quantize,
+            &mut fp8_codes,
+            &mut histogram_increments,
+        ],
     );
     let ns_per_element: serde_json::Map<String, serde_json::Value> = names
         .iter()

@@ -1,5 +1,6 @@
 //! The inner loops: the scan (pass 1: range, counts, moments), the measure (pass 2: round trip, error sum,
-//! histograms) and INT8 code generation.
+//! histograms) and INT8 code generation. (FP8 E4M3 codes are generated in [`super::fp8`], whose 8-lane rounding the
+//! measure pass shares.)
 //!
 //! Each has an AVX2 path chosen at run time and a portable path. Both give bit-identical results: element `i` of
 //! a slice is accumulated into lane `i % 8` of eight f64 accumulators, with a multiply and an add rounded
@@ -7,6 +8,7 @@
 //! of f32 values, `x²` and `e²`, into their sums with an FMA: such a product is exact in f64, so the fused and the
 //! separate forms round identically. `(x - k)²` is an f64 product and is not fused.)
 
+use super::fp8::{self, E4M3_SATURATION_THRESHOLD};
 use super::params::{BF16_MAX, FP16_MAX, QParams};
 
 /// Accumulator lanes (one AVX2 register of f32).
@@ -153,6 +155,13 @@ pub enum Rounding {
     Fp16,
     /// BF16 round trip.
     Bf16,
+    /// FP8 E4M3 quantize-dequantize with this scale (finite, > 0): `x_hat = f32(e4m3(clamp(x / scale, ±448))) ·
+    /// scale` ([`fp8::quantize_dequantize`]); saturated when `|x / scale| > 464`, where the clamp changes the code
+    /// ([`fp8::E4M3_SATURATION_THRESHOLD`]).
+    Fp8 {
+        /// The group's scale (`fp8::fp8_scale(absmax)`).
+        scale: f32,
+    },
     /// No rounding (statistics only; the error is zero).
     Identity,
 }
@@ -190,7 +199,7 @@ pub struct MeasureAcc {
     pub sum_sq_error: [f64; LANES],
     /// Largest `|x - x_hat|`.
     pub max_abs_error: f32,
-    /// Finite elements outside the precision's range (INT8 codes clamped, FP16/BF16 saturated).
+    /// Finite elements outside the precision's range (INT8 codes clamped, FP16/BF16/FP8 saturated).
     pub saturated: u64,
     value_hist: [[u32; HIST_BINS]; COPIES],
     error_hist: [[u32; HIST_BINS]; COPIES],
@@ -403,6 +412,7 @@ fn round_trip(v: f32, rounding: &Rounding) -> (f32, bool) {
         }
         Rounding::Fp16 => (super::params::round_fp16(v), v.abs() > FP16_MAX),
         Rounding::Bf16 => (super::params::round_bf16(v), v.abs() > BF16_MAX),
+        Rounding::Fp8 { scale } => (fp8::quantize_dequantize(v, *scale), (v / scale).abs() > E4M3_SATURATION_THRESHOLD),
         Rounding::Identity => (v, false),
     }
 }
@@ -681,6 +691,7 @@ mod avx2 {
     const FP16: u8 = 2;
     const BF16: u8 = 3;
     const IDENTITY: u8 = 4;
+    const FP8: u8 = 5;
 
     /// Constants of one rounding, broadcast once per slice.
     struct RoundConsts {
@@ -722,6 +733,14 @@ mod avx2 {
                 let rounded = _mm256_and_si256(_mm256_add_epi32(bits, bias), _mm256_set1_epi32(0xFFFF_0000u32 as i32));
                 (_mm256_castsi256_ps(rounded), _mm256_cmp_ps::<_CMP_NEQ_OQ>(v, clamped))
             }
+            FP8 => {
+                let scaled = _mm256_div_ps(v, c.scale);
+                let saturated = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_and_ps(scaled, abs_mask()),
+                    _mm256_set1_ps(E4M3_SATURATION_THRESHOLD),
+                );
+                (_mm256_mul_ps(fp8::avx2::round_e4m3(scaled), c.scale), saturated)
+            }
             _ => (v, _mm256_setzero_ps()),
         }
     }
@@ -753,6 +772,7 @@ mod avx2 {
             Rounding::Int8(_) => dispatch!(INT8_ASYM),
             Rounding::Fp16 => dispatch!(FP16),
             Rounding::Bf16 => dispatch!(BF16),
+            Rounding::Fp8 { .. } => dispatch!(FP8),
             Rounding::Identity => dispatch!(IDENTITY),
         }
     }
@@ -773,6 +793,12 @@ mod avx2 {
                 zero_point: _mm256_set1_ps(p.zero_point as f32),
                 qmin: _mm256_set1_ps(p.qmin as f32),
                 qmax: _mm256_set1_ps(p.qmax as f32),
+            },
+            Rounding::Fp8 { scale } => RoundConsts {
+                scale: _mm256_set1_ps(scale),
+                zero_point: _mm256_setzero_ps(),
+                qmin: _mm256_setzero_ps(),
+                qmax: _mm256_setzero_ps(),
             },
             _ => RoundConsts {
                 scale: _mm256_set1_ps(1.0),
@@ -857,10 +883,18 @@ mod tests {
     /// A deterministic mix of ordinary, tiny, huge, tie and non-finite values.
     fn awkward_values(n: usize) -> Vec<f32> {
         let mut rng = crate::seeded::XorShift64::from_state(0x2545_F491_4F6C_DD1D);
+        // Midpoints between neighbouring FP8 E4M3 values (ties of `Rounding::Fp8 { scale: 1.0 }`), both signs.
+        let e4m3_ties: Vec<f32> = (0..0x7Eu8)
+            .flat_map(|c| {
+                let mid = (fp8::e4m3_to_f32(c) + fp8::e4m3_to_f32(c + 1)) / 2.0;
+                [mid, -mid]
+            })
+            .collect();
         (0..n)
             .map(|i| {
                 let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 match i % 97 {
+                    8..=15 => e4m3_ties[(i / 97 * 8 + i % 97 - 8) % e4m3_ties.len()],
                     0 => f32::NAN,
                     1 => f32::INFINITY,
                     2 => f32::NEG_INFINITY,
@@ -882,6 +916,11 @@ mod tests {
             Rounding::Int8(QParams { scale: 1.0, zero_point: 0, qmin: -127, qmax: 127 }),
             Rounding::Fp16,
             Rounding::Bf16,
+            // Values to ±2 against 448 · scale: 1 (most values subnormal or zero in E4M3, none saturated),
+            // 0.5 / 448 (the range of most values; the outliers saturate) and 1e-6 (everything finite saturates).
+            Rounding::Fp8 { scale: 1.0 },
+            Rounding::Fp8 { scale: 0.5 / 448.0 },
+            Rounding::Fp8 { scale: 1e-6 },
             Rounding::Identity,
         ];
         roundings
@@ -1005,6 +1044,54 @@ mod tests {
         // Non-finite elements sit in bin 0 until the pass removes them.
         assert_eq!(value.iter().sum::<u64>(), x.len() as u64);
         assert_eq!(error.iter().sum::<u64>(), x.len() as u64);
+    }
+
+    #[test]
+    fn fp8_measure_agrees_with_the_scalar_definition() {
+        let x = awkward_values(1000);
+        for scale in [1.0, 0.5 / 448.0, 1e-6] {
+            let spec = MeasureSpec {
+                rounding: Rounding::Fp8 { scale },
+                all_finite: false,
+                value_bins: BinMap::new(-2.0, 2.0),
+                error_bins: BinMap::new(-1.0, 1.0),
+            };
+            let mut acc = MeasureAcc::default();
+            measure(&x, &spec, &mut acc);
+            let (mut sum_e2, mut max_e, mut saturated) = (0f64, 0f32, 0);
+            for &v in x.iter().filter(|v| v.is_finite()) {
+                let e = v - fp8::quantize_dequantize(v, scale);
+                sum_e2 += (e as f64).powi(2);
+                max_e = max_e.max(e.abs());
+                // Saturated: the clamp changed the code, i.e. without it `v / scale` would have rounded to 480 or
+                // beyond: it is nearer to 480 than to 448 (a tie goes to 448, the even mantissa).
+                let a = (v / scale).abs() as f64;
+                saturated += (a - 448.0 > 480.0 - a) as u64;
+            }
+            let got = lane_sum(&acc.sum_sq_error);
+            assert!((got - sum_e2).abs() <= 1e-12 * sum_e2, "scale {scale}: {got} vs {sum_e2}");
+            assert_eq!(acc.max_abs_error, max_e, "scale {scale}");
+            assert_eq!(acc.saturated, saturated, "scale {scale}");
+            assert!(saturated > 0 || scale == 1.0, "the case must saturate something");
+        }
+    }
+
+    #[test]
+    fn fp8_saturation_counts_only_values_the_clamp_changes() {
+        let edge = [448.0, 448f32.next_up(), 464.0, 464f32.next_up(), -464f32.next_up(), 1e30, f32::INFINITY];
+        let x: Vec<f32> = edge.iter().cycle().take(3 * edge.len()).copied().collect();
+        let spec = MeasureSpec {
+            rounding: Rounding::Fp8 { scale: 1.0 },
+            all_finite: false,
+            value_bins: BinMap::new(-2.0, 2.0),
+            error_bins: BinMap::new(-1.0, 1.0),
+        };
+        let (mut fast, mut portable) = (MeasureAcc::default(), MeasureAcc::default());
+        measure(&x, &spec, &mut fast);
+        measure_portable(&x, &spec, &mut portable);
+        assert_same_measure(&fast, &portable, "edges");
+        // Per copy of `edge`: 464+ulp, -(464+ulp) and 1e30 (inf is not finite).
+        assert_eq!(fast.saturated, 3 * 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the tests hold the fast kernels to it.
 
 pub mod codes;
+pub mod fp8;
 pub mod kernels;
 pub mod metrics;
 pub mod params;
