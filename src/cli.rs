@@ -222,6 +222,10 @@ pub enum PrecisionArg {
     Int8,
     /// W8A8-dynamic: symmetric per-channel INT8 weights, inputs quantized per token at run time (no calibration).
     W8a8Dynamic,
+    /// FP8 E4M3 weights, one scale per output channel (weight-only).
+    Fp8,
+    /// FP8_DYNAMIC: FP8 E4M3 per-channel weights, inputs quantized to FP8 per token at run time.
+    Fp8Dynamic,
     /// IEEE half precision.
     Fp16,
     /// bfloat16.
@@ -287,12 +291,19 @@ impl PlanArgs {
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
             None => {
-                return Err(Error::Unsupported("give --recipe FILE or --precision int8|fp16|bf16|fp32".into()));
+                return Err(Error::Unsupported(
+                    "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32".into(),
+                ));
             }
             Some(PrecisionArg::Int8) => Precision::Int8(scheme),
             Some(PrecisionArg::W8a8Dynamic) => Precision::Int8(
                 Int8Scheme::weights(!self.asymmetric, Granularity::PerChannel).with_dynamic_int8_inputs(),
             ),
+            Some(PrecisionArg::Fp8 | PrecisionArg::Fp8Dynamic) if self.asymmetric => {
+                return Err(Error::Unsupported("FP8 is symmetric: --asymmetric applies to int8 only".into()));
+            }
+            Some(PrecisionArg::Fp8) => Precision::Fp8(crate::quant::Fp8Scheme::weights(Granularity::PerChannel)),
+            Some(PrecisionArg::Fp8Dynamic) => Precision::Fp8(crate::quant::Fp8Scheme::dynamic()),
             Some(PrecisionArg::Fp16) => Precision::Fp16,
             Some(PrecisionArg::Bf16) => Precision::Bf16,
             Some(PrecisionArg::Fp32) => Precision::Fp32,

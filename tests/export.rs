@@ -7,6 +7,12 @@ use quantstudio::{Error, Model, Progress};
 
 use crate::common;
 
+/// The bundled sample is synthetic (`model_type` "tiny-demo", which transformers cannot build), so its exports are
+/// refused unless forced; the tests that use it check the layout and the codes.
+fn forced() -> ExportOptions {
+    ExportOptions { force: true, ..Default::default() }
+}
+
 fn scheme(symmetric: bool, granularity: Granularity) -> Precision {
     Precision::Int8(Int8Scheme::weights(symmetric, granularity))
 }
@@ -37,11 +43,11 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
         let plan = Recipe::uniform(precision).resolve(&source).unwrap();
         let dir = common::temp_dir();
         let symmetric = !precision.to_string().contains("asym");
-        // vLLM loads weight-only INT8 only when symmetric: asymmetric plans are refused unless forced.
-        let refused = export::export(&source, &plan, dir.path(), &ExportOptions::default(), &Progress::new());
-        assert_eq!(refused.is_err(), !symmetric, "{precision}: {refused:?}");
-        let options = ExportOptions { force: true, ..Default::default() };
-        let summary = export::export(&source, &plan, dir.path(), &options, &Progress::new()).unwrap();
+        // vLLM loads weight-only INT8 only when symmetric: asymmetric layers are refused.
+        let check = export::Target::CompressedTensors.check(&source, &plan);
+        assert_eq!(check.problem_layers().is_empty(), symmetric, "{precision}: {:?}", check.problems(&source));
+        assert!(check.model_refusal.as_ref().is_some_and(|r| r.contains("tiny-demo")), "{:?}", check.model_refusal);
+        let summary = export::export(&source, &plan, dir.path(), &forced(), &Progress::new()).unwrap();
         assert!(summary.files.contains(&WEIGHTS_FILE.to_owned()));
         let exported = Model::open(dir.path()).unwrap();
         let name = "model.layers.0.self_attn.q_proj.weight";
@@ -109,7 +115,8 @@ fn reopened_export_dequantizes_to_the_analysed_values_bit_for_bit() {
             quantization["ignore"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         // The shortcut quantizes linear layers but the output head; embeddings are not Linear modules.
         assert_eq!(ignore, ["lm_head"], "the head stays float, and every 2-D float layer is ignored");
-        assert_eq!(summary.warnings.is_empty(), symmetric, "{:?}", summary.warnings);
+        // The model-level refusal, and the refused layers of an asymmetric plan.
+        assert_eq!(summary.warnings.len(), if symmetric { 1 } else { 2 }, "{:?}", summary.warnings);
     }
 }
 
@@ -119,7 +126,7 @@ fn half_precision_exports_cast_with_the_documented_rounding() {
     for (precision, dtype) in [(Precision::Fp16, DType::F16), (Precision::Bf16, DType::BF16)] {
         let plan = Plan::all(&source, precision);
         let dir = common::temp_dir();
-        export::export(&source, &plan, dir.path(), &ExportOptions::default(), &Progress::new()).unwrap();
+        export::export(&source, &plan, dir.path(), &forced(), &Progress::new()).unwrap();
         let exported = Model::open(dir.path()).unwrap();
         let name = "lm_head.weight";
         assert_eq!(exported.tensor(exported.tensor_by_name(name).unwrap()).dtype, dtype);
@@ -156,9 +163,8 @@ fn mixed_plans_list_float_layers_in_ignore_and_warn_about_split_fusions() {
         message.contains("model.embed_tokens") && message.contains("q_proj") && message.contains("--force"),
         "{message}"
     );
-    let options = ExportOptions { force: true, ..Default::default() };
-    let summary = export::export(&source, &plan, dir.path(), &options, &Progress::new()).unwrap();
-    assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
+    let summary = export::export(&source, &plan, dir.path(), &forced(), &Progress::new()).unwrap();
+    assert_eq!(summary.warnings.len(), 3, "the model, the embedding, the split fusion: {:?}", summary.warnings);
     let fusion = summary.warnings.iter().find(|w| w.contains("vLLM fuses")).unwrap();
     assert!(fusion.contains("3 layers") && fusion.contains("fix: int8 sym per-channel"), "{fusion}");
     assert!(
@@ -185,7 +191,7 @@ fn never_writes_over_the_input() {
     let before = common::snapshot(&folder);
     let model = Model::open(&folder).unwrap();
     let plan = Plan::all(&model, Precision::Fp16);
-    let options = ExportOptions::default();
+    let options = forced();
     let error = export::export(&model, &plan, &folder, &options, &Progress::new()).unwrap_err();
     assert!(matches!(error, Error::BadDestination { .. }), "{error}");
     let file_dest = folder.join("model.safetensors");
@@ -204,7 +210,7 @@ fn cancelled_export_leaves_no_partial_file() {
     let dir = common::temp_dir();
     let progress = Progress::new();
     progress.cancel();
-    let result = export::export(&source, &plan, dir.path(), &ExportOptions::default(), &progress);
+    let result = export::export(&source, &plan, dir.path(), &forced(), &progress);
     assert!(matches!(result, Err(Error::Cancelled)));
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "files left after cancel: {left:?}");
@@ -286,9 +292,9 @@ fn large_exports_are_sharded_with_an_index_and_reopen_identically() {
     let source = Model::open(&common::bundled_sample()).unwrap();
     let plan = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&source).unwrap();
     let single = dir.path().join("single");
-    export::export(&source, &plan, &single, &ExportOptions::default(), &Progress::new()).unwrap();
+    export::export(&source, &plan, &single, &forced(), &Progress::new()).unwrap();
     let sharded = dir.path().join("sharded");
-    let options = ExportOptions { max_shard_bytes: 40_000, ..Default::default() };
+    let options = ExportOptions { max_shard_bytes: 40_000, ..forced() };
     let summary = export::export(&source, &plan, &sharded, &options, &Progress::new()).unwrap();
     let shards: Vec<&String> = summary.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
     assert!(shards.len() > 2, "{:?}", summary.files);
@@ -313,12 +319,12 @@ fn an_export_replaces_an_earlier_one_whole_and_never_writes_into_other_folders()
     let dir = common::temp_dir();
     let source = Model::open(&common::bundled_sample()).unwrap();
     let out = dir.path().join("out");
-    let sharded = ExportOptions { max_shard_bytes: 40_000, ..Default::default() };
+    let sharded = ExportOptions { max_shard_bytes: 40_000, ..forced() };
     let int8 = Recipe::uniform(scheme(true, Granularity::PerChannel)).resolve(&source).unwrap();
     export::export(&source, &int8, &out, &sharded, &Progress::new()).unwrap();
     // A second export over the first: no shard of the first survives beside the new single file.
     let fp16 = Plan::all(&source, Precision::Fp16);
-    let summary = export::export(&source, &fp16, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+    let summary = export::export(&source, &fp16, &out, &forced(), &Progress::new()).unwrap();
     let mut left: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     left.sort();
@@ -333,7 +339,7 @@ fn an_export_replaces_an_earlier_one_whole_and_never_writes_into_other_folders()
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "mine").unwrap();
-    let error = export::export(&source, &fp16, &other, &ExportOptions::default(), &Progress::new()).unwrap_err();
+    let error = export::export(&source, &fp16, &other, &forced(), &Progress::new()).unwrap_err();
     assert!(matches!(error, Error::BadDestination { .. }), "{error}");
     assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
 }
@@ -346,7 +352,7 @@ fn w8a8_dynamic_exports_int_quantized_weights_with_dynamic_per_token_inputs() {
     let plan = Recipe::uniform(dynamic).resolve(&source).unwrap();
     assert!(plan.uncalibrated(&source).is_empty(), "dynamic inputs need no calibration");
     let out = dir.path().join("out");
-    export::export(&source, &plan, &out, &ExportOptions::default(), &Progress::new()).unwrap();
+    export::export(&source, &plan, &out, &forced(), &Progress::new()).unwrap();
     let exported = Model::open(&out).unwrap();
     let name = "model.layers.0.self_attn.q_proj";
     let weight = exported.tensor(exported.tensor_by_name(&format!("{name}.weight")).unwrap());
@@ -368,4 +374,47 @@ fn w8a8_dynamic_exports_int_quantized_weights_with_dynamic_per_token_inputs() {
     assert_eq!((inputs["dynamic"].as_bool(), inputs["strategy"].as_str()), (Some(true), Some("token")));
     assert_eq!((inputs["num_bits"].as_u64(), inputs["symmetric"].as_bool()), (Some(8), Some(true)));
     assert!(inputs["observer"].is_null());
+}
+
+#[test]
+fn fp8_exports_float_quantized_e4m3_codes_and_scales_bit_for_bit() {
+    use quantstudio::quant::{Fp8Scheme, fp8};
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    for (scheme, dynamic) in [(Fp8Scheme::weights(Granularity::PerChannel), false), (Fp8Scheme::dynamic(), true)] {
+        let plan = Recipe::uniform(Precision::Fp8(scheme)).resolve(&source).unwrap();
+        let out = dir.path().join(format!("out-{dynamic}"));
+        export::export(&source, &plan, &out, &forced(), &Progress::new()).unwrap();
+        let exported = Model::open(&out).unwrap();
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let codes_id = exported.tensor_by_name(name).unwrap();
+        assert_eq!(exported.tensor(codes_id).dtype, DType::F8E4M3);
+        assert_eq!(exported.tensor(codes_id).shape, [64, 128]);
+        let codes = exported.tensor_bytes(codes_id);
+        let scales = floats(&exported, &format!("{name}_scale"));
+        assert_eq!(scales.len(), 64);
+        let original = floats(&source, name);
+        for (r, row) in original.chunks(128).enumerate() {
+            let scale = fp8::fp8_scale(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            assert_eq!(scales[r].to_bits(), scale.to_bits(), "row {r}");
+            for (c, &x) in row.iter().enumerate() {
+                assert_eq!(codes[r * 128 + c], fp8::quantize_value(x, scale), "row {r} col {c}");
+            }
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let quantization = &config["quantization_config"];
+        assert_eq!(quantization["format"], "float-quantized");
+        let group = quantization["config_groups"]["group_0"].clone();
+        assert_eq!(group["weights"]["type"], "float");
+        assert_eq!(group["weights"]["num_bits"], 8);
+        assert_eq!(group["weights"]["strategy"], "channel");
+        if dynamic {
+            let inputs = &group["input_activations"];
+            assert_eq!((inputs["type"].as_str(), inputs["strategy"].as_str()), (Some("float"), Some("token")));
+            assert_eq!(inputs["dynamic"], true);
+        } else {
+            assert!(group["input_activations"].is_null());
+        }
+    }
 }

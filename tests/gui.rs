@@ -129,7 +129,13 @@ fn export_and_recipes_run_as_jobs_and_report_in_the_status_bar() {
     let mut h = harness(&common::bundled_sample());
     step_until(&mut h, "the sample to open", loaded_and_analysed);
     let dest = dir.path().join("export");
+    // The synthetic sample's architecture is not one transformers builds: the export is refused, then forced.
     h.state_mut().send(Command::Export { dest: dest.clone(), force: false });
+    h.step();
+    step_until(&mut h, "the refusal", |app| app.studio.refused_export.is_some() && !app.studio.is_busy());
+    h.get_by_label_contains("export refused");
+    assert!(!dest.exists(), "a refused export writes nothing");
+    h.get_by_label("Export anyway").click();
     h.step();
     step_until(&mut h, "the export", |app| app.studio.last_export.is_some());
     h.get_by_label_contains("exported to");

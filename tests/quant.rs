@@ -2,7 +2,7 @@ use quantstudio::Model;
 use quantstudio::Progress;
 use quantstudio::model::TensorId;
 use quantstudio::quant::pass::{TensorData, analyze};
-use quantstudio::quant::{Granularity, Int8Scheme, Precision, QParams, analyze_tensor};
+use quantstudio::quant::{Fp8Scheme, Granularity, Int8Scheme, Precision, QParams, analyze_tensor, fp8};
 
 use crate::common::{self, Spec};
 
@@ -12,6 +12,8 @@ const SUM_REL_TOL: f64 = 1e-12;
 const SYM_TENSOR: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerTensor));
 const SYM_CHANNEL: Precision = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel));
 const ASYM_CHANNEL: Precision = Precision::Int8(Int8Scheme::weights(false, Granularity::PerChannel));
+const FP8_CHANNEL: Precision = Precision::Fp8(Fp8Scheme::weights(Granularity::PerChannel));
+const FP8_TENSOR: Precision = Precision::Fp8(Fp8Scheme::weights(Granularity::PerTensor));
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs())
@@ -68,7 +70,16 @@ fn edge_tensors_give_finite_documented_figures() {
     with_non_finite[5] = f32::INFINITY;
     with_non_finite[9] = f32::NEG_INFINITY;
     let all_nan = vec![f32::NAN; 24];
-    for precision in [SYM_TENSOR, SYM_CHANNEL, ASYM_CHANNEL, Precision::Fp16, Precision::Bf16, Precision::Fp32] {
+    for precision in [
+        SYM_TENSOR,
+        SYM_CHANNEL,
+        ASYM_CHANNEL,
+        FP8_TENSOR,
+        FP8_CHANNEL,
+        Precision::Fp16,
+        Precision::Bf16,
+        Precision::Fp32,
+    ] {
         for (label, values) in
             [("zeros", &zeros), ("constant", &constant), ("nan/inf", &with_non_finite), ("nan", &all_nan)]
         {
@@ -77,6 +88,7 @@ fn edge_tensors_give_finite_documented_figures() {
             assert!(figures.iter().all(|f| f.is_finite()), "{label} {precision}: {figures:?}");
             assert!(a.error.sqnr_db.is_none_or(f64::is_finite), "{label} {precision}");
             assert!(a.group_params.iter().all(|p| p.scale.is_finite() && p.scale > 0.0), "{label} {precision}");
+            assert!(a.fp8_scales.iter().all(|s| s.is_finite() && *s > 0.0), "{label} {precision}");
         }
         let zero = analyze(&TensorData::from_f32(&zeros, 4, 6), precision, &Progress::new()).unwrap();
         assert!(zero.error.is_lossless(), "all-zero tensors are lossless under {precision}");
@@ -87,6 +99,39 @@ fn edge_tensors_give_finite_documented_figures() {
     }
     let constant_int8 = analyze(&TensorData::from_f32(&constant, 4, 6), SYM_TENSOR, &Progress::new()).unwrap();
     assert_eq!(constant_int8.group_params[0].scale, 0.3f32 / 127.0);
+}
+
+#[test]
+fn fp8_per_channel_matches_the_scalar_definition_row_by_row() {
+    let mut values = common::normal(16 * 40, 21, 0.05);
+    for (i, v) in values.iter_mut().enumerate() {
+        *v *= 1.0 + (i / 40) as f32; // rows of different scale
+    }
+    values[7] = 1e-6; // a value in the subnormal range of its row
+    let data = TensorData::from_f32(&values, 16, 40);
+    let a = analyze(&data, FP8_CHANNEL, &Progress::new()).unwrap();
+    assert_eq!(a.fp8_scales.len(), 16);
+    assert!(a.group_params.is_empty(), "FP8 has no INT8 parameters");
+    let (mut sum_e2, mut sum_x2, mut max_e) = (0f64, 0f64, 0f32);
+    for (r, row) in values.chunks(40).enumerate() {
+        let scale = fp8::fp8_scale(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+        assert_eq!(a.fp8_scales[r].to_bits(), scale.to_bits(), "row {r}");
+        for &x in row {
+            let e = x - fp8::quantize_dequantize(x, scale);
+            sum_e2 += (e as f64).powi(2);
+            sum_x2 += (x as f64).powi(2);
+            max_e = max_e.max(e.abs());
+        }
+    }
+    assert!(close(a.error.mse, sum_e2 / values.len() as f64, SUM_REL_TOL));
+    assert_eq!(a.error.max_abs_error, max_e as f64);
+    assert!(close(a.error.sqnr_db.unwrap(), 10.0 * (sum_x2 / sum_e2).log10(), SUM_REL_TOL));
+    assert_eq!(a.error.saturated_count, 0, "a row's own scale never saturates it");
+    assert_eq!(a.error_histogram.total(), values.len() as u64, "every error is inside the histogram's range");
+    // 3 mantissa bits: a relative error of at most 2^-4, about 31 dB for bell-shaped values.
+    assert!((28.0..36.0).contains(&a.error.sqnr_db.unwrap()), "{:?}", a.error.sqnr_db);
+    let per_tensor = analyze(&data, FP8_TENSOR, &Progress::new()).unwrap();
+    assert_eq!(per_tensor.fp8_scales.len(), 1);
 }
 
 #[test]

@@ -210,6 +210,51 @@ fn int8_figures_are_finite_and_per_channel_is_no_worse_than_per_tensor() {
 }
 
 #[test]
+fn dynamic_inputs_are_quantized_per_token_and_cost_more_than_the_same_weights_alone() {
+    use quantstudio::quant::Fp8Scheme;
+    for name in ["tiny-bert", "tiny-llama", "tiny-llama-tied"] {
+        let folder = fixture(name);
+        let data = folder.join("inputs.txt");
+        let weights_only = eval_uniform(&folder, &data, int8(Granularity::PerChannel));
+        let dynamic = eval_uniform(&folder, &data, Precision::Int8(Int8Scheme::w8a8_dynamic()));
+        let fp8 = eval_uniform(&folder, &data, Precision::Fp8(Fp8Scheme::weights(Granularity::PerChannel)));
+        let fp8_dynamic = eval_uniform(&folder, &data, Precision::Fp8(Fp8Scheme::dynamic()));
+        for r in [&dynamic, &fp8, &fp8_dynamic] {
+            let sqnr = r.output_sqnr_db.expect("the plan changes the outputs");
+            assert!(sqnr.is_finite() && sqnr > 10.0, "{name}: {r:?}");
+        }
+        // The same weights, with the inputs quantized too: strictly more error.
+        assert!(dynamic.output_sqnr_db < weights_only.output_sqnr_db, "{name}: {dynamic:?} vs {weights_only:?}");
+        assert!(fp8_dynamic.output_sqnr_db < fp8.output_sqnr_db, "{name}: {fp8_dynamic:?} vs {fp8:?}");
+    }
+}
+
+#[test]
+fn dynamic_input_quantization_gives_each_row_its_own_scale() {
+    use quantstudio::quant::{InputQuant, QParams, fp8};
+    use quantstudio::runtime::linear::planned_input;
+    // Two tokens of very different size: each is quantized as if alone.
+    let x = [0.5f32, -0.25, 0.125, 1e-3, 100.0, -50.0, 25.0, 0.1];
+    let int8 = planned_input(&x, 4, Some(&InputQuant::DynamicInt8));
+    for row in 0..2 {
+        let values = &x[row * 4..row * 4 + 4];
+        let params = QParams::symmetric(values.iter().fold(0f32, |m, v| m.max(v.abs())));
+        for (i, &v) in values.iter().enumerate() {
+            assert_eq!(int8[row * 4 + i].to_bits(), params.dequantize(params.quantize(v)).to_bits());
+        }
+    }
+    assert_ne!(int8[2], 0.0, "the small token keeps its small values (a per-tensor scale would zero them)");
+    let e4m3 = planned_input(&x, 4, Some(&InputQuant::DynamicFp8));
+    for row in 0..2 {
+        let values = &x[row * 4..row * 4 + 4];
+        let scale = fp8::fp8_scale(values.iter().fold(0f32, |m, v| m.max(v.abs())));
+        for (i, &v) in values.iter().enumerate() {
+            assert_eq!(e4m3[row * 4 + i].to_bits(), fp8::quantize_dequantize(v, scale).to_bits());
+        }
+    }
+}
+
+#[test]
 fn evaluation_is_deterministic_and_the_plan_only_changes_planned_layers() {
     let folder = fixture("tiny-llama");
     let data = folder.join("inputs.txt");

@@ -978,7 +978,7 @@ impl Studio {
 
     /// Counts of layers per precision name (INT8 weight-only, W8A8, FP16, BF16, FP32), only layers with float
     /// tensors.
-    pub fn precision_counts(&self) -> [(&'static str, usize); 6] {
+    pub fn precision_counts(&self) -> [(&'static str, usize); 8] {
         match &self.model {
             Some(model) => precision_counts(model, &self.plan.layers),
             None => precision_counts_empty(),
@@ -987,7 +987,7 @@ impl Studio {
 }
 
 /// Layers per precision name in a plan, counting only layers with float tensors.
-fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 6] {
+fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 8] {
     let mut counts = precision_counts_empty();
     for (index, precision) in layers.iter().enumerate() {
         if model.main_tensor(LayerId(index)).is_none() {
@@ -997,9 +997,11 @@ fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usiz
             Precision::Int8(_) if precision.needs_calibration() => 1,
             Precision::Int8(_) if precision.quantizes_inputs() => 2,
             Precision::Int8(_) => 0,
-            Precision::Fp16 => 3,
-            Precision::Bf16 => 4,
-            Precision::Fp32 => 5,
+            Precision::Fp8(_) if precision.quantizes_inputs() => 4,
+            Precision::Fp8(_) => 3,
+            Precision::Fp16 => 5,
+            Precision::Bf16 => 6,
+            Precision::Fp32 => 7,
         };
         counts[slot].1 += 1;
     }
@@ -1012,8 +1014,8 @@ fn plan_summary(model: &Model, layers: &[Precision]) -> String {
     counts.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
 }
 
-fn precision_counts_empty() -> [(&'static str, usize); 6] {
-    [("INT8", 0), ("W8A8", 0), ("W8A8-dyn", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)]
+fn precision_counts_empty() -> [(&'static str, usize); 8] {
+    [("INT8", 0), ("W8A8", 0), ("W8A8-dyn", 0), ("FP8", 0), ("FP8-dyn", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)]
 }
 
 fn cmp_option(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {

@@ -10,6 +10,8 @@
 //!   channel) and, when asymmetric, `x_zero_point` (I8, the scale's shape); `naive-quantized` for weight-only,
 //!   `int-quantized` when the layer's input is quantized too: static W8A8 adds `M.input_scale` (F32 `[1]`, the
 //!   calibrated `clip / 127`), W8A8-dynamic adds nothing (the runtime computes each token's scale).
+//! - FP8 E4M3: `float-quantized`: codes as F8_E4M3 in the original shape and `x_scale` (F32, `[1]` or `[out, 1]`);
+//!   dynamic per-token FP8 inputs add nothing (the runtime computes each token's scale).
 //! - FP16 / BF16: cast, round to nearest even with saturation (the formulas of `docs/QUANTIZATION.md`).
 //! - everything else: bytes copied unchanged, integer tensors included.
 //!
@@ -33,7 +35,7 @@ use crate::progress::Progress;
 use crate::quant::params::{to_bf16, to_fp16};
 use crate::quant::pass::TensorData;
 use crate::quant::plan::is_output_head;
-use crate::quant::{Activations, Granularity, Plan, Precision, quantize_tensor};
+use crate::quant::{Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8};
 
 /// What a quantized layer's input becomes in the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +46,8 @@ pub enum Inputs {
     StaticInt8,
     /// Dynamic per-token symmetric INT8 (no tensor written).
     DynamicInt8,
+    /// Dynamic per-token FP8 E4M3 (no tensor written).
+    DynamicFp8,
 }
 
 /// How one tensor is stored in the export.
@@ -61,6 +65,14 @@ pub enum Layout {
         /// What the layer's input becomes.
         inputs: Inputs,
     },
+    /// FP8 E4M3 codes (F8_E4M3) in the original shape, with F32 scales of shape `[1]` per tensor or `[rows, 1]`
+    /// per channel: `float-quantized`.
+    Fp8Codes {
+        /// Rows of the scale when per channel; `None` per tensor.
+        channels: Option<usize>,
+        /// What the layer's input becomes (float, or dynamic per-token FP8).
+        inputs: Inputs,
+    },
     /// Cast to F16 or BF16.
     Cast(DType),
     /// Bytes copied unchanged.
@@ -74,6 +86,7 @@ impl Layout {
             Layout::Packed => Some("pack-quantized"),
             Layout::Int8Codes { inputs: Inputs::Float, .. } => Some("naive-quantized"),
             Layout::Int8Codes { .. } => Some("int-quantized"),
+            Layout::Fp8Codes { .. } => Some("float-quantized"),
             Layout::Cast(_) | Layout::Kept => None,
         }
     }
@@ -101,6 +114,16 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
                 Activations::Float => Inputs::Float,
                 Activations::Int8 => Inputs::StaticInt8,
                 Activations::Int8Dynamic => Inputs::DynamicInt8,
+            },
+        },
+        Precision::Fp8(scheme) => Layout::Fp8Codes {
+            channels: match scheme.granularity {
+                Granularity::PerChannel => Some(info.rows_cols().0),
+                Granularity::PerTensor => None,
+            },
+            inputs: match scheme.activations {
+                Fp8Activations::Float => Inputs::Float,
+                Fp8Activations::Fp8Dynamic => Inputs::DynamicFp8,
             },
         },
         Precision::Fp16 => Layout::Cast(DType::F16),
@@ -152,6 +175,10 @@ pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout)
             }
             outputs
         }
+        Layout::Fp8Codes { channels, .. } => vec![
+            planned(name.to_owned(), DType::F8E4M3, shape.to_vec()),
+            planned(param_name(name, "scale"), DType::F32, param_shape(channels)),
+        ],
         Layout::Cast(to) => vec![planned(name.to_owned(), to, shape.to_vec())],
         Layout::Kept => vec![planned(name.to_owned(), dtype, shape.to_vec())],
     }
@@ -198,8 +225,17 @@ fn model_refusal(model: &Model) -> Option<String> {
             "a model.json graph is not an architecture transformers or vLLM know (it runs in the studio)".into(),
         );
     }
-    if config.get("model_type").and_then(Value::as_str).is_none() {
+    let Some(model_type) = config.get("model_type").and_then(Value::as_str) else {
         return Some("config.json names no model_type: transformers and vLLM cannot build the model".into());
+    };
+    // A model that brings its own code (`auto_map`) loads with trust_remote_code.
+    let known = super::transformers_model_types::MODEL_TYPES.binary_search(&model_type).is_ok();
+    if !known && !config.contains_key("auto_map") {
+        return Some(format!(
+            "transformers {} has no model_type {model_type:?} and config.json brings no code (auto_map): \
+             transformers and vLLM cannot build the model",
+            super::transformers_model_types::TRANSFORMERS_VERSION
+        ));
     }
     None
 }
@@ -229,7 +265,7 @@ fn check_layer(model: &Model, plan: &Plan, id: LayerId) -> LayerCheck {
     };
     let layout = layout(model, plan, main);
     let treatment = match layout {
-        Layout::Packed | Layout::Int8Codes { .. } => Treatment::AsPlanned,
+        Layout::Packed | Layout::Int8Codes { .. } | Layout::Fp8Codes { .. } => Treatment::AsPlanned,
         Layout::Cast(_) => Treatment::Cast,
         Layout::Kept => Treatment::Kept,
     };
@@ -313,6 +349,8 @@ pub fn check(model: &Model, plan: &Plan) -> Compatibility {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct GroupKey {
     format: &'static str,
+    /// `"int"` or `"float"`.
+    kind: &'static str,
     symmetric: bool,
     strategy: &'static str,
     inputs: Inputs,
@@ -332,12 +370,24 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
         let Some(main) = model.main_tensor(LayerId(index)) else { continue };
         let layout = layout(model, plan, main);
         let key = match layout {
-            Layout::Packed => {
-                GroupKey { format: "pack-quantized", symmetric: true, strategy: "channel", inputs: Inputs::Float }
-            }
+            Layout::Packed => GroupKey {
+                format: "pack-quantized",
+                kind: "int",
+                symmetric: true,
+                strategy: "channel",
+                inputs: Inputs::Float,
+            },
             Layout::Int8Codes { channels, symmetric, inputs } => GroupKey {
                 format: layout.format().unwrap_or("naive-quantized"),
+                kind: "int",
                 symmetric,
+                strategy: if channels.is_some() { "channel" } else { "tensor" },
+                inputs,
+            },
+            Layout::Fp8Codes { channels, inputs } => GroupKey {
+                format: "float-quantized",
+                kind: "float",
+                symmetric: true,
                 strategy: if channels.is_some() { "channel" } else { "tensor" },
                 inputs,
             },
@@ -364,14 +414,16 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
             let input_activations = match key.inputs {
                 Inputs::Float => Value::Null,
                 // vLLM's static W8A8: one calibrated scale per tensor (`input_scale`).
-                Inputs::StaticInt8 => int8_args(true, "tensor", false),
+                Inputs::StaticInt8 => quantization_args("int", true, "tensor", false),
                 // llm-compressor's W8A8 preset: a scale per token, computed at run time.
-                Inputs::DynamicInt8 => int8_args(true, "token", true),
+                Inputs::DynamicInt8 => quantization_args("int", true, "token", true),
+                // llm-compressor's FP8_DYNAMIC preset.
+                Inputs::DynamicFp8 => quantization_args("float", true, "token", true),
             };
             let group = json!({
                 "targets": targets,
                 "format": key.format,
-                "weights": int8_args(key.symmetric, key.strategy, false),
+                "weights": quantization_args(key.kind, key.symmetric, key.strategy, false),
                 "input_activations": input_activations,
                 "output_activations": null,
             });
@@ -391,11 +443,11 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
     }))
 }
 
-/// compressed-tensors `QuantizationArgs` of 8-bit integers (no key that older loaders reject).
-fn int8_args(symmetric: bool, strategy: &str, dynamic: bool) -> Value {
+/// compressed-tensors `QuantizationArgs` of 8 bits, `kind` `"int"` or `"float"` (no key that older loaders reject).
+fn quantization_args(kind: &str, symmetric: bool, strategy: &str, dynamic: bool) -> Value {
     json!({
         "num_bits": 8,
-        "type": "int",
+        "type": kind,
         "symmetric": symmetric,
         "strategy": strategy,
         "group_size": null,
@@ -536,6 +588,15 @@ fn write_tensor(
                     writer.write_tensor(last, &f32_le_bytes(&[input.scale]))?;
                 }
             }
+        }
+        Layout::Fp8Codes { .. } => {
+            let Precision::Fp8(scheme) = plan.tensor(model, id) else {
+                return Err(Error::Unsupported(format!("tensor {:?} has an FP8 layout but no FP8 plan", info.name)));
+            };
+            let data = TensorData::of(model, id)?;
+            let quantized = quantize_tensor_fp8(&data, scheme.granularity, &Progress::new())?;
+            writer.write_tensor(&outputs[0].name, &quantized.codes)?;
+            writer.write_tensor(&outputs[1].name, &f32_le_bytes(&quantized.scales))?;
         }
         Layout::Cast(to) => {
             let data = TensorData::of(model, id)?;

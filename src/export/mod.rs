@@ -13,6 +13,7 @@
 //! `1_Pooling/`, `README.md`, …), so the export loads like the original.
 
 pub mod compressed_tensors;
+pub mod transformers_model_types;
 
 use std::collections::BTreeMap;
 use std::fmt;

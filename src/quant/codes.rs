@@ -1,11 +1,11 @@
-//! INT8 codes of whole tensors: the parameters from pass 1 of the analysis, then the codes, in parallel. The
-//! export writes these codes and the runtime's simulation and deployed kernels are built from them.
+//! Codes of whole tensors: the parameters from pass 1 of the analysis, then the codes, in parallel (INT8 codes
+//! with their `QParams`, FP8 E4M3 codes with their scales). The export writes these codes, and the runtime's
+//! simulation and deployed kernels are built from them.
 
 use rayon::prelude::*;
 
-use super::kernels;
 use super::pass::{TensorData, scan};
-use super::{Int8Scheme, QParams};
+use super::{Granularity, Int8Scheme, QParams, fp8, kernels};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -18,30 +18,63 @@ pub struct QuantizedTensor {
     pub params: Vec<QParams>,
 }
 
+/// FP8 E4M3 codes of one tensor with their scales.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fp8Tensor {
+    /// E4M3 codes in the tensor's original layout.
+    pub codes: Vec<u8>,
+    /// One scale per group (per tensor: one; per channel: one per row).
+    pub scales: Vec<f32>,
+}
+
 /// Quantizes one tensor to INT8 codes under `scheme` (pass 1 for the parameters, then the codes, in parallel).
 pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progress) -> Result<QuantizedTensor> {
     let params = scan(data, progress)?.group_params(scheme);
-    let mut codes = vec![0i8; data.len()];
+    let per_row = params.len() > 1;
+    let codes = encode(data, progress, 0i8, |row, slice, out| {
+        kernels::quantize_codes(slice, &params[if per_row { row } else { 0 }], out);
+    })?;
+    Ok(QuantizedTensor { codes, params })
+}
+
+/// Quantizes one tensor to FP8 E4M3 codes with one scale per tensor or per row (pass 1 for the scales, then the
+/// codes, in parallel).
+pub fn quantize_tensor_fp8(data: &TensorData, granularity: Granularity, progress: &Progress) -> Result<Fp8Tensor> {
+    let scales = scan(data, progress)?.fp8_scales(granularity);
+    let per_row = scales.len() > 1;
+    let codes = encode(data, progress, 0u8, |row, slice, out| {
+        fp8::quantize_e4m3(slice, scales[if per_row { row } else { 0 }], out);
+    })?;
+    Ok(Fp8Tensor { codes, scales })
+}
+
+/// The codes of every element of `data`, block by block in parallel: `code_row(row, values, out)` fills the codes
+/// of one row's slice of a block.
+fn encode<T: Copy + Send>(
+    data: &TensorData,
+    progress: &Progress,
+    zero: T,
+    code_row: impl Fn(usize, &[f32], &mut [T]) + Sync,
+) -> Result<Vec<T>> {
+    let mut codes = vec![zero; data.len()];
     let blocks = data.blocks();
-    let mut pieces: Vec<(&std::ops::Range<usize>, &mut [i8])> = Vec::with_capacity(blocks.len());
+    let mut pieces: Vec<(&std::ops::Range<usize>, &mut [T])> = Vec::with_capacity(blocks.len());
     let mut rest = codes.as_mut_slice();
     for block in &blocks {
         let (piece, tail) = rest.split_at_mut(block.len());
         pieces.push((block, piece));
         rest = tail;
     }
-    let per_row = params.len() > 1;
     pieces.into_par_iter().try_for_each_init(Vec::new, |buf, (block, out)| {
         progress.check()?;
         let values = data.values(block.clone(), buf);
         let mut at = 0;
         data.for_each_row_slice(block, values, |row, slice| {
-            let p = &params[if per_row { row } else { 0 }];
-            kernels::quantize_codes(slice, p, &mut out[at..at + slice.len()]);
+            code_row(row, slice, &mut out[at..at + slice.len()]);
             at += slice.len();
         });
         progress.advance(block.len() as u64);
         Ok::<(), Error>(())
     })?;
-    Ok(QuantizedTensor { codes, params })
+    Ok(codes)
 }

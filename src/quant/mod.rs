@@ -14,7 +14,7 @@ pub mod plan;
 
 use std::fmt;
 
-pub use codes::{QuantizedTensor, quantize_tensor};
+pub use codes::{Fp8Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8};
 pub use metrics::ErrorMetrics;
 pub use params::QParams;
 pub use pass::{TensorAnalysis, analyze_tensor};
@@ -76,6 +76,55 @@ pub enum InputQuant {
     Static(QParams),
     /// Dynamic per-token symmetric INT8: every row with its own `QParams::symmetric(absmax(row))`.
     DynamicInt8,
+    /// Dynamic per-token FP8 E4M3: every row with its own `fp8::fp8_scale(absmax(row))`.
+    DynamicFp8,
+}
+
+/// An FP8 E4M3 scheme (compressed-tensors `float-quantized`, vLLM's FP8 and FP8_DYNAMIC): `scale = absmax / 448`
+/// per tensor or per output channel, values rounded to nearest even on the E4M3 grid with saturation
+/// ([`fp8`], `docs/QUANTIZATION.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Fp8Scheme {
+    /// One scale per tensor or per output channel.
+    #[serde(default = "per_channel")]
+    pub granularity: Granularity,
+    /// What the layer's input becomes: kept in float (weight-only) or dynamic per-token FP8.
+    #[serde(default, skip_serializing_if = "Fp8Activations::is_float")]
+    pub activations: Fp8Activations,
+}
+
+/// The precision of an FP8 layer's input activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fp8Activations {
+    /// Kept in float (FP8 weight-only, W8A16).
+    #[default]
+    Float,
+    /// Dynamic per-token E4M3 (FP8_DYNAMIC): each row quantized as it arrives with `scale = absmax(row) / 448`.
+    Fp8Dynamic,
+}
+
+impl Fp8Activations {
+    /// Whether the input stays in float (weight-only).
+    pub fn is_float(&self) -> bool {
+        *self == Fp8Activations::Float
+    }
+}
+
+impl Fp8Scheme {
+    /// Per-channel FP8 weights, inputs in float.
+    pub const fn weights(granularity: Granularity) -> Fp8Scheme {
+        Fp8Scheme { granularity, activations: Fp8Activations::Float }
+    }
+
+    /// FP8_DYNAMIC as vLLM users deploy it: per-channel weights, dynamic per-token FP8 inputs.
+    pub const fn dynamic() -> Fp8Scheme {
+        Fp8Scheme { granularity: Granularity::PerChannel, activations: Fp8Activations::Fp8Dynamic }
+    }
+}
+
+fn per_channel() -> Granularity {
+    Granularity::PerChannel
 }
 
 impl Int8Scheme {
@@ -116,6 +165,8 @@ impl Default for Int8Scheme {
 pub enum Precision {
     /// 8-bit integer weights with a scale (and zero point).
     Int8(Int8Scheme),
+    /// FP8 E4M3 weights with a scale.
+    Fp8(Fp8Scheme),
     /// IEEE half precision.
     Fp16,
     /// bfloat16.
@@ -137,13 +188,23 @@ impl Precision {
 
     /// Whether the layer's input is quantized too, statically or dynamically.
     pub fn quantizes_inputs(self) -> bool {
-        matches!(self, Precision::Int8(s) if !s.activations.is_float())
+        match self {
+            Precision::Int8(s) => !s.activations.is_float(),
+            Precision::Fp8(s) => !s.activations.is_float(),
+            _ => false,
+        }
+    }
+
+    /// Whether only the layer's main tensor is quantized, with codes and scales (INT8, FP8), as opposed to a cast
+    /// of every float tensor (FP16, BF16) or nothing (FP32).
+    pub fn has_codes(self) -> bool {
+        matches!(self, Precision::Int8(_) | Precision::Fp8(_))
     }
 
     /// Bytes per element of a tensor stored at this precision (`stored_bytes` for FP32, which keeps the dtype).
     pub fn element_bytes(self, stored_bytes: usize) -> usize {
         match self {
-            Precision::Int8(_) => 1,
+            Precision::Int8(_) | Precision::Fp8(_) => 1,
             Precision::Fp16 | Precision::Bf16 => 2,
             Precision::Fp32 => stored_bytes,
         }
@@ -162,6 +223,15 @@ impl fmt::Display for Precision {
                     Activations::Int8Dynamic => "w8a8-dyn",
                 },
                 if s.symmetric { "sym" } else { "asym" },
+                match s.granularity {
+                    Granularity::PerTensor => "per-tensor",
+                    Granularity::PerChannel => "per-channel",
+                }
+            ),
+            Precision::Fp8(s) => write!(
+                f,
+                "{} {}",
+                if s.activations.is_float() { "fp8" } else { "fp8-dyn" },
                 match s.granularity {
                     Granularity::PerTensor => "per-tensor",
                     Granularity::PerChannel => "per-channel",
@@ -193,5 +263,16 @@ mod tests {
         assert_eq!(w8a8.to_string(), "w8a8 sym per-channel");
         assert_eq!(serde_json::from_str::<Precision>(r#"{"precision":"bf16"}"#).unwrap(), Precision::Bf16);
         assert_eq!(p.to_string(), "int8 asym per-channel");
+        let fp8 = Precision::Fp8(Fp8Scheme::dynamic());
+        let json = serde_json::to_string(&fp8).unwrap();
+        assert_eq!(json, r#"{"precision":"fp8","granularity":"per_channel","activations":"fp8_dynamic"}"#);
+        assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), fp8);
+        assert_eq!(fp8.to_string(), "fp8-dyn per-channel");
+        let short: Precision = serde_json::from_str(r#"{"precision":"fp8"}"#).unwrap();
+        assert_eq!(short, Precision::Fp8(Fp8Scheme::weights(Granularity::PerChannel)));
+        let dynamic_int8 = Precision::Int8(Int8Scheme::w8a8_dynamic());
+        let json = serde_json::to_string(&dynamic_int8).unwrap();
+        assert!(json.ends_with(r#""activations":"int8_dynamic"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), dynamic_int8);
     }
 }

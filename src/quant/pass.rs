@@ -188,6 +188,18 @@ impl Scan {
         }
     }
 
+    /// The FP8 scale of each quantization group (`fp8::fp8_scale` of its finite absmax): one for per tensor (or
+    /// for a 0-D/1-D tensor), one per row for per channel. Rows without finite values get scale 1.
+    pub fn fp8_scales(&self, granularity: Granularity) -> Vec<f32> {
+        let absmax = |min: f32, max: f32| if min <= max { min.abs().max(max.abs()) } else { 0.0 };
+        match granularity {
+            Granularity::PerChannel if self.row_min.len() > 1 => {
+                self.row_min.iter().zip(&self.row_max).map(|(&lo, &hi)| super::fp8::fp8_scale(absmax(lo, hi))).collect()
+            }
+            _ => vec![super::fp8::fp8_scale(absmax(self.total.min, self.total.max))],
+        }
+    }
+
     /// The INT8 parameters of each quantization group: one for per tensor (or for a 0-D/1-D tensor), one per
     /// row for per channel. Rows without finite values get the parameters of an all-zero group.
     pub fn group_params(&self, scheme: Int8Scheme) -> Vec<QParams> {
@@ -333,6 +345,9 @@ pub struct TensorAnalysis {
     pub error_histogram: Histogram,
     /// INT8 parameters per group (one per output channel for per-channel), empty for other precisions.
     pub group_params: Vec<QParams>,
+    /// FP8 scales per group (one per output channel for per-channel), empty for other precisions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fp8_scales: Vec<f32>,
 }
 
 /// Smallest half-width of the error histogram, so that its bin arithmetic stays finite in f32.
@@ -356,8 +371,13 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         Precision::Int8(scheme) => scan.group_params(scheme),
         _ => Vec::new(),
     };
+    let fp8_scales = match precision {
+        Precision::Fp8(scheme) => scan.fp8_scales(scheme.granularity),
+        _ => Vec::new(),
+    };
     let roundings: Vec<Rounding> = match precision {
         Precision::Int8(_) => group_params.iter().copied().map(Rounding::Int8).collect(),
+        Precision::Fp8(_) => fp8_scales.iter().map(|&scale| Rounding::Fp8 { scale }).collect(),
         Precision::Fp16 => vec![Rounding::Fp16],
         Precision::Bf16 => vec![Rounding::Bf16],
         Precision::Fp32 => vec![Rounding::Identity],
@@ -365,6 +385,8 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
     let absmax = stats.absmax as f64;
     let error_range = match precision {
         Precision::Int8(_) => group_params.iter().map(|p| p.scale as f64 / 2.0).fold(0.0, f64::max),
+        // Half the step of the top binade [256, 448] (32): the largest error without saturation.
+        Precision::Fp8(_) => fp8_scales.iter().map(|&s| s as f64 * 16.0).fold(0.0, f64::max),
         Precision::Fp16 => (absmax * 2f64.powi(-11)).max(2f64.powi(-25)),
         Precision::Bf16 => absmax * 2f64.powi(-8),
         Precision::Fp32 => 1.0,
@@ -426,5 +448,5 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         stats.finite_count,
     );
     error.saturated_count = total.saturated;
-    Ok(TensorAnalysis { stats, value_histogram, precision, error, error_histogram, group_params })
+    Ok(TensorAnalysis { stats, value_histogram, precision, error, error_histogram, group_params, fp8_scales })
 }

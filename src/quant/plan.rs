@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
+use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
 
@@ -107,14 +107,11 @@ impl Default for Recipe {
 }
 
 impl Recipe {
-    /// The CLI's `--precision` shortcut: INT8 on the layers deployment runtimes quantize (linear layers and
+    /// The CLI's `--precision` shortcut: INT8 and FP8 on the layers deployment runtimes quantize (linear layers and
     /// convolutions but the output head; [`DefaultScope::Linear`]); FP16 and BF16 on every layer; norms and 1-D
     /// layers kept in FP32 either way.
     pub fn uniform(precision: Precision) -> Recipe {
-        let default_scope = match precision {
-            Precision::Int8(_) => DefaultScope::Linear,
-            Precision::Fp16 | Precision::Bf16 | Precision::Fp32 => DefaultScope::All,
-        };
+        let default_scope = if precision.has_codes() { DefaultScope::Linear } else { DefaultScope::All };
         Recipe { default_scope, ..Recipe::everywhere(precision) }
     }
 
@@ -277,6 +274,7 @@ impl Plan {
     pub fn input_quant(&self, id: LayerId) -> Option<InputQuant> {
         match self.layer(id) {
             Precision::Int8(s) if s.activations == Activations::Int8Dynamic => Some(InputQuant::DynamicInt8),
+            Precision::Fp8(s) if s.activations == Fp8Activations::Fp8Dynamic => Some(InputQuant::DynamicFp8),
             _ => self.input_params(id).map(InputQuant::Static),
         }
     }
@@ -333,10 +331,13 @@ impl Plan {
             return Precision::Fp32;
         }
         match self.layer(tensor.layer) {
-            Precision::Int8(_) if model.main_tensor(tensor.layer) != Some(id) => Precision::Fp32,
+            precision if precision.has_codes() && model.main_tensor(tensor.layer) != Some(id) => Precision::Fp32,
             // 0-D and 1-D tensors have no output channels: per tensor is what they get.
             Precision::Int8(scheme) if tensor.shape.len() < 2 => {
                 Precision::Int8(super::Int8Scheme { granularity: Granularity::PerTensor, ..scheme })
+            }
+            Precision::Fp8(scheme) if tensor.shape.len() < 2 => {
+                Precision::Fp8(super::Fp8Scheme { granularity: Granularity::PerTensor, ..scheme })
             }
             precision => precision,
         }

@@ -49,6 +49,12 @@ pub fn planned_input<'x>(x: &'x [f32], row_len: usize, quant: Option<&InputQuant
     match quant {
         Some(InputQuant::Static(p)) => std::borrow::Cow::Owned(fake_quantize(x, p)),
         Some(InputQuant::DynamicInt8) => std::borrow::Cow::Owned(fake_quantize_rows(x, row_len)),
+        Some(InputQuant::DynamicFp8) => {
+            let mut out = vec![0.0f32; x.len()];
+            let whole_rows = row_len > 0 && x.len().is_multiple_of(row_len);
+            crate::quant::fp8::fake_quantize_e4m3_rows(x, if whole_rows { row_len } else { x.len().max(1) }, &mut out);
+            std::borrow::Cow::Owned(out)
+        }
         None => std::borrow::Cow::Borrowed(x),
     }
 }

@@ -120,7 +120,8 @@ impl<'m> WeightSource<'m> {
         self.progress.check()?;
         let data = TensorData::of(self.model, id)?;
         let packed = match plan.tensor(self.model, id) {
-            Precision::Fp32 => return Ok(None),
+            // FP8 weights run on their simulated f32 values (no compact FP8 kernel here).
+            Precision::Fp32 | Precision::Fp8(_) => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {
                 let mut buf = Vec::new();
@@ -294,6 +295,15 @@ pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) ->
             let cols = data.cols.max(1);
             for (i, (v, q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
                 *v = quantized.params[if per_row { i / cols } else { 0 }].dequantize(*q);
+            }
+        }
+        Precision::Fp8(scheme) => {
+            // x_hat = e4m3(q) · scale: `fp8::quantize_dequantize` bit for bit.
+            let quantized = crate::quant::quantize_tensor_fp8(data, scheme.granularity, progress)?;
+            let per_row = quantized.scales.len() > 1;
+            let cols = data.cols.max(1);
+            for (i, (v, &q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
+                *v = crate::quant::fp8::e4m3_to_f32(q) * quantized.scales[if per_row { i / cols } else { 0 }];
             }
         }
     }

@@ -53,10 +53,13 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     value_plot(ui, &analysis, log);
     ui.label(RichText::new("Error (x - dequantized)").strong());
     histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, Color32::from_rgb(230, 140, 80), &[]);
-    if analysis.group_params.len() > 1 {
-        ui.label(RichText::new(format!("Per-channel scales ({} channels)", analysis.group_params.len())).strong());
-        let points: PlotPoints =
-            analysis.group_params.iter().enumerate().map(|(i, p)| [i as f64, p.scale as f64]).collect();
+    let scales: Vec<f32> = match analysis.precision {
+        Precision::Fp8(_) => analysis.fp8_scales.clone(),
+        _ => analysis.group_params.iter().map(|p| p.scale).collect(),
+    };
+    if scales.len() > 1 {
+        ui.label(RichText::new(format!("Per-channel scales ({} channels)", scales.len())).strong());
+        let points: PlotPoints = scales.iter().enumerate().map(|(i, &s)| [i as f64, s as f64]).collect();
         Plot::new("scales").height(120.0).allow_scroll(false).show(ui, |plot| {
             plot.line(Line::new("scale", points));
         });
@@ -123,7 +126,38 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
             }
         }
     }
+    if let Precision::Fp8(_) = a.precision
+        && let Some(&scale) = a.fp8_scales.iter().max_by(|x, y| x.total_cmp(y))
+    {
+        fp8_grid(ui, a, scale as f64, &mut marks);
+    }
     histogram_plot(ui, "value-histogram", &a.value_histogram, log, Color32::from_rgb(120, 170, 230), &marks);
+}
+
+/// The E4M3 grid times `scale` (the largest channel's): the range marks, and a line at every code inside the
+/// histogram's range. The grid is not uniform: its step doubles with every binade, from `2^-9 · scale` near zero to
+/// `32 · scale` at the top.
+fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, scale: f64, marks: &mut Vec<VLine>) {
+    use crate::quant::fp8::{E4M3_MAX, E4M3_SUBNORMAL_STEP, e4m3_to_f32};
+    let hi = E4M3_MAX as f64 * scale;
+    let blue = Color32::from_rgb(90, 160, 240);
+    marks.push(VLine::new("FP8 range", -hi).color(blue));
+    marks.push(VLine::new("FP8 range", hi).color(blue));
+    let per = if a.fp8_scales.len() > 1 { "largest channel" } else { "tensor" };
+    ui.label(
+        RichText::new(format!(
+            "FP8 E4M3 grid ({per}): range ±{hi:.3e}; step {} near 0, {} at the top",
+            format::sci(E4M3_SUBNORMAL_STEP as f64 * scale),
+            format::sci(32.0 * scale)
+        ))
+        .small(),
+    );
+    for code in 0..=u8::MAX {
+        let x = e4m3_to_f32(code) as f64 * scale;
+        if x.is_finite() && x >= a.value_histogram.lo && x <= a.value_histogram.hi {
+            marks.push(VLine::new("FP8 grid", x).color(Color32::from_rgba_unmultiplied(90, 160, 240, 50)));
+        }
+    }
 }
 
 fn histogram_plot(ui: &mut egui::Ui, id: &str, h: &Histogram, log: bool, color: Color32, marks: &[VLine]) {

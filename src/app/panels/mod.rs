@@ -244,7 +244,7 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
             ui.separator();
             for (name, count) in studio.precision_counts() {
-                if name.starts_with("W8A8") && count == 0 {
+                if (name.starts_with("W8A8") || name.starts_with("FP8")) && count == 0 {
                     continue;
                 }
                 ui.label(format!("{name} {count}"));
@@ -321,14 +321,22 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 /// The precisions offered in combos, with their labels.
-pub fn precision_choices() -> [(Precision, &'static str); 4] {
-    [(DEFAULT_INT8, "INT8"), (Precision::Fp16, "FP16"), (Precision::Bf16, "BF16"), (Precision::Fp32, "FP32")]
+pub fn precision_choices() -> [(Precision, &'static str); 5] {
+    let fp8 = Precision::Fp8(crate::quant::Fp8Scheme::weights(crate::quant::Granularity::PerChannel));
+    [
+        (DEFAULT_INT8, "INT8"),
+        (fp8, "FP8"),
+        (Precision::Fp16, "FP16"),
+        (Precision::Bf16, "BF16"),
+        (Precision::Fp32, "FP32"),
+    ]
 }
 
-/// The label of a precision's family (INT8 / FP16 / BF16 / FP32).
+/// The label of a precision's family (INT8 / FP8 / FP16 / BF16 / FP32).
 pub fn family_label(precision: Precision) -> &'static str {
     match precision {
         Precision::Int8(_) => "INT8",
+        Precision::Fp8(_) => "FP8",
         Precision::Fp16 => "FP16",
         Precision::Bf16 => "BF16",
         Precision::Fp32 => "FP32",

@@ -8,7 +8,7 @@ use super::{family_label, format, precision_choices, sqnr_color};
 use crate::app::StudioApp;
 use crate::app::state::{Command, SortColumn};
 use crate::model::LayerId;
-use crate::quant::{Granularity, Int8Scheme, Precision};
+use crate::quant::{Fp8Scheme, Granularity, Int8Scheme, Precision};
 
 const ROW_HEIGHT: f32 = 22.0;
 
@@ -29,6 +29,19 @@ fn scheme_choices() -> [(Int8Scheme, &'static str); 7] {
 
 fn scheme_label(scheme: Int8Scheme) -> &'static str {
     scheme_choices().into_iter().find(|(s, _)| *s == scheme).map(|(_, l)| l).unwrap_or("?")
+}
+
+/// The FP8 E4M3 schemes offered: weight-only per channel or per tensor, and FP8_DYNAMIC (per-token FP8 inputs).
+fn fp8_scheme_choices() -> [(Fp8Scheme, &'static str); 3] {
+    [
+        (Fp8Scheme::weights(Granularity::PerChannel), "per-channel"),
+        (Fp8Scheme::weights(Granularity::PerTensor), "per-tensor"),
+        (Fp8Scheme::dynamic(), "dynamic · per-channel"),
+    ]
+}
+
+fn fp8_scheme_label(scheme: Fp8Scheme) -> &'static str {
+    fp8_scheme_choices().into_iter().find(|(s, _)| *s == scheme).map(|(_, l)| l).unwrap_or("?")
 }
 
 /// The central panel: bulk bar and table.
@@ -66,6 +79,10 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     for (scheme, scheme_text) in scheme_choices() {
                         ui.selectable_value(bulk, Precision::Int8(scheme), format!("INT8 {scheme_text}"));
                     }
+                } else if let Precision::Fp8(_) = precision {
+                    for (scheme, scheme_text) in fp8_scheme_choices() {
+                        ui.selectable_value(bulk, Precision::Fp8(scheme), format!("FP8 {scheme_text}"));
+                    }
                 } else {
                     ui.selectable_value(bulk, precision, label);
                 }
@@ -94,6 +111,7 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
 fn bulk_label(precision: Precision) -> String {
     match precision {
         Precision::Int8(scheme) => format!("INT8 {}", scheme_label(scheme)),
+        Precision::Fp8(scheme) => format!("FP8 {}", fp8_scheme_label(scheme)),
         other => family_label(other).to_owned(),
     }
 }
@@ -146,8 +164,10 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
             });
             header.col(|ui| sort_header(ui, app, "Precision", SortColumn::Precision, "Planned precision of the layer"));
             header.col(|ui| {
-                ui.label(RichText::new("INT8 scheme").strong()).on_hover_text(
-                    "Symmetric (zero point 0) or asymmetric; one scale per tensor or per output channel",
+                ui.label(RichText::new("Scheme").strong()).on_hover_text(
+                    "INT8: symmetric (zero point 0) or asymmetric, one scale per tensor or per output channel, inputs \
+                     float (weight-only), static INT8 (W8A8, calibrated) or dynamic per token (W8A8-dynamic). FP8: \
+                     E4M3 weights per channel or per tensor, inputs float or dynamic per-token FP8",
                 );
             });
             header.col(|ui| {
@@ -232,6 +252,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                             for (option, label) in precision_choices() {
                                 let option = match (option, precision) {
                                     (Precision::Int8(_), Precision::Int8(current)) => Precision::Int8(current),
+                                    (Precision::Fp8(_), Precision::Fp8(current)) => Precision::Fp8(current),
                                     _ => option,
                                 };
                                 ui.selectable_value(&mut chosen, option, label);
@@ -244,10 +265,27 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     }
                 });
                 row.col(|ui| {
-                    let Precision::Int8(scheme) = precision else { return };
                     if !analysable {
                         return;
                     }
+                    if let Precision::Fp8(scheme) = precision {
+                        let mut chosen = scheme;
+                        let combo = egui::ComboBox::from_id_salt(("fp8-scheme", layer_id.0))
+                            .selected_text(fp8_scheme_label(scheme))
+                            .width(140.0)
+                            .show_ui(ui, |ui| {
+                                for (option, label) in fp8_scheme_choices() {
+                                    ui.selectable_value(&mut chosen, option, label);
+                                }
+                            });
+                        name_widget(&combo.response, &format!("FP8 scheme of {}", layer.name));
+                        if chosen != scheme {
+                            let layers = targets(app, layer_id);
+                            app.send(Command::SetPrecision { layers, precision: Precision::Fp8(chosen) });
+                        }
+                        return;
+                    }
+                    let Precision::Int8(scheme) = precision else { return };
                     let mut chosen = scheme;
                     let combo = egui::ComboBox::from_id_salt(("scheme", layer_id.0))
                         .selected_text(scheme_label(scheme))
