@@ -1,11 +1,11 @@
-//! Benchmarks: the plan as deployed (FP16/BF16/INT8 weights held compact and converted tile by tile, W8A8 on the
+//! Benchmarks: the plan as deployed (FP16/BF16/INT8/FP8 weights held compact and converted tile by tile, W8A8 on the
 //! integer GEMM) against the simulation, and the benchmark's figures (no timing is asserted beyond being positive).
 
 use std::path::{Path, PathBuf};
 
 use quantstudio::model::Model;
 use quantstudio::progress::Progress;
-use quantstudio::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
+use quantstudio::quant::{Fp8Scheme, Granularity, Int8Scheme, Plan, Precision, Recipe};
 use quantstudio::runtime::benchmark::{Request, run};
 use quantstudio::runtime::latency::Workload;
 use quantstudio::runtime::{Architecture, Deployed, EvalData, Network, TokenSequence};
@@ -46,6 +46,10 @@ fn deployed_compact_weights_compute_what_the_simulation_computes() {
         int8(false, Granularity::PerChannel),
         int8(true, Granularity::PerTensor),
         int8(false, Granularity::PerTensor),
+        Precision::Fp8(Fp8Scheme::weights(Granularity::PerChannel)),
+        Precision::Fp8(Fp8Scheme::weights(Granularity::PerTensor)),
+        // Dynamic FP8 inputs are rounded per token as in the simulation; the weights stay compact.
+        Precision::Fp8(Fp8Scheme::dynamic()),
     ];
     for folder in ["sample-models/digits-mlp", "tests/fixtures/tiny-bert", "tests/fixtures/tiny-llama"] {
         let model = Model::open(&path(folder)).unwrap();
@@ -125,4 +129,25 @@ fn an_uncalibrated_w8a8_plan_is_refused_before_anything_runs() {
     let error = run(&request, &Progress::new(), &mut |c| configurations.push(c)).unwrap_err();
     assert!(error.to_string().contains("calibrat"), "{error}");
     assert!(configurations.is_empty());
+}
+
+#[test]
+fn deployed_w8a8_dynamic_layers_run_integer_products_that_match_the_simulation() {
+    let dynamic = Precision::Int8(Int8Scheme::w8a8_dynamic());
+    for folder in ["sample-models/digits-mlp", "tests/fixtures/tiny-bert", "tests/fixtures/tiny-llama"] {
+        let model = Model::open(&path(folder)).unwrap();
+        let arch = Architecture::detect(&model).unwrap();
+        let plan = Recipe::uniform(dynamic).resolve(&model).unwrap();
+        assert!(plan.uncalibrated(&model).is_empty(), "dynamic inputs need no calibration");
+        let (simulated, simulated_bytes) =
+            Network::build_measured(&model, &arch, Some(&plan), &Progress::new()).unwrap();
+        let Deployed { network, weights_bytes, integer_layers, .. } =
+            Network::build_deployed(&model, &arch, &plan, &Progress::new()).unwrap();
+        assert!(integer_layers >= 3, "{folder}: {integer_layers} integer layers");
+        assert!(weights_bytes < simulated_bytes, "{folder}: INT8 codes, not f32");
+        // Integer sums instead of f32 products of dequantized values: the same up to f32 rounding, which can move
+        // a later layer's input code by one step (the static W8A8 test's bound).
+        let difference = relative_l2(&outputs(&simulated), &outputs(&network));
+        assert!(difference < 1e-3, "{folder}: relative L2 {difference}");
+    }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# INT8 and FP32 matrix products, quantstudio and onnxruntime side by side in one run (issue 7's shapes).
+# INT8 and FP32 matrix products, quantstudio and onnxruntime side by side in one run (issue 7's shapes, MiniLM's).
+# qs int8: per-tensor dynamic activations; qs token: per-token (W8A8-dynamic); qs static: a given scale.
 # Usage: bash tools/bench_qgemm.sh [REPEAT]   (needs a Python with numpy, onnx and onnxruntime: PYTHON=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,12 @@ PEER=$("$PYTHON" tools/bench_qgemm_peer.py "$REPEAT")
 import json, sys
 ours, peer = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"onnxruntime {peer['onnxruntime']}, repeat {ours['repeat']}, medians in ms, 2 threads")
-print(f"{'shape':>14} {'qs fp32':>9} {'qs int8':>9} {'qs int8 gemm':>13} {'ort fp32':>9} {'ort int8':>9} "
-      f"{'qs int8/fp32':>13} {'qs/ort int8':>12}")
-for o, p in zip(ours["results"], peer["results"]):
+print(f"{'shape':>14} {'qs fp32':>9} {'qs int8':>9} {'qs token':>9} {'qs static':>9} {'qs int8 gemm':>13} "
+      f"{'ort fp32':>9} {'ort int8':>9} {'qs int8/fp32':>13} {'qs/ort int8':>12}")
+for o, p in zip(ours["results"], peer["results"], strict=True):
     assert o["shape"] == p["shape"]
-    print(f"{o['shape']:>14} {o['fp32_ms']:9.3f} {o['int8_dynamic_ms']:9.3f} {o['int8_gemm_ms']:13.3f} "
+    print(f"{o['shape']:>14} {o['fp32_ms']:9.3f} {o['int8_dynamic_ms']:9.3f} {o['int8_per_token_ms']:9.3f} "
+          f"{o['int8_static_ms']:9.3f} {o['int8_gemm_ms']:13.3f} "
           f"{p['fp32_ms']:9.3f} {p['int8_dynamic_ms']:9.3f} {o['fp32_ms'] / o['int8_dynamic_ms']:12.2f}x "
           f"{o['int8_dynamic_ms'] / p['int8_dynamic_ms']:11.2f}x")
 print(json.dumps({"quantstudio": ours, "onnxruntime": peer}))

@@ -22,7 +22,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-SHAPES = [(512, 768, 768), (128, 768, 3072), (1, 768, 3072)]
+# Issue 7's shapes, then all-MiniLM-L6-v2's linear layers at 128 tokens and at 1 (as examples/bench_gemm.rs).
+SHAPES = [(512, 768, 768), (128, 768, 3072), (1, 768, 3072),
+          (128, 384, 384), (128, 384, 1536), (128, 1536, 384), (1, 384, 384), (1, 384, 1536), (1, 1536, 384)]
 
 
 def matmul_model(path: Path, k: int, n: int, seed: int) -> None:

@@ -160,11 +160,13 @@ impl BertNet {
             .map(|l| {
                 let n = format!("{p}encoder.layer.{l}");
                 Ok(EncoderLayer {
-                    qkv: match Linear::fuse(vec![
-                        Linear::load(w, &format!("{n}.attention.self.query"), h, h, true)?,
-                        Linear::load(w, &format!("{n}.attention.self.key"), h, h, true)?,
-                        Linear::load(w, &format!("{n}.attention.self.value"), h, h, true)?,
-                    ]) {
+                    qkv: match Linear::load_side_by_side(
+                        w,
+                        &["query", "key", "value"].map(|part| format!("{n}.attention.self.{part}")),
+                        h,
+                        h,
+                        true,
+                    )? {
                         Ok(fused) => Qkv::Fused(fused),
                         Err(parts) => Qkv::Split(parts),
                     },

@@ -29,13 +29,16 @@ pub fn fake_quantize(x: &[f32], params: &QParams) -> Vec<f32> {
 }
 
 /// `x` quantized and dequantized row by row, rows of `row_len` values, each with
-/// `QParams::symmetric(absmax of the row's finite values)` (dynamic per-token INT8).
+/// `QParams::symmetric(absmax of the row's finite values)` (dynamic per-token INT8): the scales of
+/// [`super::qgemm::row_scales`], which the deployed product uses too.
 pub fn fake_quantize_rows(x: &[f32], row_len: usize) -> Vec<f32> {
+    let row_len = if row_len > 0 && x.len().is_multiple_of(row_len) { row_len } else { x.len().max(1) };
+    let scales = super::qgemm::row_scales(x, x.len() / row_len, row_len);
     let mut out = Vec::with_capacity(x.len());
     let mut codes = vec![0i8; row_len.min(x.len())];
-    for row in x.chunks(row_len.max(1)) {
-        let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
-        let params = QParams::symmetric(absmax);
+    for (row, &scale) in x.chunks(row_len).zip(&scales) {
+        let params =
+            QParams { scale, zero_point: 0, qmin: crate::quant::params::SYM_QMIN, qmax: crate::quant::params::QMAX };
         let codes = &mut codes[..row.len()];
         crate::quant::kernels::quantize_codes(row, &params, codes);
         out.extend(codes.iter().map(|&q| params.dequantize(q)));
@@ -84,13 +87,25 @@ enum Weights {
     Int8(Int8Weights),
 }
 
-/// A deployed W8A8 layer's weights: packed codes and, per output column, `input scale · weight scale`; and the
-/// static quantization of its input.
+/// A deployed W8A8 layer's weights: packed codes, the scales by which the product's sums are multiplied per output
+/// column, and how its input is quantized.
 #[derive(Debug)]
 struct Int8Weights {
     packed: super::qgemm::PackedInt8,
+    /// Static inputs: `input scale · weight scale`; dynamic inputs: the weight scale (the row's scale comes first).
     scales: Vec<f32>,
-    input: QParams,
+    input: InputQuant,
+}
+
+impl Int8Weights {
+    /// From packed codes, the weight scale of each output and the input's quantization.
+    fn new((packed, w_scales, input): super::weights::Int8Linear) -> Int8Weights {
+        let scales = match input {
+            InputQuant::Static(params) => w_scales.iter().map(|s| params.scale * s).collect(),
+            _ => w_scales,
+        };
+        Int8Weights { packed, scales, input }
+    }
 }
 
 impl Linear {
@@ -108,9 +123,8 @@ impl Linear {
         outputs: usize,
         inputs: usize,
     ) -> Result<Linear> {
-        let weights = if let Some((packed, w_scales, input)) = w.int8_linear(weight, outputs, inputs)? {
-            let scales = w_scales.iter().map(|s| input.scale * s).collect();
-            Weights::Int8(Int8Weights { packed, scales, input })
+        let weights = if let Some(int8) = w.int8_linear(weight, outputs, inputs)? {
+            Weights::Int8(Int8Weights::new(int8))
         } else if let Some(packed) = w.compact_linear(weight, outputs, inputs)? {
             Weights::Compact(packed)
         } else {
@@ -125,6 +139,43 @@ impl Linear {
             bias,
             input_quant: w.input_quant(weight),
         })
+    }
+
+    /// Layers of `[outputs, inputs]` reading the same input (BERT's query, key and value), as one product when
+    /// they can be (their INT8 codes stacked into one integer product, or their f32 weights side by side: see
+    /// [`Linear::fuse`]), else the parts.
+    pub fn load_side_by_side(
+        w: &WeightSource,
+        names: &[String],
+        outputs: usize,
+        inputs: usize,
+        bias: bool,
+    ) -> Result<std::result::Result<Linear, Vec<Linear>>> {
+        let weights: Vec<String> = names.iter().map(|n| format!("{n}.weight")).collect();
+        let refs: Vec<&str> = weights.iter().map(String::as_str).collect();
+        if let Some(int8) = w.int8_linear_stacked(&refs, outputs, inputs)? {
+            let int8 = Int8Weights::new(int8);
+            let biases = if bias {
+                let parts =
+                    names.iter().map(|n| w.get(&format!("{n}.bias"), Some(&[outputs]))).collect::<Result<Vec<_>>>()?;
+                let values = parts.iter().flat_map(|b| b.values.iter().copied()).collect();
+                let shape = vec![outputs * names.len()];
+                Some(Arc::new(Weight { name: format!("{} biases", names.join(" + ")), shape, values }))
+            } else {
+                None
+            };
+            return Ok(Ok(Linear {
+                layers: weights.iter().map(|name| w.layer_name(name)).collect(),
+                name: weights.join(" + "),
+                inputs,
+                outputs: outputs * names.len(),
+                input_quant: Some(int8.input),
+                weights: Weights::Int8(int8),
+                bias: biases,
+            }));
+        }
+        let parts = names.iter().map(|n| Linear::load(w, n, outputs, inputs, bias)).collect::<Result<Vec<_>>>()?;
+        Ok(Linear::fuse(parts))
     }
 
     /// Inputs per row.
@@ -147,9 +198,15 @@ impl Linear {
             (Weights::Int8(int8), _) => {
                 // As deployed: the input's codes, the exact integer product, requantised with the bias on the way out.
                 let mut y = vec![0.0f32; rows * self.outputs];
-                let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
                 let kernel = super::qgemm::Kernel::Best;
-                super::qgemm::gemm_quantized_into(x, rows, int8.input.scale, &int8.packed, output, kernel);
+                match int8.input {
+                    InputQuant::Static(params) => {
+                        let output = super::qgemm::Output::Scaled { out: &mut y, scales: &int8.scales, bias };
+                        super::qgemm::gemm_quantized_into(x, rows, params.scale, &int8.packed, output, kernel);
+                    }
+                    // Each row's scale is taken as its codes are made: `y = acc · (s_row · s_w) + b`.
+                    _ => super::qgemm::gemm_dynamic_into(x, rows, &int8.packed, &mut y, &int8.scales, bias, kernel),
+                }
                 y
             }
             (Weights::Compact(packed), quant) => {

@@ -430,16 +430,48 @@ fn accumulate_rows(x: &[f32], w: &[f32], acc: &mut [f32]) {
     }
 }
 
-/// Layer normalisation over rows of `dim`: `(x - mean) / sqrt(var + eps) * gamma + beta`, population variance.
+/// Layer normalisation over rows of `dim`: `(x - mean) / sqrt(var + eps) * gamma + beta`, population variance;
+/// mean, variance and `(x - mean) / sqrt(var + eps)` in f64 (the sums in 8 interleaved lanes, added pairwise at
+/// the end), then `· gamma + beta` in f32.
 pub fn layer_norm(x: &mut [f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    let use_avx2 = avx2();
     x.par_chunks_mut(dim.max(1)).for_each(|row| {
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
-        let inv = 1.0 / (var + eps as f64).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = ((*v as f64 - mean) * inv) as f32 * g + b;
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2 {
+            // SAFETY: AVX2 was detected at run time.
+            unsafe { wide::layer_norm_row(row, gamma, beta, eps) };
+            return;
         }
+        layer_norm_row(row, gamma, beta, eps);
     });
+}
+
+/// [`layer_norm`] of one row.
+#[inline(always)]
+fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let dim = row.len() as f64;
+    let mean = sum_f64_lanes(row, |v| v as f64) / dim;
+    let var = sum_f64_lanes(row, |v| (v as f64 - mean) * (v as f64 - mean)) / dim;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = ((*v as f64 - mean) * inv) as f32 * g + b;
+    }
+}
+
+/// `Σ f(x)` in f64: element `i` into lane `i % 8`, the lanes added pairwise, then the tail in order (a fixed order,
+/// which vectorises: every build gives the same sum).
+#[inline(always)]
+fn sum_f64_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut blocks = x.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane += f(v);
+        }
+    }
+    let [a, b, c, d, e, g, h, i] = lanes;
+    let paired = ((a + e) + (c + h)) + ((b + g) + (d + i));
+    blocks.remainder().iter().fold(paired, |sum, &v| sum + f(v))
 }
 
 /// RMS normalisation over rows of `dim` (Llama): `x / sqrt(mean(x²) + eps) * weight`.
@@ -462,15 +494,74 @@ pub fn relu(x: &mut [f32]) {
 
 /// GELU in place: `x/2 · (1 + erf(x/√2))` (PyTorch's default, BERT's `"gelu"`), with [`erf`].
 pub fn gelu(x: &mut [f32]) {
+    let use_avx2 = avx2();
     x.par_chunks_mut(4096).for_each(|chunk| {
-        for v in chunk {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2 {
+            // SAFETY: AVX2 was detected at run time.
+            unsafe { wide::gelu(chunk) };
+            return;
         }
+        gelu_lanes(chunk);
     });
+}
+
+/// [`gelu`] of a chunk, in a loop that vectorises.
+#[inline(always)]
+fn gelu_lanes(x: &mut [f32]) {
+    for v in x {
+        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// Whether the element-wise loops run their AVX2 builds ([`wide`]).
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// AVX2 builds of the element-wise loops: the same Rust code compiled for 8-lane vectors instead of SSE2's 4. No FMA
+/// is enabled, and Rust never fuses a multiply and an add on its own nor reorders floating-point operations, so
+/// every value is bit for bit that of the portable build (a test holds them equal).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    /// [`super::softmax_row`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn softmax_row(row: &mut [f32]) {
+        super::softmax_row_lanes(row);
+    }
+
+    /// [`super::gelu_lanes`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn gelu(x: &mut [f32]) {
+        super::gelu_lanes(x);
+    }
+
+    /// [`super::layer_norm_row`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        super::layer_norm_row(row, gamma, beta, eps);
+    }
 }
 
 /// The error function as a rational function of degree 13/8 on [-4, 4] (±1 beyond, where f32 rounds erf to ±1):
 /// branch-free, so loops over it vectorise. Absolute error below 5e-7 (unit-tested against a series in f64).
+#[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -505,6 +596,18 @@ pub fn softmax(x: &mut [f32], dim: usize) {
 
 /// Softmax of one row; entries at -inf get exactly 0, and a row with no finite entry becomes all zeros.
 fn softmax_row(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { wide::softmax_row(row) };
+        return;
+    }
+    softmax_row_lanes(row);
+}
+
+/// [`softmax_row`] in loops that vectorise.
+#[inline(always)]
+fn softmax_row_lanes(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
@@ -531,10 +634,13 @@ fn softmax_row(row: &mut [f32]) {
 /// `e^x` for x ≤ 88 (finite results; below -87 it flushes towards 0), branch-free so loops over it vectorise:
 /// Cody–Waite reduction by ln 2 and a degree-6 polynomial (Cephes' `expf`). Relative error below 2e-7
 /// (unit-tested against f64).
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round x / ln 2 to the nearest integer with the 1.5·2^23 trick (no call to `round`).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round x / ln 2 to the nearest integer with the 1.5·2^23 trick (no call to `round`): `shifted` is an integer in
+    // [2^23, 2^24), where floats step by 1, so its low mantissa bits are `n` plus 2^22.
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -543,7 +649,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from the bits of `shifted` (`n as i32` exactly, for the |n| <= 127 of the clamped range) in integer
+    // operations that vectorise, where a saturating float-to-int cast does not.
+    let n_int = shifted.to_bits().wrapping_sub(0x4B40_0000) as i32;
+    y * f32::from_bits(((n_int + 127) << 23) as u32)
 }
 
 /// `a += b`, elementwise (residual connections).
@@ -582,13 +691,18 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
     let group = heads / kv_heads.max(1);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let offset = keys.saturating_sub(queries);
-    let per_head: Vec<Vec<f32>> = (0..heads)
-        .into_par_iter()
-        .map(|h| {
-            let kvh = h / group.max(1);
-            let mut scores = vec![0.0f32; queries * keys];
+    // Masking matters only when some key is invalid.
+    let key_valid = key_valid.filter(|valid| valid.iter().take(keys).any(|ok| !ok));
+    let use_avx2 = avx2();
+    let mut merged = vec![0.0f32; queries * q_stride];
+    // Each head writes its own columns `h · head_dim..` of every row of `merged`, in place.
+    let merged_at = merged.as_mut_ptr() as usize;
+    (0..heads).into_par_iter().for_each(|h| {
+        let kvh = h / group.max(1);
+        SCORES.with_borrow_mut(|scores| {
+            scores.resize(queries * keys, 0.0);
             // SAFETY: q_h is queries x head_dim with row stride q_stride; k_hᵀ is head_dim x keys read with strides
-            // (1, kv_stride); both stay inside q and k; `scores` is queries x keys.
+            // (1, kv_stride); both stay inside q and k; `scores` is queries x keys, every value written.
             unsafe {
                 sgemm(
                     queries,
@@ -618,11 +732,17 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
                 }
                 // Future keys get probability exactly 0.
                 row[visible..].fill(0.0);
-                softmax_row(&mut row[..visible]);
+                #[cfg(target_arch = "x86_64")]
+                if use_avx2 {
+                    // SAFETY: AVX2 was detected at run time.
+                    unsafe { wide::softmax_row(&mut row[..visible]) };
+                    continue;
+                }
+                softmax_row_lanes(&mut row[..visible]);
             }
-            let mut out = vec![0.0f32; queries * head_dim];
-            // SAFETY: scores is queries x keys; v_h is keys x head_dim with row stride kv_stride; out is
-            // queries x head_dim.
+            // SAFETY: scores is queries x keys; v_h is keys x head_dim with row stride kv_stride; the output is
+            // columns h · head_dim.. (head_dim of them) of the queries rows of `merged` (row stride q_stride), which
+            // no other head writes, and which outlives the loop.
             unsafe {
                 sgemm(
                     queries,
@@ -636,21 +756,19 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], key_valid: Option<&[bool]>, s:
                     kv_stride as isize,
                     1,
                     1,
-                    out.as_mut_ptr(),
-                    head_dim as isize,
+                    (merged_at as *mut f32).add(h * head_dim),
+                    q_stride as isize,
                     1,
                 );
             }
-            out
-        })
-        .collect();
-    let mut merged = vec![0.0f32; queries * q_stride];
-    for (h, out) in per_head.iter().enumerate() {
-        for (i, row) in out.chunks_exact(head_dim.max(1)).enumerate() {
-            merged[i * q_stride + h * head_dim..][..head_dim].copy_from_slice(row);
-        }
-    }
+        });
+    });
     merged
+}
+
+thread_local! {
+    /// One head's attention scores, kept by each thread from one call to the next.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rotary position embedding in place (Hugging Face's "rotate half" layout): for each head of `x`
@@ -887,6 +1005,111 @@ mod tests {
             AttentionShape { keys: 2, queries: 3, causal: false, ..shape },
         );
         assert_close(&full, &dropped, 1e-6);
+    }
+
+    #[test]
+    fn attention_of_several_heads_matches_the_definition() {
+        // Grouped heads, causal with cached keys, a padded key: every head's columns against softmax(q kᵀ / √d) v
+        // in f64.
+        let (queries, keys, heads, kv_heads, head_dim) = (5, 7, 4, 2, 8);
+        let q = values(queries * heads * head_dim, 11);
+        let k = values(keys * kv_heads * head_dim, 12);
+        let v = values(keys * kv_heads * head_dim, 13);
+        let valid = [true, true, false, true, true, true, true];
+        for (causal, mask) in [(true, Some(&valid[..])), (false, Some(&valid[..])), (false, None)] {
+            let shape = AttentionShape { queries, keys, heads, kv_heads, head_dim, causal };
+            let out = attention(&q, &k, &v, mask, shape);
+            let mut expected = vec![0f32; queries * heads * head_dim];
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                for i in 0..queries {
+                    let visible = if causal { keys - queries + i + 1 } else { keys };
+                    let seen: Vec<usize> = (0..visible).filter(|&j| mask.is_none_or(|m| m[j])).collect();
+                    let scores: Vec<f64> = seen
+                        .iter()
+                        .map(|&j| {
+                            let dot: f64 = (0..head_dim)
+                                .map(|d| {
+                                    q[(i * heads + h) * head_dim + d] as f64
+                                        * k[(j * kv_heads + kvh) * head_dim + d] as f64
+                                })
+                                .sum();
+                            dot / (head_dim as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..head_dim {
+                        let value: f64 = seen
+                            .iter()
+                            .zip(&scores)
+                            .map(|(&j, s)| (s - max).exp() / total * v[(j * kv_heads + kvh) * head_dim + d] as f64)
+                            .sum();
+                        expected[(i * heads + h) * head_dim + d] = value as f32;
+                    }
+                }
+            }
+            assert_close(&out, &expected, 1e-5);
+        }
+    }
+
+    #[test]
+    fn avx2_builds_give_the_portable_bits() {
+        if !avx2() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut x: Vec<f32> = values(4099, 21).iter().map(|v| v * 30.0).collect();
+            for (i, special) in [0.0, -0.0, 1e-30, -5.0, 90.0, -90.0, 1e6, -1e6].into_iter().enumerate() {
+                x[i * 13] = special;
+            }
+            // Softmax rows of several lengths, with masked keys.
+            for len in [1, 7, 8, 9, 128, 385] {
+                let mut row = x[..len].to_vec();
+                row.iter_mut().step_by(5).for_each(|v| *v = f32::NEG_INFINITY);
+                row[len / 2] = 3.0;
+                let (mut portable, mut wide) = (row.clone(), row);
+                softmax_row_lanes(&mut portable);
+                // SAFETY: AVX2 was detected above.
+                unsafe { wide::softmax_row(&mut wide) };
+                assert_eq!(bits(&wide), bits(&portable), "softmax len {len}");
+            }
+            let (mut portable, mut wide) = (x.clone(), x.clone());
+            gelu_lanes(&mut portable);
+            // SAFETY: AVX2 was detected above.
+            unsafe { wide::gelu(&mut wide) };
+            assert_eq!(bits(&wide), bits(&portable), "gelu");
+            let (gamma, beta) = (values(385, 22), values(385, 23));
+            for len in [1, 8, 13, 384, 385] {
+                let (mut portable, mut wide) = (x[..len].to_vec(), x[..len].to_vec());
+                layer_norm_row(&mut portable, &gamma, &beta, 1e-12);
+                // SAFETY: AVX2 was detected above.
+                unsafe { wide::layer_norm_row(&mut wide, &gamma, &beta, 1e-12) };
+                assert_eq!(bits(&wide), bits(&portable), "layer norm len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_takes_the_exponent_from_the_rounding_bits() {
+        // The exponent from the bits of the rounded value is `n as i32`: the same function as with the cast.
+        let with_cast = |x: f32| {
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+            let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+            let mut p = 1.987_569_1e-4f32;
+            for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+                p = p * r + c;
+            }
+            (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32)
+        };
+        let mut x = -100.0f32;
+        while x < 100.0 {
+            assert_eq!(exp(x).to_bits(), with_cast(x).to_bits(), "exp({x})");
+            x += 0.0007;
+        }
     }
 
     #[test]

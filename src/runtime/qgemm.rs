@@ -1,37 +1,44 @@
 //! INT8 matrix products: `C[m, n] = A[m, k] · Bᵀ` with `A` and `B` symmetric INT8 codes in `[-127, 127]` and `C`
 //! exact `i32` sums, then requantised to `f32` with the scales (`y = C · s_a · s_w[j] + b[j]`).
 //!
-//! Two AVX2 kernels (chosen at run time; no VNNI):
+//! Three x86 kernels, chosen at run time:
 //!
-//! - `u8 × s8` (the default when the weights allow it): activation codes offset to `u = a + 128 ∈ [1, 255]` (a
-//!   block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row, `vpmaddubsw`
-//!   (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into one `i32`)
-//!   and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates `i16` only
-//!   when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not), so
-//!   [`PackedInt8::pack`] clamps the second weight of every such pair to `b1' = sign · (128 − |b0|)` and records the
-//!   rest `r = b1 − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly,
-//!   `C[i, j] = Σ_k u[i, k] · b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as
-//!   `Σ_k u · b' + Σ_{corrections of j} r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') +
-//!   Σ r`): the corrections are summed column by column for a whole block of rows from its `u8` codes transposed
-//!   (32 rows per pass, in registers; row by row from the codes as they are below 8 rows), and the offset and those
-//!   sums are added to the `i32` sums of each tile before they are stored or requantised (all in wrapping `i32`,
-//!   whose result is the exact sum whenever that sum fits `i32`). Trained weights are bell-shaped and need a
-//!   correction for well under 1% of their codes; when more than 2% would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly
-//!   spread codes need one for about a quarter of the pairs), the weights are packed as they are and use the kernel
-//!   below.
+//! - VNNI (where the CPU has AVX-VNNI, or AVX512-VNNI with AVX512-VL; [`PackedInt8::pack`] then builds the VNNI
+//!   form): activation codes offset to `u = a + 128 ∈ [1, 255]` as below, a 4-byte broadcast per row and one
+//!   `vpdpbusd` per 32 multiply-accumulates, which adds the four `u8 × s8` products of each `i32` lane into it with no
+//!   `i16` step (`4 · 255 · 127` fits): every weight is packed as it is, no pair is clamped, and
+//!   `C[i, j] = Σ_k u[i, k] · b[j, k] − 128 · colsum_j(b)`, the offset added to each tile's sums as below. On 256-bit
+//!   vectors (`ymm`), the same tiles as `u8 × s8`.
+//! - `u8 × s8` (AVX2, the default without VNNI when the weights allow it): activation codes offset to `u = a + 128 ∈
+//!   [1, 255]` (a block of rows at a time, as `u8`, in a buffer each thread keeps), a 4-byte broadcast per row,
+//!   `vpmaddubsw` (`u8 × s8` products, pairs of one column summed into `i16`), `vpmaddwd` by ones (the two pairs into
+//!   one `i32`) and `vpaddd`: three instructions per 32 multiply-accumulates. A pair sum `u0·b0 + u1·b1` saturates
+//!   `i16` only when `b0`, `b1` have one sign and `|b0| + |b1| > 128` (`255 · 128 = 32640` fits, `255 · 129` does not),
+//!   so packing clamps the second weight of every such pair to `b1' = sign · (128 − |b0|)` and records the rest `r = b1
+//!   − b1'` (`|r| ≤ 126`) as a sparse correction (column `j`, input `k1`, `r`). Then, exactly, `C[i, j] = Σ_k u[i, k] ·
+//!   b'[j, k] − 128 · colsum_j(b') + Σ_{corrections of j} r · a[i, k1]`, computed as `Σ_k u · b' + Σ_{corrections of j}
+//!   r · u[i, k1] − 128 · colsum_j(b)` (the same, as `colsum(b) = colsum(b') + Σ r`): the corrections are summed column
+//!   by column for a whole block of rows from its `u8` codes transposed (32 rows per pass, in registers; row by row
+//!   from the codes as they are below 8 rows), and the offset and those sums are added to the `i32` sums of each tile
+//!   before they are stored or requantised (all in wrapping `i32`, whose result is the exact sum whenever that sum fits
+//!   `i32`). Trained weights are bell-shaped and need a correction for well under 1% of their codes; when more than 2%
+//!   would ([`MAX_CORRECTIONS_PER_WEIGHT`]; uniformly spread codes need one for about a quarter of the pairs), the
+//!   weights are packed as they are and use the kernel below.
 //! - `i16`: the codes of `A` are held as `i16`, the packed `i8` weights widened to `i16` as they are loaded
 //!   (`vpmovsxbw`), and `vpmaddwd` multiplies 16 pairs and adds each pair into an `i32` lane, every pair within
 //!   `±2 · 127 · 127 = ±32258`: exact, four instructions per 32 multiply-accumulates.
 //!
-//! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results;
+//! The portable path (plain `i32` dot products on the packed codes, plus the corrections) gives identical results
+//! (and runs, like the `i16` kernel, on weights in any form: the VNNI form holds the codes as they are);
 //! the tests hold every path to a naive `i64` product on every edge size and at the extreme codes.
 //!
 //! [`gemm_quantized_into`] quantizes `f32` activations into that buffer block by block (bit for bit the codes of
-//! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix.
+//! [`quantize_activations`]), so a dynamic or static W8A8 layer writes no `[m, k]` code matrix; [`gemm_dynamic_into`]
+//! does the same with a scale per row (per-token activations, W8A8-dynamic), applied as the tiles are stored.
 //!
 //! Weights are packed once ([`PackedInt8`]): panels of 8 output columns, `k` padded to a multiple of 4 with zero
-//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (`u8 × s8`) or
-//! by one panel (`i16`).
+//! codes, so that one 32-byte load holds 4 `k` of 8 columns. A micro-tile is 6 rows by two panels (VNNI, `u8 × s8`)
+//! or by one panel (`i16`).
 
 use rayon::prelude::*;
 
@@ -82,11 +89,13 @@ pub struct PackedInt8 {
     u8s8: Box<U8s8Form>,
 }
 
-/// The offsets and corrections of the `u8 × s8` form of a [`PackedInt8`].
+/// The offsets and corrections of the `u8 × s8` form of a [`PackedInt8`], or the offsets alone of its VNNI form.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct U8s8Form {
-    /// Empty without the `u8 × s8` form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping: the kernel
-    /// adds the corrections times the offset codes `u`), padded to whole panels.
+    /// The VNNI form: the codes as they are (no pair clamped, no corrections) and the offsets.
+    vnni: bool,
+    /// Empty without the `u8 × s8` or VNNI form; else `−128 · Σ_k b[j, k]` per column (the codes before clamping:
+    /// the kernel adds the corrections times the offset codes `u`), padded to whole panels.
     offsets: Vec<i32>,
     /// The corrections of column `c` of panel `p` (sorted by input) at
     /// `corrections[starts[p · 8 + c]..starts[p · 8 + c + 1]]`: a panel's corrections are sorted by column, then
@@ -97,10 +106,16 @@ struct U8s8Form {
 }
 
 impl PackedInt8 {
-    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range). Builds the
-    /// `u8 × s8` form (clamped pairs, offsets, corrections: see the module docs) when at most
-    /// [`MAX_CORRECTIONS_PER_WEIGHT`] of the codes need a correction.
+    /// Packs `codes`, row-major `[n, k]`; every code must be in `[-127, 127]` (the symmetric range). On a CPU with
+    /// VNNI, builds the VNNI form (the codes as they are, and the offsets); else the `u8 × s8` form (clamped pairs,
+    /// offsets, corrections: see the module docs) when at most [`MAX_CORRECTIONS_PER_WEIGHT`] of the codes need a
+    /// correction.
     pub fn pack(codes: &[i8], n: usize, k: usize) -> Result<PackedInt8> {
+        Self::pack_as(codes, n, k, if vnni().is_some() { Form::Vnni } else { Form::U8s8 })
+    }
+
+    /// [`PackedInt8::pack`] into a chosen form (the `u8 × s8` form only where the corrections are few enough).
+    fn pack_as(codes: &[i8], n: usize, k: usize, form: Form) -> Result<PackedInt8> {
         if n.checked_mul(k) != Some(codes.len()) {
             return Err(Error::Unsupported(format!("{} INT8 codes cannot be a [{n}, {k}] matrix", codes.len())));
         }
@@ -121,8 +136,30 @@ impl PackedInt8 {
             }
         }
         let mut packed = PackedInt8 { n, k, k_groups, data, u8s8: Box::default() };
-        packed.build_u8s8();
+        match form {
+            Form::Plain => {}
+            Form::U8s8 => packed.build_u8s8(),
+            Form::Vnni => packed.build_vnni(),
+        }
         Ok(packed)
+    }
+
+    /// The VNNI form: `vpdpbusd` adds the four `u8 × s8` products of a lane in `i32` without an `i16` step, so no
+    /// pair needs clamping; only the offsets `−128 · Σ_k b[j, k]` are recorded.
+    fn build_vnni(&mut self) {
+        let panels = self.n.div_ceil(PANEL);
+        let mut offsets = vec![0i32; panels * PANEL];
+        let panel_len = self.k_groups * PANEL * K_GROUP;
+        for (p, panel) in self.data.chunks_exact(panel_len.max(1)).enumerate().take(panels) {
+            for group in panel.chunks_exact(PANEL * K_GROUP) {
+                for (column, codes) in group.chunks_exact(K_GROUP).enumerate() {
+                    let sum: i32 = codes.iter().map(|&q| q as i32).sum();
+                    let offset = &mut offsets[p * PANEL + column];
+                    *offset = offset.wrapping_sub(sum.wrapping_mul(128));
+                }
+            }
+        }
+        *self.u8s8 = U8s8Form { vnni: true, offsets, ..U8s8Form::default() };
     }
 
     /// Clamps the pairs that could saturate `vpmaddubsw` and records the corrections and column offsets, unless
@@ -167,7 +204,7 @@ impl PackedInt8 {
             }
         }
         starts.push(corrections.len());
-        *self.u8s8 = U8s8Form { offsets, corrections, starts };
+        *self.u8s8 = U8s8Form { vnni: false, offsets, corrections, starts };
     }
 
     /// Bytes held.
@@ -181,6 +218,11 @@ impl PackedInt8 {
     /// Whether the `u8 × s8` form was built (few enough weight pairs need a correction).
     pub fn has_u8s8(&self) -> bool {
         !self.u8s8.starts.is_empty()
+    }
+
+    /// Whether the VNNI form was built (the CPU has AVX-VNNI or AVX512-VNNI).
+    pub fn has_vnni(&self) -> bool {
+        self.u8s8.vnni
     }
 
     /// Weight codes that the `u8 × s8` form leaves out of the packed codes, as corrections (0 without the form).
@@ -223,6 +265,47 @@ pub fn avx2_available() -> bool {
     {
         false
     }
+}
+
+/// The VNNI instructions this CPU has for `vpdpbusd` on 256-bit vectors, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vnni {
+    /// AVX-VNNI (VEX encoding).
+    Avx,
+    /// AVX512-VNNI with AVX512-VL (EVEX encoding, the same operation).
+    Avx512,
+}
+
+/// The VNNI form of `vpdpbusd` that runs here (with AVX2), if any.
+fn vnni() -> Option<Vnni> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !avx2_available() {
+            None
+        } else if std::is_x86_feature_detected!("avxvnni") {
+            Some(Vnni::Avx)
+        } else if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+            Some(Vnni::Avx512)
+        } else {
+            None
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// How [`PackedInt8::pack_as`] lays out the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// The codes as they are (the `i16` and portable kernels).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Plain,
+    /// Clamped pairs, offsets and corrections for `vpmaddubsw` (plain when too many pairs need a correction).
+    U8s8,
+    /// The codes as they are and the offsets, for `vpdpbusd`.
+    Vnni,
 }
 
 /// Which kernel [`gemm_i8_with`] uses.
@@ -276,33 +359,125 @@ pub fn gemm_quantized_into(x: &[f32], m: usize, a_scale: f32, b: &PackedInt8, ou
     product(Source::Values { x, params }, m, b, output, kernel);
 }
 
+/// W8A8 with activations quantized per token at run time (W8A8-dynamic):
+/// `y[i, j] = C[i, j] · (s_i · w_scales[j]) + bias[j]` (the product of the two scales in f32, then a multiply and an
+/// add, never fused), where row `i` of `x` (`[m, k]` f32) has the scale `s_i` of [`row_scales`]
+/// (`QParams::symmetric` of its absmax over the finite values) and the codes `QParams::quantize` gives with it
+/// (round half to even, clamp to ±127, NaN to 0), and `C` is the exact `i32` product of those codes and `b`. Each
+/// task computes the absmax and codes of a block of rows where the static path quantizes (AVX2 when the kernel is),
+/// keeps the block's scales and applies them as the tiles are stored: no `[m, k]` code matrix, no second pass over
+/// `x`. `w_scales` and `bias` hold one value per output column.
+pub fn gemm_dynamic_into(
+    x: &[f32],
+    m: usize,
+    b: &PackedInt8,
+    out: &mut [f32],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    kernel: Kernel,
+) {
+    assert_eq!(x.len(), m * b.k, "x is not [m, k]");
+    product(Source::PerRow(x), m, b, Output::Scaled { out, scales: w_scales, bias }, kernel);
+}
+
+/// The per-token (per-row) scale of every row of `x` (`[m, k]`): `QParams::symmetric(absmax).scale` with the absmax
+/// over the row's finite values (`absmax / 127` in f32; 1 when that is 0 or not finite), the scales
+/// [`gemm_dynamic_into`] quantizes with, bit for bit (the largest `|x|` is exact whatever the order of the
+/// comparisons). For simulating W8A8-dynamic: `QParams::symmetric(absmax)` of row `i` quantizes and dequantizes it.
+pub fn row_scales(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    if k == 0 {
+        return vec![1.0; m];
+    }
+    let use_avx2 = avx2_available();
+    let rows_per_task = (CHUNK / k).max(1);
+    let mut scales = vec![0f32; m];
+    scales.par_chunks_mut(rows_per_task).zip(x.par_chunks(rows_per_task * k)).for_each(|(scales, x)| {
+        for (s, row) in scales.iter_mut().zip(x.chunks_exact(k)) {
+            *s = crate::quant::QParams::symmetric(row_absmax(row, use_avx2)).scale;
+        }
+    });
+    scales
+}
+
+/// The largest `|x|` over the finite values of one row (0 when there is none), AVX2 when asked and available.
+fn row_absmax(x: &[f32], use_avx2: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: callers pass `use_avx2` only where AVX2 was detected at run time.
+        return unsafe { avx2::absmax(x) };
+    }
+    let _ = use_avx2;
+    absmax_lanes(x)
+}
+
+/// The largest `|x|` over the finite values of `x`, in 8 lanes that the compiler vectorises.
+fn absmax_lanes(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut blocks = x.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            // NaN and ±inf fail `a < inf` and are skipped; the comparison form vectorises.
+            let a = v.abs();
+            *lane = if a > *lane && a < f32::INFINITY { a } else { *lane };
+        }
+    }
+    let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
+    lanes.into_iter().chain(tail).fold(0f32, f32::max)
+}
+
 /// Where the rows of A come from.
 enum Source<'s> {
     /// Row-major INT8 codes.
     Codes(&'s [i8]),
     /// Row-major f32 activations and their quantization.
     Values { x: &'s [f32], params: crate::quant::QParams },
+    /// Row-major f32 activations, each row quantized symmetrically with the scale of its own absmax.
+    PerRow(&'s [f32]),
 }
 
 impl Source<'_> {
-    /// Rows `first..first + rows` of A as `i16` codes, `stride` per row (zeros past `k`), into `buf`.
-    fn fill(&self, first: usize, k: usize, stride: usize, buf: &mut [i16], use_avx2: bool) {
+    /// Whether the rows carry scales of their own (which the stores multiply into the column scales).
+    fn per_row(&self) -> bool {
+        matches!(self, Source::PerRow(_))
+    }
+
+    /// The quantization of row `row` (`x` its values): the source's, or, per row, the row's own, whose scale is
+    /// written to `scale`.
+    fn params(&self, row: &[f32], scale: &mut f32, use_avx2: bool) -> crate::quant::QParams {
+        match self {
+            Source::Values { params, .. } => *params,
+            _ => {
+                let params = crate::quant::QParams::symmetric(row_absmax(row, use_avx2));
+                *scale = params.scale;
+                params
+            }
+        }
+    }
+
+    /// Rows `first..first + rows` of A as `i16` codes, `stride` per row (zeros past `k`), into `buf`; per row, the
+    /// rows' scales into `row_scales` (else it may be empty).
+    fn fill(&self, first: usize, k: usize, stride: usize, buf: &mut [i16], row_scales: &mut [f32], use_avx2: bool) {
+        let mut unused = 0f32;
         for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
             let (row, rest) = dst.split_at_mut(k);
             let at = (first + r) * k;
             match self {
                 Source::Codes(a) => widen(&a[at..at + k], row),
-                Source::Values { x, params } => quantize_i16(&x[at..at + k], params, row, use_avx2),
+                Source::Values { x, .. } | Source::PerRow(x) => {
+                    let x = &x[at..at + k];
+                    let params = self.params(x, row_scales.get_mut(r).unwrap_or(&mut unused), use_avx2);
+                    quantize_i16(x, &params, row, use_avx2);
+                }
             }
             rest.fill(0);
         }
     }
-}
 
-impl Source<'_> {
     /// Rows `first..first + rows` of A as `u8` codes offset by 128, `stride` per row (128, the code 0, past `k`),
-    /// into `buf`.
-    fn fill_u8(&self, first: usize, k: usize, stride: usize, buf: &mut [u8], use_avx2: bool) {
+    /// into `buf`; per row, the rows' scales into `row_scales` (else it may be empty).
+    fn fill_u8(&self, first: usize, k: usize, stride: usize, buf: &mut [u8], row_scales: &mut [f32], use_avx2: bool) {
+        let mut unused = 0f32;
         for (r, dst) in buf.chunks_exact_mut(stride).enumerate() {
             let (row, rest) = dst.split_at_mut(k);
             let at = (first + r) * k;
@@ -312,7 +487,11 @@ impl Source<'_> {
                         *o = (c as u8) ^ 0x80;
                     }
                 }
-                Source::Values { x, params } => quantize_u8(&x[at..at + k], params, row, use_avx2),
+                Source::Values { x, .. } | Source::PerRow(x) => {
+                    let x = &x[at..at + k];
+                    let params = self.params(x, row_scales.get_mut(r).unwrap_or(&mut unused), use_avx2);
+                    quantize_u8(x, &params, row, use_avx2);
+                }
             }
             rest.fill(128);
         }
@@ -356,6 +535,20 @@ fn quantize_i16(x: &[f32], params: &crate::quant::QParams, out: &mut [i16], use_
 
 /// The product of `source` (`[m, k]`) and `b` into `output`, in parallel tasks.
 fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Kernel) {
+    let use_avx2 = kernel == Kernel::Best && avx2_available();
+    let path = match (use_avx2, b.has_u8s8(), b.has_vnni().then(vnni).flatten()) {
+        (true, _, Some(Vnni::Avx)) => Path::AvxVnni,
+        (true, _, Some(Vnni::Avx512)) => Path::Avx512Vnni,
+        (true, true, _) => Path::U8s8,
+        (true, false, _) => Path::I16,
+        (false, _, _) => Path::Portable,
+    };
+    product_on(source, m, b, output, path);
+}
+
+/// [`product`] on `path`, which must run here and suit the form of `b` (`u8 × s8` only on that form, VNNI only on
+/// the VNNI form, `i16` on the others).
+fn product_on(source: Source, m: usize, b: &PackedInt8, output: Output, path: Path) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -391,15 +584,12 @@ fn product(source: Source, m: usize, b: &PackedInt8, output: Output, kernel: Ker
         }
         return;
     }
-    let use_avx2 = kernel == Kernel::Best && avx2_available();
-    let path = match (use_avx2, b.has_u8s8()) {
-        (true, true) => Path::U8s8,
-        (true, false) => Path::I16,
-        (false, _) => Path::Portable,
-    };
+    assert!(path != Path::U8s8 || b.has_u8s8(), "the u8 x s8 kernel needs the u8 x s8 form");
+    assert!(!matches!(path, Path::AvxVnni | Path::Avx512Vnni) || b.has_vnni(), "VNNI needs the VNNI form");
+    let per_row = source.per_row();
     let job = Job { source, k, stride: b.k_groups * K_GROUP, b, path };
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-    let split = Split { m, n, panels, threads, scales: &scales, bias: &bias };
+    let split = Split { m, n, panels, threads, scales: &scales, bias: &bias, per_row };
     match data {
         Data::Sums(out) => split.run(&job, out, |chunk| Data::Sums(chunk)),
         Data::Scaled(out) => split.run(&job, out, |chunk| Data::Scaled(chunk)),
@@ -414,25 +604,31 @@ struct Split<'s> {
     threads: usize,
     scales: &'s [f32],
     bias: &'s [f32],
+    /// Whether the rows have scales of their own (dynamic per-token activations).
+    per_row: bool,
 }
 
 impl Split<'_> {
     fn run<T: Send>(&self, job: &Job, out: &mut [T], wrap: impl for<'d> Fn(&'d mut [T]) -> Data<'d> + Sync) {
         let (m, n) = (self.m, self.n);
-        let part = |data, col0, width| Out { data, width, col0, scales: self.scales, bias: self.bias };
+        let part = |data, col0, width, rows| {
+            // A task's rows are few (at most m / threads): their scales cost nothing to hold.
+            let row_scales = if self.per_row { vec![0f32; rows] } else { Vec::new() };
+            Out { data, width, col0, scales: self.scales, bias: self.bias, row_scales }
+        };
         if m == 1 && self.threads > 1 {
-            // One row: tasks own runs of whole panels (contiguous columns of the row).
+            // One row: tasks own runs of whole panels (contiguous columns of the row); each quantizes the row.
             let per_task = self.panels.div_ceil(self.threads * 2).max(1) * PANEL;
             out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
                 let width = chunk.len();
-                job.run(0, 1, &mut part(wrap(chunk), t * per_task, width));
+                job.run(0, 1, &mut part(wrap(chunk), t * per_task, width, 1));
             });
         } else {
             // Tasks own runs of whole rows and read all of B (one panel at a time, from cache).
             let rows_per_task = m.div_ceil(self.threads).div_ceil(ROWS) * ROWS;
             out.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
                 let rows = chunk.len() / n;
-                job.run(t * rows_per_task, rows, &mut part(wrap(chunk), 0, n));
+                job.run(t * rows_per_task, rows, &mut part(wrap(chunk), 0, n, rows));
             });
         }
     }
@@ -457,6 +653,10 @@ enum Path {
     I16,
     /// AVX2 `vpmaddubsw` on `u8` codes offset by 128, plus the offsets and the corrections.
     U8s8,
+    /// AVX-VNNI `vpdpbusd` on `u8` codes offset by 128 (weights in the VNNI form), plus the offsets.
+    AvxVnni,
+    /// The same with AVX512-VNNI's encoding.
+    Avx512Vnni,
 }
 
 thread_local! {
@@ -476,7 +676,7 @@ impl Job<'_> {
     /// Rows `first_row..first_row + rows` of the product, the columns `out` holds.
     fn run(&self, first_row: usize, rows: usize, out: &mut Out) {
         #[cfg(target_arch = "x86_64")]
-        if self.path == Path::U8s8 {
+        if matches!(self.path, Path::U8s8 | Path::AvxVnni | Path::Avx512Vnni) {
             self.run_u8s8(first_row, rows, out);
             return;
         }
@@ -490,7 +690,8 @@ impl Job<'_> {
             for r0 in (0..rows).step_by(block) {
                 let block_rows = block.min(rows - r0);
                 let a = &mut buf[..block_rows * self.stride];
-                self.source.fill(first_row + r0, self.k, self.stride, a, use_avx2);
+                let row_scales = out.row_scales.get_mut(r0..r0 + block_rows).unwrap_or_default();
+                self.source.fill(first_row + r0, self.k, self.stride, a, row_scales, use_avx2);
                 let a = &*a;
                 for p in first_panel..last_panel {
                     let (panel, corrections) = (self.b.panel(p), self.b.panel_corrections(p));
@@ -541,7 +742,8 @@ impl Job<'_> {
                     let block_rows = block.min(rows - r0);
                     let padded = block_rows.div_ceil(PANEL) * PANEL;
                     let a = &mut buf[..block_rows * self.stride];
-                    self.source.fill_u8(first_row + r0, self.k, self.stride, a, true);
+                    let row_scales = out.row_scales.get_mut(r0..r0 + block_rows).unwrap_or_default();
+                    self.source.fill_u8(first_row + r0, self.k, self.stride, a, row_scales, true);
                     let a = &*a;
                     let codes = if !corrected {
                         Codes::None
@@ -561,9 +763,18 @@ impl Job<'_> {
                             unsafe { avx2::sum_corrections(fixes, scratch, &codes, block_rows, self.b, p + q) };
                         }
                         let fixes = avx2::Fixes { sums: fixes, rows: padded, first: 0 };
-                        // SAFETY: this path runs only where AVX2 was detected; `a` holds `block_rows` rows of
-                        // `stride` codes, and panels `p..p + pair` exist.
-                        unsafe { avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0) };
+                        // SAFETY: each path runs only where its instructions were detected; `a` holds `block_rows`
+                        // rows of `stride` codes, and panels `p..p + pair` exist; the VNNI paths take weights in the
+                        // VNNI form, which has no corrections.
+                        unsafe {
+                            match self.path {
+                                Path::AvxVnni => avx_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0),
+                                Path::Avx512Vnni => {
+                                    avx512_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0)
+                                }
+                                _ => avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0),
+                            }
+                        }
                     }
                 }
             });
@@ -590,6 +801,9 @@ struct Out<'d> {
     /// Padded to whole panels, by global column; empty for sums.
     scales: &'d [f32],
     bias: &'d [f32],
+    /// Per local row, the scale of its activations (multiplied into `scales` as the row is stored), when each row
+    /// has its own; else empty.
+    row_scales: Vec<f32>,
 }
 
 enum Data<'d> {
@@ -606,8 +820,10 @@ impl Out<'_> {
         match &mut self.data {
             Data::Sums(d) => d[at..at + valid].copy_from_slice(&sums[..valid]),
             Data::Scaled(d) => {
+                let row_scale = self.row_scales.get(row).copied();
                 for (c, (y, &sum)) in d[at..at + valid].iter_mut().zip(sums).enumerate() {
-                    *y = sum as f32 * self.scales[column + c] + self.bias[column + c];
+                    let scale = row_scale.map_or(self.scales[column + c], |s| s * self.scales[column + c]);
+                    *y = sum as f32 * scale + self.bias[column + c];
                 }
             }
         }
@@ -1077,7 +1293,7 @@ mod avx2 {
     /// Stores the 8 sums `v` of global columns `column..column + 8` of local row `row`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn store(out: &mut Out, row: usize, column: usize, v: __m256i) {
+    pub(super) fn store(out: &mut Out, row: usize, column: usize, v: __m256i) {
         let local = column - out.col0;
         if local + PANEL > out.width {
             let mut sums = [0i32; PANEL];
@@ -1096,13 +1312,45 @@ mod avx2 {
             Data::Scaled(d) => {
                 let (dst, scales, bias) =
                     (&mut d[at..at + PANEL], &out.scales[column..column + PANEL], &out.bias[column..column + PANEL]);
-                // SAFETY: each slice holds 8 f32. A multiply, then an add, as the scalar store (never fused).
+                // SAFETY: each slice holds 8 f32. A multiply, then an add, as the scalar store (never fused); with
+                // per-row scales, the row's scale times the column's first, as there.
                 unsafe {
-                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scales.as_ptr()));
+                    let mut scale = _mm256_loadu_ps(scales.as_ptr());
+                    if let Some(&s) = out.row_scales.get(row) {
+                        scale = _mm256_mul_ps(_mm256_set1_ps(s), scale);
+                    }
+                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale);
                     _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(y, _mm256_loadu_ps(bias.as_ptr())));
                 }
             }
         }
+    }
+
+    /// The largest `|x|` over the finite values of `x` (0 when there is none), 16 at a time: the sign cleared, values
+    /// not below infinity (±inf, NaN) masked to 0, then `vmaxps` (exact, so any order gives the same maximum).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn absmax(x: &[f32]) -> f32 {
+        let (sign, inf) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(f32::INFINITY));
+        let finite_abs = |v: __m256| {
+            let a = _mm256_andnot_ps(sign, v);
+            _mm256_and_ps(a, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf))
+        };
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut blocks = x.chunks_exact(16);
+        for block in &mut blocks {
+            // SAFETY: `block` holds 16 f32.
+            let v = unsafe { [_mm256_loadu_ps(block.as_ptr()), _mm256_loadu_ps(block.as_ptr().add(8))] };
+            acc[0] = _mm256_max_ps(acc[0], finite_abs(v[0]));
+            acc[1] = _mm256_max_ps(acc[1], finite_abs(v[1]));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(acc[0], acc[1])) };
+        let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
+        lanes.into_iter().chain(tail).fold(0f32, f32::max)
     }
 
     /// `QParams::quantize` of every `x` plus 128 as `u8`, 8 at a time (the codes of [`quantize_i16`]).
@@ -1164,27 +1412,149 @@ mod avx2 {
     }
 }
 
+/// The VNNI kernels, one module per encoding of `vpdpbusd` (the same operation): per group of 4 `k`, a broadcast of
+/// the row's 4 `u8` codes and one `vpdpbusd` per panel (the four `u · b` products of each column added into its
+/// `i32` lane, exactly: no `i16` step, so the weights need no clamping and no corrections). The sums plus the
+/// offsets `−128 · Σ_k b` are `Σ_k a · b`.
+macro_rules! vnni_kernels {
+    ($module:ident, $features:literal, $dpbusd:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use std::arch::x86_64::*;
+
+            use super::{K_GROUP, Out, PANEL, PackedInt8, ROWS};
+
+            /// Panels `first..first + count` (`count` 1 or 2) of `b` (in the VNNI form) for the `rows` rows of `a`
+            /// (`u8` codes offset by 128), six rows at a time, into local rows `row0..` of `out`, with the offsets.
+            ///
+            /// # Safety
+            /// The CPU must have the module's VNNI instructions and AVX2.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn panels(
+                a: &[u8],
+                rows: usize,
+                stride: usize,
+                b: &PackedInt8,
+                first: usize,
+                count: usize,
+                out: &mut Out,
+                row0: usize,
+            ) {
+                let groups = stride / K_GROUP;
+                let panel_len = groups * PANEL * K_GROUP;
+                assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
+                assert!(b.has_vnni() && b.u8s8.offsets.len() >= (first + count) * PANEL);
+                assert!(b.data.len() >= (first + count) * panel_len);
+                let w = b.data[first * panel_len..].as_ptr();
+                let mut row = 0;
+                while row < rows {
+                    let a_rows = &a[row * stride..];
+                    let at = row0 + row;
+                    // SAFETY: rows row.. exist (at least the tile's, checked by `a_rows` in the tile), and the
+                    // panels.
+                    unsafe {
+                        row += match (rows - row, count) {
+                            (ROWS.., 2) => tile_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (ROWS.., _) => tile_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (5, 2) => tile_into::<5, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (5, _) => tile_into::<5, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (4, 2) => tile_into::<4, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (4, _) => tile_into::<4, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (3, 2) => tile_into::<3, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (3, _) => tile_into::<3, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (2, 2) => tile_into::<2, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (2, _) => tile_into::<2, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (_, 2) => tile_into::<1, 2>(a_rows, stride, w, groups, b, first, out, at),
+                            (_, _) => tile_into::<1, 1>(a_rows, stride, w, groups, b, first, out, at),
+                        };
+                    }
+                }
+            }
+
+            /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets added, stored; returns
+            /// `R`.
+            ///
+            /// # Safety
+            /// The module's features; `a` holds `R` rows of `stride = groups · 4` codes; `w` is readable for `P`
+            /// panels of `groups · 32` bytes, `b`'s panels `first..first + P`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn tile_into<const R: usize, const P: usize>(
+                a: &[u8],
+                stride: usize,
+                w: *const i8,
+                groups: usize,
+                b: &PackedInt8,
+                first: usize,
+                out: &mut Out,
+                row: usize,
+            ) -> usize {
+                assert!(a.len() >= R * stride);
+                // SAFETY: the caller's guarantee and the check above.
+                let sums = unsafe { tile::<R, P>(a.as_ptr(), stride, w, groups) };
+                for (q, panel_sums) in sums.into_iter().enumerate() {
+                    let p = first + q;
+                    let offsets = &b.u8s8.offsets[p * PANEL..p * PANEL + PANEL];
+                    // SAFETY: `offsets` holds 8 i32.
+                    let offset = unsafe { _mm256_loadu_si256(offsets.as_ptr().cast()) };
+                    for (r, v) in panel_sums.into_iter().enumerate() {
+                        super::avx2::store(out, row + r, p * PANEL, _mm256_add_epi32(v, offset));
+                    }
+                }
+                R
+            }
+
+            /// `R` rows of A (`u8` codes offset by 128 at `a`, `stride` apart) times `P` panels (`w`, `groups · 32`
+            /// bytes apart): the 8 column sums `Σ u · b` of each row and panel, in wrapping `i32`.
+            ///
+            /// # Safety
+            /// The module's features; `a` readable for `R` rows of `groups · 4` codes, `w` for `P · groups · 32`
+            /// bytes.
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn tile<const R: usize, const P: usize>(
+                a: *const u8,
+                stride: usize,
+                w: *const i8,
+                groups: usize,
+            ) -> [[__m256i; R]; P] {
+                let panel_len = groups * PANEL * K_GROUP;
+                let mut acc = [[_mm256_setzero_si256(); R]; P];
+                for g in 0..groups {
+                    // SAFETY: within the panels and the rows.
+                    unsafe {
+                        let mut wv = [_mm256_setzero_si256(); P];
+                        for (q, v) in wv.iter_mut().enumerate() {
+                            *v = _mm256_loadu_si256(w.add(q * panel_len + g * PANEL * K_GROUP).cast());
+                        }
+                        for r in 0..R {
+                            let x = (a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned();
+                            let x = _mm256_set1_epi32(x);
+                            for q in 0..P {
+                                acc[q][r] = $dpbusd(acc[q][r], x, wv[q]);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+vnni_kernels!(avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+vnni_kernels!(avx512_vnni, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
+
 /// Elements per parallel chunk of the element-wise steps.
 const CHUNK: usize = 1 << 15;
 
 /// The largest `|x|` over the finite values of `x` (0 when there is none), in parallel chunks of 8 lanes that
 /// the compiler vectorises: the range of a dynamic per-tensor activation quantization.
 pub fn absmax(x: &[f32]) -> f32 {
-    x.par_chunks(CHUNK)
-        .map(|chunk| {
-            let mut lanes = [0f32; 8];
-            let mut blocks = chunk.chunks_exact(8);
-            for block in &mut blocks {
-                for (lane, &v) in lanes.iter_mut().zip(block) {
-                    // NaN and ±inf fail `a < inf` and are skipped; the comparison form vectorises.
-                    let a = v.abs();
-                    *lane = if a > *lane && a < f32::INFINITY { a } else { *lane };
-                }
-            }
-            let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
-            lanes.into_iter().chain(tail).fold(0f32, f32::max)
-        })
-        .reduce(|| 0.0, f32::max)
+    x.par_chunks(CHUNK).map(absmax_lanes).reduce(|| 0.0, f32::max)
 }
 
 /// Symmetric per-tensor INT8 codes of `x` with `scale` (`q = clamp(round_half_even(x / scale), -127, 127)`, NaN to
@@ -1254,10 +1624,22 @@ mod tests {
         c
     }
 
-    /// Every kernel and entry point on `a` (`[m, k]`) times `b` (`[n, k]`): the exact sums, and the bits of
+    /// Every form the weights can be packed in: the VNNI form (its kernel where the CPU has VNNI, else the `i16`
+    /// one), the `u8 × s8` form (plain where too many pairs need corrections) and the plain codes.
+    const FORMS: [Form; 3] = [Form::Vnni, Form::U8s8, Form::Plain];
+
+    /// Every form, kernel and entry point on `a` (`[m, k]`) times `b` (`[n, k]`): the exact sums, and the bits of
     /// requantising them.
     fn check_every_path(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) {
-        let packed = PackedInt8::pack(b, n, k).unwrap();
+        for form in FORMS {
+            check_form(a, b, m, k, n, form);
+        }
+    }
+
+    /// [`check_every_path`] for the weights packed in `form`.
+    fn check_form(a: &[i8], b: &[i8], m: usize, k: usize, n: usize, form: Form) {
+        let packed = PackedInt8::pack_as(b, n, k, form).unwrap();
+        assert_eq!(packed.has_vnni(), form == Form::Vnni);
         let expected = naive(a, b, m, k, n);
         let scales: Vec<f32> = (0..n).map(|j| 0.001 * (j + 1) as f32).collect();
         let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.5).collect();
@@ -1266,21 +1648,36 @@ mod tests {
         let a_scale = 0.5f32;
         let x: Vec<f32> = a.iter().enumerate().map(|(i, &q)| (q as f32 + [0.0, 0.2, -0.2][i % 3]) * a_scale).collect();
         assert_eq!(quantize_activations(&x, a_scale), a);
+        let params = crate::quant::QParams { scale: a_scale, zero_point: 0, qmin: -127, qmax: 127 };
+        // Every path that runs here, then the entry points as they choose.
+        for path in paths(&packed).into_iter().map(Some).chain([None]) {
+            let what = format!("{path:?} {form:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
+            let run = |source: Source, output: Output| match path {
+                Some(path) => product_on(source, m, &packed, output, path),
+                None => product(source, m, &packed, output, Kernel::Best),
+            };
+            let mut c = vec![0i32; m * n];
+            run(Source::Codes(a), Output::Sums(&mut c));
+            assert_eq!(c, expected, "{what}");
+            let mut c = vec![0i32; m * n];
+            run(Source::Values { x: &x, params }, Output::Sums(&mut c));
+            assert_eq!(c, expected, "quantized {what}");
+            // The fused epilogue gives the bits of requantising the exact sums.
+            let mut y = vec![0f32; m * n];
+            run(Source::Codes(a), Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) });
+            assert_eq!(y, requantized, "scaled {what}");
+            let mut y = vec![0f32; m * n];
+            run(Source::Values { x: &x, params }, Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) });
+            assert_eq!(y, requantized, "quantized scaled {what}");
+        }
         for kernel in [Kernel::Best, Kernel::Portable] {
             let mut c = vec![0i32; m * n];
             gemm_i8_with(a, m, &packed, &mut c, kernel);
-            assert_eq!(c, expected, "{kernel:?} m={m} k={k} n={n}");
-            let mut c = vec![0i32; m * n];
-            gemm_quantized_into(&x, m, a_scale, &packed, Output::Sums(&mut c), kernel);
-            assert_eq!(c, expected, "{kernel:?} quantized m={m} k={k} n={n}");
-            // The fused epilogue gives the bits of requantising the exact sums.
-            let mut y = vec![0f32; m * n];
-            gemm_i8_into(a, m, &packed, Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) }, kernel);
-            assert_eq!(y, requantized, "{kernel:?} scaled m={m} k={k} n={n}");
+            assert_eq!(c, expected, "gemm_i8_with {kernel:?} {form:?} m={m} k={k} n={n}");
             let mut y = vec![0f32; m * n];
             let output = Output::Scaled { out: &mut y, scales: &scales, bias: Some(&bias) };
             gemm_quantized_into(&x, m, a_scale, &packed, output, kernel);
-            assert_eq!(y, requantized, "{kernel:?} quantized scaled m={m} k={k} n={n}");
+            assert_eq!(y, requantized, "gemm_quantized_into {kernel:?} {form:?} m={m} k={k} n={n}");
         }
     }
 
@@ -1307,7 +1704,7 @@ mod tests {
         let parallel = [(1, 600, 515), (1, 768, 515), (2, 1001, 300), (70, 130, 41), (20, 8195, 9), (97, 768, 72)];
         for (m, k, n) in small.into_iter().chain(larger).chain(parallel) {
             let b = bell_codes(n, k, (n * 7 + k) as u64);
-            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
             // One input: no pair to correct. Long rows: absmax at 3-4 sigma, about 1% of the codes corrected (short
             // rows have their absmax nearer the bulk, and more corrections).
             if k == 1 || k >= 700 {
@@ -1335,7 +1732,7 @@ mod tests {
                 planted += 1;
             }
         }
-        let packed = PackedInt8::pack(&b, n, k).unwrap();
+        let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
         assert!(packed.has_u8s8());
         assert!(packed.corrections() >= planted, "{} corrections", packed.corrections());
         let mixed: Vec<i8> = (0..m * k).map(|i| [127, -127, 1, -1, 0][i % 5]).collect();
@@ -1345,7 +1742,7 @@ mod tests {
         // A pair (b0, b1) of one sign summing to exactly 128 needs no correction; 129 does.
         let mut edge = vec![0i8; 64];
         edge[..8].copy_from_slice(&[64, 64, -1, -127, 100, 28, -100, -29]);
-        let packed = PackedInt8::pack(&edge, 1, 64).unwrap();
+        let packed = PackedInt8::pack_as(&edge, 1, 64, Form::U8s8).unwrap();
         assert_eq!((packed.has_u8s8(), packed.corrections()), (true, 1));
         let signs: Vec<i8> = (0..64).map(|i| [-127, 127, 127, -127][i % 4]).collect();
         for a in [vec![127i8; 64], vec![-127; 64], signs] {
@@ -1357,7 +1754,7 @@ mod tests {
     fn dense_corrections_fall_back_to_the_i16_kernel() {
         let (m, k, n) = (7, 300, 20);
         for b in [vec![127i8; n * k], vec![-127; n * k], codes(n * k, 9)] {
-            let packed = PackedInt8::pack(&b, n, k).unwrap();
+            let packed = PackedInt8::pack_as(&b, n, k, Form::U8s8).unwrap();
             assert!(!packed.has_u8s8());
             assert_eq!((packed.corrections(), packed.size_bytes()), (0, n.div_ceil(PANEL) * PANEL * k.div_ceil(4) * 4));
             check_every_path(&codes(m * k, 3), &b, m, k, n);
@@ -1411,6 +1808,191 @@ mod tests {
             let offset: Vec<u8> = expected.iter().map(|&q| (q + 128) as u8).collect();
             assert_eq!(out, offset, "u8 avx2 {use_avx2}");
         }
+    }
+
+    /// Activations `[m, k]` for the per-token path: rows at magnitudes from 1e-3 to 1e3, and among them a row of
+    /// zeros, one with NaN and ±inf, one of only non-finite values, one whose absmax is so small that its scale is 1
+    /// (`absmax / 127` underflows to 0), one whose scale is subnormal, and one with ±127-step ties.
+    fn per_token_values(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::seeded::XorShift64::new(seed);
+        let mut x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let magnitude = 10f32.powi((i / k.max(1)) as i32 % 7 - 3);
+                (rng.next_unit() * 2.0 - 1.0) as f32 * magnitude
+            })
+            .collect();
+        for (r, row) in x.chunks_exact_mut(k.max(1)).enumerate() {
+            match r % 8 {
+                1 => row.fill(0.0),
+                2 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [*v, f32::NAN, f32::INFINITY, *v, f32::NEG_INFINITY][i % 5];
+                    }
+                }
+                3 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+                    }
+                }
+                4 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [1e-44, -1e-45, 0.0][i % 3];
+                    }
+                }
+                5 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = [1e-40, -3e-41, 7e-42][i % 3];
+                    }
+                }
+                6 => {
+                    // Steps of 0.5 up to ±63.5 in a row of absmax 127: the codes are ties, rounded to even.
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = if i == 0 { 127.0 } else { (i % 255) as f32 * 0.5 - 63.5 };
+                    }
+                }
+                _ => {}
+            }
+        }
+        x
+    }
+
+    /// The per-token reference, independently of the kernels: each row's scale from its absmax over the finite
+    /// values (`QParams::symmetric`), its codes by `QParams::quantize`, and the product in `i64`.
+    fn naive_per_token(x: &[f32], m: usize, k: usize, b: &[i8], n: usize) -> (Vec<f32>, Vec<i32>) {
+        let mut scales = Vec::with_capacity(m);
+        let mut codes = Vec::with_capacity(m * k);
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let absmax = row.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            let params = crate::quant::QParams::symmetric(absmax);
+            scales.push(params.scale);
+            codes.extend(row.iter().map(|&v| params.quantize(v)));
+        }
+        (scales, naive(&codes, b, m, k, n))
+    }
+
+    /// Every kernel path that runs here and suits the form of `packed`.
+    fn paths(packed: &PackedInt8) -> Vec<Path> {
+        let mut paths = vec![Path::Portable];
+        if avx2_available() {
+            paths.push(if packed.has_u8s8() { Path::U8s8 } else { Path::I16 });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if packed.has_vnni() && avx2_available() {
+            if std::is_x86_feature_detected!("avxvnni") {
+                paths.push(Path::AvxVnni);
+            }
+            if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+                paths.push(Path::Avx512Vnni);
+            }
+        }
+        paths
+    }
+
+    /// Every form and kernel on `x` (`[m, k]`) quantized per token times `b` (`[n, k]`): the row scales, the exact
+    /// sums, and the bits of `y = sum · (s_i · w_scales[j]) + bias[j]`, with and without a bias. Returns whether the
+    /// weights took the `u8 × s8` form when asked to.
+    fn check_per_token(x: &[f32], m: usize, k: usize, b: &[i8], n: usize) -> bool {
+        let mut u8s8 = false;
+        for form in FORMS {
+            u8s8 |= check_per_token_form(x, m, k, b, n, form);
+        }
+        u8s8
+    }
+
+    /// [`check_per_token`] for the weights packed in `form`.
+    fn check_per_token_form(x: &[f32], m: usize, k: usize, b: &[i8], n: usize, form: Form) -> bool {
+        let packed = PackedInt8::pack_as(b, n, k, form).unwrap();
+        let (scales, sums) = naive_per_token(x, m, k, b, n);
+        assert_eq!(row_scales(x, m, k), scales, "row scales m={m} k={k}");
+        let w_scales: Vec<f32> = (0..n).map(|j| 0.003 * (j % 11 + 1) as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.5).collect();
+        let formula = |bias: Option<&[f32]>| -> Vec<f32> {
+            (0..m * n)
+                .map(|at| {
+                    let (i, j) = (at / n, at % n);
+                    sums[at] as f32 * (scales[i] * w_scales[j]) + bias.map_or(0.0, |b| b[j])
+                })
+                .collect()
+        };
+        let (with_bias, without_bias) = (formula(Some(&bias)), formula(None));
+        let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+        for path in paths(&packed) {
+            let what = format!("{path:?} {form:?} u8s8={} m={m} k={k} n={n}", packed.has_u8s8());
+            let mut c = vec![0i32; m * n];
+            product_on(Source::PerRow(x), m, &packed, Output::Sums(&mut c), path);
+            assert_eq!(c, sums, "sums {what}");
+            for (bias, expected) in [(Some(&bias[..]), &with_bias), (None, &without_bias)] {
+                let mut y = vec![f32::NAN; m * n];
+                let output = Output::Scaled { out: &mut y, scales: &w_scales, bias };
+                product_on(Source::PerRow(x), m, &packed, output, path);
+                assert_eq!(bits(&y), bits(expected), "outputs {what} bias {}", bias.is_some());
+            }
+        }
+        for kernel in [Kernel::Best, Kernel::Portable] {
+            let mut y = vec![f32::NAN; m * n];
+            gemm_dynamic_into(x, m, &packed, &mut y, &w_scales, Some(&bias), kernel);
+            assert_eq!(bits(&y), bits(&with_bias), "gemm_dynamic_into {kernel:?} {form:?} m={m} k={k} n={n}");
+        }
+        packed.has_u8s8()
+    }
+
+    #[test]
+    fn per_token_activations_are_exact_on_every_kernel() {
+        // Rows 1, 5, 6, 7 and 13 leave every remainder of the 6-row tile, 64 and 97 several blocks and tasks; k off
+        // the groups of 4 and n off the panels of 8 and 16; the last sizes large enough to run in parallel (one row
+        // split by columns, several rows split by rows).
+        let rows = [1, 5, 6, 7, 13, 64, 97];
+        let shapes = [(1, 1), (3, 9), (67, 17), (385, 70)];
+        let parallel = [(1, 771, 515), (97, 771, 70), (13, 1537, 90)];
+        let mut forms = [false, false];
+        for (m, k, n) in rows.iter().flat_map(|&m| shapes.iter().map(move |&(k, n)| (m, k, n))).chain(parallel) {
+            let x = per_token_values(m, k, (m * 31 + k) as u64);
+            // Bell-shaped weights (the u8 x s8 kernel with corrections where its long rows allow) and uniform ones
+            // (the i16 kernel).
+            for b in [bell_codes(n, k, (n * 7 + k) as u64), codes(n * k, (n * 5 + k) as u64)] {
+                let u8s8 = check_per_token(&x, m, k, &b, n);
+                forms[u8s8 as usize] = true;
+            }
+        }
+        assert_eq!(forms, [true, true], "both weight forms were exercised");
+        // Packing takes the VNNI form exactly where the CPU has VNNI.
+        assert_eq!(PackedInt8::pack(&codes(64, 1), 8, 8).unwrap().has_vnni(), vnni().is_some());
+        // Corrections planted in the u8 x s8 form, with rows at the extreme codes.
+        let (m, k, n) = (13, 771, 37);
+        let mut b = bell_codes(n, k, 11);
+        for j in [0, 5, 8, 17, 36] {
+            (b[j * k + 2 * j], b[j * k + 2 * j + 1]) = (127, 127);
+            (b[j * k + 2 * j + 50], b[j * k + 2 * j + 51]) = (-100, -29);
+        }
+        let mut x = per_token_values(m, k, 3);
+        x[7 * k..8 * k].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 3 == 0 { -2.5 } else { 2.5 });
+        assert!(check_per_token(&x, m, k, &b, n));
+        // No inputs: every sum is 0, every row scale 1, the outputs the bias.
+        assert_eq!(row_scales(&[], 3, 0), [1.0; 3]);
+        check_per_token(&[], 3, 0, &[], 5);
+    }
+
+    #[test]
+    fn row_absmax_skips_non_finite_values() {
+        let mut x: Vec<f32> = (0..203).map(|i| ((i as f32) * 0.37).sin() * 2.0).collect();
+        for len in [0, 1, 7, 8, 15, 16, 17, 31, 33, 64, 203] {
+            let expected = x[..len].iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            for use_avx2 in [avx2_available(), false] {
+                assert_eq!(row_absmax(&x[..len], use_avx2), expected, "len {len} avx2 {use_avx2}");
+            }
+        }
+        // The largest finite value at every position of the vector blocks and the tail, among NaN and ±inf.
+        for at in 0..40 {
+            x[..40].fill(f32::NAN);
+            x[..40].iter_mut().step_by(3).for_each(|v| *v = f32::NEG_INFINITY);
+            x[at] = -5.5;
+            x[(at + 17) % 40] = 1.25;
+            for use_avx2 in [avx2_available(), false] {
+                assert_eq!(row_absmax(&x[..40], use_avx2), 5.5, "at {at} avx2 {use_avx2}");
+            }
+        }
+        assert_eq!(row_absmax(&[f32::NAN, f32::INFINITY], avx2_available()), 0.0);
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::quant::pass::TensorData;
 use crate::quant::quantize_tensor;
 use crate::quant::{Plan, Precision, params};
 
+/// A deployed INT8 linear layer: its packed codes, one weight scale per output, and its input's quantization.
+pub type Int8Linear = (super::qgemm::PackedInt8, Vec<f32>, crate::quant::InputQuant);
+
 /// One weight tensor in f32.
 #[derive(Debug)]
 pub struct Weight {
@@ -74,35 +77,47 @@ impl<'m> WeightSource<'m> {
         WeightSource { deployed: true, ..WeightSource::new(model, Some(plan), progress) }
     }
 
-    /// For a deployed source and a W8A8 layer with symmetric weights: the weight `name` (`[outputs, inputs]`) as
-    /// packed INT8 codes with their per-row scales, and the input's quantization. `None` otherwise (the layer runs
-    /// on f32 weights).
-    pub fn int8_linear(
-        &self,
-        name: &str,
-        outputs: usize,
-        inputs: usize,
-    ) -> Result<Option<(super::qgemm::PackedInt8, Vec<f32>, crate::quant::QParams)>> {
+    /// For a deployed source and a W8A8 or W8A8-dynamic layer with symmetric weights: the weight `name`
+    /// (`[outputs, inputs]`) as packed INT8 codes with their per-row scales, and the input's quantization. `None`
+    /// otherwise (the layer runs on f32 weights).
+    pub fn int8_linear(&self, name: &str, outputs: usize, inputs: usize) -> Result<Option<Int8Linear>> {
+        self.int8_linear_stacked(&[name], outputs, inputs)
+    }
+
+    /// [`WeightSource::int8_linear`] for several weights of `[outputs, inputs]` that read the same input (BERT's
+    /// query, key and value), their codes stacked along the outputs into one product: `Some` only when every one
+    /// of them runs on the integer product with the same input quantization.
+    pub fn int8_linear_stacked(&self, names: &[&str], outputs: usize, inputs: usize) -> Result<Option<Int8Linear>> {
         let (Some(plan), true) = (self.plan, self.deployed) else { return Ok(None) };
-        let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
-        let (Precision::Int8(scheme), Some(input)) =
-            (plan.tensor(self.model, id), plan.input_params(self.model.tensor(id).layer))
-        else {
-            return Ok(None);
-        };
-        if !scheme.symmetric {
-            return Ok(None);
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let id = self.id_with_shape(name, Some(&[outputs, inputs]))?;
+            let (Precision::Int8(scheme), Some(input)) =
+                (plan.tensor(self.model, id), plan.input_quant(self.model.tensor(id).layer))
+            else {
+                return Ok(None);
+            };
+            if !scheme.symmetric || parts.first().is_some_and(|(_, _, first)| *first != input) {
+                return Ok(None);
+            }
+            parts.push((id, scheme, input));
         }
-        self.progress.check()?;
-        let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, self.progress)?;
-        let packed = super::qgemm::PackedInt8::pack(&quantized.codes, outputs, inputs)?;
-        let scales: Vec<f32> = match quantized.params.as_slice() {
-            [one] => vec![one.scale; outputs],
-            rows => rows.iter().map(|p| p.scale).collect(),
-        };
+        let Some(&(_, _, input)) = parts.first() else { return Ok(None) };
+        let mut codes = Vec::with_capacity(names.len() * outputs * inputs);
+        let mut scales = Vec::with_capacity(names.len() * outputs);
+        for (id, scheme, _) in parts {
+            self.progress.check()?;
+            let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, self.progress)?;
+            codes.extend_from_slice(&quantized.codes);
+            match quantized.params.as_slice() {
+                [one] => scales.extend(std::iter::repeat_n(one.scale, outputs)),
+                rows => scales.extend(rows.iter().map(|p| p.scale)),
+            }
+        }
+        let packed = super::qgemm::PackedInt8::pack(&codes, scales.len(), inputs)?;
         self.int8_bytes
-            .fetch_add(packed.size_bytes() as u64 + 4 * outputs as u64, std::sync::atomic::Ordering::Relaxed);
-        self.int8_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(packed.size_bytes() as u64 + 4 * scales.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.int8_layers.fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(Some((packed, scales, input)))
     }
 
@@ -120,8 +135,7 @@ impl<'m> WeightSource<'m> {
         self.progress.check()?;
         let data = TensorData::of(self.model, id)?;
         let packed = match plan.tensor(self.model, id) {
-            // FP8 weights run on their simulated f32 values (no compact FP8 kernel here).
-            Precision::Fp32 | Precision::Fp8(_) => return Ok(None),
+            Precision::Fp32 => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {
                 let mut buf = Vec::new();
@@ -134,6 +148,10 @@ impl<'m> WeightSource<'m> {
             Precision::Int8(scheme) => {
                 let quantized = quantize_tensor(&data, scheme, self.progress)?;
                 super::wgemm::PackedWeights::int8(&quantized.codes, &quantized.params, outputs, inputs)?
+            }
+            Precision::Fp8(scheme) => {
+                let quantized = crate::quant::quantize_tensor_fp8(&data, scheme.granularity, self.progress)?;
+                super::wgemm::PackedWeights::fp8(&quantized.codes, &quantized.scales, outputs, inputs)?
             }
         };
         self.int8_bytes.fetch_add(packed.size_bytes() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -1,6 +1,6 @@
-//! Linear layers whose weights are stored compactly — FP16, BF16, or weight-only INT8 codes with their scales and
-//! zero points — and multiplied by f32 activations: `y[m, n] = x[m, k] · Wᵀ + b` for a weight `W` `[n, k]`
-//! (issue 7).
+//! Linear layers whose weights are stored compactly — FP16, BF16, weight-only INT8 codes with their scales and
+//! zero points, or FP8 E4M3 codes with their scales — and multiplied by f32 activations: `y[m, n] = x[m, k] · Wᵀ + b`
+//! for a weight `W` `[n, k]` (issue 7).
 //!
 //! Weights are packed once ([`PackedWeights`]) in blocks of [`BLOCK_COLS`] output columns, each block stored
 //! `[k][64]` contiguous (`n` padded with zero columns), so that converting a block is one streaming pass.
@@ -10,14 +10,29 @@
 //!   into the block's columns of `y`; blocks run in parallel. The whole matrix is never converted: a call converts
 //!   `k · n` values once and amortises them over `m` rows.
 //! - One or two rows (a decoder's token): a GEMV reads the stored weights directly, 8 columns per vector, and
-//!   converts them in registers (F16C's `vcvtph2ps`, a 16-bit shift for BF16, sign extension for INT8).
+//!   converts them in registers (F16C's `vcvtph2ps`, a 16-bit shift for BF16, sign extension for INT8; FP8 codes
+//!   are decoded to FP16 32 rows at a time in a 4 KB stack buffer and widened from it, see below).
 //!
-//! Conversion is exact: FP16 and BF16 widen to f32 without rounding, and an INT8 tile holds
-//! `(q - zero_point) as f32 · scale`, the formula of `QParams::dequantize`, so a tile holds bit for bit the values of
-//! the simulated path (`weights::simulate`), and the products differ from `ops::linear` on those values only in the
-//! order of the f32 sums. The SIMD and portable paths give identical results: their tiles are equal and go to the
-//! same SGEMM, and the two GEMVs do the same multiplies and adds (unfused) in the same order. The INT8 GEMV sums
-//! `x · (q - zero_point)` and multiplies by the column's scale once at the end.
+//! Conversion is exact: FP16 and BF16 widen to f32 without rounding, an INT8 tile holds
+//! `(q - zero_point) as f32 · scale`, the formula of `QParams::dequantize`, and an FP8 tile holds
+//! `fp8::e4m3_to_f32(q) · scale` (one f32 multiply), the formula of `fp8::quantize_dequantize`; so a tile holds bit for
+//! bit the values of the simulated path (`weights::simulate`, `fp8::fake_quantize_e4m3`), and the products differ from
+//! `ops::linear` on those values only in the order of the f32 sums. The SIMD and portable paths give identical
+//! results: their tiles are equal and go to the same SGEMM, and the two GEMVs do the same multiplies and adds
+//! (unfused) in the same order. The INT8 and FP8 GEMVs sum the unscaled values (`x · (q - zero_point)`,
+//! `x · e4m3_to_f32(q)`) and multiply by the column's scale once at the end: a GEMV gives `scale · Σ x·v`, a tile
+//! `Σ x·(v · scale)`, equal but for f32 rounding. The FP8 GEMV forms each `x · v` as `(x · 2^8) · (v · 2^-8)`:
+//! `v · 2^-8` is what the F16C decoding below gives (one multiply fewer per 8 weights) and both factors are exact,
+//! so each product is the f32 `x · v` bit for bit; rows with a finite `|x| > f32::MAX / 2^8`, whose `x · 2^8` would
+//! overflow, go to the tile path instead.
+//!
+//! FP8 E4M3 codes are decoded with F16C: a code's bits placed in an FP16 (`sign << 15 | (code & 0x7F) << 7`, a sign
+//! extension, a shift and a mask) are the FP16 of `value · 2^-8` (the exponent bias 15 against E4M3's 7, 8 more;
+//! E4M3 subnormals land on FP16 subnormals, which `vcvtph2ps` widens exactly), and the NaN code is replaced by FP16
+//! NaN `0x7E00`; a tile multiplies the f32 by 2^8 (exact) before the scale. For tiles this beat a `vpgatherdd` from
+//! the 256-entry table and an integer exponent rebias with a subnormal blend (measured on 768 × 64 tiles), and it never
+//! feeds a denormal f32 to a multiply. Packing notes which blocks hold a NaN code; the others skip the NaN replacement
+//! (4 instructions per 16 codes), which matters in the GEMV, where every weight is decoded once per call.
 
 use rayon::prelude::*;
 
@@ -25,6 +40,7 @@ use super::ops;
 pub use super::qgemm::Kernel;
 use crate::error::{Error, Result};
 use crate::quant::QParams;
+use crate::quant::fp8::e4m3_to_f32;
 use crate::quant::params::{to_bf16, to_fp16};
 
 /// Output columns per packed block.
@@ -37,6 +53,14 @@ const LANES: usize = 8;
 const GEMV_MAX_ROWS: usize = 2;
 /// Multiply-adds below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
+/// 2^-8: the FP8 GEMV multiplies `x · 2^8` by `v · 2^-8`, the values F16C widens the codes to (see the module doc).
+const FP8_GEMV_UNIT: f32 = 1.0 / 256.0;
+/// 2^8, what the FP8 GEMV multiplies `x` by.
+const FP8_GEMV_X_SCALE: f32 = 256.0;
+/// The largest finite `|x|` whose multiple by 2^8 is finite: rows with a larger one go to the tile path.
+const FP8_GEMV_X_MAX: f32 = f32::MAX / FP8_GEMV_X_SCALE;
+/// Rows of `k` an FP8 GEMV decodes to FP16 at a time (a 4 KB buffer for 64 columns).
+const FP8_CHUNK_ROWS: usize = 32;
 
 thread_local! {
     /// The f32 tile of the block a thread is multiplying: grown once to the largest `k · 64` seen, then reused.
@@ -52,6 +76,8 @@ pub enum WeightFormat {
     Bf16,
     /// INT8 codes (1 byte a weight) with a scale and zero point per output row.
     Int8,
+    /// FP8 E4M3 codes (1 byte a weight) with a scale per output row.
+    Fp8,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,14 +88,16 @@ enum Storage {
     Bf16(Vec<u16>),
     /// Codes, blocks `[k][64]`; scale and zero point per (padded) output column.
     Int8 { codes: Vec<i8>, scales: Vec<f32>, zero_points: Vec<i32>, symmetric: bool },
+    /// E4M3 codes, blocks `[k][64]`; scale per (padded) output column; per block, whether it holds a NaN code.
+    Fp8 { codes: Vec<u8>, scales: Vec<f32>, nan_blocks: Vec<bool> },
 }
 
-/// A weight `[n, k]` (`n` outputs × `k` inputs) held as FP16, BF16 or INT8 codes, packed for its product with f32
-/// activations ([`PackedWeights::matmul`]).
+/// A weight `[n, k]` (`n` outputs × `k` inputs) held as FP16, BF16, INT8 codes or FP8 E4M3 codes, packed for its
+/// product with f32 activations ([`PackedWeights::matmul`]).
 ///
 /// Layout: block `b` holds output columns `64·b .. 64·b + 64`; its values sit at `(b · k + i) · 64 + c` for input
 /// `i` and column `c` (zero past `n`). INT8 keeps one scale and zero point per output column (the per-tensor pair
-/// repeated).
+/// repeated), FP8 one scale per output column (the per-tensor scale repeated); padding columns have scale 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeights {
     n: usize,
@@ -151,6 +179,27 @@ impl PackedWeights {
         Ok(PackedWeights { n, k, storage: Storage::Int8 { codes, scales, zero_points, symmetric } })
     }
 
+    /// FP8 E4M3 weights: `codes` row-major `[n, k]` (as `quant::fp8::quantize_e4m3` gives them) with one scale for
+    /// the tensor or one per output row. Weight `(j, i)` is `fp8::e4m3_to_f32(code) · scale_j` in f32, as
+    /// `fp8::quantize_dequantize` gives it; NaN codes (0x7F, 0xFF) stay NaN. The scales are taken as they are.
+    pub fn fp8(codes: &[u8], scales: &[f32], n: usize, k: usize) -> Result<PackedWeights> {
+        check_shape(codes.len(), n, k, "FP8 codes")?;
+        if scales.len() != 1 && scales.len() != n {
+            return Err(Error::Unsupported(format!(
+                "{} FP8 scales for {n} output rows (expected 1 or {n})",
+                scales.len()
+            )));
+        }
+        let padded = n.div_ceil(NB) * NB;
+        let scale = |j: usize| if j >= n { 0.0 } else { scales[if scales.len() == 1 { 0 } else { j }] };
+        let scales = (0..padded).map(scale).collect();
+        let codes = pack(codes, n, k, |q| q);
+        let len = k * NB;
+        let nan_blocks =
+            (0..n.div_ceil(NB)).map(|b| codes[b * len..][..len].iter().any(|&q| q & 0x7F == 0x7F)).collect();
+        Ok(PackedWeights { n, k, storage: Storage::Fp8 { codes, scales, nan_blocks } })
+    }
+
     /// Output channels.
     pub fn n(&self) -> usize {
         self.n
@@ -167,15 +216,17 @@ impl PackedWeights {
             Storage::Fp16(_) => WeightFormat::Fp16,
             Storage::Bf16(_) => WeightFormat::Bf16,
             Storage::Int8 { .. } => WeightFormat::Int8,
+            Storage::Fp8 { .. } => WeightFormat::Fp8,
         }
     }
 
-    /// Bytes held: 2 a weight for FP16 and BF16, 1 for INT8 plus 8 per output column (scale and zero point),
-    /// padding to whole blocks included.
+    /// Bytes held: 2 a weight for FP16 and BF16, 1 for INT8 plus 8 per output column (scale and zero point), 1 for
+    /// FP8 plus 4 per output column (scale), padding to whole blocks included.
     pub fn size_bytes(&self) -> usize {
         match &self.storage {
             Storage::Fp16(bits) | Storage::Bf16(bits) => 2 * bits.len(),
             Storage::Int8 { codes, scales, zero_points, .. } => codes.len() + 4 * scales.len() + 4 * zero_points.len(),
+            Storage::Fp8 { codes, scales, .. } => codes.len() + 4 * scales.len(),
         }
     }
 
@@ -210,6 +261,7 @@ impl PackedWeights {
                 Block::Int8 { codes, scales, zero_points, .. } => {
                     (codes[i * NB + c] as i32 - zero_points[c]) as f32 * scales[c]
                 }
+                Block::Fp8 { codes, scales, .. } => e4m3_to_f32(codes[i * NB + c]) * scales[c],
             };
         }
     }
@@ -243,11 +295,17 @@ impl PackedWeights {
             return;
         }
         let simd = kernel == Kernel::Best && simd_available();
-        if m <= GEMV_MAX_ROWS {
+        if m <= GEMV_MAX_ROWS && self.gemv_takes(x) {
             self.gemv(x, m, out, bias, simd);
         } else {
             self.tiled(x, m, out, bias, simd);
         }
+    }
+
+    /// Whether the GEMV can multiply rows `x`: always but for FP8 with a finite `|x| > FP8_GEMV_X_MAX`, whose
+    /// multiple by 2^8 would overflow.
+    fn gemv_takes(&self, x: &[f32]) -> bool {
+        !matches!(self.storage, Storage::Fp8 { .. }) || x.iter().all(|v| v.abs() <= FP8_GEMV_X_MAX || !v.is_finite())
     }
 
     /// Blocks of 64 output columns.
@@ -267,6 +325,9 @@ impl PackedWeights {
                 zero_points: &zero_points[b * NB..][..NB],
                 symmetric: *symmetric,
             },
+            Storage::Fp8 { codes, scales, nan_blocks } => {
+                Block::Fp8 { codes: &codes[b * len..][..len], scales: &scales[b * NB..][..NB], has_nan: nan_blocks[b] }
+            }
         }
     }
 
@@ -405,6 +466,12 @@ enum Block<'a> {
         zero_points: &'a [i32],
         symmetric: bool,
     },
+    /// E4M3 codes with the 64 columns' scales; `has_nan` when a code of the block is NaN (0x7F, 0xFF).
+    Fp8 {
+        codes: &'a [u8],
+        scales: &'a [f32],
+        has_nan: bool,
+    },
 }
 
 /// FP16 bits to f32, exactly.
@@ -419,7 +486,7 @@ fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
-/// The block as f32 values (INT8: `(q - zero_point) as f32 · scale`), portable.
+/// The block as f32 values (INT8: `(q - zero_point) as f32 · scale`, FP8: `e4m3_to_f32(q) · scale`), portable.
 fn tile_portable(block: Block, tile: &mut [f32]) {
     match block {
         Block::Fp16(bits) => tile.iter_mut().zip(bits).for_each(|(t, &b)| *t = fp16_to_f32(b)),
@@ -431,11 +498,18 @@ fn tile_portable(block: Block, tile: &mut [f32]) {
                 }
             }
         }
+        Block::Fp8 { codes, scales, .. } => {
+            for (t, q) in tile.chunks_exact_mut(NB).zip(codes.chunks_exact(NB)) {
+                for c in 0..NB {
+                    t[c] = e4m3_to_f32(q[c]) * scales[c];
+                }
+            }
+        }
     }
 }
 
 /// `acc[r][c] += Σ_i x[r][i] · w[i][c]` over the block, `i` in order, multiply then add (INT8: `w = q - zero_point`,
-/// unscaled), portable.
+/// FP8: `w = e4m3_to_f32(q) · 2^-8` times `x · 2^8`, both unscaled), portable.
 fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &mut [[f32; NB]; R]) {
     let mut w = [0.0f32; NB];
     for i in 0..k {
@@ -447,9 +521,12 @@ fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &
                     *w = (q as i32 - z) as f32;
                 }
             }
+            Block::Fp8 { codes, .. } => {
+                w.iter_mut().zip(&codes[i * NB..]).for_each(|(w, &q)| *w = e4m3_to_f32(q) * FP8_GEMV_UNIT)
+            }
         }
         for (acc, x) in acc.iter_mut().zip(x) {
-            let xi = x[i];
+            let xi = if matches!(block, Block::Fp8 { .. }) { x[i] * FP8_GEMV_X_SCALE } else { x[i] };
             for (a, &w) in acc.iter_mut().zip(&w) {
                 *a += xi * w;
             }
@@ -460,7 +537,9 @@ fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &
 /// `y[c] = acc[c] (· scale[c]) (+ bias[c])` for the valid columns of a block.
 fn finish(acc: &[f32; NB], block: Block, bias: Option<&[f32]>, y: &mut [f32]) {
     match block {
-        Block::Int8 { scales, .. } => y.iter_mut().zip(acc).zip(scales).for_each(|((y, &a), &s)| *y = a * s),
+        Block::Int8 { scales, .. } | Block::Fp8 { scales, .. } => {
+            y.iter_mut().zip(acc).zip(scales).for_each(|((y, &a), &s)| *y = a * s)
+        }
         _ => y.copy_from_slice(&acc[..y.len()]),
     }
     if let Some(bias) = bias {
@@ -472,7 +551,7 @@ fn finish(acc: &[f32; NB], block: Block, bias: Option<&[f32]>, y: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Block, LANES, NB};
+    use super::{Block, FP8_CHUNK_ROWS, LANES, NB};
 
     /// Stored formats, as const parameters of the GEMV.
     const FP16: u8 = 0;
@@ -480,6 +559,60 @@ mod avx2 {
     /// INT8 with every zero point 0 (no subtraction).
     const INT8: u8 = 2;
     const INT8_ZP: u8 = 3;
+    /// FP8 without NaN codes (the NaN code would decode as ±480).
+    const FP8: u8 = 4;
+    /// FP8 with NaN codes in the block.
+    const FP8_NAN: u8 = 5;
+
+    /// FP16 bits (in 16-bit lanes) of E4M3 codes held sign-extended to 16 bits, each the FP16 of `value · 2^-8` (see
+    /// the module doc); with `NAN`, the NaN codes give FP16 NaN `0x7E00` with their sign (which widens to the table's
+    /// `0x7FC0_0000`), without it ±480 · 2^-8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn fp8_halves<const NAN: bool>(codes: __m256i) -> __m256i {
+        // Shifted by 7, the sign-extended code is `sign << 15 | sign << 14 | magnitude << 7`; the mask clears bit 14.
+        let half = _mm256_and_si256(_mm256_slli_epi16::<7>(codes), _mm256_set1_epi16(0xBF80u16 as i16));
+        if !NAN {
+            return half;
+        }
+        let nan = _mm256_cmpeq_epi16(_mm256_slli_epi16::<1>(half), _mm256_set1_epi16(0x7F00));
+        // 0x3F80 ^ 0x4180 = 0x7E00.
+        _mm256_xor_si256(half, _mm256_and_si256(nan, _mm256_set1_epi16(0x4180)))
+    }
+
+    /// 8 FP16 of `value · 2^-8` widened and multiplied by 2^8 (exact): the E4M3 values, as `e4m3_to_f32` gives them.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn fp8_widen(halves: __m128i) -> __m256 {
+        _mm256_mul_ps(_mm256_cvtph_ps(halves), _mm256_set1_ps(256.0))
+    }
+
+    /// An FP8 block's tile: 16 codes per step, two vectors of 8 f32, each times its columns' scales.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `codes` and `tile` `k · 64` long, `scales` 64.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fp8_tile<const NAN: bool>(codes: &[u8], scales: &[f32], tile: &mut [f32]) {
+        let mut scale = [_mm256_setzero_ps(); NB / LANES];
+        for (v, s) in scale.iter_mut().enumerate() {
+            // SAFETY: 64 scales.
+            *s = unsafe { _mm256_loadu_ps(scales.as_ptr().add(v * LANES)) };
+        }
+        for (t, q) in tile.chunks_exact_mut(NB).zip(codes.chunks_exact(NB)) {
+            for v in 0..NB / (2 * LANES) {
+                let at = 2 * v * LANES;
+                // SAFETY: 64 values each.
+                unsafe {
+                    let halves = fp8_halves::<NAN>(_mm256_cvtepi8_epi16(_mm_loadu_si128(q.as_ptr().add(at).cast())));
+                    let lo = fp8_widen(_mm256_castsi256_si128(halves));
+                    let hi = fp8_widen(_mm256_extracti128_si256::<1>(halves));
+                    _mm256_storeu_ps(t.as_mut_ptr().add(at), _mm256_mul_ps(lo, scale[2 * v]));
+                    _mm256_storeu_ps(t.as_mut_ptr().add(at + LANES), _mm256_mul_ps(hi, scale[2 * v + 1]));
+                }
+            }
+        }
+    }
 
     /// [`super::tile_portable`] with F16C and AVX2; bit-identical.
     ///
@@ -524,6 +657,10 @@ mod avx2 {
                     }
                 }
             }
+            // SAFETY: forwarded.
+            Block::Fp8 { codes, scales, has_nan: false } => unsafe { fp8_tile::<false>(codes, scales, tile) },
+            // SAFETY: forwarded.
+            Block::Fp8 { codes, scales, has_nan: true } => unsafe { fp8_tile::<true>(codes, scales, tile) },
         }
     }
 
@@ -545,6 +682,8 @@ mod avx2 {
                 Block::Int8 { codes, zero_points, symmetric: false, .. } => {
                     by_rows::<INT8_ZP, R>(codes.as_ptr().cast(), k, x, zero_points, acc)
                 }
+                Block::Fp8 { codes, has_nan: false, .. } => by_rows::<FP8, R>(codes.as_ptr(), k, x, &[0; NB], acc),
+                Block::Fp8 { codes, has_nan: true, .. } => by_rows::<FP8_NAN, R>(codes.as_ptr(), k, x, &[0; NB], acc),
             }
         }
     }
@@ -563,10 +702,71 @@ mod avx2 {
     ) {
         // SAFETY: forwarded.
         unsafe {
-            if R == 1 {
-                columns::<F, R, 8>(w, k, x, zero_points, acc)
-            } else {
-                columns::<F, R, 4>(w, k, x, zero_points, acc)
+            match (F, R) {
+                (FP8 | FP8_NAN, 1) => fp8_columns::<F, R, 8>(w, k, x, acc),
+                (FP8 | FP8_NAN, _) => fp8_columns::<F, R, 4>(w, k, x, acc),
+                (_, 1) => columns::<F, R, 8>(w, k, x, zero_points, acc),
+                _ => columns::<F, R, 4>(w, k, x, zero_points, acc),
+            }
+        }
+    }
+
+    /// [`columns`] for FP8 (`F` is `FP8` or `FP8_NAN`): for each chunk of [`FP8_CHUNK_ROWS`] rows of `k`, the pass's
+    /// codes are decoded to FP16 (`value · 2^-8`) into a stack buffer, then widened from it by `vcvtph2ps` and
+    /// multiplied by `x · 2^8`: the same multiplies and adds in the same order as [`super::gemv_portable`]. Widening
+    /// from memory leaves port 5 to the decoding's sign extension; widening the decoded registers (two more port-5
+    /// instructions per 16 codes) was about 1.4 times slower (768 × 3072, one row, one thread).
+    ///
+    /// # Safety
+    /// As [`gemv`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fp8_columns<const F: u8, const R: usize, const V: usize>(
+        w: *const u8,
+        k: usize,
+        x: [&[f32]; R],
+        acc: &mut [[f32; NB]; R],
+    ) {
+        let mut halves = [0u16; FP8_CHUNK_ROWS * NB];
+        for pass in 0..NB / (V * LANES) {
+            let col0 = pass * V * LANES;
+            let mut sums = [[_mm256_setzero_ps(); V]; R];
+            for i0 in (0..k).step_by(FP8_CHUNK_ROWS) {
+                let rows = FP8_CHUNK_ROWS.min(k - i0);
+                for r in 0..rows {
+                    for v in (0..V).step_by(2) {
+                        // SAFETY: row i0 + r < k of the block, columns col0 + 8·v .. + 16 ≤ 64; the buffer holds
+                        // FP8_CHUNK_ROWS rows of V · 8 ≤ 64 values.
+                        unsafe {
+                            let codes =
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add((i0 + r) * NB + col0 + v * LANES).cast()));
+                            let decoded =
+                                if F == FP8_NAN { fp8_halves::<true>(codes) } else { fp8_halves::<false>(codes) };
+                            _mm256_storeu_si256(halves.as_mut_ptr().add((r * V + v) * LANES).cast(), decoded);
+                        }
+                    }
+                }
+                for r in 0..rows {
+                    let mut xs = [_mm256_setzero_ps(); R];
+                    for (xs, x) in xs.iter_mut().zip(&x) {
+                        // SAFETY: i0 + r < k.
+                        *xs = _mm256_set1_ps(unsafe { *x.get_unchecked(i0 + r) } * super::FP8_GEMV_X_SCALE);
+                    }
+                    for v in 0..V {
+                        // SAFETY: within the buffer (above).
+                        let wv = unsafe {
+                            _mm256_cvtph_ps(_mm_loadu_si128(halves.as_ptr().add((r * V + v) * LANES).cast()))
+                        };
+                        for (sums, xs) in sums.iter_mut().zip(&xs) {
+                            sums[v] = _mm256_add_ps(sums[v], _mm256_mul_ps(*xs, wv));
+                        }
+                    }
+                }
+            }
+            for (acc, sums) in acc.iter_mut().zip(&sums) {
+                for (v, s) in sums.iter().enumerate() {
+                    // SAFETY: col0 + 8·v + 8 ≤ 64.
+                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(col0 + v * LANES), *s) };
+                }
             }
         }
     }
@@ -641,6 +841,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::progress::Progress;
+    use crate::quant::fp8;
     use crate::quant::pass::TensorData;
     use crate::quant::{Granularity, Int8Scheme, Precision};
     use crate::runtime::weights::simulate;
@@ -667,6 +868,51 @@ mod tests {
         (sign * magnitude) as f32
     }
 
+    /// E4M3 code decoded in f64 arithmetic (exact), independent of `fp8`'s table and of F16C; `None` for the NaN
+    /// codes.
+    fn e4m3_reference(code: u8) -> Option<f64> {
+        let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
+        let (exponent, mantissa) = (((code >> 3) & 0xF) as i32, (code & 0x7) as f64);
+        match (exponent, mantissa) {
+            (15, 7.0) => None,
+            (0, m) => Some(sign * m * 2f64.powi(-9)),
+            (e, m) => Some(sign * (1.0 + m / 8.0) * 2f64.powi(e - 7)),
+        }
+    }
+
+    /// `w` `[n, k]` as FP8 with the simulation's scales (one for the tensor, or one per row): the codes, the scales
+    /// and the simulated weight (`fp8::fake_quantize_e4m3` per group).
+    fn fp8_quantized(w: &[f32], n: usize, k: usize, per_row: bool) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let group = if per_row { k } else { n * k };
+        let (mut codes, mut simulated, mut scales) = (vec![0u8; w.len()], vec![0f32; w.len()], Vec::new());
+        for ((g, c), s) in
+            w.chunks(group.max(1)).zip(codes.chunks_mut(group.max(1))).zip(simulated.chunks_mut(group.max(1)))
+        {
+            let scale = fp8::fp8_scale(fp8::absmax_finite(g));
+            fp8::quantize_e4m3(g, scale, c);
+            fp8::fake_quantize_e4m3(g, scale, s);
+            scales.push(scale);
+        }
+        if scales.is_empty() {
+            scales.push(1.0);
+        }
+        (codes, scales, simulated)
+    }
+
+    /// Codes `[n, k]` in which every row holds every code (`k >= 256`), NaN codes replaced by ±448 (0x7E / 0xFE)
+    /// except in the rows `keep_nan` accepts.
+    fn every_code(n: usize, k: usize, keep_nan: impl Fn(usize) -> bool) -> Vec<u8> {
+        let mut codes = Vec::with_capacity(n * k);
+        for j in 0..n {
+            for i in 0..k {
+                // 7 is odd, so i · 7 runs through every residue mod 256.
+                let code = ((i * 7 + j * 13) % 256) as u8;
+                codes.push(if code & 0x7F == 0x7F && !keep_nan(j) { code - 1 } else { code });
+            }
+        }
+        codes
+    }
+
     fn kernels() -> Vec<bool> {
         if simd_available() { vec![false, true] } else { vec![false] }
     }
@@ -679,10 +925,13 @@ mod tests {
             .map(|j| QParams { scale: 0.01 * (j + 1) as f32, zero_point: j as i32 % 3 - 1, qmin: -128, qmax: 127 })
             .collect();
         let codes: Vec<i8> = (0..n * k).map(|i| (i * 53 % 255) as i32 as i8).collect();
+        let fp8_codes: Vec<u8> = (0..n * k).map(|i| (i * 53 % 256) as u8).collect();
+        let fp8_scales: Vec<f32> = (0..n).map(|j| 0.01 * (j + 1) as f32).collect();
         for packed in [
             PackedWeights::fp16(&values, n, k).unwrap(),
             PackedWeights::bf16(&values, n, k).unwrap(),
             PackedWeights::int8(&codes, &params, n, k).unwrap(),
+            PackedWeights::fp8(&fp8_codes, &fp8_scales, n, k).unwrap(),
         ] {
             let all = packed.dequantize();
             let mut row = vec![0.0f32; k];
@@ -751,6 +1000,16 @@ mod tests {
                     cases.push((packed, simulate(&data, Precision::Int8(scheme), &progress).unwrap()));
                 }
             }
+            // FP8 per tensor and per row, with ±NaN (which stay NaN) besides the edges above (±inf saturate).
+            let mut with_nan = w.clone();
+            if n * k > 13 {
+                with_nan[n * k - 1] = f32::NAN;
+                with_nan[n * k - 2] = -f32::NAN;
+            }
+            for per_row in [false, true] {
+                let (codes, scales, simulated) = fp8_quantized(&with_nan, n, k, per_row);
+                cases.push((PackedWeights::fp8(&codes, &scales, n, k).unwrap(), simulated));
+            }
             for (packed, simulated) in cases {
                 for simd in kernels() {
                     let mut tile = vec![0.0f32; k * NB];
@@ -797,22 +1056,32 @@ mod tests {
             let bias = values(n, seed + 2, 0.5);
             let data = TensorData::from_f32(&w, n, k);
             let scheme = |symmetric, granularity| Int8Scheme::weights(symmetric, granularity);
+            let simulated = |precision| simulate(&data, precision, &progress).unwrap();
             let mut cases = vec![
-                (PackedWeights::fp16(&w, n, k).unwrap(), Precision::Fp16),
-                (PackedWeights::bf16(&w, n, k).unwrap(), Precision::Bf16),
+                (PackedWeights::fp16(&w, n, k).unwrap(), simulated(Precision::Fp16), "Fp16".to_string()),
+                (PackedWeights::bf16(&w, n, k).unwrap(), simulated(Precision::Bf16), "Bf16".to_string()),
             ];
             for s in [scheme(true, Granularity::PerChannel), scheme(false, Granularity::PerTensor)] {
                 let q = crate::quant::quantize_tensor(&data, s, &progress).unwrap();
-                cases.push((PackedWeights::int8(&q.codes, &q.params, n, k).unwrap(), Precision::Int8(s)));
+                let packed = PackedWeights::int8(&q.codes, &q.params, n, k).unwrap();
+                cases.push((packed, simulated(Precision::Int8(s)), format!("{:?}", Precision::Int8(s))));
             }
-            for (packed, precision) in cases {
-                let w_t = ops::transpose(&simulate(&data, precision, &progress).unwrap(), n, k);
+            for per_row in [true, false] {
+                let (codes, scales, simulated) = fp8_quantized(&w, n, k, per_row);
+                cases.push((
+                    PackedWeights::fp8(&codes, &scales, n, k).unwrap(),
+                    simulated,
+                    format!("Fp8 per row {per_row}"),
+                ));
+            }
+            for (packed, simulated, label) in cases {
+                let w_t = ops::transpose(&simulated, n, k);
                 for bias in [None, Some(&bias[..])] {
                     let expected = ops::linear(&x, m, k, &w_t, n, bias);
                     let mut portable = vec![f32::NAN; m * n];
                     packed.matmul_into(&x, m, &mut portable, bias, Kernel::Portable);
                     let best = packed.matmul(&x, m, bias);
-                    let what = format!("{precision:?} m={m} k={k} n={n} bias {}", bias.is_some());
+                    let what = format!("{label} m={m} k={k} n={n} bias {}", bias.is_some());
                     assert!(rel_l2(&best, &expected) < MAX_REL_L2, "{what}: {}", rel_l2(&best, &expected));
                     let (best_bits, portable_bits): (Vec<u32>, Vec<u32>) =
                         best.iter().zip(&portable).map(|(a, b)| (a.to_bits(), b.to_bits())).unzip();
@@ -823,10 +1092,140 @@ mod tests {
     }
 
     #[test]
+    fn fp8_decodes_every_code_exactly_in_every_path() {
+        // Two blocks, the second partial; k odd; per-row scales from 1 to f32 subnormal products and near-overflow.
+        let (n, k) = (70, 259);
+        let scale_choices = [1.0, 0.5 / 448.0, 3.0, 1e-3, 2f32.powi(-20), 1e-38, 1e30, f32::MAX / 448.0];
+        let scales: Vec<f32> = (0..n).map(|j| scale_choices[j % scale_choices.len()]).collect();
+        for code in [0x7F, 0xFF] {
+            let v = fp8::e4m3_to_f32(code) * 3.0;
+            assert!(v.is_nan() && v.is_sign_negative() == (code == 0xFF), "NaN code {code:#04x} keeps its sign");
+        }
+        // With NaN codes in every block (the decoding that replaces them) and in none (the one that skips that).
+        for keep_nan in [true, false] {
+            let codes = every_code(n, k, |_| keep_nan);
+            let packed = PackedWeights::fp8(&codes, &scales, n, k).unwrap();
+            // The value of weight (j, i): the f64 product is exact (4 × 24 significant bits), so casting it rounds
+            // once, as the f32 multiply does.
+            let expected = |j: usize, i: usize| -> u32 {
+                let code = codes[j * k + i];
+                match e4m3_reference(code) {
+                    Some(v) => ((v * scales[j] as f64) as f32).to_bits(),
+                    None => (fp8::e4m3_to_f32(code) * scales[j]).to_bits(),
+                }
+            };
+            for simd in kernels() {
+                let mut tile = vec![0.0f32; k * NB];
+                for b in 0..packed.blocks() {
+                    packed.convert(b, &mut tile, simd);
+                    for c in 0..NB.min(n - b * NB) {
+                        for i in 0..k {
+                            let what = format!("NaN {keep_nan} simd {simd} col {c} i {i}");
+                            assert_eq!(tile[i * NB + c].to_bits(), expected(b * NB + c, i), "{what}");
+                        }
+                    }
+                }
+            }
+            let all = packed.dequantize();
+            let mut row = vec![0.0f32; k];
+            for j in 0..n {
+                packed.row_into(j, &mut row);
+                for i in 0..k {
+                    let got = (all[j * k + i].to_bits(), row[i].to_bits());
+                    assert_eq!(got, (expected(j, i), expected(j, i)), "NaN {keep_nan} ({j}, {i})");
+                }
+            }
+        }
+        // The GEMVs (1 and 2 rows) decode in registers: with one-hot rows of `x` (value `hot`), output j is
+        // `(0 + … + hot · v) · scale_j`, which equals `(hot · v) · scale_j` in f32 (NaN codes left out: 0 · NaN would
+        // spread over the row). `hot` covers an f32 subnormal and the largest |x| the GEMV takes (`hot · v` may
+        // overflow, as it does in f32).
+        let codes = every_code(n, k, |_| false);
+        let packed = PackedWeights::fp8(&codes, &scales, n, k).unwrap();
+        for hot in [1.0, -3e-39, FP8_GEMV_X_MAX] {
+            for simd in kernels() {
+                let kernel = if simd { Kernel::Best } else { Kernel::Portable };
+                for i in 0..k {
+                    let mut x = vec![0.0f32; 2 * k];
+                    x[i] = hot;
+                    x[k + (i + 1) % k] = hot;
+                    let (mut one, mut two) = (vec![0.0f32; n], vec![0.0f32; 2 * n]);
+                    packed.matmul_into(&x[..k], 1, &mut one, None, kernel);
+                    packed.matmul_into(&x, 2, &mut two, None, kernel);
+                    for j in 0..n {
+                        let value = |i: usize| e4m3_reference(codes[j * k + i]).map(|v| (hot * v as f32) * scales[j]);
+                        let what = format!("x {hot:e} simd {simd} ({j}, {i})");
+                        assert_eq!((Some(one[j]), Some(two[j])), (value(i), value(i)), "{what}");
+                        assert_eq!(Some(two[n + j]), value((i + 1) % k), "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_rows_the_gemv_cannot_scale_go_to_the_tiles() {
+        // A finite |x| above f32::MAX / 2^8 would overflow as `x · 2^8`: one and two rows take the tile path.
+        let (n, k) = (70, 33);
+        let w = values(n * k, 11, 1e-3);
+        let (codes, scales, simulated) = fp8_quantized(&w, n, k, true);
+        let packed = PackedWeights::fp8(&codes, &scales, n, k).unwrap();
+        let w_t = ops::transpose(&simulated, n, k);
+        for m in [1, 2] {
+            let mut x = values(m * k, 12, 2.0);
+            x[m * k - 1] = FP8_GEMV_X_MAX.next_up();
+            assert!(!packed.gemv_takes(&x) && packed.gemv_takes(&x[..m * k - 1]));
+            let expected = ops::linear(&x, m, k, &w_t, n, None);
+            for simd in kernels() {
+                let kernel = if simd { Kernel::Best } else { Kernel::Portable };
+                let mut got = vec![0.0f32; m * n];
+                packed.matmul_into(&x, m, &mut got, None, kernel);
+                let mut tiled = vec![0.0f32; m * n];
+                packed.tiled(&x, m, &mut tiled, None, simd);
+                assert!(got.iter().all(|v| v.is_finite()), "m={m} simd {simd}");
+                assert_eq!(got, tiled, "m={m} simd {simd}");
+                assert!(rel_l2(&got, &expected) < MAX_REL_L2, "m={m} simd {simd}: {}", rel_l2(&got, &expected));
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_products_carry_nan_saturated_and_subnormal_codes() {
+        // Every code in every row, NaN codes kept in every fifth row of the first block (whose outputs are NaN; the
+        // second block has none); n past a block, k odd.
+        let (n, k) = (70, 257);
+        let nan_row = |j: usize| j.is_multiple_of(5) && j < NB;
+        let codes = every_code(n, k, nan_row);
+        let scales: Vec<f32> = (0..n).map(|j| 0.01 * (j + 1) as f32 / 448.0).collect();
+        let packed = PackedWeights::fp8(&codes, &scales, n, k).unwrap();
+        let w_t = ops::transpose(&packed.dequantize(), n, k);
+        let bias = values(n, 5, 0.5);
+        for m in [1, 2, 3, 8] {
+            let x = values(m * k, 7 + m as u64, 2.0);
+            let expected = ops::linear(&x, m, k, &w_t, n, Some(&bias));
+            let mut portable = vec![0.0f32; m * n];
+            packed.matmul_into(&x, m, &mut portable, Some(&bias), Kernel::Portable);
+            let best = packed.matmul(&x, m, Some(&bias));
+            for (idx, ((&b, &p), &e)) in best.iter().zip(&portable).zip(&expected).enumerate() {
+                let nan = nan_row(idx % n);
+                assert!(e.is_nan() == nan && b.is_nan() == nan && p.is_nan() == nan, "m={m} at {idx}");
+                assert!(nan || b.to_bits() == p.to_bits(), "m={m} at {idx}: the kernels differ");
+            }
+            let finite = |v: &[f32]| -> Vec<f32> { v.iter().copied().filter(|v| !v.is_nan()).collect() };
+            let distance = rel_l2(&finite(&best), &finite(&expected));
+            assert!(distance < MAX_REL_L2, "m={m}: {distance}");
+        }
+    }
+
+    #[test]
     fn empty_shapes_give_the_bias() {
         let packed = PackedWeights::fp16(&[], 3, 0).unwrap();
         assert_eq!(packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
         assert_eq!(packed.matmul(&[], 1, None), [0.0; 3]);
+        let packed = PackedWeights::fp8(&[], &[0.5], 3, 0).unwrap();
+        assert_eq!(packed.matmul(&[], 3, Some(&[1.0, 2.0, 3.0]))[6..], [1.0, 2.0, 3.0]);
+        let packed = PackedWeights::fp8(&[], &[], 0, 4).unwrap();
+        assert!(packed.matmul(&[0.0; 4], 1, None).is_empty());
         let packed = PackedWeights::bf16(&[], 0, 4).unwrap();
         assert!(packed.matmul(&[0.0; 8], 2, None).is_empty());
         assert!(packed.matmul(&[], 0, None).is_empty());
@@ -843,5 +1242,11 @@ mod tests {
         assert_eq!(PackedWeights::bf16(&[0.0; 650], 65, 10).unwrap().size_bytes(), 2 * 128 * 10);
         let int8 = PackedWeights::int8(&[0; 640], &[p; 64], 64, 10).unwrap();
         assert_eq!((int8.size_bytes(), int8.format(), int8.n(), int8.k()), (640 + 64 * 8, WeightFormat::Int8, 64, 10));
+        assert!(PackedWeights::fp8(&[0; 5], &[1.0], 3, 2).is_err());
+        assert!(PackedWeights::fp8(&[0; 6], &[1.0, 1.0], 3, 2).is_err());
+        assert!(PackedWeights::fp8(&[0; 6], &[], 3, 2).is_err());
+        let fp8 = PackedWeights::fp8(&[0; 650], &[1.0; 65], 65, 10).unwrap();
+        assert_eq!((fp8.size_bytes(), fp8.format(), fp8.n(), fp8.k()), (128 * 10 + 128 * 4, WeightFormat::Fp8, 65, 10));
+        assert_eq!(PackedWeights::fp8(&[0; 640], &[0.5], 64, 10).unwrap().size_bytes(), 640 + 64 * 4);
     }
 }
