@@ -2,9 +2,9 @@
 //! about a million f32 values (every tie of every binade, all E4M3 boundaries, specials), and compressed-tensors'
 //! FP8 per-channel weight quantization (scales and codes), all produced by `tools/check_fp8.py`.
 //!
-//! Needs a Python with numpy, safetensors and ml_dtypes (`QUANTSTUDIO_PYTHON`, default `python3`); torch and
-//! compressed-tensors are compared when they import. Where there is none the test says "skipped" and passes, unless
-//! `QUANTSTUDIO_REQUIRE_PYTHON=1`, which makes it fail.
+//! Needs a Python with numpy, safetensors and ml_dtypes (`QUANTSTUDIO_PYTHON`, default `python3`), found by build.rs:
+//! without one the test is reported as ignored (with `QUANTSTUDIO_REQUIRE_PYTHON=1` the build fails instead); torch
+//! and compressed-tensors are compared when they import.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,18 +16,6 @@ use crate::common;
 
 /// Mismatches printed when a comparison fails.
 const SHOWN_MISMATCHES: usize = 10;
-
-fn python_with_ml_dtypes() -> Option<String> {
-    let python = std::env::var("QUANTSTUDIO_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python).args(["-c", "import numpy, safetensors, ml_dtypes"]).output();
-    if probe.is_ok_and(|o| o.status.success()) {
-        return Some(python);
-    }
-    let required = std::env::var("QUANTSTUDIO_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    assert!(!required, "QUANTSTUDIO_REQUIRE_PYTHON=1 but {python} cannot import numpy, safetensors and ml_dtypes");
-    eprintln!("skipped: {python} with numpy, safetensors and ml_dtypes not found (pip install ml_dtypes safetensors)");
-    None
-}
 
 fn f32s(tensors: &SafeTensors, name: &str) -> Vec<f32> {
     let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -53,8 +41,12 @@ fn mismatches(x: &[f32], ours: &[u8], theirs: &[u8]) -> (usize, String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(quantstudio_python_ml_dtypes),
+    ignore = "needs a Python with numpy, safetensors and ml_dtypes (set QUANTSTUDIO_PYTHON)"
+)]
 fn e4m3_codes_match_ml_dtypes_torch_and_compressed_tensors_bit_for_bit() {
-    let Some(python) = python_with_ml_dtypes() else { return };
+    let python = crate::python::PYTHON;
     let dir = common::temp_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_fp8.py");
     let output = Command::new(&python).arg(&script).arg("--out").arg(dir.path()).output().expect("run check_fp8.py");

@@ -33,16 +33,18 @@ pub fn fake_quantize(x: &[f32], params: &QParams) -> Vec<f32> {
 /// [`super::qgemm::row_scales`], which the deployed product uses too.
 pub fn fake_quantize_rows(x: &[f32], row_len: usize) -> Vec<f32> {
     let row_len = if row_len > 0 && x.len().is_multiple_of(row_len) { row_len } else { x.len().max(1) };
+    use rayon::prelude::*;
     let scales = super::qgemm::row_scales(x, x.len() / row_len, row_len);
-    let mut out = Vec::with_capacity(x.len());
-    let mut codes = vec![0i8; row_len.min(x.len())];
-    for (row, &scale) in x.chunks(row_len).zip(&scales) {
-        let params =
-            QParams { scale, zero_point: 0, qmin: crate::quant::params::SYM_QMIN, qmax: crate::quant::params::QMAX };
-        let codes = &mut codes[..row.len()];
-        crate::quant::kernels::quantize_codes(row, &params, codes);
-        out.extend(codes.iter().map(|&q| params.dequantize(q)));
-    }
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(row_len).zip(x.par_chunks(row_len)).zip(&scales).for_each_init(
+        || vec![0i8; row_len],
+        |codes, ((out, row), &scale)| {
+            let (qmin, qmax) = (crate::quant::params::SYM_QMIN, crate::quant::params::QMAX);
+            let params = QParams { scale, zero_point: 0, qmin, qmax };
+            crate::quant::kernels::quantize_codes(row, &params, codes);
+            out.iter_mut().zip(codes.iter()).for_each(|(o, &q)| *o = params.dequantize(q));
+        },
+    );
     out
 }
 

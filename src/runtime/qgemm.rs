@@ -410,22 +410,7 @@ fn row_absmax(x: &[f32], use_avx2: bool) -> f32 {
         return unsafe { avx2::absmax(x) };
     }
     let _ = use_avx2;
-    absmax_lanes(x)
-}
-
-/// The largest `|x|` over the finite values of `x`, in 8 lanes that the compiler vectorises.
-fn absmax_lanes(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut blocks = x.chunks_exact(8);
-    for block in &mut blocks {
-        for (lane, &v) in lanes.iter_mut().zip(block) {
-            // NaN and ±inf fail `a < inf` and are skipped; the comparison form vectorises.
-            let a = v.abs();
-            *lane = if a > *lane && a < f32::INFINITY { a } else { *lane };
-        }
-    }
-    let tail = blocks.remainder().iter().map(|v| v.abs()).filter(|a| a.is_finite());
-    lanes.into_iter().chain(tail).fold(0f32, f32::max)
+    crate::quant::fp8::absmax_finite(x)
 }
 
 /// Where the rows of A come from.
@@ -1556,7 +1541,7 @@ const CHUNK: usize = 1 << 15;
 /// The largest `|x|` over the finite values of `x` (0 when there is none), in parallel chunks of 8 lanes that
 /// the compiler vectorises: the range of a dynamic per-tensor activation quantization.
 pub fn absmax(x: &[f32]) -> f32 {
-    x.par_chunks(CHUNK).map(absmax_lanes).reduce(|| 0.0, f32::max)
+    x.par_chunks(CHUNK).map(crate::quant::fp8::absmax_finite).reduce(|| 0.0, f32::max)
 }
 
 /// Static per-tensor INT8 codes of `x` with `scale` (`q = clamp(round_half_even(x / scale), -128, 127)`, NaN to 0):
