@@ -49,7 +49,7 @@ fn e4m3_codes_match_ml_dtypes_torch_and_compressed_tensors_bit_for_bit() {
     let python = crate::python::PYTHON;
     let dir = common::temp_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_fp8.py");
-    let output = Command::new(&python).arg(&script).arg("--out").arg(dir.path()).output().expect("run check_fp8.py");
+    let output = Command::new(python).arg(&script).arg("--out").arg(dir.path()).output().expect("run check_fp8.py");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "check_fp8.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("check_fp8.py prints one JSON line");
