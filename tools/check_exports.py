@@ -71,6 +71,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,38 +92,94 @@ ACT_MEDIAN_REL_L2 = 1e-4
 ACT_WORST_REL_L2 = 0.25
 # A sample "agrees to summation order" below this (reported as a count).
 TIGHT_REL_L2 = 1e-5
-# A sample above TIGHT_REL_L2 must have had an INT8 input x with x / s this close to a rounding tie, relative to
-# |x / s| (the two sides' inputs differ by about 1e-6 relative: the FP32 sanity figure).
-NEAR_TIE_REL = 1e-5
-# The studio's lowest code for symmetric INT8 inputs (-127 today); None compares with compressed-tensors as is.
-STUDIO_INT8_INPUT_MIN: int | None = -127
+# A quantized input whose v = x / s lies this close to a rounding tie, relative to the largest |v| of its row, may
+# round either way in two float32 implementations (their inputs differ by float32 sums' noise, ~1e-7 of the row).
+NEAR_TIE_REL = 1e-6
+# The studio's per-token INT8 input rule (W8A8-dynamic) in place of compressed-tensors' (a known difference, see the
+# header): True compares transformers with compressed-tensors' dynamic INT8 scale replaced by the studio's
+# `absmax / 127` (and reports the figures as loaded too); False compares compressed-tensors as is.
+STUDIO_DYNAMIC_INT8_RULE = True
+# A near-tie input is settled (TieProbe) this many grid steps beyond its tie: far beyond float32 noise, and it changes
+# nothing but the rounding direction.
+TIE_NUDGE = 0.01
+# A loose sample may differ from the studio by at most this many times the library's own tie spread.
+TIE_SPREAD_FACTOR = 4.0
+# As loaded (compressed-tensors' own `absmax / 127.5` per-token INT8 scale) the library and the studio quantize
+# every input row on grids 0.4 % apart: two independent roundings of the same inputs. Their outputs differ by about
+# sqrt(2) times the activation rounding error, which is part of the plan's own error against FP32. Per sample,
+# rel_l2(transformers as loaded, studio plan) <= AS_LOADED_FACTOR * rel_l2(studio plan, studio FP32).
+AS_LOADED_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
 class Kind:
-    """One export kind: the precision every quantized Linear layer gets, as a recipe entry."""
+    """One export kind: the plan, as a recipe (one precision for every Linear layer of the blocks, or rules per
+    family) or as the CLI shortcut a user types; whether its INT8 layers need calibrated clips (static W8A8)."""
 
     name: str
-    precision: dict
+    precision: dict | None = None  # every Linear layer of the blocks gets this
+    rules: dict | None = None  # per family: [(glob, precision)], in order, the last match winning
+    shortcut: tuple = ()  # `quantize` / `eval` arguments instead of a recipe (e.g. --precision int8 --per-channel)
     calibrate: bool = False  # static INT8 inputs: `calibrate --write-recipe` turns the INT8 layers into W8A8
+    force: bool = False  # `quantize -o --force`: a plan transformers loads and vLLM refuses
 
-    @property
-    def quantizes_activations(self) -> bool:
-        return self.calibrate or self.precision.get("activations", "float") != "float"
+    def precisions(self, family: str) -> list[dict]:
+        if self.precision is not None:
+            return [self.precision]
+        return [p for _, p in (self.rules or {}).get(family, [])]
+
+    def quantizes_activations(self, family: str) -> bool:
+        return self.calibrate or any(p.get("activations", "float") != "float" for p in self.precisions(family))
+
+    def dynamic_int8(self, family: str) -> bool:
+        return any(p.get("activations") == "int8_dynamic" for p in self.precisions(family))
 
 
 INT8_SYM_CHANNEL = {"precision": "int8", "symmetric": True, "granularity": "per_channel"}
+W8A8_DYNAMIC = {**INT8_SYM_CHANNEL, "activations": "int8_dynamic"}
+FP8 = {"precision": "fp8", "granularity": "per_channel"}
+FP8_DYNAMIC = {**FP8, "activations": "fp8_dynamic"}
+FP16, BF16, FP32 = {"precision": "fp16"}, {"precision": "bf16"}, {"precision": "fp32"}
 
-# One line per export kind. A kind with activations in its precision (e.g. the dynamic per-token INT8 or FP8 kinds,
-# once recipes can ask for them) is judged by the activation-quantized tolerances; one that needs calibrated
-# clips sets calibrate=True.
+# A mixed plan: every precision the export writes, one layout per config group, in one model; the members of a
+# fused family (q/k/v, gate/up; BERT's query/key/value) alike, as vLLM requires (else `quantize -o` refuses).
+MIXED_RULES = {
+    "bert": [
+        ("encoder.layer.*.attention.self.*", W8A8_DYNAMIC),
+        ("encoder.layer.*.output.dense", FP8),  # matches attention.output.dense too: the next rule wins there
+        ("encoder.layer.*.attention.output.dense", FP8_DYNAMIC),
+        ("encoder.layer.*.intermediate.dense", W8A8_DYNAMIC),
+        ("encoder.layer.1.attention.self.*", INT8_SYM_CHANNEL),
+        ("encoder.layer.0.attention.output.dense", FP16),
+        ("encoder.layer.1.intermediate.dense", BF16),
+        ("encoder.layer.0.output.dense", FP32),
+    ],
+    "llama": [
+        ("model.layers.*.self_attn.[qkv]_proj", W8A8_DYNAMIC),
+        ("model.layers.*.self_attn.o_proj", FP8_DYNAMIC),
+        ("model.layers.*.mlp.*_proj", FP8),
+        ("model.layers.*.mlp.down_proj", W8A8_DYNAMIC),
+        ("model.layers.1.self_attn.[qkv]_proj", INT8_SYM_CHANNEL),
+        ("model.layers.0.self_attn.o_proj", FP16),
+        ("model.layers.1.mlp.down_proj", BF16),
+        ("model.layers.0.mlp.down_proj", FP32),
+    ],
+}
+
+# One line per export kind.
 KINDS = [
+    Kind("default", shortcut=("--precision", "int8", "--per-channel")),
     Kind("int8-channel", INT8_SYM_CHANNEL),
     Kind("int8-tensor", {"precision": "int8", "symmetric": True, "granularity": "per_tensor"}),
-    Kind("int8-asym-channel", {"precision": "int8", "symmetric": False, "granularity": "per_channel"}),
-    Kind("fp16", {"precision": "fp16"}),
-    Kind("bf16", {"precision": "bf16"}),
+    # vLLM has no kernel for asymmetric weight-only INT8, so `quantize -o` refuses it without --force.
+    Kind("int8-asym-channel", {"precision": "int8", "symmetric": False, "granularity": "per_channel"}, force=True),
+    Kind("fp16", FP16),
+    Kind("bf16", BF16),
+    Kind("fp8", FP8),
     Kind("w8a8-static", INT8_SYM_CHANNEL, calibrate=True),
+    Kind("w8a8-dynamic", W8A8_DYNAMIC),
+    Kind("fp8-dynamic", FP8_DYNAMIC),
+    Kind("mixed", rules=MIXED_RULES),
 ]
 
 # The Linear layers of each family a plan quantizes (glob rules over layer names, as recipes take them).
@@ -147,6 +204,11 @@ BERT_SENTENCES = [
     "A cheetah is running behind its prey.",
     "Quantization maps real numbers to a small set of integers, and the studio measures what that costs.",
     "Hi!",
+    # short sentences: fewer inputs to flip at a tie, so more samples where activation-quantized plans agree tightly
+    "A dog barks.",
+    "Good morning.",
+    "The cat sleeps.",
+    "Thanks a lot!",
 ]
 LLAMA_SENTENCES = ["Once upon a time", "The robot counted the stars.", "Grouped query attention shares heads."]
 
@@ -226,7 +288,10 @@ def write_data(model: Path, family: str, sentences: list[str], path: Path) -> di
 
 
 def write_recipe(family: str, kind: Kind, path: Path) -> None:
-    rules = [{"pattern": p, **kind.precision} for p in LINEAR_PATTERNS[family]]
+    if kind.precision is not None:
+        rules = [{"pattern": p, **kind.precision} for p in LINEAR_PATTERNS[family]]
+    else:
+        rules = [{"pattern": p, **precision} for p, precision in kind.rules[family]]
     recipe = {
         "format": "quantstudio-recipe",
         "version": 1,
@@ -265,61 +330,112 @@ def run_model(model, family: str, data: dict, probe: "TieProbe | None" = None) -
 
 
 class TieProbe:
-    """Watches the input of every layer with INT8 input quantization (static: `input_scale`; dynamic: the scale
-    compressed-tensors computes) and keeps, per sample, the smallest relative distance of x / s to a rounding tie:
-    min |frac(x / s) - 1/2| / max(|x / s|, 1), in float64. FP8 inputs are not watched (their ties lie between
-    E4M3 values)."""
+    """Watches the input of every layer with INT8 or FP8 input quantization. Per sample it keeps the smallest
+    distance of v = x / s to a rounding tie of its grid relative to the largest |v| of its row (token), in float64,
+    min |v - tie| / max_row |v|, and counts the inputs closer than NEAR_TIE_REL (but for the row's largest): the
+    codes two float32 implementations may round differently. With `direction` +1 (-1) it also settles those: each such input is moved
+    to tie + (-) TIE_NUDGE steps, so its code rounds up (down) whatever the noise.
 
-    def __init__(self, model):
+    The scale s: static INT8 `input_scale`; dynamic, the one the forward computes (the studio's while patched in).
+    The ties: INT8 at integer + 1/2; FP8 E4M3 halfway between grid values, whose step at |v| is
+    2^(floor(log2 |v|) - 3), 2^-9 below 2^-6 (subnormals)."""
+
+    def __init__(self, model, direction: int = 0):
+        self.direction = direction
         self.samples: list[float] = []
+        self.near_counts: list[int] = []
         self.current = float("inf")
+        self.near = 0
         self.handles = []
         for _, module in model.named_modules():
             scheme = getattr(module, "quantization_scheme", None)
             args = getattr(scheme, "input_activations", None)
-            if args is not None and args.type == "int":
+            if args is not None and args.num_bits == 8:
                 self.handles.append(module.register_forward_pre_hook(self.observe))
 
-    def observe(self, module, args) -> None:
+    def observe(self, module, args):
         import torch
-        from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+        import compressed_tensors.quantization.lifecycle.forward as ct_forward
 
         x = args[0].detach()
         qargs = module.quantization_scheme.input_activations
         if qargs.dynamic:
-            scale, _ = compute_dynamic_scales_and_zp(value=x, args=qargs, module=module)
+            # looked up in the forward's module at call time: the studio's rule while it is patched in
+            scale, _ = ct_forward.compute_dynamic_scales_and_zp(value=x, args=qargs, module=module)
         else:
             scale = module.input_scale.detach()
-        q = x.double() / scale.double()
-        distance = (q - torch.floor(q) - 0.5).abs() / q.abs().clamp(min=1.0)
+        v = x.double() / scale.double()
+        if qargs.type == "float":
+            exponent = torch.floor(torch.log2(v.abs().clamp(min=2.0**-6)))
+            step = torch.exp2(exponent - 3)
+        else:
+            step = torch.ones_like(v)
+        units = v / step
+        # relative to the row's largest |v|: the two sides' inputs differ by float32 sums' noise, which scales with
+        # the row (a small input with cancellation carries the noise of its large terms)
+        row = v.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30)
+        distance = (units - torch.floor(units) - 0.5).abs() * step / row
         self.current = min(self.current, float(distance.min()))
+        # the row's largest inputs are not settled: moving one would move a dynamic scale, and every code with it
+        near = (distance < NEAR_TIE_REL) & (v.abs() < row)
+        self.near += int(near.sum())
+        if self.direction == 0 or not bool(near.any()):
+            return None
+        tie = (torch.floor(units) + 0.5) * step
+        settled = torch.where(near, (tie + self.direction * TIE_NUDGE * step) * scale.double(), x.double())
+        return (settled.to(x.dtype), *args[1:])
 
     def end_sample(self) -> None:
         self.samples.append(self.current)
+        self.near_counts.append(self.near)
         self.current = float("inf")
+        self.near = 0
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
 
-def studio_input_rule(q_min: int):
-    """compressed-tensors' `forward_quantize` with static symmetric INT8 inputs quantized as the studio does."""
+@contextmanager
+def studio_dynamic_int8_rule(enabled: bool):
+    """While active, compressed-tensors computes per-token symmetric INT8 input scales as the studio does,
+    `absmax(row) / 127` in float32 (1 for a row of zeros), in place of its `absmax / 127.5`; its fake
+    quantization then gives clamp(round_half_even(x / s), -128, 127) * s, and since |x / s| <= 127 (to the
+    division's rounding) that is the studio's clamp(round_half_even(x / s), -127, 127) * s. Other inputs (FP8,
+    static INT8) keep compressed-tensors' rule, which is the studio's."""
     import torch
     import compressed_tensors.quantization.lifecycle.forward as ct_forward
 
-    original = ct_forward.forward_quantize
+    if not enabled:
+        yield
+        return
+    original = ct_forward.compute_dynamic_scales_and_zp
 
-    def forward_quantize(module, value, base_name, args):
-        static_int8_input = (
-            base_name == "input" and not args.dynamic and args.type == "int" and args.num_bits == 8 and args.symmetric
+    def compute_dynamic_scales_and_zp(value, args, module, global_scale=None):
+        per_token_int8 = (
+            args.type == "int" and args.num_bits == 8 and args.symmetric and args.strategy == "token"
+            and global_scale is None
         )
-        if not static_int8_input:
-            return original(module, value, base_name, args)
-        scale = module.input_scale
-        return torch.clamp(torch.round(value / scale), q_min, 127) * scale
+        if not per_token_int8:
+            return original(value=value, args=args, module=module, global_scale=global_scale)
+        dims = tuple(range(2, value.ndim))  # compressed-tensors' token strategy: all but the first two dims
+        absmax = value.abs().amax(dim=dims, keepdim=True) if dims else value.abs().amax()
+        scale = absmax / 127.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        return scale, torch.zeros_like(scale)
 
-    return original, forward_quantize
+    ct_forward.compute_dynamic_scales_and_zp = compute_dynamic_scales_and_zp
+    try:
+        yield
+    finally:
+        ct_forward.compute_dynamic_scales_and_zp = original
+
+
+def tie_spread(base: list, settled: list) -> list:
+    """Per sample, the largest rel_l2 of the library's runs with every near-tie input settled up or down
+    (`settled`) against its own run (`base`): how far the codes float32 noise may flip can move this sample."""
+    per_run = [Figures.of(run, base).sample_rel_l2 for run in settled]
+    return [max(values) for values in zip(*per_run, strict=True)]
 
 
 def masked(outputs: list, data: dict) -> list:
@@ -363,33 +479,45 @@ class Figures:
         return [i for i, v in enumerate(self.sample_rel_l2) if v > TIGHT_REL_L2]
 
 
-def judge(figures: Figures, kind: Kind, what: str, ties: list | None) -> tuple[list, str]:
-    """The tolerance failures of one comparison (see the header) and its figures as text. `ties`: per sample, the
-    smallest relative distance of an INT8 input to a rounding tie (TieProbe)."""
+def judge(
+    figures: Figures, activations: bool, what: str, ties: list | None, spread: list | None
+) -> tuple[list, str]:
+    """The tolerance failures of one comparison (see the header) and its figures as text. `activations`: the plan
+    quantizes inputs; `ties`: per sample, the smallest relative distance of a quantized input to a rounding tie
+    (TieProbe); `spread`: per sample, how far settling every near-tie input up or down moves the library's own
+    output (`tie_spread`)."""
     text = f"rel_max {figures.rel_max:.2e} rel_l2 {figures.rel_l2:.2e}"
-    if not kind.quantizes_activations:
+    if not activations:
         if figures.rel_max <= WEIGHT_ONLY_REL_MAX:
             return [], text
         return [f"{what}: rel_max {figures.rel_max:.3g} > {WEIGHT_ONLY_REL_MAX:g}"], text
     problems = []
-    if not figures.median_sample_rel_l2 <= ACT_MEDIAN_REL_L2:
-        problems.append(f"{what}: median sample rel_l2 {figures.median_sample_rel_l2:.3g} > {ACT_MEDIAN_REL_L2:g}")
+    count = len(figures.sample_rel_l2)
     loose = figures.loose_samples
-    text += f" (median sample {figures.median_sample_rel_l2:.1e}; {len(loose)}/{len(figures.sample_rel_l2)} above"
-    text += f" {TIGHT_REL_L2:g}"
+    text += f" (median sample {figures.median_sample_rel_l2:.1e}; {len(loose)}/{count} above {TIGHT_REL_L2:g}"
+    if len(loose) == count:
+        problems.append(
+            f"{what}: no sample agrees to summation order (all {count} above {TIGHT_REL_L2:g}): the plan is too "
+            "sensitive on this model for any comparison"
+        )
     if loose:
         worst = max(figures.sample_rel_l2[i] for i in loose)
         text += f", worst {worst:.1e}"
+        if spread is not None:
+            ratio = max(figures.sample_rel_l2[i] / spread[i] if spread[i] > 0 else float("inf") for i in loose)
+            text += f", at most {ratio:.2f} x the tie spread"
         if ties is not None:
-            text += ", nearest tie there " + ", ".join(f"{ties[i]:.0e}" for i in loose)
+            text += "; nearest tie " + ", ".join(f"{ties[i]:.0e}" for i in loose)
         for i in loose:
-            if ties is not None and not ties[i] < NEAR_TIE_REL:
+            rel_l2 = figures.sample_rel_l2[i]
+            if spread is not None and not rel_l2 <= TIE_SPREAD_FACTOR * spread[i]:
                 problems.append(
-                    f"{what}: sample {i} differs by rel_l2 {figures.sample_rel_l2[i]:.3g} and no INT8 input came "
-                    f"within {NEAR_TIE_REL:g} (relative) of a rounding tie (nearest {ties[i]:.3g})"
+                    f"{what}: sample {i} differs by rel_l2 {rel_l2:.3g}, more than {TIE_SPREAD_FACTOR:g} x what "
+                    f"rounding its near-tie inputs up or down does to the library ({spread[i]:.3g}): a systematic "
+                    "difference"
                 )
-            if not figures.sample_rel_l2[i] <= ACT_WORST_REL_L2:
-                problems.append(f"{what}: sample {i} rel_l2 {figures.sample_rel_l2[i]:.3g} > {ACT_WORST_REL_L2:g}")
+            if not rel_l2 <= ACT_WORST_REL_L2:
+                problems.append(f"{what}: sample {i} rel_l2 {rel_l2:.3g} > {ACT_WORST_REL_L2:g}")
     return problems, text + ")"
 
 
@@ -414,6 +542,7 @@ def describe_layers(model) -> str:
 class Outcome:
     lines: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+    workarounds: list = field(default_factory=list)
 
 
 def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome: Outcome) -> None:
@@ -431,24 +560,42 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
     for kind in kinds:
         kdir = work / kind.name
         kdir.mkdir()
-        recipe = kdir / "recipe.json"
-        write_recipe(family, kind, recipe)
-        if kind.calibrate:
-            calibrated = kdir / "recipe-calibrated.json"
-            run_quantstudio(
-                binary,
-                ["calibrate", str(model), "--data", str(data_path), "--recipe", str(recipe), "--no-cache",
-                 "--write-recipe", str(calibrated)],
-            )
-            recipe = calibrated
+        if kind.shortcut:
+            plan_args = list(kind.shortcut)
+        else:
+            recipe = kdir / "recipe.json"
+            write_recipe(family, kind, recipe)
+            if kind.calibrate:
+                calibrated = kdir / "recipe-calibrated.json"
+                run_quantstudio(
+                    binary,
+                    ["calibrate", str(model), "--data", str(data_path), "--recipe", str(recipe), "--no-cache",
+                     "--write-recipe", str(calibrated)],
+                )
+                recipe = calibrated
+            plan_args = ["--recipe", str(recipe)]
         export = kdir / "export"
-        run_quantstudio(binary, ["quantize", str(model), "--recipe", str(recipe), "-o", str(export), "--json"])
+        force = ["--force"] if kind.force else []
+        try:
+            run_quantstudio(binary, ["quantize", str(model), *plan_args, "-o", str(export), "--json", *force])
+        except EnvironmentProblem:
+            # WORKAROUND (remove when `quantize -o` accepts it): the compatibility check compares the layouts of a
+            # fused family's members including their row counts, so the q/k/v of a GQA model (k_proj and v_proj
+            # have fewer rows than q_proj) "differ in scheme" under any per-channel INT8-codes or FP8 plan, and the
+            # export is refused although every member has the same precision (every kind here plans a family
+            # alike). Only that refusal is worked around, with --force, and reported; any other one fails.
+            reasons = fused_refusals_only(binary, model, plan_args)
+            if kind.force or reasons is None:
+                raise
+            run_quantstudio(binary, ["quantize", str(model), *plan_args, "-o", str(export), "--json", "--force"])
+            note = f"{name} {kind.name}: quantize -o refused the plan ({reasons}); exported with --force"
+            outcome.workarounds.append(note)
+            print(f"     workaround: {note}", flush=True)
         saved_path = kdir / "outputs.safetensors"
         report = json.loads(
             run_quantstudio(
                 binary,
-                ["eval", str(model), "--recipe", str(recipe), "--data", str(data_path), "--json",
-                 "--save-outputs", str(saved_path)],
+                ["eval", str(model), *plan_args, "--data", str(data_path), "--json", "--save-outputs", str(saved_path)],
             )
         )
         saved = load_file(str(saved_path))
@@ -465,73 +612,146 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
         if not sanity.rel_max <= FP32_REL_MAX:
             problems.append(f"transformers FP32 vs studio FP32: rel_max {sanity.rel_max:.3g} > {FP32_REL_MAX:g}")
 
-        emulate = kind.quantizes_activations and STUDIO_INT8_INPUT_MIN is not None
+        activations = kind.quantizes_activations(family)
+        patch = STUDIO_DYNAMIC_INT8_RULE and kind.dynamic_int8(family)
         loaded = load_model(export, family)
         as_loaded_text = ""
-        if emulate:
-            import compressed_tensors.quantization.lifecycle.forward as ct_forward
-
+        if patch:
+            # compressed-tensors' own per-token INT8 rule: against the studio's own error (header)
             as_loaded = Figures.of(masked(run_model(loaded, family, data), data), studio_plan)
-            _, as_loaded_text = judge(as_loaded, kind, "as loaded", None)
-            original, patched = studio_input_rule(STUDIO_INT8_INPUT_MIN)
-            ct_forward.forward_quantize = patched
-        try:
+            plan_error = Figures.of(studio_plan, studio_fp32)
+            found, as_loaded_text = judge_as_loaded(as_loaded, plan_error, "transformers as loaded vs studio")
+            problems += found
+        with studio_dynamic_int8_rule(patch):
             probe = TieProbe(loaded)
             library = masked(run_model(loaded, family, data, probe), data)
             probe.remove()
             layers = describe_layers(loaded)
-            found, plan_text = judge(Figures.of(library, studio_plan), kind, "transformers plan vs studio", probe.samples)
+            spread = None
+            if activations:
+                settled = []
+                for direction in (1, -1):
+                    nudge = TieProbe(loaded, direction)
+                    settled.append(masked(run_model(loaded, family, data), data))
+                    nudge.remove()
+                spread = tie_spread(library, settled)
+            found, plan_text = judge(Figures.of(library, studio_plan), activations, "transformers plan vs studio",
+                                     probe.samples, spread)
             problems += found
-            st_text = ""
-            if with_st:
-                found, st_text = sentence_transformers_check(model, export, sentences, saved, data, kind)
-                problems += found
-                st_text = f" | sentence-transformers {st_text}"
-        finally:
-            if emulate:
-                ct_forward.forward_quantize = original
         del loaded
+        st_text = ""
+        if with_st:
+            found, st_text = sentence_transformers_check(model, export, sentences, saved, data, activations, patch)
+            problems += found
+            st_text = f" | sentence-transformers {st_text}"
 
         studio = report.get("output_sqnr_db")
         studio_text = "identical to FP32" if studio is None else f"{studio:.1f} dB output SQNR vs FP32"
         line = f"{name} {kind.name}: fp32 rel_max {sanity.rel_max:.2e} | plan {plan_text}{st_text} | studio {studio_text}"
         if as_loaded_text:
-            line += f" | as loaded (compressed-tensors clamps inputs at -128): {as_loaded_text.split(' (')[0]}"
+            line += f" | as loaded (compressed-tensors' per-token INT8 scale absmax/127.5): {as_loaded_text}"
         line += f" | layers: {layers}"
         outcome.lines.append(("FAIL " if problems else "ok   ") + line)
         outcome.failures.extend(f"{name} {kind.name}: {p}" for p in problems)
         print(outcome.lines[-1], flush=True)
 
 
-def sentence_transformers_check(model: Path, export: Path, sentences, saved, data, kind: Kind) -> tuple[list, str]:
+def fused_refusals_only(binary: str, model: Path, plan_args: list) -> str | None:
+    """When every refusal of the plan's compatibility check is vLLM's fused-family rule: the distinct reasons;
+    else None."""
+    doc = json.loads(run_quantstudio(binary, ["quantize", str(model), *plan_args, "--json"]))
+    compatibility = doc.get("compatibility") or {}
+    if compatibility.get("model_refusal"):
+        return None
+    reasons = set()
+    for layer in compatibility.get("layers", []):
+        for refusal in layer.get("refusals", []):
+            reason = refusal.get("reason", "")
+            if refusal.get("runtime") != "vllm" or "fuses" not in reason or "needs one scheme" not in reason:
+                return None
+            reasons.add("vLLM " + reason.split("vLLM ", 1)[-1])
+    if not reasons:
+        return None
+    return f"{len(reasons)} fused families, e.g. {min(reasons)}"
+
+
+def judge_as_loaded(as_loaded: Figures, plan_error: Figures, what: str) -> tuple[list, str]:
+    """Per sample, the library as loaded against the studio's plan, bounded by AS_LOADED_FACTOR times the studio's
+    plan against its FP32 (`plan_error`); the failures and the figures as text (worst ratio)."""
+    problems = []
+    ratios = []
+    for i, (got, own) in enumerate(zip(as_loaded.sample_rel_l2, plan_error.sample_rel_l2, strict=True)):
+        ratios.append(got / own if own > 0 else float("inf") if got > 0 else 0.0)
+        if not got <= AS_LOADED_FACTOR * own:
+            problems.append(
+                f"{what}: sample {i} rel_l2 {got:.3g} > {AS_LOADED_FACTOR:g} x the plan's own error {own:.3g}"
+            )
+    text = (
+        f"rel_max {as_loaded.rel_max:.2e} median sample rel_l2 {as_loaded.median_sample_rel_l2:.1e} worst "
+        f"{max(as_loaded.sample_rel_l2, default=0.0):.1e}, at most {max(ratios, default=0.0):.2f} x the plan's own "
+        f"error (median sample {plan_error.median_sample_rel_l2:.1e})"
+    )
+    return problems, text
+
+
+def sentence_transformers_check(
+    model: Path, export: Path, sentences, saved, data, activations: bool, patch: bool
+) -> tuple[list, str]:
+    """`SentenceTransformer(export).encode` against the studio's embeddings: its own tokenisation must give the
+    data's ids; with `patch`, the studio's per-token INT8 rule (and the figures as loaded too)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
-    # WORKAROUND (remove when the export copies companion folders): modules.json names 1_Pooling/, which the
-    # export does not copy yet.
+    problems = []
+    # The export carries the companion files over (docs/EXPORT.md): every module folder of the original that
+    # modules.json names (2_Normalize has none: sentence-transformers needs no files for it).
     for module in json.loads((export / "modules.json").read_text()):
         sub = module.get("path", "")
-        if sub and not (export / sub).exists() and (model / sub).is_dir():
-            shutil.copytree(model / sub, export / sub)
-            print(f"     workaround: copied {sub}/ into the export (the export omits it)", flush=True)
+        if sub and (model / sub).is_dir() and not (export / sub).is_dir():
+            problems.append(f"the export lacks {sub}/, which its modules.json names")
+    if problems:
+        return problems, "not loaded"
 
-    problems = []
     st = SentenceTransformer(str(export), device="cpu", model_kwargs={"dtype": torch.float32})
     tokens = st.tokenize(sentences)
     for i in range(len(sentences)):
         n = int(data["attention_mask"][i].sum())
         if tokens["input_ids"][i][:n].tolist() != data["input_ids"][i][:n].tolist():
             problems.append(f"sentence-transformers tokenises sentence {i} differently from tokenizer.json")
-    # One sentence per call: encode() sorts a batch by length, and the probe counts one sample per call.
-    probe = TieProbe(st)
-    embeddings = []
-    for sentence in sentences:
-        embeddings.append(st.encode([sentence], convert_to_numpy=True)[0])
-        probe.end_sample()
-    probe.remove()
     studio = [saved[f"plan_embedding.{i}"] for i in range(len(sentences))]
-    found, text = judge(Figures.of(embeddings, studio), kind, "sentence-transformers vs studio embeddings", probe.samples)
-    return problems + found, text
+
+    def encode(probe: TieProbe | None) -> list:
+        # One sentence per call: encode() sorts a batch by length, and the probe counts one sample per call.
+        embeddings = []
+        for sentence in sentences:
+            embeddings.append(st.encode([sentence], convert_to_numpy=True)[0])
+            if probe is not None:
+                probe.end_sample()
+        return embeddings
+
+    as_loaded_text = ""
+    if patch:
+        studio_fp32 = [saved[f"fp32_embedding.{i}"] for i in range(len(sentences))]
+        found, as_loaded_text = judge_as_loaded(
+            Figures.of(encode(None), studio), Figures.of(studio, studio_fp32), "sentence-transformers as loaded"
+        )
+        problems += found
+        as_loaded_text = f"; as loaded {as_loaded_text}"
+    with studio_dynamic_int8_rule(patch):
+        probe = TieProbe(st)
+        embeddings = encode(probe)
+        probe.remove()
+        spread = None
+        if activations:
+            settled = []
+            for direction in (1, -1):
+                nudge = TieProbe(st, direction)
+                settled.append(encode(None))
+                nudge.remove()
+            spread = tie_spread(embeddings, settled)
+    found, text = judge(Figures.of(embeddings, studio), activations, "sentence-transformers vs studio embeddings",
+                        probe.samples, spread)
+    return problems + found, text + as_loaded_text
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -654,6 +874,8 @@ def main(argv: list[str]) -> int:
         for f in outcome.failures:
             print(f"  {f}")
         return 1
+    for note in outcome.workarounds:
+        print(f"WORKAROUND {note}")
     print("ALL EXPORT CHECKS PASSED")
     return 0
 
