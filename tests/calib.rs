@@ -132,12 +132,13 @@ fn w8a8_simulation_quantizes_the_input_with_the_calibrated_scale() {
     let Network::Graph(graph) = net else { panic!("a graph") };
     let x = [0.3f32, -2.0, 0.0517];
     let y = graph.forward(&x);
-    // By hand: the input on the grid of clip/127, clamped at ±127 steps; the weight per tensor (absmax 1).
+    // By hand: the input on the grid of clip/127, clamped to [-128, 127] steps (the int8 range runtimes saturate
+    // inputs to); the weight per tensor (absmax 1).
     let input = QParams::symmetric(clip);
     assert_eq!(input.scale, clip / 127.0);
     let x_hat: Vec<f32> =
-        x.iter().map(|&v| ((v / input.scale).round_ties_even().clamp(-127.0, 127.0)) * input.scale).collect();
-    assert_eq!(x_hat[1], -127.0 * input.scale, "-2 is clipped to -clip");
+        x.iter().map(|&v| ((v / input.scale).round_ties_even().clamp(-128.0, 127.0)) * input.scale).collect();
+    assert_eq!(x_hat[1], -128.0 * input.scale, "-2 saturates one step beyond -clip");
     let w_scale = 1.0f32 / 127.0;
     let w_hat: Vec<f32> = weight.iter().map(|&v| (v / w_scale).round_ties_even() * w_scale).collect();
     for (row, got) in y.iter().enumerate() {

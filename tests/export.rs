@@ -418,3 +418,19 @@ fn fp8_exports_float_quantized_e4m3_codes_and_scales_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn grouped_query_attention_with_one_scheme_is_not_a_split_fusion() {
+    // tiny-llama has 4 query heads and 2 key/value heads: k_proj and v_proj have half q_proj's rows.
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let model = Model::open(&folder).unwrap();
+    for precision in [
+        scheme(true, Granularity::PerChannel),
+        Precision::Int8(Int8Scheme::w8a8_dynamic()),
+        Precision::Fp8(quantstudio::quant::Fp8Scheme::dynamic()),
+    ] {
+        let plan = Recipe::uniform(precision).resolve(&model).unwrap();
+        let check = export::Target::CompressedTensors.check(&model, &plan);
+        assert!(check.is_clean(), "{precision}: {:?}", check.problems(&model));
+    }
+}

@@ -294,7 +294,7 @@ fn the_summary_says_whether_the_export_loads_and_one_click_fixes_the_refused_lay
     let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
     let mut h = harness(&bert);
     step_until(&mut h, "tiny-bert to open", loaded_and_analysed);
-    h.get_by_label("compressed-tensors: loads in transformers: yes, vLLM: yes");
+    h.get_by_label("Loads in transformers: yes, vLLM: yes");
     // The word embeddings quantized: neither runtime loads an INT8 embedding table.
     let model = h.state().studio.model.clone().unwrap();
     let words = model.layer_by_name("embeddings.word_embeddings").unwrap();

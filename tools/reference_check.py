@@ -605,9 +605,11 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
         ign = qc["ignore"] if isinstance(qc["ignore"], list) else []
         if not isinstance(qc["ignore"], list):
             rep.fail(None, f"config: ignore is a {type(qc['ignore']).__name__}, not a list")
-        # the brief: FP32-kept layers with 2-D weights; docs/EXPORT.md adds FP16/BF16 layers (vLLM needs every
-        # Linear targeted or ignored). Layers that also hold an INT8 tensor are targeted, not ignored.
-        kept = {k: v for k, v in layers.items() if v["kept2d"] and not v["int8"]}
+        # docs/EXPORT.md: float linear (and conv) layers, FP32, FP16 or BF16, are ignored by name (vLLM needs every
+        # Linear targeted or ignored); embeddings and norms are never targeted and not listed, as llm-compressor
+        # does. Layers that also hold an INT8 tensor are targeted, not ignored.
+        kept = {k: v for k, v in layers.items()
+                if v["kept2d"] and not v["int8"] and v["kind"] in ("linear", "conv")}
         missing = [l for l, v in kept.items()
                    if not any(target_matches(t, l, v["kind"], v["tensors"]) in ("name", "regex") for t in ign)]
         if missing:

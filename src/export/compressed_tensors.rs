@@ -318,9 +318,16 @@ pub fn check(model: &Model, plan: &Plan) -> Compatibility {
         }
     }
     for (family, members) in families {
+        // The scheme, not the shape: under grouped-query attention k/v have fewer rows (scales) than q.
         let scheme = |id: LayerId| match model.main_tensor(id).map(|main| layout(model, plan, main)) {
             Some(Layout::Cast(_) | Layout::Kept) | None => None,
-            Some(quantized) => Some(quantized),
+            Some(Layout::Int8Codes { channels, symmetric, inputs }) => {
+                Some(Layout::Int8Codes { channels: channels.map(|_| 0), symmetric, inputs })
+            }
+            Some(Layout::Fp8Codes { channels, inputs }) => {
+                Some(Layout::Fp8Codes { channels: channels.map(|_| 0), inputs })
+            }
+            Some(packed) => Some(packed),
         };
         let first = members[0];
         if members.iter().all(|&m| scheme(m) == scheme(first)) {

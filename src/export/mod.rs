@@ -215,6 +215,11 @@ impl Compatibility {
     /// [`Compatibility::summary`] with other marks after each runtime's name for "loads" and "refuses" (the
     /// window's font has no ✓ or ✗).
     pub fn summary_marked(&self, yes: &str, no: &str) -> String {
+        format!("{}: loads in {}", self.target, self.verdicts(yes, no))
+    }
+
+    /// Each runtime with its mark: `transformers ✓, vLLM ✗ (3 layers)` (the marks follow the names as given).
+    pub fn verdicts(&self, yes: &str, no: &str) -> String {
         let verdicts: Vec<String> = self
             .target
             .runtimes()
@@ -237,7 +242,7 @@ impl Compatibility {
                 }
             })
             .collect();
-        format!("{}: loads in {}", self.target, verdicts.join(", "))
+        verdicts.join(", ")
     }
 
     /// One line per problem, layers with the same refusals grouped and named (the first few), each with its fix

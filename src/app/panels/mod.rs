@@ -269,8 +269,9 @@ fn deploy_status(ui: &mut egui::Ui, app: &mut StudioApp) {
     } else {
         problems.join("\n")
     };
-    // The window's font has no ✓ or ✗.
-    ui.label(RichText::new(compatibility.summary_marked(": yes", ": no")).color(color)).on_hover_text(hover);
+    // Short, so that the bar stays one line; the window's font has no ✓ or ✗.
+    let text = format!("Loads in {}", compatibility.verdicts(": yes", ": no"));
+    ui.label(RichText::new(text).color(color)).on_hover_text(format!("{} export\n{hover}", compatibility.target));
     let fixes = compatibility.layers.iter().filter(|l| l.fix.is_some()).count();
     if fixes > 0
         && ui
