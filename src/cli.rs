@@ -796,6 +796,9 @@ fn tensor_json(tensor: &TensorReport, with_error: bool, with_histograms: bool) -
                     serde_json::to_value(&analysis.error_histogram).unwrap_or(Value::Null),
                 );
                 map.insert("group_params".into(), serde_json::to_value(&analysis.group_params).unwrap_or(Value::Null));
+                if !analysis.fp8_scales.is_empty() {
+                    map.insert("fp8_scales".into(), json!(analysis.fp8_scales));
+                }
             }
         }
     }

