@@ -3,9 +3,9 @@
 //!
 //! Probes `$QUANTSTUDIO_PYTHON` (default `python3`), one interpreter start per probe:
 //! - `quantstudio_python_numpy`: it imports numpy and safetensors (the numpy reference checks);
-//! - `quantstudio_python_ml_dtypes`: and ml_dtypes too (the FP8 E4M3 check, tools/check_fp8.py);
+//! - `quantstudio_python_ml_dtypes`: and ml_dtypes too (the FP8 E4M3 check, tools/check/check_fp8.py);
 //! - `quantstudio_python_torch`: it imports torch, transformers, compressed_tensors and sentence_transformers
-//!   (the export checks, tools/check_exports.py);
+//!   (the export checks, tools/check/check_exports.py);
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
 //!   (all-MiniLM-L6-v2 in CI); `quantstudio_llama_model`: the same for `$QUANTSTUDIO_LLAMA_MODEL` (SmolLM2-135M).
 //!

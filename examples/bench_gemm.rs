@@ -14,7 +14,7 @@
 //! - `int8_per_token`: W8A8-dynamic as vLLM deploys it: each row's absmax, scale and codes made inside the product
 //!   (`qgemm::gemm_dynamic_into`), requantised with the row's scale times the column's.
 //!
-//! Prints one JSON document; `tools/bench_qgemm.sh` runs it beside onnxruntime.
+//! Prints one JSON document; `tools/bench/bench_qgemm.sh` runs it beside onnxruntime.
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! --no-default-features --example bench_kernels -- [REPEAT]`.
 //!
 //! On 65,536 bell-shaped values (N(0, 0.02) with an outlier of ±0.5 every 4,099 values, as in
-//! `tools/make_bench_model.py`; 256 KB as f32, so they stay in L2), the median over `REPEAT` timed rounds after
+//! `tools/fixtures/make_bench_model.py`; 256 KB as f32, so they stay in L2), the median over `REPEAT` timed rounds after
 //! three warm-up rounds (the loops take turns within a round) of, in nanoseconds per element:
 //! - `scan_f32`, `scan_bf16`: pass 1 (`kernels::scan`) on the values as f32 and as BF16 read in place;
 //! - `measure_f32`, `measure_bf16`: pass 2 (`kernels::measure`), INT8 symmetric, with the histogram ranges the pass

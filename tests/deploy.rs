@@ -1,4 +1,4 @@
-//! Exports loaded by the libraries they target: `tools/check_exports.py` exports every kind (the CLI's default
+//! Exports loaded by the libraries they target: `tools/check/check_exports.py` exports every kind (the CLI's default
 //! `--precision int8 --per-channel`, INT8 weight-only per channel, per tensor and asymmetric, FP16, BF16, FP8,
 //! static W8A8, W8A8-dynamic, FP8-dynamic and a mixed plan) with the CLI, loads the folder with transformers +
 //! compressed-tensors (and, for all-MiniLM-L6-v2, sentence-transformers) and compares what they compute with the
@@ -24,7 +24,7 @@ fn run_check_exports(models: &[&Path], kinds: Option<&str>, extra: &[&str]) -> (
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = common::temp_dir();
     let output = Command::new(PYTHON)
-        .arg(root.join("tools/check_exports.py"))
+        .arg(root.join("tools/check/check_exports.py"))
         .args(models)
         .args(["--quantstudio", env!("CARGO_BIN_EXE_quantstudio")])
         .args(kinds.map(|k| ["--kinds", k]).into_iter().flatten())

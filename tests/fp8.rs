@@ -1,6 +1,6 @@
 //! FP8 E4M3 against independent implementations, bit for bit: ml_dtypes' and torch's `float8_e4m3fn` casts of
 //! about a million f32 values (every tie of every binade, all E4M3 boundaries, specials), and compressed-tensors'
-//! FP8 per-channel weight quantization (scales and codes), all produced by `tools/check_fp8.py`.
+//! FP8 per-channel weight quantization (scales and codes), all produced by `tools/check/check_fp8.py`.
 //!
 //! Needs a Python with numpy, safetensors and ml_dtypes (`QUANTSTUDIO_PYTHON`, default `python3`), found by build.rs:
 //! without one the test is reported as ignored (with `QUANTSTUDIO_REQUIRE_PYTHON=1` the build fails instead); torch
@@ -48,7 +48,7 @@ fn mismatches(x: &[f32], ours: &[u8], theirs: &[u8]) -> (usize, String) {
 fn e4m3_codes_match_ml_dtypes_torch_and_compressed_tensors_bit_for_bit() {
     let python = crate::python::PYTHON;
     let dir = common::temp_dir();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_fp8.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check/check_fp8.py");
     let output = Command::new(python).arg(&script).arg("--out").arg(dir.path()).output().expect("run check_fp8.py");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "check_fp8.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));

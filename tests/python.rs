@@ -1,4 +1,4 @@
-//! Independent Python checks: the numpy implementation of the formulas (`tools/reference_check.py`) against the CLI
+//! Independent Python checks: the numpy implementation of the formulas (`tools/check/reference_check.py`) against the CLI
 //! on the bundled sample, on a hand-made model of edge values and on a real checkpoint when CI provides one; the
 //! runtime fixtures against a numpy forward pass; and the runtime on the real all-MiniLM-L6-v2.
 //!
@@ -19,7 +19,7 @@ pub const PYTHON: &str = env!("QUANTSTUDIO_BUILD_PYTHON");
 pub const REFERENCE_MODEL: &str = env!("QUANTSTUDIO_BUILD_REFERENCE_MODEL");
 
 fn reference_check(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check/reference_check.py");
     let output = Command::new(PYTHON)
         .arg(&script)
         .args(args)
@@ -36,7 +36,7 @@ fn reference_check(args: &[&str]) {
 /// values near f32::MAX, ties), written into a temp folder.
 fn awkward_model() -> tempfile::TempDir {
     let dir = common::temp_dir();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check/reference_check.py");
     let made = Command::new(PYTHON)
         .arg(&script)
         .args(["--make-awkward", dir.path().to_str().unwrap()])
@@ -95,7 +95,7 @@ fn numpy_reference_agrees_on_fp8_on_a_real_checkpoint() {
 }
 
 /// The runtime fixtures' goldens (from transformers' Flax models) agree with a plain-numpy forward pass that reads
-/// only config.json + model.safetensors (tools/check_runtime_fixtures.py), so a fixture cannot drift from the
+/// only config.json + model.safetensors (tools/check/check_runtime_fixtures.py), so a fixture cannot drift from the
 /// checkpoint it claims to describe.
 #[test]
 #[cfg_attr(
@@ -105,7 +105,7 @@ fn numpy_reference_agrees_on_fp8_on_a_real_checkpoint() {
 fn runtime_fixtures_agree_with_an_independent_numpy_forward() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(PYTHON)
-        .arg(root.join("tools/check_runtime_fixtures.py"))
+        .arg(root.join("tools/check/check_runtime_fixtures.py"))
         .arg("--fixtures")
         .arg(root.join("tests/fixtures"))
         .output()
@@ -154,7 +154,7 @@ fn minilm_sentence_embeddings_give_the_published_similarities() {
 
 /// Calibration statistics and observers, the W8A8 simulation and the W8A8 export on digits-mlp against an
 /// independent numpy forward pass and the formulas of CALIBRATION.md / QUANTIZATION.md / EXPORT.md
-/// (tools/check_calibration.py; tolerances in its header).
+/// (tools/check/check_calibration.py; tolerances in its header).
 #[test]
 #[cfg_attr(
     not(quantstudio_python_numpy),
@@ -164,7 +164,7 @@ fn numpy_checks_calibration_w8a8_simulation_and_export() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = common::temp_dir();
     let output = Command::new(PYTHON)
-        .arg(root.join("tools/check_calibration.py"))
+        .arg(root.join("tools/check/check_calibration.py"))
         .args(["--quantstudio", env!("CARGO_BIN_EXE_quantstudio")])
         .arg("--model")
         .arg(root.join("sample-models/digits-mlp"))

@@ -1,5 +1,5 @@
 //! The runtime: FP32 forward passes against golden outputs of Hugging Face transformers' Flax models
-//! (tests/fixtures, made by tools/make_runtime_fixtures.py), tokenisation through tokenizer.json, the KV cache,
+//! (tests/fixtures, made by tools/fixtures/make_runtime_fixtures.py), tokenisation through tokenizer.json, the KV cache,
 //! and the evaluation of plans against FP32 on the fixtures and the digits samples.
 
 use std::path::{Path, PathBuf};

@@ -27,5 +27,5 @@ mod runtime;
 mod calib;
 // Benchmarks: the deployed kernels against the simulation, and the benchmark's figures.
 mod bench;
-// FP8 E4M3 bit for bit against ml_dtypes, torch and compressed-tensors (tools/check_fp8.py).
+// FP8 E4M3 bit for bit against ml_dtypes, torch and compressed-tensors (tools/check/check_fp8.py).
 mod fp8;

@@ -4,7 +4,7 @@
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--out DIR] [--data FILE] [--only mlp|cnn]
 //! ```
 //!
-//! Reads the committed data file (sample-models/digits-data/digits.safetensors, made by tools/make_digits_data.py),
+//! Reads the committed data file (sample-models/digits-data/digits.safetensors, made by tools/fixtures/make_digits_data.py),
 //! checks that its split is the documented one, trains each network on the training split with the seed, and
 //! writes per model: model.safetensors (F32 weights), model.json (the op list, docs/MODEL-JSON.md), config.json,
 //! calib.safetensors (the 128 calibration inputs) and eval.safetensors (the evaluation inputs and labels).

@@ -82,7 +82,7 @@ pub struct Split {
     pub eval: Vec<usize>,
 }
 
-/// The documented stratified split (the same algorithm as tools/make_digits_data.py): each class's rows are shuffled
+/// The documented stratified split (the same algorithm as tools/fixtures/make_digits_data.py): each class's rows are shuffled
 /// (classes in order, one generator), the row at position k of class c gets the key (2k + 1) / (2 n_c), rows are
 /// sorted by (key, class), and the first `eval_len` rows are the evaluation split, the next `calib_len` the
 /// calibration split, the rest the training split. Keys are compared exactly by cross-multiplication.

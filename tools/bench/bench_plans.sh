@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # FP32 against each uniform plan as deployed (FP16, BF16, INT8 weight-only per channel, W8A8 with MSE clips), one
 # `quantstudio bench` run per plan, with the plan's accuracy on DATA; prints a table and the JSON of every run.
-# Usage: bash tools/bench_plans.sh MODEL_FOLDER DATA [REPEAT]   (DATA also calibrates the W8A8 plan)
+# Usage: bash tools/bench/bench_plans.sh MODEL_FOLDER DATA [REPEAT]   (DATA also calibrates the W8A8 plan)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 MODEL=$1
 DATA=$2
 REPEAT=${3:-30}

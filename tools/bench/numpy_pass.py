@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The quantstudio analysis pass (per-channel symmetric INT8) in vectorized numpy, as a throughput peer.
 
-Usage: python tools/numpy_pass.py MODEL.safetensors [--repeat N] [--json]
+Usage: python tools/bench/numpy_pass.py MODEL.safetensors [--repeat N] [--json]
 
 Memory-maps the file, parses the safetensors header by hand, and for every F32/F16/BF16/F64 tensor (rows =
 axis 0, row = everything after it; 0-D/1-D tensors are one row, as in quantstudio) computes:

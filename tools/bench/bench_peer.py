@@ -11,11 +11,11 @@ Setup (the versions these figures were taken with):
   (sympy only for the optional fused-BERT case via onnxruntime.transformers.optimizer)
 
 Run:
-  M=$(/tmp/peer-venv/bin/python tools/reference_check.py --fetch-minilm /tmp/minilm)
-  /tmp/peer-venv/bin/python tools/bench_peer.py "$M" --kind bert [--seq 128]
-  /tmp/peer-venv/bin/python tools/make_bench_llama.py /tmp/bench-llama
-  /tmp/peer-venv/bin/python tools/bench_peer.py /tmp/bench-llama --kind llama [--past 127] [--seq 128]
-  /tmp/peer-venv/bin/python tools/bench_peer.py sample-models/digits-cnn --kind graph
+  M=$(/tmp/peer-venv/bin/python tools/check/reference_check.py --fetch-minilm /tmp/minilm)
+  /tmp/peer-venv/bin/python tools/bench/bench_peer.py "$M" --kind bert [--seq 128]
+  /tmp/peer-venv/bin/python tools/fixtures/make_bench_llama.py /tmp/bench-llama
+  /tmp/peer-venv/bin/python tools/bench/bench_peer.py /tmp/bench-llama --kind llama [--past 127] [--seq 128]
+  /tmp/peer-venv/bin/python tools/bench/bench_peer.py sample-models/digits-cnn --kind graph
   common options: [--repeats 50] [--threads 2] [--json] [--no-prefill] [--dump-onnx DIR]
 
 Kinds
@@ -31,7 +31,7 @@ bert   HF BertModel folder (tensor names with or without a `bert.` prefix). Batc
        published 0.7035 0.5272 0.1889 0.1047 0.0980. A second timed case, seq<S>-fused, runs the same graph after
        onnxruntime.transformers.optimizer (model_type bert: fused Attention, EmbedLayerNormalization,
        SkipLayerNormalization, BiasGelu; needs sympy), i.e. what an optimum/ORT BERT deployment runs.
-llama  Llama folder (tools/make_bench_llama.py). Decode step: 1 token at position --past against a KV cache of
+llama  Llama folder (tools/fixtures/make_bench_llama.py). Decode step: 1 token at position --past against a KV cache of
        --past positions (inputs input_ids [1,1], past_key_i/past_value_i [1,kv_heads,past,head_dim]; outputs
        logits [1,1,vocab] and present_key_i/present_value_i [1,kv_heads,past+1,head_dim]). RMSNorm, HF
        rotate_half RoPE (cos/sin computed in the graph from the past length), GQA, softmax, o_proj, residual,

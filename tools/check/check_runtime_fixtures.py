@@ -5,7 +5,7 @@ This file is the *spec* the Rust FP32 runtime follows. It reads ONLY what a runt
 from a fixture folder -- `config.json` and `model.safetensors` (PyTorch tensor names, PyTorch
 layouts: nn.Linear weight is [out_features, in_features], y = x @ W.T + b) -- plus the inputs
 stored in `golden.safetensors`, runs BertModel / LlamaForCausalLM in numpy, and asserts the
-result matches the goldens that tools/make_runtime_fixtures.py computed with Hugging Face
+result matches the goldens that tools/fixtures/make_runtime_fixtures.py computed with Hugging Face
 transformers' Flax models (max abs diff < 1e-4 on non-padded positions).
 
 It also runs a few deliberately *wrong* variants (tanh GELU, ignoring rope_theta, GPT-J style
@@ -17,10 +17,10 @@ If the `tokenizers` package is importable it also re-encodes `inputs.txt` with t
 
 Needs numpy and safetensors only (no jax / flax / transformers):
 
-    python3 tools/check_runtime_fixtures.py                 # checks tests/fixtures/tiny-*
-    python3 tools/check_runtime_fixtures.py --fixtures DIR  # a different fixtures root
+    python3 tools/check/check_runtime_fixtures.py                 # checks tests/fixtures/tiny-*
+    python3 tools/check/check_runtime_fixtures.py --fixtures DIR  # a different fixtures root
 
-(with the fixture venv: /tmp/fixture-venv/bin/python tools/check_runtime_fixtures.py)
+(with the fixture venv: /tmp/fixture-venv/bin/python tools/check/check_runtime_fixtures.py)
 """
 import argparse
 import json
@@ -342,7 +342,7 @@ def check_llama(d, rep, mutants):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fixtures", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--fixtures", default=os.path.join(here, "..", "..", "tests", "fixtures"))
     args = ap.parse_args()
     root = os.path.normpath(args.fixtures)
     rep = Report()

@@ -252,7 +252,7 @@ def find_quantstudio(given: str | None) -> str:
         return given
     if os.environ.get("QUANTSTUDIO"):
         return os.environ["QUANTSTUDIO"]
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     built = [p for p in (root / "target/release/quantstudio", root / "target/debug/quantstudio") if p.is_file()]
     if built:
         return str(max(built, key=lambda p: p.stat().st_mtime))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the studio under Xvfb on the bundled sample, takes a screenshot, and fails if it is blank or uniform.
-# Usage: tools/window_smoke.sh BINARY SCREENSHOT.png   (needs xvfb-run and imagemagick)
+# Usage: tools/check/window_smoke.sh BINARY SCREENSHOT.png   (needs xvfb-run and imagemagick)
 set -euo pipefail
 binary=$1
 shot=$2

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# INT8 and FP32 matrix products, quantstudio and onnxruntime side by side in one run (issue 7's shapes, MiniLM's).
+# INT8 and FP32 matrix products, quantstudio and onnxruntime side by side in one run (the shapes in docs/BENCHMARK.md, MiniLM's).
 # qs int8: per-tensor dynamic activations; qs token: per-token (W8A8-dynamic); qs static: a given scale.
-# Usage: bash tools/bench_qgemm.sh [REPEAT]   (needs a Python with numpy, onnx and onnxruntime: PYTHON=...)
+# Usage: bash tools/bench/bench_qgemm.sh [REPEAT]   (needs a Python with numpy, onnx and onnxruntime: PYTHON=...)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPEAT=${1:-30}
 PYTHON=${PYTHON:-/tmp/peer-venv/bin/python}
 if ! "$PYTHON" -c "import numpy, onnx, onnxruntime" 2>/dev/null; then
@@ -15,7 +15,7 @@ fi
 cargo build --release --no-default-features --example bench_gemm >&2
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%F)" >&2
 OURS=$(RAYON_NUM_THREADS=2 "${CARGO_TARGET_DIR:-target}/release/examples/bench_gemm" "$REPEAT")
-PEER=$("$PYTHON" tools/bench_qgemm_peer.py "$REPEAT")
+PEER=$("$PYTHON" tools/bench/bench_qgemm_peer.py "$REPEAT")
 "$PYTHON" - "$OURS" "$PEER" <<'PY'
 import json, sys
 ours, peer = json.loads(sys.argv[1]), json.loads(sys.argv[2])

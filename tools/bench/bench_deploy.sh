@@ -6,7 +6,7 @@
 # embeddings of the deployed plan against FP32 on SENTENCES): W8A8-dynamic, FP8 weight-only, FP8-dynamic, static
 # W8A8 (`calibrate --observer mse` on SENTENCES; embeddings checked to stay FP32 in the recipe) and INT8 weight-only
 # per channel. A plan whose --precision value this build refuses is skipped ("not available in this build").
-# onnxruntime: tools/bench_deploy_peer.py (FP32 and quantize_dynamic QInt8 per-channel graphs timed in turns, the
+# onnxruntime: tools/bench/bench_deploy_peer.py (FP32 and quantize_dynamic QInt8 per-channel graphs timed in turns, the
 # same sentences tokenised by WordPiece on vocab.txt). The ids of both tokenisers are compared twice: id by id
 # (the `tokenizers` package on tokenizer.json), and end to end (`quantstudio eval` on the text and on the peer's
 # ids must give identical reports).
@@ -14,16 +14,16 @@
 # our FP32 >= ORT's over its FP32, ORT with embeddings FP32 as ours), the ops of ORT's quantized graphs, then one
 # line of JSON with everything.
 #
-# Usage: bash tools/bench_deploy.sh MINILM_FOLDER [REPEAT]     (REPEAT timed runs after 3 warm-up runs; default 40)
-#   M=$(/tmp/qs-venv/bin/python tools/reference_check.py --fetch-minilm /tmp/minilm); bash tools/bench_deploy.sh "$M" 40
+# Usage: bash tools/bench/bench_deploy.sh MINILM_FOLDER [REPEAT]     (REPEAT timed runs after 3 warm-up runs; default 40)
+#   M=$(/tmp/qs-venv/bin/python tools/check/reference_check.py --fetch-minilm /tmp/minilm); bash tools/bench/bench_deploy.sh "$M" 40
 # Environment: PYTHON (numpy, onnx, onnxruntime, safetensors; default /tmp/qs-venv/bin/python),
-#   SENTENCES (default tools/data/sentences.txt), CARGO_TARGET_DIR.
+#   SENTENCES (default tools/bench/data/sentences.txt), CARGO_TARGET_DIR.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-MODEL=${1:?usage: bash tools/bench_deploy.sh MINILM_FOLDER [REPEAT]}
+cd "$(dirname "$0")/../.."
+MODEL=${1:?usage: bash tools/bench/bench_deploy.sh MINILM_FOLDER [REPEAT]}
 REPEAT=${2:-40}
 PYTHON=${PYTHON:-/tmp/qs-venv/bin/python}
-SENTENCES=${SENTENCES:-tools/data/sentences.txt}
+SENTENCES=${SENTENCES:-tools/bench/data/sentences.txt}
 THREADS=2
 SEQ=128
 BATCH=4 # sequences per throughput run (not in the table; kept small)
@@ -90,7 +90,7 @@ for plan in "${PLANS[@]}"; do
 done
 
 echo "onnxruntime: FP32 and quantize_dynamic" >&2
-"$PYTHON" tools/bench_deploy_peer.py "$MODEL" "$SENTENCES" --repeat "$REPEAT" --threads "$THREADS" --seq "$SEQ" \
+"$PYTHON" tools/bench/bench_deploy_peer.py "$MODEL" "$SENTENCES" --repeat "$REPEAT" --threads "$THREADS" --seq "$SEQ" \
   --write-ids "$TMP/ids.safetensors" >"$TMP/peer.json" || echo "  onnxruntime side: a check failed (see below)" >&2
 if [ ! -s "$TMP/peer.json" ]; then
   echo "the onnxruntime side produced no result" >&2

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""onnxruntime's side of `tools/bench_deploy.sh`: a BERT sentence encoder (all-MiniLM-L6-v2) in FP32 and after
+"""onnxruntime's side of `tools/bench/bench_deploy.sh`: a BERT sentence encoder (all-MiniLM-L6-v2) in FP32 and after
 `onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True)`, on the same graph, sentences and
 thread count as quantstudio's side. Two quantized graphs: `int8-matmul` (op_types_to_quantize=["MatMul"]: the
 linear layers; embeddings stay FP32 as in quantstudio's plans) and `int8-default` (quantize_dynamic's default op
 types, which also turn the three embedding tables into INT8 + DequantizeLinear).
 
-The FP32 graph is the one `tools/bench_peer.py` builds by hand from config.json + model.safetensors (imported from
+The FP32 graph is the one `tools/bench/bench_peer.py` builds by hand from config.json + model.safetensors (imported from
 there, not copied) and is checked here against that file's numpy forward pass. quantize_dynamic turns it into
 INT8 graphs (per-channel symmetric INT8 weights, activations quantized per tensor to UINT8 at run time; no
 pre-processing, reduce_range False).

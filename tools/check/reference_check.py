@@ -16,8 +16,8 @@ Usage
 
   Without MODEL, --fetch-minilm / --make-awkward only prepare the model and print its folder (the only stdout
   line); add --check to check it too.  e.g. in CI:
-      M=$(python tools/reference_check.py --fetch-minilm /tmp/minilm) && python tools/reference_check.py "$M"
-      python tools/reference_check.py --make-awkward /tmp/awk --check
+      M=$(python tools/check/reference_check.py --fetch-minilm /tmp/minilm) && python tools/check/reference_check.py "$M"
+      python tools/check/reference_check.py --make-awkward /tmp/awk --check
 
 Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel fp16 bf16 (the group "numpy"),
 fp8-channel (`--precision fp8`), fp8-dynamic (`--precision fp8-dynamic`: the same weights, the config's inputs)
@@ -699,7 +699,7 @@ class Report:
 def default_binary() -> str | None:
     if os.environ.get("QUANTSTUDIO"):
         return os.environ["QUANTSTUDIO"]
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     cands = [repo / "target" / p / "quantstudio" for p in ("release", "debug")]
     cands = [c for c in cands if c.is_file()]
     if cands:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""onnxruntime's side of `tools/bench_qgemm.sh`: one MatMul of activations [m, k] (uniform in [-2, 2]) by weights
+"""onnxruntime's side of `tools/bench/bench_qgemm.sh`: one MatMul of activations [m, k] (uniform in [-2, 2]) by weights
 [k, n] (standard normal, as trained weights are bell-shaped), in FP32 and
 quantised by `onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)` (per-tensor dynamic u8 activations,
 s8 weights: the graph becomes DynamicQuantizeLinear + MatMulInteger + rescale, or the fused

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # FP32 inference, side by side in one run: quantstudio's runtime (`quantstudio bench`) against onnxruntime and
-# numpy (tools/bench_peer.py, which builds the same networks as ONNX graphs and checks them against numpy) on
+# numpy (tools/bench/bench_peer.py, which builds the same networks as ONNX graphs and checks them against numpy) on
 #   - all-MiniLM-L6-v2 (BERT, from PyPI) at sequence length 128, batch 1;
-#   - a random Llama-style decoder (tools/make_bench_llama.py: hidden 768, 4 layers, GQA 12/4, vocab 8192):
+#   - a random Llama-style decoder (tools/fixtures/make_bench_llama.py: hidden 768, 4 layers, GQA 12/4, vocab 8192):
 #     one token after 127 cached positions, and a 128-token prefill;
 #   - the digits CNN sample: one image, and a batch of 256.
 # Prints a Markdown table (medians, ms) with the ratio quantstudio / onnxruntime.
 #
 # Needs: python3 -m venv /tmp/peer-venv && /tmp/peer-venv/bin/pip install numpy==2.4.6 safetensors==0.8.0 \
 #        onnx==1.23.2 onnxruntime==1.32.0 sympy==1.14.0
-# Usage: bash tools/bench_runtime.sh [REPEATS]      (run on a quiet machine: any other load skews both sides)
+# Usage: bash tools/bench/bench_runtime.sh [REPEATS]      (run on a quiet machine: any other load skews both sides)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPEATS=${1:-50}
 PY=${PEER_PYTHON:-/tmp/peer-venv/bin/python}
 WORK=${BENCH_DIR:-/tmp/quantstudio-bench-runtime}
@@ -19,18 +19,18 @@ mkdir -p "$WORK"
 
 cargo build --release --quiet
 QS=target/release/quantstudio
-MINILM=$("$PY" tools/reference_check.py --fetch-minilm "$WORK/minilm")
-[ -f "$WORK/llama/model.safetensors" ] || "$PY" tools/make_bench_llama.py "$WORK/llama" >&2
+MINILM=$("$PY" tools/check/reference_check.py --fetch-minilm "$WORK/minilm")
+[ -f "$WORK/llama/model.safetensors" ] || "$PY" tools/fixtures/make_bench_llama.py "$WORK/llama" >&2
 CNN=sample-models/digits-cnn
 
 echo "commit $(git rev-parse --short HEAD), $(nproc) threads, $(date -u +%Y-%m-%d)" >&2
 "$QS" bench "$MINILM" --seq 128 --batch 8 --repeat "$REPEATS" --json >"$WORK/qs-bert.json"
-"$PY" tools/bench_peer.py "$MINILM" --kind bert --seq 128 --repeats "$REPEATS" --json >"$WORK/peer-bert.json"
+"$PY" tools/bench/bench_peer.py "$MINILM" --kind bert --seq 128 --repeats "$REPEATS" --json >"$WORK/peer-bert.json"
 "$QS" bench "$WORK/llama" --past 127 --seq 128 --repeat "$REPEATS" --json >"$WORK/qs-llama.json"
-"$PY" tools/bench_peer.py "$WORK/llama" --kind llama --past 127 --seq 128 --repeats "$REPEATS" --json \
+"$PY" tools/bench/bench_peer.py "$WORK/llama" --kind llama --past 127 --seq 128 --repeats "$REPEATS" --json \
   >"$WORK/peer-llama.json"
 "$QS" bench "$CNN" --batch 256 --repeat "$((REPEATS * 10))" --json >"$WORK/qs-cnn.json"
-"$PY" tools/bench_peer.py "$CNN" --kind graph --repeats "$((REPEATS * 10))" --json >"$WORK/peer-cnn.json"
+"$PY" tools/bench/bench_peer.py "$CNN" --kind graph --repeats "$((REPEATS * 10))" --json >"$WORK/peer-cnn.json"
 
 "$PY" - "$WORK" <<'EOF'
 import json, sys

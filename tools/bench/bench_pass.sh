@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark the quantstudio analysis pass (per-channel INT8) against the same pass in numpy.
 #
-# Usage: tools/bench_pass.sh [DIR]          (DIR defaults to /tmp/quantstudio-bench)
+# Usage: tools/bench/bench_pass.sh [DIR]          (DIR defaults to /tmp/quantstudio-bench)
 # Env:   PYTHON (default /tmp/pyref/bin/python if present, else python3; needs numpy),
 #        REPEAT (timed runs per measurement, best reported, default 3), GB (model size, default 1.0).
 #
-# Generates DIR/{f32,bf16}/model.safetensors if missing (tools/make_bench_model.py), builds the release
+# Generates DIR/{f32,bf16}/model.safetensors if missing (tools/fixtures/make_bench_model.py), builds the release
 # binary (no GUI), then for each model, with the page cache warm, runs `quantstudio throughput` (which also
-# measures the read bandwidth of the mapped file) and tools/numpy_pass.py, and prints a markdown table.
+# measures the read bandwidth of the mapped file) and tools/bench/numpy_pass.py, and prints a markdown table.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DIR="${1:-/tmp/quantstudio-bench}"
 REPEAT="${REPEAT:-3}"
 GB="${GB:-1.0}"
@@ -23,7 +23,7 @@ esac
 
 if [[ ! -f "$DIR/f32/model.safetensors" || ! -f "$DIR/bf16/model.safetensors" ]]; then
     echo "generating models in $DIR ..." >&2
-    "$PYTHON" "$ROOT/tools/make_bench_model.py" "$DIR" --gb "$GB" >&2
+    "$PYTHON" "$ROOT/tools/fixtures/make_bench_model.py" "$DIR" --gb "$GB" >&2
 fi
 (cd "$ROOT" && cargo build --release --no-default-features >&2)
 BIN="$ROOT/target/release/quantstudio"
@@ -40,7 +40,7 @@ for kind in f32 bf16; do
     model="$DIR/$kind/model.safetensors"
     cat "$model" > /dev/null  # warm the page cache (both tools also warm up before timing)
     qs_cmd=("$BIN" throughput "$model" --precision int8 --per-channel --repeat "$REPEAT" --json)
-    np_cmd=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" "$ROOT/tools/numpy_pass.py" "$model"
+    np_cmd=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" "$ROOT/tools/bench/numpy_pass.py" "$model"
         --repeat "$REPEAT" --json)
     COMMANDS+=("${qs_cmd[*]}" "${np_cmd[*]}")
     echo "running quantstudio on $kind ..." >&2
