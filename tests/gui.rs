@@ -315,3 +315,30 @@ fn the_summary_says_whether_the_export_loads_and_one_click_fixes_the_refused_lay
     h.run_steps(2);
     assert_eq!(h.state().studio.plan().layer(words), int8, "the fix is one undoable edit");
 }
+
+#[test]
+fn an_uncalibrated_w8a8_layer_is_marked_in_its_row_until_calibrated() {
+    use quantstudio::quant::{Granularity, Int8Scheme, Precision};
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let cache = common::temp_dir();
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.state_mut().studio.calibration.cache_dir = Some(cache.path().to_owned());
+    assert!(h.query_by_label("uncalibrated").is_none());
+    let w8a8 = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel).with_int8_inputs());
+    h.state_mut().send(Command::SetPrecisionMatching { pattern: "fc2".into(), precision: w8a8 });
+    h.run_steps(2);
+    assert_eq!(h.query_all_by_label("uncalibrated").count(), 1, "fc2's row is marked, and only it");
+    h.get_by_label_contains("calibrate first");
+    h.get_by_label("Calibrate").click();
+    h.step();
+    step_until(&mut h, "the calibration", |app| app.studio.calibration.run.is_some() && !app.studio.is_busy());
+    assert!(h.query_by_label("uncalibrated").is_none(), "calibrated: the mark goes");
+    // The SQNR column shows fc2's error as planned: the worse of its weights' and its input's.
+    let fc2 = h.state().studio.model.as_ref().unwrap().layer_by_name("fc2").unwrap();
+    let error = h.state().studio.planned_error(fc2).expect("fc2 is analysed");
+    assert!(error.input_is_worse(), "INT8 inputs cost more than INT8 weights here: {error:?}");
+    let (shown, weights) = (format!("{:.1} dB", error.worst_sqnr_db().unwrap()), error.weights_sqnr_db.unwrap());
+    assert_ne!(shown, format!("{weights:.1} dB"), "the cell does not show the weights' figure");
+    h.get_by_label(&shown);
+}

@@ -14,7 +14,7 @@ use crate::worker::Outcome;
 
 /// One finished calibration run.
 #[derive(Clone, Debug)]
-pub struct CalibrationRun {
+pub struct LastCalibration {
     /// The data it ran on.
     pub data: PathBuf,
     /// Whether it came from the cache.
@@ -27,9 +27,9 @@ pub struct CalibrationRun {
 
 /// The calibration state of the window.
 #[derive(Clone, Debug)]
-pub struct Calibration {
+pub struct CalibrationState {
     /// The last run on the open model, if any.
-    pub run: Option<CalibrationRun>,
+    pub run: Option<LastCalibration>,
     /// The calibration file the model's folder brings, if any.
     pub default_data: Option<PathBuf>,
     /// The calibration cache folder (`None`: no cache).
@@ -38,9 +38,9 @@ pub struct Calibration {
     errors: BTreeMap<LayerId, (u32, ClipError)>,
 }
 
-impl Default for Calibration {
-    fn default() -> Calibration {
-        Calibration {
+impl Default for CalibrationState {
+    fn default() -> CalibrationState {
+        CalibrationState {
             run: None,
             default_data: None,
             cache_dir: Some(crate::calib::default_cache_dir()),
@@ -49,7 +49,7 @@ impl Default for Calibration {
     }
 }
 
-impl Calibration {
+impl CalibrationState {
     /// Forgets the run and the errors (a new model); the cache folder stays.
     pub fn reset(&mut self, default_data: Option<PathBuf>) {
         self.run = None;
@@ -63,7 +63,7 @@ impl Calibration {
     }
 
     /// The error of layer `id`'s input at `clip`, over the calibration histogram (`None` when not observed). Read
-    /// from the cache when [`Calibration::refresh`] or [`Calibration::input_error_cached`] computed it at that clip.
+    /// from the cache when [`CalibrationState::refresh`] or [`CalibrationState::input_error_cached`] computed it at that clip.
     pub fn input_error(&self, id: LayerId, clip: f32) -> Option<ClipError> {
         match self.errors.get(&id) {
             Some((bits, error)) if *bits == clip.to_bits() => Some(*error),
@@ -71,7 +71,7 @@ impl Calibration {
         }
     }
 
-    /// [`Calibration::input_error`], kept for the next call.
+    /// [`CalibrationState::input_error`], kept for the next call.
     pub fn input_error_cached(&mut self, id: LayerId, clip: f32) -> Option<ClipError> {
         let error = self.input_error(id, clip)?;
         self.errors.insert(id, (clip.to_bits(), error));
@@ -104,7 +104,7 @@ impl Calibration {
         let text =
             format!("{} layer inputs calibrated on {samples} samples ({source}); observer {observer}", layers.len());
         self.errors.clear();
-        self.run = Some(CalibrationRun {
+        self.run = Some(LastCalibration {
             data: data.clone(),
             from_cache: *from_cache,
             samples: *samples,

@@ -2,7 +2,7 @@
 //! analysed and written by jobs on the [`Worker`]; this module only schedules them and files their results.
 //!
 //! The state is in parts, each owning its fields, its commands and the worker outcomes it files, and each usable
-//! without egui: [`PlanEditor`] (the plan and its undo history), [`Calibration`] (histograms and input errors),
+//! without egui: [`PlanEditor`] (the plan and its undo history), [`CalibrationState`] (histograms and input errors),
 //! [`ResultsLog`] (evaluations, benchmarks, sensitivity), [`Analyses`] (tensor errors) and [`TableView`] (filter,
 //! sort, selection, displayed order, per-row figures). [`Studio`] routes commands and events to them and runs the
 //! jobs.
@@ -26,7 +26,7 @@ use crate::runtime::Architecture;
 use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
 
 pub use analyses::Analyses;
-pub use calibration::{Calibration, CalibrationRun};
+pub use calibration::{CalibrationState, LastCalibration};
 pub use editor::{CalibratedLayers, DEFAULT_OBSERVER, PlanEdit, PlanEditor};
 pub use results::{BenchEntry, Evaluation, ResultsLog, SensitivityState, plan_summary, precision_counts};
 pub use table::{LayerFacts, NameFilter, PlannedError, RowProblem, SortColumn, TableView};
@@ -218,7 +218,7 @@ pub struct Studio {
     /// The layer table's filter, sort, selection and order.
     pub table: TableView,
     /// The calibration of the open model.
-    pub calibration: Calibration,
+    pub calibration: CalibrationState,
     /// Evaluations, benchmarks and sensitivity of the open model.
     pub results: ResultsLog,
     /// The message of the status bar.
@@ -255,7 +255,7 @@ impl Studio {
             editor: PlanEditor::default(),
             analyses: Analyses::default(),
             table: TableView::default(),
-            calibration: Calibration::default(),
+            calibration: CalibrationState::default(),
             results: ResultsLog::default(),
             notice: None,
             last_export: None,

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::analyses::Analyses;
-use super::calibration::Calibration;
+use super::calibration::CalibrationState;
 use crate::calib::ClipError;
 use crate::export::{Compatibility, Treatment, planned_bytes};
 use crate::model::{LayerId, Model};
@@ -123,7 +123,7 @@ pub struct LayerFacts<'a> {
     /// Tensor analyses.
     pub analyses: &'a Analyses,
     /// The calibration (input histograms).
-    pub calibration: &'a Calibration,
+    pub calibration: &'a CalibrationState,
     /// Sensitivity scores, when run.
     pub scores: Option<&'a HashMap<LayerId, f64>>,
     /// The export target's verdict on the plan.
