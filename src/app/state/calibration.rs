@@ -63,7 +63,8 @@ impl CalibrationState {
     }
 
     /// The error of layer `id`'s input at `clip`, over the calibration histogram (`None` when not observed). Read
-    /// from the cache when [`CalibrationState::refresh`] or [`CalibrationState::input_error_cached`] computed it at that clip.
+    /// from the cache when [`CalibrationState::refresh`] or [`CalibrationState::input_error_cached`] computed it at
+    /// that clip.
     pub fn input_error(&self, id: LayerId, clip: f32) -> Option<ClipError> {
         match self.errors.get(&id) {
             Some((bits, error)) if *bits == clip.to_bits() => Some(*error),
