@@ -163,23 +163,25 @@ fn evaluate_compares_plans_with_fp32_and_remembers_them() {
     assert!(h.state().inputs_eval_data().ends_with("eval.safetensors"));
     h.get_by_label("Evaluate plan").click();
     h.step();
-    step_until(&mut h, "the evaluation", |app| !app.studio.evaluations.is_empty() && !app.studio.is_busy());
+    step_until(&mut h, "the evaluation", |app| !app.studio.results.evaluations.is_empty() && !app.studio.is_busy());
     h.get_by_label("FP32 (reference)");
     h.get_by_label("#1");
     assert!(h.query_all_by_label("99.44%").count() >= 2, "FP32 accuracy and the INT8 plan's are shown");
     // A second plan is kept beside the first, and the first can be restored.
-    let first_plan = h.state().studio.plan.layers.clone();
+    let first_plan = h.state().studio.plan().layers.clone();
     h.state_mut()
         .send(Command::SetPrecisionMatching { pattern: "*".into(), precision: quantstudio::quant::Precision::Fp16 });
     h.step();
     h.get_by_label("Evaluate plan").click();
     h.step();
-    step_until(&mut h, "the second evaluation", |app| app.studio.evaluations.len() == 2 && !app.studio.is_busy());
+    step_until(&mut h, "the second evaluation", |app| {
+        app.studio.results.evaluations.len() == 2 && !app.studio.is_busy()
+    });
     h.get_by_label("#2");
     h.get_by_label("#1");
     h.get_all_by_label("Restore plan").last().unwrap().click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.layers, first_plan);
+    assert_eq!(h.state().studio.plan().layers, first_plan);
 }
 
 #[test]
@@ -191,10 +193,10 @@ fn benchmark_times_fp32_beside_each_plan_and_keeps_them_for_comparison() {
     h.run_steps(2);
     h.get_by_label("Benchmark plan").click();
     h.step();
-    step_until(&mut h, "the benchmark", |app| app.studio.benchmarks.len() == 2 && !app.studio.is_busy());
+    step_until(&mut h, "the benchmark", |app| app.studio.results.benchmarks.len() == 2 && !app.studio.is_busy());
     h.get_by_label("#1");
     {
-        let benchmarks = &h.state().studio.benchmarks;
+        let benchmarks = &h.state().studio.results.benchmarks;
         assert!(benchmarks[0].plan.is_none(), "FP32 comes first");
         let plan = &benchmarks[1].configuration;
         assert_eq!(plan.compact_layers, 3, "the INT8 weights run compact");
@@ -202,16 +204,16 @@ fn benchmark_times_fp32_beside_each_plan_and_keeps_them_for_comparison() {
         assert!(plan.disk_bytes * 3 < benchmarks[0].configuration.disk_bytes);
     }
     // A second plan joins the first; FP32 is re-timed beside it and stays one row.
-    let first_plan = h.state().studio.plan.layers.clone();
+    let first_plan = h.state().studio.plan().layers.clone();
     h.state_mut()
         .send(Command::SetPrecisionMatching { pattern: "*".into(), precision: quantstudio::quant::Precision::Fp16 });
     h.step();
     h.get_by_label("Benchmark plan").click();
     h.step();
-    step_until(&mut h, "the second benchmark", |app| app.studio.benchmarks.len() == 3 && !app.studio.is_busy());
+    step_until(&mut h, "the second benchmark", |app| app.studio.results.benchmarks.len() == 3 && !app.studio.is_busy());
     h.get_by_label("#2");
     {
-        let benchmarks = &h.state().studio.benchmarks;
+        let benchmarks = &h.state().studio.results.benchmarks;
         assert_eq!(benchmarks.iter().filter(|b| b.plan.is_none()).count(), 1);
         // Each plan's speed-up is against the FP32 timed beside it; the FP32 row holds the latest timing.
         assert_eq!(benchmarks[2].fp32_latency_ms, Some(benchmarks[0].configuration.latency.latency_ms_median));
@@ -219,7 +221,7 @@ fn benchmark_times_fp32_beside_each_plan_and_keeps_them_for_comparison() {
     }
     h.get_all_by_label("Restore").next().unwrap().click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.layers, first_plan);
+    assert_eq!(h.state().studio.plan().layers, first_plan);
 }
 
 #[test]
@@ -239,11 +241,11 @@ fn calibrate_and_sensitivity_run_as_jobs_and_drive_the_plan() {
     let cache = common::temp_dir();
     let mut h = harness(&mlp);
     step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
-    h.state_mut().studio.cache_dir = Some(cache.path().to_owned());
+    h.state_mut().studio.calibration.cache_dir = Some(cache.path().to_owned());
     h.get_by_label_contains("not calibrated");
     h.get_by_label("Calibrate").click();
     h.step();
-    step_until(&mut h, "the calibration", |app| app.studio.calibration.is_some() && !app.studio.is_busy());
+    step_until(&mut h, "the calibration", |app| app.studio.calibration.run.is_some() && !app.studio.is_busy());
     h.get_by_label_contains("3 layers, 128 samples");
     assert!(cache.path().read_dir().unwrap().count() == 1, "the calibration is cached on disk");
     // Every layer W8A8: each one has its calibrated clip.
@@ -251,41 +253,41 @@ fn calibrate_and_sensitivity_run_as_jobs_and_drive_the_plan() {
     h.state_mut().send(Command::SetPrecisionMatching { pattern: "*".into(), precision: w8a8 });
     h.run_steps(2);
     let model = h.state().studio.model.clone().unwrap();
-    assert!(h.state().studio.plan.uncalibrated(&model).is_empty());
+    assert!(h.state().studio.plan().uncalibrated(&model).is_empty());
     // The inspector shows fc1's input with its clip, from the default observer.
     h.get_by_label("Input activations");
     h.get_by_label_contains("from percentile 99.99");
     let fc1 = LayerId(0);
-    let absmax = h.state().studio.calibration.as_ref().unwrap().layers[&fc1].histogram.absmax();
+    let absmax = h.state().studio.calibration.run.as_ref().unwrap().layers[&fc1].histogram.absmax();
     h.state_mut().send(Command::SetObserver(Observer::MinMax));
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax));
+    assert_eq!(h.state().studio.plan().input_clips[0], Some(absmax));
     // A clip set by hand wins over the observer until reset.
     h.state_mut().send(Command::SetInputClip { layer: fc1, clip: Some(absmax / 2.0) });
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax / 2.0));
+    assert_eq!(h.state().studio.plan().input_clips[0], Some(absmax / 2.0));
     h.get_by_label("Reset").click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.input_clips[0], Some(absmax));
+    assert_eq!(h.state().studio.plan().input_clips[0], Some(absmax));
     // The W8A8 plan evaluates.
     h.get_by_label("Evaluate plan").click();
     h.step();
-    step_until(&mut h, "the evaluation", |app| !app.studio.evaluations.is_empty() && !app.studio.is_busy());
-    assert!(h.state().studio.evaluations[0].report.accuracy.unwrap() > 0.98);
+    step_until(&mut h, "the evaluation", |app| !app.studio.results.evaluations.is_empty() && !app.studio.is_busy());
+    assert!(h.state().studio.results.evaluations[0].report.accuracy.unwrap() > 0.98);
     // Sensitivity streams into the table's column and ranks; one click keeps the most sensitive in FP16.
     h.get_by_label("Run sensitivity").click();
     h.step();
-    step_until(&mut h, "the ranking", |app| app.studio.sensitivity.as_ref().is_some_and(|s| s.ranked));
-    assert_eq!(h.state().studio.sensitivity.as_ref().unwrap().scores.len(), 3);
-    let top = h.state().studio.sensitivity.as_ref().unwrap().results[0].layer.clone();
+    step_until(&mut h, "the ranking", |app| app.studio.results.sensitivity.as_ref().is_some_and(|s| s.ranked));
+    assert_eq!(h.state().studio.results.sensitivity.as_ref().unwrap().scores.len(), 3);
+    let top = h.state().studio.results.sensitivity.as_ref().unwrap().results[0].layer.clone();
     h.state_mut().send(Command::SetMostSensitive { count: 1, precision: Precision::Fp16 });
     h.run_steps(2);
     let top_id = model.layer_by_name(&top).unwrap();
-    assert_eq!(h.state().studio.plan.layer(top_id), Precision::Fp16);
-    assert_eq!(h.state().studio.plan.layers.iter().filter(|p| **p == Precision::Fp16).count(), 1);
+    assert_eq!(h.state().studio.plan().layer(top_id), Precision::Fp16);
+    assert_eq!(h.state().studio.plan().layers.iter().filter(|p| **p == Precision::Fp16).count(), 1);
     h.get_by_label("-> FP32").click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.layers.iter().filter(|p| **p == Precision::Fp32).count(), 3);
+    assert_eq!(h.state().studio.plan().layers.iter().filter(|p| **p == Precision::Fp32).count(), 3);
 }
 
 #[test]
@@ -305,11 +307,38 @@ fn the_summary_says_whether_the_export_loads_and_one_click_fixes_the_refused_lay
     h.get_by_label("no: transformers, vLLM");
     h.get_by_label("Fix 1 layer").click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.layer(words), Precision::Fp16, "the fix keeps the table in FP16");
+    assert_eq!(h.state().studio.plan().layer(words), Precision::Fp16, "the fix keeps the table in FP16");
     h.get_by_label_contains("transformers: yes, vLLM: yes");
     h.get_by_label("Edit").click();
     h.run_steps(3);
     h.get_by_label_contains("Undo").click();
     h.run_steps(2);
-    assert_eq!(h.state().studio.plan.layer(words), int8, "the fix is one undoable edit");
+    assert_eq!(h.state().studio.plan().layer(words), int8, "the fix is one undoable edit");
+}
+
+#[test]
+fn an_uncalibrated_w8a8_layer_is_marked_in_its_row_until_calibrated() {
+    use quantstudio::quant::{Granularity, Int8Scheme, Precision};
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let cache = common::temp_dir();
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.state_mut().studio.calibration.cache_dir = Some(cache.path().to_owned());
+    assert!(h.query_by_label("uncalibrated").is_none());
+    let w8a8 = Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel).with_int8_inputs());
+    h.state_mut().send(Command::SetPrecisionMatching { pattern: "fc2".into(), precision: w8a8 });
+    h.run_steps(2);
+    assert_eq!(h.query_all_by_label("uncalibrated").count(), 1, "fc2's row is marked, and only it");
+    h.get_by_label_contains("calibrate first");
+    h.get_by_label("Calibrate").click();
+    h.step();
+    step_until(&mut h, "the calibration", |app| app.studio.calibration.run.is_some() && !app.studio.is_busy());
+    assert!(h.query_by_label("uncalibrated").is_none(), "calibrated: the mark goes");
+    // The SQNR column shows fc2's error as planned: the worse of its weights' and its input's.
+    let fc2 = h.state().studio.model.as_ref().unwrap().layer_by_name("fc2").unwrap();
+    let error = h.state().studio.planned_error(fc2).expect("fc2 is analysed");
+    assert!(error.input_is_worse(), "INT8 inputs cost more than INT8 weights here: {error:?}");
+    let (shown, weights) = (format!("{:.1} dB", error.worst_sqnr_db().unwrap()), error.weights_sqnr_db.unwrap());
+    assert_ne!(shown, format!("{weights:.1} dB"), "the cell does not show the weights' figure");
+    h.get_by_label(&shown);
 }

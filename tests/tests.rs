@@ -15,6 +15,9 @@ mod cli;
 // The window, headless (egui_kittest).
 #[cfg(feature = "gui")]
 mod gui;
+// The window's state without egui: plan editor, calibration, results log, table view, and the studio routing them.
+#[cfg(feature = "gui")]
+mod studio;
 // The digits sample models: documented data split, committed weights and accuracy, seeded training, model.json.
 mod samples;
 // Independent Python checks: the numpy reference of the formulas, the runtime fixtures, MiniLM's published scores.

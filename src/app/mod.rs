@@ -119,7 +119,7 @@ impl StudioApp {
             "ui_ms_max": percentile(&stats.ui_ms, 1.0),
             "frame_interval_ms_p50": percentile(&stats.interval_ms, 0.50),
             "frame_interval_ms_p99": percentile(&stats.interval_ms, 0.99),
-            "analysed_tensors": self.studio.cache.len(),
+            "analysed_tensors": self.studio.analyses.len(),
             "jobs_running": self.studio.is_busy(),
         });
         eprintln!("{report}");

@@ -70,7 +70,8 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         if evaluate.clicked() {
             app.send(Command::Evaluate(data.into()));
         }
-        if !app.studio.evaluations.is_empty() && ui.button("Clear").on_hover_text("Forget these evaluations").clicked()
+        if !app.studio.results.evaluations.is_empty()
+            && ui.button("Clear").on_hover_text("Forget these evaluations").clicked()
         {
             app.send(Command::ClearEvaluations);
         }
@@ -82,7 +83,7 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         super::benchmark::results(ui, app);
         return;
     }
-    if app.studio.evaluations.is_empty() {
+    if app.studio.results.evaluations.is_empty() {
         if matches!(app.studio.runtime, Some(Ok(_))) {
             ui.label("Evaluate the plan to compare it with FP32; every plan evaluated stays here for comparison.");
         }
@@ -128,10 +129,10 @@ fn figures(family: &str) -> Vec<Figure> {
 }
 
 fn results_table(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let family = app.studio.evaluations[0].report.family;
+    let family = app.studio.results.evaluations[0].report.family;
     let figures = figures(family);
     let model_size = app.studio.model.as_ref().map_or(0, |m| m.size_bytes());
-    let fp32_accuracy = app.studio.evaluations.iter().find_map(|e| e.report.fp32_accuracy);
+    let fp32_accuracy = app.studio.results.evaluations.iter().find_map(|e| e.report.fp32_accuracy);
     let mut restore = None;
     let mut table = TableBuilder::new(ui)
         .striped(true)
@@ -197,7 +198,7 @@ fn results_table(ui: &mut egui::Ui, app: &mut StudioApp) {
                 row.col(|_| {});
                 row.col(|_| {});
             });
-            for (index, evaluation) in app.studio.evaluations.iter().enumerate().rev() {
+            for (index, evaluation) in app.studio.results.evaluations.iter().enumerate().rev() {
                 body.row(20.0, |mut row| {
                     row.col(|ui| {
                         ui.label(format!("#{}", evaluation.number));

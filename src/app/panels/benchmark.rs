@@ -32,14 +32,16 @@ pub fn actions(ui: &mut egui::Ui, app: &mut StudioApp, data: &str) {
         let data = (!data.is_empty()).then(|| data.into());
         app.send(Command::Benchmark { data });
     }
-    if !app.studio.benchmarks.is_empty() && ui.button("Clear").on_hover_text("Forget these benchmarks").clicked() {
+    if !app.studio.results.benchmarks.is_empty()
+        && ui.button("Clear").on_hover_text("Forget these benchmarks").clicked()
+    {
         app.send(Command::ClearBenchmarks);
     }
 }
 
 /// The table and the chart.
 pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
-    if app.studio.benchmarks.is_empty() {
+    if app.studio.results.benchmarks.is_empty() {
         ui.label(
             "Benchmark the plan to time it against FP32 (latency, throughput, memory, size, accuracy); every plan \
              benchmarked stays here for comparison.",
@@ -53,7 +55,9 @@ pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
     let chart_width = (rect.width() * 0.3).max(260.0).min(rect.width() * 0.5);
     let (table_rect, chart_rect) = rect.split_left_right_at_x(rect.right() - chart_width);
     ui.scope_builder(egui::UiBuilder::new().max_rect(table_rect.shrink2(egui::vec2(4.0, 0.0))), |ui| table(ui, app));
-    ui.scope_builder(egui::UiBuilder::new().max_rect(chart_rect), |ui| chart(ui, &app.studio.benchmarks, BODY_HEIGHT));
+    ui.scope_builder(egui::UiBuilder::new().max_rect(chart_rect), |ui| {
+        chart(ui, &app.studio.results.benchmarks, BODY_HEIGHT)
+    });
 }
 
 fn color(entry: &BenchEntry) -> Color32 {
@@ -68,7 +72,7 @@ fn label(entry: &BenchEntry) -> String {
 }
 
 fn table(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let entries = &app.studio.benchmarks;
+    let entries = &app.studio.results.benchmarks;
     let metric = entries.iter().find_map(|e| e.configuration.quality.as_ref().map(|q| q.metric));
     let mut restore = None;
     TableBuilder::new(ui)

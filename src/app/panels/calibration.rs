@@ -44,7 +44,7 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
     if app.inputs.calib_data_model != model_path {
         app.inputs.calib_data_model = model_path;
         app.inputs.calib_data =
-            app.studio.default_calib_data.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            app.studio.calibration.default_data.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     }
     ui.horizontal(|ui| {
         ui.label("Calibration data");
@@ -67,13 +67,14 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
         {
             app.send(Command::Calibrate(data.into()));
         }
-        let Some(calibration) = &app.studio.calibration else {
+        let Some(calibration) = &app.studio.calibration.run else {
             ui.label(RichText::new("not calibrated: W8A8 layers need a calibration").weak());
             return;
         };
         ui.separator();
         ui.label("Observer");
-        let mut observer = calibration.observer;
+        let current_observer = app.studio.editor.observer();
+        let mut observer = current_observer;
         let combo = egui::ComboBox::from_id_salt("observer").selected_text(observer.label()).show_ui(ui, |ui| {
             for option in STANDARD_OBSERVERS {
                 ui.selectable_value(&mut observer, option, option.label());
@@ -85,14 +86,13 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
             calibration.layers.len(),
             calibration.samples,
             if calibration.from_cache { ", from the cache" } else { "" },
-            if calibration.overrides.is_empty() {
-                String::new()
-            } else {
-                format!(", {} clip(s) set by hand", calibration.overrides.len())
+            match app.studio.editor.clip_overrides().len() {
+                0 => String::new(),
+                hand_set => format!(", {hand_set} clip(s) set by hand"),
             }
         );
         ui.label(RichText::new(summary).weak()).on_hover_text(calibration.data.display().to_string());
-        if observer != calibration.observer {
+        if observer != current_observer {
             app.send(Command::SetObserver(observer));
         }
     });
@@ -122,7 +122,7 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         {
             app.send(Command::Sensitivity { data: data.into(), mode });
         }
-        let has_results = app.studio.sensitivity.as_ref().is_some_and(|s| !s.results.is_empty());
+        let has_results = app.studio.results.sensitivity.as_ref().is_some_and(|s| !s.results.is_empty());
         ui.separator();
         ui.label("Most sensitive");
         let count_field = ui.add(egui::DragValue::new(&mut app.inputs.most_sensitive_count).range(1..=1000).speed(0.2));
@@ -138,7 +138,7 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 app.send(Command::SetMostSensitive { count, precision });
             }
         }
-        if let Some(state) = &app.studio.sensitivity {
+        if let Some(state) = &app.studio.results.sensitivity {
             let status = if state.ranked {
                 format!("ranked by {}", state.metric.unwrap_or("task loss"))
             } else {
@@ -147,7 +147,7 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             ui.label(RichText::new(status).weak());
         }
     });
-    let Some(state) = &app.studio.sensitivity else {
+    let Some(state) = &app.studio.results.sensitivity else {
         ui.label(
             RichText::new("Rank the layers the plan quantizes by how much each one costs: set precisions, then Run.")
                 .weak(),
@@ -217,15 +217,15 @@ fn short_name(name: &str) -> String {
 
 /// The inspector's section on the focused layer's calibrated input.
 pub fn input_section(ui: &mut egui::Ui, app: &mut StudioApp, layer: LayerId) {
-    let Some(calibration) = &app.studio.calibration else { return };
+    let Some(calibration) = &app.studio.calibration.run else { return };
     let Some(view) = calibration.layers.get(&layer).cloned() else { return };
-    let observer = calibration.observer;
-    let hand_set = calibration.overrides.contains_key(&layer);
+    let observer = app.studio.editor.observer();
+    let hand_set = app.studio.editor.clip_overrides().contains_key(&layer);
     let Some((clip, error)) = app.studio.input_clip_error(layer) else { return };
     ui.separator();
     ui.horizontal(|ui| {
         ui.label(RichText::new("Input activations").strong());
-        let w8a8 = app.studio.plan.layer(layer).needs_calibration();
+        let w8a8 = app.studio.plan().layer(layer).needs_calibration();
         ui.label(RichText::new(if w8a8 { "W8A8: quantized with this clip" } else { "float (weight-only)" }).weak());
     });
     let h = &view.histogram;

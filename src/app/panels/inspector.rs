@@ -18,7 +18,7 @@ pub fn inspector(ui: &mut egui::Ui, app: &mut StudioApp) {
 
 fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.heading("Inspector");
-    let (Some(model), Some(layer)) = (app.studio.model.clone(), app.studio.focus) else {
+    let (Some(model), Some(layer)) = (app.studio.model.clone(), app.studio.table.focus) else {
         ui.label("Click a layer to inspect it.");
         return;
     };
@@ -27,7 +27,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     let info = model.layer(layer);
     ui.label(RichText::new(&info.name).strong());
-    let precision = app.studio.plan.layer(layer);
+    let precision = app.studio.plan().layer(layer);
     ui.label(format!("{} · planned {}", info.kind.as_str(), precision));
     for tensor in &info.tensors {
         let t = model.tensor(*tensor);

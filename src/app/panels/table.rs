@@ -6,7 +6,7 @@ use egui_extras::{Column, TableBuilder};
 
 use super::{family_label, format, precision_choices, sqnr_color};
 use crate::app::StudioApp;
-use crate::app::state::{Command, SortColumn};
+use crate::app::state::{Command, PlannedError, SortColumn};
 use crate::model::LayerId;
 use crate::quant::{Fp8Scheme, Granularity, Int8Scheme, Precision};
 
@@ -63,13 +63,15 @@ pub fn central(ui: &mut egui::Ui, app: &mut StudioApp) {
 fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
     ui.horizontal(|ui| {
         ui.label("Filter");
-        ui.add(egui::TextEdit::singleline(&mut app.studio.filter).desired_width(200.0).hint_text("*attn* or text"))
-            .on_hover_text("A glob (*, ?, [..]) over layer names, or plain text to search for");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.studio.table.filter).desired_width(200.0).hint_text("*attn* or text"),
+        )
+        .on_hover_text("A glob (*, ?, [..]) over layer names, or plain text to search for");
         if ui.button("Select shown").clicked() {
-            app.studio.selection = rows.iter().copied().collect();
+            app.studio.table.selection = rows.iter().copied().collect();
         }
         if ui.button("Clear selection").clicked() {
-            app.studio.selection.clear();
+            app.studio.table.selection.clear();
         }
         ui.separator();
         let bulk = app.inputs.bulk_precision.get_or_insert(crate::app::state::DEFAULT_INT8);
@@ -90,14 +92,14 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
         });
         name_widget(&combo.response, "bulk precision");
         let bulk = *bulk;
-        let selected: Vec<LayerId> = app.studio.selection.iter().copied().collect();
+        let selected: Vec<LayerId> = app.studio.table.selection.iter().copied().collect();
         if ui
             .add_enabled(!selected.is_empty(), egui::Button::new(format!("Apply to {} selected", selected.len())))
             .clicked()
         {
             app.send(Command::SetPrecision { layers: selected, precision: bulk });
         }
-        let pattern = app.studio.filter.trim().to_owned();
+        let pattern = app.studio.table.filter.trim().to_owned();
         if ui
             .add_enabled(!pattern.is_empty(), egui::Button::new("Apply to matching"))
             .on_hover_text("Set every layer whose name matches the filter")
@@ -117,11 +119,11 @@ fn bulk_label(precision: Precision) -> String {
 }
 
 fn sort_header(ui: &mut egui::Ui, app: &mut StudioApp, label: &str, column: SortColumn, tooltip: &str) {
-    let (current, ascending) = app.studio.sort;
+    let (current, ascending) = app.studio.table.sort;
     let arrow = if current == column { if ascending { " ^" } else { " v" } } else { "" };
     let response = ui.add(egui::Button::new(RichText::new(format!("{label}{arrow}")).strong()).frame(false));
     if response.on_hover_text(tooltip).clicked() {
-        app.studio.sort = if current == column { (column, !ascending) } else { (column, true) };
+        app.studio.table.sort = if current == column { (column, !ascending) } else { (column, true) };
     }
 }
 
@@ -188,7 +190,8 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     app,
                     "SQNR",
                     SortColumn::Sqnr,
-                    "10·log10(Σx² / Σe²) in dB; red < 20, orange < 30, yellow < 40",
+                    "10·log10(Σx² / Σe²) in dB of the weights; for W8A8 the worse of the weights' and the input's at \
+                     its clip. Red < 20, orange < 30, yellow < 40",
                 )
             });
             header.col(|ui| {
@@ -213,8 +216,9 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 let main = model.main_tensor(layer_id);
                 let info = main.map(|t| model.tensor(t));
                 let analysis = app.studio.layer_analysis(layer_id).cloned();
-                let precision = app.studio.plan.layer(layer_id);
-                row.set_selected(app.studio.selection.contains(&layer_id));
+                let planned_error = app.studio.planned_error(layer_id);
+                let precision = app.studio.plan().layer(layer_id);
+                row.set_selected(app.studio.table.selection.contains(&layer_id));
                 row.col(|ui| {
                     // Keep the end of long names (it tells q_proj from k_proj); the full name is in the tooltip.
                     let max_chars = (ui.available_width() / 7.0).max(8.0) as usize;
@@ -318,10 +322,8 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     };
                 });
                 row.col(|ui| {
-                    match &analysis {
-                        Some(a) => {
-                            ui.label(RichText::new(format::db(a.error.sqnr_db)).color(sqnr_color(a.error.sqnr_db)))
-                        }
+                    match &planned_error {
+                        Some(e) => planned_error_label(ui, e),
                         None if analysable => ui.label(pending()),
                         None => ui.label(""),
                     };
@@ -341,7 +343,7 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     }
                 });
                 row.col(|ui| {
-                    if let Some(score) = app.studio.sensitivity.as_ref().and_then(|s| s.scores.get(&layer_id)) {
+                    if let Some(score) = app.studio.results.sensitivity.as_ref().and_then(|s| s.scores.get(&layer_id)) {
                         ui.label(format::sci(*score));
                     }
                 });
@@ -358,6 +360,11 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
 /// The layer's compatibility mark: a check when every runtime of the target loads it as planned, else a cross with
 /// the runtimes that refuse it; the reasons and the fix on hover.
 fn deploy_cell(ui: &mut egui::Ui, app: &StudioApp, layer: LayerId) {
+    // A plan that cannot run (static W8A8 without a clip) or deploy (refused): a short mark, the reason on hover.
+    if let Some(problem) = app.studio.row_problem(layer) {
+        ui.label(RichText::new(problem.word()).color(Color32::from_rgb(235, 150, 60))).on_hover_text(problem.reason());
+        return;
+    }
     let Some(compatibility) = app.studio.compatibility.as_ref() else { return };
     let Some(check) = compatibility.layer(layer) else { return };
     if let Some(reason) = &compatibility.model_refusal {
@@ -368,20 +375,25 @@ fn deploy_cell(ui: &mut egui::Ui, app: &StudioApp, layer: LayerId) {
     if check.is_clean() {
         ui.label(RichText::new("yes").color(Color32::from_rgb(90, 190, 100)))
             .on_hover_text(format!("Written {} and loaded everywhere", treatment_phrase(&check.treatment)));
-        return;
     }
-    let mut runtimes: Vec<String> = check.refusals.iter().map(|r| r.runtime.to_string()).collect();
-    runtimes.dedup();
-    let mut hover: Vec<String> = check.refusals.iter().map(|r| format!("{}: {}", r.runtime, r.reason)).collect();
-    if let crate::export::Treatment::NotExpressible(reason) = &check.treatment {
-        runtimes = vec!["not written".into()];
-        hover.push(format!("{} cannot write {reason}", app.studio.target));
+}
+
+/// The error as planned: the weights' SQNR, or for static W8A8 the worse of the weights' and the input's, both on
+/// hover.
+fn planned_error_label(ui: &mut egui::Ui, error: &PlannedError) -> egui::Response {
+    let worst = error.worst_sqnr_db();
+    let label = ui.label(RichText::new(format::db(worst)).color(sqnr_color(worst)));
+    match error.input {
+        Some((clip, input)) => label.on_hover_text(format!(
+            "weights {}, input {} at clip ±{} ({:.3}% clipped){}",
+            format::db(error.weights_sqnr_db),
+            format::db(input.sqnr_db),
+            format::sci(clip as f64),
+            input.clipped_fraction * 100.0,
+            if error.input_is_worse() { ": the input sets the figure" } else { "" }
+        )),
+        None => label,
     }
-    if let Some(fix) = check.fix {
-        hover.push(format!("Fix: {} (Fix button in the summary bar)", fix.label()));
-    }
-    ui.label(RichText::new(format!("no: {}", runtimes.join(", "))).color(Color32::from_rgb(235, 150, 60)))
-        .on_hover_text(hover.join("\n"));
 }
 
 fn treatment_phrase(treatment: &crate::export::Treatment) -> &'static str {
@@ -405,8 +417,8 @@ fn elide_front(name: &str, max_chars: usize) -> String {
 
 /// The layers a per-row edit applies to: the whole selection when the row is part of a multi-row selection.
 fn targets(app: &StudioApp, layer: LayerId) -> Vec<LayerId> {
-    if app.studio.selection.len() > 1 && app.studio.selection.contains(&layer) {
-        app.studio.selection.iter().copied().collect()
+    if app.studio.table.selection.len() > 1 && app.studio.table.selection.contains(&layer) {
+        app.studio.table.selection.iter().copied().collect()
     } else {
         vec![layer]
     }

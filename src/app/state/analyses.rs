@@ -1,0 +1,69 @@
+//! The analyses of the open model's tensors, by (tensor, precision): filled by the analysis job, read by the table,
+//! the inspector and the summary bar.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::Reaction;
+use crate::model::{LayerId, Model, TensorId};
+use crate::quant::{Plan, Precision, TensorAnalysis};
+use crate::worker::Outcome;
+
+/// Analyses by (tensor, precision); a precision changed back finds its result again.
+#[derive(Clone, Debug, Default)]
+pub struct Analyses {
+    cache: HashMap<(TensorId, Precision), Arc<TensorAnalysis>>,
+}
+
+impl Analyses {
+    /// Forgets every analysis (a new model).
+    pub fn clear(&mut self) {
+        self.cache.clear();
+    }
+
+    /// How many analyses are kept.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// The analysis of `tensor` under `precision`, when computed.
+    pub fn get(&self, tensor: TensorId, precision: Precision) -> Option<&Arc<TensorAnalysis>> {
+        self.cache.get(&(tensor, precision))
+    }
+
+    /// The analysis of a layer's main tensor under its planned precision, when computed.
+    pub fn of_layer(&self, model: &Model, plan: &Plan, layer: LayerId) -> Option<&Arc<TensorAnalysis>> {
+        let main = model.main_tensor(layer)?;
+        self.get(main, plan.tensor(model, main))
+    }
+
+    /// The (tensor, precision) pairs still to analyse for the plan, layers in `first` first, then model order.
+    pub fn missing(
+        &self,
+        model: &Model,
+        plan: &Plan,
+        first: impl IntoIterator<Item = LayerId>,
+    ) -> Vec<(TensorId, Precision)> {
+        let mut seen = BTreeSet::new();
+        first
+            .into_iter()
+            .chain((0..model.layers.len()).map(LayerId))
+            .filter(|l| seen.insert(*l))
+            .filter_map(|l| model.main_tensor(l))
+            .map(|t| (t, plan.tensor(model, t)))
+            .filter(|key| !self.cache.contains_key(key))
+            .collect()
+    }
+
+    /// Files an analysis.
+    pub fn on_outcome(&mut self, outcome: &Outcome) -> Reaction {
+        let Outcome::Analysed { tensor, precision, analysis } = outcome else { return Reaction::default() };
+        self.cache.insert((*tensor, *precision), Arc::clone(analysis));
+        Reaction { figures_changed: true, ..Reaction::default() }
+    }
+}
