@@ -23,7 +23,8 @@ mod common;
 
 use quantstudio::quant::QParams;
 use quantstudio::quant::fp8;
-use quantstudio::quant::kernels::{self, BinMap, HIST_BINS, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
+use quantstudio::quant::kernels::{self, BinMap, MeasureAcc, MeasureSpec, Rounding, ScanAcc};
+use quantstudio::stats::HIST_BINS;
 
 use common::{medians_ms, normal};
 

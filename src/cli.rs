@@ -17,6 +17,7 @@ use crate::progress::Progress;
 use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe};
 use crate::report::{ModelReport, TensorReport, analyze_model};
 use crate::runtime::EvalData;
+use crate::units::human_bytes;
 
 /// `println!` that ignores a closed stdout (`quantstudio inspect M | head` must not panic).
 macro_rules! out {
@@ -295,16 +296,18 @@ impl PlanArgs {
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
             None => {
-                return Err(Error::Unsupported(
-                    "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32".into(),
-                ));
+                return Err(Error::BadArguments {
+                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32".into(),
+                });
             }
             Some(PrecisionArg::Int8) => Precision::Int8(scheme),
             Some(PrecisionArg::W8a8Dynamic) => Precision::Int8(
                 Int8Scheme::weights(!self.asymmetric, Granularity::PerChannel).with_dynamic_int8_inputs(),
             ),
             Some(PrecisionArg::Fp8 | PrecisionArg::Fp8Dynamic) if self.asymmetric => {
-                return Err(Error::Unsupported("FP8 is symmetric: --asymmetric applies to int8 only".into()));
+                return Err(Error::BadArguments {
+                    reason: "FP8 is symmetric: --asymmetric applies to int8 only".into(),
+                });
             }
             Some(PrecisionArg::Fp8) => Precision::Fp8(crate::quant::Fp8Scheme::weights(Granularity::PerChannel)),
             Some(PrecisionArg::Fp8Dynamic) => Precision::Fp8(crate::quant::Fp8Scheme::dynamic()),
@@ -394,7 +397,7 @@ fn execute(command: Command) -> Result<()> {
                 }
             };
             if json {
-                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
+                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Json { reason: e.to_string() })?;
                 doc["model"] = json!(model.path);
                 doc["recipe"] = serde_json::to_value(&recipe).unwrap_or(Value::Null);
                 doc["coverage"] = json!(plan.coverage(&model));
@@ -422,7 +425,7 @@ fn execute(command: Command) -> Result<()> {
                 crate::calib::sensitivity(&model, &arch, &data, &plan, mode, progress, &mut |_| {})
             })?;
             if json {
-                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Unsupported(e.to_string()))?;
+                let mut doc = serde_json::to_value(&report).map_err(|e| Error::Json { reason: e.to_string() })?;
                 doc["model"] = json!(model.path);
                 print_json(&doc);
             } else {
@@ -461,6 +464,7 @@ fn execute(command: Command) -> Result<()> {
                 time_fp32: true,
                 data: eval_data.as_ref(),
                 workload,
+                plan_disk_bytes: planned.as_ref().map_or(0, |p| crate::export::planned_model_bytes(&model, p)),
             };
             let mut configurations = Vec::new();
             with_progress_bar(|progress| {
@@ -847,18 +851,6 @@ fn report_json(
     }
     map.insert("warnings".into(), json!(warnings));
     object
-}
-
-/// `1.5 MB`-style sizes (powers of 1000).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.2} {}", UNITS[unit]) }
 }
 
 fn print_table(model: &Model, report: &ModelReport, with_error: bool) {

@@ -211,9 +211,156 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A request the tool does not support (a dtype a scheme cannot handle, …).
-    #[error("{0}")]
-    Unsupported(String),
+    /// A model folder without `config.json`: its architecture is unknown, so it cannot run (weight-only mode).
+    #[error("no config.json beside the weights, so the architecture is unknown: weight-only mode: {}", path.display())]
+    NoConfig {
+        /// The model path.
+        path: PathBuf,
+    },
+
+    /// A `config.json` that names no `model_type` (weight-only mode).
+    #[error("config.json names no model_type: weight-only mode: {}", path.display())]
+    NoModelType {
+        /// The model path.
+        path: PathBuf,
+    },
+
+    /// A `model_type` the runtime has no forward pass for (weight-only mode).
+    #[error(
+        "model_type {model_type:?} has no forward pass here (bert, llama and model.json graphs run): weight-only mode: {}",
+        path.display()
+    )]
+    UnsupportedArchitecture {
+        /// The `model_type` of `config.json`.
+        model_type: String,
+        /// The model path.
+        path: PathBuf,
+    },
+
+    /// A field of `config.json` or `model.json` the runtime cannot use, or a piece its architecture lacks.
+    #[error("{file}: {reason}")]
+    BadArchitecture {
+        /// `config.json` or `model.json`.
+        file: &'static str,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+
+    /// A tensor the architecture needs that the checkpoint lacks.
+    #[error("the model has no tensor {name:?}, which its architecture needs")]
+    MissingTensor {
+        /// The tensor name.
+        name: String,
+    },
+
+    /// A tensor whose stored shape is not the one the architecture expects.
+    #[error("tensor {name:?} has shape {stored:?}, the architecture expects {expected:?}")]
+    TensorShape {
+        /// The tensor name.
+        name: String,
+        /// Its shape in the file.
+        stored: Vec<usize>,
+        /// The shape the architecture needs.
+        expected: Vec<usize>,
+    },
+
+    /// A tensor that is not floating point where values are analysed or quantized.
+    #[error("tensor {name:?} is {dtype}: only float tensors are analysed and quantized")]
+    NotFloat {
+        /// The tensor name.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
+
+    /// An evaluation or calibration data file that cannot be read as data.
+    #[error("{problem}: {}", path.display())]
+    BadData {
+        /// What is wrong.
+        problem: String,
+        /// The data file.
+        path: PathBuf,
+    },
+
+    /// A token sequence the model cannot take (ids out of the vocabulary, too long, lengths that differ, …).
+    #[error("input sequence: {reason}")]
+    BadSequence {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Samples whose shape is not the model's input shape.
+    #[error("the data's samples are {data_shape:?}, the model takes {model_shape:?}")]
+    DataShape {
+        /// The shape of one sample of the data.
+        data_shape: Vec<usize>,
+        /// The shape the model takes.
+        model_shape: Vec<usize>,
+    },
+
+    /// Data of the other kind: samples for a token model, or token sequences for a graph.
+    #[error(
+        "{}",
+        if *model_takes_tokens {
+            "this model takes token sequences: give a text file or a safetensors file with input_ids"
+        } else {
+            "a model.json graph takes an `inputs` tensor, not token sequences"
+        }
+    )]
+    DataKind {
+        /// Whether the model takes token sequences (it was given samples); otherwise it is a graph given tokens.
+        model_takes_tokens: bool,
+    },
+
+    /// A layer input that is not one row per token, so calibration cannot leave padded tokens out of it.
+    #[error(
+        "calibration: the input of layer {layer:?} is not one row per token, so padded tokens cannot be left out of it"
+    )]
+    NotPerToken {
+        /// The layer.
+        layer: String,
+    },
+
+    /// A plan that quantizes no layer, where something must be quantized (sensitivity).
+    #[error("the plan quantizes no layer: choose INT8, FP16 or BF16 for some layers first")]
+    NothingQuantized,
+
+    /// Command-line arguments that do not describe a plan.
+    #[error("{reason}")]
+    BadArguments {
+        /// What to give instead.
+        reason: String,
+    },
+
+    /// A result that could not be written as JSON.
+    #[error("cannot write json ({reason})")]
+    Json {
+        /// What serde said.
+        reason: String,
+    },
+
+    /// Codes, scales or shapes handed to a kernel that do not agree (a bug in the caller, reported, not panicked).
+    #[error("{problem}")]
+    KernelInput {
+        /// What disagrees.
+        problem: String,
+    },
+
+    /// A tensor file written out of its plan (a bug in the exporter, reported, not panicked).
+    #[error("{problem}: {}", path.display())]
+    WriterMisuse {
+        /// What was written wrongly.
+        problem: String,
+        /// The file being written.
+        path: PathBuf,
+    },
+
+    /// A thread that could not start or that panicked.
+    #[error("{problem}")]
+    Thread {
+        /// What happened.
+        problem: String,
+    },
 }
 
 impl Error {

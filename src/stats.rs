@@ -1,7 +1,8 @@
 //! Summary statistics and histograms of a tensor's values (plain data; the pass that fills them is
 //! [`crate::quant::pass`]).
 
-use crate::quant::kernels::HIST_BINS;
+/// Bins of every value and error histogram.
+pub const HIST_BINS: usize = 256;
 
 /// Summary statistics over the finite elements of a tensor (all zero when it has none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -78,8 +78,16 @@ fn benchmark_reports_fp32_first_then_the_plan_with_its_accuracy_as_deployed() {
     let data = EvalData::load(&model.path.join("eval.safetensors"), &model.path).unwrap();
     let plan = Recipe::uniform(int8(true, Granularity::PerChannel)).resolve(&model).unwrap();
     let workload = Workload { repeat: 3, batch: 4, ..Workload::default() };
-    let request =
-        Request { model: &model, arch: &arch, plan: Some(&plan), time_fp32: true, data: Some(&data), workload };
+    let plan_disk_bytes = quantstudio::export::planned_model_bytes(&model, &plan);
+    let request = Request {
+        model: &model,
+        arch: &arch,
+        plan: Some(&plan),
+        time_fp32: true,
+        data: Some(&data),
+        workload,
+        plan_disk_bytes,
+    };
     let mut configurations = Vec::new();
     run(&request, &Progress::new(), &mut |c| configurations.push(c)).unwrap();
     assert_eq!(configurations.len(), 2);
@@ -124,6 +132,7 @@ fn an_uncalibrated_w8a8_plan_is_refused_before_anything_runs() {
         time_fp32: true,
         data: None,
         workload: Workload { repeat: 1, batch: 1, ..Workload::default() },
+        plan_disk_bytes: quantstudio::export::planned_model_bytes(&model, &plan),
     };
     let mut configurations = Vec::new();
     let error = run(&request, &Progress::new(), &mut |c| configurations.push(c)).unwrap_err();

@@ -15,7 +15,7 @@ pub fn thousands(n: u64) -> String {
 
 /// `1.23 MB` (powers of 1000).
 pub fn bytes(n: u64) -> String {
-    crate::cli::human_bytes(n)
+    crate::units::human_bytes(n)
 }
 
 /// A duration given in milliseconds, with three significant digits: `12.3 ms`, `0.457 ms`, `2.41 us`.

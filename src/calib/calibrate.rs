@@ -16,11 +16,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::histogram::{ActivationHistogram, BINS};
-use super::observer::Observer;
+use super::observer::{Observer, chosen_clip};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::Plan;
+use crate::runtime::eval::{check_data, data_kind};
 use crate::runtime::{Architecture, EvalData, Network, TokenSequence};
 
 /// The `format` of a calibration cache file.
@@ -138,8 +139,7 @@ impl Calibration {
         plan.input_clips.resize(model.layers.len(), None);
         for (name, histogram) in &self.layers {
             if let Some(id) = model.layer_by_name(name) {
-                let clip = overrides.get(name).copied().unwrap_or_else(|| observer.clip(histogram));
-                plan.input_clips[id.0] = Some(clip);
+                plan.input_clips[id.0] = chosen_clip(overrides.get(name).copied(), || Some(observer.clip(histogram)));
             }
         }
     }
@@ -231,6 +231,7 @@ pub fn observe(
 ) -> Result<BTreeMap<String, ActivationHistogram>> {
     progress.start_stage("reading FP32 weights", 0);
     let network = Network::build(model, arch, None, progress)?;
+    check_data(&network, data)?;
     progress.start_stage("calibrating: running FP32 on the data", data.len() as u64);
     type Histograms = BTreeMap<String, ActivationHistogram>;
     let record = |histograms: &mut Histograms, layer: &str, values: &[f32]| {
@@ -253,13 +254,7 @@ pub fn observe(
         a
     };
     match (&network, data) {
-        (Network::Graph(net), EvalData::Samples { inputs, sample_shape, .. }) => {
-            if *sample_shape != net.spec.input_shape {
-                return Err(Error::Unsupported(format!(
-                    "the data's samples are {sample_shape:?}, the model takes {:?}",
-                    net.spec.input_shape
-                )));
-            }
+        (Network::Graph(net), EvalData::Samples { inputs, .. }) => {
             let mut histograms = Histograms::new();
             for batch in inputs.chunks(GRAPH_BATCH * net.input_len().max(1)) {
                 progress.check()?;
@@ -284,22 +279,15 @@ pub fn observe(
                         Network::Graph(_) => {}
                     }
                     if let Some(layer) = not_per_position {
-                        return Err(Error::Unsupported(format!(
-                            "calibration: the input of layer {layer:?} is not one row per token, so padded tokens \
-                             cannot be left out of it"
-                        )));
+                        return Err(Error::NotPerToken { layer });
                     }
                 }
                 progress.advance(1);
                 Ok::<_, Error>(histograms)
             })
             .try_reduce(Histograms::new, |a, b| Ok(merge(a, b))),
-        (Network::Graph(_), EvalData::Sequences(_)) => {
-            Err(Error::Unsupported("a model.json graph takes an `inputs` tensor, not token sequences".into()))
-        }
-        (_, EvalData::Samples { .. }) => Err(Error::Unsupported(
-            "this model takes token sequences: give a text file or a safetensors file with input_ids".into(),
-        )),
+        // `check_data` above refuses every other pairing.
+        _ => Err(data_kind(&network)),
     }
 }
 

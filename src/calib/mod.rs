@@ -10,5 +10,5 @@ pub mod view;
 
 pub use calibrate::{Calibration, CalibrationRun, calibrate, default_cache_dir};
 pub use histogram::ActivationHistogram;
-pub use observer::{ClipError, Observer, clip_error};
+pub use observer::{ClipError, Observer, chosen_clip, clip_error};
 pub use sensitivity::{LayerSensitivity, SensitivityMode, SensitivityReport, sensitivity};

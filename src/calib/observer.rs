@@ -124,6 +124,12 @@ fn nonzero_counts(h: &ActivationHistogram) -> Vec<u64> {
     counts
 }
 
+/// The clip a layer's input runs at, the one rule for it: a clip set by hand (or brought by a recipe) wins;
+/// otherwise the observer's clip, when calibration observed the layer (`observed` computes it); otherwise none.
+pub fn chosen_clip(hand_set: Option<f32>, observed: impl FnOnce() -> Option<f32>) -> Option<f32> {
+    hand_set.or_else(observed)
+}
+
 /// The error of symmetric INT8 at `clip`, with `Δ = clip / 127` and bin centres `m_j = (j + 0.5) w`: a bin with
 /// `m_j <= clip` costs `h_j Δ²/12` (uniform rounding noise), one with `m_j > clip` costs `h_j (m_j - clip)²`;
 /// exact zeros cost 0. `mse` = that sum / count; the signal is `Σ h_j m_j²`. All in f64; O(N).
@@ -253,6 +259,13 @@ pub fn entropy_threshold_bins(h: &[u64], levels: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hand_set_clip_wins_over_the_observer_and_nothing_observed_gives_none() {
+        assert_eq!(chosen_clip(Some(2.5), || Some(7.0)), Some(2.5));
+        assert_eq!(chosen_clip(None, || Some(7.0)), Some(7.0));
+        assert_eq!(chosen_clip(None, || None), None);
+    }
 
     /// Samples of the known distributions: quantiles `F⁻¹((k + 0.5) / K)`.
     const SAMPLES: usize = 200_000;

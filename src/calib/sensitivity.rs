@@ -109,9 +109,7 @@ pub fn sensitivity(
     plan.check_calibrated(model)?;
     let candidates = planned_layers(model, plan);
     if candidates.is_empty() {
-        return Err(Error::Unsupported(
-            "the plan quantizes no layer: choose INT8, FP16 or BF16 for some layers first".into(),
-        ));
+        return Err(Error::NothingQuantized);
     }
     let reference_source = WeightSource::new(model, None, progress);
     progress.start_stage("reading FP32 weights", 0);

@@ -567,7 +567,8 @@ fn write_tensor(
     match layout {
         Layout::Packed | Layout::Int8Codes { .. } => {
             let Precision::Int8(scheme) = plan.tensor(model, id) else {
-                return Err(Error::Unsupported(format!("tensor {:?} has an INT8 layout but no INT8 plan", info.name)));
+                let problem = format!("tensor {:?} has an INT8 layout but no INT8 plan", info.name);
+                return Err(Error::WriterMisuse { problem, path: writer.path().to_owned() });
             };
             let data = TensorData::of(model, id)?;
             // Progress is counted per tensor by the caller.
@@ -598,7 +599,8 @@ fn write_tensor(
         }
         Layout::Fp8Codes { .. } => {
             let Precision::Fp8(scheme) = plan.tensor(model, id) else {
-                return Err(Error::Unsupported(format!("tensor {:?} has an FP8 layout but no FP8 plan", info.name)));
+                let problem = format!("tensor {:?} has an FP8 layout but no FP8 plan", info.name);
+                return Err(Error::WriterMisuse { problem, path: writer.path().to_owned() });
             };
             let data = TensorData::of(model, id)?;
             let quantized = quantize_tensor_fp8(&data, scheme.granularity, &Progress::new())?;

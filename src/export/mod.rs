@@ -101,6 +101,11 @@ pub fn planned_bytes(model: &Model, plan: &Plan, id: TensorId) -> u64 {
     Target::default().planned_bytes(model, plan, id)
 }
 
+/// Bytes of every tensor of `model` in the default target's files under `plan`.
+pub fn planned_model_bytes(model: &Model, plan: &Plan) -> u64 {
+    (0..model.tensors.len()).map(|i| planned_bytes(model, plan, TensorId(i))).sum()
+}
+
 /// A program that loads a target's files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

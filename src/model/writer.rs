@@ -79,8 +79,19 @@ impl TensorFileWriter {
         Ok(writer)
     }
 
+    /// The file this writer puts in place when finished.
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    fn misuse(&self, problem: String) -> Error {
+        Error::WriterMisuse { problem, path: self.final_path.clone() }
+    }
+
     fn raw_write(&mut self, bytes: &[u8]) -> Result<()> {
-        let out = self.out.as_mut().ok_or_else(|| Error::Unsupported("writer already finished".into()))?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(self.misuse("writer already finished".into()));
+        };
         out.write_all(bytes).map_err(|e| Error::io("cannot write", &self.temp_path, e))
     }
 
@@ -88,11 +99,11 @@ impl TensorFileWriter {
     /// its planned byte length has been written.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let Some(expected) = self.tensors.get(self.next) else {
-            return Err(Error::Unsupported(format!("export wrote unplanned tensor {name:?}")));
+            return Err(self.misuse(format!("export wrote unplanned tensor {name:?}")));
         };
         let total = expected.size_bytes();
         if expected.name != name || self.written_in_tensor + bytes.len() > total {
-            return Err(Error::Unsupported(format!("export wrote tensor {name:?} out of plan")));
+            return Err(self.misuse(format!("export wrote tensor {name:?} out of plan")));
         }
         self.raw_write(bytes)?;
         self.written_in_tensor += bytes.len();
@@ -113,9 +124,9 @@ impl TensorFileWriter {
             self.next += 1;
         }
         if let Some(missing) = self.tensors.get(self.next) {
-            return Err(Error::Unsupported(format!("export did not write tensor {:?}", missing.name)));
+            return Err(self.misuse(format!("export did not write tensor {:?}", missing.name)));
         }
-        let out = self.out.take().ok_or_else(|| Error::Unsupported("writer already finished".into()))?;
+        let out = self.out.take().ok_or_else(|| self.misuse("writer already finished".into()))?;
         let file = out.into_inner().map_err(|e| Error::io("cannot write", &self.temp_path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io("cannot sync", &self.temp_path, e))?;
         let size_bytes = file.metadata().map_err(|e| Error::io("cannot stat", &self.temp_path, e))?.len();

@@ -27,12 +27,31 @@ pub struct Fp8Tensor {
     pub scales: Vec<f32>,
 }
 
+/// The entry of row `row` in per-group values (parameters or scales): the only entry when there is one group (per
+/// tensor), the row's own otherwise (per channel). The one place that maps a row to its group.
+pub fn row_group<T: Copy>(groups: &[T], row: usize) -> T {
+    groups[if groups.len() == 1 { 0 } else { row }]
+}
+
+impl QuantizedTensor {
+    /// The parameters of row `row` (per tensor: the one set).
+    pub fn row_params(&self, row: usize) -> QParams {
+        row_group(&self.params, row)
+    }
+}
+
+impl Fp8Tensor {
+    /// The scale of row `row` (per tensor: the one scale).
+    pub fn row_scale(&self, row: usize) -> f32 {
+        row_group(&self.scales, row)
+    }
+}
+
 /// Quantizes one tensor to INT8 codes under `scheme` (pass 1 for the parameters, then the codes, in parallel).
 pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progress) -> Result<QuantizedTensor> {
     let params = scan(data, progress)?.group_params(scheme);
-    let per_row = params.len() > 1;
     let codes = encode(data, progress, 0i8, |row, slice, out| {
-        kernels::quantize_codes(slice, &params[if per_row { row } else { 0 }], out);
+        kernels::quantize_codes(slice, &row_group(&params, row), out);
     })?;
     Ok(QuantizedTensor { codes, params })
 }
@@ -41,9 +60,8 @@ pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progres
 /// codes, in parallel).
 pub fn quantize_tensor_fp8(data: &TensorData, granularity: Granularity, progress: &Progress) -> Result<Fp8Tensor> {
     let scales = scan(data, progress)?.fp8_scales(granularity);
-    let per_row = scales.len() > 1;
     let codes = encode(data, progress, 0u8, |row, slice, out| {
-        fp8::quantize_e4m3(slice, scales[if per_row { row } else { 0 }], out);
+        fp8::quantize_e4m3(slice, row_group(&scales, row), out);
     })?;
     Ok(Fp8Tensor { codes, scales })
 }

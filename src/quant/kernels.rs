@@ -10,11 +10,10 @@
 
 use super::fp8::{self, E4M3_SATURATION_THRESHOLD};
 use super::params::{BF16_MAX, FP16_MAX, QParams};
+use crate::stats::HIST_BINS;
 
 /// Accumulator lanes (one AVX2 register of f32).
 pub const LANES: usize = 8;
-/// Bins of every histogram.
-pub const HIST_BINS: usize = 256;
 /// Independent copies of each histogram, one per lane, so that equal bins of nearby elements do not serialise on
 /// one counter.
 const COPIES: usize = 8;

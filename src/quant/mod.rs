@@ -14,7 +14,7 @@ pub mod plan;
 
 use std::fmt;
 
-pub use codes::{Fp8Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8};
+pub use codes::{Fp8Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8, row_group};
 pub use metrics::ErrorMetrics;
 pub use params::QParams;
 pub use pass::{TensorAnalysis, analyze_tensor};

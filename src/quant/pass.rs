@@ -15,7 +15,7 @@ use super::{ErrorMetrics, Granularity, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{DType, Model, TensorId};
 use crate::progress::Progress;
-use crate::stats::{self, Histogram, TensorStats};
+use crate::stats::{self, HIST_BINS, Histogram, TensorStats};
 
 /// Target number of elements of one block of work.
 pub const BLOCK_ELEMS: usize = 1 << 16;
@@ -34,14 +34,11 @@ pub struct TensorData<'a> {
 }
 
 impl<'a> TensorData<'a> {
-    /// The data of a model tensor; `Unsupported` for non-float tensors.
+    /// The data of a model tensor; [`Error::NotFloat`] for non-float tensors.
     pub fn of(model: &'a Model, id: TensorId) -> Result<TensorData<'a>> {
         let info = model.tensor(id);
         if !info.is_analysable() {
-            return Err(Error::Unsupported(format!(
-                "tensor {:?} is {}: only float tensors are analysed and quantized",
-                info.name, info.dtype
-            )));
+            return Err(Error::NotFloat { name: info.name.clone(), dtype: info.dtype.to_string() });
         }
         let (rows, cols) = info.rows_cols();
         Ok(TensorData { dtype: info.dtype, bytes: model.tensor_bytes(id), rows, cols })
@@ -285,8 +282,8 @@ struct MeasureFold {
     /// The kernels' accumulator (its sums are taken after every block).
     acc: Box<MeasureAcc>,
     /// Histogram counts drained from `acc`.
-    value_counts: [u64; kernels::HIST_BINS],
-    error_counts: [u64; kernels::HIST_BINS],
+    value_counts: [u64; HIST_BINS],
+    error_counts: [u64; HIST_BINS],
     /// Elements counted in `acc` since it was last drained.
     undrained: u64,
     /// The sums of each block, by block index.
@@ -299,8 +296,8 @@ impl Default for MeasureFold {
     fn default() -> Self {
         MeasureFold {
             acc: Box::default(),
-            value_counts: [0; kernels::HIST_BINS],
-            error_counts: [0; kernels::HIST_BINS],
+            value_counts: [0; HIST_BINS],
+            error_counts: [0; HIST_BINS],
             undrained: 0,
             block_sums: Vec::new(),
             buf: Vec::new(),
@@ -320,7 +317,7 @@ impl MeasureFold {
     fn merge(mut self, mut other: MeasureFold) -> MeasureFold {
         self.drain();
         other.drain();
-        for bin in 0..kernels::HIST_BINS {
+        for bin in 0..HIST_BINS {
             self.value_counts[bin] += other.value_counts[bin];
             self.error_counts[bin] += other.error_counts[bin];
         }

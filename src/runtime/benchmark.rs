@@ -9,7 +9,7 @@ use super::eval::Reference;
 use super::latency::{Latency, Workload, measure, measure_interleaved};
 use super::{Architecture, EvalData, EvalReport, Network};
 use crate::error::Result;
-use crate::model::{Model, TensorId};
+use crate::model::Model;
 use crate::progress::Progress;
 use crate::quant::Plan;
 
@@ -92,12 +92,14 @@ pub struct Request<'a> {
     pub data: Option<&'a EvalData>,
     /// The timed runs.
     pub workload: Workload,
+    /// Bytes of the plan's files on disk, as its export target writes them (0 without a plan).
+    pub plan_disk_bytes: u64,
 }
 
 /// Runs `request`, handing each configuration to `on_configuration` once measured (FP32 first). FP32 and the plan
 /// are timed in alternation (one run of each per round), so that a slow spell of the machine falls on both.
 pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn FnMut(Configuration)) -> Result<()> {
-    let Request { model, arch, plan, time_fp32, data, workload } = *request;
+    let Request { model, arch, plan, time_fp32, data, workload, plan_disk_bytes } = *request;
     if let Some(plan) = plan {
         plan.check_calibrated(model)?;
     }
@@ -151,16 +153,11 @@ pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn Fn
     on_configuration(Configuration {
         name: "plan".into(),
         latency: plan_latency,
-        disk_bytes: planned_disk_bytes(model, plan),
+        disk_bytes: plan_disk_bytes,
         integer_layers: deployed.integer_layers,
         compact_layers: deployed.compact_layers,
         quality: evaluation.as_ref().and_then(Quality::of_plan),
         evaluation,
     });
     Ok(())
-}
-
-/// Bytes of the checkpoint `plan` exports (every tensor at its planned size).
-pub fn planned_disk_bytes(model: &Model, plan: &Plan) -> u64 {
-    (0..model.tensors.len()).map(|i| crate::export::planned_bytes(model, plan, TensorId(i))).sum()
 }

@@ -152,9 +152,8 @@ pub fn name_prefix(weights: &WeightSource) -> Option<&'static str> {
 impl BertNet {
     /// Binds every weight, checking names and shapes against the config.
     pub fn build(config: BertConfig, w: &WeightSource) -> Result<BertNet> {
-        let p = name_prefix(w).ok_or_else(|| {
-            Error::Unsupported("no embeddings.word_embeddings.weight: not a BertModel checkpoint".into())
-        })?;
+        let p =
+            name_prefix(w).ok_or_else(|| Error::MissingTensor { name: "embeddings.word_embeddings.weight".into() })?;
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let layers = (0..config.num_hidden_layers)
             .map(|l| {

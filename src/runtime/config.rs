@@ -7,7 +7,7 @@ pub type ConfigMap = serde_json::Map<String, serde_json::Value>;
 
 /// "Running this model is unavailable: ...".
 pub fn unsupported(reason: String) -> Error {
-    Error::Unsupported(format!("config.json: {reason}"))
+    Error::BadArchitecture { file: "config.json", reason }
 }
 
 /// A non-negative integer field; `default` when absent (`None`: the field is required).

@@ -33,7 +33,7 @@ impl TokenSequence {
 
     /// Checks ids against a vocabulary, segment ids against theirs, and the length against a position table.
     pub fn check(&self, vocab_size: usize, type_vocab_size: Option<usize>, max_positions: usize) -> Result<()> {
-        let bad = |reason: String| Err(Error::Unsupported(format!("input sequence: {reason}")));
+        let bad = |reason: String| Err(Error::BadSequence { reason });
         if self.type_ids.len() != self.ids.len() || self.mask.len() != self.ids.len() {
             return bad("ids, segment ids and mask differ in length".into());
         }
@@ -193,7 +193,7 @@ impl EvalData {
 }
 
 fn bad_data(path: &Path, problem: String) -> Error {
-    Error::Unsupported(format!("{}: {problem}", path.display()))
+    Error::BadData { problem, path: path.to_owned() }
 }
 
 /// A float tensor of a data file, widened to f32, with its shape.

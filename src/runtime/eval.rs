@@ -231,26 +231,7 @@ impl<'n> Reference<'n> {
     /// Runs `network` (the FP32 one) on every sample of `data` and keeps the outputs.
     pub fn run(network: &'n Network, data: &EvalData, progress: &Progress) -> Result<Reference<'n>> {
         check_data(network, data)?;
-        let units = unit_count(network, data);
-        let outputs = if units > 1 && matches!(data, EvalData::Sequences(_)) {
-            (0..units)
-                .into_par_iter()
-                .map(|unit| {
-                    progress.check()?;
-                    let out = run_unit(network, data, unit);
-                    progress.advance(unit_samples(network, data, unit) as u64);
-                    out
-                })
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            let mut outputs = Vec::with_capacity(units);
-            for unit in 0..units {
-                progress.check()?;
-                outputs.push(run_unit(network, data, unit)?);
-                progress.advance(unit_samples(network, data, unit) as u64);
-            }
-            outputs
-        };
+        let outputs = over_units(data, progress, |unit| run_unit(network, data, unit))?;
         Ok(Reference { network, outputs })
     }
 
@@ -264,40 +245,21 @@ impl<'n> Reference<'n> {
     }
 }
 
-/// Refuses data the network cannot take.
-fn check_data(network: &Network, data: &EvalData) -> Result<()> {
+/// Refuses data the network cannot take (samples of another shape, tokens for a graph, samples for a token model).
+pub fn check_data(network: &Network, data: &EvalData) -> Result<()> {
     match (network, data) {
         (Network::Graph(r), EvalData::Samples { sample_shape, .. }) if *sample_shape != r.spec.input_shape => {
-            Err(Error::Unsupported(format!(
-                "the data's samples are {sample_shape:?}, the model takes {:?}",
-                r.spec.input_shape
-            )))
+            Err(Error::DataShape { data_shape: sample_shape.clone(), model_shape: r.spec.input_shape.clone() })
         }
         (Network::Graph(_), EvalData::Samples { .. }) => Ok(()),
         (Network::Bert(_) | Network::Llama(_), EvalData::Sequences(_)) => Ok(()),
-        (_, EvalData::Samples { .. }) => Err(Error::Unsupported(
-            "this model takes token sequences: give a text file or a safetensors file with input_ids".into(),
-        )),
-        (_, EvalData::Sequences(_)) => {
-            Err(Error::Unsupported("a model.json graph takes an `inputs` tensor, not token sequences".into()))
-        }
+        _ => Err(data_kind(network)),
     }
 }
 
-/// Units of work: batches of [`GRAPH_BATCH`] samples for a graph, single sequences otherwise.
-fn unit_count(network: &Network, data: &EvalData) -> usize {
-    match (network, data) {
-        (Network::Graph(_), EvalData::Samples { .. }) => data.len().div_ceil(GRAPH_BATCH),
-        _ => data.len(),
-    }
-}
-
-/// Samples in one unit.
-fn unit_samples(network: &Network, data: &EvalData, unit: usize) -> usize {
-    match (network, data) {
-        (Network::Graph(_), EvalData::Samples { .. }) => (data.len() - unit * GRAPH_BATCH).min(GRAPH_BATCH),
-        _ => 1,
-    }
+/// The error of data of the other kind than `network` takes.
+pub fn data_kind(network: &Network) -> Error {
+    Error::DataKind { model_takes_tokens: !matches!(network, Network::Graph(_)) }
 }
 
 /// The outputs of one unit: logits `[batch, classes]` (graph), last hidden states `[tokens, hidden]` (BERT) or
@@ -312,7 +274,7 @@ fn run_unit(network: &Network, data: &EvalData, unit: usize) -> Result<Vec<f32>>
         }
         (Network::Bert(net), EvalData::Sequences(seqs)) => net.forward(&seqs[unit]),
         (Network::Llama(net), EvalData::Sequences(seqs)) => net.forward(&seqs[unit], &mut net.new_cache()),
-        _ => Err(Error::Unsupported("the data does not fit the model".into())),
+        _ => Err(data_kind(network)),
     }
 }
 

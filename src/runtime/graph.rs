@@ -191,7 +191,7 @@ pub struct GraphNet {
 impl GraphNet {
     /// Binds the weights of `spec` and checks every shape along the chain.
     pub fn build(spec: GraphSpec, weights: &WeightSource) -> Result<GraphNet> {
-        let bad = |reason: String| Error::Unsupported(format!("model.json: {reason}"));
+        let bad = |reason: String| Error::BadArchitecture { file: "model.json", reason };
         let mut shape = spec.input_shape.clone();
         let mut steps = Vec::new();
         for (i, op) in spec.ops.iter().enumerate() {

@@ -180,9 +180,10 @@ impl LlamaNet {
         } else if config.tie_word_embeddings {
             Linear::load_tensors(w, "model.embed_tokens.weight", None, config.vocab_size, h)?
         } else {
-            return Err(Error::Unsupported(
-                "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
-            ));
+            return Err(Error::BadArchitecture {
+                file: "config.json",
+                reason: "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
+            });
         };
         Ok(LlamaNet { final_norm: w.get("model.norm.weight", Some(&[h]))?, embed_tokens, lm_head, layers, config })
     }

@@ -42,12 +42,10 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    /// The architecture of an opened model, or `Unsupported` with the reason it cannot run (weight-only mode).
+    /// The architecture of an opened model, or the error saying why it cannot run (weight-only mode).
     pub fn detect(model: &Model) -> Result<Architecture> {
         let Some(config) = &model.config else {
-            return Err(Error::Unsupported(
-                "no config.json beside the weights, so the architecture is unknown: weight-only mode".into(),
-            ));
+            return Err(Error::NoConfig { path: model.path.clone() });
         };
         if let Some(graph) = config.get("graph") {
             let name = graph.as_str().ok_or_else(|| config::unsupported("graph is not a file name".into()))?;
@@ -60,10 +58,10 @@ impl Architecture {
         match config.get("model_type").and_then(|v| v.as_str()) {
             Some("bert") => bert::BertConfig::from_config(config).map(Architecture::Bert),
             Some("llama") => llama::LlamaConfig::from_config(config).map(Architecture::Llama),
-            Some(other) => Err(Error::Unsupported(format!(
-                "model_type {other:?} has no forward pass here (bert, llama and model.json graphs run): weight-only mode"
-            ))),
-            None => Err(Error::Unsupported("config.json names no model_type: weight-only mode".into())),
+            Some(other) => {
+                Err(Error::UnsupportedArchitecture { model_type: other.to_owned(), path: model.path.clone() })
+            }
+            None => Err(Error::NoModelType { path: model.path.clone() }),
         }
     }
 

@@ -119,13 +119,17 @@ impl PackedInt8 {
     /// [`PackedInt8::pack`] into a chosen form (the `u8 × s8` form only where the corrections are few enough).
     fn pack_as(codes: &[i8], n: usize, k: usize, form: Form) -> Result<PackedInt8> {
         if n.checked_mul(k) != Some(codes.len()) {
-            return Err(Error::Unsupported(format!("{} INT8 codes cannot be a [{n}, {k}] matrix", codes.len())));
+            return Err(Error::KernelInput {
+                problem: format!("{} INT8 codes cannot be a [{n}, {k}] matrix", codes.len()),
+            });
         }
         if codes.contains(&i8::MIN) {
-            return Err(Error::Unsupported("INT8 GEMM weights must be symmetric codes in [-127, 127]".into()));
+            return Err(Error::KernelInput {
+                problem: "INT8 GEMM weights must be symmetric codes in [-127, 127]".into(),
+            });
         }
         if u32::try_from(k).is_err() {
-            return Err(Error::Unsupported(format!("INT8 GEMM inputs {k} exceed u32")));
+            return Err(Error::KernelInput { problem: format!("INT8 GEMM inputs {k} exceed u32") });
         }
         let k_groups = k.div_ceil(K_GROUP);
         let panels = n.div_ceil(PANEL);
@@ -1558,7 +1562,7 @@ pub fn quantize_activations(x: &[f32], scale: f32) -> Vec<i8> {
 
 /// `y[i, j] = acc[i, j] · (a_scale · w_scales[j]) + bias[j]` in f32 (`w_scales` of length 1: per tensor).
 pub fn requantize(acc: &[i32], n: usize, a_scale: f32, w_scales: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let scales: Vec<f32> = (0..n).map(|j| a_scale * w_scales[if w_scales.len() == 1 { 0 } else { j }]).collect();
+    let scales: Vec<f32> = (0..n).map(|j| a_scale * crate::quant::row_group(w_scales, j)).collect();
     let zeros = vec![0.0f32; n];
     let bias = bias.unwrap_or(&zeros);
     let mut y = vec![0.0f32; acc.len()];

@@ -210,14 +210,12 @@ impl<'m> WeightSource<'m> {
 
     /// The id of tensor `name`, checked to have `shape` when one is given.
     fn id_with_shape(&self, name: &str, shape: Option<&[usize]>) -> Result<TensorId> {
-        let id = self.model.tensor_by_name(name).ok_or_else(|| {
-            Error::Unsupported(format!("the model has no tensor {name:?}, which its architecture needs"))
-        })?;
+        let id = self.model.tensor_by_name(name).ok_or_else(|| Error::MissingTensor { name: name.to_owned() })?;
         let stored = &self.model.tensor(id).shape;
         match shape {
-            Some(expected) if stored != expected => Err(Error::Unsupported(format!(
-                "tensor {name:?} has shape {stored:?}, the architecture expects {expected:?}"
-            ))),
+            Some(expected) if stored != expected => {
+                Err(Error::TensorShape { name: name.to_owned(), stored: stored.clone(), expected: expected.to_vec() })
+            }
             _ => Ok(id),
         }
     }
@@ -296,7 +294,7 @@ impl<'m> WeightSource<'m> {
 }
 
 fn poisoned() -> Error {
-    Error::Unsupported("a weight loader thread panicked".into())
+    Error::Thread { problem: "a weight loader thread panicked".into() }
 }
 
 /// The values of a tensor after quantizing and dequantizing it at `precision` (FP32: the stored values widened).
@@ -309,19 +307,17 @@ pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) ->
         Precision::Bf16 => values.iter_mut().for_each(|v| *v = params::round_bf16(*v)),
         Precision::Int8(scheme) => {
             let quantized = quantize_tensor(data, scheme, progress)?;
-            let per_row = quantized.params.len() > 1;
             let cols = data.cols.max(1);
             for (i, (v, q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
-                *v = quantized.params[if per_row { i / cols } else { 0 }].dequantize(*q);
+                *v = quantized.row_params(i / cols).dequantize(*q);
             }
         }
         Precision::Fp8(scheme) => {
             // x_hat = e4m3(q) · scale: `fp8::quantize_dequantize` bit for bit.
             let quantized = crate::quant::quantize_tensor_fp8(data, scheme.granularity, progress)?;
-            let per_row = quantized.scales.len() > 1;
             let cols = data.cols.max(1);
             for (i, (v, &q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
-                *v = crate::quant::fp8::e4m3_to_f32(q) * quantized.scales[if per_row { i / cols } else { 0 }];
+                *v = crate::quant::fp8::e4m3_to_f32(q) * quantized.row_scale(i / cols);
             }
         }
     }

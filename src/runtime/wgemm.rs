@@ -123,7 +123,7 @@ pub fn simd_available() -> bool {
 fn check_shape(len: usize, n: usize, k: usize, what: &str) -> Result<()> {
     match n.checked_mul(k) {
         Some(expected) if expected == len => Ok(()),
-        _ => Err(Error::Unsupported(format!("{len} {what} cannot be a [{n}, {k}] weight"))),
+        _ => Err(Error::KernelInput { problem: format!("{len} {what} cannot be a [{n}, {k}] weight") }),
     }
 }
 
@@ -165,13 +165,12 @@ impl PackedWeights {
     pub fn int8(codes: &[i8], params: &[QParams], n: usize, k: usize) -> Result<PackedWeights> {
         check_shape(codes.len(), n, k, "INT8 codes")?;
         if params.len() != 1 && params.len() != n {
-            return Err(Error::Unsupported(format!(
-                "{} quantization parameters for {n} output rows (expected 1 or {n})",
-                params.len()
-            )));
+            return Err(Error::KernelInput {
+                problem: format!("{} quantization parameters for {n} output rows (expected 1 or {n})", params.len()),
+            });
         }
         let padded = n.div_ceil(NB) * NB;
-        let param = |j: usize| (j < n).then(|| params[if params.len() == 1 { 0 } else { j }]);
+        let param = |j: usize| (j < n).then(|| crate::quant::row_group(params, j));
         let scales = (0..padded).map(|j| param(j).map_or(0.0, |p| p.scale)).collect();
         let zero_points: Vec<i32> = (0..padded).map(|j| param(j).map_or(0, |p| p.zero_point)).collect();
         let symmetric = zero_points.iter().all(|&z| z == 0);
@@ -185,13 +184,12 @@ impl PackedWeights {
     pub fn fp8(codes: &[u8], scales: &[f32], n: usize, k: usize) -> Result<PackedWeights> {
         check_shape(codes.len(), n, k, "FP8 codes")?;
         if scales.len() != 1 && scales.len() != n {
-            return Err(Error::Unsupported(format!(
-                "{} FP8 scales for {n} output rows (expected 1 or {n})",
-                scales.len()
-            )));
+            return Err(Error::KernelInput {
+                problem: format!("{} FP8 scales for {n} output rows (expected 1 or {n})", scales.len()),
+            });
         }
         let padded = n.div_ceil(NB) * NB;
-        let scale = |j: usize| if j >= n { 0.0 } else { scales[if scales.len() == 1 { 0 } else { j }] };
+        let scale = |j: usize| if j >= n { 0.0 } else { crate::quant::row_group(scales, j) };
         let scales = (0..padded).map(scale).collect();
         let codes = pack(codes, n, k, |q| q);
         let len = k * NB;

@@ -299,7 +299,7 @@ impl Worker {
             let _ = self.events_tx.send(Event::Finished {
                 job: id,
                 kind,
-                result: Err(Error::Unsupported(format!("cannot start a worker thread: {error}"))),
+                result: Err(Error::Thread { problem: format!("cannot start a worker thread: {error}") }),
             });
         }
         id
@@ -410,6 +410,7 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
                 time_fp32: true,
                 data: eval_data.as_ref(),
                 workload,
+                plan_disk_bytes: crate::export::planned_model_bytes(&model, &plan),
             };
             crate::runtime::benchmark::run(&request, progress, &mut |configuration| {
                 let plan = (configuration.name != "FP32").then(|| plan.clone());

@@ -315,10 +315,8 @@ impl PlanEditor {
         let mut clips = vec![None; count];
         for (index, slot) in clips.iter_mut().enumerate() {
             let id = LayerId(index);
-            *slot = self.edit.clip_overrides.get(&id).copied().or_else(|| {
-                let view = self.calibrated.as_ref()?.get(&id)?;
-                Some(view.clip(self.edit.observer))
-            });
+            let observed = || Some(self.calibrated.as_ref()?.get(&id)?.clip(self.edit.observer));
+            *slot = crate::calib::chosen_clip(self.edit.clip_overrides.get(&id).copied(), observed);
         }
         self.plan.layers = self.edit.layers.clone();
         self.plan.input_clips = clips;

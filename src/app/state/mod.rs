@@ -443,7 +443,7 @@ impl Studio {
                 let mut text = format!(
                     "exported to {} ({})",
                     summary.folder.display(),
-                    crate::cli::human_bytes(summary.size_bytes)
+                    crate::units::human_bytes(summary.size_bytes)
                 );
                 if let Some(warning) = summary.warnings.first() {
                     text.push_str(&format!("; warning: {warning}"));
