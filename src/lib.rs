@@ -32,6 +32,7 @@ pub mod report;
 pub mod runtime;
 pub mod seeded;
 pub mod stats;
+pub mod tasks;
 pub mod units;
 pub mod worker;
 

@@ -16,11 +16,11 @@ use crate::error::Error;
 use crate::export::ExportSummary;
 use crate::model::{LayerId, Model, TensorId};
 use crate::progress::{Progress, ProgressSnapshot};
-use crate::quant::pass::{TensorData, analyze};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
 use crate::runtime::benchmark::Configuration;
 use crate::runtime::latency::Workload;
-use crate::runtime::{Architecture, EvalData, EvalReport};
+use crate::runtime::{Architecture, EvalReport};
+use crate::tasks;
 
 /// Identifies a submitted job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -347,84 +347,61 @@ impl Drop for Worker {
     }
 }
 
+/// Runs one job through its use case in [`crate::tasks`], sending what it produces.
 fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Error> {
     match job {
         Job::Open(path) => {
-            progress.start_stage(format!("opening {}", path.display()), 1);
-            let model = Model::open(&path)?;
-            let runtime = Architecture::detect(&model).map(Arc::new).map_err(|e| e.to_string());
-            let folder = crate::runtime::model_folder(&model);
-            let default_data = EvalData::default_path(&folder);
-            let default_calib_data = EvalData::default_calibration_path(&folder).or_else(|| default_data.clone());
-            progress.check()?;
-            send(Outcome::Opened { model: Arc::new(model), runtime, default_data, default_calib_data });
+            let opened = tasks::open(&path, progress)?;
+            send(Outcome::Opened {
+                model: Arc::new(opened.model),
+                runtime: opened.runtime.map(Arc::new).map_err(|e| e.to_string()),
+                default_data: opened.default_data,
+                default_calib_data: opened.default_calib_data,
+            });
         }
         Job::Analyse { model, requests } => {
-            let elements: u64 = requests.iter().map(|(t, _)| 2 * model.tensor(*t).numel() as u64).sum();
-            progress.start_stage(format!("analysing {} tensor(s)", requests.len()), elements);
-            for (tensor, precision) in requests {
-                progress.check()?;
-                let analysis = analyze(&TensorData::of(&model, tensor)?, precision, progress)?;
-                send(Outcome::Analysed { tensor, precision, analysis: Arc::new(analysis) });
-            }
+            tasks::analyse_tensors(&model, &requests, progress, &mut |tensor, precision, analysis| {
+                send(Outcome::Analysed { tensor, precision, analysis: Arc::new(analysis) })
+            })?;
         }
         Job::Export { model, plan, dest, options } => {
-            let summary = crate::export::export(&model, &plan, &dest, &options, progress)?;
-            send(Outcome::Exported(summary));
+            send(Outcome::Exported(tasks::export(&model, &plan, &dest, &options, progress)?));
         }
         Job::Evaluate { model, arch, plan, data } => {
-            progress.start_stage(format!("reading {}", data.display()), 0);
-            let eval_data = EvalData::load(&data, &crate::runtime::model_folder(&model))?;
-            let report = crate::runtime::evaluate(&model, &arch, &eval_data, &plan, progress)?;
+            let report = tasks::evaluate(&model, &arch, &plan, &data, None, progress)?;
             send(Outcome::Evaluated { plan, data, report });
         }
         Job::Calibrate { model, arch, data, cache_dir } => {
-            let run = crate::calib::calibrate(&model, &arch, &data, cache_dir.as_deref(), progress)?;
-            progress.start_stage("choosing clips", 0);
-            let layers = crate::calib::view::layer_activations(&model, &run.calibration);
-            progress.check()?;
-            let samples = run.calibration.samples;
-            send(Outcome::Calibrated { data, from_cache: run.from_cache, samples, layers: Arc::new(layers) });
+            let view = tasks::calibrate_for_view(&model, &arch, &data, cache_dir.as_deref(), progress)?;
+            let (from_cache, samples) = (view.run.from_cache, view.run.calibration.samples);
+            send(Outcome::Calibrated { data, from_cache, samples, layers: Arc::new(view.layers) });
         }
         Job::Sensitivity { model, arch, plan, data, mode } => {
-            progress.start_stage(format!("reading {}", data.display()), 0);
-            let eval_data = EvalData::load(&data, &crate::runtime::model_folder(&model))?;
-            let report = crate::calib::sensitivity(&model, &arch, &eval_data, &plan, mode, progress, &mut |layer| {
+            let eval_data = tasks::load_data(&model, &data, progress)?;
+            let report = tasks::sensitivity(&model, &arch, &plan, &eval_data, mode, progress, &mut |layer| {
                 send(Outcome::SensitivityLayer(layer.clone()))
             })?;
             send(Outcome::SensitivityRanked(report));
         }
         Job::Benchmark { model, arch, plan, data, workload } => {
-            let folder = crate::runtime::model_folder(&model);
-            let eval_data = match &data {
-                Some(path) => {
-                    progress.start_stage(format!("reading {}", path.display()), 0);
-                    Some(EvalData::load(path, &folder)?)
-                }
-                None => None,
-            };
-            let request = crate::runtime::benchmark::Request {
+            let input = tasks::BenchmarkInput {
                 model: &model,
                 arch: &arch,
                 plan: Some(&plan),
-                time_fp32: true,
-                data: eval_data.as_ref(),
+                data: data.as_deref(),
                 workload,
-                plan_disk_bytes: crate::export::planned_model_bytes(&model, &plan),
             };
-            crate::runtime::benchmark::run(&request, progress, &mut |configuration| {
+            tasks::benchmark(&input, progress, &mut |configuration| {
                 let plan = (configuration.name != "FP32").then(|| plan.clone());
                 send(Outcome::Benchmarked { plan, data: data.clone(), configuration: Box::new(configuration) });
             })?;
         }
         Job::SaveRecipe { recipe, path } => {
-            progress.start_stage("saving recipe", 1);
-            recipe.save(&path)?;
+            tasks::save_recipe(&recipe, &path, progress)?;
             send(Outcome::RecipeSaved(path));
         }
         Job::LoadRecipe { model, path } => {
-            progress.start_stage("loading recipe", 1);
-            let plan = Recipe::load(&path)?.resolve(&model)?;
+            let plan = tasks::load_recipe(&model, &path, progress)?;
             send(Outcome::RecipeLoaded { path, plan });
         }
     }

@@ -1,0 +1,295 @@
+//! The command line: clap's types for every subcommand and the plan arguments they share.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::quant::{Granularity, Int8Scheme, Precision, Recipe};
+
+/// quantstudio: open a safetensors model, choose a precision per layer, measure the error, export.
+#[derive(Debug, Parser)]
+#[command(name = "quantstudio", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A headless command; without one the studio window opens.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Model to open in the window (a .safetensors file or a model folder); the bundled sample when omitted.
+    pub path: Option<PathBuf>,
+    /// Window benchmark: record frame times for this many seconds, print them as JSON on stderr, and close.
+    #[arg(long, value_name = "SECS")]
+    pub frame_stats: Option<f64>,
+}
+
+/// The headless commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List layers, dtypes, sizes and statistics of every tensor.
+    Inspect {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Quantize under a recipe or a uniform precision: per-tensor error table, sizes, and whether the export
+    /// target's runtimes load the plan; export with -o.
+    Quantize {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced).
+        #[arg(short, long, value_name = "FOLDER")]
+        output: Option<PathBuf>,
+        /// Where the export goes: compressed-tensors (transformers, vLLM).
+        #[arg(long, value_enum, default_value_t = TargetArg::CompressedTensors)]
+        target: TargetArg,
+        /// Export even when a runtime of the target will not load the plan (the layers are listed as warnings).
+        #[arg(long)]
+        force: bool,
+        /// Split the weights into shards of at most this many bytes (with model.safetensors.index.json).
+        #[arg(long, value_name = "BYTES", default_value_t = crate::export::DEFAULT_MAX_SHARD_BYTES)]
+        max_shard_bytes: u64,
+        #[command(flatten)]
+        format: OutputArgs,
+    },
+    /// Print a starting recipe for a model (JSON), to edit and pass to `quantize --recipe`.
+    Recipe {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+    },
+    /// Run the model in FP32 and as planned on evaluation data, and compare: accuracy, embedding cosine,
+    /// next-token agreement and KL, output SQNR.
+    Eval {
+        /// A model folder with a runnable architecture (model.json graph, BERT or Llama config.json).
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Evaluation data: a .safetensors file (`inputs` [+ `labels`], or `input_ids` [+ `attention_mask`,
+        /// `token_type_ids`]) or a text file, one sample per line, tokenised with the model's tokenizer.json.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Also write the FP32 and planned outputs of every sample, with the tokens they were computed on, to this
+        /// safetensors file (names in docs/EVALUATION.md).
+        #[arg(long, value_name = "FILE")]
+        save_outputs: Option<PathBuf>,
+    },
+    /// Run the model in FP32 on calibration data and pick a clip for the input of every linear and conv layer
+    /// (static INT8 activations, W8A8); results are cached, so re-running with another observer is instant.
+    Calibrate {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// Calibration data, in any format `eval --data` takes.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// How the clip is chosen: minmax, percentile (99.99), percentile:P, mse or entropy.
+        #[arg(long, default_value = "percentile:99.99", value_parser = parse_observer)]
+        observer: crate::calib::Observer,
+        /// The weights of the recipe written with --write-recipe (default: INT8 symmetric per channel).
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Write a recipe whose INT8 layers become W8A8 with the calibrated input clips.
+        #[arg(long, value_name = "FILE")]
+        write_recipe: Option<PathBuf>,
+        /// Neither read nor write the calibration cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rank the layers by how much quantizing each one costs the task metric (one at a time, or everything
+    /// but one).
+    Sensitivity {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// Evaluation data, in any format `eval --data` takes.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// The precisions tried (default: INT8 symmetric per channel on every layer it suits).
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// one-at-a-time: each layer quantized alone; all-but-one: everything quantized except one layer.
+        #[arg(long, value_enum, default_value_t = ModeArg::OneAtATime)]
+        mode: ModeArg,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the FP32 forward pass, and the plan's when one is given: batch-1 latency (median, p95) and
+    /// throughput on synthetic inputs, weights in memory, size on disk, and the plan's accuracy against FP32 on
+    /// evaluation data. The plan runs as deployed: W8A8 layers on INT8 codes with integer products, other
+    /// quantized linear layers on FP16/BF16/INT8 weights converted tile by tile.
+    Bench {
+        /// A model folder with a runnable architecture.
+        model: PathBuf,
+        /// A plan to time beside FP32 (a recipe, or the uniform-precision shortcuts).
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Evaluation data for the accuracy figures (default: the data file the model folder brings, if any).
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Time only; skip the accuracy figures.
+        #[arg(long)]
+        no_accuracy: bool,
+        /// BERT: tokens per sequence; Llama: prompt length of the prefill throughput run.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Llama: positions in the key/value cache before the timed token.
+        #[arg(long, default_value_t = 127)]
+        past: usize,
+        /// Samples (graph) or sequences (BERT) per throughput run.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Timed batch-1 runs (after 3 warm-up runs).
+        #[arg(long, default_value_t = 30)]
+        repeat: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the analysis pass in GB/s of input weights against the read bandwidth of the same mapped files.
+    Throughput {
+        /// A .safetensors file or a Hugging Face model folder.
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Timed repetitions of each measurement (the best is reported, after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Output options shared by the reporting commands.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: include the 256-bin value and error histograms and the INT8 scales of every tensor.
+    #[arg(long)]
+    pub histograms: bool,
+}
+
+/// An export target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// Hugging Face folder in the compressed-tensors layout (transformers, vLLM).
+    CompressedTensors,
+}
+
+impl From<TargetArg> for crate::export::Target {
+    fn from(arg: TargetArg) -> Self {
+        match arg {
+            TargetArg::CompressedTensors => crate::export::Target::CompressedTensors,
+        }
+    }
+}
+
+/// A uniform precision, for the shortcuts. The quantized ones apply to what deployment runtimes quantize: linear
+/// layers and convolutions, but not embeddings or the output head (lm_head); FP16 and BF16 apply to every layer.
+/// Norms and 1-D layers stay FP32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// 8-bit integer weights (weight-only; --per-channel, --asymmetric).
+    Int8,
+    /// W8A8-dynamic: symmetric per-channel INT8 weights, inputs quantized per token at run time (no calibration).
+    W8a8Dynamic,
+    /// FP8 E4M3 weights, one scale per output channel (weight-only).
+    Fp8,
+    /// FP8_DYNAMIC: FP8 E4M3 per-channel weights, inputs quantized to FP8 per token at run time.
+    Fp8Dynamic,
+    /// IEEE half precision.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// Keep as stored.
+    Fp32,
+}
+
+/// The sensitivity variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Each layer quantized alone.
+    OneAtATime,
+    /// Everything quantized except one layer.
+    AllButOne,
+}
+
+/// Parses an `--observer` value.
+fn parse_observer(text: &str) -> std::result::Result<crate::calib::Observer, String> {
+    crate::calib::Observer::parse(text)
+}
+
+/// How the plan is given: a recipe file or the uniform-precision shortcuts.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A recipe JSON file (see `quantstudio recipe`).
+    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric"])]
+    pub recipe: Option<PathBuf>,
+    /// One precision for the model: quantized ones on linear layers and convolutions (not embeddings or lm_head),
+    /// FP16/BF16 on every layer; norms and 1-D layers stay FP32. The output says which layers it touched.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// INT8: one scale per output channel instead of per tensor.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// INT8: asymmetric (zero point) instead of symmetric.
+    #[arg(long)]
+    pub asymmetric: bool,
+}
+
+impl PlanArgs {
+    /// Whether a plan was given at all (a recipe, a precision or a scheme flag).
+    pub fn given(&self) -> bool {
+        self.recipe.is_some() || self.precision.is_some() || self.per_channel || self.asymmetric
+    }
+
+    /// The recipe these arguments describe, or INT8 symmetric per channel when they describe none.
+    pub fn recipe_or_int8(&self) -> Result<Recipe> {
+        if !self.given() {
+            return Ok(Recipe::uniform(Precision::Int8(Int8Scheme::weights(true, Granularity::PerChannel))));
+        }
+        self.recipe()
+    }
+
+    /// The recipe these arguments describe.
+    pub fn recipe(&self) -> Result<Recipe> {
+        if let Some(path) = &self.recipe {
+            return Recipe::load(path);
+        }
+        let scheme = Int8Scheme::weights(
+            !self.asymmetric,
+            if self.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
+        );
+        let precision = match self.precision {
+            None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
+            None => {
+                return Err(Error::BadArguments {
+                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32".into(),
+                });
+            }
+            Some(PrecisionArg::Int8) => Precision::Int8(scheme),
+            Some(PrecisionArg::W8a8Dynamic) => Precision::Int8(
+                Int8Scheme::weights(!self.asymmetric, Granularity::PerChannel).with_dynamic_int8_inputs(),
+            ),
+            Some(PrecisionArg::Fp8 | PrecisionArg::Fp8Dynamic) if self.asymmetric => {
+                return Err(Error::BadArguments {
+                    reason: "FP8 is symmetric: --asymmetric applies to int8 only".into(),
+                });
+            }
+            Some(PrecisionArg::Fp8) => Precision::Fp8(crate::quant::Fp8Scheme::weights(Granularity::PerChannel)),
+            Some(PrecisionArg::Fp8Dynamic) => Precision::Fp8(crate::quant::Fp8Scheme::dynamic()),
+            Some(PrecisionArg::Fp16) => Precision::Fp16,
+            Some(PrecisionArg::Bf16) => Precision::Bf16,
+            Some(PrecisionArg::Fp32) => Precision::Fp32,
+        };
+        Ok(Recipe::uniform(precision))
+    }
+}

@@ -1,0 +1,295 @@
+//! The use cases, called by both the worker (for the window) and the CLI, so the glue between the core modules
+//! (open a model, resolve a recipe, detect the architecture, load data, run, write) is written once.
+//!
+//! Each use case is a plain function: typed inputs and a [`Progress`] in, a typed result out. Nothing here prints,
+//! spawns a thread or knows who called it; results that stream (sensitivity layers, benchmark configurations,
+//! analysed tensors) go to a callback as they come.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::bench::Throughput;
+use crate::calib::view::LayerActivations;
+use crate::calib::{CalibrationRun, LayerSensitivity, Observer, SensitivityMode, SensitivityReport};
+use crate::error::{Error, Result};
+use crate::export::{Compatibility, ExportOptions, ExportSummary};
+use crate::model::writer::{PlannedTensor, TensorFileWriter};
+use crate::model::{LayerId, Model, TensorId};
+use crate::progress::Progress;
+use crate::quant::pass::{TensorData, analyze};
+use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+use crate::report::{ModelReport, analyze_model};
+use crate::runtime::benchmark::{self, Configuration};
+use crate::runtime::latency::Workload;
+use crate::runtime::{Architecture, EvalData, EvalReport, model_folder};
+
+/// A model opened for running: its weights, its architecture and the plan a recipe gives it.
+#[derive(Debug)]
+pub struct Runnable {
+    /// The model.
+    pub model: Model,
+    /// How it runs.
+    pub arch: Architecture,
+    /// The recipe resolved against it.
+    pub plan: Plan,
+}
+
+/// Opens `path` for running under `recipe`: open, resolve the recipe, detect the architecture (in that order, so
+/// the first problem found is the one reported).
+pub fn open_runnable(path: &Path, recipe: &Recipe) -> Result<Runnable> {
+    let model = Model::open(path)?;
+    let plan = recipe.resolve(&model)?;
+    let arch = Architecture::detect(&model)?;
+    Ok(Runnable { model, arch, plan })
+}
+
+/// A model as the window opens it: runnable or not (weight-only mode), with the data files its folder brings.
+#[derive(Debug)]
+pub struct Opened {
+    /// The model.
+    pub model: Model,
+    /// How it runs, or why it cannot (weight-only mode).
+    pub runtime: Result<Architecture>,
+    /// The evaluation data its folder brings, if any.
+    pub default_data: Option<PathBuf>,
+    /// The calibration data its folder brings (else its evaluation data), if any.
+    pub default_calib_data: Option<PathBuf>,
+}
+
+/// Opens `path` (headers only) and finds how it runs and which data files lie beside it.
+pub fn open(path: &Path, progress: &Progress) -> Result<Opened> {
+    progress.start_stage(format!("opening {}", path.display()), 1);
+    let model = Model::open(path)?;
+    let runtime = Architecture::detect(&model);
+    let default_data = default_eval_data(&model);
+    let default_calib_data = EvalData::default_calibration_path(&model_folder(&model)).or_else(|| default_data.clone());
+    progress.check()?;
+    progress.advance(1);
+    Ok(Opened { model, runtime, default_data, default_calib_data })
+}
+
+/// The evaluation data file the model's folder brings, if any.
+pub fn default_eval_data(model: &Model) -> Option<PathBuf> {
+    EvalData::default_path(&model_folder(model))
+}
+
+/// Reads an evaluation or calibration data file (text is tokenised with the tokenizer of the model's folder).
+pub fn load_data(model: &Model, path: &Path, progress: &Progress) -> Result<EvalData> {
+    progress.start_stage(format!("reading {}", path.display()), 0);
+    EvalData::load(path, &model_folder(model))
+}
+
+/// Statistics of every tensor as stored (`inspect`).
+pub fn inspect(model: &Model, progress: &Progress) -> Result<ModelReport> {
+    analyze_model(model, &Plan::all(model, Precision::Fp32), progress)
+}
+
+/// Analyses these tensors, each under its precision, in the given order; `on_tensor` sees each result as it comes.
+pub fn analyse_tensors(
+    model: &Model,
+    requests: &[(TensorId, Precision)],
+    progress: &Progress,
+    on_tensor: &mut dyn FnMut(TensorId, Precision, TensorAnalysis),
+) -> Result<()> {
+    let elements: u64 = requests.iter().map(|(t, _)| 2 * model.tensor(*t).numel() as u64).sum();
+    progress.start_stage(format!("analysing {} tensor(s)", requests.len()), elements);
+    for &(tensor, precision) in requests {
+        progress.check()?;
+        on_tensor(tensor, precision, analyze(&TensorData::of(model, tensor)?, precision, progress)?);
+    }
+    Ok(())
+}
+
+/// What `quantize` found: the per-tensor error under the plan, whether the target's runtimes load it, and the
+/// export when one was asked for.
+#[derive(Debug)]
+pub struct Quantized {
+    /// Statistics and error of every tensor under the plan.
+    pub report: ModelReport,
+    /// What the export target and its runtimes make of the plan.
+    pub compatibility: Compatibility,
+    /// The export, when a destination was given: the summary, or why it was refused (the report still stands).
+    pub export: Option<Result<ExportSummary>>,
+}
+
+/// Analyses every tensor under `plan`, checks it against the export target, and exports into `dest` when given.
+pub fn quantize(
+    model: &Model,
+    plan: &Plan,
+    dest: Option<&Path>,
+    options: &ExportOptions,
+    progress: &Progress,
+) -> Result<Quantized> {
+    let report = analyze_model(model, plan, progress)?;
+    let compatibility = options.target.check(model, plan);
+    let export = dest.map(|dest| crate::export::export(model, plan, dest, options, progress));
+    if let Some(Err(Error::Cancelled)) = export {
+        return Err(Error::Cancelled);
+    }
+    Ok(Quantized { report, compatibility, export })
+}
+
+/// Runs the model in FP32 and under `plan` on the data file `data` and compares them; with `save_outputs`, also
+/// writes every sample's FP32 and planned outputs (and the tokens) to that safetensors file.
+pub fn evaluate(
+    model: &Model,
+    arch: &Architecture,
+    plan: &Plan,
+    data: &Path,
+    save_outputs: Option<&Path>,
+    progress: &Progress,
+) -> Result<EvalReport> {
+    let data = load_data(model, data, progress)?;
+    let Some(path) = save_outputs else {
+        return crate::runtime::evaluate(model, arch, &data, plan, progress);
+    };
+    let (report, tensors) = crate::runtime::eval::evaluate_with_outputs(model, arch, &data, plan, progress)?;
+    progress.start_stage(format!("writing {}", path.display()), tensors.len() as u64);
+    let planned =
+        tensors.iter().map(|t| PlannedTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
+    let metadata = [("format", "pt"), ("quantstudio.family", arch.family())]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut writer = TensorFileWriter::create(path, planned.collect(), &metadata)?;
+    for t in &tensors {
+        progress.check()?;
+        writer.write_tensor(&t.name, &t.bytes)?;
+        progress.advance(1);
+    }
+    writer.finish()?;
+    Ok(report)
+}
+
+/// Histograms the input of every linear and conv layer on the data file `data`, from the cache in `cache_dir`
+/// when it holds this model and data.
+pub fn calibrate(
+    model: &Model,
+    arch: &Architecture,
+    data: &Path,
+    cache_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<CalibrationRun> {
+    crate::calib::calibrate(model, arch, data, cache_dir, progress)
+}
+
+/// A calibration as the window shows it: every calibrated layer with its display bins and observer clips.
+#[derive(Debug)]
+pub struct CalibrationView {
+    /// The calibration and where it came from.
+    pub run: CalibrationRun,
+    /// The calibrated layers, by id.
+    pub layers: BTreeMap<LayerId, LayerActivations>,
+}
+
+/// [`calibrate`], then the display bins and the clip of every standard observer of each layer.
+pub fn calibrate_for_view(
+    model: &Model,
+    arch: &Architecture,
+    data: &Path,
+    cache_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<CalibrationView> {
+    let run = calibrate(model, arch, data, cache_dir, progress)?;
+    progress.start_stage("choosing clips", 0);
+    let layers = crate::calib::view::layer_activations(model, &run.calibration);
+    progress.check()?;
+    Ok(CalibrationView { run, layers })
+}
+
+/// The recipe of `plan` with its INT8 layers made W8A8 wherever calibration observed their input, at the clip
+/// `observer` picks (the clips of the plan set by hand are replaced).
+pub fn w8a8_recipe(model: &Model, plan: &Plan, run: &CalibrationRun, observer: Observer) -> Recipe {
+    let calibration = &run.calibration;
+    let mut plan = plan.clone();
+    for (index, precision) in plan.layers.iter_mut().enumerate() {
+        if let Precision::Int8(scheme) = precision
+            && calibration.layers.contains_key(&model.layers[index].name)
+        {
+            *scheme = scheme.with_int8_inputs();
+        }
+    }
+    calibration.apply(model, &mut plan, observer, &Default::default());
+    plan.to_recipe(model)
+}
+
+/// Ranks the layers `plan` quantizes by how much each costs the task metric on `data` (read with [`load_data`]);
+/// `on_layer` sees every layer's result as soon as it is measured.
+pub fn sensitivity(
+    model: &Model,
+    arch: &Architecture,
+    plan: &Plan,
+    data: &EvalData,
+    mode: SensitivityMode,
+    progress: &Progress,
+    on_layer: &mut dyn FnMut(&LayerSensitivity),
+) -> Result<SensitivityReport> {
+    crate::calib::sensitivity(model, arch, data, plan, mode, progress, on_layer)
+}
+
+/// What to benchmark.
+pub struct BenchmarkInput<'a> {
+    /// The model.
+    pub model: &'a Model,
+    /// Its architecture.
+    pub arch: &'a Architecture,
+    /// The plan to time beside FP32 (`None`: FP32 only).
+    pub plan: Option<&'a Plan>,
+    /// The data file of the accuracy figures (`None`: timing only).
+    pub data: Option<&'a Path>,
+    /// The timed runs.
+    pub workload: Workload,
+}
+
+/// Times FP32 and the plan as deployed (and measures the plan's accuracy when data is given); `on_configuration`
+/// sees each configuration once measured, FP32 first. The plan's size on disk is the default export target's.
+pub fn benchmark(
+    input: &BenchmarkInput,
+    progress: &Progress,
+    on_configuration: &mut dyn FnMut(Configuration),
+) -> Result<()> {
+    let BenchmarkInput { model, arch, plan, data, workload } = *input;
+    let data = data.map(|path| load_data(model, path, progress)).transpose()?;
+    let request = benchmark::Request {
+        model,
+        arch,
+        plan,
+        time_fp32: true,
+        data: data.as_ref(),
+        workload,
+        plan_disk_bytes: plan.map_or(0, |plan| crate::export::planned_model_bytes(model, plan)),
+    };
+    benchmark::run(&request, progress, on_configuration)
+}
+
+/// The analysis pass's speed against the read bandwidth of the same files (the best of `repeat` runs).
+pub fn throughput(model: &Model, plan: &Plan, repeat: usize, progress: &Progress) -> Result<Throughput> {
+    crate::bench::measure_throughput(model, plan, repeat.max(1), progress)
+}
+
+/// Reads a recipe file and resolves it against `model`.
+pub fn load_recipe(model: &Model, path: &Path, progress: &Progress) -> Result<Plan> {
+    progress.start_stage("loading recipe", 1);
+    let plan = Recipe::load(path)?.resolve(model)?;
+    progress.advance(1);
+    Ok(plan)
+}
+
+/// Writes `recipe` to `path`.
+pub fn save_recipe(recipe: &Recipe, path: &Path, progress: &Progress) -> Result<()> {
+    progress.start_stage("saving recipe", 1);
+    recipe.save(path)?;
+    progress.advance(1);
+    Ok(())
+}
+
+/// Exports `model` under `plan` into `dest`.
+pub fn export(
+    model: &Model,
+    plan: &Plan,
+    dest: &Path,
+    options: &ExportOptions,
+    progress: &Progress,
+) -> Result<ExportSummary> {
+    crate::export::export(model, plan, dest, options, progress)
+}
