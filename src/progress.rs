@@ -11,9 +11,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 
 /// Shared progress state of one job: done/total units, the current stage, and a cancel flag.
-#[derive(Clone, Default)]
+///
+/// Within a stage `done` only grows; a new stage starts from zero. Work whose units are not the stage's (the
+/// elements of weights quantized while a stage counts samples) reports through [`Progress::uncounted`].
+#[derive(Clone)]
 pub struct Progress {
     inner: Arc<Inner>,
+    /// Whether this handle moves the counters and the stage (`false`: it only checks for cancel).
+    counted: bool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { inner: Arc::default(), counted: true }
+    }
 }
 
 #[derive(Default)]
@@ -48,8 +59,17 @@ impl Progress {
         Self::default()
     }
 
+    /// The same job's cancel flag, without its counters: stages and advances through it are ignored, so work
+    /// counted in other units does not move the current stage.
+    pub fn uncounted(&self) -> Progress {
+        Progress { inner: Arc::clone(&self.inner), counted: false }
+    }
+
     /// Sets the stage text and the total, and resets `done` to zero.
     pub fn start_stage(&self, stage: impl Into<String>, total: u64) {
+        if !self.counted {
+            return;
+        }
         if let Ok(mut s) = self.inner.stage.lock() {
             *s = stage.into();
         }
@@ -57,9 +77,21 @@ impl Progress {
         self.inner.done.store(0, Ordering::Relaxed);
     }
 
+    /// Changes the stage text and keeps `done` and `total`: a named step inside one stage ("layer 3/50").
+    pub fn rename_stage(&self, stage: impl Into<String>) {
+        if !self.counted {
+            return;
+        }
+        if let Ok(mut s) = self.inner.stage.lock() {
+            *s = stage.into();
+        }
+    }
+
     /// Adds `units` to the done counter.
     pub fn advance(&self, units: u64) {
-        self.inner.done.fetch_add(units, Ordering::Relaxed);
+        if self.counted {
+            self.inner.done.fetch_add(units, Ordering::Relaxed);
+        }
     }
 
     /// `Err(Cancelled)` once the job has been cancelled.
@@ -97,6 +129,22 @@ mod tests {
         assert!(progress.check().is_ok());
         progress.clone().cancel();
         assert!(matches!(progress.check(), Err(Error::Cancelled)));
+    }
+
+    #[test]
+    fn an_uncounted_handle_cancels_but_moves_nothing() {
+        let progress = Progress::new();
+        progress.start_stage("samples", 10);
+        progress.advance(3);
+        let quiet = progress.uncounted();
+        quiet.start_stage("elements", 1_000);
+        quiet.advance(500);
+        quiet.rename_stage("other");
+        assert_eq!(progress.snapshot(), ProgressSnapshot { done: 3, total: 10, stage: "samples".into() });
+        progress.rename_stage("samples, step 2");
+        assert_eq!(progress.snapshot().done, 3);
+        progress.cancel();
+        assert!(matches!(quiet.check(), Err(Error::Cancelled)));
     }
 
     #[test]

@@ -26,6 +26,8 @@ mod python;
 mod deploy;
 // The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
 mod runtime;
+// The worker: jobs, progress stages, cancel, replacement, priority of its threads.
+mod worker;
 // The use cases the CLI and the worker share (src/tasks).
 mod tasks;
 // Calibration, W8A8 and sensitivity.

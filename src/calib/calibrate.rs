@@ -187,6 +187,7 @@ pub fn calibrate(
     {
         return Ok(CalibrationRun { calibration, from_cache: true, cache_file });
     }
+    progress.start_stage(format!("reading {}", data_path.display()), 0);
     let data = EvalData::load(data_path, &crate::runtime::model_folder(model))?;
     let layers = observe(model, arch, &data, progress)?;
     let calibration = Calibration {

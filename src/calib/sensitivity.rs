@@ -114,24 +114,27 @@ pub fn sensitivity(
     let reference_source = WeightSource::new(model, None, progress);
     progress.start_stage("reading FP32 weights", 0);
     let fp32 = Network::from_source(arch, &reference_source)?;
-    progress.start_stage("running FP32", data.len() as u64);
+    progress.start_stage("FP32 reference", data.len() as u64);
     let reference = Reference::run(&fp32, data, progress)?;
 
     let full_source = WeightSource::sharing(&reference_source, plan);
     let full_plan = match mode {
         SensitivityMode::OneAtATime => None,
         SensitivityMode::AllButOne => {
-            progress.start_stage("running the full plan", data.len() as u64);
+            progress.start_stage("the full plan", data.len() as u64);
             let net = Network::from_source(arch, &full_source)?;
             Some(reference.compare(&net, data, progress)?)
         }
     };
     let full_loss = full_plan.as_ref().map_or(0.0, task_loss);
 
+    // One stage over every layer's run, so the bar moves forward through the whole ranking; the text names the
+    // layer being measured.
     let mut layers = Vec::with_capacity(candidates.len());
+    progress.start_stage(format!("sensitivity 0/{}", candidates.len()), (candidates.len() * data.len()) as u64);
     for (done, &id) in candidates.iter().enumerate() {
         let name = &model.layer(id).name;
-        progress.start_stage(format!("sensitivity {}/{}: {name}", done + 1, candidates.len()), data.len() as u64);
+        progress.rename_stage(format!("sensitivity {}/{}: {name}", done + 1, candidates.len()));
         let mut variant = plan.clone();
         match mode {
             SensitivityMode::OneAtATime => {

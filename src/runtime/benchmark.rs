@@ -110,7 +110,7 @@ pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn Fn
         if time_fp32 || data.is_some() { Some(Network::build_measured(model, arch, None, progress)?) } else { None };
     let reference = match (&fp32, data) {
         (Some((net, _)), Some(data)) => {
-            progress.start_stage("FP32 outputs on the evaluation data", data.len() as u64);
+            progress.start_stage("FP32 reference", data.len() as u64);
             Some(Reference::run(net, data, progress)?)
         }
         _ => None,
@@ -135,7 +135,7 @@ pub fn run(request: &Request, progress: &Progress, on_configuration: &mut dyn Fn
     let deployed = Network::build_deployed(model, arch, plan, progress)?;
     let evaluation = match (&reference, data) {
         (Some(reference), Some(data)) => {
-            progress.start_stage("the plan on the evaluation data", data.len() as u64);
+            progress.start_stage("plan on the evaluation data", data.len() as u64);
             Some(reference.compare(&deployed.network, data, progress)?)
         }
         _ => None,

@@ -63,7 +63,10 @@ pub fn measure_interleaved(nets: &[(&Network, u64)], workload: Workload, progres
     let repeat = workload.repeat.max(1);
     let batch_rounds = repeat.div_ceil(3);
     let runners = nets.iter().map(|(net, _)| runner(net, workload)).collect::<Result<Vec<_>>>()?;
-    progress.start_stage("timing", ((WARMUP_RUNS + repeat + WARMUP_RUNS + batch_rounds) * nets.len()) as u64);
+    progress.start_stage(
+        "timing: batch-1 latency",
+        ((WARMUP_RUNS + repeat + WARMUP_RUNS + batch_rounds) * nets.len()) as u64,
+    );
     let mut times_ms = vec![Vec::with_capacity(repeat); nets.len()];
     for run in 0..WARMUP_RUNS + repeat {
         for (runner, times) in runners.iter().zip(&mut times_ms) {
@@ -77,6 +80,7 @@ pub fn measure_interleaved(nets: &[(&Network, u64)], workload: Workload, progres
         }
     }
     let mut best_rates = vec![0.0f64; nets.len()];
+    progress.rename_stage("timing: throughput");
     for run in 0..WARMUP_RUNS + batch_rounds {
         for (runner, best_rate) in runners.iter().zip(&mut best_rates) {
             progress.check()?;

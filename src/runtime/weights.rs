@@ -29,7 +29,8 @@ pub struct Weight {
 pub struct WeightSource<'m> {
     model: &'m Model,
     plan: Option<&'m Plan>,
-    progress: &'m Progress,
+    /// Checks for cancel only: the caller's stage counts its own units, not the elements quantized here.
+    progress: Progress,
     /// Where tensors the plan keeps in FP32 come from, so two networks share them.
     reference: Option<&'m WeightSource<'m>>,
     /// Where tensors come from that another plan already made at the same precision.
@@ -47,11 +48,11 @@ pub struct WeightSource<'m> {
 
 impl<'m> WeightSource<'m> {
     /// A source over `model`; `plan` decides each tensor's simulated precision (see [`Plan::tensor`]).
-    pub fn new(model: &'m Model, plan: Option<&'m Plan>, progress: &'m Progress) -> WeightSource<'m> {
+    pub fn new(model: &'m Model, plan: Option<&'m Plan>, progress: &Progress) -> WeightSource<'m> {
         WeightSource {
             model,
             plan,
-            progress,
+            progress: progress.uncounted(),
             reference: None,
             donor: None,
             deployed: false,
@@ -67,13 +68,13 @@ impl<'m> WeightSource<'m> {
         WeightSource {
             plan: Some(plan),
             reference: Some(reference),
-            ..WeightSource::new(reference.model, None, reference.progress)
+            ..WeightSource::new(reference.model, None, &reference.progress)
         }
     }
 
     /// A source for `plan` whose W8A8 layers run as deployed: INT8 codes packed for the integer product
     /// ([`WeightSource::int8_linear`]) instead of dequantized f32.
-    pub fn deployed(model: &'m Model, plan: &'m Plan, progress: &'m Progress) -> WeightSource<'m> {
+    pub fn deployed(model: &'m Model, plan: &'m Plan, progress: &Progress) -> WeightSource<'m> {
         WeightSource { deployed: true, ..WeightSource::new(model, Some(plan), progress) }
     }
 
@@ -107,7 +108,7 @@ impl<'m> WeightSource<'m> {
         let mut scales = Vec::with_capacity(names.len() * outputs);
         for (id, scheme, _) in parts {
             self.progress.check()?;
-            let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, self.progress)?;
+            let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, &self.progress)?;
             codes.extend_from_slice(&quantized.codes);
             match quantized.params.as_slice() {
                 [one] => scales.extend(std::iter::repeat_n(one.scale, outputs)),
@@ -146,11 +147,11 @@ impl<'m> WeightSource<'m> {
                 super::wgemm::PackedWeights::bf16(data.values(0..data.len(), &mut buf), outputs, inputs)?
             }
             Precision::Int8(scheme) => {
-                let quantized = quantize_tensor(&data, scheme, self.progress)?;
+                let quantized = quantize_tensor(&data, scheme, &self.progress)?;
                 super::wgemm::PackedWeights::int8(&quantized.codes, &quantized.params, outputs, inputs)?
             }
             Precision::Fp8(scheme) => {
-                let quantized = crate::quant::quantize_tensor_fp8(&data, scheme.granularity, self.progress)?;
+                let quantized = crate::quant::quantize_tensor_fp8(&data, scheme.granularity, &self.progress)?;
                 super::wgemm::PackedWeights::fp8(&quantized.codes, &quantized.scales, outputs, inputs)?
             }
         };
@@ -288,7 +289,7 @@ impl<'m> WeightSource<'m> {
         Ok(Weight {
             name: info.name.clone(),
             shape: info.shape.clone(),
-            values: simulate(&data, precision, self.progress)?,
+            values: simulate(&data, precision, &self.progress)?,
         })
     }
 }

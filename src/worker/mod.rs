@@ -2,8 +2,13 @@
 //! sensitivity, benchmark) run on background threads and report
 //! events the window drains each frame.
 //!
-//! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one (its late
-//! events are recognisable by their old [`JobId`] and dropped). Dropping the [`Worker`] cancels every job.
+//! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one and replaces it:
+//! the replaced job's late outputs are dropped by [`Worker::try_next`], and only its `Finished` (with
+//! [`Error::Cancelled`]) still arrives, for the caller's bookkeeping. Dropping the [`Worker`] cancels every job.
+//!
+//! Jobs run at a lower OS priority than the window's thread (on Linux, nice [`JOB_NICE`]): each job thread, and the
+//! worker's own rayon pool that the core's parallel loops run on inside a job, so the window keeps its frame
+//! budget with every core busy.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -255,6 +260,31 @@ pub enum Event {
     },
 }
 
+/// The nice value of job threads and of the worker's rayon pool on Linux (the window's thread stays at 0).
+pub const JOB_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`JOB_NICE`] (Linux; elsewhere nothing changes).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and touches no memory of ours. On Linux the nice value is a
+    // per-thread attribute, and PRIO_PROCESS with who = 0 applies it to the calling thread only. A failure leaves
+    // the priority as it was, which is harmless.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, JOB_NICE);
+    }
+}
+
+/// The rayon pool jobs run in, its threads at [`JOB_NICE`]; `None` when it cannot be built (jobs then use the
+/// global pool).
+fn job_pool() -> Option<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("qs-pool-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .ok()
+        .map(Arc::new)
+}
+
 struct Running {
     id: JobId,
     progress: Progress,
@@ -267,31 +297,52 @@ pub struct Worker {
     running: BTreeMap<JobKind, Running>,
     next_id: u64,
     wake: Arc<dyn Fn() + Send + Sync>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// Jobs replaced by a newer job of their kind whose `Finished` has not arrived: their outputs are dropped.
+    replaced: std::collections::BTreeSet<JobId>,
 }
 
 impl Worker {
     /// A worker that calls `wake` after each event it sends (the window's repaint request).
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Worker {
         let (events_tx, events_rx) = channel();
-        Worker { events_tx, events_rx, running: BTreeMap::new(), next_id: 0, wake: Arc::new(wake) }
+        Worker {
+            events_tx,
+            events_rx,
+            running: BTreeMap::new(),
+            next_id: 0,
+            wake: Arc::new(wake),
+            pool: job_pool(),
+            replaced: Default::default(),
+        }
     }
 
     /// Starts `job`, cancelling the running job of the same kind.
     pub fn submit(&mut self, job: Job) -> JobId {
         let kind = job.kind();
+        if let Some(running) = self.running.get(&kind) {
+            self.replaced.insert(running.id);
+        }
         self.cancel(kind);
         self.next_id += 1;
         let id = JobId(self.next_id);
         let progress = Progress::new();
+        // Named from the start, before the job's first stage.
+        progress.start_stage(kind.label(), 0);
         self.running.insert(kind, Running { id, progress: progress.clone() });
         let events = self.events_tx.clone();
         let wake = Arc::clone(&self.wake);
-        let spawned = std::thread::Builder::new().name(format!("quantstudio-{}", kind.label())).spawn(move || {
+        let pool = self.pool.clone();
+        let spawned = std::thread::Builder::new().name(format!("qs-{}", kind.label())).spawn(move || {
+            lower_priority();
             let send = |outcome| {
                 let _ = events.send(Event::Output { job: id, outcome });
                 wake();
             };
-            let result = run(job, &progress, &send);
+            let result = match &pool {
+                Some(pool) => pool.install(|| run(job, &progress, &send)),
+                None => run(job, &progress, &send),
+            };
             let _ = events.send(Event::Finished { job: id, kind, result });
             wake();
         });
@@ -317,15 +368,23 @@ impl Worker {
         self.running.values().any(|r| r.id == job)
     }
 
-    /// The next event, if one is waiting. Marks a finished job as no longer running.
+    /// The next event, if one is waiting; outputs of replaced jobs are skipped. Marks a finished job as no longer
+    /// running.
     pub fn try_next(&mut self) -> Option<Event> {
-        let event = self.events_rx.try_recv().ok()?;
-        if let Event::Finished { job, kind, .. } = &event
-            && self.running.get(kind).is_some_and(|r| r.id == *job)
-        {
-            self.running.remove(kind);
+        loop {
+            let event = self.events_rx.try_recv().ok()?;
+            match &event {
+                Event::Output { job, .. } if self.replaced.contains(job) => continue,
+                Event::Output { .. } => {}
+                Event::Finished { job, kind, .. } => {
+                    self.replaced.remove(job);
+                    if self.running.get(kind).is_some_and(|r| r.id == *job) {
+                        self.running.remove(kind);
+                    }
+                }
+            }
+            return Some(event);
         }
-        Some(event)
     }
 
     /// Running jobs with their progress.
