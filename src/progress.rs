@@ -1,6 +1,6 @@
 //! Progress reporting and cancellation for long core operations, with no threads of its own.
 //!
-//! Core functions take a `&Progress`; they call [`Progress::report`] now and then and [`Progress::check`] between
+//! Core functions take a `&Progress`; they call [`Progress::advance`] now and then and [`Progress::check`] between
 //! units of work, which returns [`Error::Cancelled`] once someone has called [`Progress::cancel`]. The worker
 //! (or the CLI's progress bar) observes the shared counters from another thread.
 
