@@ -175,7 +175,7 @@ fn sensitivity_counts_one_stage_over_every_layer_and_names_the_layer() {
     let progress = Progress::new();
     let mut seen = Vec::new();
     let mode = quantstudio::calib::SensitivityMode::OneAtATime;
-    let report = quantstudio::tasks::sensitivity(&model, &arch, &plan, &data, mode, &progress, &mut |layer| {
+    let report = quantstudio::tasks::sensitivity(&model, &arch, &data, &plan, mode, &progress, &mut |layer| {
         seen.push((layer.layer.clone(), progress.snapshot()))
     })
     .unwrap();

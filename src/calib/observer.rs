@@ -295,13 +295,7 @@ mod tests {
         abs.sort_by(f32::total_cmp);
         abs[(p / 100.0 * abs.len() as f64).ceil() as usize - 1]
     }
-    const ALL: [Observer; 5] = [
-        Observer::MinMax,
-        Observer::Percentile { percentile: 99.9 },
-        Observer::Percentile { percentile: 99.99 },
-        Observer::Mse,
-        Observer::Entropy,
-    ];
+    const ALL: [Observer; 5] = crate::calib::view::STANDARD_OBSERVERS;
 
     #[test]
     fn labels_parse_and_serde() {

@@ -93,7 +93,7 @@ pub fn sensitivity(model: &Path, data: &Path, plan: &PlanArgs, mode: ModeArg, js
     };
     let data = tasks::load_data(&model, data, &Progress::new())?;
     let report =
-        with_progress_bar(|progress| tasks::sensitivity(&model, &arch, &plan, &data, mode, progress, &mut |_| {}))?;
+        with_progress_bar(|progress| tasks::sensitivity(&model, &arch, &data, &plan, mode, progress, &mut |_| {}))?;
     let run = SensitivityRun { model: &model, family: arch.family(), samples: data.len(), mode };
     print::sensitivity(&run, &report, json)
 }

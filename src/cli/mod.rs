@@ -3,7 +3,7 @@
 //!
 //! Every command prints one JSON document on stdout with `--json`, a table otherwise, and a progress bar on
 //! stderr when stderr is a terminal. Errors are printed once, on one line, and give exit code 2.
-//! [`args`] holds the clap types, [`commands`] one function per subcommand, [`print`] the output formats.
+//! [`args`] holds the clap types, [`commands`] one function per subcommand, [`print`](mod@print) the output formats.
 
 pub mod args;
 pub mod commands;

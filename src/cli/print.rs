@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::args::OutputArgs;
+use crate::calib::view::STANDARD_OBSERVERS;
 use crate::calib::{CalibrationRun, Observer, SensitivityMode, SensitivityReport};
 use crate::error::{Error, Result};
 use crate::export::ExportSummary;
@@ -33,15 +34,6 @@ macro_rules! out_inline {
         let _ = write!(std::io::stdout().lock(), $($arg)*);
     }};
 }
-
-/// The observers whose clips `calibrate` lists beside the chosen one.
-const LISTED_OBSERVERS: [Observer; 5] = [
-    Observer::MinMax,
-    Observer::Percentile { percentile: 99.9 },
-    Observer::Percentile { percentile: 99.99 },
-    Observer::Mse,
-    Observer::Entropy,
-];
 
 /// `inspect`: every tensor's statistics.
 pub fn inspect(model: &Model, report: &ModelReport, output: &OutputArgs) {
@@ -128,7 +120,7 @@ pub fn calibration(
             .map(|(name, h)| {
                 let clip = observer.clip(h);
                 let clips: serde_json::Map<String, Value> =
-                    LISTED_OBSERVERS.iter().map(|o| (o.label(), json!(o.clip(h)))).collect();
+                    STANDARD_OBSERVERS.iter().map(|o| (o.label(), json!(o.clip(h)))).collect();
                 json!({
                     "name": name,
                     "values": h.count,

@@ -8,9 +8,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Histograms the input of every linear and conv layer on a data file, from the cache when it holds this model
+/// and data (the core function is the use case as it stands).
+pub use crate::calib::calibrate;
+/// Ranks the layers a plan quantizes by how much each costs the task metric (data read with [`load_data`]).
+pub use crate::calib::sensitivity;
+/// Exports a model under a plan into a folder (the target checks the plan first).
+pub use crate::export::export;
+
 use crate::bench::Throughput;
 use crate::calib::view::LayerActivations;
-use crate::calib::{CalibrationRun, LayerSensitivity, Observer, SensitivityMode, SensitivityReport};
+use crate::calib::{CalibrationRun, Observer};
 use crate::error::{Error, Result};
 use crate::export::{Compatibility, ExportOptions, ExportSummary};
 use crate::model::writer::{PlannedTensor, TensorFileWriter};
@@ -161,40 +169,17 @@ pub fn evaluate(
     Ok(report)
 }
 
-/// Histograms the input of every linear and conv layer on the data file `data`, from the cache in `cache_dir`
-/// when it holds this model and data.
-pub fn calibrate(
+/// The display bins and the clip of every standard observer of each layer a calibration observed (what the
+/// window shows; switching observers there only looks clips up).
+pub fn calibration_view(
     model: &Model,
-    arch: &Architecture,
-    data: &Path,
-    cache_dir: Option<&Path>,
+    run: &CalibrationRun,
     progress: &Progress,
-) -> Result<CalibrationRun> {
-    crate::calib::calibrate(model, arch, data, cache_dir, progress)
-}
-
-/// A calibration as the window shows it: every calibrated layer with its display bins and observer clips.
-#[derive(Debug)]
-pub struct CalibrationView {
-    /// The calibration and where it came from.
-    pub run: CalibrationRun,
-    /// The calibrated layers, by id.
-    pub layers: BTreeMap<LayerId, LayerActivations>,
-}
-
-/// [`calibrate`], then the display bins and the clip of every standard observer of each layer.
-pub fn calibrate_for_view(
-    model: &Model,
-    arch: &Architecture,
-    data: &Path,
-    cache_dir: Option<&Path>,
-    progress: &Progress,
-) -> Result<CalibrationView> {
-    let run = calibrate(model, arch, data, cache_dir, progress)?;
+) -> Result<BTreeMap<LayerId, LayerActivations>> {
     progress.start_stage("choosing clips", 0);
     let layers = crate::calib::view::layer_activations(model, &run.calibration);
     progress.check()?;
-    Ok(CalibrationView { run, layers })
+    Ok(layers)
 }
 
 /// The recipe of `plan` with its INT8 layers made W8A8 wherever calibration observed their input, at the clip
@@ -211,20 +196,6 @@ pub fn w8a8_recipe(model: &Model, plan: &Plan, run: &CalibrationRun, observer: O
     }
     calibration.apply(model, &mut plan, observer, &Default::default());
     plan.to_recipe(model)
-}
-
-/// Ranks the layers `plan` quantizes by how much each costs the task metric on `data` (read with [`load_data`]);
-/// `on_layer` sees every layer's result as soon as it is measured.
-pub fn sensitivity(
-    model: &Model,
-    arch: &Architecture,
-    plan: &Plan,
-    data: &EvalData,
-    mode: SensitivityMode,
-    progress: &Progress,
-    on_layer: &mut dyn FnMut(&LayerSensitivity),
-) -> Result<SensitivityReport> {
-    crate::calib::sensitivity(model, arch, data, plan, mode, progress, on_layer)
 }
 
 /// What to benchmark.
@@ -281,15 +252,4 @@ pub fn save_recipe(recipe: &Recipe, path: &Path, progress: &Progress) -> Result<
     recipe.save(path)?;
     progress.advance(1);
     Ok(())
-}
-
-/// Exports `model` under `plan` into `dest`.
-pub fn export(
-    model: &Model,
-    plan: &Plan,
-    dest: &Path,
-    options: &ExportOptions,
-    progress: &Progress,
-) -> Result<ExportSummary> {
-    crate::export::export(model, plan, dest, options, progress)
 }

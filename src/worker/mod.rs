@@ -431,13 +431,13 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             send(Outcome::Evaluated { plan, data, report });
         }
         Job::Calibrate { model, arch, data, cache_dir } => {
-            let view = tasks::calibrate_for_view(&model, &arch, &data, cache_dir.as_deref(), progress)?;
-            let (from_cache, samples) = (view.run.from_cache, view.run.calibration.samples);
-            send(Outcome::Calibrated { data, from_cache, samples, layers: Arc::new(view.layers) });
+            let run = tasks::calibrate(&model, &arch, &data, cache_dir.as_deref(), progress)?;
+            let layers = Arc::new(tasks::calibration_view(&model, &run, progress)?);
+            send(Outcome::Calibrated { data, from_cache: run.from_cache, samples: run.calibration.samples, layers });
         }
         Job::Sensitivity { model, arch, plan, data, mode } => {
             let eval_data = tasks::load_data(&model, &data, progress)?;
-            let report = tasks::sensitivity(&model, &arch, &plan, &eval_data, mode, progress, &mut |layer| {
+            let report = tasks::sensitivity(&model, &arch, &eval_data, &plan, mode, progress, &mut |layer| {
                 send(Outcome::SensitivityLayer(layer.clone()))
             })?;
             send(Outcome::SensitivityRanked(report));
