@@ -114,7 +114,7 @@ fn endless_benchmark(model: &Arc<Model>, arch: &Arc<Architecture>, plan: &Plan) 
         arch: Arc::clone(arch),
         plan: plan.clone(),
         data: None,
-        workload: Workload { repeat: 100_000_000, batch: 1, ..Workload::default() },
+        workload: Workload { repeat: 1_000_000, batch: 1, ..Workload::default() },
     }
 }
 
