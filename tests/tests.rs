@@ -10,6 +10,8 @@ mod quant;
 mod recipe;
 // Export: layout, bit-exact round trip, safety of the input model.
 mod export;
+// Folder-atomic export: kill -9 mid-export, litter of a crash, foreign folders, the input's folder, empty tensors.
+mod atomic;
 // The headless CLI: JSON shape, exit codes, one-line errors.
 mod cli;
 // The window, headless (egui_kittest).

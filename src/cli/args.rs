@@ -38,7 +38,8 @@ pub enum Command {
         model: PathBuf,
         #[command(flatten)]
         plan: PlanArgs,
-        /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced).
+        /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced); never the
+        /// input's folder or a folder inside it.
         #[arg(short, long, value_name = "FOLDER")]
         output: Option<PathBuf>,
         /// Where the export goes: compressed-tensors (transformers, vLLM).
@@ -50,6 +51,9 @@ pub enum Command {
         /// Split the weights into shards of at most this many bytes (with model.safetensors.index.json).
         #[arg(long, value_name = "BYTES", default_value_t = crate::export::DEFAULT_MAX_SHARD_BYTES)]
         max_shard_bytes: u64,
+        /// Replace an output folder that holds something other than an earlier export (its files are removed).
+        #[arg(long)]
+        overwrite: bool,
         #[command(flatten)]
         format: OutputArgs,
     },

@@ -29,8 +29,8 @@ pub fn run(command: Command) -> i32 {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Inspect { model, output } => commands::inspect(&model, &output),
-        Command::Quantize { model, plan, output, target, force, max_shard_bytes, format } => {
-            let options = ExportOptions { target: target.into(), force, max_shard_bytes };
+        Command::Quantize { model, plan, output, target, force, max_shard_bytes, overwrite, format } => {
+            let options = ExportOptions { target: target.into(), force, max_shard_bytes, overwrite };
             commands::quantize(&model, &plan, output.as_deref(), &options, &format)
         }
         Command::Recipe { model } => commands::recipe(&model),

@@ -7,8 +7,10 @@
 //! `docs/EXPORT.md`.
 //!
 //! Every export is written into a temp folder beside the destination and renamed into place, so the destination
-//! holds the earlier export or the new one, never a mix of both. The destination must be new, empty, or an earlier
-//! quantstudio export; it may be neither the input model's folder nor inside it, and the input is never written.
+//! holds the earlier export or the new one, never a mix of both; what a crashed export leaves beside it is recovered
+//! or removed by the next export there. The destination must be new, empty, or an earlier quantstudio export (or be
+//! replaced with [`ExportOptions::overwrite`]); it may be neither the input model's folder nor inside it, and the
+//! input is never written.
 //! Every file and folder of the input that is not a weight file is carried over (tokenizer, `modules.json`,
 //! `1_Pooling/`, `README.md`, …), so the export loads like the original.
 
@@ -319,11 +321,19 @@ pub struct ExportOptions {
     pub force: bool,
     /// Largest shard, in bytes of tensor data ([`DEFAULT_MAX_SHARD_BYTES`]).
     pub max_shard_bytes: u64,
+    /// Replace a destination folder that holds something other than an earlier quantstudio export (its files are
+    /// removed); without it such a folder is refused.
+    pub overwrite: bool,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { target: Target::default(), force: false, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+        ExportOptions {
+            target: Target::default(),
+            force: false,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            overwrite: false,
+        }
     }
 }
 
@@ -365,7 +375,7 @@ pub fn export(
             path: dest.to_owned(),
         });
     }
-    let dest = prepare_destination(model, dest)?;
+    let dest = prepare_destination(model, dest, options.overwrite)?;
     let staging = StagingFolder::create(&dest)?;
     let mut files = options.target.write(model, plan, staging.path(), options, progress)?;
     let recipe_json = plan.to_recipe(model).to_json() + "\n";
@@ -392,39 +402,143 @@ fn is_earlier_export(dest: &Path) -> bool {
 }
 
 /// Checks that `dest` can receive an export without touching the input model or unrelated files, and returns it
-/// canonical (its parent must exist or be creatable).
-fn prepare_destination(model: &Model, dest: &Path) -> Result<PathBuf> {
-    let bad = |reason: &str| Error::BadDestination { reason: reason.into(), path: dest.to_owned() };
-    if dest.exists() && !dest.is_dir() {
-        return Err(bad("it is a file, not a folder"));
-    }
-    if dest.is_dir() {
-        let empty = std::fs::read_dir(dest).map_err(|e| Error::io("cannot read", dest, e))?.next().is_none();
-        if !empty && !is_earlier_export(dest) {
-            return Err(bad("it is a folder that is neither empty nor an earlier quantstudio export"));
-        }
-    }
-    let name = dest.file_name().ok_or_else(|| bad("it has no folder name"))?;
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
+/// canonical (its parent must exist or be creatable; a symlink is followed to the folder it names). Folders left
+/// beside `dest` by an export that crashed are recovered or removed first ([`recover_destination`]).
+fn prepare_destination(model: &Model, dest: &Path, overwrite: bool) -> Result<PathBuf> {
+    let bad = |reason: String| Error::BadDestination { reason, path: dest.to_owned() };
+    let dest = resolve(dest)?;
+    let parent = match (dest.parent(), dest.file_name()) {
+        (Some(parent), Some(_)) => parent.to_owned(),
+        _ => return Err(bad("it has no folder name".into())),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io("cannot create folder", &parent, e))?;
-    let dest = parent.canonicalize().map_err(|e| Error::io("cannot resolve", &parent, e))?.join(name);
     let input_folder = crate::runtime::model_folder(model);
-    let input_folder = input_folder.canonicalize().unwrap_or(input_folder);
+    let input_folder = input_folder.canonicalize().map_err(|e| Error::io("cannot resolve", &input_folder, e))?;
     if dest.starts_with(&input_folder) {
-        return Err(bad("it is the input model's folder or inside it"));
+        return Err(bad(format!("it is the input model's folder or inside it, input {}", input_folder.display())));
     }
     for source in model.source_files().iter().filter_map(|f| f.canonicalize().ok()) {
         if source.starts_with(&dest) {
-            return Err(bad("it holds the input model"));
+            return Err(bad(format!("it holds the input model {}", source.display())));
+        }
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("cannot create folder", &parent, e))?;
+    recover_destination(&dest)?;
+    if dest.exists() && !dest.is_dir() {
+        return Err(bad("it is a file, not a folder".into()));
+    }
+    if dest.is_dir() && !overwrite {
+        let empty = std::fs::read_dir(&dest).map_err(|e| Error::io("cannot read", &dest, e))?.next().is_none();
+        if !empty && !is_earlier_export(&dest) {
+            return Err(bad(
+                "it is a folder that is neither empty nor an earlier quantstudio export; --overwrite replaces it"
+                    .into(),
+            ));
         }
     }
     Ok(dest)
 }
 
-/// A hidden folder beside the destination that receives the export, renamed into place by
+/// `path` made absolute with every symlink resolved, though its last components may not exist yet: the longest
+/// existing ancestor is canonicalised and the rest appended (no folder is created, so a refused destination leaves
+/// nothing behind).
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir().map_err(|e| Error::io("cannot resolve", path, e))?.join(path)
+    };
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    while existing.symlink_metadata().is_err() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().map_err(|e| Error::io("cannot resolve", existing, e))?;
+    for name in missing.iter().rev() {
+        resolved.push(name);
+    }
+    Ok(resolved)
+}
+
+/// What a hidden folder beside a destination is: `.NAME.quantstudio-KIND-PID`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SiblingKind {
+    /// A staging folder: an export being written, or (after a swap) the earlier export about to be removed.
+    Staging,
+    /// An earlier export set aside while the new one is renamed into place (platforms without an atomic swap).
+    SetAside,
+}
+
+impl SiblingKind {
+    fn tag(self) -> &'static str {
+        match self {
+            SiblingKind::Staging => "tmp",
+            SiblingKind::SetAside => "old",
+        }
+    }
+}
+
+/// `.NAME.quantstudio-KIND-PID` beside `dest`.
+fn sibling(dest: &Path, kind: SiblingKind, pid: u32) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.quantstudio-{}-{pid}", kind.tag()))
+}
+
+/// The folders beside `dest` that exports to `dest` left, with their kind and process id.
+fn siblings_of(dest: &Path) -> Result<Vec<(PathBuf, SiblingKind, u32)>> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return Ok(Vec::new()) };
+    let prefix = format!(".{}.quantstudio-", name.to_string_lossy());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(parent).map_err(|e| Error::io("cannot read", parent, e))? {
+        let entry = entry.map_err(|e| Error::io("cannot read", parent, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else { continue };
+        let Some((tag, pid)) = rest.split_once('-') else { continue };
+        let kind = match tag {
+            "tmp" => SiblingKind::Staging,
+            "old" => SiblingKind::SetAside,
+            _ => continue,
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        found.push((entry.path(), kind, pid));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// Whether process `pid` is still running (another export may be writing its staging folder). Without a way to
+/// tell (no `/proc`), every other process is taken for dead, so its folders are cleaned.
+fn is_running_elsewhere(pid: u32) -> bool {
+    if pid == std::process::id() {
+        // Exports of this process to one destination run one at a time: its own folders are left overs.
+        return false;
+    }
+    cfg!(target_os = "linux") && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Finishes or undoes what a crashed export to `dest` left: an earlier export set aside while `dest` is missing
+/// (a crash between the two renames of [`StagingFolder::commit`]'s fallback) is renamed back; every other staging
+/// or set-aside folder of a process that is no longer running is removed.
+fn recover_destination(dest: &Path) -> Result<()> {
+    for (path, kind, pid) in siblings_of(dest)? {
+        if is_running_elsewhere(pid) {
+            continue;
+        }
+        if kind == SiblingKind::SetAside && dest.symlink_metadata().is_err() {
+            std::fs::rename(&path, dest).map_err(|e| Error::io("cannot restore", &path, e))?;
+            continue;
+        }
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+    }
+    Ok(())
+}
+
+/// A hidden folder beside the destination that receives the export, swapped into place by
 /// [`StagingFolder::commit`]; removed when dropped uncommitted.
 struct StagingFolder {
     path: PathBuf,
@@ -433,7 +547,7 @@ struct StagingFolder {
 
 impl StagingFolder {
     fn create(dest: &Path) -> Result<StagingFolder> {
-        let path = sibling(dest, "tmp");
+        let path = sibling(dest, SiblingKind::Staging, std::process::id());
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
         }
@@ -445,10 +559,21 @@ impl StagingFolder {
         &self.path
     }
 
-    /// Moves the finished export to `dest`: an earlier export there is first renamed aside and removed after.
+    /// Makes the finished export durable and moves it to `dest`. An earlier export there is swapped out in one
+    /// atomic exchange where the file system has one (Linux), else renamed aside first; either way it is removed
+    /// after. See `docs/EXPORT.md` for what a crash at each step leaves.
     fn commit(mut self, dest: &Path) -> Result<()> {
-        let old = sibling(dest, "old");
-        if dest.exists() {
+        sync_tree(&self.path)?;
+        if dest.symlink_metadata().is_ok() && exchange(&self.path, dest)? {
+            // The staging name now holds the earlier export.
+            self.committed = true;
+            sync_parent(dest)?;
+            std::fs::remove_dir_all(&self.path).map_err(|e| Error::io("cannot remove", &self.path, e))?;
+            return Ok(());
+        }
+        let old = sibling(dest, SiblingKind::SetAside, std::process::id());
+        let set_aside = dest.symlink_metadata().is_ok();
+        if set_aside {
             if old.exists() {
                 std::fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
             }
@@ -456,12 +581,15 @@ impl StagingFolder {
         }
         if let Err(e) = std::fs::rename(&self.path, dest) {
             // Put the earlier export back: the destination stays as it was.
-            let _ = std::fs::rename(&old, dest);
+            if set_aside {
+                let _ = std::fs::rename(&old, dest);
+            }
             return Err(Error::io("cannot rename into place", dest, e));
         }
         self.committed = true;
-        if old.exists() {
-            let _ = std::fs::remove_dir_all(&old);
+        sync_parent(dest)?;
+        if set_aside {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
         }
         Ok(())
     }
@@ -475,10 +603,65 @@ impl Drop for StagingFolder {
     }
 }
 
-/// `.NAME.quantstudio-KIND-PID` beside `dest`.
-fn sibling(dest: &Path, kind: &str) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}.quantstudio-{kind}-{}", std::process::id()))
+/// Swaps the folders `a` and `b` in one atomic step; `Ok(false)` when the file system cannot (then nothing moved).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::BadDestination { reason: "its path holds a NUL byte".into(), path: p.to_owned() })
+    };
+    let (ca, cb) = (c_path(a)?, c_path(b)?);
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call; renameat2 reads them only.
+    let status =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if status == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        // Not supported by this kernel or file system: fall back to two renames.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(Error::io("cannot swap into place", b, error)),
+    }
+}
+
+/// Swaps the folders `a` and `b` in one atomic step; `Ok(false)` when the platform cannot (then nothing moved).
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
+    Ok(false)
+}
+
+/// Flushes every file and folder under `dir` to disk, so that a power cut after the rename cannot leave the new
+/// folder with empty or short files.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("cannot read", dir, e))? {
+        let path = entry.map_err(|e| Error::io("cannot read", dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            sync_path(&path)?;
+        }
+    }
+    sync_path(dir)
+}
+
+/// `fsync` of one file or folder (folders only where the platform allows opening them).
+fn sync_path(path: &Path) -> Result<()> {
+    if cfg!(windows) && path.is_dir() {
+        return Ok(());
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    file.sync_all().map_err(|e| Error::io("cannot sync", path, e))
+}
+
+/// `fsync` of the folder holding `path`, which makes a rename inside it durable.
+fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_path(parent),
+        _ => Ok(()),
+    }
 }
 
 /// Extensions of weight files in formats other than the one opened (another export of the same weights).

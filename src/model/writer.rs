@@ -98,6 +98,12 @@ impl TensorFileWriter {
     /// Appends bytes of the current tensor; may be called several times per tensor. A tensor is complete when
     /// its planned byte length has been written.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        // Zero-length tensors need no bytes: the exporter may write them (empty) or pass over them.
+        while self.written_in_tensor == 0
+            && self.tensors.get(self.next).is_some_and(|t| t.size_bytes() == 0 && t.name != name)
+        {
+            self.next += 1;
+        }
         let Some(expected) = self.tensors.get(self.next) else {
             return Err(self.misuse(format!("export wrote unplanned tensor {name:?}")));
         };
@@ -110,10 +116,6 @@ impl TensorFileWriter {
         if self.written_in_tensor == total {
             self.next += 1;
             self.written_in_tensor = 0;
-            // Zero-length tensors that follow are complete already.
-            while self.tensors.get(self.next).is_some_and(|t| t.size_bytes() == 0) {
-                self.next += 1;
-            }
         }
         Ok(())
     }
@@ -164,4 +166,42 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temp_path);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(name: &str, shape: &[usize]) -> PlannedTensor {
+        PlannedTensor { name: name.into(), dtype: DType::F32, shape: shape.to_vec() }
+    }
+
+    fn plan() -> Vec<PlannedTensor> {
+        vec![planned("empty.first", &[0, 4]), planned("a", &[2]), planned("empty.mid", &[3, 0]), planned("b", &[1])]
+    }
+
+    #[test]
+    fn zero_length_tensors_may_be_written_empty_or_passed_over() {
+        let dir = std::env::temp_dir().join(format!("quantstudio-writer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for written_empty in [true, false] {
+            let path = dir.join(format!("zero-{written_empty}.safetensors"));
+            let mut writer = TensorFileWriter::create(&path, plan(), &BTreeMap::new()).unwrap();
+            if written_empty {
+                writer.write_tensor("empty.first", &[]).unwrap();
+            }
+            writer.write_tensor("a", &[0; 8]).unwrap();
+            if written_empty {
+                writer.write_tensor("empty.mid", &[]).unwrap();
+            }
+            writer.write_tensor("b", &[0; 4]).unwrap();
+            writer.finish().unwrap();
+            assert!(path.is_file());
+        }
+        // A non-empty tensor still cannot be passed over.
+        let path = dir.join("skipped.safetensors");
+        let mut writer = TensorFileWriter::create(&path, plan(), &BTreeMap::new()).unwrap();
+        assert!(writer.write_tensor("b", &[0; 4]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
