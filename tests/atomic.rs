@@ -76,7 +76,7 @@ fn kill_9_during_export_leaves_the_old_or_the_new_folder_and_the_next_export_no_
     std::fs::create_dir_all(&place).unwrap();
     let out = place.join("out");
     copy_folder(&old_ref, &out);
-    let (mut killed_running, mut left_old, mut left_new) = (0, 0, 0);
+    let (mut killed_running, mut left_old, mut left_new, mut littered) = (0, 0, 0, 0);
     for k in 0..KILLS {
         let delay = export_time.mul_f64(0.2 + 1.2 * f64::from(k) / f64::from(KILLS));
         let mut child = Command::new(env!("CARGO_BIN_EXE_quantstudio"))
@@ -91,6 +91,9 @@ fn kill_9_during_export_leaves_the_old_or_the_new_folder_and_the_next_export_no_
         }
         child.kill().unwrap(); // SIGKILL on unix
         child.wait().unwrap();
+        if names_in(&place) != ["out"] {
+            littered += 1;
+        }
         let now = files(&out);
         if now == old {
             left_old += 1;
@@ -104,10 +107,11 @@ fn kill_9_during_export_leaves_the_old_or_the_new_folder_and_the_next_export_no_
         }
     }
     eprintln!(
-        "one export {export_time:?}; {killed_running} kills mid-export: {left_old} left the old folder, {left_new} the new"
+        "one export {export_time:?}; {killed_running} kills mid-export: {left_old} left the old folder, {left_new} the new, {littered} with litter"
     );
     assert!(killed_running >= KILLS / 2, "only {killed_running} kills hit a running export");
     assert!(left_old > 0, "no kill interrupted the export ({left_new} finished)");
+    assert!(littered > 0, "no kill left a staging folder behind, so the clean-up below proves nothing");
 
     export_cli(&input, "int8", &out);
     assert_eq!(files(&out), new);
