@@ -241,3 +241,42 @@ fn zero_element_tensors_export() {
         assert!(exported.tensors.iter().any(|t| t.name.starts_with("model.layers.0.mlp.empty_proj.weight")));
     }
 }
+
+/// The window's export goes through the same code: a refused destination reaches the status line as an error.
+#[cfg(feature = "gui")]
+#[test]
+fn the_window_reports_a_refused_destination_as_an_error() {
+    use egui_kittest::Harness;
+    use quantstudio::app::{Command, Preferences, StudioApp};
+    const WORKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    let dir = common::temp_dir();
+    let input = dir.path().join("input");
+    common::write_tiny_sample(&input);
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let app = StudioApp::new(Preferences::default(), Some(input.clone()), || {});
+    let mut h =
+        Harness::builder().with_size([1280.0, 800.0]).build_ui_state(|ui, app: &mut StudioApp| app.frame_ui(ui), app);
+    let mut step_until = |h: &mut Harness<'static, StudioApp>, what: &str, done: &dyn Fn(&StudioApp) -> bool| {
+        let start = Instant::now();
+        while !done(h.state()) {
+            assert!(start.elapsed() < WORKER_TIMEOUT, "timed out waiting for {what}");
+            h.step();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        h.step();
+    };
+    step_until(&mut h, "the model to open", &|app| app.studio.model.is_some() && !app.studio.is_busy());
+    for (dest, says) in [(input.join("quantized"), "inside it"), (foreign.clone(), "--overwrite")] {
+        h.state_mut().studio.notice = None;
+        h.state_mut().send(Command::Export { dest: dest.clone(), force: true });
+        h.step();
+        step_until(&mut h, "the refusal", &|app| app.studio.notice.is_some() && !app.studio.is_busy());
+        let notice = h.state().studio.notice.clone().unwrap();
+        assert!(notice.is_error && notice.text.contains(says), "{notice:?}");
+    }
+    assert!(!input.join("quantized").exists());
+    assert_eq!(names_in(&foreign), ["notes.txt"]);
+}
