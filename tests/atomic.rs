@@ -259,7 +259,7 @@ fn the_window_reports_a_refused_destination_as_an_error() {
     let app = StudioApp::new(Preferences::default(), Some(input.clone()), || {});
     let mut h =
         Harness::builder().with_size([1280.0, 800.0]).build_ui_state(|ui, app: &mut StudioApp| app.frame_ui(ui), app);
-    let mut step_until = |h: &mut Harness<'static, StudioApp>, what: &str, done: &dyn Fn(&StudioApp) -> bool| {
+    let step_until = |h: &mut Harness<'static, StudioApp>, what: &str, done: &dyn Fn(&StudioApp) -> bool| {
         let start = Instant::now();
         while !done(h.state()) {
             assert!(start.elapsed() < WORKER_TIMEOUT, "timed out waiting for {what}");
