@@ -356,6 +356,7 @@ fn clicking_a_layer_name_selects_its_row_and_the_inspector_shows_it() {
     step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
     let model = h.state().studio.model.clone().unwrap();
     assert_eq!(h.state().studio.table.focus, Some(LayerId(0)), "the first layer is inspected at start");
+    assert_eq!(h.state_mut().studio.rows(), [LayerId(0), LayerId(1), LayerId(2)], "rows in model order at start");
     // A layer that is neither inspected nor named as the worst in the summary bar: its name shows once, in its row.
     let worst = (0..model.layers.len())
         .map(LayerId)

@@ -73,17 +73,19 @@ pub fn spacer(spacing_px: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
     }
 }
 
-/// The label of a tick: as many decimals as its step needs (`0.04`, `1.5`, `300`), or scientific notation when
-/// the step is below 0.001 or from 100,000 (`2.5e-4`, `1.2e6`).
-pub fn tick_label(mark: GridMark, _range: &RangeInclusive<f64>) -> String {
+/// The label of a tick: as many decimals as its step needs (`0.04`, `1.5`, `300`, `0.9995`), or scientific
+/// notation when the axis's values are below 0.001 or from 100,000 in magnitude (`2.5e-4`, `1.2e6`), so that one
+/// axis keeps one notation.
+pub fn tick_label(mark: GridMark, range: &RangeInclusive<f64>) -> String {
     let (value, step) = (mark.value, mark.step_size.abs());
     if value.abs() < step * 1e-6 {
         return "0".into();
     }
-    if !(1e-3..1e5).contains(&step) {
+    let magnitude = range.start().abs().max(range.end().abs());
+    if !(1e-3..1e5).contains(&magnitude) {
         return format!("{value:.1e}");
     }
-    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let decimals = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
     format!("{value:.decimals$}")
 }
 
@@ -113,12 +115,14 @@ mod tests {
         assert_eq!(nice_step(3.0), 5.0);
         assert_eq!(nice_step(7.0), 10.0);
         assert_eq!(nice_step(1.0), 1.0);
-        let label = |value, step_size| tick_label(GridMark { value, step_size }, &(0.0..=1.0));
-        assert_eq!(label(0.0004, 0.0002), "4.0e-4");
-        assert_eq!(label(1.5, 0.5), "1.5");
-        assert_eq!(label(300.0, 100.0), "300");
-        assert_eq!(label(2e6, 1e6), "2.0e6");
-        assert_eq!(label(1e-17, 0.01), "0");
+        let label = |value, step_size, hi| tick_label(GridMark { value, step_size }, &(-hi..=hi));
+        assert_eq!(label(0.0004, 0.0002, 0.0005), "4.0e-4");
+        assert_eq!(label(1.5, 0.5, 2.0), "1.5");
+        assert_eq!(label(300.0, 100.0, 400.0), "300");
+        assert_eq!(label(2e6, 1e6, 3e6), "2.0e6");
+        assert_eq!(label(1e-17, 0.01, 0.05), "0");
+        // A narrow range far from zero (mean cosines): fixed decimals that tell the ticks apart.
+        assert_eq!(label(0.9995, 0.0005, 1.0), "0.9995");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::app::StudioApp;
 use crate::app::state::{BenchEntry, Command};
 use crate::worker::JobKind;
 
+/// Points between labelled latency ticks (the chart is wide: fewer, rounder ticks read better).
+const BENCH_X_TICKS_PX: f64 = 90.0;
 const FP32_COLOR: Color32 = Color32::from_rgb(170, 170, 170);
 const PLAN_COLORS: [Color32; 6] = [
     Color32::from_rgb(90, 170, 240),
@@ -52,7 +54,7 @@ pub fn results(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.add_space(6.0);
     // A height from the window, not from the space left in the panel (which would grow the panel frame after
     // frame).
-    let height = (ui.ctx().content_rect().height() * 0.3).clamp(200.0, 340.0);
+    let height = (ui.ctx().content_rect().height() * 0.25).clamp(170.0, 340.0);
     chart(ui, &app.studio.results.benchmarks, height);
 }
 
@@ -187,22 +189,30 @@ fn chart(ui: &mut egui::Ui, entries: &[BenchEntry], height: f32) {
     let pad = if high - low < 1e-9 { 1e-3 * high.abs().max(1.0) } else { 0.0 };
     ui.horizontal_wrapped(|ui| {
         for entry in entries {
-            let text =
-                format!("{} {} · {}", label(entry), entry.summary, format::bytes(entry.configuration.disk_bytes));
+            let size = format::bytes(entry.configuration.disk_bytes);
+            let text = match entry.plan {
+                None => format!("FP32 · {size}"),
+                Some(_) => format!("{} {} · {size}", label(entry), entry.summary),
+            };
             ui.label(RichText::new(text).color(color(entry)).strong());
             ui.add_space(8.0);
         }
         super::hint(ui, "(marker area: size on disk; up and left is better)");
     });
+    // Latency from 0 (no negative ticks) to a little past the slowest.
+    let slowest_ms = entries.iter().map(|e| e.configuration.latency.latency_ms_median).fold(0.0, f64::max);
     let mut chart = Plot::new("bench-chart")
         .height(height)
         .allow_scroll(false)
         .include_x(0.0)
-        .set_margin_fraction(egui::vec2(0.08, 0.2));
+        .include_x(slowest_ms * 1.1)
+        .set_margin_fraction(egui::vec2(0.0, 0.2));
     if pad > 0.0 && low.is_finite() {
         chart = chart.include_y(low - pad).include_y(high + pad);
     }
-    super::axes::titled(chart, "median latency, batch 1 (ms)", &y_title).show(ui, |plot| {
+    let chart = super::axes::titled(chart, "median latency, batch 1 (ms)", &y_title)
+        .x_grid_spacer(super::axes::spacer(BENCH_X_TICKS_PX));
+    chart.show(ui, |plot| {
         for entry in entries {
             let Some(y) = y_of(entry) else { continue };
             let x = entry.configuration.latency.latency_ms_median;

@@ -18,6 +18,8 @@ use crate::worker::JobKind;
 
 const CLIP_COLOR: Color32 = Color32::from_rgb(240, 150, 60);
 const BAR_COLOR: Color32 = Color32::from_rgb(200, 110, 200);
+/// Characters of a layer name on the ranking's axis.
+const RANKING_NAME_CHARS: usize = 28;
 /// Layers drawn in the ranking chart.
 const CHART_LAYERS: usize = 24;
 
@@ -228,13 +230,10 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         .show(ui, |plot| plot.bar_chart(BarChart::new(series, bars).horizontal().color(BAR_COLOR)));
 }
 
-/// The last two dotted components of a layer name (`self_attn.q_proj`).
+/// A layer name short enough for the ranking's axis, keeping its block number and leaf
+/// (`encoder.layer.3.…self.value`).
 fn short_name(name: &str) -> String {
-    let parts: Vec<&str> = name.rsplitn(3, '.').collect();
-    match parts.as_slice() {
-        [last, second, _] => format!("{second}.{last}"),
-        _ => name.to_owned(),
-    }
+    format::elide_middle(name, RANKING_NAME_CHARS)
 }
 
 /// The inspector's section on the focused layer's calibrated input.

@@ -12,7 +12,12 @@ use crate::stats::Histogram;
 /// The right-hand panel.
 pub fn inspector(ui: &mut egui::Ui, app: &mut StudioApp) {
     egui::Panel::right("inspector").resizable(true).default_size(300.0).min_size(240.0).show(ui, |ui| {
-        egui::ScrollArea::vertical().show(ui, |ui| inspector_ui(ui, app));
+        // A right margin keeps the plots' last tick labels clear of the scroll bar.
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            egui::Frame::new().inner_margin(egui::Margin { right: 12, ..Default::default() }).show(ui, |ui| {
+                inspector_ui(ui, app);
+            });
+        });
     });
 }
 
@@ -31,7 +36,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.label(format!("{} · planned {}", info.kind.as_str(), precision));
     for tensor in &info.tensors {
         let t = model.tensor(*tensor);
-        ui.label(RichText::new(format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape))).small());
+        super::hint(ui, format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape)));
     }
     super::calibration::input_section(ui, app, layer);
     let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
@@ -77,8 +82,8 @@ fn scales_plot(ui: &mut egui::Ui, a: &TensorAnalysis) {
         _ => a.group_params.iter().enumerate().map(|(i, p)| [i as f64, p.scale as f64]).collect(),
     };
     let y_title = match a.precision {
-        Precision::Fp8(_) => "scale (value of FP8 1.0)",
-        _ => "scale (value per INT8 step)",
+        Precision::Fp8(_) => "scale",
+        _ => "scale (step)",
     };
     let plot = Plot::new("scales").height(150.0).allow_scroll(false).include_y(0.0);
     axes::titled(plot, "output channel", y_title).show(ui, |plot| {
@@ -87,20 +92,24 @@ fn scales_plot(ui: &mut egui::Ui, a: &TensorAnalysis) {
 }
 
 fn stats_grid(ui: &mut egui::Ui, a: &TensorAnalysis) {
-    egui::Grid::new("stats").num_columns(4).spacing([12.0, 2.0]).show(ui, |ui| {
+    // Three significant digits (the full value is on hover): four columns fit the narrowest inspector.
+    let value = |ui: &mut egui::Ui, v: f64| {
+        ui.label(format::sci(v)).on_hover_text(format!("{v:e}"));
+    };
+    egui::Grid::new("stats").num_columns(4).spacing([10.0, 2.0]).show(ui, |ui| {
         let s = &a.stats;
         ui.label("min");
-        ui.label(format!("{:.4e}", s.min));
+        value(ui, s.min as f64);
         ui.label("max");
-        ui.label(format!("{:.4e}", s.max));
+        value(ui, s.max as f64);
         ui.end_row();
         ui.label("mean");
-        ui.label(format!("{:.4e}", s.mean));
+        value(ui, s.mean);
         ui.label("std");
-        ui.label(format!("{:.4e}", s.std));
+        value(ui, s.std);
         ui.end_row();
         ui.label("absmax");
-        ui.label(format!("{:.4e}", s.absmax));
+        value(ui, s.absmax as f64);
         ui.label("NaN / inf");
         ui.label(format!("{} / {}", s.nan_count, s.inf_count));
         ui.end_row();

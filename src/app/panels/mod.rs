@@ -172,11 +172,11 @@ impl Default for Inputs {
     }
 }
 
-/// The default and the largest height of each of the two bottom panels: together at most 30% of the window by
-/// default (the table keeps the rest), each up to 45% when dragged.
+/// The default and the largest height of each of the two bottom panels: together 30% of the window by default
+/// (the table keeps the rest), each up to 40% when dragged.
 pub fn bottom_panel_sizes(ctx: &egui::Context) -> (f32, f32) {
     let height = ctx.content_rect().height();
-    ((height * 0.15).max(80.0), (height * 0.45).max(120.0))
+    ((height * 0.15).max(80.0), (height * 0.4).max(120.0))
 }
 
 /// A hint or a caption: body size and the text colour (small grey text was hard to read).
@@ -493,6 +493,8 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
                 // alone would seem to go backwards.
                 let stage = if progress.stage.is_empty() {
                     kind.label().to_owned()
+                } else if progress.stage.starts_with(kind.label()) {
+                    progress.stage.clone()
                 } else {
                     format!("{}: {}", kind.label(), progress.stage)
                 };
