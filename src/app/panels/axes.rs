@@ -61,7 +61,9 @@ pub fn spacer(spacing_px: f64) -> impl Fn(GridInput) -> Vec<GridMark> {
         let step = nice_step(spacing_px / points_per_unit);
         let minor = step / MINOR_PER_MAJOR as f64;
         let (first, last) = ((lo / minor).ceil(), (hi / minor).floor());
-        if !(last - first < MAX_MARKS) {
+        // Also false for NaN: no marks then either.
+        let countable = last - first < MAX_MARKS;
+        if !countable {
             return Vec::new();
         }
         (first as i64..=last as i64)
@@ -115,7 +117,7 @@ mod tests {
         assert_eq!(nice_step(3.0), 5.0);
         assert_eq!(nice_step(7.0), 10.0);
         assert_eq!(nice_step(1.0), 1.0);
-        let label = |value, step_size, hi| tick_label(GridMark { value, step_size }, &(-hi..=hi));
+        let label = |value, step_size, hi: f64| tick_label(GridMark { value, step_size }, &(-hi..=hi));
         assert_eq!(label(0.0004, 0.0002, 0.0005), "4.0e-4");
         assert_eq!(label(1.5, 0.5, 2.0), "1.5");
         assert_eq!(label(300.0, 100.0, 400.0), "300");
