@@ -312,6 +312,9 @@ fn path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget, width:
     let label = ui.label(target.label());
     let global = ui.ctx().global_style();
     ui.style_mut().visuals.widgets = global.visuals.widgets.clone();
+    // A visible outline: a field that reads as a place to type, in a menu as anywhere.
+    let outline = ui.visuals().widgets.noninteractive.bg_stroke.color;
+    ui.style_mut().visuals.widgets.inactive.bg_stroke = egui::Stroke::new(1.0, outline);
     let text = app.inputs.path_mut(target);
     let field = ui
         .add(
