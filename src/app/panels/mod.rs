@@ -313,7 +313,7 @@ fn path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget, width:
     let global = ui.ctx().global_style();
     ui.style_mut().visuals.widgets = global.visuals.widgets.clone();
     // A visible outline: a field that reads as a place to type, in a menu as anywhere.
-    let outline = ui.visuals().widgets.noninteractive.bg_stroke.color;
+    let outline = ui.visuals().widgets.inactive.fg_stroke.color.gamma_multiply(0.6);
     ui.style_mut().visuals.widgets.inactive.bg_stroke = egui::Stroke::new(1.0, outline);
     let text = app.inputs.path_mut(target);
     let field = ui
