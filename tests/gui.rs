@@ -6,16 +6,21 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use quantstudio::app::{Command, Preferences, StudioApp};
+use quantstudio::app::{Command, NoDialogs, Preferences, StudioApp};
 
 use crate::common::{self, Spec};
 
 /// How long a test waits for the worker before failing.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The window's size in the tests: its bottom panels (15% of the height each) show a few result rows without
+/// scrolling.
+const WINDOW_SIZE: [f32; 2] = [1280.0, 1000.0];
+
+/// The window on `path`, asking no file dialog (the tests must never block on one).
 fn harness(path: &Path) -> Harness<'static, StudioApp> {
-    let app = StudioApp::new(Preferences::default(), Some(path.to_owned()), || {});
-    Harness::builder().with_size([1280.0, 800.0]).build_ui_state(|ui, app: &mut StudioApp| app.frame_ui(ui), app)
+    let app = StudioApp::new(Preferences::default(), Some(path.to_owned()), || {}).with_dialogs(Box::new(NoDialogs));
+    Harness::builder().with_size(WINDOW_SIZE).build_ui_state(|ui, app: &mut StudioApp| app.frame_ui(ui), app)
 }
 
 /// Steps frames until `done` holds (the worker runs on its own threads meanwhile).
@@ -341,4 +346,77 @@ fn an_uncalibrated_w8a8_layer_is_marked_in_its_row_until_calibrated() {
     let (shown, weights) = (format!("{:.1} dB", error.worst_sqnr_db().unwrap()), error.weights_sqnr_db.unwrap());
     assert_ne!(shown, format!("{weights:.1} dB"), "the cell does not show the weights' figure");
     h.get_by_label(&shown);
+}
+
+#[test]
+fn clicking_a_layer_name_selects_its_row_and_the_inspector_shows_it() {
+    use quantstudio::model::LayerId;
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    let model = h.state().studio.model.clone().unwrap();
+    assert_eq!(h.state().studio.table.focus, Some(LayerId(0)), "the first layer is inspected at start");
+    assert_eq!(h.state_mut().studio.rows(), [LayerId(0), LayerId(1), LayerId(2)], "rows in model order at start");
+    // A layer that is neither inspected nor named as the worst in the summary bar: its name shows once, in its row.
+    let worst = (0..model.layers.len())
+        .map(LayerId)
+        .filter_map(|l| h.state().studio.layer_analysis(l).and_then(|a| a.error.sqnr_db).map(|db| (l, db)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, _)| l);
+    let target = (1..model.layers.len()).map(LayerId).find(|l| Some(*l) != worst).unwrap();
+    let name = model.layer(target).name.clone();
+    assert_eq!(h.query_all_by_label(&name).count(), 1, "{name} shows in its row only");
+    h.get_by_label(&name).click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.table.focus, Some(target), "a click on the name focuses the row");
+    assert!(h.state().studio.table.selection.contains(&target), "and selects it");
+    assert_eq!(h.query_all_by_label(&name).count(), 2, "the inspector now shows {name} too");
+}
+
+#[test]
+fn without_a_file_dialog_the_shortcuts_and_browse_fall_back_to_a_path_field() {
+    use egui::accesskit::Role;
+    use quantstudio::app::PathTarget;
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    // Ctrl+O: no dialog opens, the status line says so and a focused path field takes the path.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::O);
+    h.run_steps(3);
+    assert_eq!(h.state().path_prompt(), Some(PathTarget::Open));
+    h.get_by_label("no file dialog available: type the path in the field");
+    let field = h.get_by_role_and_label(Role::TextInput, "Model path");
+    assert!(field.is_focused(), "the path field has the keyboard");
+    let other = common::bundled_sample();
+    field.type_text(&other.display().to_string());
+    h.run_steps(2);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    assert!(h.state().path_prompt().is_none(), "Enter uses the path and closes the field");
+    step_until(&mut h, "the typed model to open", |app| {
+        app.studio.model.as_ref().is_some_and(|m| m.path.ends_with("tiny-llm")) && !app.studio.is_busy()
+    });
+    // Ctrl+E the same way; Escape closes it without exporting.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.run_steps(3);
+    assert_eq!(h.state().path_prompt(), Some(PathTarget::Export));
+    assert!(h.get_by_role_and_label(Role::TextInput, "Export to folder").is_focused());
+    h.key_press(egui::Key::Escape);
+    h.run_steps(2);
+    assert!(h.state().path_prompt().is_none());
+    assert!(h.state().studio.last_export.is_none());
+    // Browse... beside the evaluation data: its own field takes the keyboard.
+    h.state_mut().send(Command::Open(mlp));
+    h.step();
+    step_until(&mut h, "the sample to open again", |app| {
+        app.studio.model.as_ref().is_some_and(|m| m.path.ends_with("digits-mlp")) && !app.studio.is_busy()
+    });
+    h.state_mut().studio.notice = None;
+    // The accuracy panel's Browse... (drawn first; the calibration panel has the other).
+    h.get_all_by_label("Browse...").next().unwrap().click();
+    h.run_steps(3);
+    h.get_by_label("no file dialog available: type the path in the field");
+    let data = h.get_by_role_and_label(Role::TextInput, "Data");
+    assert!(data.is_focused(), "the data field beside Browse... has the keyboard");
+    assert!(h.state().path_prompt().is_none(), "no extra window for a field already on screen");
 }

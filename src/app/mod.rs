@@ -1,6 +1,7 @@
 //! The studio window (eframe + egui + egui_plot). It only draws and sends [`Command`]s; the [`Studio`] state
 //! schedules jobs on the worker and files their results.
 
+pub mod dialogs;
 mod format;
 mod panels;
 pub mod state;
@@ -9,6 +10,8 @@ use eframe::egui;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use dialogs::{DialogOutcome, DialogRequest, FileDialogs, NativeDialogs, NoDialogs};
+pub use panels::PathTarget;
 pub use state::{Command, Preferences, Studio};
 
 /// Key of the preferences in eframe's storage.
@@ -28,6 +31,12 @@ pub struct StudioApp {
     pending: Vec<Command>,
     /// Text of the "open path" and pattern fields.
     pub(crate) inputs: panels::Inputs,
+    /// Where paths come from when the user browses (native dialogs; the tests set [`NoDialogs`]).
+    dialogs: Box<dyn FileDialogs>,
+    /// A dialog asked for while drawing, opened after the frame is drawn (it blocks while open).
+    dialog_request: Option<(DialogRequest, PathTarget)>,
+    /// The summary bar's whole-model figures, kept per studio revision.
+    summary: Option<panels::SummaryFigures>,
     frame_stats: Option<FrameStats>,
 }
 
@@ -46,7 +55,37 @@ impl StudioApp {
         if let Some(path) = path {
             studio.apply(Command::Open(path));
         }
-        StudioApp { studio, pending: Vec::new(), inputs: panels::Inputs::default(), frame_stats: None }
+        StudioApp {
+            studio,
+            pending: Vec::new(),
+            inputs: panels::Inputs::default(),
+            dialogs: Box::new(NativeDialogs),
+            dialog_request: None,
+            summary: None,
+            frame_stats: None,
+        }
+    }
+
+    /// The same studio asking `dialogs` for paths (tests pass [`NoDialogs`] to see the fallback).
+    pub fn with_dialogs(mut self, dialogs: Box<dyn FileDialogs>) -> StudioApp {
+        self.dialogs = dialogs;
+        self
+    }
+
+    /// Asks for a path for `target` with a dialog, once this frame is drawn. When no dialog can open, the status
+    /// line says so and a path field takes the keyboard instead.
+    pub fn browse(&mut self, request: DialogRequest, target: PathTarget) {
+        self.dialog_request = Some((request, target));
+    }
+
+    /// The text of a path field (the fallback of a dialog).
+    pub fn path_text(&self, target: PathTarget) -> &str {
+        self.inputs.path(target)
+    }
+
+    /// The path field open because no dialog could, if any.
+    pub fn path_prompt(&self) -> Option<PathTarget> {
+        self.inputs.prompt
     }
 
     /// The text of the evaluation data field.
@@ -78,6 +117,10 @@ impl StudioApp {
             panels::inspector(ui, self);
         }
         panels::central(ui, self);
+        panels::path_prompt(ui.ctx(), self);
+        if let Some((request, target)) = self.dialog_request.take() {
+            self.run_dialog(request, target);
+        }
         for command in std::mem::take(&mut self.pending) {
             self.studio.apply(command);
         }
@@ -89,6 +132,28 @@ impl StudioApp {
             ui.ctx().request_repaint_after(interval);
         }
         self.record_frame(ui.ctx(), start);
+    }
+
+    fn run_dialog(&mut self, request: DialogRequest, target: PathTarget) {
+        match self.dialogs.ask(request) {
+            DialogOutcome::Picked(path) => self.use_path(target, path),
+            DialogOutcome::Cancelled => {}
+            DialogOutcome::Unavailable => {
+                self.studio.notice = Some(state::Notice::info("no file dialog available: type the path in the field"));
+                self.inputs.show_path_field(target);
+            }
+        }
+    }
+
+    /// Sends the command a path is for, or fills the data field it is for.
+    pub(crate) fn use_path(&mut self, target: PathTarget, path: PathBuf) {
+        match target {
+            PathTarget::Open => self.send(Command::Open(path)),
+            PathTarget::SaveRecipe => self.send(Command::SaveRecipe(path)),
+            PathTarget::LoadRecipe => self.send(Command::LoadRecipe(path)),
+            PathTarget::Export => self.send(Command::Export { dest: path, force: false }),
+            PathTarget::EvalData | PathTarget::CalibData => *self.inputs.path_mut(target) = path.display().to_string(),
+        }
     }
 
     fn handle_dropped_files(&mut self, ctx: &egui::Context) {

@@ -5,15 +5,21 @@ use eframe::egui;
 use egui::{Color32, RichText};
 use egui_extras::{Column, TableBuilder};
 
-use super::{format, sqnr_color};
+use super::{PathTarget, format, sqnr_color};
 use crate::app::StudioApp;
+use crate::app::dialogs::DialogRequest;
 use crate::app::state::{Command, Evaluation};
 use crate::worker::JobKind;
 
 /// The bottom panel above the status bar.
 pub fn accuracy(ui: &mut egui::Ui, app: &mut StudioApp) {
-    egui::Panel::bottom("accuracy").resizable(true).default_size(170.0).min_size(90.0).show(ui, |ui| {
-        accuracy_ui(ui, app);
+    let (default_size, max_size) = super::bottom_panel_sizes(ui.ctx());
+    let panel = egui::Panel::bottom("accuracy").resizable(true).default_size(default_size).max_size(max_size);
+    panel.min_size(60.0).show(ui, |ui| {
+        egui::ScrollArea::vertical()
+            .id_salt("accuracy-scroll")
+            .auto_shrink([false, false])
+            .show(ui, |ui| accuracy_ui(ui, app));
     });
 }
 
@@ -47,16 +53,19 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             return;
         }
         ui.separator();
-        ui.label("Data");
-        ui.add(egui::TextEdit::singleline(&mut app.inputs.eval_data).desired_width(260.0).hint_text("data file"))
+        let label = ui.label(PathTarget::EvalData.label());
+        let field = ui
+            .add(egui::TextEdit::singleline(&mut app.inputs.eval_data).desired_width(260.0).hint_text("data file"))
             .on_hover_text(
                 "A .safetensors file (`inputs` [+ `labels`], or `input_ids` [+ `attention_mask`]) or a text file, \
                  one sample per line, tokenised with the model's tokenizer.json",
-            );
-        if ui.button("Browse...").clicked()
-            && let Some(path) = rfd::FileDialog::new().add_filter("data", &["safetensors", "txt"]).pick_file()
-        {
-            app.inputs.eval_data = path.display().to_string();
+            )
+            .labelled_by(label.id);
+        if app.inputs.take_focus(PathTarget::EvalData) {
+            field.request_focus();
+        }
+        if ui.button("Browse...").clicked() {
+            app.browse(DialogRequest::DataFile, PathTarget::EvalData);
         }
         let data = app.inputs.eval_data.trim().to_owned();
         if benchmark_tab {
@@ -134,8 +143,11 @@ fn results_table(ui: &mut egui::Ui, app: &mut StudioApp) {
     let model_size = app.studio.model.as_ref().map_or(0, |m| m.size_bytes());
     let fp32_accuracy = app.studio.results.evaluations.iter().find_map(|e| e.report.fp32_accuracy);
     let mut restore = None;
+    // The panel scrolls (it is short on a small screen); the table does not scroll on its own.
     let mut table = TableBuilder::new(ui)
+        .id_salt("evaluations")
         .striped(true)
+        .vscroll(false)
         .auto_shrink([false, true])
         .column(Column::exact(34.0))
         .column(Column::initial(230.0).at_least(120.0).clip(true))

@@ -6,8 +6,9 @@ use eframe::egui;
 use egui::{Color32, RichText};
 use egui_plot::{Bar, BarChart, Plot, VLine};
 
-use super::format;
+use super::{PathTarget, axes, format, hint};
 use crate::app::StudioApp;
+use crate::app::dialogs::DialogRequest;
 use crate::app::state::Command;
 use crate::calib::SensitivityMode;
 use crate::calib::view::STANDARD_OBSERVERS;
@@ -17,26 +18,37 @@ use crate::worker::JobKind;
 
 const CLIP_COLOR: Color32 = Color32::from_rgb(240, 150, 60);
 const BAR_COLOR: Color32 = Color32::from_rgb(200, 110, 200);
+/// Characters of a layer name on the ranking's axis.
+const RANKING_NAME_CHARS: usize = 28;
 /// Layers drawn in the ranking chart.
 const CHART_LAYERS: usize = 24;
 
 /// The bottom panel above the accuracy panel.
 pub fn diagnose(ui: &mut egui::Ui, app: &mut StudioApp) {
-    egui::Panel::bottom("diagnose").resizable(true).default_size(200.0).min_size(90.0).show(ui, |ui| {
-        let runnable = matches!(app.studio.runtime, Some(Ok(_)));
-        ui.horizontal(|ui| {
-            ui.heading("Calibrate & diagnose");
-            if !runnable {
-                ui.label(RichText::new("needs a model that runs (see the accuracy panel)").weak());
-            }
-        });
-        if !runnable {
-            return;
-        }
-        calibration_row(ui, app);
-        ui.separator();
-        sensitivity_ui(ui, app);
+    let (default_size, max_size) = super::bottom_panel_sizes(ui.ctx());
+    let panel = egui::Panel::bottom("diagnose").resizable(true).default_size(default_size).max_size(max_size);
+    panel.min_size(60.0).show(ui, |ui| {
+        egui::ScrollArea::vertical()
+            .id_salt("diagnose-scroll")
+            .auto_shrink([false, false])
+            .show(ui, |ui| diagnose_ui(ui, app));
     });
+}
+
+fn diagnose_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let runnable = matches!(app.studio.runtime, Some(Ok(_)));
+    ui.horizontal(|ui| {
+        ui.heading("Calibrate & diagnose");
+        if !runnable {
+            ui.label(RichText::new("needs a model that runs (see the accuracy panel)").weak());
+        }
+    });
+    if !runnable {
+        return;
+    }
+    calibration_row(ui, app);
+    ui.separator();
+    sensitivity_ui(ui, app);
 }
 
 fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
@@ -47,13 +59,16 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
             app.studio.calibration.default_data.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     }
     ui.horizontal(|ui| {
-        ui.label("Calibration data");
-        ui.add(egui::TextEdit::singleline(&mut app.inputs.calib_data).desired_width(240.0).hint_text("data file"))
-            .on_hover_text("Representative inputs, in any format the accuracy panel takes");
-        if ui.button("Browse...").clicked()
-            && let Some(path) = rfd::FileDialog::new().add_filter("data", &["safetensors", "txt"]).pick_file()
-        {
-            app.inputs.calib_data = path.display().to_string();
+        let label = ui.label(PathTarget::CalibData.label());
+        let field = ui
+            .add(egui::TextEdit::singleline(&mut app.inputs.calib_data).desired_width(240.0).hint_text("data file"))
+            .on_hover_text("Representative inputs, in any format the accuracy panel takes")
+            .labelled_by(label.id);
+        if app.inputs.take_focus(PathTarget::CalibData) {
+            field.request_focus();
+        }
+        if ui.button("Browse...").clicked() {
+            app.browse(DialogRequest::DataFile, PathTarget::CalibData);
         }
         let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Calibrate);
         let data = app.inputs.calib_data.trim().to_owned();
@@ -182,37 +197,43 @@ fn sensitivity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         })
         .collect();
     if !by_score {
-        ui.label(
-            RichText::new("Every score is 0 (the task metric did not move): bars show the relative output noise.")
-                .weak()
-                .small(),
-        );
+        hint(ui, "Every score is 0 (the task metric did not move): bars show the relative output noise.");
     }
     let names: Vec<String> = shown.iter().map(|r| r.layer.clone()).collect();
-    Plot::new("sensitivity-ranking")
-        .height(ui.available_height().max(80.0))
-        .allow_scroll(false)
-        .allow_drag(false)
-        .allow_zoom(false)
-        .y_axis_formatter(move |mark, _| {
+    // One labelled row per layer: the y axis names the bars (most sensitive on top), the x axis says what their
+    // length is; no legend over the bars.
+    let names_axis =
+        egui_plot::AxisHints::new_y().label("layer").label_spacing(12.0..=16.0).formatter(move |mark, _| {
             let index = (-mark.value).round();
             if (mark.value + index).abs() < 1e-6 && index >= 0.0 {
                 names.get(index as usize).map(|n| short_name(n)).unwrap_or_default()
             } else {
                 String::new()
             }
+        });
+    let x_title =
+        if by_score { "task loss (larger: more sensitive)" } else { "relative output noise Σ(y - ŷ)² / Σy²" };
+    Plot::new("sensitivity-ranking")
+        .height((shown.len() as f32 * 18.0 + 50.0).max(120.0))
+        .allow_scroll(false)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .custom_x_axes(vec![axes::x_axis(x_title)])
+        .custom_y_axes(vec![names_axis])
+        .x_grid_spacer(axes::spacer(axes::X_TICKS_PX))
+        .y_grid_spacer(|input| {
+            let (lo, hi) = input.bounds;
+            ((-hi).ceil().max(0.0) as i64..=(-lo).floor() as i64)
+                .map(|i| egui_plot::GridMark { value: -(i as f64), step_size: 1.0 })
+                .collect()
         })
-        .legend(egui_plot::Legend::default())
         .show(ui, |plot| plot.bar_chart(BarChart::new(series, bars).horizontal().color(BAR_COLOR)));
 }
 
-/// The last two dotted components of a layer name (`self_attn.q_proj`).
+/// A layer name short enough for the ranking's axis, keeping its block number and leaf
+/// (`encoder.layer.3.…self.value`).
 fn short_name(name: &str) -> String {
-    let parts: Vec<&str> = name.rsplitn(3, '.').collect();
-    match parts.as_slice() {
-        [last, second, _] => format!("{second}.{last}"),
-        _ => name.to_owned(),
-    }
+    format::elide_middle(name, RANKING_NAME_CHARS)
 }
 
 /// The inspector's section on the focused layer's calibrated input.
@@ -229,15 +250,15 @@ pub fn input_section(ui: &mut egui::Ui, app: &mut StudioApp, layer: LayerId) {
         ui.label(RichText::new(if w8a8 { "W8A8: quantized with this clip" } else { "float (weight-only)" }).weak());
     });
     let h = &view.histogram;
-    ui.label(
-        RichText::new(format!(
+    hint(
+        ui,
+        format!(
             "{} values, min {:.4e}, max {:.4e}{}",
             format::thousands(h.count),
             h.min,
             h.max,
             if h.nonfinite > 0 { format!(", {} NaN/inf", h.nonfinite) } else { String::new() }
-        ))
-        .small(),
+        ),
     );
     // The clip range over the display histogram; drag (or click) in the plot to move it.
     let log = app.studio.prefs.log_counts;
@@ -252,19 +273,20 @@ pub fn input_section(ui: &mut egui::Ui, app: &mut StudioApp, layer: LayerId) {
             Bar::new(view.display.bin_center(i), height).width(width).fill(Color32::from_rgb(120, 200, 160))
         })
         .collect();
-    let response = Plot::new("input-histogram")
-        .height(150.0)
+    let y_title = if log { "log10(count + 1)" } else { "count" };
+    let plot = Plot::new("input-histogram")
+        .height(160.0)
         .allow_scroll(false)
         .allow_drag(false)
         .allow_zoom(false)
         .allow_boxed_zoom(false)
         .include_x(-(clip as f64))
-        .include_x(clip as f64)
-        .show(ui, |plot| {
-            plot.bar_chart(BarChart::new(if log { "log10(count+1)" } else { "count" }, bars));
-            plot.vline(VLine::new("clip", clip as f64).color(CLIP_COLOR).width(2.0));
-            plot.vline(VLine::new("clip", -(clip as f64)).color(CLIP_COLOR).width(2.0));
-        });
+        .include_x(clip as f64);
+    let response = axes::titled(plot, "input value (clip lines: drag to move)", y_title).show(ui, |plot| {
+        plot.bar_chart(BarChart::new(y_title, bars));
+        plot.vline(VLine::new("clip", clip as f64).color(CLIP_COLOR).width(2.0));
+        plot.vline(VLine::new("clip", -(clip as f64)).color(CLIP_COLOR).width(2.0));
+    });
     let pointer = response.response.interact_pointer_pos();
     if (response.response.dragged() || response.response.clicked())
         && let Some(pos) = pointer
@@ -307,7 +329,7 @@ pub fn input_section(ui: &mut egui::Ui, app: &mut StudioApp, layer: LayerId) {
         ui.label(format::sci(error.mse));
         ui.end_row();
     });
-    ui.label(RichText::new("Observers (click to use for this layer)").small());
+    hint(ui, "Observers (click to use for this layer)");
     ui.horizontal_wrapped(|ui| {
         for (option, value) in &view.clips {
             let text = format!("{} {}", option.label(), format::sci(*value as f64));

@@ -2,9 +2,9 @@
 
 use eframe::egui;
 use egui::{Color32, RichText};
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, VLine};
+use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, VLine};
 
-use super::format;
+use super::{axes, format};
 use crate::app::StudioApp;
 use crate::quant::{Precision, TensorAnalysis};
 use crate::stats::Histogram;
@@ -12,7 +12,12 @@ use crate::stats::Histogram;
 /// The right-hand panel.
 pub fn inspector(ui: &mut egui::Ui, app: &mut StudioApp) {
     egui::Panel::right("inspector").resizable(true).default_size(300.0).min_size(240.0).show(ui, |ui| {
-        egui::ScrollArea::vertical().show(ui, |ui| inspector_ui(ui, app));
+        // A right margin keeps the plots' last tick labels clear of the scroll bar.
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            egui::Frame::new().inner_margin(egui::Margin { right: 12, ..Default::default() }).show(ui, |ui| {
+                inspector_ui(ui, app);
+            });
+        });
     });
 }
 
@@ -31,7 +36,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.label(format!("{} · planned {}", info.kind.as_str(), precision));
     for tensor in &info.tensors {
         let t = model.tensor(*tensor);
-        ui.label(RichText::new(format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape))).small());
+        super::hint(ui, format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape)));
     }
     super::calibration::input_section(ui, app, layer);
     let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
@@ -51,36 +56,60 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         ui.checkbox(&mut app.studio.prefs.log_counts, "log counts");
     });
     value_plot(ui, &analysis, log);
-    ui.label(RichText::new("Error (x - dequantized)").strong());
-    histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, Color32::from_rgb(230, 140, 80), &[]);
-    let scales: Vec<f32> = match analysis.precision {
-        Precision::Fp8(_) => analysis.fp8_scales.clone(),
-        _ => analysis.group_params.iter().map(|p| p.scale).collect(),
+    ui.label(RichText::new("Error (x - dequantized x)").strong());
+    histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, ERROR_COLOR, &[], "error (weight units)");
+    scales_plot(ui, &analysis);
+}
+
+const VALUE_COLOR: Color32 = Color32::from_rgb(120, 170, 230);
+const ERROR_COLOR: Color32 = Color32::from_rgb(230, 140, 80);
+const RANGE_COLOR: Color32 = Color32::from_rgb(90, 160, 240);
+const SCALE_COLOR: Color32 = Color32::from_rgb(160, 200, 120);
+
+/// The step of every output channel's grid (one point per channel: the plot's work is proportional to the
+/// channels, as drawn).
+fn scales_plot(ui: &mut egui::Ui, a: &TensorAnalysis) {
+    let count = match a.precision {
+        Precision::Fp8(_) => a.fp8_scales.len(),
+        _ => a.group_params.len(),
     };
-    if scales.len() > 1 {
-        ui.label(RichText::new(format!("Per-channel scales ({} channels)", scales.len())).strong());
-        let points: PlotPoints = scales.iter().enumerate().map(|(i, &s)| [i as f64, s as f64]).collect();
-        Plot::new("scales").height(120.0).allow_scroll(false).show(ui, |plot| {
-            plot.line(Line::new("scale", points));
-        });
+    if count <= 1 {
+        return;
     }
+    ui.label(RichText::new(format!("Per-channel scales ({count} channels)")).strong());
+    let points: PlotPoints = match a.precision {
+        Precision::Fp8(_) => a.fp8_scales.iter().enumerate().map(|(i, &s)| [i as f64, s as f64]).collect(),
+        _ => a.group_params.iter().enumerate().map(|(i, p)| [i as f64, p.scale as f64]).collect(),
+    };
+    let y_title = match a.precision {
+        Precision::Fp8(_) => "scale",
+        _ => "scale (step)",
+    };
+    let plot = Plot::new("scales").height(150.0).allow_scroll(false).include_y(0.0);
+    axes::titled(plot, "output channel", y_title).show(ui, |plot| {
+        plot.line(Line::new("scale", points).color(SCALE_COLOR));
+    });
 }
 
 fn stats_grid(ui: &mut egui::Ui, a: &TensorAnalysis) {
-    egui::Grid::new("stats").num_columns(4).spacing([12.0, 2.0]).show(ui, |ui| {
+    // Three significant digits (the full value is on hover): four columns fit the narrowest inspector.
+    let value = |ui: &mut egui::Ui, v: f64| {
+        ui.label(format::sci(v)).on_hover_text(format!("{v:e}"));
+    };
+    egui::Grid::new("stats").num_columns(4).spacing([10.0, 2.0]).show(ui, |ui| {
         let s = &a.stats;
         ui.label("min");
-        ui.label(format!("{:.4e}", s.min));
+        value(ui, s.min as f64);
         ui.label("max");
-        ui.label(format!("{:.4e}", s.max));
+        value(ui, s.max as f64);
         ui.end_row();
         ui.label("mean");
-        ui.label(format!("{:.4e}", s.mean));
+        value(ui, s.mean);
         ui.label("std");
-        ui.label(format!("{:.4e}", s.std));
+        value(ui, s.std);
         ui.end_row();
         ui.label("absmax");
-        ui.label(format!("{:.4e}", s.absmax));
+        value(ui, s.absmax as f64);
         ui.label("NaN / inf");
         ui.label(format!("{} / {}", s.nan_count, s.inf_count));
         ui.end_row();
@@ -104,16 +133,16 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
     {
         let lo = (largest.qmin - largest.zero_point) as f64 * largest.scale as f64;
         let hi = (largest.qmax - largest.zero_point) as f64 * largest.scale as f64;
-        marks.push(VLine::new("INT8 range", lo).color(Color32::from_rgb(90, 160, 240)));
-        marks.push(VLine::new("INT8 range", hi).color(Color32::from_rgb(90, 160, 240)));
+        marks.push(VLine::new("INT8 range", lo).color(RANGE_COLOR));
+        marks.push(VLine::new("INT8 range", hi).color(RANGE_COLOR));
         let per = if a.group_params.len() > 1 { "largest channel" } else { "tensor" };
-        ui.label(
-            RichText::new(format!(
+        super::hint(
+            ui,
+            format!(
                 "INT8 grid step {} ({per}); range [{lo:.3e}, {hi:.3e}]{}",
                 format::sci(largest.scale as f64),
                 if scheme.symmetric { "" } else { ", asymmetric" }
-            ))
-            .small(),
+            ),
         );
         // Grid lines at every code, when they are far enough apart to be seen.
         let span = a.value_histogram.hi - a.value_histogram.lo;
@@ -131,7 +160,13 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
     {
         fp8_grid(ui, a, scale as f64, &mut marks);
     }
-    histogram_plot(ui, "value-histogram", &a.value_histogram, log, Color32::from_rgb(120, 170, 230), &marks);
+    if !marks.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new("bars: weights").color(VALUE_COLOR));
+            ui.label(RichText::new("lines: the grid's range (faint: its codes)").color(RANGE_COLOR));
+        });
+    }
+    histogram_plot(ui, "value-histogram", &a.value_histogram, log, VALUE_COLOR, &marks, "weight value");
 }
 
 /// The E4M3 grid times `scale` (the largest channel's): the range marks, and a line at every code inside the
@@ -140,17 +175,16 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
 fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, scale: f64, marks: &mut Vec<VLine>) {
     use crate::quant::fp8::{E4M3_MAX, E4M3_SUBNORMAL_STEP, e4m3_to_f32};
     let hi = E4M3_MAX as f64 * scale;
-    let blue = Color32::from_rgb(90, 160, 240);
-    marks.push(VLine::new("FP8 range", -hi).color(blue));
-    marks.push(VLine::new("FP8 range", hi).color(blue));
+    marks.push(VLine::new("FP8 range", -hi).color(RANGE_COLOR));
+    marks.push(VLine::new("FP8 range", hi).color(RANGE_COLOR));
     let per = if a.fp8_scales.len() > 1 { "largest channel" } else { "tensor" };
-    ui.label(
-        RichText::new(format!(
+    super::hint(
+        ui,
+        format!(
             "FP8 E4M3 grid ({per}): range ±{hi:.3e}; step {} near 0, {} at the top",
             format::sci(E4M3_SUBNORMAL_STEP as f64 * scale),
             format::sci(32.0 * scale)
-        ))
-        .small(),
+        ),
     );
     for code in 0..=u8::MAX {
         let x = e4m3_to_f32(code) as f64 * scale;
@@ -160,7 +194,17 @@ fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, scale: f64, marks: &mut Vec<V
     }
 }
 
-fn histogram_plot(ui: &mut egui::Ui, id: &str, h: &Histogram, log: bool, color: Color32, marks: &[VLine]) {
+/// A histogram as bars (its bins, already computed), with the range marks, round ticks and axis titles; no legend
+/// over the data (the key is written above the plot).
+fn histogram_plot(
+    ui: &mut egui::Ui,
+    id: &str,
+    h: &Histogram,
+    log: bool,
+    color: Color32,
+    marks: &[VLine],
+    x_title: &str,
+) {
     let width = h.bin_width();
     let bars: Vec<Bar> = h
         .counts
@@ -171,8 +215,10 @@ fn histogram_plot(ui: &mut egui::Ui, id: &str, h: &Histogram, log: bool, color: 
             Bar::new(h.bin_center(i), height).width(width).fill(color)
         })
         .collect();
-    Plot::new(id).height(150.0).allow_scroll(false).legend(Legend::default()).show(ui, |plot| {
-        plot.bar_chart(BarChart::new(if log { "log10(count+1)" } else { "count" }, bars).color(color));
+    let y_title = if log { "log10(count + 1)" } else { "count" };
+    let plot = Plot::new(id).height(160.0).allow_scroll(false);
+    axes::titled(plot, x_title, y_title).show(ui, |plot| {
+        plot.bar_chart(BarChart::new(y_title, bars).color(color));
         for mark in marks {
             plot.vline(mark.clone());
         }

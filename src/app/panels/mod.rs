@@ -1,6 +1,7 @@
 //! The panels of the window. Each function draws from the state and pushes commands; none computes.
 
 mod accuracy;
+mod axes;
 mod benchmark;
 mod calibration;
 mod inspector;
@@ -17,6 +18,7 @@ pub use inspector::inspector;
 pub use table::central;
 
 use super::StudioApp;
+use super::dialogs::DialogRequest;
 use super::format;
 use super::state::{Command, DEFAULT_INT8};
 use crate::quant::Precision;
@@ -45,6 +47,109 @@ pub struct Inputs {
     pub sensitivity_mode: crate::calib::SensitivityMode,
     /// How many of the most sensitive layers the one-click buttons change.
     pub most_sensitive_count: usize,
+    /// The path field shown in a window because no file dialog could open (Ctrl+O, Ctrl+S, Ctrl+E, the menu).
+    pub prompt: Option<PathTarget>,
+    /// A path field that takes the keyboard in the next frame.
+    pub focus: Option<PathTarget>,
+}
+
+/// What a path typed or picked is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathTarget {
+    /// A model file or folder to open.
+    Open,
+    /// Where to save the recipe.
+    SaveRecipe,
+    /// A recipe to load.
+    LoadRecipe,
+    /// The folder to export to.
+    Export,
+    /// The accuracy panel's data file.
+    EvalData,
+    /// The calibration data file.
+    CalibData,
+}
+
+impl PathTarget {
+    /// The label of its path field.
+    pub fn label(self) -> &'static str {
+        match self {
+            PathTarget::Open => "Model path",
+            PathTarget::SaveRecipe => "Save recipe to",
+            PathTarget::LoadRecipe => "Recipe path",
+            PathTarget::Export => "Export to folder",
+            PathTarget::EvalData => "Data",
+            PathTarget::CalibData => "Calibration data",
+        }
+    }
+
+    /// The title of the window that asks for it when no dialog can.
+    fn title(self) -> &'static str {
+        match self {
+            PathTarget::Open => "Open a model",
+            PathTarget::SaveRecipe => "Save the recipe",
+            PathTarget::LoadRecipe => "Load a recipe",
+            PathTarget::Export => "Export the plan",
+            PathTarget::EvalData => "Evaluation data",
+            PathTarget::CalibData => "Calibration data",
+        }
+    }
+
+    /// The button that uses the path.
+    fn action(self) -> &'static str {
+        match self {
+            PathTarget::Open => "Open",
+            PathTarget::SaveRecipe => "Save",
+            PathTarget::LoadRecipe => "Load",
+            PathTarget::Export => "Export",
+            PathTarget::EvalData | PathTarget::CalibData => "Use",
+        }
+    }
+}
+
+impl Inputs {
+    /// The text of the field for `target`.
+    pub fn path(&self, target: PathTarget) -> &str {
+        match target {
+            PathTarget::Open => &self.open_path,
+            PathTarget::SaveRecipe => &self.save_recipe_path,
+            PathTarget::LoadRecipe => &self.recipe_path,
+            PathTarget::Export => &self.export_path,
+            PathTarget::EvalData => &self.eval_data,
+            PathTarget::CalibData => &self.calib_data,
+        }
+    }
+
+    /// The text of the field for `target`, to edit.
+    pub fn path_mut(&mut self, target: PathTarget) -> &mut String {
+        match target {
+            PathTarget::Open => &mut self.open_path,
+            PathTarget::SaveRecipe => &mut self.save_recipe_path,
+            PathTarget::LoadRecipe => &mut self.recipe_path,
+            PathTarget::Export => &mut self.export_path,
+            PathTarget::EvalData => &mut self.eval_data,
+            PathTarget::CalibData => &mut self.calib_data,
+        }
+    }
+
+    /// Shows the path field for `target` (the panels' data fields are always shown; the others open in a
+    /// window) and gives it the keyboard.
+    pub fn show_path_field(&mut self, target: PathTarget) {
+        if !matches!(target, PathTarget::EvalData | PathTarget::CalibData) {
+            self.prompt = Some(target);
+        }
+        self.focus = Some(target);
+    }
+
+    /// Whether the field for `target` should take the keyboard now (once).
+    pub fn take_focus(&mut self, target: PathTarget) -> bool {
+        if self.focus == Some(target) {
+            self.focus = None;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Default for Inputs {
@@ -61,8 +166,23 @@ impl Default for Inputs {
             calib_data_model: None,
             sensitivity_mode: crate::calib::SensitivityMode::OneAtATime,
             most_sensitive_count: 3,
+            prompt: None,
+            focus: None,
         }
     }
+}
+
+/// The default and the largest height of each of the two bottom panels: together 30% of the window by default
+/// (the table keeps the rest), each up to 40% when dragged.
+pub fn bottom_panel_sizes(ctx: &egui::Context) -> (f32, f32) {
+    let height = ctx.content_rect().height();
+    ((height * 0.15).max(80.0), (height * 0.4).max(120.0))
+}
+
+/// A hint or a caption: body size and the text colour (small grey text was hard to read).
+pub fn hint(ui: &mut egui::Ui, text: impl Into<String>) -> egui::Response {
+    let color = ui.visuals().text_color();
+    ui.label(RichText::new(text.into()).color(color))
 }
 
 /// The colour of an SQNR figure: red below 20 dB, orange below 30, yellow below 40, green above.
@@ -96,14 +216,15 @@ pub fn shortcuts(ctx: &egui::Context, app: &mut StudioApp) {
     } else if undo_pressed {
         app.send(Command::Undo);
     }
-    if open && let Some(path) = rfd::FileDialog::new().add_filter("safetensors", &["safetensors"]).pick_file() {
-        app.send(Command::Open(path));
+    if open {
+        app.browse(DialogRequest::OpenFile, PathTarget::Open);
     }
-    if export && let Some(path) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() {
-        app.send(Command::Export { dest: path, force: false });
+    let has_model = app.studio.model.is_some();
+    if export && has_model {
+        app.browse(DialogRequest::ExportFolder, PathTarget::Export);
     }
-    if save && let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).save_file() {
-        app.send(Command::SaveRecipe(path));
+    if save && has_model {
+        app.browse(DialogRequest::SaveRecipe, PathTarget::SaveRecipe);
     }
 }
 
@@ -138,17 +259,13 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
 fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     if ui.add(egui::Button::new("Open file...").shortcut_text("Ctrl+O")).clicked() {
         ui.close();
-        if let Some(path) = rfd::FileDialog::new().add_filter("safetensors", &["safetensors"]).pick_file() {
-            app.send(Command::Open(path));
-        }
+        app.browse(DialogRequest::OpenFile, PathTarget::Open);
     }
     if ui.button("Open folder...").clicked() {
         ui.close();
-        if let Some(path) = rfd::FileDialog::new().pick_folder() {
-            app.send(Command::Open(path));
-        }
+        app.browse(DialogRequest::OpenFolder, PathTarget::Open);
     }
-    path_field(ui, "Open path", &mut app.inputs.open_path, "Open", |path| app.pending.push(Command::Open(path)));
+    menu_path_field(ui, app, PathTarget::Open);
     ui.menu_button("Open recent", |ui| {
         if app.studio.prefs.recent.is_empty() {
             ui.label("(none yet)");
@@ -164,46 +281,126 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     let has_model = app.studio.model.is_some();
     if ui.add_enabled(has_model, egui::Button::new("Save recipe...").shortcut_text("Ctrl+S")).clicked() {
         ui.close();
-        if let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).save_file() {
-            app.send(Command::SaveRecipe(path));
-        }
+        app.browse(DialogRequest::SaveRecipe, PathTarget::SaveRecipe);
     }
     if ui.add_enabled(has_model, egui::Button::new("Load recipe...")).clicked() {
         ui.close();
-        if let Some(path) = rfd::FileDialog::new().add_filter("recipe", &["json"]).pick_file() {
-            app.send(Command::LoadRecipe(path));
-        }
+        app.browse(DialogRequest::LoadRecipe, PathTarget::LoadRecipe);
     }
-    let pending = &mut app.pending;
-    path_field(ui, "Load recipe", &mut app.inputs.recipe_path, "Load", |path| pending.push(Command::LoadRecipe(path)));
-    let pending = &mut app.pending;
-    path_field(ui, "Save recipe", &mut app.inputs.save_recipe_path, "Save", |path| {
-        pending.push(Command::SaveRecipe(path))
-    });
+    menu_path_field(ui, app, PathTarget::LoadRecipe);
+    menu_path_field(ui, app, PathTarget::SaveRecipe);
     ui.separator();
     if ui.add_enabled(has_model, egui::Button::new("Export...").shortcut_text("Ctrl+E")).clicked() {
         ui.close();
-        if let Some(path) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() {
-            app.send(Command::Export { dest: path, force: false });
-        }
+        app.browse(DialogRequest::ExportFolder, PathTarget::Export);
     }
-    let pending = &mut app.pending;
-    path_field(ui, "Export to", &mut app.inputs.export_path, "Export", |path| {
-        pending.push(Command::Export { dest: path, force: false })
-    });
+    menu_path_field(ui, app, PathTarget::Export);
 }
 
-/// A text field with a button: the path alternative of every native dialog.
-fn path_field(ui: &mut egui::Ui, label: &str, text: &mut String, action: &str, mut on_submit: impl FnMut(PathBuf)) {
-    ui.horizontal(|ui| {
-        ui.label(label);
-        let field = ui.add(egui::TextEdit::singleline(text).desired_width(220.0).hint_text("path"));
-        let submitted = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if (ui.button(action).clicked() || submitted) && !text.trim().is_empty() {
-            on_submit(PathBuf::from(text.trim()));
-            ui.close();
+/// A path field of the File menu: the path alternative of every native dialog.
+fn menu_path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget) {
+    let submitted = ui.horizontal(|ui| path_field(ui, app, target, 220.0)).inner;
+    if submitted {
+        ui.close();
+    }
+}
+
+/// A labelled path field and its action button; returns whether the path was used (button or Enter). It looks
+/// like an enabled field wherever it is drawn (menus draw their widgets without a frame, which made the File
+/// menu's fields look greyed out).
+fn path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget, width: f32) -> bool {
+    let label = ui.label(target.label());
+    let global = ui.ctx().global_style();
+    ui.style_mut().visuals.widgets = global.visuals.widgets.clone();
+    // A visible outline: a field that reads as a place to type, in a menu as anywhere.
+    let outline = ui.visuals().widgets.inactive.fg_stroke.color.gamma_multiply(0.6);
+    ui.style_mut().visuals.widgets.inactive.bg_stroke = egui::Stroke::new(1.0, outline);
+    let text = app.inputs.path_mut(target);
+    let field = ui
+        .add(
+            egui::TextEdit::singleline(text)
+                .desired_width(width)
+                .background_color(ui.visuals().extreme_bg_color)
+                .hint_text(
+                    RichText::new("type a path, then Enter").color(ui.visuals().text_color().gamma_multiply(0.6)),
+                ),
+        )
+        .labelled_by(label.id);
+    if app.inputs.take_focus(target) {
+        field.request_focus();
+    }
+    let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+    let text = app.inputs.path(target).trim().to_owned();
+    let clicked = ui.add_enabled(!text.is_empty(), egui::Button::new(target.action())).clicked();
+    if (clicked || entered) && !text.is_empty() {
+        app.use_path(target, PathBuf::from(text));
+        return true;
+    }
+    false
+}
+
+/// The path field that stands in for a dialog that could not open: a small window near the top, the field
+/// focused, Enter or the button to use the path, Escape or Cancel to close.
+pub fn path_prompt(ctx: &egui::Context, app: &mut StudioApp) {
+    let Some(target) = app.inputs.prompt else { return };
+    let mut open = true;
+    let mut done = false;
+    egui::Window::new(target.title())
+        .id(egui::Id::unique("path-prompt"))
+        .open(&mut open)
+        .collapsible(false)
+        .resizable(false)
+        .anchor(egui::Align2::CENTER_TOP, egui::vec2(0.0, 90.0))
+        .show(ctx, |ui| {
+            ui.label("No file dialog could open on this system: type the path.");
+            ui.horizontal(|ui| {
+                done = path_field(ui, app, target, 420.0);
+                if ui.button("Cancel").clicked() || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+                    done = true;
+                }
+            });
+        });
+    if done || !open {
+        app.inputs.prompt = None;
+    }
+}
+
+/// The summary bar's figures that loop over every layer, computed once per studio revision rather than in every
+/// frame (a frame's work follows what is on screen, not the model's size).
+pub struct SummaryFigures {
+    /// The studio revision and model they were computed for.
+    key: (u64, usize),
+    /// The layer with the lowest weight SQNR, and that SQNR.
+    worst: Option<(crate::model::LayerId, f64)>,
+    /// Layers per precision name.
+    counts: [(&'static str, usize); 8],
+    /// The export target's problems with the plan, one per line.
+    problems: Vec<String>,
+    /// Layers the one-click fix changes.
+    fixes: usize,
+}
+
+impl SummaryFigures {
+    /// The figures of the studio's current revision (recomputed when it changed).
+    fn of<'a>(cache: &'a mut Option<SummaryFigures>, studio: &super::Studio) -> Option<&'a SummaryFigures> {
+        let model = studio.model.as_ref()?;
+        let key = (studio.revision, std::sync::Arc::as_ptr(model) as usize);
+        if cache.as_ref().is_none_or(|c| c.key != key) {
+            let worst = (0..model.layers.len())
+                .map(crate::model::LayerId)
+                .filter_map(|l| studio.layer_analysis(l).and_then(|a| a.error.sqnr_db).map(|db| (l, db)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            let compatibility = studio.compatibility.as_ref();
+            *cache = Some(SummaryFigures {
+                key,
+                worst,
+                counts: studio.precision_counts(),
+                problems: compatibility.map(|c| c.problems(model)).unwrap_or_default(),
+                fixes: compatibility.map_or(0, |c| c.layers.iter().filter(|l| l.fix.is_some()).count()),
+            });
         }
-    });
+        cache.as_ref()
+    }
 }
 
 /// The always-visible summary: sizes, compression, worst layer, precision counts.
@@ -227,11 +424,8 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
                 .on_hover_text("Tensor data as stored -> as exported under the current plan (scales included)");
             ui.label(RichText::new(format!("{ratio:.2}× smaller")).strong());
             ui.separator();
-            let worst = (0..model.layers.len())
-                .map(crate::model::LayerId)
-                .filter_map(|l| studio.layer_analysis(l).and_then(|a| a.error.sqnr_db).map(|db| (l, db)))
-                .min_by(|a, b| a.1.total_cmp(&b.1));
-            match worst {
+            let Some(figures) = SummaryFigures::of(&mut app.summary, studio) else { return };
+            match figures.worst {
                 Some((layer, db)) => {
                     ui.label("Worst SQNR:");
                     ui.label(RichText::new(format::db(Some(db))).color(sqnr_color(Some(db))))
@@ -243,27 +437,25 @@ pub fn summary_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
                 }
             }
             ui.separator();
-            for (name, count) in studio.precision_counts() {
+            for (name, count) in figures.counts {
                 if (name.starts_with("W8A8") || name.starts_with("FP8")) && count == 0 {
                     continue;
                 }
                 ui.label(format!("{name} {count}"));
             }
             ui.separator();
-            deploy_status(ui, app);
+            let (problems, fixes) = (figures.problems.clone(), figures.fixes);
+            deploy_status(ui, app, &problems, fixes);
         });
     });
 }
 
 /// Whether the export target's runtimes load the plan: a green or orange line with the refused layers on hover,
 /// the one-click fix, and "Export anyway" after a refused export.
-fn deploy_status(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let Some((compatibility, model)) = app.studio.compatibility.as_ref().zip(app.studio.model.as_ref()) else {
-        return;
-    };
+fn deploy_status(ui: &mut egui::Ui, app: &mut StudioApp, problems: &[String], fixes: usize) {
+    let Some(compatibility) = app.studio.compatibility.as_ref() else { return };
     let clean = compatibility.is_clean();
     let color = if clean { Color32::from_rgb(90, 190, 100) } else { Color32::from_rgb(235, 150, 60) };
-    let problems = compatibility.problems(model);
     let hover = if problems.is_empty() {
         format!("Every layer is written as planned and loads in {}", runtimes_phrase(compatibility.target))
     } else {
@@ -272,7 +464,6 @@ fn deploy_status(ui: &mut egui::Ui, app: &mut StudioApp) {
     // Short, so that the bar stays one line; the window's font has no ✓ or ✗.
     let text = format!("Loads in {}", compatibility.verdicts(": yes", ": no"));
     ui.label(RichText::new(text).color(color)).on_hover_text(format!("{} export\n{hover}", compatibility.target));
-    let fixes = compatibility.layers.iter().filter(|l| l.fix.is_some()).count();
     if fixes > 0
         && ui
             .button(format!("Fix {fixes} layer{}", if fixes == 1 { "" } else { "s" }))
@@ -301,8 +492,17 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
             for (kind, _, progress) in app.studio.jobs() {
-                let text = if progress.stage.is_empty() { kind.label().to_owned() } else { progress.stage.clone() };
-                ui.add(egui::ProgressBar::new(progress.fraction()).desired_width(180.0).text(text).show_percentage());
+                // The job and its stage beside the bar: a job's stages each count from 0%, so the percentage
+                // alone would seem to go backwards.
+                let stage = if progress.stage.is_empty() {
+                    kind.label().to_owned()
+                } else if progress.stage.starts_with(kind.label()) {
+                    progress.stage.clone()
+                } else {
+                    format!("{}: {}", kind.label(), progress.stage)
+                };
+                ui.label(stage);
+                ui.add(egui::ProgressBar::new(progress.fraction()).desired_width(140.0).show_percentage());
                 if ui.small_button("Cancel").on_hover_text(format!("Cancel {}", kind.label())).clicked() {
                     app.send(Command::Cancel(kind));
                 }

@@ -127,30 +127,41 @@ fn sort_header(ui: &mut egui::Ui, app: &mut StudioApp, label: &str, column: Sort
     }
 }
 
+/// The widths of the columns right of the name (the name takes what is left, at least [`NAME_MIN_WIDTH`]).
+const COLUMN_WIDTHS: [f32; 13] = [62.0, 64.0, 54.0, 38.0, 118.0, 62.0, 150.0, 70.0, 54.0, 54.0, 62.0, 48.0, 70.0];
+/// The index of the shape column in [`COLUMN_WIDTHS`].
+const SHAPE_COLUMN: usize = 1;
+/// The narrowest the name column gets; below that the table scrolls sideways.
+const NAME_MIN_WIDTH: f32 = 190.0;
+
 fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
+    // Wider than the window (a narrow window, or columns widened by hand): scroll sideways rather than lose the
+    // right-hand columns.
+    egui::ScrollArea::horizontal().id_salt("layers-h").auto_shrink([false, false]).show(ui, |ui| {
+        // Text in a row does not take the click (it is not selectable): clicking a name selects the row.
+        ui.style_mut().interaction.selectable_labels = false;
+        layer_table_ui(ui, app, rows);
+    });
+}
+
+fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
     let Some(model) = app.studio.model.clone() else { return };
     let modifiers = ui.input(|i| i.modifiers);
     let mut clicked: Option<LayerId> = None;
-    TableBuilder::new(ui)
+    // The name column is not resizable, so it takes the remainder of the width in every frame (a resizable one
+    // keeps the width of its first frame, leaving free space right of the last column when the window grows).
+    let mut table = TableBuilder::new(ui)
         .id_salt("layers")
         .striped(true)
         .resizable(true)
         .sense(egui::Sense::click())
         .cell_layout(egui::Layout::left_to_right(egui::Align::Center))
-        .column(Column::remainder().at_least(140.0).clip(true))
-        .column(Column::initial(62.0))
-        .column(Column::initial(64.0).clip(true))
-        .column(Column::initial(54.0))
-        .column(Column::initial(38.0))
-        .column(Column::initial(118.0))
-        .column(Column::initial(62.0))
-        .column(Column::initial(150.0))
-        .column(Column::initial(70.0))
-        .column(Column::initial(54.0))
-        .column(Column::initial(54.0))
-        .column(Column::initial(62.0))
-        .column(Column::initial(48.0))
-        .column(Column::initial(70.0))
+        .column(Column::remainder().at_least(NAME_MIN_WIDTH).clip(true).resizable(false));
+    for (index, width) in COLUMN_WIDTHS.into_iter().enumerate() {
+        // Shapes can be long (`[30522, 384]` fits, a 4-D conv kernel may not): the only clipped figure column.
+        table = table.column(Column::initial(width).clip(index == SHAPE_COLUMN));
+    }
+    table
         .header(24.0, |mut header| {
             header.col(|ui| sort_header(ui, app, "Layer", SortColumn::Name, "Layer name (tensors grouped by prefix)"));
             header.col(|ui| sort_header(ui, app, "Kind", SortColumn::Kind, "Linear, conv, embedding, norm or other"));
@@ -220,9 +231,8 @@ fn layer_table(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 let precision = app.studio.plan().layer(layer_id);
                 row.set_selected(app.studio.table.selection.contains(&layer_id));
                 row.col(|ui| {
-                    // Keep the end of long names (it tells q_proj from k_proj); the full name is in the tooltip.
-                    let max_chars = (ui.available_width() / 7.0).max(8.0) as usize;
-                    ui.add(egui::Label::new(elide_front(&layer.name, max_chars)).truncate()).on_hover_text(&layer.name);
+                    let shown = fitted_name(ui, &layer.name);
+                    ui.add(egui::Label::new(shown).truncate()).on_hover_text(&layer.name);
                 });
                 row.col(|ui| {
                     ui.label(layer.kind.as_str());
@@ -405,14 +415,25 @@ fn treatment_phrase(treatment: &crate::export::Treatment) -> &'static str {
     }
 }
 
-/// `...layers.0.self_attn.q_proj`: the last `max_chars` characters of a long name.
-fn elide_front(name: &str, max_chars: usize) -> String {
-    let count = name.chars().count();
-    if count <= max_chars {
+/// The name cut in the middle to the cell's width (block number and leaf stay, see [`format::elide_middle`]).
+/// Only visible rows are laid out, and egui caches the text layouts, so this costs a few galleys per frame.
+fn fitted_name(ui: &egui::Ui, name: &str) -> String {
+    let available = ui.available_width();
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    let width = |text: &str| ui.painter().layout_no_wrap(text.to_owned(), font.clone(), Color32::WHITE).size().x;
+    let full = width(name);
+    if full <= available {
         return name.to_owned();
     }
-    let tail: String = name.chars().skip(count - max_chars.saturating_sub(1)).collect();
-    format!("...{tail}")
+    let chars = name.chars().count();
+    let mut max_chars = ((chars as f32 * available / full) as usize).max(4);
+    loop {
+        let shown = format::elide_middle(name, max_chars);
+        if max_chars <= 4 || width(&shown) <= available {
+            return shown;
+        }
+        max_chars -= 1;
+    }
 }
 
 /// The layers a per-row edit applies to: the whole selection when the row is part of a multi-row selection.

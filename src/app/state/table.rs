@@ -214,7 +214,7 @@ struct Order {
 /// sensitivity scores streaming in fill a sorted table). A figure that *changes* never moves a row: after a
 /// precision change the row stays where it is, through its new analysis, until the user sorts again (clicks a
 /// header) or changes the filter. Rows do not jump away from under the pointer that edited them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TableView {
     /// Table filter (glob or text).
     pub filter: String,
@@ -227,6 +227,20 @@ pub struct TableView {
     /// Last clicked row (for Shift-click ranges).
     pub anchor: Option<LayerId>,
     order: Option<Order>,
+}
+
+impl Default for TableView {
+    /// Model order (by name, ascending), nothing selected.
+    fn default() -> Self {
+        TableView {
+            filter: String::new(),
+            sort: (SortColumn::Name, true),
+            selection: BTreeSet::new(),
+            focus: None,
+            anchor: None,
+            order: None,
+        }
+    }
 }
 
 impl TableView {
