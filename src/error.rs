@@ -289,6 +289,25 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("nothing to compare: the {samples} sample(s) of the data have no unmasked position (all-zero attention mask?): {}", path.display())]
+    /// Every position of the evaluation data is masked, so no output was compared.
+    NothingCompared {
+        /// Samples in the data.
+        samples: usize,
+        /// The data file (empty when the data did not come from a file; `tasks::evaluate` fills it in).
+        path: PathBuf,
+    },
+    #[error(
+        "the FP32 model's outputs are not finite ({count} NaN or infinite values; the plan's: {plan_count}): the model is broken (a negative norm epsilon?), nothing was compared"
+    )]
+    /// The FP32 reference produced NaN or infinite outputs.
+    NonFiniteReference {
+        /// Non-finite FP32 output values.
+        count: usize,
+        /// Non-finite planned output values.
+        plan_count: usize,
+    },
+
     /// Samples whose shape is not the model's input shape.
     #[error("the data's samples are {data_shape:?}, the model takes {model_shape:?}")]
     DataShape {
@@ -372,3 +391,32 @@ impl Error {
 
 /// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `" (did you mean \"x\"?)"` naming the known key closest to `key` by edit distance, or `""` when none is within
+/// a third of its length (at least 2 edits).
+pub fn did_you_mean(key: &str, known: &[&str]) -> String {
+    let limit = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb)).min(above + 1).min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}

@@ -30,6 +30,8 @@ mod deploy;
 mod runtime;
 // The worker: jobs, progress stages, cancel, replacement, priority of its threads.
 mod worker;
+// Hostile input: huge sizes, broken networks, unknown keys, errors naming their file.
+mod hostile;
 // The use cases the CLI and the worker share (src/tasks).
 mod tasks;
 // Calibration, W8A8 and sensitivity.

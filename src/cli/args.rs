@@ -140,16 +140,16 @@ pub enum Command {
         #[arg(long)]
         no_accuracy: bool,
         /// BERT: tokens per sequence; Llama: prompt length of the prefill throughput run.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_most::<{ MAX_SEQ }>)]
         seq: usize,
         /// Llama: positions in the key/value cache before the timed token.
-        #[arg(long, default_value_t = 127)]
+        #[arg(long, default_value_t = 127, value_parser = at_most::<{ MAX_PAST }>)]
         past: usize,
         /// Samples (graph) or sequences (BERT) per throughput run.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_most::<{ MAX_BATCH }>)]
         batch: usize,
         /// Timed batch-1 runs (after 3 warm-up runs).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = at_most::<{ MAX_REPEAT }>)]
         repeat: usize,
         /// Print one JSON document.
         #[arg(long)]
@@ -162,7 +162,7 @@ pub enum Command {
         #[command(flatten)]
         plan: PlanArgs,
         /// Timed repetitions of each measurement (the best is reported, after one warm-up).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_most::<{ MAX_REPEAT }>)]
         repeat: usize,
         /// Print one JSON document.
         #[arg(long)]
@@ -227,6 +227,24 @@ pub enum ModeArg {
 }
 
 /// Parses an `--observer` value.
+/// Largest `bench --seq`: tokens per sequence (activations grow with it; no supported model takes more).
+pub const MAX_SEQ: usize = 32_768;
+/// Largest `bench --past`: cached positions (the key/value cache grows with it).
+pub const MAX_PAST: usize = 32_768;
+/// Largest `bench --batch`: samples or sequences per throughput run.
+pub const MAX_BATCH: usize = 4_096;
+/// Largest `--repeat`: timed runs (one timing of 8 bytes is kept per run).
+pub const MAX_REPEAT: usize = 1_000_000;
+
+/// A count of at most `MAX`, the documented bound of a size taken from the command line.
+fn at_most<const MAX: usize>(text: &str) -> std::result::Result<usize, String> {
+    let value: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if value > MAX {
+        return Err(format!("{value} is above the limit of {MAX}"));
+    }
+    Ok(value)
+}
+
 fn parse_observer(text: &str) -> std::result::Result<crate::calib::Observer, String> {
     crate::calib::Observer::parse(text)
 }

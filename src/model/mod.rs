@@ -60,11 +60,13 @@ impl TensorInfo {
     }
 
     /// Rows and row length for per-output-channel quantization: axis 0 against the rest. 0-D and 1-D tensors are
-    /// one row (per-channel falls back to per-tensor for them).
+    /// one row (per-channel falls back to per-tensor for them). A tensor with no elements is `(0, 0)` whatever its
+    /// dimensions (`[2^40, 0]` must not size anything by its first dimension).
     pub fn rows_cols(&self) -> (usize, usize) {
         match self.shape.as_slice() {
             [] => (1, 1),
             [n] => (1, *n),
+            [rows, rest @ ..] if *rows == 0 || rest.contains(&0) => (0, 0),
             [rows, rest @ ..] => (*rows, rest.iter().product()),
         }
     }

@@ -90,6 +90,45 @@ pub fn is_output_head(layer_name: &str) -> bool {
     matches!(last, "lm_head" | "embed_out")
 }
 
+/// The keys of a recipe's top-level object.
+const RECIPE_KEYS: &[&str] =
+    &["format", "version", "default", "keep_norms_and_vectors", "default_scope", "rules", "layers", "input_clips"];
+/// The keys of a precision object (`{"precision": "int8", "symmetric": true, …}`).
+const PRECISION_KEYS: &[&str] = &["precision", "symmetric", "granularity", "activations"];
+
+/// Refuses unknown keys (a typo such as `"rule"` or `"symetric"` would otherwise fall back to the default
+/// silently), naming the key, where it is, and the closest known key.
+fn check_recipe_keys(value: &serde_json::Value) -> std::result::Result<(), String> {
+    let unknown = |object: &serde_json::Map<String, serde_json::Value>, known: &[&str], place: &str| match object
+        .keys()
+        .find(|key| !known.contains(&key.as_str()))
+    {
+        Some(key) => Err(format!("unknown key {key:?} in {place}{}", crate::error::did_you_mean(key, known))),
+        None => Ok(()),
+    };
+    let Some(top) = value.as_object() else { return Ok(()) };
+    unknown(top, RECIPE_KEYS, "the recipe")?;
+    if let Some(default) = top.get("default").and_then(|v| v.as_object()) {
+        unknown(default, PRECISION_KEYS, "\"default\"")?;
+    }
+    if let Some(rules) = top.get("rules").and_then(|v| v.as_array()) {
+        let rule_keys: Vec<&str> = PRECISION_KEYS.iter().copied().chain(["pattern"]).collect();
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(rule) = rule.as_object() {
+                unknown(rule, &rule_keys, &format!("rule {i}"))?;
+            }
+        }
+    }
+    if let Some(layers) = top.get("layers").and_then(|v| v.as_object()) {
+        for (name, precision) in layers {
+            if let Some(precision) = precision.as_object() {
+                unknown(precision, PRECISION_KEYS, &format!("layer {name:?}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn recipe_format() -> String {
     RECIPE_FORMAT.to_owned()
 }
@@ -142,7 +181,9 @@ impl Recipe {
     /// Parses recipe JSON; `origin` names the source in errors.
     pub fn from_json(text: &str, origin: &Path) -> Result<Recipe> {
         let bad = |reason: String| Error::BadRecipe { reason, path: origin.to_owned() };
-        let recipe: Recipe = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        check_recipe_keys(&value).map_err(bad)?;
+        let recipe: Recipe = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         if recipe.format != RECIPE_FORMAT {
             return Err(bad(format!("format is {:?}, expected {RECIPE_FORMAT:?}", recipe.format)));
         }

@@ -47,6 +47,8 @@ pub struct EvalReport {
     pub output_mse: f64,
     /// Largest absolute difference of the compared outputs.
     pub output_max_abs_error: f64,
+    /// Output values of the plan that are NaN or infinite (left out of the figures above, flagged in the headline).
+    pub plan_nonfinite_outputs: usize,
 }
 
 impl EvalReport {
@@ -57,11 +59,15 @@ impl EvalReport {
             Some(db) => format!("output SQNR {db:.1} dB"),
             None => "outputs identical to FP32".into(),
         };
-        match (self.accuracy, self.fp32_accuracy, self.mean_cosine, self.top1_agreement) {
+        let figures = match (self.accuracy, self.fp32_accuracy, self.mean_cosine, self.top1_agreement) {
             (Some(a), Some(f), _, _) => format!("accuracy {} (FP32 {}), {sqnr}", percent(a), percent(f)),
             (_, _, Some(c), _) => format!("mean cosine {c:.5}, {sqnr}"),
             (_, _, _, Some(t)) => format!("top-1 agreement {}, {sqnr}", percent(t)),
             _ => sqnr,
+        };
+        match self.plan_nonfinite_outputs {
+            0 => figures,
+            n => format!("BROKEN: {n} plan outputs are NaN or infinite; of the finite ones: {figures}"),
         }
     }
 }
@@ -80,6 +86,8 @@ struct Sums {
     kl: f64,
     cosine_sum: f64,
     cosine_min: f64,
+    fp32_nonfinite: usize,
+    plan_nonfinite: usize,
 }
 
 impl Sums {
@@ -95,11 +103,20 @@ impl Sums {
         self.kl += o.kl;
         self.cosine_sum += o.cosine_sum;
         self.cosine_min = self.cosine_min.min(o.cosine_min);
+        self.fp32_nonfinite += o.fp32_nonfinite;
+        self.plan_nonfinite += o.plan_nonfinite;
         self
     }
 
+    /// Error sums over the pairs where both values are finite; the others are counted, not summed (a NaN would
+    /// vanish in `max` and read as agreement).
     fn compare(&mut self, reference: &[f32], planned: &[f32]) {
         for (&y, &q) in reference.iter().zip(planned) {
+            if !y.is_finite() || !q.is_finite() {
+                self.fp32_nonfinite += usize::from(!y.is_finite());
+                self.plan_nonfinite += usize::from(!q.is_finite());
+                continue;
+            }
             let e = (y as f64 - q as f64).abs();
             self.signal_sq += (y as f64) * (y as f64);
             self.error_sq += e * e;
@@ -172,7 +189,7 @@ fn run_evaluation(
         sums = sums.add(part);
         tensors.extend(kept);
     }
-    Ok((report(&reference, data, sums), tensors))
+    Ok((report(&reference, data, sums)?, tensors))
 }
 
 /// The tensors [`evaluate_with_outputs`] keeps for one unit.
@@ -241,7 +258,7 @@ impl<'n> Reference<'n> {
             let out_p = run_unit(planned, data, unit)?;
             Ok(unit_sums(self.network, data, unit, &self.outputs[unit], &out_p))
         })?;
-        Ok(report(self.network, data, parts.into_iter().fold(empty_sums(), Sums::add)))
+        report(self.network, data, parts.into_iter().fold(empty_sums(), Sums::add))
     }
 }
 
@@ -335,8 +352,15 @@ fn unit_sums(reference: &Network, data: &EvalData, unit: usize, out_r: &[f32], o
     }
 }
 
-/// The report of the summed comparisons.
-fn report(reference: &Network, data: &EvalData, sums: Sums) -> EvalReport {
+/// The report of the summed comparisons. Nothing compared (every position masked) and non-finite FP32 outputs
+/// (the model itself is broken, e.g. a negative norm epsilon) are errors: neither may read as agreement.
+fn report(reference: &Network, data: &EvalData, sums: Sums) -> Result<EvalReport> {
+    if sums.positions == 0 {
+        return Err(Error::NothingCompared { samples: data.len(), path: std::path::PathBuf::new() });
+    }
+    if sums.fp32_nonfinite > 0 {
+        return Err(Error::NonFiniteReference { count: sums.fp32_nonfinite, plan_count: sums.plan_nonfinite });
+    }
     let metrics =
         ErrorMetrics::from_sums(sums.signal_sq, sums.error_sq, sums.max_abs_error, (sums.positions as u64).max(1));
     let fraction = |count: usize, of: usize| (of > 0).then(|| count as f64 / of as f64);
@@ -346,7 +370,7 @@ fn report(reference: &Network, data: &EvalData, sums: Sums) -> EvalReport {
         Network::Bert(r) => ("bert", sums.positions * r.config.hidden_size),
         Network::Llama(r) => ("llama", sums.positions * r.config.vocab_size),
     };
-    EvalReport {
+    Ok(EvalReport {
         family,
         samples,
         positions: sums.positions,
@@ -359,7 +383,8 @@ fn report(reference: &Network, data: &EvalData, sums: Sums) -> EvalReport {
         output_sqnr_db: metrics.sqnr_db,
         output_mse: sums.error_sq / element_count.max(1) as f64,
         output_max_abs_error: metrics.max_abs_error,
-    }
+        plan_nonfinite_outputs: sums.plan_nonfinite,
+    })
 }
 
 fn empty_sums() -> Sums {

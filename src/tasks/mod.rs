@@ -147,11 +147,17 @@ pub fn evaluate(
     save_outputs: Option<&Path>,
     progress: &Progress,
 ) -> Result<EvalReport> {
+    let data_path = data;
+    let name_data = |e: Error| match e {
+        Error::NothingCompared { samples, .. } => Error::NothingCompared { samples, path: data_path.to_owned() },
+        e => e,
+    };
     let data = load_data(model, data, progress)?;
     let Some(path) = save_outputs else {
-        return crate::runtime::evaluate(model, arch, &data, plan, progress);
+        return crate::runtime::evaluate(model, arch, &data, plan, progress).map_err(name_data);
     };
-    let (report, tensors) = crate::runtime::eval::evaluate_with_outputs(model, arch, &data, plan, progress)?;
+    let (report, tensors) =
+        crate::runtime::eval::evaluate_with_outputs(model, arch, &data, plan, progress).map_err(name_data)?;
     progress.start_stage(format!("writing {}", path.display()), tensors.len() as u64);
     let planned =
         tensors.iter().map(|t| PlannedTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
