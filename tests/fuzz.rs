@@ -335,6 +335,21 @@ fn quietly<R>(body: impl FnOnce() -> R) -> R {
     }
 }
 
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A copy of a fixture folder in `dir`.
+fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir(&folder).expect("mkdir");
+    for entry in std::fs::read_dir(fixture(name)).expect("list fixture") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, folder.join(path.file_name().expect("file name"))).expect("copy fixture");
+    }
+    folder
+}
+
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models").join(name)
 }
@@ -515,6 +530,38 @@ fn eval_data_mutants() {
     campaign.finish();
 }
 
+/// `tokenizer.json`: mutants of the BERT fixture's tokenizer, used to tokenise its text data as `eval --data` does.
+#[test]
+fn tokenizer_mutants() {
+    let dir = crate::common::temp_dir();
+    let folder = copy_fixture("tiny-bert", dir.path());
+    let seed = std::fs::read(folder.join("tokenizer.json")).expect("read tokenizer");
+    let text = folder.join("inputs.txt");
+    let mut rng = XorShift64::new(25);
+    let mut campaign = Campaign::new("tokenizer.json");
+    quietly(|| {
+        for _ in 0..iterations() {
+            let (bytes, how) = mutant(&mut rng, &seed);
+            if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|doc| has_big_number(&doc)) {
+                campaign.skipped += 1;
+                continue;
+            }
+            std::fs::write(folder.join("tokenizer.json"), &bytes).expect("write mutant");
+            let outcome = catch_unwind(AssertUnwindSafe(|| EvalData::load(&text, &folder)));
+            if matches!(outcome, Ok(Ok(_))) {
+                campaign.accepted += 1;
+            }
+            let problem = judge(outcome, |data| match data {
+                EvalData::Sequences(s) if s.is_empty() => Some("no sequences accepted".to_owned()),
+                EvalData::Sequences(_) => None,
+                EvalData::Samples { .. } => Some("text tokenised as samples".to_owned()),
+            });
+            campaign.record(&bytes, &how, problem);
+        }
+    });
+    campaign.finish();
+}
+
 /// Runs the binary with `args`; asserts that it exits with code 2 (not a signal, not success) and one stderr line
 /// naming `file`.
 fn assert_clean_refusal(args: &[&str], file: &Path) {
@@ -551,7 +598,7 @@ fn known_abort_eval_input_ids_of_2_pow_40_rows() {
         r#"{"input_ids":{"dtype":"I64","shape":[1099511627776,0],"data_offsets":[0,0]}}"#,
         &[],
     );
-    let model = crate::common::bundled_sample();
+    let model = fixture("tiny-bert");
     assert_clean_refusal(
         &[
             "eval",
@@ -582,5 +629,21 @@ fn known_abort_model_json_conv_padding_2_pow_61_plus_1() {
     let data = sample("digits-cnn/eval.safetensors");
     let args =
         ["eval", folder.to_str().expect("utf-8 path"), "--precision", "int8", "--data", data.to_str().expect("utf-8")];
+    assert_clean_refusal(&args, &path);
+}
+
+/// Known-abort class: a `tokenizer.json` padding to a fixed length of 2e8 tokens.
+#[test]
+fn known_abort_tokenizer_fixed_padding_of_2e8() {
+    let dir = crate::common::temp_dir();
+    let folder = copy_fixture("tiny-bert", dir.path());
+    let path = folder.join("tokenizer.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read tokenizer")).expect("tokenizer json");
+    doc["padding"]["strategy"] = serde_json::json!({"Fixed": 200_000_000u64});
+    std::fs::write(&path, doc.to_string()).expect("write tokenizer");
+    let data = folder.join("inputs.txt");
+    let args =
+        ["eval", folder.to_str().expect("utf-8"), "--precision", "int8", "--data", data.to_str().expect("utf-8")];
     assert_clean_refusal(&args, &path);
 }
