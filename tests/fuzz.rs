@@ -142,7 +142,7 @@ fn mutate_once(rng: &mut XorShift64, bytes: &mut Vec<u8>) -> String {
                 return "no key".into();
             }
             let (start, end) = spans[below(rng, spans.len())];
-            if end > start && rng.next_u64() % 2 == 0 {
+            if end > start && rng.next_u64().is_multiple_of(2) {
                 bytes.remove(end - 1);
                 format!("key at {start} loses its last letter")
             } else {
@@ -203,7 +203,7 @@ fn safetensors_mutant(rng: &mut XorShift64, seed: &[u8]) -> (Vec<u8>, String) {
         }
         _ => {
             let (mut header, how) = mutant(rng, header);
-            if rng.next_u64() % 4 == 0 {
+            if rng.next_u64().is_multiple_of(4) {
                 header.extend(std::iter::repeat_n(b' ', below(rng, 9)));
             }
             let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -634,6 +634,7 @@ fn known_abort_model_json_conv_padding_2_pow_61_plus_1() {
 
 /// Known-abort class: a `tokenizer.json` padding to a fixed length of 2e8 tokens.
 #[test]
+#[ignore = "allocates GBs for minutes until padding is bounded by a stated limit; run with --ignored"]
 fn known_abort_tokenizer_fixed_padding_of_2e8() {
     let dir = crate::common::temp_dir();
     let folder = copy_fixture("tiny-bert", dir.path());
