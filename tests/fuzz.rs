@@ -18,8 +18,8 @@
 //! tests too (`finding_*`), so an abort fails only that test.
 //!
 //! Budget: with the default of 300 mutants per parser the module's tests take about 1.6 s (8 s with cargo's start)
-//! in a debug build on the 2-core CI machine (measured with `cargo test --test integration fuzz`). Raise it with e.g. `QUANTSTUDIO_FUZZ_ITERS=20000`
-//! for a longer hunt.
+//! in a debug build on the 2-core CI machine (measured with `cargo test --test integration fuzz`). Raise it for a
+//! longer hunt with e.g. `QUANTSTUDIO_FUZZ_ITERS=20000`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
