@@ -26,6 +26,8 @@ mod samples;
 mod python;
 // Exports loaded by transformers, compressed-tensors and sentence-transformers against the studio's simulation.
 mod deploy;
+// Mutation fuzzing of the safetensors, recipe, model.json and data parsers, and the known-abort classes.
+mod fuzz;
 // The runtime: forward passes against Flax goldens, tokenisation, evaluation of plans against FP32.
 mod runtime;
 // The worker: jobs, progress stages, cancel, replacement, priority of its threads.
