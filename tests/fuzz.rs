@@ -15,7 +15,7 @@
 //! known-abort class (a zero-element shape with a huge dimension; a `model.json` number above [`SIZE_CAP`]); that
 //! class is tested separately by running the binary as a child process, which must exit with code 2 and a one-line
 //! error naming the file (not die from a signal). The minimal reproducers of what the fuzz found are child-process
-//! tests too (`finding_*`), so an abort fails only that test.
+//! tests too (`once_aborted_*`, `once_panicked_*`), so an abort fails only that test.
 //!
 //! Budget: with the default of 300 mutants per parser the module's tests take about 1.6 s (8 s with cargo's start)
 //! in a debug build on the 2-core CI machine (measured with `cargo test --test integration fuzz`). Raise it for a
@@ -579,18 +579,22 @@ fn write_safetensors_header(path: &Path, header: &str, data: &[u8]) {
     std::fs::write(path, bytes).expect("write file");
 }
 
-/// Known-abort class: `inspect` of a zero-element tensor with a first dimension of 2^40 (72-byte file).
+/// Once aborted (a regression test now): `inspect` of a zero-element tensor with a first dimension of 2^40 (a
+/// 72-byte file) opens it.
 #[test]
-fn known_abort_inspect_empty_tensor_of_2_pow_40_rows() {
+fn once_aborted_inspect_empty_tensor_of_2_pow_40_rows() {
     let dir = crate::common::temp_dir();
     let path = dir.path().join("empty-rows.safetensors");
     write_safetensors_header(&path, r#"{"w":{"dtype":"F32","shape":[1099511627776,0],"data_offsets":[0,0]}}"#, &[]);
-    assert_clean_refusal(&["inspect", path.to_str().expect("utf-8 path")], &path);
+    // Zero-element tensors are valid: the file opens and reports the tensor, cheaply.
+    let (code, stdout, stderr) = crate::common::run_cli(&["inspect", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 0, "inspect must open a zero-element tensor (-1 is a signal: an abort); stderr: {stderr}");
+    assert!(stdout.contains('w'), "the tensor is listed: {stdout}");
 }
 
-/// Known-abort class: evaluation data whose `input_ids` has shape `[2^40, 0]`.
+/// Once aborted (a regression test now): evaluation data whose `input_ids` has shape `[2^40, 0]`.
 #[test]
-fn known_abort_eval_input_ids_of_2_pow_40_rows() {
+fn once_aborted_eval_input_ids_of_2_pow_40_rows() {
     let dir = crate::common::temp_dir();
     let path = dir.path().join("ids.safetensors");
     write_safetensors_header(
@@ -612,9 +616,9 @@ fn known_abort_eval_input_ids_of_2_pow_40_rows() {
     );
 }
 
-/// Known-abort class: a conv padding of 2^61+1 in `model.json` wraps the shape arithmetic.
+/// Once aborted (a regression test now): a conv padding of 2^61+1 in `model.json` wraps the shape arithmetic.
 #[test]
-fn known_abort_model_json_conv_padding_2_pow_61_plus_1() {
+fn once_aborted_model_json_conv_padding_2_pow_61_plus_1() {
     let dir = crate::common::temp_dir();
     let folder = dir.path().join("cnn");
     std::fs::create_dir(&folder).expect("mkdir");
@@ -632,10 +636,9 @@ fn known_abort_model_json_conv_padding_2_pow_61_plus_1() {
     assert_clean_refusal(&args, &path);
 }
 
-/// Known-abort class: a `tokenizer.json` padding to a fixed length of 2e8 tokens.
+/// Once aborted (a regression test now): a `tokenizer.json` padding to a fixed length of 2e8 tokens.
 #[test]
-#[ignore = "allocates GBs for minutes until padding is bounded by a stated limit; run with --ignored"]
-fn known_abort_tokenizer_fixed_padding_of_2e8() {
+fn once_aborted_tokenizer_fixed_padding_of_2e8() {
     let dir = crate::common::temp_dir();
     let folder = copy_fixture("tiny-bert", dir.path());
     let path = folder.join("tokenizer.json");
@@ -649,10 +652,10 @@ fn known_abort_tokenizer_fixed_padding_of_2e8() {
     assert_clean_refusal(&args, &path);
 }
 
-/// Finding: a `tokenizer.json` cut short (the fixture's first 2651 bytes) panics in the tokenizer's deserializer
+/// Once panicked: a `tokenizer.json` cut short (the fixture's first 2651 bytes) panics in the tokenizer's deserializer
 /// ("Helper: Error(\"EOF while parsing an object\" …)") instead of a one-line error naming the file.
 #[test]
-fn finding_truncated_tokenizer_json_panics() {
+fn once_panicked_truncated_tokenizer_json() {
     let dir = crate::common::temp_dir();
     let folder = copy_fixture("tiny-bert", dir.path());
     let path = folder.join("tokenizer.json");

@@ -137,6 +137,9 @@ impl EvalData {
         let [n, t] = shape[..] else {
             return Err(bad_data(path, format!("input_ids is {shape:?}, expected [samples, tokens]")));
         };
+        if n == 0 || t == 0 {
+            return Err(bad_data(path, format!("input_ids is {shape:?}: no tokens to run")));
+        }
         let optional = |name: &str, default: i64| -> Result<Vec<i64>> {
             match file.tensor_by_name(name) {
                 None => Ok(vec![default; n * t]),
@@ -175,8 +178,7 @@ impl EvalData {
                 format!("is text, and the model has no tokenizer.json ({}) to tokenise it", tokenizer_path.display()),
             ));
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path)
-            .map_err(|e| bad_data(tokenizer_path, format!("cannot be read as a tokenizer: {e}")))?;
+        let tokenizer = load_tokenizer(tokenizer_path)?;
         let encodings =
             tokenizer.encode_batch(lines, true).map_err(|e| bad_data(path, format!("cannot be tokenised: {e}")))?;
         Ok(EvalData::Sequences(
@@ -189,6 +191,40 @@ impl EvalData {
                 })
                 .collect(),
         ))
+    }
+}
+
+/// The most tokens a sequence may be padded to by a tokenizer.json's settings (`padding` `Fixed` length,
+/// `pad_to_multiple_of`): larger values are refused before the tokenizer allocates them.
+pub const MAX_PADDED_TOKENS: u64 = 32_768;
+
+/// Reads a tokenizer.json: checked as JSON and for padding sizes first, because the tokenizers library panics on
+/// some malformed files and allocates whatever padding length the file asks for.
+fn load_tokenizer(tokenizer_path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(tokenizer_path).map_err(|e| Error::io("cannot read", tokenizer_path, e))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad_data(tokenizer_path, format!("is not valid JSON: {e}")))?;
+    if let Some(padding) = doc.get("padding").filter(|p| !p.is_null()) {
+        let fixed = padding.get("strategy").and_then(|s| s.get("Fixed"));
+        for (field, value) in
+            [("padding.strategy.Fixed", fixed), ("padding.pad_to_multiple_of", padding.get("pad_to_multiple_of"))]
+        {
+            let Some(value) = value.filter(|v| !v.is_null()) else { continue };
+            if value.as_u64().is_none_or(|n| n > MAX_PADDED_TOKENS) {
+                return Err(bad_data(
+                    tokenizer_path,
+                    format!("{field} is {value}, more than the {MAX_PADDED_TOKENS} tokens a sequence may have"),
+                ));
+            }
+        }
+    }
+    let parsed = std::panic::catch_unwind(|| <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text));
+    match parsed {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(bad_data(tokenizer_path, format!("cannot be read as a tokenizer: {e}"))),
+        Err(_) => {
+            Err(bad_data(tokenizer_path, "cannot be read as a tokenizer (the tokenizers library panicked)".into()))
+        }
     }
 }
 

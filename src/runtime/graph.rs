@@ -11,6 +11,9 @@ use crate::quant::InputQuant;
 
 const GRAPH_FORMAT: &str = "quantstudio-graph";
 const GRAPH_VERSION: u64 = 1;
+/// The most values one sample's activation may hold after a conv2d (1 GiB of f32): a model.json whose shapes would
+/// need more is refused before anything is allocated.
+pub const MAX_ACTIVATION_ELEMENTS: usize = 1 << 28;
 
 /// One step of a chain.
 #[derive(Clone, Debug)]
@@ -232,6 +235,13 @@ impl GraphNet {
                         groups: *groups,
                     };
                     let [oh, ow] = conv.out_hw().ok_or_else(|| bad(format!("op {i}: the kernel does not fit")))?;
+                    let out_elements = o.checked_mul(oh).and_then(|n| n.checked_mul(ow));
+                    if out_elements.is_none_or(|n| n > MAX_ACTIVATION_ELEMENTS) {
+                        return Err(bad(format!(
+                            "op {i}: conv2d output [{o}, {oh}, {ow}] exceeds {MAX_ACTIVATION_ELEMENTS} values per sample \
+                             (stride {stride:?}, padding {padding:?})"
+                        )));
+                    }
                     let bias = bias.as_deref().map(|b| weights.get(b, Some(&[o]))).transpose()?;
                     shape = vec![o, oh, ow];
                     Step::Conv2d {

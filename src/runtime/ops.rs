@@ -817,7 +817,7 @@ impl ConvShape {
     /// Output height and width, or `None` when the kernel does not fit or a stride is 0.
     pub fn out_hw(&self) -> Option<[usize; 2]> {
         let dim = |i: usize| {
-            let span = self.in_hw[i] + 2 * self.padding[i];
+            let span = self.padding[i].checked_mul(2)?.checked_add(self.in_hw[i])?;
             (self.stride[i] > 0 && span >= self.kernel[i]).then(|| (span - self.kernel[i]) / self.stride[i] + 1)
         };
         Some([dim(0)?, dim(1)?])
