@@ -1015,6 +1015,19 @@ mod tests {
         }
     }
 
+    /// The error figures of `round_trip` over the finite values of `x`, written out plainly: the sum of squared
+    /// errors (f64), the largest absolute error, and how many values `saturates` says the clamp changed.
+    fn reference_error(x: &[f32], round_trip: impl Fn(f32) -> f32, saturates: impl Fn(f32) -> bool) -> (f64, f32, u64) {
+        let (mut sum_e2, mut max_e, mut saturated) = (0f64, 0f32, 0);
+        for &v in x.iter().filter(|v| v.is_finite()) {
+            let e = v - round_trip(v);
+            sum_e2 += (e as f64).powi(2);
+            max_e = max_e.max(e.abs());
+            saturated += saturates(v) as u64;
+        }
+        (sum_e2, max_e, saturated)
+    }
+
     #[test]
     fn measure_agrees_with_the_reference_formulas() {
         let x = awkward_values(1000);
@@ -1027,13 +1040,8 @@ mod tests {
         };
         let mut acc = MeasureAcc::default();
         measure(&x, &spec, &mut acc);
-        let (mut sum_e2, mut max_e, mut saturated) = (0f64, 0f32, 0);
-        for &v in x.iter().filter(|v| v.is_finite()) {
-            let e = v - p.dequantize(p.quantize(v));
-            sum_e2 += (e as f64).powi(2);
-            max_e = max_e.max(e.abs());
-            saturated += ((v / p.scale).round_ties_even().abs() > 127.0) as u64;
-        }
+        let (sum_e2, max_e, saturated) =
+            reference_error(&x, |v| p.dequantize(p.quantize(v)), |v| (v / p.scale).round_ties_even().abs() > 127.0);
         let got = lane_sum(&acc.sum_sq_error);
         assert!((got - sum_e2).abs() <= 1e-12 * sum_e2, "{got} vs {sum_e2}");
         assert_eq!(acc.max_abs_error, max_e);
@@ -1057,16 +1065,16 @@ mod tests {
             };
             let mut acc = MeasureAcc::default();
             measure(&x, &spec, &mut acc);
-            let (mut sum_e2, mut max_e, mut saturated) = (0f64, 0f32, 0);
-            for &v in x.iter().filter(|v| v.is_finite()) {
-                let e = v - fp8::quantize_dequantize(v, scale);
-                sum_e2 += (e as f64).powi(2);
-                max_e = max_e.max(e.abs());
-                // Saturated: the clamp changed the code, i.e. without it `v / scale` would have rounded to 480 or
-                // beyond: it is nearer to 480 than to 448 (a tie goes to 448, the even mantissa).
-                let a = (v / scale).abs() as f64;
-                saturated += (a - 448.0 > 480.0 - a) as u64;
-            }
+            // Saturated: the clamp changed the code, i.e. without it `v / scale` would have rounded to 480 or
+            // beyond: it is nearer to 480 than to 448 (a tie goes to 448, the even mantissa).
+            let (sum_e2, max_e, saturated) = reference_error(
+                &x,
+                |v| fp8::quantize_dequantize(v, scale),
+                |v| {
+                    let a = (v / scale).abs() as f64;
+                    a - 448.0 > 480.0 - a
+                },
+            );
             let got = lane_sum(&acc.sum_sq_error);
             assert!((got - sum_e2).abs() <= 1e-12 * sum_e2, "scale {scale}: {got} vs {sum_e2}");
             assert_eq!(acc.max_abs_error, max_e, "scale {scale}");

@@ -759,11 +759,13 @@ impl Job<'_> {
                         // VNNI form, which has no corrections.
                         unsafe {
                             match self.path {
-                                Path::AvxVnni => avx_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0),
-                                Path::Avx512Vnni => {
-                                    avx512_vnni::panels(a, block_rows, self.stride, self.b, p, pair, out, r0)
+                                Path::AvxVnni => {
+                                    avx_vnni::panels(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0)
                                 }
-                                _ => avx2::panels_u8s8(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0),
+                                Path::Avx512Vnni => {
+                                    avx512_vnni::panels(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0)
+                                }
+                                _ => avx2_u8s8::panels(a, block_rows, self.stride, self.b, p, pair, &fixes, out, r0),
                             }
                         }
                     }
@@ -856,57 +858,12 @@ mod avx2 {
 
     use super::{Codes, Data, K_GROUP, Out, PANEL, PackedInt8, ROWS};
 
-    /// Panels `first..first + count` (`count` 1 or 2) of `b` for the `rows` rows of `a` (`u8` codes offset by 128),
-    /// six rows at a time, into local rows `row0..` of `out`, with the offsets and the corrections.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2.
+    /// `acc + Σ` of each column's four `u · b'` products: `vpmaddubsw` (pairs into `i16`, never saturating as the
+    /// pairs were clamped when packing), `vpmaddwd` by ones (the two pairs into the column's `i32` lane) and an add.
     #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn panels_u8s8(
-        a: &[u8],
-        rows: usize,
-        stride: usize,
-        b: &PackedInt8,
-        first: usize,
-        count: usize,
-        fixes: &Fixes,
-        out: &mut Out,
-        row0: usize,
-    ) {
-        let groups = stride / K_GROUP;
-        let panel_len = groups * PANEL * K_GROUP;
-        assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
-        assert!(b.data.len() >= (first + count) * panel_len && b.u8s8.offsets.len() >= (first + count) * PANEL);
-        // The corrections' sums of each panel (`PANEL` columns of `rows`), or none when the matrix has none.
-        assert!(fixes.sums.is_empty() || (fixes.sums.len() == count * PANEL * fixes.rows && fixes.rows >= rows));
-        let w = b.data[first * panel_len..].as_ptr();
-        let mut row = 0;
-        while row < rows {
-            let a_rows = &a[row * stride..];
-            let at = row0 + row;
-            // SAFETY: rows row.. exist (at least the tile's, checked by `a_rows` below), and the panels.
-            unsafe {
-                row += match (rows - row, count) {
-                    (ROWS.., 2) => {
-                        tile_u8s8_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at)
-                    }
-                    (ROWS.., _) => {
-                        tile_u8s8_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at)
-                    }
-                    (5, 2) => tile_u8s8_into::<5, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (5, _) => tile_u8s8_into::<5, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (4, 2) => tile_u8s8_into::<4, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (4, _) => tile_u8s8_into::<4, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (3, 2) => tile_u8s8_into::<3, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (3, _) => tile_u8s8_into::<3, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (2, 2) => tile_u8s8_into::<2, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (2, _) => tile_u8s8_into::<2, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (_, 2) => tile_u8s8_into::<1, 2>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                    (_, _) => tile_u8s8_into::<1, 1>(a_rows, stride, w, groups, b, first, &fixes.at(row), out, at),
-                };
-            }
-        }
+    #[inline]
+    pub fn maddubs_add(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)))
     }
 
     /// The corrections' sums of a block of rows for one or two panels, from row `first`.
@@ -920,14 +877,14 @@ mod avx2 {
     }
 
     impl<'f> Fixes<'f> {
-        fn at(&self, first: usize) -> Fixes<'f> {
+        pub fn at(&self, first: usize) -> Fixes<'f> {
             Fixes { sums: self.sums, rows: self.rows, first }
         }
 
         /// The 8 sums of row `first + r` of panel `q` (of the pair).
         #[target_feature(enable = "avx2")]
         #[inline]
-        fn row(&self, q: usize, r: usize) -> __m256i {
+        pub fn row(&self, q: usize, r: usize) -> __m256i {
             if self.sums.is_empty() {
                 return _mm256_setzero_si256();
             }
@@ -1111,80 +1068,6 @@ mod avx2 {
                 out[i * padded + t] = a[t * stride + i];
             }
         }
-    }
-
-    /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets and corrections added, stored;
-    /// returns `R`.
-    ///
-    /// # Safety
-    /// AVX2; `a` holds `R` rows of `stride = groups · 4` codes; `w` is readable for `P` panels of `groups · 32`
-    /// bytes, `b`'s panels `first..first + P`.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_u8s8_into<const R: usize, const P: usize>(
-        a: &[u8],
-        stride: usize,
-        w: *const i8,
-        groups: usize,
-        b: &PackedInt8,
-        first: usize,
-        fixes: &Fixes,
-        out: &mut Out,
-        row: usize,
-    ) -> usize {
-        assert!(a.len() >= R * stride);
-        // SAFETY: the caller's guarantee and the check above.
-        let sums = unsafe { tile_u8s8::<R, P>(a.as_ptr(), stride, w, groups) };
-        for (q, panel_sums) in sums.into_iter().enumerate() {
-            let p = first + q;
-            // SAFETY: offsets hold whole panels (checked by the caller).
-            let offset = unsafe { _mm256_loadu_si256(b.u8s8.offsets[p * PANEL..p * PANEL + PANEL].as_ptr().cast()) };
-            for (r, v) in panel_sums.into_iter().enumerate() {
-                store(out, row + r, p * PANEL, _mm256_add_epi32(_mm256_add_epi32(v, offset), fixes.row(q, r)));
-            }
-        }
-        R
-    }
-
-    /// `R` rows of A (`u8` codes offset by 128 at `a`, `stride` apart) times `P` panels (`w`, `groups · 32` bytes
-    /// apart): the 8 column sums `Σ u · b'` of each row and panel, in wrapping `i32`.
-    ///
-    /// Per group of 4 `k`: a broadcast of the row's 4 codes, `vpmaddubsw` with the panel's 32 codes (pairs of `k` of
-    /// one column into `i16`; never saturating, as the pairs were clamped when packing), `vpmaddwd` by ones (the
-    /// column's two pairs into its `i32` lane) and an add.
-    ///
-    /// # Safety
-    /// AVX2; `a` readable for `R` rows of `groups · 4` codes, `w` for `P · groups · 32` bytes.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile_u8s8<const R: usize, const P: usize>(
-        a: *const u8,
-        stride: usize,
-        w: *const i8,
-        groups: usize,
-    ) -> [[__m256i; R]; P] {
-        let ones = _mm256_set1_epi16(1);
-        let panel_len = groups * PANEL * K_GROUP;
-        let mut acc = [[_mm256_setzero_si256(); R]; P];
-        for g in 0..groups {
-            // SAFETY: within the panels and the rows.
-            unsafe {
-                let mut wv = [_mm256_setzero_si256(); P];
-                for (q, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_si256(w.add(q * panel_len + g * PANEL * K_GROUP).cast());
-                }
-                for r in 0..R {
-                    let x = _mm256_set1_epi32((a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned());
-                    for q in 0..P {
-                        let pairs = _mm256_maddubs_epi16(x, wv[q]);
-                        acc[q][r] = _mm256_add_epi32(acc[q][r], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-            }
-        }
-        acc
     }
 
     /// One panel of 8 columns (global `column..`) for the `rows` rows of `a`, six rows at a time, into local rows
@@ -1403,23 +1286,29 @@ mod avx2 {
     }
 }
 
-/// The VNNI kernels, one module per encoding of `vpdpbusd` (the same operation): per group of 4 `k`, a broadcast of
-/// the row's 4 `u8` codes and one `vpdpbusd` per panel (the four `u · b` products of each column added into its
-/// `i32` lane, exactly: no `i16` step, so the weights need no clamping and no corrections). The sums plus the
-/// offsets `−128 · Σ_k b` are `Σ_k a · b`.
-macro_rules! vnni_kernels {
-    ($module:ident, $features:literal, $dpbusd:ident) => {
+/// The `u8 × s8` kernels, one module per multiply step (the loops, tiles and stores are the same): per group of 4
+/// `k`, a broadcast of the row's 4 `u8` codes and one multiply-accumulate per panel into each column's `i32` lane.
+/// - AVX2 (`avx2_u8s8`): `vpmaddubsw` (pairs of `k` of one column into `i16`; never saturating, as the pairs were
+///   clamped when packing), `vpmaddwd` by ones and an add; the clamped pairs are made good by the corrections.
+/// - VNNI (`avx_vnni`, `avx512_vnni`, two encodings of `vpdpbusd`): the four `u · b` products added exactly, no `i16`
+///   step, so the weights (in the VNNI form) need no clamping and no corrections.
+///
+/// The sums plus the offsets `−128 · Σ_k b` (plus the corrections) are `Σ_k a · b`.
+macro_rules! u8s8_kernels {
+    ($module:ident, $features:literal, $form_ok:expr, $multiply_add:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $module {
             use std::arch::x86_64::*;
 
+            use super::avx2::Fixes;
             use super::{K_GROUP, Out, PANEL, PackedInt8, ROWS};
 
-            /// Panels `first..first + count` (`count` 1 or 2) of `b` (in the VNNI form) for the `rows` rows of `a`
-            /// (`u8` codes offset by 128), six rows at a time, into local rows `row0..` of `out`, with the offsets.
+            /// Panels `first..first + count` (`count` 1 or 2) of `b` for the `rows` rows of `a` (`u8` codes offset
+            /// by 128), six rows at a time, into local rows `row0..` of `out`, with the offsets and the corrections
+            /// (`fixes`; empty where the weights have none).
             ///
             /// # Safety
-            /// The CPU must have the module's VNNI instructions and AVX2.
+            /// The CPU must have the module's instructions (`$features`).
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn panels(
@@ -1429,42 +1318,49 @@ macro_rules! vnni_kernels {
                 b: &PackedInt8,
                 first: usize,
                 count: usize,
+                fixes: &Fixes,
                 out: &mut Out,
                 row0: usize,
             ) {
                 let groups = stride / K_GROUP;
                 let panel_len = groups * PANEL * K_GROUP;
                 assert!(a.len() >= rows * stride && b.k_groups == groups && (1..=2).contains(&count));
-                assert!(b.has_vnni() && b.u8s8.offsets.len() >= (first + count) * PANEL);
+                let form_ok: fn(&PackedInt8) -> bool = $form_ok;
+                assert!(form_ok(b) && b.u8s8.offsets.len() >= (first + count) * PANEL);
                 assert!(b.data.len() >= (first + count) * panel_len);
+                // The corrections' sums of each panel (`PANEL` columns of `rows`), or none.
+                assert!(
+                    fixes.sums.is_empty() || (fixes.sums.len() == count * PANEL * fixes.rows && fixes.rows >= rows)
+                );
                 let w = b.data[first * panel_len..].as_ptr();
                 let mut row = 0;
                 while row < rows {
                     let a_rows = &a[row * stride..];
                     let at = row0 + row;
+                    let f = fixes.at(row);
                     // SAFETY: rows row.. exist (at least the tile's, checked by `a_rows` in the tile), and the
                     // panels.
                     unsafe {
                         row += match (rows - row, count) {
-                            (ROWS.., 2) => tile_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (ROWS.., _) => tile_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, out, at),
-                            (5, 2) => tile_into::<5, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (5, _) => tile_into::<5, 1>(a_rows, stride, w, groups, b, first, out, at),
-                            (4, 2) => tile_into::<4, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (4, _) => tile_into::<4, 1>(a_rows, stride, w, groups, b, first, out, at),
-                            (3, 2) => tile_into::<3, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (3, _) => tile_into::<3, 1>(a_rows, stride, w, groups, b, first, out, at),
-                            (2, 2) => tile_into::<2, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (2, _) => tile_into::<2, 1>(a_rows, stride, w, groups, b, first, out, at),
-                            (_, 2) => tile_into::<1, 2>(a_rows, stride, w, groups, b, first, out, at),
-                            (_, _) => tile_into::<1, 1>(a_rows, stride, w, groups, b, first, out, at),
+                            (ROWS.., 2) => tile_into::<ROWS, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (ROWS.., _) => tile_into::<ROWS, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (5, 2) => tile_into::<5, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (5, _) => tile_into::<5, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (4, 2) => tile_into::<4, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (4, _) => tile_into::<4, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (3, 2) => tile_into::<3, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (3, _) => tile_into::<3, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (2, 2) => tile_into::<2, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (2, _) => tile_into::<2, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (_, 2) => tile_into::<1, 2>(a_rows, stride, w, groups, b, first, &f, out, at),
+                            (_, _) => tile_into::<1, 1>(a_rows, stride, w, groups, b, first, &f, out, at),
                         };
                     }
                 }
             }
 
-            /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets added, stored; returns
-            /// `R`.
+            /// `R` rows of A times `P` panels (from panel `first`, codes at `w`), the offsets and corrections added,
+            /// stored; returns `R`.
             ///
             /// # Safety
             /// The module's features; `a` holds `R` rows of `stride = groups · 4` codes; `w` is readable for `P`
@@ -1479,6 +1375,7 @@ macro_rules! vnni_kernels {
                 groups: usize,
                 b: &PackedInt8,
                 first: usize,
+                fixes: &Fixes,
                 out: &mut Out,
                 row: usize,
             ) -> usize {
@@ -1491,14 +1388,15 @@ macro_rules! vnni_kernels {
                     // SAFETY: `offsets` holds 8 i32.
                     let offset = unsafe { _mm256_loadu_si256(offsets.as_ptr().cast()) };
                     for (r, v) in panel_sums.into_iter().enumerate() {
-                        super::avx2::store(out, row + r, p * PANEL, _mm256_add_epi32(v, offset));
+                        let v = _mm256_add_epi32(_mm256_add_epi32(v, offset), fixes.row(q, r));
+                        super::avx2::store(out, row + r, p * PANEL, v);
                     }
                 }
                 R
             }
 
             /// `R` rows of A (`u8` codes offset by 128 at `a`, `stride` apart) times `P` panels (`w`, `groups · 32`
-            /// bytes apart): the 8 column sums `Σ u · b` of each row and panel, in wrapping `i32`.
+            /// bytes apart): the 8 column sums of each row and panel, in wrapping `i32`.
             ///
             /// # Safety
             /// The module's features; `a` readable for `R` rows of `groups · 4` codes, `w` for `P · groups · 32`
@@ -1525,7 +1423,7 @@ macro_rules! vnni_kernels {
                             let x = (a.add(r * stride + g * K_GROUP) as *const i32).read_unaligned();
                             let x = _mm256_set1_epi32(x);
                             for q in 0..P {
-                                acc[q][r] = $dpbusd(acc[q][r], x, wv[q]);
+                                acc[q][r] = $multiply_add(acc[q][r], x, wv[q]);
                             }
                         }
                     }
@@ -1536,8 +1434,9 @@ macro_rules! vnni_kernels {
     };
 }
 
-vnni_kernels!(avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
-vnni_kernels!(avx512_vnni, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
+u8s8_kernels!(avx2_u8s8, "avx2", |_| true, super::avx2::maddubs_add);
+u8s8_kernels!(avx_vnni, "avx2,avxvnni", PackedInt8::has_vnni, _mm256_dpbusd_avx_epi32);
+u8s8_kernels!(avx512_vnni, "avx2,avx512vnni,avx512vl", PackedInt8::has_vnni, _mm256_dpbusd_epi32);
 
 /// Elements per parallel chunk of the element-wise steps.
 const CHUNK: usize = 1 << 15;
