@@ -10,6 +10,9 @@
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
 //!   (all-MiniLM-L6-v2 in CI); `quantstudio_llama_model`: the same for `$QUANTSTUDIO_LLAMA_MODEL` (SmolLM2-135M).
 //!
+//! - `quantstudio_llama_cpp`: `$QUANTSTUDIO_LLAMA_CPP_BIN` names a folder with `llama-perplexity` (optional, never
+//!   required: the llama.cpp judge, tools/llama/check_llama_cpp.py).
+//!
 //! The tests read the interpreter and the folders from `QUANTSTUDIO_BUILD_PYTHON`,
 //! `QUANTSTUDIO_BUILD_REFERENCE_MODEL` and `QUANTSTUDIO_BUILD_LLAMA_MODEL` (set here; empty when absent), so they
 //! use exactly what was probed. With `QUANTSTUDIO_REQUIRE_PYTHON=1` (CI) a failed probe or a missing folder fails
@@ -75,6 +78,17 @@ fn main() {
         } else {
             missing.push(format!("{var}={folder:?} is not a model folder with config.json"));
         }
+    }
+
+    // llama.cpp's tools (tools/llama/build_llama_cpp.sh prints their folder): optional even in CI, whose run does
+    // not build them; the llama.cpp judge test is ignored without them.
+    println!("cargo::rerun-if-env-changed=QUANTSTUDIO_LLAMA_CPP_BIN");
+    println!("cargo::rustc-check-cfg=cfg(quantstudio_llama_cpp)");
+    let llama_cpp = std::env::var("QUANTSTUDIO_LLAMA_CPP_BIN").unwrap_or_default();
+    let has_llama_cpp = !llama_cpp.is_empty() && std::path::Path::new(&llama_cpp).join("llama-perplexity").is_file();
+    println!("cargo::rustc-env=QUANTSTUDIO_BUILD_LLAMA_CPP_BIN={}", if has_llama_cpp { &llama_cpp } else { "" });
+    if has_llama_cpp {
+        println!("cargo::rustc-cfg=quantstudio_llama_cpp");
     }
 
     if required && !missing.is_empty() {

@@ -476,7 +476,25 @@ fn prepare_file_destination(model: &Model, dest: &Path, overwrite: bool) -> Resu
         return Err(bad("it is a file that is not an earlier quantstudio export; --overwrite replaces it".into()));
     }
     std::fs::create_dir_all(&parent).map_err(|e| Error::io("cannot create folder", &parent, e))?;
+    remove_stale_temp_files(&resolved)?;
     Ok(resolved)
+}
+
+/// Removes the temp files (`.NAME.tmp-PID`, [`crate::model::writer::temp_path_for`]) that exports to the file
+/// `dest` left when their process died mid-way; those of a running process are left alone.
+fn remove_stale_temp_files(dest: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return Ok(()) };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).map_err(|e| Error::io("cannot read", parent, e))? {
+        let entry = entry.map_err(|e| Error::io("cannot read", parent, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !is_running_elsewhere(pid) && entry.path().is_file() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dest` holds an earlier quantstudio export (its recipe file).
