@@ -669,7 +669,7 @@ fn map_tensors(
             ));
         }
         if let Some(h) = m.permute_heads
-            && (info.shape[0] % (2 * h) != 0)
+            && !info.shape[0].is_multiple_of(2 * h)
         {
             return Err(format!("tensor {} has {} rows, not a multiple of 2 x {h} heads", info.name, info.shape[0]));
         }
