@@ -39,8 +39,8 @@ pub enum Command {
         #[command(flatten)]
         plan: PlanArgs,
         /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced); never the
-        /// input's folder or a folder inside it.
-        #[arg(short, long, value_name = "FOLDER")]
+        /// input's folder or a folder inside it. With --target gguf: this file (OUT.gguf).
+        #[arg(short, long, value_name = "FOLDER|FILE")]
         output: Option<PathBuf>,
         /// Where the export goes: compressed-tensors (transformers, vLLM) or gguf (llama.cpp).
         #[arg(long, value_enum, default_value_t = TargetArg::CompressedTensors)]
