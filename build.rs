@@ -4,10 +4,14 @@
 //! Probes `$QUANTSTUDIO_PYTHON` (default `python3`), one interpreter start per probe:
 //! - `quantstudio_python_numpy`: it imports numpy and safetensors (the numpy reference checks);
 //! - `quantstudio_python_ml_dtypes`: and ml_dtypes too (the FP8 E4M3 check, tools/check/check_fp8.py);
+//! - `quantstudio_python_gguf`: and llama.cpp's gguf package (the GGUF reader check, tools/check/check_gguf.py);
 //! - `quantstudio_python_torch`: it imports torch, transformers, compressed_tensors and sentence_transformers
 //!   (the export checks, tools/check/check_exports.py);
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
 //!   (all-MiniLM-L6-v2 in CI); `quantstudio_llama_model`: the same for `$QUANTSTUDIO_LLAMA_MODEL` (SmolLM2-135M).
+//!
+//! - `quantstudio_llama_cpp`: `$QUANTSTUDIO_LLAMA_CPP_BIN` names a folder with `llama-perplexity` (optional, never
+//!   required: the llama.cpp judge, tools/llama/check_llama_cpp.py).
 //!
 //! The tests read the interpreter and the folders from `QUANTSTUDIO_BUILD_PYTHON`,
 //! `QUANTSTUDIO_BUILD_REFERENCE_MODEL` and `QUANTSTUDIO_BUILD_LLAMA_MODEL` (set here; empty when absent), so they
@@ -18,9 +22,10 @@
 use std::process::Command;
 
 /// What each probe imports, the cfg it sets and what to install when it fails.
-const PROBES: [(&str, &str, &str); 3] = [
+const PROBES: [(&str, &str, &str); 4] = [
     ("quantstudio_python_numpy", "import numpy, safetensors", "pip install numpy safetensors"),
     ("quantstudio_python_ml_dtypes", "import numpy, safetensors, ml_dtypes", "pip install ml_dtypes"),
+    ("quantstudio_python_gguf", "import numpy, safetensors, gguf", "pip install gguf"),
     (
         "quantstudio_python_torch",
         "import torch, transformers, compressed_tensors, sentence_transformers",
@@ -73,6 +78,17 @@ fn main() {
         } else {
             missing.push(format!("{var}={folder:?} is not a model folder with config.json"));
         }
+    }
+
+    // llama.cpp's tools (tools/llama/build_llama_cpp.sh prints their folder): optional even in CI, whose run does
+    // not build them; the llama.cpp judge test is ignored without them.
+    println!("cargo::rerun-if-env-changed=QUANTSTUDIO_LLAMA_CPP_BIN");
+    println!("cargo::rustc-check-cfg=cfg(quantstudio_llama_cpp)");
+    let llama_cpp = std::env::var("QUANTSTUDIO_LLAMA_CPP_BIN").unwrap_or_default();
+    let has_llama_cpp = !llama_cpp.is_empty() && std::path::Path::new(&llama_cpp).join("llama-perplexity").is_file();
+    println!("cargo::rustc-env=QUANTSTUDIO_BUILD_LLAMA_CPP_BIN={}", if has_llama_cpp { &llama_cpp } else { "" });
+    if has_llama_cpp {
+        println!("cargo::rustc-cfg=quantstudio_llama_cpp");
     }
 
     if required && !missing.is_empty() {

@@ -184,6 +184,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A GGUF file whose header cannot be read.
+    #[error("bad GGUF file ({problem}): {}", path.display())]
+    BadGguf {
+        /// What is wrong.
+        problem: String,
+        /// The file.
+        path: PathBuf,
+    },
+
     /// An export destination that would overwrite the input model or is otherwise unusable.
     #[error("cannot export there ({reason}): {}", path.display())]
     BadDestination {

@@ -129,6 +129,45 @@ fn a_bad_file_shows_an_error_and_keeps_the_open_model() {
 }
 
 #[test]
+fn the_gguf_target_is_chosen_in_the_file_menu_and_exports_a_llama_model_through_the_window() {
+    let dir = common::temp_dir();
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open", loaded_and_analysed);
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("gguf").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.target, quantstudio::export::Target::Gguf);
+    // The bundled sample (model_type tiny-demo, no tokenizer) cannot be a GGUF source: refused, nothing written.
+    let refused = dir.path().join("sample.gguf");
+    h.state_mut().send(Command::Export { dest: refused.clone(), force: false });
+    h.step();
+    step_until(&mut h, "the refusal", |app| app.studio.notice.as_ref().is_some_and(|n| n.is_error));
+    assert!(h.query_all_by_label_contains("tiny-demo").count() >= 1, "the reason is shown");
+    assert!(!refused.exists());
+    // A Llama model with a byte-level tokenizer is written as one .gguf file.
+    let folder = crate::gguf::llama_fixture(dir.path());
+    h.state_mut().send(Command::Open(folder));
+    h.step();
+    step_until(&mut h, "the llama model to open", |app| {
+        loaded_and_analysed(app) && app.studio.model.as_ref().is_some_and(|m| m.path.ends_with("tiny-llama-bpe"))
+    });
+    // The starting plan quantizes the linear layers to INT8, which GGUF has no type for: one click sets the fix.
+    let compatibility = h.state().studio.compatibility.clone().unwrap();
+    assert!(compatibility.model_refusal.is_none() && !compatibility.is_expressible());
+    h.state_mut().send(Command::ApplyExportFixes);
+    h.run_steps(2);
+    h.get_by_label("Loads in llama.cpp: yes");
+    let dest = dir.path().join("tiny.gguf");
+    h.state_mut().send(Command::Export { dest: dest.clone(), force: false });
+    h.step();
+    step_until(&mut h, "the export", |app| app.studio.last_export.is_some());
+    h.get_by_label_contains("exported to");
+    let header = quantstudio::export::gguf::read_header(&dest).unwrap();
+    assert_eq!(header.tensors.len(), 21);
+}
+
+#[test]
 fn export_and_recipes_run_as_jobs_and_report_in_the_status_bar() {
     let dir = common::temp_dir();
     let mut h = harness(&common::bundled_sample());

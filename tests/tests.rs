@@ -10,6 +10,8 @@ mod quant;
 mod recipe;
 // Export: layout, bit-exact round trip, safety of the input model.
 mod export;
+// The GGUF target: header, offsets, bytes and permutation read back; refusals; the gguf package's reader.
+mod gguf;
 // Folder-atomic export: kill -9 mid-export, litter of a crash, foreign folders, the input's folder, empty tensors.
 mod atomic;
 // The headless CLI: JSON shape, exit codes, one-line errors.

@@ -18,6 +18,8 @@ pub enum DialogRequest {
     LoadRecipe,
     /// The folder to export to.
     ExportFolder,
+    /// The file to export to (single-file targets: `.gguf`).
+    ExportFile,
     /// An evaluation or calibration data file.
     DataFile,
 }
@@ -59,6 +61,7 @@ impl FileDialogs for NativeDialogs {
             DialogRequest::SaveRecipe => dialog.add_filter("recipe", &["json"]).save_file(),
             DialogRequest::LoadRecipe => dialog.add_filter("recipe", &["json"]).pick_file(),
             DialogRequest::ExportFolder => dialog.set_title("Export to folder").pick_folder(),
+            DialogRequest::ExportFile => dialog.set_title("Export to file").add_filter("gguf", &["gguf"]).save_file(),
             DialogRequest::DataFile => dialog.add_filter("data", &["safetensors", "txt"]).pick_file(),
         };
         match picked {

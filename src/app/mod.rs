@@ -72,6 +72,11 @@ impl StudioApp {
         self
     }
 
+    /// The dialog that asks where to export: a file for single-file targets (GGUF), else a folder.
+    pub fn export_request(&self) -> DialogRequest {
+        if self.studio.target.is_single_file() { DialogRequest::ExportFile } else { DialogRequest::ExportFolder }
+    }
+
     /// Asks for a path for `target` with a dialog, once this frame is drawn. When no dialog can open, the status
     /// line says so and a path field takes the keyboard instead.
     pub fn browse(&mut self, request: DialogRequest, target: PathTarget) {

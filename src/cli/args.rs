@@ -39,10 +39,10 @@ pub enum Command {
         #[command(flatten)]
         plan: PlanArgs,
         /// Export the quantized model into this folder (new, empty, or an earlier export, which is replaced); never the
-        /// input's folder or a folder inside it.
-        #[arg(short, long, value_name = "FOLDER")]
+        /// input's folder or a folder inside it. With --target gguf: this file (OUT.gguf).
+        #[arg(short, long, value_name = "FOLDER|FILE")]
         output: Option<PathBuf>,
-        /// Where the export goes: compressed-tensors (transformers, vLLM).
+        /// Where the export goes: compressed-tensors (transformers, vLLM) or gguf (llama.cpp).
         #[arg(long, value_enum, default_value_t = TargetArg::CompressedTensors)]
         target: TargetArg,
         /// Export even when a runtime of the target will not load the plan (the layers are listed as warnings).
@@ -186,12 +186,15 @@ pub struct OutputArgs {
 pub enum TargetArg {
     /// Hugging Face folder in the compressed-tensors layout (transformers, vLLM).
     CompressedTensors,
+    /// One GGUF file for llama.cpp (Llama-family models); -o names the file, e.g. OUT.gguf.
+    Gguf,
 }
 
 impl From<TargetArg> for crate::export::Target {
     fn from(arg: TargetArg) -> Self {
         match arg {
             TargetArg::CompressedTensors => crate::export::Target::CompressedTensors,
+            TargetArg::Gguf => crate::export::Target::Gguf,
         }
     }
 }

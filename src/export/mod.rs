@@ -3,8 +3,12 @@
 //! (written as planned, kept, cast, or not expressible) and which of the runtimes it serves will load the result
 //! ([`Target::check`], a [`Compatibility`]); [`export`] refuses a plan a runtime will not load unless forced.
 //!
-//! Targets: [`compressed_tensors`] (the folder llm-compressor writes; transformers and vLLM load it). See
-//! `docs/EXPORT.md`.
+//! Targets: [`compressed_tensors`] (the folder llm-compressor writes; transformers and vLLM load it) and [`gguf`]
+//! (one `.gguf` file that llama.cpp loads, for Llama-family models). See `docs/EXPORT.md`.
+//!
+//! A GGUF export is one file: written beside the destination under a temp name and renamed into place; the
+//! destination may not be inside the input model's folder, and an existing file is replaced only when it is an
+//! earlier quantstudio GGUF export (its header holds the recipe) or with [`ExportOptions::overwrite`].
 //!
 //! Every export is written into a temp folder beside the destination and renamed into place, so the destination
 //! holds the earlier export or the new one, never a mix of both; what a crashed export leaves beside it is recovered
@@ -15,6 +19,8 @@
 //! `1_Pooling/`, `README.md`, …), so the export loads like the original.
 
 pub mod compressed_tensors;
+pub mod gguf;
+pub mod gguf_vocab;
 pub mod transformers_model_types;
 
 use std::collections::BTreeMap;
@@ -47,16 +53,32 @@ pub enum Target {
     /// A Hugging Face folder in the compressed-tensors layout, for transformers and vLLM.
     #[default]
     CompressedTensors,
+    /// One GGUF file, for llama.cpp (Llama-family models).
+    Gguf,
 }
 
 impl Target {
     /// Every target, in menu order.
-    pub const ALL: [Target; 1] = [Target::CompressedTensors];
+    pub const ALL: [Target; 2] = [Target::CompressedTensors, Target::Gguf];
 
     /// The runtimes a user deploys this target's files to.
     pub fn runtimes(self) -> &'static [Runtime] {
         match self {
             Target::CompressedTensors => &[Runtime::Transformers, Runtime::Vllm],
+            Target::Gguf => &[Runtime::LlamaCpp],
+        }
+    }
+
+    /// Whether the export is one file (named by the destination) rather than a folder.
+    pub fn is_single_file(self) -> bool {
+        self == Target::Gguf
+    }
+
+    /// The file extension of a single-file target's destination (`gguf`).
+    pub fn file_extension(self) -> Option<&'static str> {
+        match self {
+            Target::CompressedTensors => None,
+            Target::Gguf => Some("gguf"),
         }
     }
 
@@ -64,6 +86,7 @@ impl Target {
     pub fn check(self, model: &Model, plan: &Plan) -> Compatibility {
         match self {
             Target::CompressedTensors => compressed_tensors::check(model, plan),
+            Target::Gguf => gguf::check(model, plan),
         }
     }
 
@@ -71,6 +94,7 @@ impl Target {
     pub fn planned_bytes(self, model: &Model, plan: &Plan, id: TensorId) -> u64 {
         match self {
             Target::CompressedTensors => compressed_tensors::planned_bytes(model, plan, id),
+            Target::Gguf => gguf::planned_bytes(model, plan, id),
         }
     }
 
@@ -86,6 +110,10 @@ impl Target {
     ) -> Result<Vec<(String, u64)>> {
         match self {
             Target::CompressedTensors => compressed_tensors::write(model, plan, folder, options, progress),
+            Target::Gguf => {
+                let name = "model.gguf";
+                Ok(vec![(name.to_owned(), gguf::write(model, plan, &folder.join(name), progress)?)])
+            }
         }
     }
 }
@@ -94,6 +122,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Target::CompressedTensors => "compressed-tensors",
+            Target::Gguf => "gguf",
         })
     }
 }
@@ -116,6 +145,8 @@ pub enum Runtime {
     Transformers,
     /// vLLM.
     Vllm,
+    /// llama.cpp (llama-cli, llama-server, llama-perplexity, and the libraries built on it).
+    LlamaCpp,
 }
 
 impl fmt::Display for Runtime {
@@ -123,6 +154,7 @@ impl fmt::Display for Runtime {
         f.write_str(match self {
             Runtime::Transformers => "transformers",
             Runtime::Vllm => "vLLM",
+            Runtime::LlamaCpp => "llama.cpp",
         })
     }
 }
@@ -340,7 +372,7 @@ impl Default for ExportOptions {
 /// What an export produced.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ExportSummary {
-    /// The destination folder.
+    /// The destination: a folder, or the file of a single-file target.
     pub folder: PathBuf,
     /// The target written.
     pub target: Target,
@@ -375,6 +407,9 @@ pub fn export(
             path: dest.to_owned(),
         });
     }
+    if options.target.is_single_file() {
+        return export_file(model, plan, dest, options, compatibility, progress);
+    }
     let dest = prepare_destination(model, dest, options.overwrite)?;
     let staging = StagingFolder::create(&dest)?;
     let mut files = options.target.write(model, plan, staging.path(), options, progress)?;
@@ -394,6 +429,72 @@ pub fn export(
         warnings,
         compatibility,
     })
+}
+
+/// Writes a single-file target's export at `dest` (already checked against the plan).
+fn export_file(
+    model: &Model,
+    plan: &Plan,
+    dest: &Path,
+    options: &ExportOptions,
+    compatibility: Compatibility,
+    progress: &Progress,
+) -> Result<ExportSummary> {
+    let dest = prepare_file_destination(model, dest, options.overwrite)?;
+    let size_bytes = match options.target {
+        Target::Gguf => gguf::write(model, plan, &dest, progress)?,
+        Target::CompressedTensors => {
+            return Err(Error::BadDestination { reason: "this target writes a folder".into(), path: dest });
+        }
+    };
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let warnings = if compatibility.is_clean() { Vec::new() } else { compatibility.problems(model) };
+    Ok(ExportSummary { folder: dest, target: options.target, size_bytes, files: vec![name], warnings, compatibility })
+}
+
+/// Checks that the file `dest` can receive a single-file export: not inside the input model's folder, not a
+/// folder, and new, an earlier quantstudio GGUF export, or replaced with `overwrite`. Returns it resolved; a temp
+/// file an earlier crashed export left beside it is removed.
+fn prepare_file_destination(model: &Model, dest: &Path, overwrite: bool) -> Result<PathBuf> {
+    let bad = |reason: String| Error::BadDestination { reason, path: dest.to_owned() };
+    let resolved = resolve(dest)?;
+    let Some(parent) = resolved.parent().filter(|_| resolved.file_name().is_some()).map(Path::to_owned) else {
+        return Err(bad("it has no file name".into()));
+    };
+    let input_folder = crate::runtime::model_folder(model);
+    let input_folder = input_folder.canonicalize().map_err(|e| Error::io("cannot resolve", &input_folder, e))?;
+    if resolved.starts_with(&input_folder) {
+        return Err(bad(format!("it is inside the input model's folder {}", input_folder.display())));
+    }
+    if resolved.is_dir() {
+        return Err(bad("it is a folder; a GGUF export is one file (e.g. model.gguf)".into()));
+    }
+    if resolved.exists()
+        && !overwrite
+        && gguf::read_header(&resolved).ok().and_then(|h| h.get(gguf::RECIPE_KEY).cloned()).is_none()
+    {
+        return Err(bad("it is a file that is not an earlier quantstudio export; --overwrite replaces it".into()));
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("cannot create folder", &parent, e))?;
+    remove_stale_temp_files(&resolved)?;
+    Ok(resolved)
+}
+
+/// Removes the temp files (`.NAME.tmp-PID`, [`crate::model::writer::temp_path_for`]) that exports to the file
+/// `dest` left when their process died mid-way; those of a running process are left alone.
+fn remove_stale_temp_files(dest: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return Ok(()) };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).map_err(|e| Error::io("cannot read", parent, e))? {
+        let entry = entry.map_err(|e| Error::io("cannot read", parent, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !is_running_elsewhere(pid) && entry.path().is_file() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dest` holds an earlier quantstudio export (its recipe file).

@@ -221,7 +221,7 @@ pub fn shortcuts(ctx: &egui::Context, app: &mut StudioApp) {
     }
     let has_model = app.studio.model.is_some();
     if export && has_model {
-        app.browse(DialogRequest::ExportFolder, PathTarget::Export);
+        app.browse(app.export_request(), PathTarget::Export);
     }
     if save && has_model {
         app.browse(DialogRequest::SaveRecipe, PathTarget::SaveRecipe);
@@ -290,9 +290,19 @@ fn file_menu(ui: &mut egui::Ui, app: &mut StudioApp) {
     menu_path_field(ui, app, PathTarget::LoadRecipe);
     menu_path_field(ui, app, PathTarget::SaveRecipe);
     ui.separator();
+    ui.horizontal(|ui| {
+        ui.label("Export target");
+        for target in crate::export::Target::ALL {
+            if ui.selectable_label(app.studio.target == target, target.to_string()).clicked()
+                && app.studio.target != target
+            {
+                app.send(Command::SetTarget(target));
+            }
+        }
+    });
     if ui.add_enabled(has_model, egui::Button::new("Export...").shortcut_text("Ctrl+E")).clicked() {
         ui.close();
-        app.browse(DialogRequest::ExportFolder, PathTarget::Export);
+        app.browse(app.export_request(), PathTarget::Export);
     }
     menu_path_field(ui, app, PathTarget::Export);
 }
@@ -309,7 +319,11 @@ fn menu_path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget) {
 /// like an enabled field wherever it is drawn (menus draw their widgets without a frame, which made the File
 /// menu's fields look greyed out).
 fn path_field(ui: &mut egui::Ui, app: &mut StudioApp, target: PathTarget, width: f32) -> bool {
-    let label = ui.label(target.label());
+    let label = ui.label(if target == PathTarget::Export && app.studio.target.is_single_file() {
+        "Export to file (.gguf)"
+    } else {
+        target.label()
+    });
     let global = ui.ctx().global_style();
     ui.style_mut().visuals.widgets = global.visuals.widgets.clone();
     // A visible outline: a field that reads as a place to type, in a menu as anywhere.

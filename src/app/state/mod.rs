@@ -62,6 +62,8 @@ pub enum Command {
     Cancel(JobKind),
     /// Give every layer the export target refuses the precision its runtimes load (one undoable edit).
     ApplyExportFixes,
+    /// Choose the export target (the compatibility verdict follows it).
+    SetTarget(crate::export::Target),
     /// Export the current plan into a folder (`force`: even if a runtime of the target will not load it).
     Export {
         /// Destination folder.
@@ -378,6 +380,12 @@ impl Studio {
             Command::Open(path) => self.open(path),
             Command::Cancel(kind) => self.cancel(kind),
             Command::DismissNotice => self.notice = None,
+            Command::SetTarget(target) => {
+                self.target = target;
+                let plan = self.editor.plan();
+                self.compatibility = self.model.as_ref().map(|model| target.check(model, plan));
+                self.refused_export = None;
+            }
             Command::Export { .. }
             | Command::SaveRecipe(_)
             | Command::LoadRecipe(_)
