@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod fp8;
+pub mod ggml;
 pub mod kernels;
 pub mod metrics;
 pub mod params;

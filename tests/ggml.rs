@@ -1,0 +1,237 @@
+//! llama.cpp's block formats (src/quant/ggml.rs): hand-computed blocks, layouts, the scale searches' error bounds,
+//! and the activation quantizers. Byte-for-byte agreement with gguf-py is checked in `python::ggml_blocks_*`.
+
+use half::f16;
+use quantstudio::quant::ggml::{BlockFormat, dequantize_row, quantize_activation_row, quantize_row};
+
+fn seeded_normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f64 + 0.5) / (1u64 << 24) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u, v) = (next(), next());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect()
+}
+
+fn round_trip(format: BlockFormat, x: &[f32]) -> Vec<f32> {
+    let bytes = quantize_row(format, x);
+    assert_eq!(bytes.len(), x.len() / format.block_values() * format.block_bytes());
+    let mut y = vec![0f32; x.len()];
+    dequantize_row(format, &bytes, &mut y);
+    y
+}
+
+#[test]
+fn sizes_and_type_ids_are_ggmls() {
+    let table: Vec<_> = BlockFormat::ALL
+        .iter()
+        .map(|f| (f.name(), f.ggml_type_id(), f.block_values(), f.block_bytes(), f.bits_per_value()))
+        .collect();
+    assert_eq!(
+        table,
+        vec![
+            ("Q4_0", 2, 32, 18, 4.5),
+            ("Q8_0", 8, 32, 34, 8.5),
+            ("Q4_K", 12, 256, 144, 4.5),
+            ("Q6_K", 14, 256, 210, 6.5625)
+        ]
+    );
+    assert!(BlockFormat::Q8_0.fits(576) && BlockFormat::Q4_0.fits(64));
+    assert!(!BlockFormat::Q4K.fits(576) && BlockFormat::Q6K.fits(1536) && !BlockFormat::Q8_0.fits(0));
+    assert!(!BlockFormat::Q4_0.fits(48));
+}
+
+#[test]
+fn q8_0_block_with_absmax_127_has_scale_one_and_rounds_half_away_from_zero() {
+    let mut x: Vec<f32> = (0..32).map(|j| j as f32 - 16.0).collect();
+    x[0] = -127.0;
+    x[1] = 2.5;
+    x[2] = -2.5;
+    x[3] = 0.49;
+    let bytes = quantize_row(BlockFormat::Q8_0, &x);
+    assert_eq!(u16::from_le_bytes([bytes[0], bytes[1]]), f16::from_f32(1.0).to_bits());
+    let codes: Vec<i8> = bytes[2..].iter().map(|&b| b as i8).collect();
+    assert_eq!(&codes[..4], &[-127, 3, -3, 0]);
+    for j in 4..32 {
+        assert_eq!(codes[j] as f32, x[j]);
+    }
+    let y = round_trip(BlockFormat::Q8_0, &x);
+    assert_eq!(y[1], 3.0);
+    assert_eq!(y[0], -127.0);
+}
+
+#[test]
+fn q4_0_block_takes_the_signed_max_truncates_and_packs_halves_into_nibbles() {
+    // max = -8 (largest magnitude, negative) so d = max / -8 = 1 and id = 1.
+    let mut x = vec![0f32; 32];
+    x[0] = -8.0;
+    x[1] = 0.4; // 8.9 -> 8
+    x[2] = 0.5; // 9.0 -> 9
+    x[3] = -0.5; // 8.0 -> 8
+    x[16] = 7.0; // 15.5 -> 15
+    x[17] = 7.9; // 16.4 -> 16 -> min 15
+    x[18] = 3.0; // 11.5 -> 11
+    let bytes = quantize_row(BlockFormat::Q4_0, &x);
+    assert_eq!(bytes.len(), 18);
+    assert_eq!(u16::from_le_bytes([bytes[0], bytes[1]]), f16::from_f32(1.0).to_bits());
+    assert_eq!(bytes[2], 15 << 4); // x[0] -> 0, x[16] -> 15
+    assert_eq!(bytes[3], 8 | (15 << 4));
+    assert_eq!(bytes[4], 9 | (11 << 4));
+    assert_eq!(bytes[5], 8 | (8 << 4));
+    let y = round_trip(BlockFormat::Q4_0, &x);
+    assert_eq!(&y[..4], &[-8.0, 0.0, 1.0, 0.0]);
+    assert_eq!(&y[16..19], &[7.0, 7.0, 3.0]);
+    // The positive max: d = 8 / -8 = -1, codes 8 - x.
+    let x: Vec<f32> = (0..32).map(|j| if j == 5 { 8.0 } else { 0.0 }).collect();
+    let bytes = quantize_row(BlockFormat::Q4_0, &x);
+    assert_eq!(u16::from_le_bytes([bytes[0], bytes[1]]), f16::from_f32(-1.0).to_bits());
+    assert_eq!(bytes[2 + 5] & 0x0F, 0);
+    assert_eq!(round_trip(BlockFormat::Q4_0, &x), x);
+}
+
+#[test]
+fn all_zero_blocks_are_all_zero_bytes_and_zero_values() {
+    for format in BlockFormat::ALL {
+        let x = vec![0f32; 512];
+        let bytes = quantize_row(format, &x);
+        let zero_code_bytes: Vec<u8> = match format {
+            // Q4_0 stores code 8 for zero (offset 8) with d = 0.
+            BlockFormat::Q4_0 => bytes.chunks(18).flat_map(|b| b[2..].to_vec()).filter(|&b| b != 0x88).collect(),
+            _ => bytes.iter().copied().filter(|&b| b != 0).collect(),
+        };
+        assert!(zero_code_bytes.is_empty(), "{format}: {bytes:?}");
+        assert!(round_trip(format, &x).iter().all(|&v| v == 0.0), "{format}");
+    }
+}
+
+#[test]
+fn decoding_hand_built_k_blocks_follows_the_layouts() {
+    // Q4_K: d = 1, dmin = 0.5, sub-block j has scale j + 1 and min 2j (6 bits, j >= 4 split across bytes).
+    let mut block = vec![0u8; 144];
+    block[..2].copy_from_slice(&f16::from_f32(1.0).to_bits().to_le_bytes());
+    block[2..4].copy_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+    let scale = |j: usize| (j + 1) as u8 + if j == 7 { 40 } else { 0 }; // 48 for j = 7 uses the high bits
+    let min = |j: usize| (2 * j) as u8 + if j == 6 { 30 } else { 0 }; // 42 for j = 6
+    for j in 0..8 {
+        let (ls, lm) = (scale(j), min(j));
+        if j < 4 {
+            block[4 + j] = ls;
+            block[4 + j + 4] = lm;
+        } else {
+            block[4 + j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            block[4 + j - 4] |= (ls >> 4) << 6;
+            block[4 + j] |= (lm >> 4) << 6;
+        }
+    }
+    for (i, q) in block[16..].iter_mut().enumerate() {
+        *q = (i % 16) as u8 | ((15 - i % 16) as u8) << 4;
+    }
+    let mut y = vec![0f32; 256];
+    dequantize_row(BlockFormat::Q4K, &block, &mut y);
+    for (v, &got) in y.iter().enumerate() {
+        let (chunk, within) = (v / 64, v % 64);
+        let j = 2 * chunk + within / 32;
+        let l = within % 32;
+        let q = if within < 32 { l % 16 } else { 15 - l % 16 };
+        let want = scale(j) as f32 * q as f32 - 0.5 * min(j) as f32;
+        assert_eq!(got, want, "value {v}");
+    }
+    // Q6_K: d = 0.25, scales alternate 1, -2, ...; value v has 6-bit code (v % 64).
+    let mut block = vec![0u8; 210];
+    block[208..].copy_from_slice(&f16::from_f32(0.25).to_bits().to_le_bytes());
+    for s in 0..16 {
+        block[192 + s] = (if s % 2 == 0 { 1i8 } else { -2i8 }) as u8;
+    }
+    let code = |v: usize| (v * 7 % 64) as u8;
+    for half in 0..2 {
+        for l in 0..32 {
+            let c = |k: usize| code(128 * half + l + 32 * k);
+            block[64 * half + l] = (c(0) & 0xF) | ((c(2) & 0xF) << 4);
+            block[64 * half + l + 32] = (c(1) & 0xF) | ((c(3) & 0xF) << 4);
+            block[128 + 32 * half + l] = (c(0) >> 4) | ((c(1) >> 4) << 2) | ((c(2) >> 4) << 4) | ((c(3) >> 4) << 6);
+        }
+    }
+    dequantize_row(BlockFormat::Q6K, &block, &mut y);
+    for (v, &got) in y.iter().enumerate() {
+        let s = if (v / 16) % 2 == 0 { 1.0 } else { -2.0 };
+        assert_eq!(got, 0.25 * s * (code(v) as f32 - 32.0), "value {v}");
+    }
+}
+
+#[test]
+fn k_quant_round_trips_beat_their_plain_grids_on_seeded_normals() {
+    let x = seeded_normal(256 * 16, 18);
+    for (format, bits) in [(BlockFormat::Q4K, 4), (BlockFormat::Q6K, 6)] {
+        let y = round_trip(format, &x);
+        for (block_x, block_y) in x.chunks(format.block_values()).zip(y.chunks(format.block_values())) {
+            let range = block_x.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0;
+            // A uniform grid of 2^bits levels over the block's range errs at most half a step (plus the 6-/8-bit
+            // quantization of the sub-block scales): the per-sub-block scales do better than that on average.
+            let step = range / ((1 << bits) - 1) as f32;
+            let worst = block_x.iter().zip(block_y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= step, "{format}: worst {worst} step {step}");
+        }
+        let mse: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64;
+        let bound = if bits == 4 { 0.01 } else { 0.001 };
+        assert!(mse < bound && mse > 0.0, "{format}: mse {mse}");
+    }
+    // Q8_0 is never more than half a step off; Q4_0 rounds half a step except at the clamped code 15, where a
+    // value near +amax opposite a -amax max loses up to one step. The f16 scale adds up to 2^-11 of it per code
+    // step (127 steps for Q8_0).
+    for (format, steps) in [(BlockFormat::Q4_0, 1.0 + 8.0 / 2048.0), (BlockFormat::Q8_0, 0.5 + 127.0 / 2048.0)] {
+        let y = round_trip(format, &x);
+        for (block_x, block_y) in x.chunks(32).zip(y.chunks(32)) {
+            let amax = block_x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = if format == BlockFormat::Q4_0 { amax / 8.0 } else { amax / 127.0 };
+            let worst = block_x.iter().zip(block_y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= step * steps * 1.0001, "{format}: worst {worst} step {step}");
+        }
+    }
+}
+
+#[test]
+fn quantization_is_deterministic_and_blockwise() {
+    let x = seeded_normal(1024, 7);
+    for format in BlockFormat::ALL {
+        let whole = quantize_row(format, &x);
+        let mut pieces = Vec::new();
+        for chunk in x.chunks(format.block_values()) {
+            pieces.extend(quantize_row(format, chunk));
+        }
+        assert_eq!(whole, pieces, "{format}");
+        assert_eq!(whole, quantize_row(format, &x), "{format}");
+    }
+}
+
+#[test]
+fn activation_rows_become_llama_cpp_dot_product_inputs() {
+    // Q8_0 activations (Q8_0 and Q4_0 weights): d = f16(amax / 127), codes round half to even of x * 127 / amax.
+    let mut row: Vec<f32> = (0..32).map(|j| j as f32 - 16.0).collect();
+    row[0] = 127.0;
+    row[1] = 2.5;
+    quantize_activation_row(BlockFormat::Q4_0, &mut row);
+    assert_eq!(row[1], 2.0, "ties to even on x86 AVX");
+    assert_eq!(row[0], 127.0);
+    assert_eq!(row[2], -14.0);
+    // Q8_K activations (K-quant weights): f32 d = max / -127 over 256 values, nearest_int codes.
+    let x = seeded_normal(512, 3);
+    let mut row = x.clone();
+    quantize_activation_row(BlockFormat::Q6K, &mut row);
+    for (bx, by) in x.chunks(256).zip(row.chunks(256)) {
+        let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        for (a, b) in bx.iter().zip(by) {
+            let code = b / d;
+            assert!((code - code.round()).abs() < 1e-3, "{b} is not on the grid of {d}");
+            assert!((a - b).abs() <= d * 0.5 * 1.0001, "{a} -> {b}, d {d}");
+        }
+    }
+    let mut zeros = vec![0f32; 256];
+    quantize_activation_row(BlockFormat::Q4K, &mut zeros);
+    assert!(zeros.iter().all(|&v| v == 0.0));
+}
