@@ -235,3 +235,134 @@ fn activation_rows_become_llama_cpp_dot_product_inputs() {
     quantize_activation_row(BlockFormat::Q4K, &mut zeros);
     assert!(zeros.iter().all(|&v| v == 0.0));
 }
+
+/// A model with a 2-D weight of rows of 256, one of rows of 96 and a 3-D one, and a norm.
+fn block_model(dir: &std::path::Path) -> quantstudio::Model {
+    use crate::common::{Spec, normal, write_model};
+    let path = dir.join("model.safetensors");
+    write_model(
+        &path,
+        &[
+            Spec::f32("wide.weight", &[4, 256], &normal(1024, 1, 0.05)),
+            Spec::f32("narrow.weight", &[4, 96], &normal(384, 2, 0.05)),
+            Spec::f32("cube.weight", &[2, 4, 32], &normal(256, 3, 0.05)),
+            Spec::f32("norm.weight", &[256], &normal(256, 4, 1.0)),
+        ],
+    );
+    quantstudio::Model::open(&path).unwrap()
+}
+
+#[test]
+fn plans_give_block_formats_to_whole_block_rows_only_and_say_why() {
+    use quantstudio::quant::{Precision, Recipe};
+    let dir = crate::common::temp_dir();
+    let model = block_model(dir.path());
+    let layer = |name: &str| model.layer_by_name(name).unwrap();
+    let plan = Recipe::everywhere(Precision::Q4K).resolve(&model).unwrap();
+    assert_eq!(plan.layer(layer("wide")), Precision::Q4K);
+    assert_eq!(plan.layer(layer("narrow")), Precision::Fp32);
+    assert_eq!(plan.layer(layer("cube")), Precision::Fp32);
+    let text = plan.warnings.join("\n");
+    assert!(
+        text.contains("Q4_K needs rows of a multiple of 256 values (its block size); these rows have 96"),
+        "{text}"
+    );
+    assert!(text.contains("narrow") && text.contains("cube") && text.contains("2-D weights only"), "{text}");
+    let plan = Recipe::everywhere(Precision::Q4_0).resolve(&model).unwrap();
+    assert_eq!(plan.layer(layer("narrow")), Precision::Q4_0);
+    assert_eq!(plan.input_quant(layer("narrow")), Some(quantstudio::quant::InputQuant::Blocks(BlockFormat::Q4_0)));
+    // A plan built around resolution keeps the tensor it cannot take in float.
+    let forced = quantstudio::quant::Plan::all(&model, Precision::Q6K);
+    assert_eq!(forced.tensor(&model, model.tensor_by_name("narrow.weight").unwrap()), Precision::Fp32);
+    // Sizes count blocks: 4 rows of 256 values are 4 Q4_K super-blocks of 144 bytes.
+    let wide = model.tensor_by_name("wide.weight").unwrap();
+    let q4k = Recipe::everywhere(Precision::Q4K).resolve(&model).unwrap();
+    assert_eq!(quantstudio::export::planned_bytes(&model, &q4k, wide), 4 * 144);
+    assert_eq!(quantstudio::export::planned_bytes(&model, &plan, wide), 32 * 18);
+}
+
+#[test]
+fn analysis_and_simulation_use_the_decoded_blocks() {
+    use quantstudio::quant::pass::{TensorData, analyze};
+    use quantstudio::quant::{Precision, Recipe};
+    let values = seeded_normal(8 * 512, 11);
+    let data = TensorData::from_f32(&values, 8, 512);
+    let progress = quantstudio::progress::Progress::new();
+    for (precision, format) in [
+        (Precision::Q8_0, BlockFormat::Q8_0),
+        (Precision::Q4_0, BlockFormat::Q4_0),
+        (Precision::Q4K, BlockFormat::Q4K),
+        (Precision::Q6K, BlockFormat::Q6K),
+    ] {
+        let decoded = round_trip(format, &values);
+        let simulated = quantstudio::runtime::weights::simulate(&data, precision, &progress).unwrap();
+        assert_eq!(simulated, decoded, "{format}");
+        let analysis = analyze(&data, precision, &progress).unwrap();
+        let mse = values.iter().zip(&decoded).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / values.len() as f64;
+        let max = values.iter().zip(&decoded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!((analysis.error.mse - mse).abs() <= mse * 1e-9, "{format}: {} vs {mse}", analysis.error.mse);
+        assert_eq!(analysis.error.max_abs_error, max as f64, "{format}");
+        assert_eq!(analysis.error.saturated_count, 0);
+        assert_eq!(analysis.error_histogram.counts.iter().sum::<u64>(), values.len() as u64);
+        assert_eq!(analysis.precision.to_string(), format.name());
+    }
+    // Rows that are not whole blocks are an error, not a panic.
+    let data = TensorData::from_f32(&values[..8 * 96], 8, 96);
+    assert!(analyze(&data, Precision::Q4K, &progress).is_err());
+    assert!(quantstudio::runtime::weights::simulate(&data, Precision::Q4K, &progress).is_err());
+    // The runtime quantizes each input row as llama.cpp's product does.
+    let dir = crate::common::temp_dir();
+    let model = block_model(dir.path());
+    let plan = Recipe::everywhere(Precision::Q6K).resolve(&model).unwrap();
+    let quant = plan.input_quant(model.layer_by_name("wide").unwrap());
+    let x = seeded_normal(3 * 256, 5);
+    let planned = quantstudio::runtime::linear::planned_input(&x, 256, quant.as_ref());
+    let mut expected = x.clone();
+    for row in expected.chunks_mut(256) {
+        quantize_activation_row(BlockFormat::Q6K, row);
+    }
+    assert_eq!(&planned[..], &expected[..]);
+    assert_ne!(expected, x);
+}
+
+#[test]
+fn compressed_tensors_cannot_express_blocks_and_offers_int8() {
+    use quantstudio::export::Treatment;
+    use quantstudio::quant::{Int8Scheme, Precision, Recipe};
+    let dir = crate::common::temp_dir();
+    let model = block_model(dir.path());
+    let plan = Recipe::everywhere(Precision::Q8_0).resolve(&model).unwrap();
+    let check = quantstudio::export::compressed_tensors::check(&model, &plan);
+    let wide = model.layer_by_name("wide").unwrap();
+    let layer = check.layers.iter().find(|l| l.layer == wide).unwrap();
+    match &layer.treatment {
+        Treatment::NotExpressible(reason) => assert!(reason.contains("Q8_0 blocks"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let expected_fix = if model.layer(wide).kind == quantstudio::model::LayerKind::Linear {
+        Precision::Int8(Int8Scheme::default())
+    } else {
+        Precision::Fp16
+    };
+    assert_eq!(layer.fix, Some(expected_fix));
+    assert!(!check.is_expressible());
+}
+
+#[test]
+fn cli_takes_block_precisions() {
+    let dir = crate::common::temp_dir();
+    let _ = block_model(dir.path());
+    let path = dir.path().join("model.safetensors");
+    let (code, stdout, stderr) =
+        crate::common::run_cli(&["quantize", path.to_str().unwrap(), "--precision", "q4_k", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tensors = doc["tensors"].as_array().unwrap();
+    let wide = tensors.iter().find(|t| t["name"] == "wide.weight").unwrap();
+    assert_eq!(wide["precision"], "q4_k", "{wide}");
+    assert!(wide["mse"].as_f64().is_some_and(|m| m > 0.0), "{wide}");
+    let (code, _, stderr) =
+        crate::common::run_cli(&["quantize", path.to_str().unwrap(), "--precision", "q8_0", "--asymmetric"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("int8 only"), "{stderr}");
+}
