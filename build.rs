@@ -4,6 +4,8 @@
 //! Probes `$QUANTSTUDIO_PYTHON` (default `python3`), one interpreter start per probe:
 //! - `quantstudio_python_numpy`: it imports numpy and safetensors (the numpy reference checks);
 //! - `quantstudio_python_ml_dtypes`: and ml_dtypes too (the FP8 E4M3 check, tools/check/check_fp8.py);
+//! - `quantstudio_python_gguf`: numpy, safetensors and gguf (llama.cpp's block formats against gguf-py,
+//!   tools/check/check_ggml_blocks.py);
 //! - `quantstudio_python_torch`: it imports torch, transformers, compressed_tensors and sentence_transformers
 //!   (the export checks, tools/check/check_exports.py);
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
@@ -18,9 +20,10 @@
 use std::process::Command;
 
 /// What each probe imports, the cfg it sets and what to install when it fails.
-const PROBES: [(&str, &str, &str); 3] = [
+const PROBES: [(&str, &str, &str); 4] = [
     ("quantstudio_python_numpy", "import numpy, safetensors", "pip install numpy safetensors"),
     ("quantstudio_python_ml_dtypes", "import numpy, safetensors, ml_dtypes", "pip install ml_dtypes"),
+    ("quantstudio_python_gguf", "import numpy, safetensors, gguf", "pip install gguf"),
     (
         "quantstudio_python_torch",
         "import torch, transformers, compressed_tensors, sentence_transformers",

@@ -366,3 +366,97 @@ fn cli_takes_block_precisions() {
     assert_ne!(code, 0);
     assert!(stderr.contains("int8 only"), "{stderr}");
 }
+
+/// Runs tools/check/check_ggml_blocks.py in `mode` on `dir`; returns its JSON line.
+fn ggml_check(mode: &str, dir: &std::path::Path) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check/check_ggml_blocks.py");
+    let output = std::process::Command::new(crate::python::PYTHON)
+        .arg(&script)
+        .arg(mode)
+        .arg(dir)
+        .output()
+        .expect("run check_ggml_blocks.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "check_ggml_blocks.py {mode} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("check_ggml_blocks.py prints one JSON line")
+}
+
+/// The rows of a 2-D tensor of `tensors`, as bytes.
+fn rows_of(tensors: &safetensors::SafeTensors, name: &str) -> Vec<Vec<u8>> {
+    let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let row_bytes = view.data().len() / view.shape()[0];
+    view.data().chunks(row_bytes).map(<[u8]>::to_vec).collect()
+}
+
+fn f32_row(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(quantstudio_python_gguf),
+    ignore = "needs a Python with numpy, safetensors and gguf (set QUANTSTUDIO_PYTHON)"
+)]
+fn blocks_match_gguf_py_byte_for_byte_and_decode_as_gguf_py_does() {
+    let dir = crate::common::temp_dir();
+    let made = ggml_check("--make", dir.path());
+    let bytes = std::fs::read(dir.path().join("inputs.safetensors")).unwrap();
+    let inputs = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let cases: Vec<String> = made["cases"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    assert_eq!(cases.len(), 5, "{made}");
+    let mut ours = Vec::new();
+    for case in &cases {
+        let rows: Vec<Vec<f32>> = rows_of(&inputs, &format!("x_{case}")).iter().map(|r| f32_row(r)).collect();
+        for (format, name) in [
+            (BlockFormat::Q8_0, "q8_0"),
+            (BlockFormat::Q4_0, "q4_0"),
+            (BlockFormat::Q4K, "q4_k"),
+            (BlockFormat::Q6K, "q6_k"),
+        ] {
+            let blocks: Vec<Vec<u8>> = rows.iter().map(|r| quantize_row(format, r)).collect();
+            if matches!(format, BlockFormat::Q8_0 | BlockFormat::Q4_0) {
+                let theirs = rows_of(&inputs, &format!("gguf_{name}_{case}"));
+                for (row, (a, b)) in blocks.iter().zip(&theirs).enumerate() {
+                    let first = a.iter().zip(b).position(|(x, y)| x != y);
+                    assert!(first.is_none(), "{name} {case} row {row}: first differing byte {first:?}");
+                }
+            }
+            let flat: Vec<u8> = blocks.concat();
+            ours.push(crate::common::Spec::raw(
+                &format!("{name}_{case}"),
+                safetensors::Dtype::U8,
+                &[rows.len(), blocks[0].len()],
+                flat,
+            ));
+        }
+    }
+    crate::common::write_model(&dir.path().join("ours.safetensors"), &ours);
+    let summary = ggml_check("--dequantize", dir.path());
+    let bytes = std::fs::read(dir.path().join("decoded.safetensors")).unwrap();
+    let decoded = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for spec in &ours {
+        let name = &spec.name;
+        let format = match &name[..4] {
+            "q8_0" => BlockFormat::Q8_0,
+            "q4_0" => BlockFormat::Q4_0,
+            "q4_k" => BlockFormat::Q4K,
+            _ => BlockFormat::Q6K,
+        };
+        let ours_rows = rows_of(&inputs, &format!("x_{}", &name[5..])).len();
+        let theirs = rows_of(&decoded, name);
+        assert_eq!(theirs.len(), ours_rows);
+        let block_rows = spec.bytes.len() / ours_rows;
+        for (row, their_row) in theirs.iter().enumerate() {
+            let mut mine = vec![0f32; 512];
+            dequantize_row(format, &spec.bytes[row * block_rows..(row + 1) * block_rows], &mut mine);
+            let theirs = f32_row(their_row);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&mine), bits(&theirs), "{name} row {row}");
+        }
+    }
+    eprintln!("ggml blocks: gguf {} agrees; MSE of our blocks per format and case: {}", made["gguf"], summary["mse"]);
+}
