@@ -460,3 +460,46 @@ fn blocks_match_gguf_py_byte_for_byte_and_decode_as_gguf_py_does() {
     }
     eprintln!("ggml blocks: gguf {} agrees; MSE of our blocks per format and case: {}", made["gguf"], summary["mse"]);
 }
+
+/// llama-quantize's own blocks for real weights (SmolLM2-135M), dumped by `check_ggml_blocks.py --pairs DIR
+/// F32.gguf QUANT.gguf...` from `llama-quantize --pure` outputs: every row of ours equals llama.cpp's, byte for
+/// byte. Ignored by default (it needs the llama.cpp build and a converted model); run it with
+/// `QUANTSTUDIO_GGML_PAIRS=DIR cargo test --test integration ggml::blocks_match_llama_quantize -- --ignored`.
+#[test]
+#[ignore = "needs QUANTSTUDIO_GGML_PAIRS=DIR written by tools/check/check_ggml_blocks.py --pairs"]
+fn blocks_match_llama_quantize() {
+    let dir = std::env::var("QUANTSTUDIO_GGML_PAIRS").expect("QUANTSTUDIO_GGML_PAIRS names the --pairs folder");
+    let bytes = std::fs::read(std::path::Path::new(&dir).join("pairs.safetensors")).expect("pairs.safetensors");
+    let pairs = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut compared = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    let names = pairs.names();
+    for name in names.iter().filter(|n| !n.starts_with("x_")) {
+        let (format, index, label) = match name.split_at(5) {
+            ("q8_0_", n) => (BlockFormat::Q8_0, n, "Q8_0"),
+            ("q4_0_", n) => (BlockFormat::Q4_0, n, "Q4_0"),
+            ("q4_k_", n) => (BlockFormat::Q4K, n, "Q4_K"),
+            ("q6_k_", n) => (BlockFormat::Q6K, n, "Q6_K"),
+            _ => panic!("unexpected tensor {name}"),
+        };
+        let inputs = rows_of(&pairs, &format!("x_{index}"));
+        let theirs = rows_of(&pairs, name);
+        assert_eq!(inputs.len(), theirs.len(), "{name}");
+        let mut differing = 0;
+        for (row, (x, blocks)) in inputs.iter().zip(&theirs).enumerate() {
+            let ours = quantize_row(format, &f32_row(x));
+            if &ours != blocks {
+                differing += 1;
+                if differing == 1 {
+                    let at = ours.iter().zip(blocks).position(|(a, b)| a != b);
+                    eprintln!("{name} row {row}: first differing byte {at:?}");
+                }
+            }
+        }
+        let entry = compared.entry(label).or_default();
+        entry.0 += inputs.len();
+        entry.1 += differing;
+    }
+    eprintln!("rows compared with llama-quantize (rows, differing): {compared:?}");
+    assert!(compared.len() >= 2, "{compared:?}");
+    assert!(compared.values().all(|&(_, differing)| differing == 0), "{compared:?}");
+}

@@ -6,6 +6,8 @@ Usage
   check_ggml_blocks.py --make DIR        writes DIR/inputs.safetensors
   check_ggml_blocks.py --dequantize DIR  reads DIR/inputs.safetensors and DIR/ours.safetensors,
                                          writes DIR/decoded.safetensors
+  check_ggml_blocks.py --pairs DIR F32.gguf QUANT.gguf [QUANT.gguf ...]
+                                         writes DIR/pairs.safetensors: llama-quantize's blocks with their inputs
 
 Each mode prints one JSON line (the only stdout line).
 
@@ -23,6 +25,12 @@ and gguf-py's quantization of each for the two formats it implements: gguf_q8_0_
 --dequantize: for every U8 tensor <format>_<case> of ours.safetensors (our blocks, format one of q8_0, q4_0, q4_k,
 q6_k), gguf.quants.dequantize of them as F32 [rows, 512] under the same name. The JSON line: {"mse": {format:
 {case: mse against x_<case>}}}.
+
+--pairs: for every tensor of each QUANT.gguf (written by `llama-quantize --pure F32.gguf QUANT.gguf TYPE`) stored
+in Q8_0, Q4_0, Q4_K or Q6_K, and in layers 0, 1, 15 and 29 or the token embedding (its first 1024 rows), the F32
+input rows from F32.gguf as x_<n> and the blocks as <format>_<n> (U8 [rows, bytes]). The JSON line: {"pairs":
+[[n, tensor name, format], ...]}. tests/ggml.rs `blocks_match_llama_quantize` (ignored; run with
+QUANTSTUDIO_GGML_PAIRS=DIR) holds our blocks to them byte for byte.
 
 Needs numpy, safetensors and gguf (gguf-py, llama.cpp's Python package).
 """
@@ -88,6 +96,28 @@ def dequantize(folder):
     return {"mse": mse}
 
 
+def pairs(folder, f32_path, quant_paths):
+    names = {v: k for k, v in FORMATS.items()}
+    inputs = {t.name: t for t in gguf.GGUFReader(f32_path).tensors}
+    tensors = {}
+    listed = []
+    wanted = ("blk.0.", "blk.1.", "blk.15.", "blk.29.", "token_embd.")
+    for path in quant_paths:
+        for t in gguf.GGUFReader(path).tensors:
+            fmt = names.get(t.tensor_type)
+            if fmt is None or not t.name.startswith(wanted):
+                continue
+            x = np.asarray(inputs[t.name].data, dtype=np.float32)
+            q = np.asarray(t.data, dtype=np.uint8)
+            rows = min(x.shape[0], 1024)
+            n = len(listed)
+            tensors[f"x_{n}"] = np.ascontiguousarray(x[:rows])
+            tensors[f"{fmt}_{n}"] = np.ascontiguousarray(q[:rows])
+            listed.append([n, t.name, fmt])
+    save_file(tensors, os.path.join(folder, "pairs.safetensors"))
+    return {"pairs": listed}
+
+
 def gguf_version():
     try:
         from importlib.metadata import version
@@ -102,9 +132,17 @@ def main():
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--make", metavar="DIR")
     mode.add_argument("--dequantize", metavar="DIR")
+    mode.add_argument("--pairs", nargs="+", metavar="PATH")
     parser.add_argument("--seed", type=int, default=18)
     args = parser.parse_args()
-    summary = make(args.make, args.seed) if args.make else dequantize(args.dequantize)
+    if args.pairs:
+        if len(args.pairs) < 3:
+            parser.error("--pairs DIR F32.gguf QUANT.gguf [QUANT.gguf ...]")
+        summary = pairs(args.pairs[0], args.pairs[1], args.pairs[2:])
+    elif args.make:
+        summary = make(args.make, args.seed)
+    else:
+        summary = dequantize(args.dequantize)
     json.dump(summary, sys.stdout)
     sys.stdout.write("\n")
 
