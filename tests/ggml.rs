@@ -503,3 +503,26 @@ fn blocks_match_llama_quantize() {
     assert!(compared.len() >= 2, "{compared:?}");
     assert!(compared.values().all(|&(_, differing)| differing == 0), "{compared:?}");
 }
+
+/// The window's plan editor gives a block format only to the layers it fits and says why the others kept theirs.
+#[cfg(feature = "gui")]
+#[test]
+fn the_plan_editor_leaves_layers_a_block_does_not_fit_and_says_why() {
+    use quantstudio::app::state::{Command, PlanEditor};
+    use quantstudio::quant::{Precision, Recipe};
+    let dir = crate::common::temp_dir();
+    let model = block_model(dir.path());
+    let (wide, narrow) = (model.layer_by_name("wide").unwrap(), model.layer_by_name("narrow").unwrap());
+    let mut editor = PlanEditor::new(Recipe::uniform(Precision::Fp16).resolve(&model).unwrap());
+    let command = Command::SetPrecision { layers: vec![wide, narrow], precision: Precision::Q4K };
+    let reaction = editor.apply(&command, &model, None);
+    assert!(reaction.plan_changed);
+    let text = reaction.notice.expect("a notice").text;
+    assert!(text.contains("multiple of 256") && text.contains("narrow"), "{text}");
+    assert_eq!(editor.plan().layer(wide), Precision::Q4K);
+    assert_eq!(editor.plan().layer(narrow), Precision::Fp16);
+    let command = Command::SetPrecisionMatching { pattern: "*".into(), precision: Precision::Q8_0 };
+    let reaction = editor.apply(&command, &model, None);
+    assert!(reaction.notice.unwrap().text.contains("2-D weights only"));
+    assert_eq!(editor.plan().layer(narrow), Precision::Q8_0);
+}
