@@ -20,6 +20,9 @@ use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Pr
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
 
+/// Layers named in the warning about layers a block format does not fit (the count covers them all).
+const REFUSED_NAMES_SHOWN: usize = 6;
+
 /// The `format` field of every recipe file.
 pub const RECIPE_FORMAT: &str = "quantstudio-recipe";
 /// The recipe version this build writes and reads.
@@ -275,7 +278,10 @@ impl Recipe {
             }
         }
         for (reason, names) in refused {
-            warnings.push(format!("{reason}: {} layer(s) kept in FP32: {}", names.len(), names.join(", ")));
+            let more = names.len().saturating_sub(REFUSED_NAMES_SHOWN);
+            let shown = names[..names.len().min(REFUSED_NAMES_SHOWN)].join(", ");
+            let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+            warnings.push(format!("{reason}: {} layer(s) kept in FP32: {shown}{tail}", names.len()));
         }
         let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
         Ok(Plan { layers, input_clips, warnings })
