@@ -4,7 +4,8 @@
 //! Probes `$QUANTSTUDIO_PYTHON` (default `python3`), one interpreter start per probe:
 //! - `quantstudio_python_numpy`: it imports numpy and safetensors (the numpy reference checks);
 //! - `quantstudio_python_ml_dtypes`: and ml_dtypes too (the FP8 E4M3 check, tools/check/check_fp8.py);
-//! - `quantstudio_python_gguf`: and llama.cpp's gguf package (the GGUF reader check, tools/check/check_gguf.py);
+//! - `quantstudio_python_gguf`: numpy, safetensors and llama.cpp's gguf package (the block formats against gguf-py,
+//!   tools/check/check_ggml_blocks.py, and the GGUF reader check, tools/check/check_gguf.py);
 //! - `quantstudio_python_torch`: it imports torch, transformers, compressed_tensors and sentence_transformers
 //!   (the export checks, tools/check/check_exports.py);
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json

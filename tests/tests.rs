@@ -44,3 +44,5 @@ mod calib;
 mod bench;
 // FP8 E4M3 bit for bit against ml_dtypes, torch and compressed-tensors (tools/check/check_fp8.py).
 mod fp8;
+// llama.cpp block formats Q8_0, Q4_0, Q4_K, Q6_K: known blocks, layouts, activation quantizers.
+mod ggml;

@@ -218,6 +218,18 @@ pub enum PrecisionArg {
     Bf16,
     /// Keep as stored.
     Fp32,
+    /// llama.cpp's Q8_0 blocks (32 values, f16 scale, 8-bit codes); 2-D weights with rows of a multiple of 32.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// llama.cpp's Q4_0 blocks (32 values, f16 scale, 4-bit codes); 2-D weights with rows of a multiple of 32.
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// llama.cpp's Q4_K super-blocks (256 values); 2-D weights with rows of a multiple of 256.
+    #[value(name = "q4_k")]
+    Q4K,
+    /// llama.cpp's Q6_K super-blocks (256 values); 2-D weights with rows of a multiple of 256.
+    #[value(name = "q6_k")]
+    Q6K,
 }
 
 /// The sensitivity variants.
@@ -297,7 +309,7 @@ impl PlanArgs {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
             None => {
                 return Err(Error::BadArguments {
-                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32".into(),
+                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32|q8_0|q4_0|q4_k|q6_k".into(),
                 });
             }
             Some(PrecisionArg::Int8) => Precision::Int8(scheme),
@@ -314,6 +326,19 @@ impl PlanArgs {
             Some(PrecisionArg::Fp16) => Precision::Fp16,
             Some(PrecisionArg::Bf16) => Precision::Bf16,
             Some(PrecisionArg::Fp32) => Precision::Fp32,
+            Some(PrecisionArg::Q8_0 | PrecisionArg::Q4_0 | PrecisionArg::Q4K | PrecisionArg::Q6K)
+                if self.asymmetric || self.per_channel =>
+            {
+                return Err(Error::BadArguments {
+                    reason: "llama.cpp's block formats fix their own scales: --asymmetric and --per-channel apply to \
+                             int8 only"
+                        .into(),
+                });
+            }
+            Some(PrecisionArg::Q8_0) => Precision::Q8_0,
+            Some(PrecisionArg::Q4_0) => Precision::Q4_0,
+            Some(PrecisionArg::Q4K) => Precision::Q4K,
+            Some(PrecisionArg::Q6K) => Precision::Q6K,
         };
         Ok(Recipe::uniform(precision))
     }

@@ -128,7 +128,8 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
         },
         Precision::Fp16 => Layout::Cast(DType::F16),
         Precision::Bf16 => Layout::Cast(DType::BF16),
-        Precision::Fp32 => Layout::Kept,
+        // Not expressible in compressed-tensors ([`check`] refuses the plan): the float values would be written.
+        Precision::Fp32 | Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => Layout::Kept,
     }
 }
 
@@ -263,6 +264,21 @@ fn check_layer(model: &Model, plan: &Plan, id: LayerId) -> LayerCheck {
     let Some(main) = model.main_tensor(id) else {
         return LayerCheck { layer: id, treatment: Treatment::Kept, refusals: Vec::new(), fix: None };
     };
+    if let Some(format) = plan.tensor(model, main).block_format() {
+        // The fix: what compressed-tensors writes for a linear layer (INT8 weight-only), float elsewhere.
+        let fix = if layer.kind == LayerKind::Linear && !is_output_head(&layer.name) {
+            Precision::Int8(crate::quant::Int8Scheme::default())
+        } else {
+            float_fix(model, main)
+        };
+        let reason = format!("llama.cpp's {format} blocks (compressed-tensors has no block format; export to gguf)");
+        return LayerCheck {
+            layer: id,
+            treatment: Treatment::NotExpressible(reason),
+            refusals: Vec::new(),
+            fix: Some(fix),
+        };
+    }
     let layout = layout(model, plan, main);
     let treatment = match layout {
         Layout::Packed | Layout::Int8Codes { .. } | Layout::Fp8Codes { .. } => Treatment::AsPlanned,

@@ -127,8 +127,12 @@ impl fmt::Display for Target {
     }
 }
 
-/// Bytes tensor `id` takes in the default target's files under `plan`.
+/// Bytes tensor `id` takes in the default target's files under `plan`; a tensor in one of llama.cpp's block
+/// formats counts its blocks (18 bytes per 32 values for Q4_0: what a GGUF file holds), whatever the target.
 pub fn planned_bytes(model: &Model, plan: &Plan, id: TensorId) -> u64 {
+    if let Some(format) = plan.tensor(model, id).block_format() {
+        return format.tensor_bytes(model.tensor(id).numel()) as u64;
+    }
     Target::default().planned_bytes(model, plan, id)
 }
 

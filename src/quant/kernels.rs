@@ -436,6 +436,27 @@ fn measure_tail<E: Element>(x: &[E], first_lane: usize, spec: &MeasureSpec, acc:
     }
 }
 
+/// [`measure`] of values whose round trip is given (`x_hat`, as long as `x`) instead of computed per value:
+/// llama.cpp's block formats, where a value's rounding depends on its whole block ([`super::ggml`]). Their scales
+/// come from the block's own range, so nothing saturates. `spec.rounding` is not used.
+pub fn measure_given(x: &[f32], x_hat: &[f32], spec: &MeasureSpec, acc: &mut MeasureAcc) {
+    assert_eq!(x.len(), x_hat.len(), "round trip must match the input");
+    for (i, (&v, &h)) in x.iter().zip(x_hat).enumerate() {
+        let lane = i % LANES;
+        let copy = lane % COPIES;
+        if !v.is_finite() {
+            acc.value_hist[copy][0] += 1;
+            acc.error_hist[copy][0] += 1;
+            continue;
+        }
+        let e = v - h;
+        acc.max_abs_error = acc.max_abs_error.max(e.abs());
+        acc.sum_sq_error[lane] += e as f64 * e as f64;
+        acc.value_hist[copy][spec.value_bins.bin(v)] += 1;
+        acc.error_hist[copy][spec.error_bins.bin(e)] += 1;
+    }
+}
+
 /// The portable code generation.
 pub fn quantize_codes_portable(x: &[f32], params: &QParams, out: &mut [i8]) {
     for (o, &v) in out.iter_mut().zip(x) {

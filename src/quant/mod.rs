@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod fp8;
+pub mod ggml;
 pub mod kernels;
 pub mod metrics;
 pub mod params;
@@ -79,6 +80,9 @@ pub enum InputQuant {
     DynamicInt8,
     /// Dynamic per-token FP8 E4M3: every row with its own `fp8::fp8_scale(absmax(row))`.
     DynamicFp8,
+    /// What llama.cpp's CPU product with a weight in this block format makes of the input row: Q8_0 blocks of 32
+    /// (Q8_0, Q4_0 weights) or Q8_K blocks of 256 (K-quants) ([`ggml::quantize_activation_row`]).
+    Blocks(ggml::BlockFormat),
 }
 
 /// An FP8 E4M3 scheme (compressed-tensors `float-quantized`, vLLM's FP8 and FP8_DYNAMIC): `scale = absmax / 448`
@@ -174,6 +178,18 @@ pub enum Precision {
     Bf16,
     /// Kept as stored (no change; "FP32" in the window).
     Fp32,
+    /// llama.cpp's Q8_0 blocks (32 values, f16 scale, 8-bit codes) on a 2-D weight ([`ggml`]).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// llama.cpp's Q4_0 blocks (32 values, f16 scale, 4-bit codes) on a 2-D weight ([`ggml`]).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// llama.cpp's Q4_K super-blocks (256 values, 6-bit sub-block scales and mins, 4-bit codes) ([`ggml`]).
+    #[serde(rename = "q4_k")]
+    Q4K,
+    /// llama.cpp's Q6_K super-blocks (256 values, 8-bit sub-block scales, 6-bit codes) ([`ggml`]).
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 impl Precision {
@@ -187,27 +203,53 @@ impl Precision {
         matches!(self, Precision::Int8(s) if s.activations == Activations::Int8)
     }
 
-    /// Whether the layer's input is quantized too, statically or dynamically.
+    /// Whether the layer's input is quantized too, statically or dynamically. llama.cpp's block formats quantize
+    /// the input row of every product (Q8_0 or Q8_K blocks, [`ggml::quantize_activation_row`]).
     pub fn quantizes_inputs(self) -> bool {
         match self {
             Precision::Int8(s) => !s.activations.is_float(),
             Precision::Fp8(s) => !s.activations.is_float(),
+            Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => true,
             _ => false,
         }
     }
 
-    /// Whether only the layer's main tensor is quantized, with codes and scales (INT8, FP8), as opposed to a cast
-    /// of every float tensor (FP16, BF16) or nothing (FP32).
+    /// Whether only the layer's main tensor is quantized, with codes and scales (INT8, FP8, llama.cpp blocks), as
+    /// opposed to a cast of every float tensor (FP16, BF16) or nothing (FP32).
     pub fn has_codes(self) -> bool {
-        matches!(self, Precision::Int8(_) | Precision::Fp8(_))
+        matches!(self, Precision::Int8(_) | Precision::Fp8(_)) || self.block_format().is_some()
+    }
+
+    /// The llama.cpp block format of a block precision.
+    pub fn block_format(self) -> Option<ggml::BlockFormat> {
+        match self {
+            Precision::Q8_0 => Some(ggml::BlockFormat::Q8_0),
+            Precision::Q4_0 => Some(ggml::BlockFormat::Q4_0),
+            Precision::Q4K => Some(ggml::BlockFormat::Q4K),
+            Precision::Q6K => Some(ggml::BlockFormat::Q6K),
+            _ => None,
+        }
     }
 
     /// Bytes per element of a tensor stored at this precision (`stored_bytes` for FP32, which keeps the dtype).
+    /// Block formats are not a whole number of bytes per element: see [`Precision::tensor_bytes`]; this gives
+    /// their bytes per element rounded up.
     pub fn element_bytes(self, stored_bytes: usize) -> usize {
         match self {
             Precision::Int8(_) | Precision::Fp8(_) => 1,
             Precision::Fp16 | Precision::Bf16 => 2,
             Precision::Fp32 => stored_bytes,
+            Precision::Q8_0 | Precision::Q6K => 2,
+            Precision::Q4_0 | Precision::Q4K => 1,
+        }
+    }
+
+    /// Bytes of a tensor of `elements` values stored at this precision: whole blocks for llama.cpp's formats
+    /// (18 bytes per 32 values for Q4_0), `elements × element_bytes` for the others.
+    pub fn tensor_bytes(self, elements: usize, stored_bytes: usize) -> usize {
+        match self.block_format() {
+            Some(format) => format.tensor_bytes(elements),
+            None => elements * self.element_bytes(stored_bytes),
         }
     }
 }
@@ -241,6 +283,10 @@ impl fmt::Display for Precision {
             Precision::Fp16 => f.write_str("fp16"),
             Precision::Bf16 => f.write_str("bf16"),
             Precision::Fp32 => f.write_str("fp32"),
+            Precision::Q8_0 => f.write_str("Q8_0"),
+            Precision::Q4_0 => f.write_str("Q4_0"),
+            Precision::Q4K => f.write_str("Q4_K"),
+            Precision::Q6K => f.write_str("Q6_K"),
         }
     }
 }
@@ -275,5 +321,16 @@ mod tests {
         let json = serde_json::to_string(&dynamic_int8).unwrap();
         assert!(json.ends_with(r#""activations":"int8_dynamic"}"#), "{json}");
         assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), dynamic_int8);
+        for (p, name, label) in [
+            (Precision::Q8_0, "q8_0", "Q8_0"),
+            (Precision::Q4_0, "q4_0", "Q4_0"),
+            (Precision::Q4K, "q4_k", "Q4_K"),
+            (Precision::Q6K, "q6_k", "Q6_K"),
+        ] {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!(r#"{{"precision":"{name}"}}"#));
+            assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
+            assert_eq!(p.to_string(), label);
+        }
     }
 }

@@ -378,7 +378,21 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         Precision::Fp16 => vec![Rounding::Fp16],
         Precision::Bf16 => vec![Rounding::Bf16],
         Precision::Fp32 => vec![Rounding::Identity],
+        // Rounded block by block in the measure loop below (`kernels::measure_given`).
+        Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => vec![Rounding::Identity],
     };
+    let block_format = precision.block_format();
+    if let Some(format) = block_format
+        && !format.fits(data.cols)
+    {
+        return Err(Error::KernelInput {
+            problem: format!(
+                "{format} needs rows of a multiple of {} values, not {}",
+                format.block_values(),
+                data.cols
+            ),
+        });
+    }
     let absmax = stats.absmax as f64;
     let error_range = match precision {
         Precision::Int8(_) => group_params.iter().map(|p| p.scale as f64 / 2.0).fold(0.0, f64::max),
@@ -387,6 +401,12 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         Precision::Fp16 => (absmax * 2f64.powi(-11)).max(2f64.powi(-25)),
         Precision::Bf16 => absmax * 2f64.powi(-8),
         Precision::Fp32 => 1.0,
+        // Half the step of a block whose largest magnitude is the tensor's (a whole step for Q4_0, whose top code
+        // is clamped; Q8_0 with the f16 scale's error): errors beyond land in the edge bins.
+        Precision::Q8_0 => absmax / 127.0 * 0.6,
+        Precision::Q4_0 => absmax / 8.0,
+        Precision::Q4K => absmax / 15.0,
+        Precision::Q6K => absmax / 63.0,
     }
     .max(MIN_ERROR_RANGE);
     let (value_lo, value_hi) = stats::value_range(stats.min, stats.max, stats.finite_count);
@@ -405,13 +425,23 @@ pub fn analyze(data: &TensorData, precision: Precision, progress: &Progress) -> 
         .try_fold(MeasureFold::default, |mut fold, (index, block)| {
             progress.check()?;
             let MeasureFold { acc, buf, .. } = &mut fold;
-            match data.elements(block.clone(), buf) {
-                Elements::F32(values) => data.for_each_row_slice(block, values, |row, slice| {
-                    kernels::measure(Element::elements(slice), &spec_of(row), acc)
-                }),
-                Elements::Bf16(values) => data.for_each_row_slice(block, values, |row, slice| {
-                    kernels::measure(Element::elements(slice), &spec_of(row), acc)
-                }),
+            if let Some(format) = block_format {
+                // Row slices of a work block are whole rows or runs of 2^16 values of one row: whole blocks.
+                let values = data.values(block.clone(), buf);
+                data.for_each_row_slice(block, values, |row, slice| {
+                    let mut rounded = slice.to_vec();
+                    super::ggml::fake_quantize_rows(format, &mut rounded, slice.len());
+                    kernels::measure_given(slice, &rounded, &spec_of(row), acc)
+                });
+            } else {
+                match data.elements(block.clone(), buf) {
+                    Elements::F32(values) => data.for_each_row_slice(block, values, |row, slice| {
+                        kernels::measure(Element::elements(slice), &spec_of(row), acc)
+                    }),
+                    Elements::Bf16(values) => data.for_each_row_slice(block, values, |row, slice| {
+                        kernels::measure(Element::elements(slice), &spec_of(row), acc)
+                    }),
+                }
             }
             let sums = fold.acc.take_sums();
             fold.block_sums.push((index, sums));

@@ -6,6 +6,10 @@
 //! layers whose tensors are all 0-D or 1-D stay FP32; then every rule whose glob matches the layer name, in
 //! order, the last match winning; then an entry of `layers` naming it.
 //!
+//! llama.cpp's block formats (Q8_0, Q4_0, Q4_K, Q6_K) apply to a layer whose main tensor is a 2-D weight with rows
+//! a whole number of blocks long (32 or 256 values): resolution keeps any other layer a rule or default would give
+//! one of them FP32 and says why in a warning ([`block_refusal`]).
+//!
 //! W8A8 layers (INT8 with [`super::Activations::Int8`]) also need the clip of their input from calibration:
 //! `input_clips` carries it, by layer name, in the recipe and by [`LayerId`] in the plan.
 
@@ -15,6 +19,9 @@ use std::path::Path;
 use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
+
+/// Layers named in the warning about layers a block format does not fit (the count covers them all).
+const REFUSED_NAMES_SHOWN: usize = 6;
 
 /// The `format` field of every recipe file.
 pub const RECIPE_FORMAT: &str = "quantstudio-recipe";
@@ -255,16 +262,49 @@ impl Recipe {
                 self.layers.get(&layer.name).copied().unwrap_or(precision)
             })
             .collect();
-        let warnings = self
+        let mut warnings: Vec<String> = self
             .rules
             .iter()
             .zip(rule_matches)
             .filter(|(_, n)| *n == 0)
             .map(|(rule, _)| format!("rule {:?} matches no layer", rule.pattern))
             .collect();
+        let mut layers = layers;
+        let mut refused: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for (index, precision) in layers.iter_mut().enumerate() {
+            if let Some(reason) = block_refusal(model, LayerId(index), *precision) {
+                refused.entry(reason).or_default().push(&model.layers[index].name);
+                *precision = Precision::Fp32;
+            }
+        }
+        for (reason, names) in refused {
+            let more = names.len().saturating_sub(REFUSED_NAMES_SHOWN);
+            let shown = names[..names.len().min(REFUSED_NAMES_SHOWN)].join(", ");
+            let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+            warnings.push(format!("{reason}: {} layer(s) kept in FP32: {shown}{tail}", names.len()));
+        }
         let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
         Ok(Plan { layers, input_clips, warnings })
     }
+}
+
+/// Why layer `id` cannot take `precision` when it is one of llama.cpp's block formats: its main tensor is not a
+/// 2-D weight, or its rows (the input dimension, ggml's `ne[0]`) are not a whole number of blocks. `None` when it
+/// can, and for every other precision.
+pub fn block_refusal(model: &Model, id: LayerId, precision: Precision) -> Option<String> {
+    let format = precision.block_format()?;
+    let main = model.tensor(model.main_tensor(id)?);
+    if main.shape.len() != 2 {
+        return Some(format!("{format} quantizes 2-D weights only, in rows of {} values", format.block_values()));
+    }
+    let row_len = main.shape[1];
+    if !format.fits(row_len) {
+        return Some(format!(
+            "{format} needs rows of a multiple of {} values (its block size); these rows have {row_len}",
+            format.block_values()
+        ));
+    }
+    None
 }
 
 /// Norm layers, and layers whose float tensors are all 0-D or 1-D.
@@ -316,6 +356,7 @@ impl Plan {
         match self.layer(id) {
             Precision::Int8(s) if s.activations == Activations::Int8Dynamic => Some(InputQuant::DynamicInt8),
             Precision::Fp8(s) if s.activations == Fp8Activations::Fp8Dynamic => Some(InputQuant::DynamicFp8),
+            precision if let Some(format) = precision.block_format() => Some(InputQuant::Blocks(format)),
             _ => self.input_params(id).map(InputQuant::Static),
         }
     }
@@ -380,6 +421,8 @@ impl Plan {
             Precision::Fp8(scheme) if tensor.shape.len() < 2 => {
                 Precision::Fp8(super::Fp8Scheme { granularity: Granularity::PerTensor, ..scheme })
             }
+            // A block format the tensor cannot take (resolution refuses it; a plan built otherwise keeps it).
+            precision if block_refusal(model, tensor.layer, precision).is_some() => Precision::Fp32,
             precision => precision,
         }
     }

@@ -60,6 +60,14 @@ pub fn planned_input<'x>(x: &'x [f32], row_len: usize, quant: Option<&InputQuant
             crate::quant::fp8::fake_quantize_e4m3_rows(x, if whole_rows { row_len } else { x.len().max(1) }, &mut out);
             std::borrow::Cow::Owned(out)
         }
+        Some(InputQuant::Blocks(format)) => {
+            use rayon::prelude::*;
+            let mut out = x.to_vec();
+            let whole_rows = row_len > 0 && x.len().is_multiple_of(row_len);
+            let row_len = if whole_rows { row_len } else { x.len().max(1) };
+            out.par_chunks_mut(row_len).for_each(|row| crate::quant::ggml::quantize_activation_row(*format, row));
+            std::borrow::Cow::Owned(out)
+        }
         None => std::borrow::Cow::Borrowed(x),
     }
 }

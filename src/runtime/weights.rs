@@ -136,7 +136,8 @@ impl<'m> WeightSource<'m> {
         self.progress.check()?;
         let data = TensorData::of(self.model, id)?;
         let packed = match plan.tensor(self.model, id) {
-            Precision::Fp32 => return Ok(None),
+            // llama.cpp's blocks run on their dequantized f32 values.
+            Precision::Fp32 | Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {
                 let mut buf = Vec::new();
@@ -319,6 +320,21 @@ pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) ->
             let cols = data.cols.max(1);
             for (i, (v, &q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
                 *v = crate::quant::fp8::e4m3_to_f32(q) * quantized.row_scale(i / cols);
+            }
+        }
+        Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => {
+            // The values ggml decodes from the blocks llama-quantize writes. The plan gives block formats only to
+            // 2-D tensors whose rows are whole blocks; anything else is a caller's bug, reported.
+            match precision.block_format() {
+                Some(format) if format.fits(data.cols) => {
+                    progress.check()?;
+                    crate::quant::ggml::fake_quantize_rows(format, &mut values, data.cols);
+                }
+                _ => {
+                    return Err(Error::KernelInput {
+                        problem: format!("{precision} cannot take rows of {} values", data.cols),
+                    });
+                }
             }
         }
     }

@@ -387,7 +387,7 @@ pub struct SummaryFigures {
     /// The layer with the lowest weight SQNR, and that SQNR.
     worst: Option<(crate::model::LayerId, f64)>,
     /// Layers per precision name.
-    counts: [(&'static str, usize); 8],
+    counts: [(&'static str, usize); 9],
     /// The export target's problems with the plan, one per line.
     problems: Vec<String>,
     /// Layers the one-click fix changes.
@@ -536,7 +536,7 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 /// The precisions offered in combos, with their labels.
-pub fn precision_choices() -> [(Precision, &'static str); 5] {
+pub fn precision_choices() -> [(Precision, &'static str); 9] {
     let fp8 = Precision::Fp8(crate::quant::Fp8Scheme::weights(crate::quant::Granularity::PerChannel));
     [
         (DEFAULT_INT8, "INT8"),
@@ -544,10 +544,14 @@ pub fn precision_choices() -> [(Precision, &'static str); 5] {
         (Precision::Fp16, "FP16"),
         (Precision::Bf16, "BF16"),
         (Precision::Fp32, "FP32"),
+        (Precision::Q8_0, "Q8_0"),
+        (Precision::Q4_0, "Q4_0"),
+        (Precision::Q4K, "Q4_K"),
+        (Precision::Q6K, "Q6_K"),
     ]
 }
 
-/// The label of a precision's family (INT8 / FP8 / FP16 / BF16 / FP32).
+/// The label of a precision's family (INT8 / FP8 / FP16 / BF16 / FP32), or llama.cpp's name of a block format.
 pub fn family_label(precision: Precision) -> &'static str {
     match precision {
         Precision::Int8(_) => "INT8",
@@ -555,5 +559,9 @@ pub fn family_label(precision: Precision) -> &'static str {
         Precision::Fp16 => "FP16",
         Precision::Bf16 => "BF16",
         Precision::Fp32 => "FP32",
+        Precision::Q8_0 => "Q8_0",
+        Precision::Q4_0 => "Q4_0",
+        Precision::Q4K => "Q4_K",
+        Precision::Q6K => "Q6_K",
     }
 }

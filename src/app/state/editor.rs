@@ -227,9 +227,11 @@ impl PlanEditor {
         use super::Command;
         match command {
             Command::SetPrecision { layers, precision } => {
+                let (layers, refused) = block_fit(model, layers, *precision);
+                let layers = &layers;
                 let changed = self.set_precision(layers, *precision);
                 Reaction {
-                    notice: self.uncalibrated_notice(model, layers, None),
+                    notice: refused.or_else(|| self.uncalibrated_notice(model, layers, None)),
                     plan_changed: changed,
                     ..Reaction::default()
                 }
@@ -243,6 +245,11 @@ impl PlanEditor {
                     (0..model.layers.len()).map(LayerId).filter(|l| matcher.matches(&model.layer(*l).name)).collect();
                 if layers.is_empty() {
                     return Reaction::notice(Notice::error(format!("no layer matches {pattern:?}")));
+                }
+                let (layers, refused) = block_fit(model, &layers, *precision);
+                if let Some(refused) = refused {
+                    let changed = self.set_precision(&layers, *precision);
+                    return Reaction { notice: Some(refused), plan_changed: changed, ..Reaction::default() };
                 }
                 let changed = self.set_precision(&layers, *precision);
                 let text = format!("{} layer(s) matching {pattern:?} set to {precision}", layers.len());
@@ -326,4 +333,26 @@ impl PlanEditor {
 /// A plan's clips as a map.
 fn clips_of(plan: &Plan) -> BTreeMap<LayerId, f32> {
     plan.input_clips.iter().enumerate().filter_map(|(i, c)| c.map(|c| (LayerId(i), c))).collect()
+}
+
+/// The layers of `layers` that can take `precision` (all of them unless it is a llama.cpp block format), and a
+/// notice naming the others and why ([`crate::quant::plan::block_refusal`]): they keep their precision.
+fn block_fit(model: &Model, layers: &[LayerId], precision: Precision) -> (Vec<LayerId>, Option<Notice>) {
+    let mut kept = Vec::with_capacity(layers.len());
+    let mut refused: Vec<(LayerId, String)> = Vec::new();
+    for &layer in layers {
+        match crate::quant::plan::block_refusal(model, layer, precision) {
+            Some(reason) => refused.push((layer, reason)),
+            None => kept.push(layer),
+        }
+    }
+    let notice = refused.first().map(|(first, reason)| {
+        Notice::error(format!(
+            "{reason}: {} layer(s) left as they were ({}{})",
+            refused.len(),
+            model.layer(*first).name,
+            if refused.len() > 1 { ", ..." } else { "" }
+        ))
+    });
+    (kept, notice)
 }

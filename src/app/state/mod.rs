@@ -345,7 +345,7 @@ impl Studio {
 
     /// Counts of layers per precision name (INT8 weight-only, W8A8, FP16, BF16, FP32), only layers with float
     /// tensors.
-    pub fn precision_counts(&self) -> [(&'static str, usize); 8] {
+    pub fn precision_counts(&self) -> [(&'static str, usize); 9] {
         match &self.model {
             Some(model) => precision_counts(model, &self.editor.plan().layers),
             None => results::precision_counts_empty(),

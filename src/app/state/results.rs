@@ -215,7 +215,7 @@ impl ResultsLog {
 }
 
 /// Layers per precision name in a plan, counting only layers with float tensors.
-pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 8] {
+pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 9] {
     let mut counts = precision_counts_empty();
     for (index, precision) in layers.iter().enumerate() {
         if model.main_tensor(LayerId(index)).is_none() {
@@ -230,6 +230,7 @@ pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, 
             Precision::Fp16 => 5,
             Precision::Bf16 => 6,
             Precision::Fp32 => 7,
+            Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => 8,
         };
         counts[slot].1 += 1;
     }
@@ -243,6 +244,16 @@ pub fn plan_summary(model: &Model, layers: &[Precision]) -> String {
 }
 
 /// Every precision name with a count of 0.
-pub fn precision_counts_empty() -> [(&'static str, usize); 8] {
-    [("INT8", 0), ("W8A8", 0), ("W8A8-dyn", 0), ("FP8", 0), ("FP8-dyn", 0), ("FP16", 0), ("BF16", 0), ("FP32", 0)]
+pub fn precision_counts_empty() -> [(&'static str, usize); 9] {
+    [
+        ("INT8", 0),
+        ("W8A8", 0),
+        ("W8A8-dyn", 0),
+        ("FP8", 0),
+        ("FP8-dyn", 0),
+        ("FP16", 0),
+        ("BF16", 0),
+        ("FP32", 0),
+        ("GGUF blocks", 0),
+    ]
 }
