@@ -15,9 +15,9 @@
 //! `(head, i, half)` of the file is row `(head, half, i)` of the checkpoint ([`permuted_row`]).
 //!
 //! Tensor types: 1-D tensors (the norms) are F32, as llama.cpp keeps them; a 2-D tensor planned FP16 is F16, BF16
-//! is BF16, FP32 ("kept") keeps its stored type (F32, F16, BF16; F64 becomes F32). INT8 and FP8 layers have no GGUF
-//! type: the check reports them as not expressible. A new block format is one [`GgmlType`] variant with its ids,
-//! block size and row encoder.
+//! is BF16, FP32 ("kept") keeps its stored type (F32, F16, BF16; F64 becomes F32). A layer planned in one of llama.cpp's
+//! block formats (Q8_0, Q4_0, Q4_K, Q6_K) is written in it, block for block as `llama-quantize` writes it
+//! ([`crate::quant::ggml`]). INT8 and FP8 layers have no GGUF type: the check reports them as not expressible.
 //!
 //! The tokenizer's pre-tokenizer name (`tokenizer.ggml.pre`) is how llama.cpp picks its splitting regex. The
 //! converter derives it from a hash of the Hugging Face tokenizer's output on a test text; quantstudio matches the
@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::model::writer::temp_path_for;
 use crate::model::{DType, LayerId, Model, TensorId};
 use crate::progress::Progress;
+use crate::quant::ggml::{self, BlockFormat};
 use crate::quant::pass::TensorData;
 use crate::quant::{Plan, Precision, params};
 
@@ -61,6 +62,8 @@ pub enum GgmlType {
     F16,
     /// bfloat16.
     Bf16,
+    /// One of llama.cpp's block formats (Q8_0, Q4_0, Q4_K, Q6_K), written block for block as `llama-quantize` does.
+    Block(BlockFormat),
 }
 
 impl GgmlType {
@@ -70,17 +73,24 @@ impl GgmlType {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
             GgmlType::Bf16 => 30,
+            GgmlType::Block(format) => format.ggml_type_id(),
         }
     }
 
     /// The type with `ggml_type` id `id`, if it is one quantstudio writes.
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        [GgmlType::F32, GgmlType::F16, GgmlType::Bf16].into_iter().find(|t| t.id() == id)
+        [GgmlType::F32, GgmlType::F16, GgmlType::Bf16]
+            .into_iter()
+            .chain(BlockFormat::ALL.map(GgmlType::Block))
+            .find(|t| t.id() == id)
     }
 
     /// Values per block (1 for the float types).
     pub fn block_values(self) -> usize {
-        1
+        match self {
+            GgmlType::Block(format) => format.block_values(),
+            _ => 1,
+        }
     }
 
     /// Bytes per block.
@@ -88,6 +98,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::Bf16 => 2,
+            GgmlType::Block(format) => format.block_bytes(),
         }
     }
 
@@ -103,15 +114,21 @@ impl GgmlType {
 
     /// Whether the type is a quantized block format (then `general.quantization_version` is written).
     pub fn is_quantized(self) -> bool {
-        false
+        matches!(self, GgmlType::Block(_))
     }
 
-    /// The `LLAMA_FTYPE_*` of a file whose weights are mostly of this type (`general.file_type`).
+    /// The `LLAMA_FTYPE_*` of a file whose weights are mostly of this type (`general.file_type`; llama.cpp only
+    /// prints it): `MOSTLY_Q4_0` 2, `MOSTLY_Q8_0` 7, `MOSTLY_Q4_K_M` 15 (the mix `llama-quantize` calls Q4_K), and
+    /// `MOSTLY_Q6_K` 18.
     pub fn file_type(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
             GgmlType::Bf16 => 32,
+            GgmlType::Block(BlockFormat::Q4_0) => 2,
+            GgmlType::Block(BlockFormat::Q8_0) => 7,
+            GgmlType::Block(BlockFormat::Q4K) => 15,
+            GgmlType::Block(BlockFormat::Q6K) => 18,
         }
     }
 
@@ -122,6 +139,7 @@ impl GgmlType {
             GgmlType::F32 => out.extend(row.iter().flat_map(|x| x.to_le_bytes())),
             GgmlType::F16 => out.extend(row.iter().flat_map(|&x| params::to_fp16(x).to_le_bytes())),
             GgmlType::Bf16 => out.extend(row.iter().flat_map(|&x| params::to_bf16(x).to_le_bytes())),
+            GgmlType::Block(format) => out.extend(ggml::quantize_row(format, row)),
         }
     }
 
@@ -131,6 +149,7 @@ impl GgmlType {
             GgmlType::F32 => "F32",
             GgmlType::F16 => "F16",
             GgmlType::Bf16 => "BF16",
+            GgmlType::Block(format) => format.name(),
         }
     }
 }
@@ -707,6 +726,10 @@ fn tensor_type(model: &Model, plan: &Plan, id: TensorId) -> std::result::Result<
         },
         Precision::Fp16 => GgmlType::F16,
         Precision::Bf16 => GgmlType::Bf16,
+        Precision::Q8_0 => GgmlType::Block(BlockFormat::Q8_0),
+        Precision::Q4_0 => GgmlType::Block(BlockFormat::Q4_0),
+        Precision::Q4K => GgmlType::Block(BlockFormat::Q4K),
+        Precision::Q6K => GgmlType::Block(BlockFormat::Q6K),
         precision @ (Precision::Int8(_) | Precision::Fp8(_)) => {
             return Err(format!("{precision}: GGUF has no such type (use Q8_0)"));
         }
