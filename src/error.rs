@@ -291,6 +291,26 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Perplexity asked of a model that does not predict the next token.
+    #[error("perplexity needs a Llama decoder; this model runs as {family}")]
+    PerplexityNeedsDecoder {
+        /// The family the model runs as ("graph", "bert").
+        family: &'static str,
+    },
+
+    /// A perplexity text too short for one context window's worth of chunks (llama-perplexity's rule: 2 × ctx).
+    #[error("the text tokenises to {tokens} tokens; perplexity with a context of {ctx_tokens} needs at least {needed}: {}", path.display())]
+    TooFewTokens {
+        /// Tokens of the text.
+        tokens: usize,
+        /// The context length asked for.
+        ctx_tokens: usize,
+        /// Tokens needed.
+        needed: usize,
+        /// The text file.
+        path: PathBuf,
+    },
+
     /// A token sequence the model cannot take (ids out of the vocabulary, too long, lengths that differ, …).
     #[error("input sequence: {reason}")]
     BadSequence {

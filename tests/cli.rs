@@ -122,3 +122,78 @@ fn quantize_refuses_an_export_its_runtimes_will_not_load_unless_forced() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("warning: 3 layers") && stdout.contains("exported to"), "{stdout}");
 }
+
+/// A text for `eval --perplexity` on the tiny Llama fixture: its sample lines, several times over.
+fn perplexity_text(dir: &std::path::Path, repeats: usize) -> String {
+    let lines = std::fs::read_to_string(fixture_llama().join("inputs.txt")).unwrap();
+    let path = dir.join("text.txt");
+    std::fs::write(&path, lines.repeat(repeats)).unwrap();
+    path.display().to_string()
+}
+
+fn fixture_llama() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+}
+
+fn perplexity_json(text: &str, plan: &[&str]) -> Value {
+    let model = fixture_llama().display().to_string();
+    let mut args = vec!["eval", &model, "--perplexity", text, "--ctx", "16", "--chunks", "5", "--json"];
+    args.extend_from_slice(plan);
+    let (code, stdout, stderr) = run_cli(&args);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).expect("stdout is one JSON document")
+}
+
+#[test]
+fn eval_perplexity_chunks_scores_and_compares_like_llama_perplexity() {
+    let dir = common::temp_dir();
+    let text = perplexity_text(dir.path(), 3);
+    let fp32 = perplexity_json(&text, &["--precision", "fp32"]);
+    // 16-token chunks score positions 8..=14: 7 tokens each; the tokenizer adds <s> (id 1) before each chunk.
+    assert_eq!(fp32["chunks"], 5, "{fp32}");
+    assert_eq!(fp32["scored_tokens"], 35);
+    assert_eq!(fp32["bos_token"], 1);
+    assert!(fp32["text_tokens"].as_u64().unwrap() >= 80);
+    let ppl = fp32["fp32_perplexity"]["value"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl.is_finite(), "{fp32}");
+    assert!(fp32["fp32_perplexity"]["error"].as_f64().unwrap() > 0.0);
+    // An FP32 plan is FP32: same perplexity, no divergence, the same top token everywhere.
+    assert_eq!(fp32["plan_perplexity"], fp32["fp32_perplexity"]);
+    assert_eq!(fp32["kl_mean"]["value"], 0.0);
+    assert_eq!(fp32["kl_p99"], 0.0);
+    assert_eq!(fp32["same_top"]["value"], 1.0);
+
+    let int8 = perplexity_json(&text, &["--precision", "int8", "--per-channel"]);
+    assert_eq!(int8["fp32_perplexity"], fp32["fp32_perplexity"], "FP32 runs on the same chunks");
+    let kl = int8["kl_mean"]["value"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl <= int8["kl_p99"].as_f64().unwrap().max(kl), "{int8}");
+    assert!(int8["kl_max"].as_f64().unwrap() >= int8["kl_p99"].as_f64().unwrap());
+    assert_ne!(int8["plan_perplexity"], fp32["plan_perplexity"]);
+    let same = int8["same_top"]["value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&same));
+    assert_eq!(int8["plan_nonfinite_positions"], 0);
+}
+
+#[test]
+fn eval_perplexity_prints_llama_perplexity_lines_and_refuses_short_texts() {
+    let dir = common::temp_dir();
+    let text = perplexity_text(dir.path(), 3);
+    let model = fixture_llama().display().to_string();
+    let (code, stdout, stderr) =
+        run_cli(&["eval", &model, "--precision", "int8", "--perplexity", &text, "--ctx", "16", "--chunks", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let estimate = stdout.lines().find(|l| l.starts_with("plan  Final estimate: PPL = ")).expect(&stdout);
+    // Four decimals, then the ± with five, as llama-perplexity prints its final estimate.
+    let figures: Vec<&str> = estimate.rsplit("PPL = ").next().unwrap().split(" +/- ").collect();
+    assert_eq!(figures[0].split('.').nth(1).map(str::len), Some(4), "{estimate}");
+    assert_eq!(figures[1].split('.').nth(1).map(str::len), Some(5), "{estimate}");
+    assert!(stdout.contains("Mean    KLD:") && stdout.contains("Same top p:"), "{stdout}");
+
+    let (code, _, stderr) = run_cli(&["eval", &model, "--precision", "int8", "--perplexity", &text, "--ctx", "512"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("needs at least 1024"), "{stderr}");
+    let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert").display().to_string();
+    let (code, _, stderr) = run_cli(&["eval", &bert, "--precision", "int8", "--perplexity", &text, "--ctx", "16"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("needs a Llama decoder"), "{stderr}");
+}

@@ -459,3 +459,37 @@ fn without_a_file_dialog_the_shortcuts_and_browse_fall_back_to_a_path_field() {
     assert!(data.is_focused(), "the data field beside Browse... has the keyboard");
     assert!(h.state().path_prompt().is_none(), "no extra window for a field already on screen");
 }
+
+#[test]
+fn perplexity_runs_on_a_llama_text_and_shows_fp32_beside_the_plan() {
+    use egui::accesskit::Role;
+    let llama = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let dir = common::temp_dir();
+    let text = dir.path().join("text.txt");
+    // Two 512-token chunks at the default context (the fixture's lines make about 104 tokens).
+    std::fs::write(&text, std::fs::read_to_string(llama.join("inputs.txt")).unwrap().repeat(11)).unwrap();
+    let mut h = harness(&llama);
+    step_until(&mut h, "the tiny Llama to open", loaded_and_analysed);
+    h.get_by_label_contains("llama model");
+    h.get_by_role_and_label(Role::TextInput, "Perplexity text").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::TextInput, "Perplexity text").type_text(&text.display().to_string());
+    h.run_steps(2);
+    h.state_mut().studio.notice = None;
+    h.get_by_label("Run perplexity").click();
+    h.step();
+    step_until(&mut h, "the perplexity run", |app| {
+        (!app.studio.results.perplexities.is_empty() || app.studio.notice.is_some()) && !app.studio.is_busy()
+    });
+    assert!(!h.state().studio.results.perplexities.is_empty(), "{:?}", h.state().studio.notice);
+    let report = h.state().studio.results.perplexities[0].report.clone();
+    assert_eq!((report.chunks, report.ctx_tokens, report.scored_tokens), (2, 512, 2 * 255));
+    let fp32 = quantstudio::runtime::perplexity::format_perplexity(&report.fp32_perplexity);
+    let plan = quantstudio::runtime::perplexity::format_perplexity(&report.plan_perplexity);
+    assert_ne!(fp32, plan, "the INT8 plan's perplexity differs from FP32's");
+    h.get_by_label("FP32 (reference)");
+    h.get_by_label(&fp32);
+    h.get_by_label(&plan);
+    h.get_by_label(&format!("#1 {}", h.state().studio.results.perplexities[0].summary));
+    h.get_by_label(&format!("{:.6}", report.kl_p99));
+}

@@ -177,3 +177,30 @@ fn numpy_checks_calibration_w8a8_simulation_and_export() {
     assert!(output.status.success(), "calibration check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("ALL CHECKS PASSED"), "{stdout}");
 }
+
+/// The folder `QUANTSTUDIO_LLAMA_MODEL` named when the tests were built (SmolLM2-135M-Instruct in CI; empty when
+/// none).
+const LLAMA_MODEL: &str = env!("QUANTSTUDIO_BUILD_LLAMA_MODEL");
+
+/// `eval --perplexity` on a real Llama-family checkpoint against transformers computing the same chunked
+/// perplexity in torch (`tools/check/check_perplexity.py`): within 0.1%, same tokens, chunks and BOS.
+#[test]
+#[cfg_attr(
+    not(all(quantstudio_python_torch, quantstudio_llama_model)),
+    ignore = "needs a Python with torch and transformers (set QUANTSTUDIO_PYTHON) and QUANTSTUDIO_LLAMA_MODEL"
+)]
+fn smollm2_perplexity_agrees_with_transformers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(PYTHON)
+        .arg(root.join("tools/check/check_perplexity.py"))
+        .arg(LLAMA_MODEL)
+        .arg("--text")
+        .arg(root.join("README.md"))
+        .args(["--quantstudio", env!("CARGO_BIN_EXE_quantstudio"), "--ctx", "128", "--chunks", "2"])
+        .output()
+        .expect("run check_perplexity.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "perplexity check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ALL CHECKS PASSED"), "{stdout}");
+}

@@ -157,7 +157,9 @@ impl StudioApp {
             PathTarget::SaveRecipe => self.send(Command::SaveRecipe(path)),
             PathTarget::LoadRecipe => self.send(Command::LoadRecipe(path)),
             PathTarget::Export => self.send(Command::Export { dest: path, force: false }),
-            PathTarget::EvalData | PathTarget::CalibData => *self.inputs.path_mut(target) = path.display().to_string(),
+            PathTarget::EvalData | PathTarget::CalibData | PathTarget::PerplexityText => {
+                *self.inputs.path_mut(target) = path.display().to_string()
+            }
         }
     }
 

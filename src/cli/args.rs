@@ -71,8 +71,18 @@ pub enum Command {
         plan: PlanArgs,
         /// Evaluation data: a .safetensors file (`inputs` [+ `labels`], or `input_ids` [+ `attention_mask`,
         /// `token_type_ids`]) or a text file, one sample per line, tokenised with the model's tokenizer.json.
-        #[arg(long, value_name = "FILE")]
-        data: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "perplexity", conflicts_with = "perplexity")]
+        data: Option<PathBuf>,
+        /// Instead of --data: perplexity and KL of FP32 and the plan on this text file (Llama models), chunked and
+        /// scored as llama-perplexity does.
+        #[arg(long, value_name = "TEXT")]
+        perplexity: Option<PathBuf>,
+        /// Tokens per perplexity chunk (llama-perplexity's -c).
+        #[arg(long, value_name = "TOKENS", default_value_t = crate::runtime::perplexity::DEFAULT_CTX_TOKENS, requires = "perplexity")]
+        ctx: usize,
+        /// The most perplexity chunks to run (default: every whole chunk of the text).
+        #[arg(long, value_name = "N", requires = "perplexity")]
+        chunks: Option<usize>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,

@@ -58,6 +58,14 @@ pub fn eval(model: &Path, plan: &PlanArgs, data: &Path, save_outputs: Option<&Pa
     print::evaluation(&model, &recipe, &plan, &report, json)
 }
 
+/// `eval --perplexity`.
+pub fn perplexity(model: &Path, plan: &PlanArgs, input: &tasks::PerplexityInput, json: bool) -> Result<()> {
+    let recipe = plan.recipe()?;
+    let Runnable { model, arch, plan } = tasks::open_runnable(model, &recipe)?;
+    let report = with_progress_bar(|progress| tasks::perplexity(&model, &arch, &plan, input, progress))?;
+    print::perplexity(&model, &recipe, &plan, &input.text, &report, json)
+}
+
 /// What `calibrate` is asked to do.
 pub struct CalibrateArgs<'a> {
     /// The observer of the printed clips and of the recipe.

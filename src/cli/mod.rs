@@ -34,9 +34,14 @@ fn dispatch(command: Command) -> Result<()> {
             commands::quantize(&model, &plan, output.as_deref(), &options, &format)
         }
         Command::Recipe { model } => commands::recipe(&model),
-        Command::Eval { model, plan, data, json, save_outputs } => {
-            commands::eval(&model, &plan, &data, save_outputs.as_deref(), json)
-        }
+        Command::Eval { model, plan, data, perplexity, ctx, chunks, json, save_outputs } => match (data, perplexity) {
+            (_, Some(text)) => {
+                let input = crate::tasks::PerplexityInput { text, ctx_tokens: ctx, max_chunks: chunks };
+                commands::perplexity(&model, &plan, &input, json)
+            }
+            (Some(data), None) => commands::eval(&model, &plan, &data, save_outputs.as_deref(), json),
+            (None, None) => Err(crate::error::Error::BadArguments { reason: "give --data or --perplexity".into() }),
+        },
         Command::Calibrate { model, data, observer, plan, write_recipe, no_cache, json } => {
             let args = commands::CalibrateArgs { observer, write_recipe: write_recipe.as_deref(), no_cache, json };
             commands::calibrate(&model, &data, &plan, &args)

@@ -101,6 +101,46 @@ pub fn evaluation(
     Ok(())
 }
 
+/// `eval --perplexity`: perplexity of FP32 and the plan, and the KL between them (llama-perplexity's precision).
+pub fn perplexity(
+    model: &Model,
+    recipe: &Recipe,
+    plan: &Plan,
+    text: &Path,
+    r: &crate::runtime::perplexity::PerplexityReport,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let mut doc = serde_json::to_value(r).map_err(|e| Error::Json { reason: e.to_string() })?;
+        doc["model"] = json!(model.path);
+        doc["text"] = json!(text);
+        doc["recipe"] = serde_json::to_value(recipe).unwrap_or(Value::Null);
+        doc["coverage"] = json!(plan.coverage(model));
+        print_json(&doc);
+        return Ok(());
+    }
+    use crate::runtime::perplexity::format_perplexity;
+    out!("plan: {}", plan.coverage(model));
+    out!(
+        "{} chunks of {} tokens ({} text tokens, {} scored, BOS {})",
+        r.chunks,
+        r.ctx_tokens,
+        r.text_tokens,
+        r.scored_tokens,
+        r.bos_token.map_or("not added".into(), |id| format!("{id}"))
+    );
+    out!("FP32  Final estimate: PPL = {}", format_perplexity(&r.fp32_perplexity));
+    out!("plan  Final estimate: PPL = {}", format_perplexity(&r.plan_perplexity));
+    out!("Mean    KLD: {:10.6} ± {:10.6}", r.kl_mean.value, r.kl_mean.error);
+    out!("99.0%   KLD: {:10.6}", r.kl_p99);
+    out!("Maximum KLD: {:10.6}", r.kl_max);
+    out!("Same top p: {:6.3} ± {:5.3} %", 100.0 * r.same_top.value, 100.0 * r.same_top.error);
+    if r.plan_nonfinite_positions > 0 {
+        out!("BROKEN: the plan's logits are NaN or infinite at {} positions", r.plan_nonfinite_positions);
+    }
+    Ok(())
+}
+
 /// `calibrate`: every calibrated layer in model order with its clip, scale and input error.
 pub fn calibration(
     model: &Model,

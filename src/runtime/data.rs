@@ -200,7 +200,7 @@ pub const MAX_PADDED_TOKENS: u64 = 32_768;
 
 /// Reads a tokenizer.json: checked as JSON and for padding sizes first, because the tokenizers library panics on
 /// some malformed files and allocates whatever padding length the file asks for.
-fn load_tokenizer(tokenizer_path: &Path) -> Result<tokenizers::Tokenizer> {
+pub(crate) fn load_tokenizer(tokenizer_path: &Path) -> Result<tokenizers::Tokenizer> {
     let text = std::fs::read_to_string(tokenizer_path).map_err(|e| Error::io("cannot read", tokenizer_path, e))?;
     let doc: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad_data(tokenizer_path, format!("is not valid JSON: {e}")))?;

@@ -16,6 +16,7 @@ pub mod latency;
 pub mod linear;
 pub mod llama;
 pub mod ops;
+pub mod perplexity;
 pub mod qgemm;
 pub mod weights;
 pub mod wgemm;

@@ -29,6 +29,7 @@ use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
 use crate::report::{ModelReport, analyze_model};
 use crate::runtime::benchmark::{self, Configuration};
 use crate::runtime::latency::Workload;
+use crate::runtime::perplexity::{Document, PerplexityReport};
 use crate::runtime::{Architecture, EvalData, EvalReport, model_folder};
 
 /// A model opened for running: its weights, its architecture and the plan a recipe gives it.
@@ -173,6 +174,31 @@ pub fn evaluate(
     }
     writer.finish()?;
     Ok(report)
+}
+
+/// What a perplexity run measures on: the text file, tokens per chunk and the most chunks to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerplexityInput {
+    /// The text file, tokenised whole with the model's tokenizer.json.
+    pub text: PathBuf,
+    /// Tokens per chunk (llama-perplexity's `-c`).
+    pub ctx_tokens: usize,
+    /// The most chunks to run (llama-perplexity's `--chunks`; `None`: every whole chunk of the text).
+    pub max_chunks: Option<usize>,
+}
+
+/// Perplexity of FP32 and `plan` on a text, and the KL divergence between them, as llama-perplexity measures them.
+pub fn perplexity(
+    model: &Model,
+    arch: &Architecture,
+    plan: &Plan,
+    input: &PerplexityInput,
+    progress: &Progress,
+) -> Result<PerplexityReport> {
+    progress.start_stage(format!("tokenising {}", input.text.display()), 0);
+    let doc = Document::load(&input.text, &model_folder(model))?;
+    progress.check()?;
+    crate::runtime::perplexity::perplexity(model, arch, plan, &doc, input.ctx_tokens, input.max_chunks, progress)
 }
 
 /// The display bins and the clip of every standard observer of each layer a calibration observed (what the

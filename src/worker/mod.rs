@@ -24,6 +24,7 @@ use crate::progress::{Progress, ProgressSnapshot};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
 use crate::runtime::benchmark::Configuration;
 use crate::runtime::latency::Workload;
+use crate::runtime::perplexity::PerplexityReport;
 use crate::runtime::{Architecture, EvalReport};
 use crate::tasks;
 
@@ -50,6 +51,8 @@ pub enum JobKind {
     Sensitivity,
     /// Timing FP32 and the plan as deployed.
     Benchmark,
+    /// Perplexity and KL of FP32 and the plan on a text.
+    Perplexity,
 }
 
 impl JobKind {
@@ -64,6 +67,7 @@ impl JobKind {
             JobKind::Calibrate => "calibrating",
             JobKind::Sensitivity => "sensitivity",
             JobKind::Benchmark => "benchmarking",
+            JobKind::Perplexity => "perplexity",
         }
     }
 }
@@ -107,6 +111,17 @@ pub enum Job {
         plan: Plan,
         /// The data file.
         data: PathBuf,
+    },
+    /// Perplexity and KL of FP32 and a plan on a text, chunked as llama-perplexity does.
+    Perplexity {
+        /// The model.
+        model: Arc<Model>,
+        /// Its architecture.
+        arch: Arc<Architecture>,
+        /// The plan.
+        plan: Plan,
+        /// The text, context and chunks.
+        input: tasks::PerplexityInput,
     },
     /// Histogram the input of every linear and conv layer on a data file (from the cache when it holds it).
     Calibrate {
@@ -166,6 +181,7 @@ impl Job {
             Job::Calibrate { .. } => JobKind::Calibrate,
             Job::Sensitivity { .. } => JobKind::Sensitivity,
             Job::Benchmark { .. } => JobKind::Benchmark,
+            Job::Perplexity { .. } => JobKind::Perplexity,
         }
     }
 }
@@ -192,6 +208,15 @@ pub enum Outcome {
         data: PathBuf,
         /// The figures.
         report: EvalReport,
+    },
+    /// A perplexity run finished.
+    Perplexity {
+        /// The plan that ran beside FP32.
+        plan: Plan,
+        /// The text, context and chunks.
+        input: tasks::PerplexityInput,
+        /// The figures.
+        report: PerplexityReport,
     },
     /// A calibration finished.
     Calibrated {
@@ -429,6 +454,10 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
         Job::Evaluate { model, arch, plan, data } => {
             let report = tasks::evaluate(&model, &arch, &plan, &data, None, progress)?;
             send(Outcome::Evaluated { plan, data, report });
+        }
+        Job::Perplexity { model, arch, plan, input } => {
+            let report = tasks::perplexity(&model, &arch, &plan, &input, progress)?;
+            send(Outcome::Perplexity { plan, input, report });
         }
         Job::Calibrate { model, arch, data, cache_dir } => {
             let run = tasks::calibrate(&model, &arch, &data, cache_dir.as_deref(), progress)?;

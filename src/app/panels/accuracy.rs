@@ -9,6 +9,8 @@ use super::{PathTarget, format, sqnr_color};
 use crate::app::StudioApp;
 use crate::app::dialogs::DialogRequest;
 use crate::app::state::{Command, Evaluation};
+use crate::runtime::perplexity::{Estimate, MIN_CTX_TOKENS, format_perplexity};
+use crate::tasks::PerplexityInput;
 use crate::worker::JobKind;
 
 /// The bottom panel above the status bar.
@@ -91,6 +93,9 @@ fn accuracy_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     if benchmark_tab {
         super::benchmark::results(ui, app);
         return;
+    }
+    if matches!(app.studio.runtime, Some(Ok(ref arch)) if matches!(**arch, crate::runtime::Architecture::Llama(_))) {
+        perplexity_ui(ui, app);
     }
     if app.studio.results.evaluations.is_empty() {
         if matches!(app.studio.runtime, Some(Ok(_))) {
@@ -245,4 +250,111 @@ fn results_table(ui: &mut egui::Ui, app: &mut StudioApp) {
     if let Some(index) = restore {
         app.send(Command::RestorePlan(index));
     }
+}
+
+/// The perplexity run of a Llama model: the text, ctx and chunks, the Run button, and FP32 beside every plan run.
+fn perplexity_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    ui.horizontal(|ui| {
+        let label = ui.label(PathTarget::PerplexityText.label());
+        let field = ui
+            .add(
+                egui::TextEdit::singleline(&mut app.inputs.perplexity_text).desired_width(260.0).hint_text("text file"),
+            )
+            .on_hover_text("A text file, tokenised whole with the model's tokenizer.json (as llama-perplexity -f)")
+            .labelled_by(label.id);
+        if app.inputs.take_focus(PathTarget::PerplexityText) {
+            field.request_focus();
+        }
+        if ui.button("Browse...").on_hover_text("Pick the perplexity text").clicked() {
+            app.browse(DialogRequest::DataFile, PathTarget::PerplexityText);
+        }
+        ui.label("ctx");
+        ui.add(egui::DragValue::new(&mut app.inputs.perplexity_ctx).range(MIN_CTX_TOKENS..=1 << 16))
+            .on_hover_text("Tokens per chunk (llama-perplexity -c); the second half of each chunk is scored");
+        ui.label("chunks");
+        ui.add(egui::DragValue::new(&mut app.inputs.perplexity_chunks).range(0..=1 << 20))
+            .on_hover_text("The most chunks to run (llama-perplexity --chunks); 0: every whole chunk of the text");
+        let text = app.inputs.perplexity_text.trim().to_owned();
+        let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Perplexity);
+        let run = ui
+            .add_enabled(!running && !text.is_empty(), egui::Button::new("Run perplexity"))
+            .on_hover_text("Perplexity of FP32 and the current plan on the text, and the KL between them");
+        if run.clicked() {
+            let chunks = app.inputs.perplexity_chunks;
+            app.send(Command::Perplexity(PerplexityInput {
+                text: text.into(),
+                ctx_tokens: app.inputs.perplexity_ctx,
+                max_chunks: (chunks > 0).then_some(chunks),
+            }));
+        }
+    });
+    if app.studio.results.perplexities.is_empty() {
+        return;
+    }
+    let estimate = |e: &Estimate| format!("{:.6} ± {:.6}", e.value, e.error);
+    let percent = |e: &Estimate| format!("{:.3} ± {:.3}%", e.value * 100.0, e.error * 100.0);
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    if let Some(last) = app.studio.results.perplexities.last() {
+        let r = &last.report;
+        let ctx = format!("{} × {} tokens", r.chunks, r.ctx_tokens);
+        rows.push([
+            "FP32 (reference)".into(),
+            format_perplexity(&r.fp32_perplexity),
+            "0".into(),
+            "0".into(),
+            "100%".into(),
+            ctx,
+            "-".into(),
+        ]);
+    }
+    for run in app.studio.results.perplexities.iter().rev() {
+        let r = &run.report;
+        rows.push([
+            format!("#{} {}", run.number, run.summary),
+            format_perplexity(&r.plan_perplexity),
+            estimate(&r.kl_mean),
+            format!("{:.6}", r.kl_p99),
+            percent(&r.same_top),
+            format!("{} × {} tokens", r.chunks, r.ctx_tokens),
+            format!("FP32 {}", format_perplexity(&r.fp32_perplexity)),
+        ]);
+    }
+    let headers = [
+        ("Perplexity run", "FP32 of the latest run, then every plan run, newest first"),
+        ("PPL ±", "exp(mean nll) ± its standard error, as llama-perplexity's final estimate"),
+        ("KL mean ±", "Mean KL(P_fp32 || P_plan) per scored token, nats"),
+        ("KL p99", "99th percentile of the per-token KL, nats"),
+        ("Same top", "Share of scored tokens where the plan's top token is FP32's"),
+        ("Chunks", "Chunks × tokens per chunk"),
+        ("FP32 on these chunks", "FP32 perplexity of the same run"),
+    ];
+    TableBuilder::new(ui)
+        .id_salt("perplexities")
+        .striped(true)
+        .vscroll(false)
+        .auto_shrink([false, true])
+        .column(Column::initial(230.0).at_least(120.0).clip(true))
+        .columns(Column::exact(150.0), 2)
+        .columns(Column::exact(90.0), 1)
+        .columns(Column::exact(130.0), 2)
+        .column(Column::remainder())
+        .header(20.0, |mut header| {
+            for (name, hover) in headers {
+                header.col(|ui| {
+                    ui.strong(name).on_hover_text(hover);
+                });
+            }
+        })
+        .body(|mut body| {
+            for cells in &rows {
+                body.row(20.0, |mut row| {
+                    for cell in cells {
+                        row.col(|ui| {
+                            ui.label(cell);
+                        });
+                    }
+                });
+            }
+        });
+    ui.separator();
 }

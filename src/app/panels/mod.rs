@@ -39,6 +39,12 @@ pub struct Inputs {
     pub eval_data: String,
     /// The model the data field was filled for (a new model brings its own default).
     pub eval_data_model: Option<PathBuf>,
+    /// The perplexity text path field.
+    pub perplexity_text: String,
+    /// Tokens per perplexity chunk.
+    pub perplexity_ctx: usize,
+    /// The most perplexity chunks to run (0: every whole chunk).
+    pub perplexity_chunks: usize,
     /// The calibration data path field.
     pub calib_data: String,
     /// The model the calibration field was filled for.
@@ -68,6 +74,8 @@ pub enum PathTarget {
     EvalData,
     /// The calibration data file.
     CalibData,
+    /// The text of the perplexity run.
+    PerplexityText,
 }
 
 impl PathTarget {
@@ -80,6 +88,7 @@ impl PathTarget {
             PathTarget::Export => "Export to folder",
             PathTarget::EvalData => "Data",
             PathTarget::CalibData => "Calibration data",
+            PathTarget::PerplexityText => "Perplexity text",
         }
     }
 
@@ -92,6 +101,7 @@ impl PathTarget {
             PathTarget::Export => "Export the plan",
             PathTarget::EvalData => "Evaluation data",
             PathTarget::CalibData => "Calibration data",
+            PathTarget::PerplexityText => "Perplexity text",
         }
     }
 
@@ -102,7 +112,7 @@ impl PathTarget {
             PathTarget::SaveRecipe => "Save",
             PathTarget::LoadRecipe => "Load",
             PathTarget::Export => "Export",
-            PathTarget::EvalData | PathTarget::CalibData => "Use",
+            PathTarget::EvalData | PathTarget::CalibData | PathTarget::PerplexityText => "Use",
         }
     }
 }
@@ -117,6 +127,7 @@ impl Inputs {
             PathTarget::Export => &self.export_path,
             PathTarget::EvalData => &self.eval_data,
             PathTarget::CalibData => &self.calib_data,
+            PathTarget::PerplexityText => &self.perplexity_text,
         }
     }
 
@@ -129,13 +140,14 @@ impl Inputs {
             PathTarget::Export => &mut self.export_path,
             PathTarget::EvalData => &mut self.eval_data,
             PathTarget::CalibData => &mut self.calib_data,
+            PathTarget::PerplexityText => &mut self.perplexity_text,
         }
     }
 
     /// Shows the path field for `target` (the panels' data fields are always shown; the others open in a
     /// window) and gives it the keyboard.
     pub fn show_path_field(&mut self, target: PathTarget) {
-        if !matches!(target, PathTarget::EvalData | PathTarget::CalibData) {
+        if !matches!(target, PathTarget::EvalData | PathTarget::CalibData | PathTarget::PerplexityText) {
             self.prompt = Some(target);
         }
         self.focus = Some(target);
@@ -162,6 +174,9 @@ impl Default for Inputs {
             bulk_precision: None,
             eval_data: String::new(),
             eval_data_model: None,
+            perplexity_text: String::new(),
+            perplexity_ctx: crate::runtime::perplexity::DEFAULT_CTX_TOKENS,
+            perplexity_chunks: 0,
             calib_data: String::new(),
             calib_data_model: None,
             sensitivity_mode: crate::calib::SensitivityMode::OneAtATime,

@@ -79,6 +79,8 @@ pub enum Command {
     Evaluate(PathBuf),
     /// Make the plan of an earlier evaluation (index into [`ResultsLog::evaluations`]) the current plan.
     RestorePlan(usize),
+    /// Run FP32 and the plan on a text and measure perplexity and KL (Llama models).
+    Perplexity(crate::tasks::PerplexityInput),
     /// Forget the evaluations of this session.
     ClearEvaluations,
     /// Histogram the input of every layer on this data file (the calibration used by W8A8 layers).
@@ -390,6 +392,7 @@ impl Studio {
             | Command::SaveRecipe(_)
             | Command::LoadRecipe(_)
             | Command::Evaluate(_)
+            | Command::Perplexity(_)
             | Command::Benchmark { .. }
             | Command::Calibrate(_)
             | Command::Sensitivity { .. } => self.start_job(command),
@@ -403,7 +406,10 @@ impl Studio {
                     self.restore(plan, format!("benchmarked plan #{number} restored"));
                 }
             }
-            Command::ClearEvaluations => self.results.evaluations.clear(),
+            Command::ClearEvaluations => {
+                self.results.evaluations.clear();
+                self.results.perplexities.clear();
+            }
             Command::ClearBenchmarks => self.results.benchmarks.clear(),
             Command::SetMostSensitive { count, precision } => self.set_most_sensitive(count, precision),
             Command::SetPrecision { .. }
@@ -558,6 +564,10 @@ impl Studio {
                 let Some(arch) = self.runnable() else { return };
                 Job::Evaluate { model, arch, plan, data }
             }
+            Command::Perplexity(input) => {
+                let Some(arch) = self.runnable() else { return };
+                Job::Perplexity { model, arch, plan, input }
+            }
             Command::Benchmark { data } => {
                 let Some(arch) = self.runnable() else { return };
                 let workload = crate::runtime::latency::Workload { repeat: 20, ..Default::default() };
@@ -597,6 +607,7 @@ impl Studio {
             JobKind::Export,
             JobKind::Recipe,
             JobKind::Evaluate,
+            JobKind::Perplexity,
             JobKind::Calibrate,
             JobKind::Sensitivity,
         ] {

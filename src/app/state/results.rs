@@ -49,6 +49,19 @@ pub struct Evaluation {
     pub report: EvalReport,
 }
 
+/// One perplexity run of a plan beside FP32, kept for comparison with the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerplexityRun {
+    /// 1, 2, ... in the order they finished.
+    pub number: usize,
+    /// Layers per precision, e.g. "INT8 3, FP32 2".
+    pub summary: String,
+    /// The text, context and chunks.
+    pub input: crate::tasks::PerplexityInput,
+    /// The figures.
+    pub report: crate::runtime::perplexity::PerplexityReport,
+}
+
 /// One benchmarked configuration: FP32 (re-timed with every plan, so the two are measured side by side) or a
 /// plan tried in this session.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +95,8 @@ impl BenchEntry {
 pub struct ResultsLog {
     /// Plans evaluated on the open model, oldest first.
     pub evaluations: Vec<Evaluation>,
+    /// Perplexity runs on the open model, oldest first.
+    pub perplexities: Vec<PerplexityRun>,
     /// Benchmarks of the open model: FP32 (the latest timing) first, then every plan benchmarked, oldest first.
     pub benchmarks: Vec<BenchEntry>,
     /// The last sensitivity analysis of the open model.
@@ -138,6 +153,13 @@ impl ResultsLog {
     pub fn on_outcome(&mut self, job: JobId, outcome: &Outcome, model: &Model) -> Reaction {
         match outcome {
             Outcome::Evaluated { plan, data, report } => self.evaluated(model, plan, data.clone(), report.clone()),
+            Outcome::Perplexity { plan, input, report } => {
+                let number = self.perplexities.last().map_or(1, |p| p.number + 1);
+                let notice = Notice::info(format!("perplexity #{number} done: {}", report.headline()));
+                let summary = plan_summary(model, &plan.layers);
+                self.perplexities.push(PerplexityRun { number, summary, input: input.clone(), report: report.clone() });
+                Reaction::notice(notice)
+            }
             Outcome::Benchmarked { plan, data, configuration } => {
                 self.benchmarked(job, model, plan.as_ref(), data.clone(), (**configuration).clone())
             }
