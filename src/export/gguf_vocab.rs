@@ -260,14 +260,14 @@ pub fn read(model: &Model, config: &serde_json::Map<String, Json>) -> std::resul
             }
             Some("TemplateProcessing") => {
                 let single = processor.get("single").and_then(Json::as_array).cloned().unwrap_or_default();
-                if single.len() > 1 {
-                    let special = |j: &Json| j.get("SpecialToken")?.get("id")?.as_str().map(str::to_owned);
-                    if let Some(first) = single.first().and_then(special) {
-                        add_bos = Some(Some(first) == token_string("bos"));
-                    }
-                    if let Some(last) = single.last().and_then(special) {
-                        add_eos = Some(Some(last) == token_string("eos"));
-                    }
+                // The template of one sequence says it all: BOS is added exactly when it starts with the BOS
+                // token, EOS when it ends with the EOS token (`[A]` alone adds neither).
+                if !single.is_empty() {
+                    let special = |j: Option<&Json>| {
+                        j.and_then(|j| j.get("SpecialToken")?.get("id")?.as_str().map(str::to_owned))
+                    };
+                    add_bos = Some(special(single.first()).is_some_and(|t| Some(t) == token_string("bos")));
+                    add_eos = Some(special(single.last()).is_some_and(|t| Some(t) == token_string("eos")));
                 }
             }
             _ => {}
