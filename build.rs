@@ -11,8 +11,8 @@
 //! - `quantstudio_reference_model`: `$QUANTSTUDIO_REFERENCE_MODEL` names a folder with a config.json
 //!   (all-MiniLM-L6-v2 in CI); `quantstudio_llama_model`: the same for `$QUANTSTUDIO_LLAMA_MODEL` (SmolLM2-135M).
 //!
-//! - `quantstudio_llama_cpp`: `$QUANTSTUDIO_LLAMA_CPP_BIN` names a folder with `llama-perplexity` (optional, never
-//!   required: the llama.cpp judge, tools/llama/check_llama_cpp.py).
+//! - `quantstudio_llama_cpp`: `$QUANTSTUDIO_LLAMA_CPP_BIN` names a folder with `llama-perplexity` (the llama.cpp
+//!   judge, tools/llama/check_llama_cpp.py; optional, but when CI sets it the folder must hold the tools).
 //!
 //! The tests read the interpreter and the folders from `QUANTSTUDIO_BUILD_PYTHON`,
 //! `QUANTSTUDIO_BUILD_REFERENCE_MODEL` and `QUANTSTUDIO_BUILD_LLAMA_MODEL` (set here; empty when absent), so they
@@ -81,8 +81,8 @@ fn main() {
         }
     }
 
-    // llama.cpp's tools (tools/llama/build_llama_cpp.sh prints their folder): optional even in CI, whose run does
-    // not build them; the llama.cpp judge test is ignored without them.
+    // llama.cpp's tools (tools/llama/build_llama_cpp.sh prints their folder): optional; the llama.cpp judge test is
+    // ignored without them. CI builds them and sets the variable, and then a folder without them is an error.
     println!("cargo::rerun-if-env-changed=QUANTSTUDIO_LLAMA_CPP_BIN");
     println!("cargo::rustc-check-cfg=cfg(quantstudio_llama_cpp)");
     let llama_cpp = std::env::var("QUANTSTUDIO_LLAMA_CPP_BIN").unwrap_or_default();
@@ -90,6 +90,8 @@ fn main() {
     println!("cargo::rustc-env=QUANTSTUDIO_BUILD_LLAMA_CPP_BIN={}", if has_llama_cpp { &llama_cpp } else { "" });
     if has_llama_cpp {
         println!("cargo::rustc-cfg=quantstudio_llama_cpp");
+    } else if !llama_cpp.is_empty() {
+        missing.push(format!("QUANTSTUDIO_LLAMA_CPP_BIN={llama_cpp} holds no llama-perplexity"));
     }
 
     if required && !missing.is_empty() {
