@@ -2,8 +2,13 @@
 //!
 //! Messages are lowercase, name the failure first and the path last, and fit on one line, so the CLI can print
 //! them as they are and the window can show them in its status bar.
+//!
+//! Every error about a file names it. A few are raised where only the parsed contents are at hand (a recipe
+//! resolved against a model, data checked against a network, a `config.json` field read from its parsed object);
+//! they carry an empty or bare-name path that the layer which knows the file completes with
+//! [`Error::in_recipe_file`], [`Error::in_data_file`] or [`Error::in_folder`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in the core.
 #[derive(Debug, thiserror::Error)]
@@ -157,31 +162,40 @@ pub enum Error {
     },
 
     /// A recipe naming layers the model does not have.
-    #[error("recipe names {} layer(s) the model lacks: {}", names.len(), names.join(", "))]
+    #[error("recipe names {} layer(s) the model lacks: {}{}", names.len(), names.join(", "), at(path))]
     RecipeUnknownLayers {
         /// The names that do not match, sorted.
         names: Vec<String>,
+        /// The recipe file (empty until [`Error::in_recipe_file`] names it).
+        path: PathBuf,
     },
 
     /// W8A8 layers whose input range has not been calibrated.
     #[error(
         "{} W8A8 layer(s) have no calibrated input range (run calibrate first; layers it does not observe, such as \
-         embeddings, can only be weight-only): {}",
+         embeddings, can only be weight-only): {}{}",
         names.len(),
-        names.join(", ")
+        names.join(", "),
+        at(path)
     )]
     Uncalibrated {
         /// The layers, in model order.
         names: Vec<String>,
+        /// The recipe file the plan came from (empty until [`Error::in_recipe_file`] names it).
+        path: PathBuf,
     },
 
     /// An invalid glob in a recipe rule.
-    #[error("recipe rule pattern {pattern:?} is not a valid glob: {reason}")]
+    #[error("recipe rule {rule} pattern {pattern:?} is not a valid glob: {reason}{}", at(path))]
     BadPattern {
+        /// The rule's index in `rules`, from 0.
+        rule: usize,
         /// The pattern.
         pattern: String,
         /// What is wrong.
         reason: String,
+        /// The recipe file (empty until [`Error::in_recipe_file`] names it).
+        path: PathBuf,
     },
 
     /// A GGUF file whose header cannot be read.
@@ -246,24 +260,37 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A field of `config.json` or `model.json` the runtime cannot use, or a piece its architecture lacks.
-    #[error("{file}: {reason}")]
+    /// A field of `config.json` or a `model.json` graph the runtime cannot use, or a piece its architecture lacks.
+    #[error("{reason}: {}", path.display())]
     BadArchitecture {
-        /// `config.json` or `model.json`.
-        file: &'static str,
-        /// What is wrong, naming the field.
+        /// What is wrong, naming the field (and the op of a graph).
         reason: String,
+        /// The file: `config.json` or the graph file it names (a bare name until [`Error::in_folder`] completes it).
+        path: PathBuf,
+    },
+
+    /// A file a model folder's `config.json` names that resolves (symlinks followed) outside the folder.
+    #[error("config.json field {field:?} resolves to {}, outside the model folder: {}", resolved.display(), path.display())]
+    OutsideModelFolder {
+        /// The field (`graph`).
+        field: &'static str,
+        /// Where the name leads, symlinks resolved.
+        resolved: PathBuf,
+        /// The `config.json`.
+        path: PathBuf,
     },
 
     /// A tensor the architecture needs that the checkpoint lacks.
-    #[error("the model has no tensor {name:?}, which its architecture needs")]
+    #[error("the model has no tensor {name:?}, which its architecture needs: {}", path.display())]
     MissingTensor {
         /// The tensor name.
         name: String,
+        /// The model (file or folder).
+        path: PathBuf,
     },
 
     /// A tensor whose stored shape is not the one the architecture expects.
-    #[error("tensor {name:?} has shape {stored:?}, the architecture expects {expected:?}")]
+    #[error("tensor {name:?} has shape {stored:?}, the architecture expects {expected:?}: {}", path.display())]
     TensorShape {
         /// The tensor name.
         name: String,
@@ -271,15 +298,19 @@ pub enum Error {
         stored: Vec<usize>,
         /// The shape the architecture needs.
         expected: Vec<usize>,
+        /// The safetensors file holding it.
+        path: PathBuf,
     },
 
     /// A tensor that is not floating point where values are analysed or quantized.
-    #[error("tensor {name:?} is {dtype}: only float tensors are analysed and quantized")]
+    #[error("tensor {name:?} is {dtype}: only float tensors are analysed and quantized: {}", path.display())]
     NotFloat {
         /// The tensor name.
         name: String,
         /// Its dtype.
         dtype: String,
+        /// The safetensors file holding it.
+        path: PathBuf,
     },
 
     /// An evaluation or calibration data file that cannot be read as data.
@@ -312,18 +343,23 @@ pub enum Error {
     },
 
     /// A token sequence the model cannot take (ids out of the vocabulary, too long, lengths that differ, …).
-    #[error("input sequence: {reason}")]
+    #[error("input sequence: {reason}{}", at(path))]
     BadSequence {
-        /// What is wrong.
+        /// What is wrong (and which sample, from 0, when the data holds several).
         reason: String,
+        /// The data file (empty until [`Error::in_data_file`] names it).
+        path: PathBuf,
     },
 
-    #[error("nothing to compare: the {samples} sample(s) of the data have no unmasked position (all-zero attention mask?): {}", path.display())]
+    #[error(
+        "nothing to compare: the {samples} sample(s) of the data have no unmasked position (all-zero attention mask?){}",
+        at(path)
+    )]
     /// Every position of the evaluation data is masked, so no output was compared.
     NothingCompared {
         /// Samples in the data.
         samples: usize,
-        /// The data file (empty when the data did not come from a file; `tasks::evaluate` fills it in).
+        /// The data file (empty until [`Error::in_data_file`] names it).
         path: PathBuf,
     },
     #[error(
@@ -338,26 +374,31 @@ pub enum Error {
     },
 
     /// Samples whose shape is not the model's input shape.
-    #[error("the data's samples are {data_shape:?}, the model takes {model_shape:?}")]
+    #[error("the data's samples are {data_shape:?}, the model takes {model_shape:?}{}", at(path))]
     DataShape {
         /// The shape of one sample of the data.
         data_shape: Vec<usize>,
         /// The shape the model takes.
         model_shape: Vec<usize>,
+        /// The data file (empty until [`Error::in_data_file`] names it).
+        path: PathBuf,
     },
 
     /// Data of the other kind: samples for a token model, or token sequences for a graph.
     #[error(
-        "{}",
+        "{}{}",
         if *model_takes_tokens {
             "this model takes token sequences: give a text file or a safetensors file with input_ids"
         } else {
             "a model.json graph takes an `inputs` tensor, not token sequences"
-        }
+        },
+        at(path)
     )]
     DataKind {
         /// Whether the model takes token sequences (it was given samples); otherwise it is a graph given tokens.
         model_takes_tokens: bool,
+        /// The data file (empty until [`Error::in_data_file`] names it).
+        path: PathBuf,
     },
 
     /// A layer input that is not one row per token, so calibration cannot leave padded tokens out of it.
@@ -416,6 +457,52 @@ impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { action, source, path: path.into() }
     }
+
+    /// Names `recipe` in an error about a recipe raised where only the parsed recipe was at hand (resolved against
+    /// a model, or its plan checked); other errors, and ones that already name a file, are returned unchanged.
+    pub fn in_recipe_file(self, recipe: &Path) -> Error {
+        let name = |path: PathBuf| if path.as_os_str().is_empty() { recipe.to_owned() } else { path };
+        match self {
+            Error::RecipeUnknownLayers { names, path } => Error::RecipeUnknownLayers { names, path: name(path) },
+            Error::BadPattern { rule, pattern, reason, path } => {
+                Error::BadPattern { rule, pattern, reason, path: name(path) }
+            }
+            Error::Uncalibrated { names, path } => Error::Uncalibrated { names, path: name(path) },
+            other => other,
+        }
+    }
+
+    /// Names `data` in an error about evaluation or calibration data raised where only the loaded data was at
+    /// hand (checked against a network, or run); other errors, and ones that already name a file, are returned
+    /// unchanged.
+    pub fn in_data_file(self, data: &Path) -> Error {
+        let name = |path: PathBuf| if path.as_os_str().is_empty() { data.to_owned() } else { path };
+        match self {
+            Error::BadSequence { reason, path } => Error::BadSequence { reason, path: name(path) },
+            Error::NothingCompared { samples, path } => Error::NothingCompared { samples, path: name(path) },
+            Error::DataShape { data_shape, model_shape, path } => {
+                Error::DataShape { data_shape, model_shape, path: name(path) }
+            }
+            Error::DataKind { model_takes_tokens, path } => Error::DataKind { model_takes_tokens, path: name(path) },
+            other => other,
+        }
+    }
+
+    /// Completes the bare file name of an error raised where only a file's parsed contents were at hand (a
+    /// `config.json` field) with the model folder it lies in; other errors are returned unchanged.
+    pub fn in_folder(self, folder: &Path) -> Error {
+        match self {
+            Error::BadArchitecture { reason, path } if path.parent().is_some_and(|p| p.as_os_str().is_empty()) => {
+                Error::BadArchitecture { reason, path: folder.join(path) }
+            }
+            other => other,
+        }
+    }
+}
+
+/// `": <path>"`, or nothing for an empty path (a file not named yet, or data that did not come from a file).
+fn at(path: &Path) -> String {
+    if path.as_os_str().is_empty() { String::new() } else { format!(": {}", path.display()) }
 }
 
 /// The core's result type.
@@ -448,4 +535,27 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_named_once_by_the_layer_that_knows_it() {
+        let unnamed = Error::DataShape { data_shape: vec![2], model_shape: vec![3], path: PathBuf::new() };
+        assert_eq!(unnamed.to_string(), "the data's samples are [2], the model takes [3]");
+        let named = unnamed.in_data_file(Path::new("a.safetensors"));
+        assert!(named.to_string().ends_with(": a.safetensors"), "{named}");
+        // Already named: unchanged; not a data error: unchanged.
+        assert!(named.in_data_file(Path::new("b.safetensors")).to_string().ends_with(": a.safetensors"));
+        let recipe = Error::RecipeUnknownLayers { names: vec!["x".into()], path: PathBuf::new() };
+        assert!(
+            matches!(recipe.in_data_file(Path::new("d")), Error::RecipeUnknownLayers { path, .. } if path.as_os_str().is_empty())
+        );
+        // A bare config.json is completed with its folder once; a path with a folder is left alone.
+        let bare = Error::BadArchitecture { reason: "x".into(), path: "config.json".into() };
+        let completed = bare.in_folder(Path::new("m")).in_folder(Path::new("m"));
+        assert_eq!(completed.to_string(), format!("x: {}", Path::new("m").join("config.json").display()));
+    }
 }

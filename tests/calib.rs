@@ -124,7 +124,7 @@ fn w8a8_simulation_quantizes_the_input_with_the_calibrated_scale() {
     // Uncalibrated W8A8 is refused with the layer named.
     let data = EvalData::Samples { inputs: vec![0.0; 3], sample_shape: vec![3], labels: None };
     let err = evaluate(&model, &arch, &data, &plan, &Progress::new()).unwrap_err();
-    assert!(matches!(&err, Error::Uncalibrated { names } if names == &["fc"]), "{err}");
+    assert!(matches!(&err, Error::Uncalibrated { names, .. } if names == &["fc"]), "{err}");
     assert!(err.to_string().contains("run calibrate first"), "{err}");
     let clip = 0.9f32;
     plan.input_clips = vec![Some(clip)];

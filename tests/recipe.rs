@@ -61,7 +61,7 @@ fn unknown_layers_are_listed() {
     recipe.layers.insert("decoder.block.9".into(), Precision::Fp16);
     recipe.layers.insert("encoder.block.1".into(), Precision::Fp16);
     let error = recipe.resolve(&model).unwrap_err();
-    assert!(matches!(&error, Error::RecipeUnknownLayers { names } if names.len() == 2));
+    assert!(matches!(&error, Error::RecipeUnknownLayers { names, .. } if names.len() == 2));
     assert_eq!(error.to_string(), "recipe names 2 layer(s) the model lacks: decoder.block.9, encoder.block.1");
 }
 

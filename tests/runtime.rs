@@ -470,7 +470,7 @@ fn graph_documents_that_do_not_fit_are_refused() {
     };
     let specs = [common::Spec::f32("c.weight", &[4, 1, 1, 1], &[1.0; 4])];
     let cases = [
-        (conv(serde_json::json!({"dilation": [2, 2]})), "unknown field"),
+        (conv(serde_json::json!({"dilation": [2, 2]})), "unknown key \"dilation\" in op 0 (conv2d)"),
         (conv(serde_json::json!({"groups": 3})), "group"),
         (conv(serde_json::json!({"groups": 0})), "bad groups"),
         (serde_json::json!([{"op": "maxpool"}]), "unknown op"),

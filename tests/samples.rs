@@ -299,7 +299,7 @@ fn model_json_with_unknown_ops_or_misfitting_tensors_is_refused() {
     assert!(with(&|g| g["ops"][1]["op"] = "gelu".into()).contains("cannot be trained"));
     assert!(with(&|g| g["ops"][0]["groups"] = 2.into()).contains("cannot be trained"));
     assert!(with(&|g| g["version"] = 2.into()).contains("version"));
-    assert!(with(&|g| g["ops"][0]["dilation"] = serde_json::json!([2, 2])).contains("unknown field"));
+    assert!(with(&|g| g["ops"][0]["dilation"] = serde_json::json!([2, 2])).contains("unknown key"));
     assert!(with(&|g| g["inputs"][0]["shape"] = serde_json::json!([2, 8, 4])).contains("linear"));
     assert!(with(&|g| g["ops"][0]["weight"] = "l.weight".into()).contains("conv2d"));
     assert!(with(&|g| g["ops"][3]["bias"] = "missing.bias".into()).contains("no tensor"));

@@ -39,7 +39,7 @@ fn a_runnable_model_is_opened_resolved_and_detected_and_each_failure_is_named() 
     let mut recipe = int8_per_channel();
     recipe.layers.insert("no.such.layer".into(), Precision::Fp16);
     let error = tasks::open_runnable(&path("sample-models/tiny-llm"), &recipe).unwrap_err();
-    assert!(matches!(&error, Error::RecipeUnknownLayers { names } if names == &["no.such.layer"]), "{error:?}");
+    assert!(matches!(&error, Error::RecipeUnknownLayers { names, .. } if names == &["no.such.layer"]), "{error:?}");
 }
 
 #[test]

@@ -85,14 +85,16 @@ impl CalibrationKey {
     pub fn new(model: &Model, data_path: &Path) -> Result<CalibrationKey> {
         let mut files = model.source_files();
         let folder = crate::runtime::model_folder(model);
-        let graph = model.config.as_ref().and_then(|c| c.get("graph")).and_then(|g| g.as_str());
-        for extra in ["config.json", "model.json"].into_iter().chain(graph) {
-            let path = folder.join(extra);
+        let graph = crate::runtime::graph_path(model)?;
+        for path in ["config.json", "model.json"].map(|f| folder.join(f)).into_iter().chain(graph) {
             if !files.contains(&path) {
                 files.push(path);
             }
         }
         files.retain(|f| f.is_file());
+        // The graph is named by its resolved path, which may be another spelling of model.json.
+        let mut seen = std::collections::BTreeSet::new();
+        files.retain(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
         let tokenizer_files: Vec<PathBuf> =
             TOKENIZER_FILES.iter().map(|f| folder.join(f)).filter(|f| f.is_file()).collect();
         Ok(CalibrationKey {
@@ -189,7 +191,7 @@ pub fn calibrate(
     }
     progress.start_stage(format!("reading {}", data_path.display()), 0);
     let data = EvalData::load(data_path, &crate::runtime::model_folder(model))?;
-    let layers = observe(model, arch, &data, progress)?;
+    let layers = observe(model, arch, &data, progress).map_err(|e| e.in_data_file(data_path))?;
     let calibration = Calibration {
         format: CALIBRATION_FORMAT.into(),
         version: CALIBRATION_VERSION,

@@ -274,6 +274,22 @@ fn parse_observer(text: &str) -> std::result::Result<crate::calib::Observer, Str
     crate::calib::Observer::parse(text)
 }
 
+impl Command {
+    /// The recipe file the command was given (`--recipe`), if any.
+    pub fn recipe_file(&self) -> Option<&std::path::Path> {
+        let plan = match self {
+            Command::Quantize { plan, .. }
+            | Command::Eval { plan, .. }
+            | Command::Calibrate { plan, .. }
+            | Command::Sensitivity { plan, .. }
+            | Command::Bench { plan, .. }
+            | Command::Throughput { plan, .. } => plan,
+            Command::Inspect { .. } | Command::Recipe { .. } => return None,
+        };
+        plan.recipe.as_deref()
+    }
+}
+
 /// How the plan is given: a recipe file or the uniform-precision shortcuts.
 #[derive(Debug, Args)]
 pub struct PlanArgs {

@@ -99,9 +99,11 @@ pub fn sensitivity(model: &Path, data: &Path, plan: &PlanArgs, mode: ModeArg, js
         ModeArg::OneAtATime => SensitivityMode::OneAtATime,
         ModeArg::AllButOne => SensitivityMode::AllButOne,
     };
+    let data_path = data;
     let data = tasks::load_data(&model, data, &Progress::new())?;
     let report =
-        with_progress_bar(|progress| tasks::sensitivity(&model, &arch, &data, &plan, mode, progress, &mut |_| {}))?;
+        with_progress_bar(|progress| tasks::sensitivity(&model, &arch, &data, &plan, mode, progress, &mut |_| {}))
+            .map_err(|e| e.in_data_file(data_path))?;
     let run = SensitivityRun { model: &model, family: arch.family(), samples: data.len(), mode };
     print::sensitivity(&run, &report, json)
 }

@@ -17,7 +17,9 @@ use crate::runtime::latency::Workload;
 
 /// Runs a headless command; returns the process exit code.
 pub fn run(command: Command) -> i32 {
-    match dispatch(command) {
+    // Errors about the recipe (layers the model lacks, a bad glob) are raised where only its contents are known.
+    let recipe = command.recipe_file().map(std::path::Path::to_path_buf);
+    match dispatch(command).map_err(|e| if let Some(recipe) = &recipe { e.in_recipe_file(recipe) } else { e }) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("error: {error}");

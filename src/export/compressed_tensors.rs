@@ -605,9 +605,10 @@ fn write_tensor(
                     writer.write_tensor(&outputs[2].name, &zero_points)?;
                 }
                 if let Layout::Int8Codes { inputs: Inputs::StaticInt8, .. } = layout {
-                    let input = plan
-                        .input_params(info.layer)
-                        .ok_or_else(|| Error::Uncalibrated { names: vec![super::layer_name(model, id).to_owned()] })?;
+                    let input = plan.input_params(info.layer).ok_or_else(|| Error::Uncalibrated {
+                        names: vec![super::layer_name(model, id).to_owned()],
+                        path: Default::default(),
+                    })?;
                     let last = outputs.last().map(|o| o.name.as_str()).unwrap_or_default();
                     writer.write_tensor(last, &f32_le_bytes(&[input.scale]))?;
                 }

@@ -202,6 +202,11 @@ impl Model {
         self.shards[tensor.shard].tensor_bytes(&tensor.data)
     }
 
+    /// The safetensors file holding a tensor.
+    pub fn shard_path(&self, id: TensorId) -> &Path {
+        &self.shards[self.tensors[id.0].shard].path
+    }
+
     /// A tensor by id.
     pub fn tensor(&self, id: TensorId) -> &TensorInfo {
         &self.tensors[id.0]

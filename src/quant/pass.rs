@@ -38,7 +38,11 @@ impl<'a> TensorData<'a> {
     pub fn of(model: &'a Model, id: TensorId) -> Result<TensorData<'a>> {
         let info = model.tensor(id);
         if !info.is_analysable() {
-            return Err(Error::NotFloat { name: info.name.clone(), dtype: info.dtype.to_string() });
+            return Err(Error::NotFloat {
+                name: info.name.clone(),
+                dtype: info.dtype.to_string(),
+                path: model.shard_path(id).to_owned(),
+            });
         }
         let (rows, cols) = info.rows_cols();
         Ok(TensorData { dtype: info.dtype, bytes: model.tensor_bytes(id), rows, cols })

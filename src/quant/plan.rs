@@ -220,7 +220,8 @@ impl Recipe {
     }
 
     /// Resolves the recipe against `model`. Fails when a `layers` entry names a layer the model lacks (all such
-    /// names are listed) or when a pattern is not a valid glob.
+    /// names are listed) or when a pattern is not a valid glob; the caller that read the recipe from a file names
+    /// it with [`Error::in_recipe_file`].
     pub fn resolve(&self, model: &Model) -> Result<Plan> {
         let mut unknown: Vec<String> = self
             .layers
@@ -232,14 +233,19 @@ impl Recipe {
         unknown.sort();
         unknown.dedup();
         if !unknown.is_empty() {
-            return Err(Error::RecipeUnknownLayers { names: unknown });
+            return Err(Error::RecipeUnknownLayers { names: unknown, path: Default::default() });
         }
         let patterns = self
             .rules
             .iter()
-            .map(|rule| {
-                glob::Pattern::new(&rule.pattern)
-                    .map_err(|e| Error::BadPattern { pattern: rule.pattern.clone(), reason: e.to_string() })
+            .enumerate()
+            .map(|(i, rule)| {
+                glob::Pattern::new(&rule.pattern).map_err(|e| Error::BadPattern {
+                    rule: i,
+                    pattern: rule.pattern.clone(),
+                    reason: e.to_string(),
+                    path: Default::default(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut rule_matches = vec![0usize; self.rules.len()];
@@ -374,7 +380,7 @@ impl Plan {
     /// `Err(Uncalibrated)` naming every W8A8 layer without a calibrated input clip.
     pub fn check_calibrated(&self, model: &Model) -> Result<()> {
         let names = self.uncalibrated(model);
-        if names.is_empty() { Ok(()) } else { Err(Error::Uncalibrated { names }) }
+        if names.is_empty() { Ok(()) } else { Err(Error::Uncalibrated { names, path: Default::default() }) }
     }
 
     /// Which layers each precision covers, by kind, in one phrase: `int8 sym per-channel: 36 linear; fp32: 3

@@ -8,7 +8,7 @@ use super::config::{self, ConfigMap};
 use super::linear::{Embedding, Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The parts of a `BertConfig` the forward pass uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,8 +152,7 @@ pub fn name_prefix(weights: &WeightSource) -> Option<&'static str> {
 impl BertNet {
     /// Binds every weight, checking names and shapes against the config.
     pub fn build(config: BertConfig, w: &WeightSource) -> Result<BertNet> {
-        let p =
-            name_prefix(w).ok_or_else(|| Error::MissingTensor { name: "embeddings.word_embeddings.weight".into() })?;
+        let p = name_prefix(w).ok_or_else(|| w.missing("embeddings.word_embeddings.weight"))?;
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let layers = (0..config.num_hidden_layers)
             .map(|l| {

@@ -5,10 +5,14 @@ use crate::error::{Error, Result};
 /// A parsed `config.json` object.
 pub type ConfigMap = serde_json::Map<String, serde_json::Value>;
 
-/// "Running this model is unavailable: ...".
+/// "Running this model is unavailable: ...", about a field of `config.json` (named by its bare file name here:
+/// the caller that knows the folder completes it with [`Error::in_folder`]).
 pub fn unsupported(reason: String) -> Error {
-    Error::BadArchitecture { file: "config.json", reason }
+    Error::BadArchitecture { reason, path: CONFIG_FILE.into() }
 }
+
+/// The file name of a model folder's configuration.
+pub const CONFIG_FILE: &str = "config.json";
 
 /// A non-negative integer field; `default` when absent (`None`: the field is required).
 pub fn usize_field(c: &ConfigMap, key: &str, default: Option<usize>) -> Result<usize> {

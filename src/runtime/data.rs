@@ -33,7 +33,7 @@ impl TokenSequence {
 
     /// Checks ids against a vocabulary, segment ids against theirs, and the length against a position table.
     pub fn check(&self, vocab_size: usize, type_vocab_size: Option<usize>, max_positions: usize) -> Result<()> {
-        let bad = |reason: String| Err(Error::BadSequence { reason });
+        let bad = |reason: String| Err(Error::BadSequence { reason, path: PathBuf::new() });
         if self.type_ids.len() != self.ids.len() || self.mask.len() != self.ids.len() {
             return bad("ids, segment ids and mask differ in length".into());
         }
@@ -235,6 +235,9 @@ fn bad_data(path: &Path, problem: String) -> Error {
 /// A float tensor of a data file, widened to f32, with its shape.
 fn float_tensor(file: &Model, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
     let id = file.tensor_by_name(name).ok_or_else(|| bad_data(&file.path, format!("has no tensor {name:?}")))?;
+    if !file.tensor(id).is_analysable() {
+        return Err(bad_data(&file.path, format!("{name} is {}, expected a float tensor", file.tensor(id).dtype)));
+    }
     let data = TensorData::of(file, id)?;
     let mut buf = Vec::new();
     Ok((data.values(0..data.len(), &mut buf).to_vec(), file.tensor(id).shape.clone()))

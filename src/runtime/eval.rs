@@ -262,21 +262,36 @@ impl<'n> Reference<'n> {
     }
 }
 
-/// Refuses data the network cannot take (samples of another shape, tokens for a graph, samples for a token model).
+/// Refuses data the network cannot take (samples of another shape, tokens for a graph, samples for a token model,
+/// a sequence with a token id outside the vocabulary or longer than the position table, naming the sample). The
+/// caller that read the data from a file names it with [`Error::in_data_file`].
 pub fn check_data(network: &Network, data: &EvalData) -> Result<()> {
+    let in_sample = |i: usize, e: Error| match e {
+        Error::BadSequence { reason, path } => Error::BadSequence { reason: format!("sample {i}: {reason}"), path },
+        e => e,
+    };
     match (network, data) {
         (Network::Graph(r), EvalData::Samples { sample_shape, .. }) if *sample_shape != r.spec.input_shape => {
-            Err(Error::DataShape { data_shape: sample_shape.clone(), model_shape: r.spec.input_shape.clone() })
+            Err(Error::DataShape {
+                data_shape: sample_shape.clone(),
+                model_shape: r.spec.input_shape.clone(),
+                path: Default::default(),
+            })
         }
         (Network::Graph(_), EvalData::Samples { .. }) => Ok(()),
-        (Network::Bert(_) | Network::Llama(_), EvalData::Sequences(_)) => Ok(()),
+        (Network::Bert(net), EvalData::Sequences(seqs)) => {
+            seqs.iter().enumerate().try_for_each(|(i, s)| net.check(s).map_err(|e| in_sample(i, e)))
+        }
+        (Network::Llama(net), EvalData::Sequences(seqs)) => {
+            seqs.iter().enumerate().try_for_each(|(i, s)| net.check(s).map_err(|e| in_sample(i, e)))
+        }
         _ => Err(data_kind(network)),
     }
 }
 
 /// The error of data of the other kind than `network` takes.
 pub fn data_kind(network: &Network) -> Error {
-    Error::DataKind { model_takes_tokens: !matches!(network, Network::Graph(_)) }
+    Error::DataKind { model_takes_tokens: !matches!(network, Network::Graph(_)), path: Default::default() }
 }
 
 /// The outputs of one unit: logits `[batch, classes]` (graph), last hidden states `[tokens, hidden]` (BERT) or
@@ -356,7 +371,7 @@ fn unit_sums(reference: &Network, data: &EvalData, unit: usize, out_r: &[f32], o
 /// (the model itself is broken, e.g. a negative norm epsilon) are errors: neither may read as agreement.
 fn report(reference: &Network, data: &EvalData, sums: Sums) -> Result<EvalReport> {
     if sums.positions == 0 {
-        return Err(Error::NothingCompared { samples: data.len(), path: std::path::PathBuf::new() });
+        return Err(Error::NothingCompared { samples: data.len(), path: Default::default() });
     }
     if sums.fp32_nonfinite > 0 {
         return Err(Error::NonFiniteReference { count: sums.fp32_nonfinite, plan_count: sums.plan_nonfinite });

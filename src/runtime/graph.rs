@@ -1,16 +1,24 @@
 //! Networks described by a `model.json` chain of ops (docs/MODEL-JSON.md): parsed, shape-checked, run on batches.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::linear::{Linear, Tap, no_tap, planned_input};
 use super::ops::{self, ConvShape};
 use super::weights::{Weight, WeightSource};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, did_you_mean};
 use crate::quant::InputQuant;
 
 const GRAPH_FORMAT: &str = "quantstudio-graph";
 const GRAPH_VERSION: u64 = 1;
+/// The keys of the document's top-level object.
+const DOCUMENT_KEYS: &[&str] = &["format", "version", "inputs", "ops", "outputs"];
+/// The keys of an `inputs` entry.
+const INPUT_KEYS: &[&str] = &["name", "dtype", "shape", "description"];
+/// The keys of an `outputs` entry.
+const OUTPUT_KEYS: &[&str] = &["name", "dtype", "shape"];
+/// Every `op` this reader runs.
+const OPS: &[&str] = &["linear", "conv2d", "layer_norm", "relu", "gelu", "silu", "softmax", "flatten"];
 /// The most values one sample's activation may hold after a conv2d (1 GiB of f32): a model.json whose shapes would
 /// need more is refused before anything is allocated.
 pub const MAX_ACTIVATION_ELEMENTS: usize = 1 << 28;
@@ -70,18 +78,23 @@ pub struct GraphSpec {
     pub ops: Vec<GraphOp>,
     /// The shape of one output sample.
     pub output_shape: Vec<usize>,
+    /// The file it was read from (the bare name `model.json` when parsed from a document), named by errors about it.
+    pub path: PathBuf,
 }
 
 impl GraphSpec {
-    /// Reads and parses a `model.json` file.
+    /// Reads and parses a `model.json` file; every error names it.
     pub fn load(path: &Path) -> Result<GraphSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let bad = |reason: String| Error::BadConfig { reason, path: path.to_owned() };
-        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        Self::parse(&doc).map_err(bad)
+        let bad = |reason: String| Error::BadArchitecture { reason, path: path.to_owned() };
+        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not json ({e})")))?;
+        let spec = Self::parse(&doc).map_err(bad)?;
+        Ok(GraphSpec { path: path.to_owned(), ..spec })
     }
 
-    /// Parses a `model.json` document; the error says what is wrong with it.
+    /// Parses a `model.json` document; the error says what is wrong with it and where. Keys the format does not
+    /// define are refused wherever they are (a `dilation` ignored, or a misspelt `padding` left at its default,
+    /// would silently change the result), naming the closest known key.
     pub fn parse(doc: &serde_json::Value) -> std::result::Result<GraphSpec, String> {
         if doc["format"] != GRAPH_FORMAT {
             return Err(format!("not a {GRAPH_FORMAT} document"));
@@ -89,27 +102,33 @@ impl GraphSpec {
         if doc["version"] != GRAPH_VERSION {
             return Err(format!("version {} is not supported (this reader knows {GRAPH_VERSION})", doc["version"]));
         }
+        known_keys(doc, DOCUMENT_KEYS, "the document")?;
         let [input] = doc["inputs"].as_array().map(Vec::as_slice).unwrap_or_default() else {
             return Err("expected exactly one input".into());
         };
+        known_keys(input, INPUT_KEYS, "inputs[0]")?;
         let input_shape = usizes(&input["shape"]).ok_or("the input shape is not a list of sizes")?;
         let [output] = doc["outputs"].as_array().map(Vec::as_slice).unwrap_or_default() else {
             return Err("expected exactly one output".into());
         };
+        known_keys(output, OUTPUT_KEYS, "outputs[0]")?;
         let output_shape = usizes(&output["shape"]).ok_or("the output shape is not a list of sizes")?;
         let mut parsed = Vec::new();
         for (i, op) in doc["ops"].as_array().ok_or("ops is not a list")?.iter().enumerate() {
-            let kind = op["op"].as_str().unwrap_or_default();
+            if !op.is_object() {
+                return Err(format!("op {i} is not an object"));
+            }
+            let kind = op["op"].as_str().ok_or(format!("op {i} has no \"op\" name"))?;
+            if !OPS.contains(&kind) {
+                return Err(format!("op {i}: unknown op {kind:?}{}", did_you_mean(kind, OPS)));
+            }
             let fields: &[&str] = match kind {
                 "linear" => &["op", "weight", "bias"],
                 "conv2d" => &["op", "weight", "bias", "stride", "padding", "groups"],
                 "layer_norm" => &["op", "weight", "bias", "eps"],
                 _ => &["op"],
             };
-            // A field this reader does not know (dilation, ...) could change the result: refuse it.
-            if let Some(unknown) = op.as_object().and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str()))) {
-                return Err(format!("op {i} ({kind}): unknown field {unknown:?}"));
-            }
+            known_keys(op, fields, &format!("op {i} ({kind})"))?;
             let name = |field: &str| -> std::result::Result<Option<String>, String> {
                 match op.get(field) {
                     None => Ok(None),
@@ -150,7 +169,15 @@ impl GraphSpec {
             });
         }
         let input_name = input["name"].as_str().unwrap_or("input").to_owned();
-        Ok(GraphSpec { input_name, input_shape, ops: parsed, output_shape })
+        Ok(GraphSpec { input_name, input_shape, ops: parsed, output_shape, path: PathBuf::from("model.json") })
+    }
+}
+
+/// Refuses a key of `object` outside `known`, naming it, where it is and the closest known key.
+fn known_keys(object: &serde_json::Value, known: &[&str], place: &str) -> std::result::Result<(), String> {
+    match object.as_object().and_then(|o| o.keys().find(|key| !known.contains(&key.as_str()))) {
+        Some(key) => Err(format!("unknown key {key:?} in {place}{}", did_you_mean(key, known))),
+        None => Ok(()),
     }
 }
 
@@ -194,7 +221,7 @@ pub struct GraphNet {
 impl GraphNet {
     /// Binds the weights of `spec` and checks every shape along the chain.
     pub fn build(spec: GraphSpec, weights: &WeightSource) -> Result<GraphNet> {
-        let bad = |reason: String| Error::BadArchitecture { file: "model.json", reason };
+        let bad = |reason: String| Error::BadArchitecture { reason, path: spec.path.clone() };
         let mut shape = spec.input_shape.clone();
         let mut steps = Vec::new();
         for (i, op) in spec.ops.iter().enumerate() {
@@ -322,4 +349,57 @@ impl GraphNet {
 
 fn usizes(value: &serde_json::Value) -> Option<Vec<usize>> {
     value.as_array()?.iter().map(|v| v.as_u64().and_then(|v| usize::try_from(v).ok())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> serde_json::Value {
+        serde_json::json!({
+            "format": GRAPH_FORMAT, "version": 1,
+            "inputs": [{"name": "x", "dtype": "F32", "shape": [3], "description": "free text"}],
+            "ops": [{"op": "linear", "weight": "w", "bias": "b"}, {"op": "relu"}],
+            "outputs": [{"name": "y", "dtype": "F32", "shape": [2]}],
+        })
+    }
+
+    type Edit = dyn Fn(&mut serde_json::Value);
+
+    #[test]
+    fn every_object_refuses_keys_the_format_does_not_define() {
+        assert!(GraphSpec::parse(&document()).is_ok());
+        let cases: [(&Edit, &str); 5] = [
+            (
+                &|d| d["output"] = serde_json::json!([]),
+                r#"unknown key "output" in the document (did you mean "outputs"?)"#,
+            ),
+            (
+                &|d| d["inputs"][0]["dtpye"] = "F32".into(),
+                r#"unknown key "dtpye" in inputs[0] (did you mean "dtype"?)"#,
+            ),
+            (&|d| d["outputs"][0]["description"] = "".into(), r#"unknown key "description" in outputs[0]"#),
+            (
+                &|d| d["ops"][0]["wieght"] = "w".into(),
+                r#"unknown key "wieght" in op 0 (linear) (did you mean "weight"?)"#,
+            ),
+            (&|d| d["ops"][1]["inplace"] = true.into(), r#"unknown key "inplace" in op 1 (relu)"#),
+        ];
+        for (edit, expected) in cases {
+            let mut doc = document();
+            edit(&mut doc);
+            assert_eq!(GraphSpec::parse(&doc).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn unknown_and_nameless_ops_are_refused_with_their_index() {
+        let mut doc = document();
+        doc["ops"][1]["op"] = "gleu".into();
+        assert_eq!(GraphSpec::parse(&doc).unwrap_err(), r#"op 1: unknown op "gleu" (did you mean "gelu"?)"#);
+        doc["ops"][1] = serde_json::json!({"kind": "relu"});
+        assert_eq!(GraphSpec::parse(&doc).unwrap_err(), r#"op 1 has no "op" name"#);
+        doc["ops"][1] = "relu".into();
+        assert_eq!(GraphSpec::parse(&doc).unwrap_err(), "op 1 is not an object");
+    }
 }

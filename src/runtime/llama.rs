@@ -8,7 +8,7 @@ use super::config::{self, ConfigMap};
 use super::linear::{Embedding, Linear, Tap, no_tap};
 use super::ops::{self, AttentionShape};
 use super::weights::{Weight, WeightSource};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The parts of a `LlamaConfig` the forward pass uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,10 +180,9 @@ impl LlamaNet {
         } else if config.tie_word_embeddings {
             Linear::load_tensors(w, "model.embed_tokens.weight", None, config.vocab_size, h)?
         } else {
-            return Err(Error::BadArchitecture {
-                file: "config.json",
-                reason: "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
-            });
+            return Err(config::unsupported(
+                "no lm_head.weight and tie_word_embeddings is false: the output projection is missing".into(),
+            ));
         };
         Ok(LlamaNet { final_norm: w.get("model.norm.weight", Some(&[h]))?, embed_tokens, lm_head, layers, config })
     }
@@ -200,10 +199,15 @@ impl LlamaNet {
         self.forward_tapped(seq, cache, &mut no_tap())
     }
 
+    /// Checks a sequence against the vocabulary.
+    pub fn check(&self, seq: &TokenSequence) -> Result<()> {
+        seq.check(self.config.vocab_size, None, usize::MAX)
+    }
+
     /// [`LlamaNet::forward`], showing the input of every linear layer to `tap`.
     pub fn forward_tapped(&self, seq: &TokenSequence, cache: &mut KvCache, tap: &mut Tap) -> Result<Vec<f32>> {
         let c = &self.config;
-        seq.check(c.vocab_size, None, usize::MAX)?;
+        self.check(seq)?;
         let (h, t) = (c.hidden_size, seq.ids.len());
         let first_position = cache.len();
         let mut x = vec![0.0f32; t * h];

@@ -48,14 +48,13 @@ impl Architecture {
         let Some(config) = &model.config else {
             return Err(Error::NoConfig { path: model.path.clone() });
         };
-        if let Some(graph) = config.get("graph") {
-            let name = graph.as_str().ok_or_else(|| config::unsupported("graph is not a file name".into()))?;
-            let path = model.path.join(name);
-            if !path.is_file() || name.contains("..") {
-                return Err(config::unsupported(format!("graph {name:?} is not a file beside config.json")));
-            }
+        if let Some(path) = graph_path(model)? {
             return graph::GraphSpec::load(&path).map(Architecture::Graph);
         }
+        Self::from_config(model, config).map_err(|e| e.in_folder(&model_folder(model)))
+    }
+
+    fn from_config(model: &Model, config: &config::ConfigMap) -> Result<Architecture> {
         match config.get("model_type").and_then(|v| v.as_str()) {
             Some("bert") => bert::BertConfig::from_config(config).map(Architecture::Bert),
             Some("llama") => llama::LlamaConfig::from_config(config).map(Architecture::Llama),
@@ -141,7 +140,9 @@ impl Network {
         Ok(match arch {
             Architecture::Graph(spec) => Network::Graph(graph::GraphNet::build(spec.clone(), source)?),
             Architecture::Bert(c) => Network::Bert(bert::BertNet::build(c.clone(), source)?),
-            Architecture::Llama(c) => Network::Llama(llama::LlamaNet::build(c.clone(), source)?),
+            Architecture::Llama(c) => Network::Llama(
+                llama::LlamaNet::build(c.clone(), source).map_err(|e| e.in_folder(&model_folder(source.model())))?,
+            ),
         })
     }
 }
@@ -162,4 +163,27 @@ pub struct Deployed {
 /// The folder a model was opened from (for `tokenizer.json` and the sample data files).
 pub fn model_folder(model: &Model) -> PathBuf {
     if model.path.is_dir() { model.path.clone() } else { model.path.parent().map(PathBuf::from).unwrap_or_default() }
+}
+
+/// The graph file `config.json` names (`"graph": "model.json"`), symlinks resolved, or `None` when it names none.
+/// Refused unless it is a file inside the model folder (symlinks of the folder resolved too): a name such as
+/// `/etc/passwd`, `../x` or a symlink leading out would read a file that is not the model's.
+pub fn graph_path(model: &Model) -> Result<Option<PathBuf>> {
+    let Some(value) = model.config.as_ref().and_then(|c| c.get("graph")) else { return Ok(None) };
+    let folder = model_folder(model);
+    let config_path = folder.join(config::CONFIG_FILE);
+    let bad = |reason: String| Error::BadArchitecture { reason, path: config_path.clone() };
+    let name = value.as_str().ok_or_else(|| bad(format!("graph is {value}, not a file name")))?;
+    let joined = folder.join(name);
+    let resolved = joined
+        .canonicalize()
+        .map_err(|e| bad(format!("graph {name:?} is not a file in the model folder ({}: {e})", joined.display())))?;
+    let inside = folder.canonicalize().is_ok_and(|folder| resolved.starts_with(folder));
+    if !inside {
+        return Err(Error::OutsideModelFolder { field: "graph", resolved, path: config_path });
+    }
+    if !resolved.is_file() {
+        return Err(bad(format!("graph {name:?} is not a file ({})", resolved.display())));
+    }
+    Ok(Some(resolved))
 }

@@ -200,6 +200,16 @@ impl<'m> WeightSource<'m> {
         self.compact_layers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The model the weights come from.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The error of a tensor the architecture needs that the checkpoint lacks.
+    pub fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor { name: name.to_owned(), path: self.model.path.clone() }
+    }
+
     /// Whether the checkpoint has a tensor of this name.
     pub fn has(&self, name: &str) -> bool {
         self.model.tensor_by_name(name).is_some()
@@ -212,12 +222,15 @@ impl<'m> WeightSource<'m> {
 
     /// The id of tensor `name`, checked to have `shape` when one is given.
     fn id_with_shape(&self, name: &str, shape: Option<&[usize]>) -> Result<TensorId> {
-        let id = self.model.tensor_by_name(name).ok_or_else(|| Error::MissingTensor { name: name.to_owned() })?;
+        let id = self.model.tensor_by_name(name).ok_or_else(|| self.missing(name))?;
         let stored = &self.model.tensor(id).shape;
         match shape {
-            Some(expected) if stored != expected => {
-                Err(Error::TensorShape { name: name.to_owned(), stored: stored.clone(), expected: expected.to_vec() })
-            }
+            Some(expected) if stored != expected => Err(Error::TensorShape {
+                name: name.to_owned(),
+                stored: stored.clone(),
+                expected: expected.to_vec(),
+                path: self.model.shard_path(id).to_owned(),
+            }),
             _ => Ok(id),
         }
     }

@@ -149,10 +149,7 @@ pub fn evaluate(
     progress: &Progress,
 ) -> Result<EvalReport> {
     let data_path = data;
-    let name_data = |e: Error| match e {
-        Error::NothingCompared { samples, .. } => Error::NothingCompared { samples, path: data_path.to_owned() },
-        e => e,
-    };
+    let name_data = |e: Error| e.in_data_file(data_path);
     let data = load_data(model, data, progress)?;
     let Some(path) = save_outputs else {
         return crate::runtime::evaluate(model, arch, &data, plan, progress).map_err(name_data);
@@ -199,6 +196,7 @@ pub fn perplexity(
     let doc = Document::load(&input.text, &model_folder(model))?;
     progress.check()?;
     crate::runtime::perplexity::perplexity(model, arch, plan, &doc, input.ctx_tokens, input.max_chunks, progress)
+        .map_err(|e| e.in_data_file(&input.text))
 }
 
 /// The display bins and the clip of every standard observer of each layer a calibration observed (what the
@@ -262,7 +260,10 @@ pub fn benchmark(
         workload,
         plan_disk_bytes: plan.map_or(0, |plan| crate::export::planned_model_bytes(model, plan)),
     };
-    benchmark::run(&request, progress, on_configuration)
+    benchmark::run(&request, progress, on_configuration).map_err(|e| match input.data {
+        Some(path) => e.in_data_file(path),
+        None => e,
+    })
 }
 
 /// The analysis pass's speed against the read bandwidth of the same files (the best of `repeat` runs).
@@ -273,7 +274,7 @@ pub fn throughput(model: &Model, plan: &Plan, repeat: usize, progress: &Progress
 /// Reads a recipe file and resolves it against `model`.
 pub fn load_recipe(model: &Model, path: &Path, progress: &Progress) -> Result<Plan> {
     progress.start_stage("loading recipe", 1);
-    let plan = Recipe::load(path)?.resolve(model)?;
+    let plan = Recipe::load(path)?.resolve(model).map_err(|e| e.in_recipe_file(path))?;
     progress.advance(1);
     Ok(plan)
 }

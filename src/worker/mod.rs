@@ -468,7 +468,8 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             let eval_data = tasks::load_data(&model, &data, progress)?;
             let report = tasks::sensitivity(&model, &arch, &eval_data, &plan, mode, progress, &mut |layer| {
                 send(Outcome::SensitivityLayer(layer.clone()))
-            })?;
+            })
+            .map_err(|e| e.in_data_file(&data))?;
             send(Outcome::SensitivityRanked(report));
         }
         Job::Benchmark { model, arch, plan, data, workload } => {
