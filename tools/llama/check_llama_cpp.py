@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-ppl", type=float, default=100.0)
     ap.add_argument("--no-repack", action="store_true",
-                    help="pass --no-repack to llama-perplexity: on this CI machine (AVX512 + AMX) llama.cpp 0.3.36 "
+                    help="pass --no-repack to llama-perplexity: on a machine with AMX llama.cpp 0.3.36 "
                          "segfaults while repacking Q8_0/Q4_0 weights at load, files it wrote itself included")
     ap.add_argument("--quantize", metavar="OUT_DIR")
     ap.add_argument("--types", nargs="+", default=["Q8_0", "Q4_0"])
