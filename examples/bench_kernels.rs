@@ -48,6 +48,7 @@ fn main() {
     let spec = MeasureSpec {
         rounding: Rounding::Int8(params),
         all_finite: true,
+        histograms: true,
         value_bins: BinMap::new(lo as f64, hi as f64),
         error_bins: BinMap::new(-(params.scale as f64) / 2.0, params.scale as f64 / 2.0),
     };

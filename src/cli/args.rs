@@ -191,6 +191,13 @@ pub struct OutputArgs {
     pub histograms: bool,
 }
 
+impl OutputArgs {
+    /// Whether the output shows histograms (they are computed only then).
+    pub fn wants_histograms(&self) -> bool {
+        self.json && self.histograms
+    }
+}
+
 /// An export target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
