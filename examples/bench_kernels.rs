@@ -14,6 +14,11 @@
 //!   bins: the rounding's own cost apart from how the histogram's counters collide;
 //! - `fp8_fake_quantize`, `fp8_codes`: the bulk FP8 loops alone (`fp8::fake_quantize_e4m3` into f32,
 //!   `fp8::quantize_e4m3` into codes), same scale;
+//! - `measure_table_f32`, `measure_table_bf16`: pass 2 as the table's figures need it (INT8 symmetric, no
+//!   histograms: `MeasureSpec::histograms` off);
+//! - `one_read_f32`, `one_read_bf16`: the analysis pass's per-row work for the table, row by row (4,096 values): the
+//!   scan of a row, then its measure without histograms with the row's own INT8 parameters, as
+//!   `quant::pass::analyze` does; the least time per element of the table's figures on one core;
 //! - `histogram_increments`: the two histogram counter increments per element alone (bins computed beforehand,
 //!   one copy of each histogram per lane as in the kernel). Pass 2 cannot be faster than this.
 //!
@@ -48,6 +53,7 @@ fn main() {
     let spec = MeasureSpec {
         rounding: Rounding::Int8(params),
         all_finite: true,
+        histograms: true,
         value_bins: BinMap::new(lo as f64, hi as f64),
         error_bins: BinMap::new(-(params.scale as f64) / 2.0, params.scale as f64 / 2.0),
     };
@@ -94,6 +100,51 @@ fn main() {
             kernels::measure(&bf16, &spec, &mut acc);
         }
         std::hint::black_box(acc);
+    };
+    let table_spec = MeasureSpec { histograms: false, ..spec };
+    let mut measure_table_f32 = || {
+        let mut acc = Box::<MeasureAcc>::default();
+        for _ in 0..PASSES {
+            kernels::measure(&x, &table_spec, &mut acc);
+        }
+        std::hint::black_box(acc);
+    };
+    let mut measure_table_bf16 = || {
+        let mut acc = Box::<MeasureAcc>::default();
+        for _ in 0..PASSES {
+            kernels::measure(&bf16, &table_spec, &mut acc);
+        }
+        std::hint::black_box(acc);
+    };
+    /// Values per row of the one-read loops.
+    const ROW: usize = 4096;
+    let one_read_spec = |row_scan: &ScanAcc| MeasureSpec {
+        rounding: Rounding::Int8(QParams::symmetric(row_scan.min.abs().max(row_scan.max.abs()))),
+        ..table_spec
+    };
+    let mut one_read_f32 = || {
+        let (mut total, mut acc) = (ScanAcc::default(), Box::<MeasureAcc>::default());
+        for _ in 0..PASSES {
+            for row in x.chunks(ROW) {
+                let mut row_scan = ScanAcc::default();
+                kernels::scan(row, 0.0, &mut row_scan);
+                total.merge(&row_scan);
+                kernels::measure(row, &one_read_spec(&row_scan), &mut acc);
+            }
+        }
+        std::hint::black_box((total, acc));
+    };
+    let mut one_read_bf16 = || {
+        let (mut total, mut acc) = (ScanAcc::default(), Box::<MeasureAcc>::default());
+        for _ in 0..PASSES {
+            for row in bf16.chunks(ROW) {
+                let mut row_scan = ScanAcc::default();
+                kernels::scan(row, 0.0, &mut row_scan);
+                total.merge(&row_scan);
+                kernels::measure(row, &one_read_spec(&row_scan), &mut acc);
+            }
+        }
+        std::hint::black_box((total, acc));
     };
     let mut measure_fp8_f32 = || {
         let mut acc = Box::<MeasureAcc>::default();
@@ -149,6 +200,10 @@ fn main() {
         "scan_bf16",
         "measure_f32",
         "measure_bf16",
+        "measure_table_f32",
+        "measure_table_bf16",
+        "one_read_f32",
+        "one_read_bf16",
         "measure_fp8_f32",
         "measure_fp8_bf16",
         "measure_fp8_int8_bins",
@@ -163,6 +218,10 @@ fn main() {
             &mut scan_bf16,
             &mut measure_f32,
             &mut measure_bf16,
+            &mut measure_table_f32,
+            &mut measure_table_bf16,
+            &mut one_read_f32,
+            &mut one_read_bf16,
             &mut measure_fp8_f32,
             &mut measure_fp8_bf16,
             &mut measure_fp8_int8_bins,

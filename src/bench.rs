@@ -1,4 +1,5 @@
-//! Throughput of the analysis pass, measured against the read bandwidth of the same memory-mapped files.
+//! Throughput of the analysis pass, measured against the read bandwidth of the same memory-mapped files, and the
+//! time of one tensor's histograms (what the inspector waits for).
 
 use std::fmt;
 use std::time::Instant;
@@ -6,9 +7,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{Model, TensorId};
 use crate::progress::Progress;
 use crate::quant::Plan;
+use crate::quant::pass::{self, TensorData};
 use crate::report::analyze_model;
 
 /// One throughput measurement.
@@ -20,7 +22,7 @@ pub struct Throughput {
     pub threads: usize,
     /// Kernel implementation in use ("avx2" or "portable").
     pub implementation: &'static str,
-    /// Best time of the full pass (both passes, every float tensor).
+    /// Best time of the analysis of every float tensor (the table's figures, no histograms).
     pub pass_secs: f64,
     /// `input_bytes / pass_secs` in GB/s (1e9 bytes).
     pub pass_gb_per_s: f64,
@@ -32,6 +34,12 @@ pub struct Throughput {
     pub read_gb_per_s: f64,
     /// `pass_gb_per_s / read_gb_per_s`.
     pub fraction_of_read_bandwidth: f64,
+    /// The largest float tensor, whose histograms are timed.
+    pub histograms_tensor: String,
+    /// Its elements.
+    pub histograms_elements: u64,
+    /// Best time of its value and error histograms under the plan (from its analysis, which is not timed).
+    pub histograms_secs: f64,
     /// Timed repetitions per measurement.
     pub repeat: usize,
 }
@@ -53,6 +61,13 @@ impl fmt::Display for Throughput {
             self.pass_secs,
             self.pass_gb_per_s,
             100.0 * self.fraction_of_read_bandwidth
+        )?;
+        write!(
+            f,
+            "\nhistograms of {} ({} elements): {:.1} ms",
+            self.histograms_tensor,
+            self.histograms_elements,
+            self.histograms_secs * 1e3
         )
     }
 }
@@ -99,6 +114,22 @@ pub fn measure_throughput(model: &Model, plan: &Plan, repeat: usize, progress: &
         std::hint::black_box(analyze_model(model, plan, progress)?);
         pass_secs = pass_secs.min(start.elapsed().as_secs_f64());
     }
+    let largest = (0..model.tensors.len())
+        .map(TensorId)
+        .filter(|&id| model.tensor(id).is_analysable())
+        .max_by_key(|&id| (model.tensor(id).numel(), std::cmp::Reverse(id.0)));
+    let mut histograms_secs = 0.0;
+    if let Some(id) = largest {
+        let data = TensorData::of(model, id)?;
+        let analysis = pass::analyze(&data, plan.tensor(model, id), progress)?;
+        pass::histograms(&data, &analysis, progress)?;
+        histograms_secs = f64::INFINITY;
+        for _ in 0..repeat {
+            let start = Instant::now();
+            std::hint::black_box(pass::histograms(&data, &analysis, progress)?);
+            histograms_secs = histograms_secs.min(start.elapsed().as_secs_f64());
+        }
+    }
     let pass_gb_per_s = input_bytes as f64 / pass_secs / 1e9;
     let read_gb_per_s = read_bytes as f64 / read_secs / 1e9;
     Ok(Throughput {
@@ -111,6 +142,9 @@ pub fn measure_throughput(model: &Model, plan: &Plan, repeat: usize, progress: &
         read_bytes,
         read_gb_per_s,
         fraction_of_read_bandwidth: pass_gb_per_s / read_gb_per_s,
+        histograms_tensor: largest.map(|id| model.tensor(id).name.clone()).unwrap_or_default(),
+        histograms_elements: largest.map_or(0, |id| model.tensor(id).numel() as u64),
+        histograms_secs,
         repeat,
     })
 }

@@ -1,11 +1,12 @@
-//! The model-wide analysis: every float tensor through the fused pass under the plan, with sizes before and after.
+//! The model-wide analysis: every float tensor through the analysis pass under the plan, with sizes before and
+//! after (histograms are added on demand by [`crate::tasks::add_histograms`]).
 //! The CLI prints it (as a table or JSON) and the window shows the same figures.
 
 use crate::error::Result;
 use crate::model::{DType, Model, TensorId};
 use crate::progress::Progress;
 use crate::quant::pass::{TensorData, analyze};
-use crate::quant::{Plan, Precision, TensorAnalysis};
+use crate::quant::{Plan, Precision, TensorAnalysis, TensorHistograms};
 
 /// One tensor of the report.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct TensorReport {
     pub precision: Precision,
     /// Statistics and error, for float tensors.
     pub analysis: Option<TensorAnalysis>,
+    /// Value and error histograms, for float tensors, when asked for.
+    pub histograms: Option<TensorHistograms>,
 }
 
 impl TensorReport {
@@ -85,6 +88,7 @@ pub fn analyze_model(model: &Model, plan: &Plan, progress: &Progress) -> Result<
             planned_bytes: crate::export::planned_bytes(model, plan, id),
             precision,
             analysis,
+            histograms: None,
         });
     }
     let planned_bytes = tensors.iter().map(|t| t.planned_bytes).sum();

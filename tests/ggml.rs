@@ -303,7 +303,8 @@ fn analysis_and_simulation_use_the_decoded_blocks() {
         assert!((analysis.error.mse - mse).abs() <= mse * 1e-9, "{format}: {} vs {mse}", analysis.error.mse);
         assert_eq!(analysis.error.max_abs_error, max as f64, "{format}");
         assert_eq!(analysis.error.saturated_count, 0);
-        assert_eq!(analysis.error_histogram.counts.iter().sum::<u64>(), values.len() as u64);
+        let h = quantstudio::quant::pass::histograms(&data, &analysis, &progress).unwrap();
+        assert_eq!(h.error.counts.iter().sum::<u64>(), values.len() as u64);
         assert_eq!(analysis.precision.to_string(), format.name());
     }
     // Rows that are not whole blocks are an error, not a panic.

@@ -412,6 +412,44 @@ fn clicking_a_layer_name_selects_its_row_and_the_inspector_shows_it() {
     assert_eq!(h.query_all_by_label(&name).count(), 2, "the inspector now shows {name} too");
 }
 
+/// The histograms of the inspected layer are counted by a worker job when it is first shown: the panel says so
+/// meanwhile, draws them when they arrive, and shows them at once when the layer is inspected again.
+#[test]
+fn the_inspector_asks_the_worker_for_a_layers_histograms_and_keeps_them() {
+    use quantstudio::model::LayerId;
+    const COMPUTING: &str = "Computing histograms...";
+    const ERROR_PLOT: &str = "Error (x - dequantized x)";
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    step_until(&mut h, "the first layer's histograms", |app| app.studio.layer_histograms(LayerId(0)).is_some());
+    assert!(h.query_by_label(COMPUTING).is_none());
+    h.get_by_label(ERROR_PLOT);
+    let order = h.state_mut().studio.rows();
+    let target = LayerId(1);
+    assert!(h.state().studio.layer_histograms(target).is_none(), "only the inspected layer's are counted");
+    h.state_mut().studio.click_row(target, false, false, &order);
+    // The frame that asks for them cannot have them yet (results are filed before the request is made).
+    h.step();
+    h.get_by_label(COMPUTING);
+    assert!(h.query_by_label(ERROR_PLOT).is_none());
+    step_until(&mut h, "the second layer's histograms", |app| app.studio.layer_histograms(target).is_some());
+    assert!(h.query_by_label(COMPUTING).is_none());
+    h.get_by_label(ERROR_PLOT);
+    let histograms = h.state().studio.layer_histograms(target).cloned().unwrap();
+    let analysis = h.state().studio.layer_analysis(target).cloned().unwrap();
+    assert_eq!(histograms.value.total(), analysis.stats.finite_count, "every finite weight is counted");
+    // Back and forth: both are cached, so neither asks again.
+    for layer in [LayerId(0), target] {
+        h.state_mut().studio.click_row(layer, false, false, &order);
+        h.step();
+        h.step();
+        assert!(h.query_by_label(COMPUTING).is_none(), "{layer:?} is shown at once");
+        h.get_by_label(ERROR_PLOT);
+        assert!(!h.state().studio.jobs().iter().any(|(kind, _, _)| *kind == quantstudio::worker::JobKind::Histograms));
+    }
+}
+
 #[test]
 fn without_a_file_dialog_the_shortcuts_and_browse_fall_back_to_a_path_field() {
     use egui::accesskit::Role;

@@ -1,7 +1,7 @@
 use quantstudio::Model;
 use quantstudio::Progress;
 use quantstudio::model::TensorId;
-use quantstudio::quant::pass::{TensorData, analyze};
+use quantstudio::quant::pass::{TensorData, analyze, histograms};
 use quantstudio::quant::{Fp8Scheme, Granularity, Int8Scheme, Precision, QParams, analyze_tensor, fp8};
 
 use crate::common::{self, Spec};
@@ -43,8 +43,9 @@ fn int8_symmetric_per_tensor_matches_a_hand_computation() {
     assert!(close(s.mean, mean, SUM_REL_TOL));
     let std = (values.iter().map(|&v| v as f64 - mean).map(|d| d * d).sum::<f64>() / 6.0).sqrt();
     assert!(close(s.std, std, SUM_REL_TOL));
-    assert_eq!(analysis.value_histogram.total(), 6);
-    assert_eq!(analysis.error_histogram.total(), 6);
+    let h = histograms(&data, &analysis, &Progress::new()).unwrap();
+    assert_eq!(h.value.total(), 6);
+    assert_eq!(h.error.total(), 6);
 }
 
 #[test]
@@ -127,7 +128,8 @@ fn fp8_per_channel_matches_the_scalar_definition_row_by_row() {
     assert_eq!(a.error.max_abs_error, max_e as f64);
     assert!(close(a.error.sqnr_db.unwrap(), 10.0 * (sum_x2 / sum_e2).log10(), SUM_REL_TOL));
     assert_eq!(a.error.saturated_count, 0, "a row's own scale never saturates it");
-    assert_eq!(a.error_histogram.total(), values.len() as u64, "every error is inside the histogram's range");
+    let h = histograms(&data, &a, &Progress::new()).unwrap();
+    assert_eq!(h.error.total(), values.len() as u64, "every error is inside the histogram's range");
     // 3 mantissa bits: a relative error of at most 2^-4, about 31 dB for bell-shaped values.
     assert!((28.0..36.0).contains(&a.error.sqnr_db.unwrap()), "{:?}", a.error.sqnr_db);
     let per_tensor = analyze(&data, FP8_TENSOR, &Progress::new()).unwrap();

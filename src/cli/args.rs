@@ -186,9 +186,17 @@ pub struct OutputArgs {
     /// Print one JSON document on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// With --json: include the 256-bin value and error histograms and the INT8 scales of every tensor.
+    /// With --json: include the 256-bin value and error histograms (counted only then, one more read of each
+    /// tensor) and the INT8 scales of every tensor.
     #[arg(long)]
     pub histograms: bool,
+}
+
+impl OutputArgs {
+    /// Whether the output shows histograms (they are computed only then).
+    pub fn wants_histograms(&self) -> bool {
+        self.json && self.histograms
+    }
 }
 
 /// An export target.

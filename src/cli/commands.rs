@@ -18,7 +18,13 @@ use crate::tasks::{self, BenchmarkInput, Runnable};
 /// `inspect`.
 pub fn inspect(model: &Path, output: &OutputArgs) -> Result<()> {
     let model = Model::open(model)?;
-    let report = with_progress_bar(|progress| tasks::inspect(&model, progress))?;
+    let report = with_progress_bar(|progress| {
+        let mut report = tasks::inspect(&model, progress)?;
+        if output.wants_histograms() {
+            tasks::add_histograms(&model, &mut report, progress)?;
+        }
+        Ok(report)
+    })?;
     print::inspect(&model, &report, output);
     Ok(())
 }
@@ -34,7 +40,13 @@ pub fn quantize(
     let recipe = plan.recipe()?;
     let model = Model::open(model)?;
     let plan = recipe.resolve(&model)?;
-    let mut quantized = with_progress_bar(|progress| tasks::quantize(&model, &plan, dest, options, progress))?;
+    let mut quantized = with_progress_bar(|progress| {
+        let mut quantized = tasks::quantize(&model, &plan, dest, options, progress)?;
+        if format.wants_histograms() {
+            tasks::add_histograms(&model, &mut quantized.report, progress)?;
+        }
+        Ok(quantized)
+    })?;
     let (export, error) = match quantized.export.take() {
         Some(Ok(summary)) => (Some(summary), None),
         Some(Err(error)) => (None, Some(error)),

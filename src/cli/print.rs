@@ -443,12 +443,18 @@ fn tensor_json(tensor: &TensorReport, with_error: bool, with_histograms: bool) -
         if with_histograms {
             map.insert(
                 "value_histogram".into(),
-                serde_json::to_value(&analysis.value_histogram).unwrap_or(Value::Null),
+                tensor
+                    .histograms
+                    .as_ref()
+                    .map_or(Value::Null, |h| serde_json::to_value(&h.value).unwrap_or(Value::Null)),
             );
             if with_error {
                 map.insert(
                     "error_histogram".into(),
-                    serde_json::to_value(&analysis.error_histogram).unwrap_or(Value::Null),
+                    tensor
+                        .histograms
+                        .as_ref()
+                        .map_or(Value::Null, |h| serde_json::to_value(&h.error).unwrap_or(Value::Null)),
                 );
                 map.insert("group_params".into(), serde_json::to_value(&analysis.group_params).unwrap_or(Value::Null));
                 if !analysis.fp8_scales.is_empty() {

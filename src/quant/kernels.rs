@@ -278,6 +278,8 @@ pub struct MeasureSpec {
     pub rounding: Rounding,
     /// Whether the tensor is known to hold no NaN or ±inf (lets the fast path skip the finite mask).
     pub all_finite: bool,
+    /// Whether to count the histograms (the table's figures need only the sums; the bins are then unused).
+    pub histograms: bool,
     /// Bins of the value histogram.
     pub value_bins: BinMap,
     /// Bins of the error histogram.
@@ -422,8 +424,10 @@ fn measure_tail<E: Element>(x: &[E], first_lane: usize, spec: &MeasureSpec, acc:
         let lane = (first_lane + i) % LANES;
         let copy = lane % COPIES;
         if !v.is_finite() {
-            acc.value_hist[copy][0] += 1;
-            acc.error_hist[copy][0] += 1;
+            if spec.histograms {
+                acc.value_hist[copy][0] += 1;
+                acc.error_hist[copy][0] += 1;
+            }
             continue;
         }
         let (x_hat, saturated) = round_trip(v, &spec.rounding);
@@ -431,8 +435,10 @@ fn measure_tail<E: Element>(x: &[E], first_lane: usize, spec: &MeasureSpec, acc:
         acc.saturated += saturated as u64;
         acc.max_abs_error = acc.max_abs_error.max(e.abs());
         acc.sum_sq_error[lane] += e as f64 * e as f64;
-        acc.value_hist[copy][spec.value_bins.bin(v)] += 1;
-        acc.error_hist[copy][spec.error_bins.bin(e)] += 1;
+        if spec.histograms {
+            acc.value_hist[copy][spec.value_bins.bin(v)] += 1;
+            acc.error_hist[copy][spec.error_bins.bin(e)] += 1;
+        }
     }
 }
 
@@ -445,15 +451,19 @@ pub fn measure_given(x: &[f32], x_hat: &[f32], spec: &MeasureSpec, acc: &mut Mea
         let lane = i % LANES;
         let copy = lane % COPIES;
         if !v.is_finite() {
-            acc.value_hist[copy][0] += 1;
-            acc.error_hist[copy][0] += 1;
+            if spec.histograms {
+                acc.value_hist[copy][0] += 1;
+                acc.error_hist[copy][0] += 1;
+            }
             continue;
         }
         let e = v - h;
         acc.max_abs_error = acc.max_abs_error.max(e.abs());
         acc.sum_sq_error[lane] += e as f64 * e as f64;
-        acc.value_hist[copy][spec.value_bins.bin(v)] += 1;
-        acc.error_hist[copy][spec.error_bins.bin(e)] += 1;
+        if spec.histograms {
+            acc.value_hist[copy][spec.value_bins.bin(v)] += 1;
+            acc.error_hist[copy][spec.error_bins.bin(e)] += 1;
+        }
     }
 }
 
@@ -780,10 +790,11 @@ mod avx2 {
         // One monomorphic loop per rounding (and per finiteness) keeps every branch out of the loop.
         macro_rules! dispatch {
             ($kind:expr) => {
-                if spec.all_finite {
-                    unsafe { measure_loop::<E, { $kind }, true>(x, spec, acc) }
-                } else {
-                    unsafe { measure_loop::<E, { $kind }, false>(x, spec, acc) }
+                match (spec.all_finite, spec.histograms) {
+                    (true, true) => unsafe { measure_loop::<E, { $kind }, true, true>(x, spec, acc) },
+                    (false, true) => unsafe { measure_loop::<E, { $kind }, false, true>(x, spec, acc) },
+                    (true, false) => unsafe { measure_loop::<E, { $kind }, true, false>(x, spec, acc) },
+                    (false, false) => unsafe { measure_loop::<E, { $kind }, false, false>(x, spec, acc) },
                 }
             };
         }
@@ -798,7 +809,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn measure_loop<E: Element, const KIND: u8, const ALL_FINITE: bool>(
+    unsafe fn measure_loop<E: Element, const KIND: u8, const ALL_FINITE: bool, const HISTOGRAMS: bool>(
         x: &[E],
         spec: &MeasureSpec,
         acc: &mut MeasureAcc,
@@ -847,6 +858,9 @@ mod avx2 {
             let e = if ALL_FINITE { e } else { _mm256_and_ps(e, finite) };
             max_err = _mm256_max_ps(max_err, _mm256_and_ps(e, abs));
             add_squares(e, &mut err_lo, &mut err_hi);
+            if !HISTOGRAMS {
+                continue;
+            }
             let mut value_bins = bins8(v, value_lo, value_scale);
             let mut error_bins = bins8(e, error_lo, error_scale);
             if !ALL_FINITE {
@@ -863,8 +877,10 @@ mod avx2 {
                 count_bins(&ring.0[(step - LAG) % RING], value_hist, error_hist);
             }
         }
-        for step in (full / LANES).saturating_sub(LAG)..full / LANES {
-            count_bins(&ring.0[step % RING], value_hist, error_hist);
+        if HISTOGRAMS {
+            for step in (full / LANES).saturating_sub(LAG)..full / LANES {
+                count_bins(&ring.0[step % RING], value_hist, error_hist);
+            }
         }
         store_lanes(&mut acc.sum_sq_error, [err_lo, err_hi]);
         acc.max_abs_error = acc.max_abs_error.max(reduce(max_err, f32::max));
@@ -949,6 +965,7 @@ mod tests {
             .map(|(rounding, all_finite)| MeasureSpec {
                 rounding,
                 all_finite,
+                histograms: true,
                 value_bins: BinMap::new(-2.0, 2.0),
                 error_bins: BinMap::new(-0.01, 0.01),
             })
@@ -1036,6 +1053,43 @@ mod tests {
         }
     }
 
+    fn assert_same_sums(a: MeasureSums, b: MeasureSums, what: &str) {
+        assert_eq!(a.sum_sq_error.map(f64::to_bits), b.sum_sq_error.map(f64::to_bits), "{what}");
+        assert_eq!(a.max_abs_error.to_bits(), b.max_abs_error.to_bits(), "{what}");
+        assert_eq!(a.saturated, b.saturated, "{what}");
+    }
+
+    #[test]
+    fn measure_without_histograms_gives_the_same_sums_and_counts_nothing() {
+        for len in [0, 1, 7, 8, 9, 63, 1000, 4099] {
+            let x = awkward_values(len);
+            let finite_only: Vec<f32> = x.iter().copied().filter(|v| v.is_finite()).collect();
+            let bf16: Vec<half::bf16> = x.iter().map(|v| half::bf16::from_bits((v.to_bits() >> 16) as u16)).collect();
+            for spec in specs() {
+                let x = if spec.all_finite { &finite_only } else { &x };
+                let plain = MeasureSpec { histograms: false, ..spec };
+                for dispatched in [true, false] {
+                    let (mut with, mut without) = (MeasureAcc::default(), MeasureAcc::default());
+                    if dispatched {
+                        measure(x, &spec, &mut with);
+                        measure(x, &plain, &mut without);
+                    } else {
+                        measure_portable(x, &spec, &mut with);
+                        measure_portable(x, &plain, &mut without);
+                    }
+                    assert_same_sums(with.take_sums(), without.take_sums(), &format!("{spec:?} len {len}"));
+                    assert_same_measure(&without, &MeasureAcc::default(), "no counts");
+                }
+                if !spec.all_finite {
+                    let (mut with, mut without) = (MeasureAcc::default(), MeasureAcc::default());
+                    measure(&bf16, &spec, &mut with);
+                    measure(&bf16, &plain, &mut without);
+                    assert_same_sums(with.take_sums(), without.take_sums(), &format!("bf16 {spec:?} len {len}"));
+                }
+            }
+        }
+    }
+
     /// The error figures of `round_trip` over the finite values of `x`, written out plainly: the sum of squared
     /// errors (f64), the largest absolute error, and how many values `saturates` says the clamp changed.
     fn reference_error(x: &[f32], round_trip: impl Fn(f32) -> f32, saturates: impl Fn(f32) -> bool) -> (f64, f32, u64) {
@@ -1056,6 +1110,7 @@ mod tests {
         let spec = MeasureSpec {
             rounding: Rounding::Int8(p),
             all_finite: false,
+            histograms: true,
             value_bins: BinMap::new(-2.0, 2.0),
             error_bins: BinMap::new(-1.0, 1.0),
         };
@@ -1081,6 +1136,7 @@ mod tests {
             let spec = MeasureSpec {
                 rounding: Rounding::Fp8 { scale },
                 all_finite: false,
+                histograms: true,
                 value_bins: BinMap::new(-2.0, 2.0),
                 error_bins: BinMap::new(-1.0, 1.0),
             };
@@ -1111,6 +1167,7 @@ mod tests {
         let spec = MeasureSpec {
             rounding: Rounding::Fp8 { scale: 1.0 },
             all_finite: false,
+            histograms: true,
             value_bins: BinMap::new(-2.0, 2.0),
             error_bins: BinMap::new(-1.0, 1.0),
         };

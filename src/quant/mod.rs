@@ -18,7 +18,7 @@ use std::fmt;
 pub use codes::{Fp8Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8, row_group};
 pub use metrics::ErrorMetrics;
 pub use params::QParams;
-pub use pass::{TensorAnalysis, analyze_tensor};
+pub use pass::{TensorAnalysis, TensorHistograms, analyze_tensor};
 pub use plan::{Plan, Recipe};
 
 /// How the INT8 parameters are shared across a tensor.

@@ -24,8 +24,8 @@ use crate::export::{Compatibility, ExportOptions, ExportSummary};
 use crate::model::writer::{PlannedTensor, TensorFileWriter};
 use crate::model::{LayerId, Model, TensorId};
 use crate::progress::Progress;
-use crate::quant::pass::{TensorData, analyze};
-use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+use crate::quant::pass::{self, TensorData, analyze};
+use crate::quant::{Plan, Precision, Recipe, TensorAnalysis, TensorHistograms};
 use crate::report::{ModelReport, analyze_model};
 use crate::runtime::benchmark::{self, Configuration};
 use crate::runtime::latency::Workload;
@@ -105,6 +105,31 @@ pub fn analyse_tensors(
     for &(tensor, precision) in requests {
         progress.check()?;
         on_tensor(tensor, precision, analyze(&TensorData::of(model, tensor)?, precision, progress)?);
+    }
+    Ok(())
+}
+
+/// The value and error histograms of one tensor under the precision of `analysis` (its analysis): one read of
+/// the tensor. The inspector asks for one layer's; `--histograms` for every tensor's ([`add_histograms`]).
+pub fn tensor_histograms(
+    model: &Model,
+    tensor: TensorId,
+    analysis: &TensorAnalysis,
+    progress: &Progress,
+) -> Result<TensorHistograms> {
+    pass::histograms(&TensorData::of(model, tensor)?, analysis, progress)
+}
+
+/// Adds the histograms ([`tensor_histograms`]) of every analysed tensor of a report on `model`.
+pub fn add_histograms(model: &Model, report: &mut ModelReport, progress: &Progress) -> Result<()> {
+    let analysed = || report.tensors.iter().filter(|t| t.analysis.is_some());
+    let elements: u64 = analysed().map(|t| t.shape.iter().product::<usize>() as u64).sum();
+    progress.start_stage("histograms", elements);
+    for (index, tensor) in report.tensors.iter_mut().enumerate() {
+        progress.check()?;
+        if let Some(analysis) = &tensor.analysis {
+            tensor.histograms = Some(tensor_histograms(model, TensorId(index), analysis, progress)?);
+        }
     }
     Ok(())
 }

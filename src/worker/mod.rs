@@ -1,4 +1,4 @@
-//! The only code that spawns threads: jobs (open, analyse, export, recipes, evaluation, calibration,
+//! The only code that spawns threads: jobs (open, analyse, histograms, export, recipes, evaluation, calibration,
 //! sensitivity, benchmark) run on background threads and report
 //! events the window drains each frame.
 //!
@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::export::ExportSummary;
 use crate::model::{LayerId, Model, TensorId};
 use crate::progress::{Progress, ProgressSnapshot};
-use crate::quant::{Plan, Precision, Recipe, TensorAnalysis};
+use crate::quant::{Plan, Precision, Recipe, TensorAnalysis, TensorHistograms};
 use crate::runtime::benchmark::Configuration;
 use crate::runtime::latency::Workload;
 use crate::runtime::perplexity::PerplexityReport;
@@ -39,6 +39,8 @@ pub enum JobKind {
     Open,
     /// Statistics and error of tensors under their planned precisions.
     Analyse,
+    /// The value and error histograms of the inspected layer.
+    Histograms,
     /// Writing an export folder.
     Export,
     /// Reading or writing a recipe file.
@@ -61,6 +63,7 @@ impl JobKind {
         match self {
             JobKind::Open => "opening",
             JobKind::Analyse => "analysing",
+            JobKind::Histograms => "histograms",
             JobKind::Export => "exporting",
             JobKind::Recipe => "recipe",
             JobKind::Evaluate => "evaluating",
@@ -82,6 +85,15 @@ pub enum Job {
         model: Arc<Model>,
         /// Tensor and precision, most urgent first.
         requests: Vec<(TensorId, Precision)>,
+    },
+    /// Count the value and error histograms of one tensor under the precision of its analysis.
+    Histograms {
+        /// The model.
+        model: Arc<Model>,
+        /// The tensor.
+        tensor: TensorId,
+        /// Its analysis (the parameters the histograms follow).
+        analysis: Arc<TensorAnalysis>,
     },
     /// Export the model under a plan into a folder.
     Export {
@@ -175,6 +187,7 @@ impl Job {
         match self {
             Job::Open(_) => JobKind::Open,
             Job::Analyse { .. } => JobKind::Analyse,
+            Job::Histograms { .. } => JobKind::Histograms,
             Job::Export { .. } => JobKind::Export,
             Job::SaveRecipe { .. } | Job::LoadRecipe { .. } => JobKind::Recipe,
             Job::Evaluate { .. } => JobKind::Evaluate,
@@ -250,6 +263,15 @@ pub enum Outcome {
         precision: Precision,
         /// The result.
         analysis: Arc<TensorAnalysis>,
+    },
+    /// One tensor's histograms were counted.
+    Histograms {
+        /// The tensor.
+        tensor: TensorId,
+        /// The precision of the error histogram.
+        precision: Precision,
+        /// The histograms.
+        histograms: Arc<TensorHistograms>,
     },
     /// An export finished.
     Exported(ExportSummary),
@@ -447,6 +469,11 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
             tasks::analyse_tensors(&model, &requests, progress, &mut |tensor, precision, analysis| {
                 send(Outcome::Analysed { tensor, precision, analysis: Arc::new(analysis) })
             })?;
+        }
+        Job::Histograms { model, tensor, analysis } => {
+            progress.start_stage("histograms", model.tensor(tensor).numel() as u64);
+            let histograms = tasks::tensor_histograms(&model, tensor, &analysis, progress)?;
+            send(Outcome::Histograms { tensor, precision: analysis.precision, histograms: Arc::new(histograms) });
         }
         Job::Export { model, plan, dest, options } => {
             send(Outcome::Exported(tasks::export(&model, &plan, &dest, &options, progress)?));

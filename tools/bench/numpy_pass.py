@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The quantstudio analysis pass (per-channel symmetric INT8) in vectorized numpy, as a throughput peer.
 
-Usage: python tools/bench/numpy_pass.py MODEL.safetensors [--repeat N] [--json]
+Usage: python tools/bench/numpy_pass.py MODEL.safetensors [--repeat N] [--json] [--no-histograms]
 
 Memory-maps the file, parses the safetensors header by hand, and for every F32/F16/BF16/F64 tensor (rows =
 axis 0, row = everything after it; 0-D/1-D tensors are one row, as in quantstudio) computes:
@@ -9,7 +9,8 @@ axis 0, row = everything after it; 0-D/1-D tensors are one row, as in quantstudi
   2. per-row scale = absmax_row / 127 (f32, 1 when 0), q = clip(rint(x / scale), -127, 127), x_hat = q * scale;
   3. e = x - x_hat; sum e^2 and sum x^2 in float64, MSE, max |e|, SQNR dB;
   4. 256-bin histograms of x over [min, max] and of e over [-max_scale/2, max_scale/2] (clamped bin indices
-     + np.bincount, the bin formula quantstudio uses).
+     + np.bincount, the bin formula quantstudio uses); skipped with --no-histograms (the table's figures only,
+     as quantstudio's analysis pass computes them).
 std is sqrt(sum x^2 / n - mean^2) from the float64 sums (one pass fewer than a two-pass std).
 Work buffers are allocated once and reused (out=), so the timed pass does not page-fault fresh memory.
 Reports input weight bytes / best pass time (GB/s, 1e9 bytes) over --repeat runs after one warm-up.
@@ -52,7 +53,7 @@ def bin_counts(v, lo, hi, t, ibuf):
     return np.bincount(idx, minlength=BINS)
 
 
-def analyze(x, fbuf, ibuf):
+def analyze(x, fbuf, ibuf, histograms=True):
     """The full pass over one (rows, cols) float32 array; fbuf/ibuf are float32/intp work buffers."""
     row_min, row_max = x.min(axis=1), x.max(axis=1)
     lo, hi = row_min.min(), row_max.max()
@@ -89,6 +90,13 @@ def analyze(x, fbuf, ibuf):
     ef = e if finite is None else e[finite]
     sum_e2 = float(np.einsum("i,i->", ef.reshape(-1), ef.reshape(-1), dtype=np.float64))
     max_abs_e = float(max(ef.max(), -ef.min()))
+    figures = {
+        "count": x.size, "nan": nan, "inf": inf, "min": float(lo), "max": float(hi), "mean": mean, "std": std,
+        "absmax": max(-float(lo), float(hi)), "mse": sum_e2 / count, "max_abs_error": max_abs_e,
+        "sqnr_db": 10 * math.log10(sum_x2 / sum_e2) if sum_e2 > 0 else math.inf,
+    }
+    if not histograms:
+        return figures
     # 4. histograms: the error one in place over e (no longer needed), then the values one in fbuf
     half = max(float(scale.max()) / 2, 1e-30)
     e_hist = bin_counts(ef, -half, half, ef, ibuf)
@@ -97,15 +105,10 @@ def analyze(x, fbuf, ibuf):
         h = max(0.5, abs(lo_) / 256)
         lo_, hi_ = lo_ - h, hi_ + h
     x_hist = bin_counts(xf, lo_, hi_, fbuf[: xf.size].reshape(xf.shape), ibuf)
-    return {
-        "count": x.size, "nan": nan, "inf": inf, "min": float(lo), "max": float(hi), "mean": mean, "std": std,
-        "absmax": max(-float(lo), float(hi)), "mse": sum_e2 / count, "max_abs_error": max_abs_e,
-        "sqnr_db": 10 * math.log10(sum_x2 / sum_e2) if sum_e2 > 0 else math.inf,
-        "value_hist": x_hist, "error_hist": e_hist,
-    }
+    return {**figures, "value_hist": x_hist, "error_hist": e_hist}
 
 
-def run_pass(mm, tensors, fbuf, ibuf, ubuf):
+def run_pass(mm, tensors, fbuf, ibuf, ubuf, histograms=True):
     """One full pass, tensor by tensor, over the mapped file."""
     results = {}
     for name, dtype, shape, offset, nbytes in tensors:
@@ -120,7 +123,7 @@ def run_pass(mm, tensors, fbuf, ibuf, ubuf):
         else:
             x = raw.astype(np.float32)
         rows = shape[0] if len(shape) >= 2 else 1
-        results[name] = analyze(x.reshape(rows, -1), fbuf, ibuf)
+        results[name] = analyze(x.reshape(rows, -1), fbuf, ibuf, histograms)
     return results
 
 
@@ -129,6 +132,7 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-histograms", action="store_true", help="the table's figures only (steps 1-3)")
     args = ap.parse_args()
 
     mm, tensors = open_model(args.model)
@@ -137,16 +141,16 @@ def main():
     fbuf, ibuf, ubuf = np.empty(largest, np.float32), np.empty(largest, np.intp), np.empty(largest, np.uint32)
     for b in (fbuf, ibuf, ubuf):
         b.fill(0)  # touch the pages now, not in the timed pass
-    results = run_pass(mm, tensors, fbuf, ibuf, ubuf)  # warm-up (page cache and mappings)
+    results = run_pass(mm, tensors, fbuf, ibuf, ubuf, not args.no_histograms)  # warm-up (page cache and mappings)
     best = math.inf
     for _ in range(max(args.repeat, 1)):
         start = time.perf_counter()
-        results = run_pass(mm, tensors, fbuf, ibuf, ubuf)
+        results = run_pass(mm, tensors, fbuf, ibuf, ubuf, not args.no_histograms)
         best = min(best, time.perf_counter() - start)
     gbps = input_bytes / best / 1e9
     if args.json:
         out = {"input_bytes": input_bytes, "tensors": len(tensors), "pass_secs": best, "pass_gb_per_s": gbps,
-               "repeat": args.repeat, "numpy": np.__version__,
+               "repeat": args.repeat, "numpy": np.__version__, "histograms": not args.no_histograms,
                "worst_sqnr_db": min((r.get("sqnr_db", math.inf) for r in results.values()), default=None)}
         print(json.dumps(out, indent=2))
     else:

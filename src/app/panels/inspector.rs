@@ -1,4 +1,5 @@
-//! The inspector: histograms, scales and statistics of the focused layer's main tensor.
+//! The inspector: histograms, scales and statistics of the focused layer's main tensor. The histograms are counted
+//! by a worker job when the layer is first shown (the state asks for them); until they arrive the panel says so.
 
 use eframe::egui;
 use egui::{Color32, RichText};
@@ -6,7 +7,7 @@ use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, VLine};
 
 use super::{axes, format};
 use crate::app::StudioApp;
-use crate::quant::{Precision, TensorAnalysis};
+use crate::quant::{Precision, TensorAnalysis, TensorHistograms};
 use crate::stats::Histogram;
 
 /// The right-hand panel.
@@ -55,9 +56,16 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         ui.label(RichText::new("Weights").strong());
         ui.checkbox(&mut app.studio.prefs.log_counts, "log counts");
     });
-    value_plot(ui, &analysis, log);
-    ui.label(RichText::new("Error (x - dequantized x)").strong());
-    histogram_plot(ui, "error-histogram", &analysis.error_histogram, log, ERROR_COLOR, &[], "error (weight units)");
+    match app.studio.layer_histograms(layer).cloned() {
+        Some(histograms) => {
+            value_plot(ui, &analysis, &histograms, log);
+            ui.label(RichText::new("Error (x - dequantized x)").strong());
+            histogram_plot(ui, "error-histogram", &histograms.error, log, ERROR_COLOR, &[], "error (weight units)");
+        }
+        None => {
+            ui.label("Computing histograms...");
+        }
+    }
     scales_plot(ui, &analysis);
 }
 
@@ -126,7 +134,8 @@ fn stats_grid(ui: &mut egui::Ui, a: &TensorAnalysis) {
     });
 }
 
-fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
+fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, h: &TensorHistograms, log: bool) {
+    let (value_lo, value_hi) = (h.value.lo, h.value.hi);
     let mut marks = Vec::new();
     if let Precision::Int8(scheme) = a.precision
         && let Some(largest) = a.group_params.iter().max_by(|x, y| x.scale.total_cmp(&y.scale))
@@ -145,11 +154,11 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
             ),
         );
         // Grid lines at every code, when they are far enough apart to be seen.
-        let span = a.value_histogram.hi - a.value_histogram.lo;
+        let span = value_hi - value_lo;
         if a.group_params.len() == 1 && span / (largest.scale as f64) < 64.0 {
             for q in largest.qmin..=largest.qmax {
                 let x = (q - largest.zero_point) as f64 * largest.scale as f64;
-                if x >= a.value_histogram.lo && x <= a.value_histogram.hi {
+                if x >= value_lo && x <= value_hi {
                     marks.push(VLine::new("INT8 grid", x).color(Color32::from_rgba_unmultiplied(90, 160, 240, 60)));
                 }
             }
@@ -158,7 +167,7 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
     if let Precision::Fp8(_) = a.precision
         && let Some(&scale) = a.fp8_scales.iter().max_by(|x, y| x.total_cmp(y))
     {
-        fp8_grid(ui, a, scale as f64, &mut marks);
+        fp8_grid(ui, a, (value_lo, value_hi), scale as f64, &mut marks);
     }
     if !marks.is_empty() {
         ui.horizontal_wrapped(|ui| {
@@ -166,13 +175,13 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, log: bool) {
             ui.label(RichText::new("lines: the grid's range (faint: its codes)").color(RANGE_COLOR));
         });
     }
-    histogram_plot(ui, "value-histogram", &a.value_histogram, log, VALUE_COLOR, &marks, "weight value");
+    histogram_plot(ui, "value-histogram", &h.value, log, VALUE_COLOR, &marks, "weight value");
 }
 
 /// The E4M3 grid times `scale` (the largest channel's): the range marks, and a line at every code inside the
 /// histogram's range. The grid is not uniform: its step doubles with every binade, from `2^-9 · scale` near zero to
 /// `32 · scale` at the top.
-fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, scale: f64, marks: &mut Vec<VLine>) {
+fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, (lo, hi_edge): (f64, f64), scale: f64, marks: &mut Vec<VLine>) {
     use crate::quant::fp8::{E4M3_MAX, E4M3_SUBNORMAL_STEP, e4m3_to_f32};
     let hi = E4M3_MAX as f64 * scale;
     marks.push(VLine::new("FP8 range", -hi).color(RANGE_COLOR));
@@ -188,7 +197,7 @@ fn fp8_grid(ui: &mut egui::Ui, a: &TensorAnalysis, scale: f64, marks: &mut Vec<V
     );
     for code in 0..=u8::MAX {
         let x = e4m3_to_f32(code) as f64 * scale;
-        if x.is_finite() && x >= a.value_histogram.lo && x <= a.value_histogram.hi {
+        if x.is_finite() && x >= lo && x <= hi_edge {
             marks.push(VLine::new("FP8 grid", x).color(Color32::from_rgba_unmultiplied(90, 160, 240, 50)));
         }
     }

@@ -1,24 +1,30 @@
 //! The analyses of the open model's tensors, by (tensor, precision): filled by the analysis job, read by the table,
-//! the inspector and the summary bar.
+//! the inspector and the summary bar; and the histograms of the layers the inspector has shown, filled by the
+//! histograms job on demand.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::Reaction;
 use crate::model::{LayerId, Model, TensorId};
-use crate::quant::{Plan, Precision, TensorAnalysis};
+use crate::quant::{Plan, Precision, TensorAnalysis, TensorHistograms};
 use crate::worker::Outcome;
 
 /// Analyses by (tensor, precision); a precision changed back finds its result again.
 #[derive(Clone, Debug, Default)]
 pub struct Analyses {
     cache: HashMap<(TensorId, Precision), Arc<TensorAnalysis>>,
+    histograms: HashMap<(TensorId, Precision), Arc<TensorHistograms>>,
+    /// The histograms last asked of the worker (not asked again while they are awaited).
+    requested_histograms: Option<(TensorId, Precision)>,
 }
 
 impl Analyses {
     /// Forgets every analysis (a new model).
     pub fn clear(&mut self) {
         self.cache.clear();
+        self.histograms.clear();
+        self.requested_histograms = None;
     }
 
     /// How many analyses are kept.
@@ -42,6 +48,31 @@ impl Analyses {
         self.get(main, plan.tensor(model, main))
     }
 
+    /// The histograms of a layer's main tensor under its planned precision, when computed.
+    pub fn histograms_of_layer(&self, model: &Model, plan: &Plan, layer: LayerId) -> Option<&Arc<TensorHistograms>> {
+        let main = model.main_tensor(layer)?;
+        self.histograms.get(&(main, plan.tensor(model, main)))
+    }
+
+    /// The histograms to ask the worker for so that `layer` can be shown: its main tensor with its analysis, when
+    /// the analysis is there, its histograms are not, and they have not been asked for already (which this
+    /// notes).
+    pub fn histograms_to_request(
+        &mut self,
+        model: &Model,
+        plan: &Plan,
+        layer: LayerId,
+    ) -> Option<(TensorId, Arc<TensorAnalysis>)> {
+        let main = model.main_tensor(layer)?;
+        let key = (main, plan.tensor(model, main));
+        let analysis = self.cache.get(&key)?;
+        if self.histograms.contains_key(&key) || self.requested_histograms == Some(key) {
+            return None;
+        }
+        self.requested_histograms = Some(key);
+        Some((main, Arc::clone(analysis)))
+    }
+
     /// The (tensor, precision) pairs still to analyse for the plan, layers in `first` first, then model order.
     pub fn missing(
         &self,
@@ -60,10 +91,18 @@ impl Analyses {
             .collect()
     }
 
-    /// Files an analysis.
+    /// Files an analysis or a tensor's histograms.
     pub fn on_outcome(&mut self, outcome: &Outcome) -> Reaction {
-        let Outcome::Analysed { tensor, precision, analysis } = outcome else { return Reaction::default() };
-        self.cache.insert((*tensor, *precision), Arc::clone(analysis));
-        Reaction { figures_changed: true, ..Reaction::default() }
+        match outcome {
+            Outcome::Analysed { tensor, precision, analysis } => {
+                self.cache.insert((*tensor, *precision), Arc::clone(analysis));
+                Reaction { figures_changed: true, ..Reaction::default() }
+            }
+            Outcome::Histograms { tensor, precision, histograms } => {
+                self.histograms.insert((*tensor, *precision), Arc::clone(histograms));
+                Reaction::default()
+            }
+            _ => Reaction::default(),
+        }
     }
 }

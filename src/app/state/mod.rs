@@ -21,7 +21,7 @@ use crate::calib::{ClipError, Observer, SensitivityMode};
 use crate::error::Error;
 use crate::export::{Compatibility, ExportSummary, planned_bytes};
 use crate::model::{LayerId, Model, TensorId};
-use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe, TensorAnalysis};
+use crate::quant::{Granularity, Int8Scheme, Plan, Precision, Recipe, TensorAnalysis, TensorHistograms};
 use crate::runtime::Architecture;
 use crate::worker::{Event, Job, JobId, JobKind, Outcome, Worker};
 
@@ -426,12 +426,31 @@ impl Studio {
         }
     }
 
-    /// Drains worker events for at most `budget`.
+    /// Drains worker events for at most `budget`, then asks for the inspected layer's histograms if they are
+    /// missing.
     pub fn poll(&mut self, budget: std::time::Duration) {
         let start = std::time::Instant::now();
         while start.elapsed() < budget {
             let Some(event) = self.worker.try_next() else { break };
             self.handle(event);
+        }
+        self.request_histograms();
+    }
+
+    /// The histograms of the inspected layer, when computed.
+    pub fn layer_histograms(&self, layer: LayerId) -> Option<&Arc<TensorHistograms>> {
+        self.analyses.histograms_of_layer(self.model.as_deref()?, self.editor.plan(), layer)
+    }
+
+    /// Starts the histograms job for the inspected layer once its analysis is in, unless they are cached or asked
+    /// for already (a newer request replaces an older one: one histograms job runs at a time).
+    fn request_histograms(&mut self) {
+        let (Some(model), Some(layer)) = (self.model.clone(), self.table.focus) else { return };
+        if layer.0 >= model.layers.len() {
+            return;
+        }
+        if let Some((tensor, analysis)) = self.analyses.histograms_to_request(&model, self.editor.plan(), layer) {
+            self.submit(Job::Histograms { model, tensor, analysis });
         }
     }
 
@@ -604,6 +623,7 @@ impl Studio {
         // A new model makes every running job moot.
         for kind in [
             JobKind::Analyse,
+            JobKind::Histograms,
             JobKind::Export,
             JobKind::Recipe,
             JobKind::Evaluate,
