@@ -450,6 +450,38 @@ fn the_inspector_asks_the_worker_for_a_layers_histograms_and_keeps_them() {
     }
 }
 
+/// A histograms job that ends without its histograms (cancelled from the status bar, or failed) is not asked again
+/// by itself; the inspector says so, and its button asks again.
+#[test]
+fn a_stopped_histograms_job_is_said_and_can_be_asked_again() {
+    use quantstudio::app::state::Command;
+    use quantstudio::model::LayerId;
+    use quantstudio::worker::{Event, JobKind};
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    step_until(&mut h, "the first layer's histograms", |app| app.studio.layer_histograms(LayerId(0)).is_some());
+    let order = h.state_mut().studio.rows();
+    let target = LayerId(1);
+    h.state_mut().studio.click_row(target, false, false, &order);
+    // A poll with no time for events makes the request and nothing else; the job's end is then filed as the
+    // worker files a cancelled one, before the job's own result can arrive.
+    h.state_mut().studio.poll(std::time::Duration::ZERO);
+    let job = h.state().studio.jobs().iter().find(|(kind, _, _)| *kind == JobKind::Histograms).map(|(_, id, _)| *id);
+    let job = job.expect("the inspected layer's histograms are asked for");
+    let cancelled =
+        Event::Finished { job, kind: JobKind::Histograms, result: Err(quantstudio::error::Error::Cancelled) };
+    h.state_mut().studio.handle(cancelled);
+    assert!(h.state().studio.layer_histograms_stopped(target));
+    h.state_mut().studio.poll(std::time::Duration::ZERO);
+    assert!(h.state().studio.layer_histograms_stopped(target), "a stopped request is not made again by itself");
+    assert!(!h.state().studio.layer_histograms_stopped(LayerId(0)), "only the inspected layer's request stopped");
+    h.state_mut().studio.apply(Command::ComputeHistograms);
+    assert!(!h.state().studio.layer_histograms_stopped(target));
+    step_until(&mut h, "the histograms asked again", |app| app.studio.layer_histograms(target).is_some());
+    h.get_by_label("Error (x - dequantized x)");
+}
+
 #[test]
 fn without_a_file_dialog_the_shortcuts_and_browse_fall_back_to_a_path_field() {
     use egui::accesskit::Role;

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """llama.cpp as the judge of quantstudio's GGUF exports of a real Llama-family model.
 
-For each plan (F32, Q8_0, Q4_0, Q4_K and a hybrid; Q6_K for the byte check only) this script
+For each plan (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K and a hybrid: every type the studio writes) this script
 1. writes the recipe and exports it with `quantstudio quantize MODEL --recipe R --target gguf -o OUT.gguf`;
 2. runs `llama-perplexity` on that file and `quantstudio eval MODEL --recipe R --perplexity TEXT --json` on the same
    text, context size and chunks, and requires the two perplexities to agree within --max-diff-percent (1%);
-3. runs `llama-quantize --pure` on the F32 export for Q8_0, Q4_0, Q4_K and Q6_K and requires every tensor of every
-   export that llama-quantize wrote in the same type to be byte-identical to it, and the Q8_0 and Q4_0 exports to
-   have every tensor in llama-quantize's type.
+3. runs `llama-quantize --pure` on the F32 export for F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K and requires every tensor
+   of every export that llama-quantize wrote in the same type to be byte-identical to it, and the F16, BF16, Q8_0
+   and Q4_0 exports to have every tensor in llama-quantize's type.
 
 Nothing is converted by llama.cpp's Python tools: the studio's GGUF files are the input.
 
@@ -39,15 +39,16 @@ LICENSE = pathlib.Path("/usr/share/common-licenses/GPL-3")
 # name -> (recipe default, rules); defaults apply to every layer (norms stay FP32, as llama.cpp keeps them).
 PLANS = {
     "F32": ("fp32", []),
+    "F16": ("fp16", []),
+    "BF16": ("bf16", []),
     "Q8_0": ("q8_0", []),
     "Q4_0": ("q4_0", []),
     "Q4_K": ("q4_k", []),
     "Q6_K": ("q6_k", []),
     "hybrid": ("q4_0", [("*down_proj*", "q4_k"), ("*embed_tokens*", "q8_0"), ("*v_proj*", "q8_0")]),
 }
-PERPLEXITY_PLANS = ["F32", "Q8_0", "Q4_0", "Q4_K", "hybrid"]
-LLAMA_QUANTIZE_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"]
-MUST_MATCH_EVERY_TENSOR = ["Q8_0", "Q4_0"]
+LLAMA_QUANTIZE_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
+MUST_MATCH_EVERY_TENSOR = ["F16", "BF16", "Q8_0", "Q4_0"]
 
 
 def reflow(source, destination):
@@ -113,25 +114,24 @@ def main():
         studio(binary, ["quantize", args.model, "--recipe", str(recipe_path), "--target", "gguf", "-o", str(out),
                         "--overwrite"])
         row = {"file": str(out), "size_bytes": out.stat().st_size}
-        if name in PERPLEXITY_PLANS:
-            code, log = run(bin_dir, "llama-perplexity", [
-                "-m", str(out), "-f", str(text), "-c", str(args.ctx), "-t", str(args.threads), "--no-repack",
-                *chunk_args])
-            found = FINAL.search(log)
-            if code != 0 or not found:
-                print(log[-4000:], file=sys.stderr)
-                sys.exit(f"llama-perplexity on {out} exited {code} without a final estimate")
-            row["llama_ppl"], row["llama_ppl_error"] = float(found.group(1)), float(found.group(2))
-            report = json.loads(studio(binary, [
-                "eval", args.model, "--recipe", str(recipe_path), "--perplexity", str(text),
-                "--ctx", str(args.ctx), *chunk_args, "--json"]))
-            row["studio_ppl"] = report["plan_perplexity"]["value"]
-            row["studio_ppl_error"] = report["plan_perplexity"]["error"]
-            row["studio_chunks"] = report["chunks"]
-            row["diff_percent"] = 100.0 * (row["studio_ppl"] - row["llama_ppl"]) / row["llama_ppl"]
-            if not abs(row["diff_percent"]) <= args.max_diff_percent:
-                failures.append(f"{name}: studio PPL {row['studio_ppl']:.4f} vs llama-perplexity "
-                                f"{row['llama_ppl']:.4f} ({row['diff_percent']:+.3f}%)")
+        code, log = run(bin_dir, "llama-perplexity", [
+            "-m", str(out), "-f", str(text), "-c", str(args.ctx), "-t", str(args.threads), "--no-repack",
+            *chunk_args])
+        found = FINAL.search(log)
+        if code != 0 or not found:
+            print(log[-4000:], file=sys.stderr)
+            sys.exit(f"llama-perplexity on {out} exited {code} without a final estimate")
+        row["llama_ppl"], row["llama_ppl_error"] = float(found.group(1)), float(found.group(2))
+        report = json.loads(studio(binary, [
+            "eval", args.model, "--recipe", str(recipe_path), "--perplexity", str(text),
+            "--ctx", str(args.ctx), *chunk_args, "--json"]))
+        row["studio_ppl"] = report["plan_perplexity"]["value"]
+        row["studio_ppl_error"] = report["plan_perplexity"]["error"]
+        row["studio_chunks"] = report["chunks"]
+        row["diff_percent"] = 100.0 * (row["studio_ppl"] - row["llama_ppl"]) / row["llama_ppl"]
+        if not abs(row["diff_percent"]) <= args.max_diff_percent:
+            failures.append(f"{name}: studio PPL {row['studio_ppl']:.4f} vs llama-perplexity "
+                            f"{row['llama_ppl']:.4f} ({row['diff_percent']:+.3f}%)")
         row["seconds"] = round(time.time() - start, 1)
         results["plans"][name] = row
         print(f"{name}: {json.dumps(row)}", file=sys.stderr)
@@ -175,8 +175,8 @@ def main():
     (work / "judge.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
     if args.markdown:
-        print("\n| plan | GGUF size (MB) | llama-perplexity | quantstudio eval | difference | quantized tensors "
-              "identical to llama-quantize |\n|---|---:|---:|---:|---:|---:|")
+        print("\n| plan | GGUF size (MB) | llama-perplexity | quantstudio eval | difference | converted tensors "
+              "identical to llama-quantize's |\n|---|---:|---:|---:|---:|---:|")
         for name, row in results["plans"].items():
             size = f"{row['size_bytes'] / 1e6:.2f}"
             if "llama_ppl" in row:

@@ -7,6 +7,7 @@ use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, VLine};
 
 use super::{axes, format};
 use crate::app::StudioApp;
+use crate::app::state::Command;
 use crate::quant::{Precision, TensorAnalysis, TensorHistograms};
 use crate::stats::Histogram;
 
@@ -61,6 +62,14 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             value_plot(ui, &analysis, &histograms, log);
             ui.label(RichText::new("Error (x - dequantized x)").strong());
             histogram_plot(ui, "error-histogram", &histograms.error, log, ERROR_COLOR, &[], "error (weight units)");
+        }
+        None if app.studio.layer_histograms_stopped(layer) => {
+            ui.horizontal(|ui| {
+                ui.label("Histograms not computed (their job was cancelled or failed).");
+                if ui.button("Compute histograms").clicked() {
+                    app.studio.apply(Command::ComputeHistograms);
+                }
+            });
         }
         None => {
             ui.label("Computing histograms...");

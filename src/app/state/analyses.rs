@@ -17,6 +17,9 @@ pub struct Analyses {
     histograms: HashMap<(TensorId, Precision), Arc<TensorHistograms>>,
     /// The histograms last asked of the worker (not asked again while they are awaited).
     requested_histograms: Option<(TensorId, Precision)>,
+    /// Whether the job for `requested_histograms` ended without them (cancelled or failed): they are not asked
+    /// again until [`Analyses::ask_histograms_again`].
+    histograms_stopped: bool,
 }
 
 impl Analyses {
@@ -25,6 +28,7 @@ impl Analyses {
         self.cache.clear();
         self.histograms.clear();
         self.requested_histograms = None;
+        self.histograms_stopped = false;
     }
 
     /// How many analyses are kept.
@@ -70,7 +74,27 @@ impl Analyses {
             return None;
         }
         self.requested_histograms = Some(key);
+        self.histograms_stopped = false;
         Some((main, Arc::clone(analysis)))
+    }
+
+    /// Notes that the histograms job ended without its histograms (cancelled or failed).
+    pub fn histograms_job_stopped(&mut self) {
+        self.histograms_stopped = true;
+    }
+
+    /// Whether the histograms of `layer` were asked for and their job ended without them.
+    pub fn histograms_stopped(&self, model: &Model, plan: &Plan, layer: LayerId) -> bool {
+        let Some(main) = model.main_tensor(layer) else { return false };
+        self.histograms_stopped && self.requested_histograms == Some((main, plan.tensor(model, main)))
+    }
+
+    /// Forgets a stopped request, so that the inspected layer's histograms are asked for again.
+    pub fn ask_histograms_again(&mut self) {
+        if self.histograms_stopped {
+            self.requested_histograms = None;
+            self.histograms_stopped = false;
+        }
     }
 
     /// The (tensor, precision) pairs still to analyse for the plan, layers in `first` first, then model order.

@@ -117,6 +117,8 @@ pub enum Command {
     RestoreBenchmarkPlan(usize),
     /// Forget the benchmarks of this session.
     ClearBenchmarks,
+    /// Ask again for the inspected layer's histograms after their job was cancelled or failed.
+    ComputeHistograms,
     /// Hide the current notice.
     DismissNotice,
 }
@@ -382,6 +384,7 @@ impl Studio {
             Command::Open(path) => self.open(path),
             Command::Cancel(kind) => self.cancel(kind),
             Command::DismissNotice => self.notice = None,
+            Command::ComputeHistograms => self.analyses.ask_histograms_again(),
             Command::SetTarget(target) => {
                 self.target = target;
                 let plan = self.editor.plan();
@@ -435,6 +438,11 @@ impl Studio {
             self.handle(event);
         }
         self.request_histograms();
+    }
+
+    /// Whether the inspected layer's histograms job was cancelled or failed (the inspector offers to ask again).
+    pub fn layer_histograms_stopped(&self, layer: LayerId) -> bool {
+        self.model.as_deref().is_some_and(|model| self.analyses.histograms_stopped(model, self.editor.plan(), layer))
     }
 
     /// The histograms of the inspected layer, when computed.
@@ -505,6 +513,9 @@ impl Studio {
         self.job_generation.remove(&job);
         if kind == JobKind::Benchmark {
             self.results.run_finished(job);
+        }
+        if kind == JobKind::Histograms && result.is_err() {
+            self.analyses.histograms_job_stopped();
         }
         match result {
             Ok(()) => {}
