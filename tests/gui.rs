@@ -165,6 +165,10 @@ fn the_gguf_target_is_chosen_in_the_file_menu_and_exports_a_llama_model_through_
     h.get_by_label_contains("exported to");
     let header = quantstudio::export::gguf::read_header(&dest).unwrap();
     assert_eq!(header.tensors.len(), 21);
+    // The fix of an INT8 linear layer is llama.cpp's 8-bit type (its rows of 32 or 64 are whole blocks).
+    let q8_0 = quantstudio::export::gguf::GgmlType::Block(quantstudio::quant::ggml::BlockFormat::Q8_0);
+    let (ffn_down, _) = header.tensors.iter().find(|(t, _)| t.name == "blk.0.ffn_down.weight").unwrap();
+    assert_eq!(ffn_down.ggml_type, q8_0);
 }
 
 #[test]

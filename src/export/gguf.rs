@@ -761,12 +761,21 @@ pub fn check(model: &Model, plan: &Plan) -> Compatibility {
                     _ => Treatment::Cast,
                 }
             };
-            let fix =
-                problems.first().map(|_| super::float_fix(model, model.main_tensor(layer).unwrap_or(TensorId(0))));
+            let fix = problems.first().map(|_| eight_bit_fix(model, plan, layer));
             LayerCheck { layer, treatment, refusals: Vec::new(), fix }
         })
         .collect();
     Compatibility { target: super::Target::Gguf, model_refusal, layers }
+}
+
+/// What a layer GGUF cannot write gets instead: Q8_0, llama.cpp's 8-bit type, for an INT8 or FP8 layer whose rows
+/// are whole blocks of 32; otherwise the float type of its table (FP16, or BF16 for BF16 tables).
+fn eight_bit_fix(model: &Model, plan: &Plan, layer: LayerId) -> Precision {
+    let main = model.main_tensor(layer).unwrap_or(TensorId(0));
+    let shape = &model.tensor(main).shape;
+    let eight_bit = matches!(plan.layer(layer), Precision::Int8(_) | Precision::Fp8(_));
+    let whole_blocks = shape.len() == 2 && GgmlType::Block(BlockFormat::Q8_0).fits_row(shape[1]);
+    if eight_bit && whole_blocks { Precision::Q8_0 } else { super::float_fix(model, main) }
 }
 
 /// Bytes tensor `id` takes in the GGUF file under `plan` (its stored size when it is not written).
