@@ -230,6 +230,8 @@ pub enum PrecisionArg {
     Fp8,
     /// FP8_DYNAMIC: FP8 E4M3 per-channel weights, inputs quantized to FP8 per token at run time.
     Fp8Dynamic,
+    /// Group-wise INT4 weights (W4A16; --group-size, --asymmetric); 2-D weights with rows of a multiple of 32.
+    Int4,
     /// IEEE half precision.
     Fp16,
     /// bfloat16.
@@ -302,7 +304,7 @@ impl Command {
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// A recipe JSON file (see `quantstudio recipe`).
-    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric"])]
+    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric", "group_size"])]
     pub recipe: Option<PathBuf>,
     /// One precision for the model: quantized ones on linear layers and convolutions (not embeddings or lm_head),
     /// FP16/BF16 on every layer; norms and 1-D layers stay FP32. The output says which layers it touched.
@@ -311,15 +313,31 @@ pub struct PlanArgs {
     /// INT8: one scale per output channel instead of per tensor.
     #[arg(long)]
     pub per_channel: bool,
-    /// INT8: asymmetric (zero point) instead of symmetric.
+    /// INT8 and INT4: asymmetric (zero point) instead of symmetric.
     #[arg(long)]
     pub asymmetric: bool,
+    /// INT4: values of a row that share a scale (32, 64 or 128; default 128). A layer whose rows it does not
+    /// divide gets the largest smaller size that does.
+    #[arg(long, value_parser = parse_group_size)]
+    pub group_size: Option<usize>,
+}
+
+fn parse_group_size(text: &str) -> std::result::Result<usize, String> {
+    let value: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if !crate::quant::int4::GROUP_SIZES.contains(&value) {
+        return Err(format!("{value} is not one of {:?}", crate::quant::int4::GROUP_SIZES));
+    }
+    Ok(value)
 }
 
 impl PlanArgs {
     /// Whether a plan was given at all (a recipe, a precision or a scheme flag).
     pub fn given(&self) -> bool {
-        self.recipe.is_some() || self.precision.is_some() || self.per_channel || self.asymmetric
+        self.recipe.is_some()
+            || self.precision.is_some()
+            || self.per_channel
+            || self.asymmetric
+            || self.group_size.is_some()
     }
 
     /// The recipe these arguments describe, or INT8 symmetric per channel when they describe none.
@@ -339,11 +357,14 @@ impl PlanArgs {
             !self.asymmetric,
             if self.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
         );
+        if self.group_size.is_some() && self.precision != Some(PrecisionArg::Int4) {
+            return Err(Error::BadArguments { reason: "--group-size applies to --precision int4 only".into() });
+        }
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
             None => {
                 return Err(Error::BadArguments {
-                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|fp16|bf16|fp32|q8_0|q4_0|q4_k|q6_k".into(),
+                    reason: "give --recipe FILE or --precision int8|w8a8-dynamic|fp8|fp8-dynamic|int4|fp16|bf16|fp32|q8_0|q4_0|q4_k|q6_k".into(),
                 });
             }
             Some(PrecisionArg::Int8) => Precision::Int8(scheme),
@@ -352,9 +373,19 @@ impl PlanArgs {
             ),
             Some(PrecisionArg::Fp8 | PrecisionArg::Fp8Dynamic) if self.asymmetric => {
                 return Err(Error::BadArguments {
-                    reason: "FP8 is symmetric: --asymmetric applies to int8 only".into(),
+                    reason: "FP8 is symmetric: --asymmetric applies to int8 and int4 only".into(),
                 });
             }
+            Some(PrecisionArg::Int4) if self.per_channel => {
+                return Err(Error::BadArguments {
+                    reason: "INT4 has a scale per group of a row (--group-size): --per-channel applies to int8 only"
+                        .into(),
+                });
+            }
+            Some(PrecisionArg::Int4) => Precision::Int4(crate::quant::Int4Scheme::new(
+                !self.asymmetric,
+                self.group_size.unwrap_or(crate::quant::int4::DEFAULT_GROUP_SIZE),
+            )),
             Some(PrecisionArg::Fp8) => Precision::Fp8(crate::quant::Fp8Scheme::weights(Granularity::PerChannel)),
             Some(PrecisionArg::Fp8Dynamic) => Precision::Fp8(crate::quant::Fp8Scheme::dynamic()),
             Some(PrecisionArg::Fp16) => Precision::Fp16,
@@ -365,7 +396,7 @@ impl PlanArgs {
             {
                 return Err(Error::BadArguments {
                     reason: "llama.cpp's block formats fix their own scales: --asymmetric and --per-channel apply to \
-                             int8 only"
+                             int8 (and --asymmetric to int4) only"
                         .into(),
                 });
             }

@@ -35,7 +35,10 @@ use crate::progress::Progress;
 use crate::quant::params::{to_bf16, to_fp16};
 use crate::quant::pass::TensorData;
 use crate::quant::plan::is_output_head;
-use crate::quant::{Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8};
+use crate::quant::{
+    Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8,
+    quantize_tensor_int4,
+};
 
 /// What a quantized layer's input becomes in the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,6 +76,14 @@ pub enum Layout {
         /// What the layer's input becomes (float, or dynamic per-token FP8).
         inputs: Inputs,
     },
+    /// Group-wise INT4 2-D weight (W4A16), `pack-quantized`: eight codes per I32 along a row, an F32 scale per
+    /// group, and for asymmetric groups zero points packed eight per I32 along the output dimension.
+    PackedInt4 {
+        /// Values of a row that share a scale.
+        group_size: usize,
+        /// Whether zero points are omitted.
+        symmetric: bool,
+    },
     /// Cast to F16 or BF16.
     Cast(DType),
     /// Bytes copied unchanged.
@@ -83,7 +94,7 @@ impl Layout {
     /// The compressed-tensors format of a quantized layout (`None` for cast and kept tensors).
     pub fn format(self) -> Option<&'static str> {
         match self {
-            Layout::Packed => Some("pack-quantized"),
+            Layout::Packed | Layout::PackedInt4 { .. } => Some("pack-quantized"),
             Layout::Int8Codes { inputs: Inputs::Float, .. } => Some("naive-quantized"),
             Layout::Int8Codes { .. } => Some("int-quantized"),
             Layout::Fp8Codes { .. } => Some("float-quantized"),
@@ -126,6 +137,11 @@ pub fn layout(model: &Model, plan: &Plan, id: TensorId) -> Layout {
                 Fp8Activations::Fp8Dynamic => Inputs::DynamicFp8,
             },
         },
+        Precision::Int4(scheme) if info.shape.len() == 2 && info.name.ends_with(".weight") => {
+            Layout::PackedInt4 { group_size: scheme.group_size, symmetric: scheme.symmetric }
+        }
+        // Only 2-D weights are planned in INT4 (plan resolution refuses the rest).
+        Precision::Int4(_) => Layout::Kept,
         Precision::Fp16 => Layout::Cast(DType::F16),
         Precision::Bf16 => Layout::Cast(DType::BF16),
         // Not expressible in compressed-tensors ([`check`] refuses the plan): the float values would be written.
@@ -162,6 +178,19 @@ pub fn layout_outputs(name: &str, dtype: DType, shape: &[usize], layout: Layout)
                 planned(param_name(name, "scale"), DType::F32, vec![rows, 1]),
                 planned(param_name(name, "shape"), DType::I64, vec![2]),
             ]
+        }
+        Layout::PackedInt4 { group_size, symmetric } => {
+            let (rows, cols) = (shape[0], shape[1]);
+            let groups = cols / group_size.max(1);
+            let mut outputs = vec![
+                planned(param_name(name, "packed"), DType::I32, vec![rows, cols.div_ceil(8)]),
+                planned(param_name(name, "scale"), DType::F32, vec![rows, groups]),
+            ];
+            if !symmetric {
+                outputs.push(planned(param_name(name, "zero_point"), DType::I32, vec![rows.div_ceil(8), groups]));
+            }
+            outputs.push(planned(param_name(name, "shape"), DType::I64, vec![2]));
+            outputs
         }
         Layout::Int8Codes { channels, symmetric, inputs } => {
             let mut outputs = vec![
@@ -205,6 +234,33 @@ pub fn pack_int8_rows(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// Packs INT4 codes (`-8..=7`) of a `rows x cols` matrix as compressed-tensors' `pack_to_int32` does along the
+/// last dimension: each code stored as `q + 8`, value `j` of a row in nibble `j % 8` (bits `4 (j % 8)`) of
+/// little-endian I32 word `j / 8`, the last word of a row padded with zero nibbles.
+pub fn pack_int4_rows(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+    let words_per_row = cols.div_ceil(8);
+    let mut bytes = vec![0u8; rows * words_per_row * 4];
+    for (row, out) in codes.chunks_exact(cols.max(1)).zip(bytes.chunks_exact_mut((words_per_row * 4).max(1))) {
+        for (j, &q) in row.iter().enumerate() {
+            out[j / 2] |= (((q as i32 + 8) as u8) & 0x0F) << (4 * (j % 2));
+        }
+    }
+    bytes
+}
+
+/// Packs the zero points of an asymmetric INT4 weight (`rows x groups`, each `-8..=7`) as compressed-tensors does
+/// (`pack_to_int32(…, packed_dim=0)`): word `(r, g)` of the `ceil(rows / 8) x groups` I32 matrix holds
+/// `zero_point[8 r + k, g] + 8` in bits `4 k`, missing rows padded with zero nibbles.
+pub fn pack_int4_columns(values: &[i8], rows: usize, groups: usize) -> Vec<u8> {
+    let mut words = vec![0u32; rows.div_ceil(8) * groups];
+    for (r, row) in values.chunks_exact(groups.max(1)).enumerate() {
+        for (g, &z) in row.iter().enumerate() {
+            words[(r / 8) * groups + g] |= (((z as i32 + 8) as u32) & 0x0F) << (4 * (r % 8));
+        }
+    }
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// Inverse of [`pack_int8_rows`].
@@ -281,7 +337,9 @@ fn check_layer(model: &Model, plan: &Plan, id: LayerId) -> LayerCheck {
     }
     let layout = layout(model, plan, main);
     let treatment = match layout {
-        Layout::Packed | Layout::Int8Codes { .. } | Layout::Fp8Codes { .. } => Treatment::AsPlanned,
+        Layout::Packed | Layout::PackedInt4 { .. } | Layout::Int8Codes { .. } | Layout::Fp8Codes { .. } => {
+            Treatment::AsPlanned
+        }
         Layout::Cast(_) => Treatment::Cast,
         Layout::Kept => Treatment::Kept,
     };
@@ -318,6 +376,15 @@ fn check_layer(model: &Model, plan: &Plan, id: LayerId) -> LayerCheck {
             };
             refuse(&[Runtime::Vllm], reason);
             fix = Some(Precision::Int8(crate::quant::Int8Scheme { symmetric: true, ..scheme }));
+        } else if let Precision::Int4(scheme) = precision
+            && !scheme.symmetric
+        {
+            refuse(
+                &[Runtime::Transformers],
+                "compressed-tensors packs asymmetric INT4 zero points in the file but builds the model with them \
+                 unpacked: transformers loads it only with CompressedTensorsConfig(dequantize=True)",
+            );
+            fix = Some(Precision::Int4(crate::quant::Int4Scheme { symmetric: true, ..scheme }));
         }
     }
     LayerCheck { layer: id, treatment, refusals, fix }
@@ -372,6 +439,10 @@ pub fn check(model: &Model, plan: &Plan) -> Compatibility {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct GroupKey {
     format: &'static str,
+    /// Bits of a weight code.
+    bits: u8,
+    /// Values sharing a scale, for strategy `"group"`.
+    group_size: Option<usize>,
     /// `"int"` or `"float"`.
     kind: &'static str,
     symmetric: bool,
@@ -395,13 +466,26 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
         let key = match layout {
             Layout::Packed => GroupKey {
                 format: "pack-quantized",
+                bits: 8,
+                group_size: None,
                 kind: "int",
                 symmetric: true,
                 strategy: "channel",
                 inputs: Inputs::Float,
             },
+            Layout::PackedInt4 { group_size, symmetric } => GroupKey {
+                format: "pack-quantized",
+                bits: 4,
+                group_size: Some(group_size),
+                kind: "int",
+                symmetric,
+                strategy: "group",
+                inputs: Inputs::Float,
+            },
             Layout::Int8Codes { channels, symmetric, inputs } => GroupKey {
                 format: layout.format().unwrap_or("naive-quantized"),
+                bits: 8,
+                group_size: None,
                 kind: "int",
                 symmetric,
                 strategy: if channels.is_some() { "channel" } else { "tensor" },
@@ -409,6 +493,8 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
             },
             Layout::Fp8Codes { channels, inputs } => GroupKey {
                 format: "float-quantized",
+                bits: 8,
+                group_size: None,
                 kind: "float",
                 symmetric: true,
                 strategy: if channels.is_some() { "channel" } else { "tensor" },
@@ -437,16 +523,16 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
             let input_activations = match key.inputs {
                 Inputs::Float => Value::Null,
                 // vLLM's static W8A8: one calibrated scale per tensor (`input_scale`).
-                Inputs::StaticInt8 => quantization_args("int", true, "tensor", false),
+                Inputs::StaticInt8 => quantization_args("int", 8, true, "tensor", None, false),
                 // llm-compressor's W8A8 preset: a scale per token, computed at run time.
-                Inputs::DynamicInt8 => quantization_args("int", true, "token", true),
+                Inputs::DynamicInt8 => quantization_args("int", 8, true, "token", None, true),
                 // llm-compressor's FP8_DYNAMIC preset.
-                Inputs::DynamicFp8 => quantization_args("float", true, "token", true),
+                Inputs::DynamicFp8 => quantization_args("float", 8, true, "token", None, true),
             };
             let group = json!({
                 "targets": targets,
                 "format": key.format,
-                "weights": quantization_args(key.kind, key.symmetric, key.strategy, false),
+                "weights": quantization_args(key.kind, key.bits, key.symmetric, key.strategy, key.group_size, false),
                 "input_activations": input_activations,
                 "output_activations": null,
             });
@@ -466,14 +552,22 @@ pub fn quantization_config(model: &Model, plan: &Plan) -> Option<Value> {
     }))
 }
 
-/// compressed-tensors `QuantizationArgs` of 8 bits, `kind` `"int"` or `"float"` (no key that older loaders reject).
-fn quantization_args(kind: &str, symmetric: bool, strategy: &str, dynamic: bool) -> Value {
+/// compressed-tensors `QuantizationArgs` of `bits` bits, `kind` `"int"` or `"float"` (no key that older loaders
+/// reject).
+fn quantization_args(
+    kind: &str,
+    bits: u8,
+    symmetric: bool,
+    strategy: &str,
+    group_size: Option<usize>,
+    dynamic: bool,
+) -> Value {
     json!({
-        "num_bits": 8,
+        "num_bits": bits,
         "type": kind,
         "symmetric": symmetric,
         "strategy": strategy,
-        "group_size": null,
+        "group_size": group_size,
         "block_structure": null,
         "dynamic": dynamic,
         "actorder": null,
@@ -613,6 +707,25 @@ fn write_tensor(
                     writer.write_tensor(last, &f32_le_bytes(&[input.scale]))?;
                 }
             }
+        }
+        Layout::PackedInt4 { .. } => {
+            let Precision::Int4(scheme) = plan.tensor(model, id) else {
+                let problem = format!("tensor {:?} has an INT4 layout but no INT4 plan", info.name);
+                return Err(Error::WriterMisuse { problem, path: writer.path().to_owned() });
+            };
+            let (rows, cols) = (info.shape[0], info.shape[1]);
+            let data = TensorData::of(model, id)?;
+            let quantized = quantize_tensor_int4(&data, scheme, &Progress::new())?;
+            writer.write_tensor(&outputs[0].name, &pack_int4_rows(&quantized.codes, rows, cols))?;
+            let scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
+            writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;
+            if !scheme.symmetric {
+                let zero_points: Vec<i8> = quantized.params.iter().map(|p| p.zero_point as i8).collect();
+                let groups = cols / scheme.group_size;
+                writer.write_tensor(&outputs[2].name, &pack_int4_columns(&zero_points, rows, groups))?;
+            }
+            let shape: Vec<u8> = [rows as i64, cols as i64].iter().flat_map(|d| d.to_le_bytes()).collect();
+            writer.write_tensor(&outputs[outputs.len() - 1].name, &shape)?;
         }
         Layout::Fp8Codes { .. } => {
             let Precision::Fp8(scheme) = plan.tensor(model, id) else {

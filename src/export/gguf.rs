@@ -733,6 +733,9 @@ fn tensor_type(model: &Model, plan: &Plan, id: TensorId) -> std::result::Result<
         precision @ (Precision::Int8(_) | Precision::Fp8(_)) => {
             return Err(format!("{precision}: GGUF has no such type (use Q8_0)"));
         }
+        precision @ Precision::Int4(_) => {
+            return Err(format!("{precision}: GGUF has no such type (use Q4_K or Q4_0)"));
+        }
     };
     let row_len = info.shape.last().copied().unwrap_or(0);
     if !ggml_type.fits_row(row_len) {
@@ -761,21 +764,26 @@ pub fn check(model: &Model, plan: &Plan) -> Compatibility {
                     _ => Treatment::Cast,
                 }
             };
-            let fix = problems.first().map(|_| eight_bit_fix(model, plan, layer));
+            let fix = problems.first().map(|_| block_fix(model, plan, layer));
             LayerCheck { layer, treatment, refusals: Vec::new(), fix }
         })
         .collect();
     Compatibility { target: super::Target::Gguf, model_refusal, layers }
 }
 
-/// What a layer GGUF cannot write gets instead: Q8_0, llama.cpp's 8-bit type, for an INT8 or FP8 layer whose rows
-/// are whole blocks of 32; otherwise the float type of its table (FP16, or BF16 for BF16 tables).
-fn eight_bit_fix(model: &Model, plan: &Plan, layer: LayerId) -> Precision {
+/// What a layer GGUF cannot write gets instead, where its rows are whole blocks: Q8_0, llama.cpp's 8-bit type, for
+/// an INT8 or FP8 layer; Q4_K (rows of whole 256-blocks) or Q4_0 for an INT4 layer; otherwise the float type of its
+/// table (FP16, or BF16 for BF16 tables).
+fn block_fix(model: &Model, plan: &Plan, layer: LayerId) -> Precision {
     let main = model.main_tensor(layer).unwrap_or(TensorId(0));
     let shape = &model.tensor(main).shape;
-    let eight_bit = matches!(plan.layer(layer), Precision::Int8(_) | Precision::Fp8(_));
-    let whole_blocks = shape.len() == 2 && GgmlType::Block(BlockFormat::Q8_0).fits_row(shape[1]);
-    if eight_bit && whole_blocks { Precision::Q8_0 } else { super::float_fix(model, main) }
+    let fits = |format| shape.len() == 2 && GgmlType::Block(format).fits_row(shape[1]);
+    match plan.layer(layer) {
+        Precision::Int8(_) | Precision::Fp8(_) if fits(BlockFormat::Q8_0) => Precision::Q8_0,
+        Precision::Int4(_) if fits(BlockFormat::Q4K) => Precision::Q4K,
+        Precision::Int4(_) if fits(BlockFormat::Q4_0) => Precision::Q4_0,
+        _ => super::float_fix(model, main),
+    }
 }
 
 /// Bytes tensor `id` takes in the GGUF file under `plan` (its stored size when it is not written).

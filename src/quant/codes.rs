@@ -5,7 +5,10 @@
 use rayon::prelude::*;
 
 use super::pass::{TensorData, scan};
-use super::{Granularity, Int8Scheme, QParams, fp8, kernels};
+use super::{Granularity, Int4Scheme, Int8Scheme, QParams, fp8, kernels};
+
+/// Values per parallel task of [`quantize_tensor_int4`].
+const ROWS_TASK_VALUES: usize = 1 << 16;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -25,6 +28,15 @@ pub struct Fp8Tensor {
     pub codes: Vec<u8>,
     /// One scale per group (per tensor: one; per channel: one per row).
     pub scales: Vec<f32>,
+}
+
+/// Group-wise INT4 codes of one 2-D tensor with the parameters of every group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int4Tensor {
+    /// Codes (`-8..=7`) in the tensor's original layout.
+    pub codes: Vec<i8>,
+    /// Row by row, the parameters of each group of the row (`rows × cols / group_size`).
+    pub params: Vec<QParams>,
 }
 
 /// The entry of row `row` in per-group values (parameters or scales): the only entry when there is one group (per
@@ -54,6 +66,39 @@ pub fn quantize_tensor(data: &TensorData, scheme: Int8Scheme, progress: &Progres
         kernels::quantize_codes(slice, &row_group(&params, row), out);
     })?;
     Ok(QuantizedTensor { codes, params })
+}
+
+/// Quantizes one 2-D tensor (rows whole groups) to group-wise INT4 codes, rows in parallel.
+pub fn quantize_tensor_int4(data: &TensorData, scheme: Int4Scheme, progress: &Progress) -> Result<Int4Tensor> {
+    if !scheme.fits(data.cols) {
+        return Err(Error::KernelInput {
+            problem: format!("INT4 groups of {} cannot split rows of {} values", scheme.group_size, data.cols),
+        });
+    }
+    let groups_per_row = data.cols / scheme.group_size;
+    let mut codes = vec![0i8; data.len()];
+    let mut params = vec![QParams::int4_symmetric(0.0); data.rows * groups_per_row];
+    let rows_per_task = (ROWS_TASK_VALUES / data.cols).max(1);
+    codes
+        .par_chunks_mut(data.cols * rows_per_task)
+        .zip(params.par_chunks_mut(groups_per_row * rows_per_task))
+        .enumerate()
+        .try_for_each_init(Vec::new, |buf, (task, (codes, params))| {
+            progress.check()?;
+            let first = task * rows_per_task * data.cols;
+            let values = data.values(first..first + codes.len(), buf);
+            for ((row, codes), params) in values
+                .chunks_exact(data.cols)
+                .zip(codes.chunks_exact_mut(data.cols))
+                .zip(params.chunks_exact_mut(groups_per_row))
+            {
+                let (row_codes, row_params) = super::int4::quantize_row(scheme, row);
+                codes.copy_from_slice(&row_codes);
+                params.copy_from_slice(&row_params);
+            }
+            Ok::<(), Error>(())
+        })?;
+    Ok(Int4Tensor { codes, params })
 }
 
 /// Quantizes one tensor to FP8 E4M3 codes with one scale per tensor or per row (pass 1 for the scales, then the

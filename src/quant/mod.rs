@@ -7,6 +7,7 @@
 pub mod codes;
 pub mod fp8;
 pub mod ggml;
+pub mod int4;
 pub mod kernels;
 pub mod metrics;
 pub mod params;
@@ -15,7 +16,10 @@ pub mod plan;
 
 use std::fmt;
 
-pub use codes::{Fp8Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8, row_group};
+pub use codes::{
+    Fp8Tensor, Int4Tensor, QuantizedTensor, quantize_tensor, quantize_tensor_fp8, quantize_tensor_int4, row_group,
+};
+pub use int4::Int4Scheme;
 pub use metrics::ErrorMetrics;
 pub use params::QParams;
 pub use pass::{TensorAnalysis, TensorHistograms, analyze_tensor};
@@ -172,6 +176,8 @@ pub enum Precision {
     Int8(Int8Scheme),
     /// FP8 E4M3 weights with a scale.
     Fp8(Fp8Scheme),
+    /// 4-bit integer weights with a scale (and zero point) per group of a row ([`int4`]).
+    Int4(Int4Scheme),
     /// IEEE half precision.
     Fp16,
     /// bfloat16.
@@ -217,7 +223,16 @@ impl Precision {
     /// Whether only the layer's main tensor is quantized, with codes and scales (INT8, FP8, llama.cpp blocks), as
     /// opposed to a cast of every float tensor (FP16, BF16) or nothing (FP32).
     pub fn has_codes(self) -> bool {
-        matches!(self, Precision::Int8(_) | Precision::Fp8(_)) || self.block_format().is_some()
+        matches!(self, Precision::Int8(_) | Precision::Fp8(_) | Precision::Int4(_)) || self.block_format().is_some()
+    }
+
+    /// How a precision that rounds each row of a 2-D weight on its own, block by block or group by group, does
+    /// it: llama.cpp's block formats and group-wise INT4. `None` for the others.
+    pub fn row_format(self) -> Option<RowFormat> {
+        match self {
+            Precision::Int4(scheme) => Some(RowFormat::Int4(scheme)),
+            _ => self.block_format().map(RowFormat::Block),
+        }
     }
 
     /// The llama.cpp block format of a block precision.
@@ -236,7 +251,7 @@ impl Precision {
     /// their bytes per element rounded up.
     pub fn element_bytes(self, stored_bytes: usize) -> usize {
         match self {
-            Precision::Int8(_) | Precision::Fp8(_) => 1,
+            Precision::Int8(_) | Precision::Fp8(_) | Precision::Int4(_) => 1,
             Precision::Fp16 | Precision::Bf16 => 2,
             Precision::Fp32 => stored_bytes,
             Precision::Q8_0 | Precision::Q6K => 2,
@@ -247,9 +262,64 @@ impl Precision {
     /// Bytes of a tensor of `elements` values stored at this precision: whole blocks for llama.cpp's formats
     /// (18 bytes per 32 values for Q4_0), `elements × element_bytes` for the others.
     pub fn tensor_bytes(self, elements: usize, stored_bytes: usize) -> usize {
-        match self.block_format() {
+        match self.row_format() {
             Some(format) => format.tensor_bytes(elements),
             None => elements * self.element_bytes(stored_bytes),
+        }
+    }
+}
+
+/// A precision that rounds each row of a 2-D weight on its own, in consecutive runs of values along the input
+/// dimension: llama.cpp's blocks, or the groups of group-wise INT4. Plans give these only to 2-D weights whose
+/// rows are whole runs ([`RowFormat::fits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowFormat {
+    /// One of llama.cpp's block formats.
+    Block(ggml::BlockFormat),
+    /// Group-wise INT4.
+    Int4(Int4Scheme),
+}
+
+impl RowFormat {
+    /// Values in one block or group.
+    pub fn run_values(self) -> usize {
+        match self {
+            RowFormat::Block(format) => format.block_values(),
+            RowFormat::Int4(scheme) => scheme.group_size,
+        }
+    }
+
+    /// Whether a row of `row_len` values splits into whole blocks or groups.
+    pub fn fits(self, row_len: usize) -> bool {
+        match self {
+            RowFormat::Block(format) => format.fits(row_len),
+            RowFormat::Int4(scheme) => scheme.fits(row_len),
+        }
+    }
+
+    /// Bytes of a tensor of `values` values (rows whole runs) in this format.
+    pub fn tensor_bytes(self, values: usize) -> usize {
+        match self {
+            RowFormat::Block(format) => format.tensor_bytes(values),
+            RowFormat::Int4(scheme) => scheme.tensor_bytes(values),
+        }
+    }
+
+    /// Replaces every row of `rows` (of `row_len` values, which the format fits) by its quantized-then-dequantized
+    /// values.
+    pub fn fake_quantize_rows(self, rows: &mut [f32], row_len: usize) {
+        match self {
+            RowFormat::Block(format) => ggml::fake_quantize_rows(format, rows, row_len),
+            RowFormat::Int4(scheme) => int4::fake_quantize_rows(scheme, rows, row_len),
+        }
+    }
+}
+
+impl fmt::Display for RowFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RowFormat::Block(format) => format.fmt(f),
+            RowFormat::Int4(scheme) => Precision::Int4(*scheme).fmt(f),
         }
     }
 }
@@ -280,6 +350,9 @@ impl fmt::Display for Precision {
                     Granularity::PerChannel => "per-channel",
                 }
             ),
+            Precision::Int4(s) => {
+                write!(f, "int4 {} g{}", if s.symmetric { "sym" } else { "asym" }, s.group_size)
+            }
             Precision::Fp16 => f.write_str("fp16"),
             Precision::Bf16 => f.write_str("bf16"),
             Precision::Fp32 => f.write_str("fp32"),

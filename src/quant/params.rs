@@ -77,6 +77,36 @@ impl QParams {
     }
 }
 
+/// Smallest INT4 code.
+pub const INT4_QMIN: i32 = -8;
+/// Largest INT4 code.
+pub const INT4_QMAX: i32 = 7;
+
+impl QParams {
+    /// Symmetric INT4 of one group from the absolute maximum of its finite values, as GPTQ and llm-compressor
+    /// compute it: `scale = absmax / 7.5` in f32 (1 when that is 0 or not finite), codes `-8..=7`. The largest
+    /// positive value lands at 7.5 steps and is clamped to code 7: half a step away, no more than any rounding.
+    pub fn int4_symmetric(absmax: f32) -> QParams {
+        let scale = absmax / 7.5;
+        let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+        QParams { scale: representable(scale, -INT4_QMIN), zero_point: 0, qmin: INT4_QMIN, qmax: INT4_QMAX }
+    }
+
+    /// Asymmetric INT4 of one group from its finite min and max: `lo = min(min, 0)`, `hi = max(max, 0)`,
+    /// `scale = (hi - lo) / 15` (1 when 0; `hi/15 - lo/15` when `hi - lo` overflows f32),
+    /// `zero_point = clamp(round_half_even(-lo / scale) - 8, -8, 7)`.
+    pub fn int4_asymmetric(min: f32, max: f32) -> QParams {
+        let lo = min.min(0.0);
+        let hi = max.max(0.0);
+        let range = hi - lo;
+        let scale = if range.is_finite() { range / 15.0 } else { hi / 15.0 - lo / 15.0 };
+        let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+        let zero_point = ((-lo / scale).round_ties_even() - 8.0).clamp(INT4_QMIN as f32, INT4_QMAX as f32) as i32;
+        let reach = (INT4_QMAX - zero_point).max(zero_point - INT4_QMIN);
+        QParams { scale: representable(scale, reach), zero_point, qmin: INT4_QMIN, qmax: INT4_QMAX }
+    }
+}
+
 /// Lowers `scale` by one ulp at a time until `reach * scale` is finite, so that no code dequantizes to
 /// infinity. Only scales within a few ulps of `f32::MAX / reach` (tensors holding values near `f32::MAX`) change.
 fn representable(mut scale: f32, reach: i32) -> f32 {

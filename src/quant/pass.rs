@@ -370,6 +370,9 @@ impl TensorAnalysis {
             Precision::Q4_0 => absmax / 8.0,
             Precision::Q4K => absmax / 15.0,
             Precision::Q6K => absmax / 63.0,
+            // Half the step of a group whose largest magnitude is the tensor's (symmetric `absmax / 7.5`; an
+            // asymmetric group spans at most twice the absmax in 15 steps).
+            Precision::Int4(_) => absmax / 15.0,
         }
         .max(MIN_ERROR_RANGE)
     }
@@ -381,7 +384,7 @@ impl TensorAnalysis {
             Precision::Fp8(_) => self.fp8_scales.iter().map(|&scale| Rounding::Fp8 { scale }).collect(),
             Precision::Fp16 => vec![Rounding::Fp16],
             Precision::Bf16 => vec![Rounding::Bf16],
-            // Block formats are rounded block by block in the measure loop (`kernels::measure_given`).
+            // Block formats and INT4 groups are rounded run by run in the measure loop (`kernels::measure_given`).
             _ => vec![Rounding::Identity],
         }
     }
@@ -453,16 +456,11 @@ fn analyze_with(
     one_read: bool,
     progress: &Progress,
 ) -> Result<TensorAnalysis> {
-    let block_format = precision.block_format();
-    if let Some(format) = block_format
+    if let Some(format) = precision.row_format()
         && !format.fits(data.cols)
     {
         return Err(Error::KernelInput {
-            problem: format!(
-                "{format} needs rows of a multiple of {} values, not {}",
-                format.block_values(),
-                data.cols
-            ),
+            problem: format!("{format} needs rows of a multiple of {} values, not {}", format.run_values(), data.cols),
         });
     }
     if one_read {
@@ -514,7 +512,7 @@ fn scan_and_measure(
         .map_init(MeasureFold::default, |fold, block| {
             progress.check()?;
             let MeasureFold { acc, buf, rounded, .. } = fold;
-            let scanned = if let Some(format) = precision.block_format() {
+            let scanned = if let Some(format) = precision.row_format() {
                 // Row slices of a work block are whole rows or runs of 2^16 values of one row: whole blocks.
                 let values = data.values(block.clone(), buf);
                 scan_measure_block(
@@ -525,7 +523,7 @@ fn scan_and_measure(
                     |slice, scanned, acc| {
                         rounded.clear();
                         rounded.extend_from_slice(slice);
-                        super::ggml::fake_quantize_rows(format, rounded, slice.len());
+                        format.fake_quantize_rows(rounded, slice.len());
                         let spec = measure_spec(Rounding::Identity, scanned, None);
                         kernels::measure_given(slice, rounded, &spec, acc);
                     },
@@ -637,7 +635,7 @@ fn measure_blocks(
     bins: Option<(BinMap, BinMap)>,
     progress: &Progress,
 ) -> Result<Measured> {
-    let block_format = precision.block_format();
+    let row_format = precision.row_format();
     let (value_bins, error_bins) = bins.unwrap_or((NO_BINS, NO_BINS));
     let spec_of = |row: usize| MeasureSpec {
         rounding: roundings[if roundings.len() > 1 { row } else { 0 }],
@@ -655,13 +653,13 @@ fn measure_blocks(
         .try_fold(MeasureFold::default, |mut fold, (index, block)| {
             progress.check()?;
             let MeasureFold { acc, buf, rounded, .. } = &mut fold;
-            if let Some(format) = block_format {
+            if let Some(format) = row_format {
                 // Row slices of a work block are whole rows or runs of 2^16 values of one row: whole blocks.
                 let values = data.values(block.clone(), buf);
                 data.for_each_row_slice(block, values, |row, slice| {
                     rounded.clear();
                     rounded.extend_from_slice(slice);
-                    super::ggml::fake_quantize_rows(format, rounded, slice.len());
+                    format.fake_quantize_rows(rounded, slice.len());
                     kernels::measure_given(slice, rounded, &spec_of(row), acc)
                 });
             } else {
@@ -776,6 +774,12 @@ mod tests {
             let mut all = precisions();
             if cols % 256 == 0 {
                 all.extend([Precision::Q8_0, Precision::Q4_0, Precision::Q4K, Precision::Q6K]);
+            }
+            if cols % 32 == 0 {
+                all.extend([
+                    Precision::Int4(crate::quant::Int4Scheme::new(true, 32)),
+                    Precision::Int4(crate::quant::Int4Scheme::new(false, 32)),
+                ]);
             }
             for data in &datas {
                 for &precision in &all {

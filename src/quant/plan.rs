@@ -101,7 +101,7 @@ pub fn is_output_head(layer_name: &str) -> bool {
 const RECIPE_KEYS: &[&str] =
     &["format", "version", "default", "keep_norms_and_vectors", "default_scope", "rules", "layers", "input_clips"];
 /// The keys of a precision object (`{"precision": "int8", "symmetric": true, …}`).
-const PRECISION_KEYS: &[&str] = &["precision", "symmetric", "granularity", "activations"];
+const PRECISION_KEYS: &[&str] = &["precision", "symmetric", "granularity", "activations", "group_size"];
 
 /// Refuses unknown keys (a typo such as `"rule"` or `"symetric"` would otherwise fall back to the default
 /// silently), naming the key, where it is, and the closest known key.
@@ -191,6 +191,20 @@ impl Recipe {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         check_recipe_keys(&value).map_err(bad)?;
         let recipe: Recipe = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let precisions = std::iter::once(("\"default\"".to_owned(), recipe.default))
+            .chain(recipe.rules.iter().enumerate().map(|(i, r)| (format!("rule {i}"), r.precision)))
+            .chain(recipe.layers.iter().map(|(name, p)| (format!("layer {name:?}"), *p)));
+        for (place, precision) in precisions {
+            if let Precision::Int4(scheme) = precision
+                && !scheme.is_valid()
+            {
+                return Err(bad(format!(
+                    "{place}: INT4 group_size {} is not one of {:?}",
+                    scheme.group_size,
+                    super::int4::GROUP_SIZES
+                )));
+            }
+        }
         if recipe.format != RECIPE_FORMAT {
             return Err(bad(format!("format is {:?}, expected {RECIPE_FORMAT:?}", recipe.format)));
         }
@@ -278,6 +292,19 @@ impl Recipe {
         let mut layers = layers;
         let mut refused: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for (index, precision) in layers.iter_mut().enumerate() {
+            let asked = *precision;
+            *precision = fitted(model, LayerId(index), asked);
+            if let (Precision::Int4(asked), Precision::Int4(got)) = (asked, *precision)
+                && asked.group_size != got.group_size
+            {
+                let reason = format!(
+                    "groups of {} do not divide these rows; groups of {} do (compressed-tensors refuses uneven \
+                     groups)",
+                    asked.group_size, got.group_size
+                );
+                let names = refused.entry(reason).or_default();
+                names.push(&model.layers[index].name);
+            }
             if let Some(reason) = block_refusal(model, LayerId(index), *precision) {
                 refused.entry(reason).or_default().push(&model.layers[index].name);
                 *precision = Precision::Fp32;
@@ -287,28 +314,47 @@ impl Recipe {
             let more = names.len().saturating_sub(REFUSED_NAMES_SHOWN);
             let shown = names[..names.len().min(REFUSED_NAMES_SHOWN)].join(", ");
             let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
-            warnings.push(format!("{reason}: {} layer(s) kept in FP32: {shown}{tail}", names.len()));
+            let outcome = if reason.starts_with("groups of") { "use the smaller groups" } else { "kept in FP32" };
+            warnings.push(format!("{reason}: {} layer(s) {outcome}: {shown}{tail}", names.len()));
         }
         let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
         Ok(Plan { layers, input_clips, warnings })
     }
 }
 
-/// Why layer `id` cannot take `precision` when it is one of llama.cpp's block formats: its main tensor is not a
-/// 2-D weight, or its rows (the input dimension, ggml's `ne[0]`) are not a whole number of blocks. `None` when it
-/// can, and for every other precision.
+/// `precision` for layer `id` with an INT4 group size that divides the rows of its main tensor: the asked size when
+/// it does, else the largest smaller listed size that does ([`super::Int4Scheme::fitted`]); any other precision,
+/// and INT4 on a layer no size fits (refused by [`block_refusal`]), unchanged.
+pub fn fitted(model: &Model, id: LayerId, precision: Precision) -> Precision {
+    let Precision::Int4(scheme) = precision else { return precision };
+    let Some(main) = model.main_tensor(id) else { return precision };
+    let shape = &model.tensor(main).shape;
+    match shape.as_slice() {
+        [_, cols] => scheme.fitted(*cols).map_or(precision, Precision::Int4),
+        _ => precision,
+    }
+}
+
+/// Why layer `id` cannot take `precision` when it rounds rows run by run (llama.cpp's block formats, group-wise
+/// INT4): its main tensor is not a 2-D weight, or its rows (the input dimension, ggml's `ne[0]`) are not a whole
+/// number of blocks or groups. `None` when it can, and for every other precision.
 pub fn block_refusal(model: &Model, id: LayerId, precision: Precision) -> Option<String> {
-    let format = precision.block_format()?;
+    let format = precision.row_format()?;
+    let (what, unit) = match format {
+        super::RowFormat::Block(_) => (format.to_string(), "its block size"),
+        super::RowFormat::Int4(_) => ("INT4".to_owned(), "the smallest group size"),
+    };
+    let run = match format {
+        super::RowFormat::Int4(_) => super::int4::GROUP_SIZES[0],
+        _ => format.run_values(),
+    };
     let main = model.tensor(model.main_tensor(id)?);
     if main.shape.len() != 2 {
-        return Some(format!("{format} quantizes 2-D weights only, in rows of {} values", format.block_values()));
+        return Some(format!("{what} quantizes 2-D weights only, in rows of {run} values"));
     }
     let row_len = main.shape[1];
     if !format.fits(row_len) {
-        return Some(format!(
-            "{format} needs rows of a multiple of {} values (its block size); these rows have {row_len}",
-            format.block_values()
-        ));
+        return Some(format!("{what} needs rows of a multiple of {run} values ({unit}); these rows have {row_len}"));
     }
     None
 }

@@ -138,6 +138,7 @@ impl<'m> WeightSource<'m> {
         let packed = match plan.tensor(self.model, id) {
             // llama.cpp's blocks run on their dequantized f32 values.
             Precision::Fp32 | Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => return Ok(None),
+            Precision::Int4(_) => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {
                 let mut buf = Vec::new();
@@ -335,13 +336,14 @@ pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) ->
                 *v = crate::quant::fp8::e4m3_to_f32(q) * quantized.row_scale(i / cols);
             }
         }
-        Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => {
-            // The values ggml decodes from the blocks llama-quantize writes. The plan gives block formats only to
-            // 2-D tensors whose rows are whole blocks; anything else is a caller's bug, reported.
-            match precision.block_format() {
+        Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K | Precision::Int4(_) => {
+            // The values ggml decodes from the blocks llama-quantize writes, or the groups' `(q - zero_point) *
+            // scale`. The plan gives these only to 2-D tensors whose rows are whole blocks or groups; anything
+            // else is a caller's bug, reported.
+            match precision.row_format() {
                 Some(format) if format.fits(data.cols) => {
                     progress.check()?;
-                    crate::quant::ggml::fake_quantize_rows(format, &mut values, data.cols);
+                    format.fake_quantize_rows(&mut values, data.cols);
                 }
                 _ => {
                     return Err(Error::KernelInput {

@@ -402,7 +402,7 @@ pub struct SummaryFigures {
     /// The layer with the lowest weight SQNR, and that SQNR.
     worst: Option<(crate::model::LayerId, f64)>,
     /// Layers per precision name.
-    counts: [(&'static str, usize); 9],
+    counts: [(&'static str, usize); 10],
     /// The export target's problems with the plan, one per line.
     problems: Vec<String>,
     /// Layers the one-click fix changes.
@@ -551,11 +551,12 @@ pub fn status_bar(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 /// The precisions offered in combos, with their labels.
-pub fn precision_choices() -> [(Precision, &'static str); 9] {
+pub fn precision_choices() -> [(Precision, &'static str); 10] {
     let fp8 = Precision::Fp8(crate::quant::Fp8Scheme::weights(crate::quant::Granularity::PerChannel));
     [
         (DEFAULT_INT8, "INT8"),
         (fp8, "FP8"),
+        (Precision::Int4(crate::quant::Int4Scheme::default()), "INT4"),
         (Precision::Fp16, "FP16"),
         (Precision::Bf16, "BF16"),
         (Precision::Fp32, "FP32"),
@@ -571,6 +572,7 @@ pub fn family_label(precision: Precision) -> &'static str {
     match precision {
         Precision::Int8(_) => "INT8",
         Precision::Fp8(_) => "FP8",
+        Precision::Int4(_) => "INT4",
         Precision::Fp16 => "FP16",
         Precision::Bf16 => "BF16",
         Precision::Fp32 => "FP32",

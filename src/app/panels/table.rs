@@ -8,7 +8,7 @@ use super::{family_label, format, precision_choices, sqnr_color};
 use crate::app::StudioApp;
 use crate::app::state::{Command, PlannedError, SortColumn};
 use crate::model::LayerId;
-use crate::quant::{Fp8Scheme, Granularity, Int8Scheme, Precision};
+use crate::quant::{Fp8Scheme, Granularity, Int4Scheme, Int8Scheme, Precision};
 
 const ROW_HEIGHT: f32 = 22.0;
 
@@ -29,6 +29,22 @@ fn scheme_choices() -> [(Int8Scheme, &'static str); 7] {
 
 fn scheme_label(scheme: Int8Scheme) -> &'static str {
     scheme_choices().into_iter().find(|(s, _)| *s == scheme).map(|(_, l)| l).unwrap_or("?")
+}
+
+/// The INT4 schemes offered: symmetric or asymmetric, groups of 128, 64 or 32 values.
+fn int4_scheme_choices() -> [(Int4Scheme, &'static str); 6] {
+    [
+        (Int4Scheme::new(true, 128), "sym · g128"),
+        (Int4Scheme::new(true, 64), "sym · g64"),
+        (Int4Scheme::new(true, 32), "sym · g32"),
+        (Int4Scheme::new(false, 128), "asym · g128"),
+        (Int4Scheme::new(false, 64), "asym · g64"),
+        (Int4Scheme::new(false, 32), "asym · g32"),
+    ]
+}
+
+fn int4_scheme_label(scheme: Int4Scheme) -> &'static str {
+    int4_scheme_choices().into_iter().find(|(s, _)| *s == scheme).map(|(_, l)| l).unwrap_or("?")
 }
 
 /// The FP8 E4M3 schemes offered: weight-only per channel or per tensor, and FP8_DYNAMIC (per-token FP8 inputs).
@@ -85,6 +101,10 @@ fn bulk_bar(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     for (scheme, scheme_text) in fp8_scheme_choices() {
                         ui.selectable_value(bulk, Precision::Fp8(scheme), format!("FP8 {scheme_text}"));
                     }
+                } else if let Precision::Int4(_) = precision {
+                    for (scheme, scheme_text) in int4_scheme_choices() {
+                        ui.selectable_value(bulk, Precision::Int4(scheme), format!("INT4 {scheme_text}"));
+                    }
                 } else {
                     ui.selectable_value(bulk, precision, label);
                 }
@@ -114,6 +134,7 @@ fn bulk_label(precision: Precision) -> String {
     match precision {
         Precision::Int8(scheme) => format!("INT8 {}", scheme_label(scheme)),
         Precision::Fp8(scheme) => format!("FP8 {}", fp8_scheme_label(scheme)),
+        Precision::Int4(scheme) => format!("INT4 {}", int4_scheme_label(scheme)),
         other => family_label(other).to_owned(),
     }
 }
@@ -180,7 +201,9 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                 ui.label(RichText::new("Scheme").strong()).on_hover_text(
                     "INT8: symmetric (zero point 0) or asymmetric, one scale per tensor or per output channel, inputs \
                      float (weight-only), static INT8 (W8A8, calibrated) or dynamic per token (W8A8-dynamic). FP8: \
-                     E4M3 weights per channel or per tensor, inputs float or dynamic per-token FP8",
+                     E4M3 weights per channel or per tensor, inputs float or dynamic per-token FP8. INT4: a scale \
+                     (and zero point when asymmetric) per group of 32, 64 or 128 values of a row; a layer whose \
+                     rows the group does not divide gets the largest smaller group that does",
                 );
             });
             header.col(|ui| {
@@ -267,6 +290,7 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                                 let option = match (option, precision) {
                                     (Precision::Int8(_), Precision::Int8(current)) => Precision::Int8(current),
                                     (Precision::Fp8(_), Precision::Fp8(current)) => Precision::Fp8(current),
+                                    (Precision::Int4(_), Precision::Int4(current)) => Precision::Int4(current),
                                     _ => option,
                                 };
                                 ui.selectable_value(&mut chosen, option, label);
@@ -296,6 +320,23 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                         if chosen != scheme {
                             let layers = targets(app, layer_id);
                             app.send(Command::SetPrecision { layers, precision: Precision::Fp8(chosen) });
+                        }
+                        return;
+                    }
+                    if let Precision::Int4(scheme) = precision {
+                        let mut chosen = scheme;
+                        let combo = egui::ComboBox::from_id_salt(("int4-scheme", layer_id.0))
+                            .selected_text(int4_scheme_label(scheme))
+                            .width(140.0)
+                            .show_ui(ui, |ui| {
+                                for (option, label) in int4_scheme_choices() {
+                                    ui.selectable_value(&mut chosen, option, label);
+                                }
+                            });
+                        name_widget(&combo.response, &format!("INT4 scheme of {}", layer.name));
+                        if chosen != scheme {
+                            let layers = targets(app, layer_id);
+                            app.send(Command::SetPrecision { layers, precision: Precision::Int4(chosen) });
                         }
                         return;
                     }

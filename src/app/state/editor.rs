@@ -122,13 +122,23 @@ impl PlanEditor {
 
     /// Sets these layers to `precision` (one step); ids out of range are ignored.
     pub fn set_precision(&mut self, layers: &[LayerId], precision: Precision) -> bool {
+        self.set_precisions(layers.iter().map(|&layer| (layer, precision)))
+    }
+
+    /// Sets each listed layer to its own precision (one undo step).
+    pub fn set_precisions(&mut self, changes: impl IntoIterator<Item = (LayerId, Precision)>) -> bool {
         let mut next = self.edit.layers.clone();
-        for layer in layers {
+        for (layer, precision) in changes {
             if let Some(slot) = next.get_mut(layer.0) {
                 *slot = precision;
             }
         }
         self.set_layers(next)
+    }
+
+    /// Sets `layers` to `precision`, an INT4 group size fitted to each layer's rows ([`crate::quant::plan::fitted`]).
+    pub fn set_fitted_precision(&mut self, model: &Model, layers: &[LayerId], precision: Precision) -> bool {
+        self.set_precisions(layers.iter().map(|&layer| (layer, crate::quant::plan::fitted(model, layer, precision))))
     }
 
     /// Sets one layer's input clip by hand, or gives it back to the observer (`None`). A clip that is negative or
@@ -229,7 +239,7 @@ impl PlanEditor {
             Command::SetPrecision { layers, precision } => {
                 let (layers, refused) = block_fit(model, layers, *precision);
                 let layers = &layers;
-                let changed = self.set_precision(layers, *precision);
+                let changed = self.set_fitted_precision(model, layers, *precision);
                 Reaction {
                     notice: refused.or_else(|| self.uncalibrated_notice(model, layers, None)),
                     plan_changed: changed,
@@ -248,10 +258,10 @@ impl PlanEditor {
                 }
                 let (layers, refused) = block_fit(model, &layers, *precision);
                 if let Some(refused) = refused {
-                    let changed = self.set_precision(&layers, *precision);
+                    let changed = self.set_fitted_precision(model, &layers, *precision);
                     return Reaction { notice: Some(refused), plan_changed: changed, ..Reaction::default() };
                 }
-                let changed = self.set_precision(&layers, *precision);
+                let changed = self.set_fitted_precision(model, &layers, *precision);
                 let text = format!("{} layer(s) matching {pattern:?} set to {precision}", layers.len());
                 let notice = self.uncalibrated_notice(model, &layers, Some(&text)).unwrap_or(Notice::info(text));
                 Reaction { notice: Some(notice), plan_changed: changed, ..Reaction::default() }

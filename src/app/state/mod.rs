@@ -349,7 +349,7 @@ impl Studio {
 
     /// Counts of layers per precision name (INT8 weight-only, W8A8, FP16, BF16, FP32), only layers with float
     /// tensors.
-    pub fn precision_counts(&self) -> [(&'static str, usize); 9] {
+    pub fn precision_counts(&self) -> [(&'static str, usize); 10] {
         match &self.model {
             Some(model) => precision_counts(model, &self.editor.plan().layers),
             None => results::precision_counts_empty(),
@@ -560,7 +560,7 @@ impl Studio {
         match self.results.most_sensitive(&model, count) {
             Ok((layers, names)) => {
                 let text = format!("{} most sensitive layer(s) set to {precision}: {}", layers.len(), names.join(", "));
-                let changed = self.editor.set_precision(&layers, precision);
+                let changed = self.editor.set_fitted_precision(&model, &layers, precision);
                 self.react(Reaction { notice: Some(Notice::info(text)), plan_changed: changed, ..Reaction::default() });
             }
             Err(text) => self.notice = Some(Notice::error(text)),

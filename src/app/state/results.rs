@@ -237,7 +237,7 @@ impl ResultsLog {
 }
 
 /// Layers per precision name in a plan, counting only layers with float tensors.
-pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 9] {
+pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, usize); 10] {
     let mut counts = precision_counts_empty();
     for (index, precision) in layers.iter().enumerate() {
         if model.main_tensor(LayerId(index)).is_none() {
@@ -249,10 +249,11 @@ pub fn precision_counts(model: &Model, layers: &[Precision]) -> [(&'static str, 
             Precision::Int8(_) => 0,
             Precision::Fp8(_) if precision.quantizes_inputs() => 4,
             Precision::Fp8(_) => 3,
-            Precision::Fp16 => 5,
-            Precision::Bf16 => 6,
-            Precision::Fp32 => 7,
-            Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => 8,
+            Precision::Int4(_) => 5,
+            Precision::Fp16 => 6,
+            Precision::Bf16 => 7,
+            Precision::Fp32 => 8,
+            Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => 9,
         };
         counts[slot].1 += 1;
     }
@@ -266,13 +267,14 @@ pub fn plan_summary(model: &Model, layers: &[Precision]) -> String {
 }
 
 /// Every precision name with a count of 0.
-pub fn precision_counts_empty() -> [(&'static str, usize); 9] {
+pub fn precision_counts_empty() -> [(&'static str, usize); 10] {
     [
         ("INT8", 0),
         ("W8A8", 0),
         ("W8A8-dyn", 0),
         ("FP8", 0),
         ("FP8-dyn", 0),
+        ("INT4", 0),
         ("FP16", 0),
         ("BF16", 0),
         ("FP32", 0),
