@@ -197,3 +197,21 @@ fn eval_perplexity_prints_llama_perplexity_lines_and_refuses_short_texts() {
     assert_ne!(code, 0);
     assert!(stderr.contains("needs a Llama decoder"), "{stderr}");
 }
+
+#[test]
+fn int4_takes_a_listed_group_size_and_refuses_flags_that_do_not_apply() {
+    let (code, stdout, stderr) =
+        run_cli(&["quantize", &sample(), "--precision", "int4", "--group-size", "32", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(json["coverage"].as_str().unwrap().contains("int4 sym g32"), "{}", json["coverage"]);
+    for (args, expected) in [
+        (vec!["--precision", "int4", "--group-size", "48"], "48"),
+        (vec!["--precision", "int8", "--group-size", "32"], "--group-size applies to --precision int4 only"),
+        (vec!["--precision", "int4", "--per-channel"], "--per-channel applies to int8 only"),
+    ] {
+        let (code, _, stderr) = run_cli(&[&["quantize", &sample()][..], &args].concat());
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

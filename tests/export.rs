@@ -434,3 +434,101 @@ fn grouped_query_attention_with_one_scheme_is_not_a_split_fusion() {
         assert!(check.is_clean(), "{precision}: {:?}", check.problems(&model));
     }
 }
+
+/// Group-wise INT4 (W4A16): the packed codes, scales and zero points of `pack-quantized` decode to the simulated
+/// values bit for bit, each layer with the group size its rows allow.
+#[test]
+fn int4_exports_pack_quantized_codes_scales_and_zero_points_bit_for_bit() {
+    use quantstudio::quant::{Int4Scheme, int4};
+    let dir = common::temp_dir();
+    let source = Model::open(&common::bundled_sample()).unwrap();
+    for asked in [Int4Scheme::new(true, 128), Int4Scheme::new(false, 32)] {
+        let plan = Recipe::uniform(Precision::Int4(asked)).resolve(&source).unwrap();
+        // q_proj has rows of 64 values: groups of 128 fall back to 64, with a warning naming it.
+        let q_proj = source.layer_by_name("model.layers.0.self_attn.q_proj").unwrap();
+        let fitted = Int4Scheme { group_size: asked.group_size.min(64), ..asked };
+        assert_eq!(plan.layer(q_proj), Precision::Int4(fitted));
+        assert_eq!(
+            plan.warnings.iter().any(|w| w.contains("groups of 128 do not divide") && w.contains("q_proj")),
+            asked.group_size == 128,
+            "{:?}",
+            plan.warnings
+        );
+        let check = export::Target::CompressedTensors.check(&source, &plan);
+        let refused_for_transformers = check.layers.iter().any(|l| {
+            l.refusals.iter().any(|r| r.runtime == export::Runtime::Transformers && r.reason.contains("dequantize"))
+        });
+        assert_eq!(refused_for_transformers, !asked.symmetric, "{:?}", check.problems(&source));
+        let out = dir.path().join(format!("int4-{}", asked.group_size));
+        export::export(&source, &plan, &out, &forced(), &Progress::new()).unwrap();
+        let exported = Model::open(&out).unwrap();
+        for (name, cols) in
+            [("model.layers.0.mlp.down_proj.weight", 128), ("model.layers.0.self_attn.q_proj.weight", 64)]
+        {
+            let scheme = asked.fitted(cols).unwrap();
+            let groups = cols / scheme.group_size;
+            let original = floats(&source, name);
+            let rows = original.len() / cols;
+            assert!(exported.tensor_by_name(name).is_none(), "{name}: only the packed codes are written");
+            let packed_id = exported.tensor_by_name(&format!("{name}_packed")).unwrap();
+            assert_eq!(
+                (exported.tensor(packed_id).dtype, exported.tensor(packed_id).shape.clone()),
+                (DType::I32, vec![rows, cols / 8])
+            );
+            let packed = exported.tensor_bytes(packed_id);
+            let scales = floats(&exported, &format!("{name}_scale"));
+            assert_eq!(scales.len(), rows * groups);
+            let zero_points: Option<Vec<u32>> = exported.tensor_by_name(&format!("{name}_zero_point")).map(|id| {
+                assert_eq!(exported.tensor(id).shape, [rows.div_ceil(8), groups]);
+                exported.tensor_bytes(id).chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().unwrap())).collect()
+            });
+            assert_eq!(zero_points.is_some(), !scheme.symmetric, "{name}");
+            let shape_id = exported.tensor_by_name(&format!("{name}_shape")).unwrap();
+            let shape: Vec<i64> = exported
+                .tensor_bytes(shape_id)
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(shape, [rows as i64, cols as i64]);
+            let data = TensorData::from_f32(&original, rows, cols);
+            let simulated =
+                quantstudio::runtime::weights::simulate(&data, Precision::Int4(scheme), &Progress::new()).unwrap();
+            for (r, row) in original.chunks(cols).enumerate() {
+                let (codes, params) = int4::quantize_row(scheme, row);
+                for (g, p) in params.iter().enumerate() {
+                    assert_eq!(scales[r * groups + g].to_bits(), p.scale.to_bits(), "{name} row {r} group {g}");
+                    let zero_point = match &zero_points {
+                        Some(words) => ((words[(r / 8) * groups + g] >> (4 * (r % 8))) & 0xF) as i32 - 8,
+                        None => 0,
+                    };
+                    assert_eq!(zero_point, p.zero_point, "{name} row {r} group {g}");
+                }
+                for (c, &q) in codes.iter().enumerate() {
+                    let byte = packed[r * cols / 2 + c / 2];
+                    let stored = ((byte >> (4 * (c % 2))) & 0xF) as i32 - 8;
+                    assert_eq!(stored, q as i32, "{name} row {r} col {c}");
+                    let p = params[c / scheme.group_size];
+                    let decoded = (stored - p.zero_point) as f32 * p.scale;
+                    assert_eq!(decoded.to_bits(), simulated[r * cols + c].to_bits(), "{name} row {r} col {c}");
+                }
+            }
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let quantization = &config["quantization_config"];
+        assert_eq!(quantization["format"], "pack-quantized");
+        let groups = quantization["config_groups"].as_object().unwrap();
+        let sizes: Vec<i64> = groups.values().map(|g| g["weights"]["group_size"].as_i64().unwrap()).collect();
+        for group in groups.values() {
+            let weights = &group["weights"];
+            assert_eq!((weights["num_bits"].as_i64(), weights["strategy"].as_str()), (Some(4), Some("group")));
+            assert_eq!(weights["symmetric"], asked.symmetric);
+            assert!(group["input_activations"].is_null());
+        }
+        let mut expected: Vec<i64> = if asked.group_size == 128 { vec![128, 64] } else { vec![32] };
+        let mut sizes = sizes;
+        sizes.sort();
+        expected.sort();
+        assert_eq!(sizes, expected);
+    }
+}

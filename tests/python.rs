@@ -5,8 +5,8 @@
 //! Needs a Python with numpy and safetensors (`QUANTSTUDIO_PYTHON`, default `python3`), found by build.rs when the
 //! tests are built: without one these tests are reported as ignored (with `QUANTSTUDIO_REQUIRE_PYTHON=1`, set by
 //! `.ci/run`, the build fails instead). The FP8 reference checks also need ml_dtypes, the real-checkpoint tests
-//! `QUANTSTUDIO_REFERENCE_MODEL`. Each test names its schemes (`--schemes numpy` or `fp8`), so an FP8 check is
-//! never skipped inside a test that passes: without ml_dtypes it is the FP8 test that shows as ignored.
+//! `QUANTSTUDIO_REFERENCE_MODEL`. Each test names its schemes (`--schemes numpy`, `fp8` or `int4`), so an FP8 check
+//! is never skipped inside a test that passes: without ml_dtypes it is the FP8 test that shows as ignored.
 
 use std::path::Path;
 use std::process::Command;
@@ -33,7 +33,7 @@ fn reference_check(args: &[&str]) {
 }
 
 /// The hand-made model of edge values (`reference_check.py --make-awkward`: zeros, constants, NaN/inf, subnormals,
-/// values near f32::MAX, ties), written into a temp folder.
+/// values near f32::MAX, ties, INT4 groups of each), written into a temp folder.
 fn awkward_model() -> tempfile::TempDir {
     let dir = common::temp_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check/reference_check.py");
@@ -74,6 +74,25 @@ fn numpy_reference_agrees_on_fp8_on_the_samples_and_on_edge_values() {
     reference_check(&[&models[..], &["--schemes", "fp8"]].concat());
 }
 
+/// Group-wise INT4 (symmetric and asymmetric, groups of 32/64/128 asked, and a recipe over every layer): figures,
+/// histograms, which layers are INT4 with which fitted group size, the packed codes, scales and zero points of the
+/// export and its config groups, on the bundled sample, digits-mlp (rows of 64: smaller groups), digits-cnn
+/// (convolutions stay FP32) and the edge values (ties at ±7.5, zero and non-finite groups, values near f32::MAX).
+#[test]
+#[cfg_attr(
+    not(quantstudio_python_numpy),
+    ignore = "needs a Python with numpy and safetensors (set QUANTSTUDIO_PYTHON)"
+)]
+fn numpy_reference_agrees_on_int4_on_the_samples_and_on_edge_values() {
+    let awkward = awkward_model();
+    let sample = common::bundled_sample();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (mlp, cnn) = (root.join("sample-models/digits-mlp"), root.join("sample-models/digits-cnn"));
+    let models =
+        [sample.to_str().unwrap(), mlp.to_str().unwrap(), cnn.to_str().unwrap(), awkward.path().to_str().unwrap()];
+    reference_check(&[&models[..], &["--schemes", "int4"]].concat());
+}
+
 /// A checkpoint nobody on the team made (all-MiniLM-L6-v2), when `QUANTSTUDIO_REFERENCE_MODEL` names its folder.
 #[test]
 #[cfg_attr(
@@ -92,6 +111,16 @@ fn numpy_reference_agrees_on_a_real_checkpoint() {
 )]
 fn numpy_reference_agrees_on_fp8_on_a_real_checkpoint() {
     reference_check(&[REFERENCE_MODEL, "--schemes", "fp8"]);
+}
+
+/// The INT4 schemes on all-MiniLM-L6-v2 (the recipe over every layer: its embedding tables too).
+#[test]
+#[cfg_attr(
+    not(all(quantstudio_python_numpy, quantstudio_reference_model)),
+    ignore = "needs a Python with numpy and safetensors and QUANTSTUDIO_REFERENCE_MODEL (.ci/run fetches all-MiniLM-L6-v2)"
+)]
+fn numpy_reference_agrees_on_int4_on_a_real_checkpoint() {
+    reference_check(&[REFERENCE_MODEL, "--schemes", "int4"]);
 }
 
 /// The runtime fixtures' goldens (from transformers' Flax models) agree with a plain-numpy forward pass that reads

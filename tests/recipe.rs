@@ -78,3 +78,43 @@ fn starting_recipe_reproduces_its_plan_and_saves_atomically() {
     assert_eq!(loaded.resolve(&model).unwrap(), Recipe::uniform(INT8).resolve(&model).unwrap());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
 }
+
+#[test]
+fn int4_recipes_round_trip_with_their_group_size_and_refuse_unlisted_sizes() {
+    use quantstudio::quant::Int4Scheme;
+    let path = std::path::Path::new("int4.json");
+    let text = r#"{"format":"quantstudio-recipe","version":1,"default":{"precision":"int4","symmetric":false,"group_size":32}}"#;
+    let recipe = Recipe::from_json(text, path).unwrap();
+    assert_eq!(recipe.default, Precision::Int4(Int4Scheme::new(false, 32)));
+    assert_eq!(Recipe::from_json(&recipe.to_json(), path).unwrap(), recipe);
+    // Defaults: symmetric, groups of 128.
+    let short = Recipe::from_json(r#"{"version":1,"default":{"precision":"int4"}}"#, path).unwrap();
+    assert_eq!(short.default, Precision::Int4(Int4Scheme::new(true, 128)));
+    let bad = r#"{"version":1,"rules":[{"pattern":"*","precision":"int4","group_size":48}]}"#;
+    let err = Recipe::from_json(bad, path).unwrap_err().to_string();
+    assert!(err.contains("int4.json") && err.contains("rule 0") && err.contains("48"), "{err}");
+    let typo = r#"{"version":1,"default":{"precision":"int4","groupsize":32}}"#;
+    let err = Recipe::from_json(typo, path).unwrap_err().to_string();
+    assert!(err.contains("groupsize") && err.contains("group_size"), "{err}");
+}
+
+#[test]
+fn int4_keeps_fp32_where_no_group_size_divides_the_rows() {
+    use quantstudio::quant::Int4Scheme;
+    let model = sample();
+    let plan = Recipe::everywhere(Precision::Int4(Int4Scheme::default())).resolve(&model).unwrap();
+    for (index, layer) in model.layers.iter().enumerate() {
+        let precision = plan.layers[index];
+        let Some(main) = model.main_tensor(quantstudio::model::LayerId(index)) else { continue };
+        let shape = &model.tensor(main).shape;
+        if shape.len() == 2 && shape[1].is_multiple_of(32) && !layer.name.ends_with("norm") {
+            assert!(
+                matches!(precision, Precision::Int4(s) if shape[1].is_multiple_of(s.group_size)),
+                "{}: {precision}",
+                layer.name
+            );
+        } else {
+            assert!(!matches!(precision, Precision::Int4(_)), "{}: {precision}", layer.name);
+        }
+    }
+}

@@ -171,7 +171,7 @@ mod tests {
         let (codes, params) = quantize_row(scheme, &row);
         assert_eq!(params.len(), 2);
         assert_eq!(params[0].zero_point, -8, "a positive-only group starts at the lowest code");
-        assert_eq!(params[0].scale, 3.1f32 / 15.0);
+        assert_eq!(params[0].scale, row[31] / 15.0);
         assert_eq!(codes[0], -8);
         for p in &params {
             assert_eq!(p.dequantize(p.quantize(0.0)), 0.0);

@@ -122,8 +122,8 @@ impl<'m> WeightSource<'m> {
         Ok(Some((packed, scales, input)))
     }
 
-    /// For a deployed source and a linear layer the plan stores in FP16, BF16 or INT8 without an integer product
-    /// (weight-only INT8, or W8A8 with asymmetric weights): the weight `name` (`[outputs, inputs]`) held compact,
+    /// For a deployed source and a linear layer the plan stores in FP16, BF16, FP8, INT4 or INT8 without an integer
+    /// product (weight-only INT8, or W8A8 with asymmetric weights): the weight `name` (`[outputs, inputs]`) held compact,
     /// converted tile by tile as it multiplies ([`super::wgemm`]). `None` otherwise.
     pub fn compact_linear(
         &self,
@@ -138,6 +138,16 @@ impl<'m> WeightSource<'m> {
         let packed = match plan.tensor(self.model, id) {
             // llama.cpp's blocks run on their dequantized f32 values.
             Precision::Fp32 | Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => return Ok(None),
+            Precision::Int4(scheme) if scheme.fits(inputs) => {
+                let quantized = crate::quant::quantize_tensor_int4(&data, scheme, &self.progress)?;
+                super::wgemm::PackedWeights::int4(
+                    &quantized.codes,
+                    &quantized.params,
+                    scheme.group_size,
+                    outputs,
+                    inputs,
+                )?
+            }
             Precision::Int4(_) => return Ok(None),
             Precision::Fp16 | Precision::Bf16 if data.len() != outputs * inputs => return Ok(None),
             Precision::Fp16 => {

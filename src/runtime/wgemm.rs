@@ -78,6 +78,8 @@ pub enum WeightFormat {
     Int8,
     /// FP8 E4M3 codes (1 byte a weight) with a scale per output row.
     Fp8,
+    /// Group-wise INT4 codes (half a byte a weight) with a scale and zero point per group of each output row.
+    Int4,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +92,9 @@ enum Storage {
     Int8 { codes: Vec<i8>, scales: Vec<f32>, zero_points: Vec<i32>, symmetric: bool },
     /// E4M3 codes, blocks `[k][64]`; scale per (padded) output column; per block, whether it holds a NaN code.
     Fp8 { codes: Vec<u8>, scales: Vec<f32>, nan_blocks: Vec<bool> },
+    /// INT4 codes as `q + 8` nibbles, blocks `[k][32 bytes]` (column `2c` in the low nibble of byte `c`, `2c + 1` in
+    /// the high one); per block, scale and zero point `[k / group][64]`.
+    Int4 { codes: Vec<u8>, scales: Vec<f32>, zero_points: Vec<i8>, group: usize },
 }
 
 /// A weight `[n, k]` (`n` outputs × `k` inputs) held as FP16, BF16, INT8 codes or FP8 E4M3 codes, packed for its
@@ -198,6 +203,36 @@ impl PackedWeights {
         Ok(PackedWeights { n, k, storage: Storage::Fp8 { codes, scales, nan_blocks } })
     }
 
+    /// Group-wise INT4: `codes` row-major `[n, k]` (`-8..=7`, as `quant::quantize_tensor_int4` gives them) with
+    /// the parameters of every group, row by row (`n · k / group`). Weight `(j, i)` is
+    /// `(q - zero_point) as f32 · scale` of its group, the formula of `QParams::dequantize`.
+    pub fn int4(codes: &[i8], params: &[QParams], group: usize, n: usize, k: usize) -> Result<PackedWeights> {
+        check_shape(codes.len(), n, k, "INT4 codes")?;
+        if group == 0 || !k.is_multiple_of(group) || params.len() != n * (k / group) {
+            return Err(Error::KernelInput {
+                problem: format!("{} INT4 groups of {group} for a [{n}, {k}] weight", params.len()),
+            });
+        }
+        let groups = k / group;
+        let blocks = n.div_ceil(NB);
+        let mut packed = vec![0u8; blocks * k * NB / 2];
+        let mut scales = vec![0.0f32; blocks * groups * NB];
+        let mut zero_points = vec![0i8; blocks * groups * NB];
+        for j in 0..n {
+            let (b, c) = (j / NB, j % NB);
+            for i in 0..k {
+                let nibble = ((codes[j * k + i] as i32 + 8) as u8) & 0x0F;
+                packed[(b * k + i) * NB / 2 + c / 2] |= nibble << (4 * (c % 2));
+            }
+            for g in 0..groups {
+                let p = params[j * groups + g];
+                scales[(b * groups + g) * NB + c] = p.scale;
+                zero_points[(b * groups + g) * NB + c] = p.zero_point as i8;
+            }
+        }
+        Ok(PackedWeights { n, k, storage: Storage::Int4 { codes: packed, scales, zero_points, group } })
+    }
+
     /// Output channels.
     pub fn n(&self) -> usize {
         self.n
@@ -215,16 +250,19 @@ impl PackedWeights {
             Storage::Bf16(_) => WeightFormat::Bf16,
             Storage::Int8 { .. } => WeightFormat::Int8,
             Storage::Fp8 { .. } => WeightFormat::Fp8,
+            Storage::Int4 { .. } => WeightFormat::Int4,
         }
     }
 
     /// Bytes held: 2 a weight for FP16 and BF16, 1 for INT8 plus 8 per output column (scale and zero point), 1 for
-    /// FP8 plus 4 per output column (scale), padding to whole blocks included.
+    /// FP8 plus 4 per output column (scale), half for INT4 plus 5 per group of each output column (scale and zero
+    /// point), padding to whole blocks included.
     pub fn size_bytes(&self) -> usize {
         match &self.storage {
             Storage::Fp16(bits) | Storage::Bf16(bits) => 2 * bits.len(),
             Storage::Int8 { codes, scales, zero_points, .. } => codes.len() + 4 * scales.len() + 4 * zero_points.len(),
             Storage::Fp8 { codes, scales, .. } => codes.len() + 4 * scales.len(),
+            Storage::Int4 { codes, scales, zero_points, .. } => codes.len() + 4 * scales.len() + zero_points.len(),
         }
     }
 
@@ -260,6 +298,7 @@ impl PackedWeights {
                     (codes[i * NB + c] as i32 - zero_points[c]) as f32 * scales[c]
                 }
                 Block::Fp8 { codes, scales, .. } => e4m3_to_f32(codes[i * NB + c]) * scales[c],
+                Block::Int4 { .. } => block.int4_value(i, c),
             };
         }
     }
@@ -325,6 +364,15 @@ impl PackedWeights {
             },
             Storage::Fp8 { codes, scales, nan_blocks } => {
                 Block::Fp8 { codes: &codes[b * len..][..len], scales: &scales[b * NB..][..NB], has_nan: nan_blocks[b] }
+            }
+            Storage::Int4 { codes, scales, zero_points, group } => {
+                let params = self.k / group * NB;
+                Block::Int4 {
+                    codes: &codes[b * len / 2..][..len / 2],
+                    scales: &scales[b * params..][..params],
+                    zero_points: &zero_points[b * params..][..params],
+                    group: *group,
+                }
             }
         }
     }
@@ -470,6 +518,24 @@ enum Block<'a> {
         scales: &'a [f32],
         has_nan: bool,
     },
+    /// INT4 nibbles `[k][32 bytes]` with the scales and zero points `[k / group][64]` of the 64 columns.
+    Int4 {
+        codes: &'a [u8],
+        scales: &'a [f32],
+        zero_points: &'a [i8],
+        group: usize,
+    },
+}
+
+impl Block<'_> {
+    /// Weight `(i, c)` of an INT4 block: `(q - zero_point) as f32 · scale` (0 for other blocks).
+    #[inline]
+    fn int4_value(&self, i: usize, c: usize) -> f32 {
+        let Block::Int4 { codes, scales, zero_points, group } = *self else { return 0.0 };
+        let q = ((codes[i * NB / 2 + c / 2] >> (4 * (c % 2))) & 0x0F) as i32 - 8;
+        let at = (i / group) * NB + c;
+        (q - zero_points[at] as i32) as f32 * scales[at]
+    }
 }
 
 /// FP16 bits to f32, exactly.
@@ -503,11 +569,18 @@ fn tile_portable(block: Block, tile: &mut [f32]) {
                 }
             }
         }
+        Block::Int4 { .. } => {
+            for (i, t) in tile.chunks_exact_mut(NB).enumerate() {
+                for (c, t) in t.iter_mut().enumerate() {
+                    *t = block.int4_value(i, c);
+                }
+            }
+        }
     }
 }
 
 /// `acc[r][c] += Σ_i x[r][i] · w[i][c]` over the block, `i` in order, multiply then add (INT8: `w = q - zero_point`,
-/// FP8: `w = e4m3_to_f32(q) · 2^-8` times `x · 2^8`, both unscaled), portable.
+/// FP8: `w = e4m3_to_f32(q) · 2^-8` times `x · 2^8`, both unscaled; INT4: the scaled weights), portable.
 fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &mut [[f32; NB]; R]) {
     let mut w = [0.0f32; NB];
     for i in 0..k {
@@ -522,6 +595,8 @@ fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &
             Block::Fp8 { codes, .. } => {
                 w.iter_mut().zip(&codes[i * NB..]).for_each(|(w, &q)| *w = e4m3_to_f32(q) * FP8_GEMV_UNIT)
             }
+            // Scales change along `k` (one per group): the weights are scaled here, not in `finish`.
+            Block::Int4 { .. } => w.iter_mut().enumerate().for_each(|(c, w)| *w = block.int4_value(i, c)),
         }
         for (acc, x) in acc.iter_mut().zip(x) {
             let xi = if matches!(block, Block::Fp8 { .. }) { x[i] * FP8_GEMV_X_SCALE } else { x[i] };
@@ -659,6 +734,7 @@ mod avx2 {
             Block::Fp8 { codes, scales, has_nan: false } => unsafe { fp8_tile::<false>(codes, scales, tile) },
             // SAFETY: forwarded.
             Block::Fp8 { codes, scales, has_nan: true } => unsafe { fp8_tile::<true>(codes, scales, tile) },
+            Block::Int4 { .. } => super::tile_portable(block, tile),
         }
     }
 
@@ -682,6 +758,7 @@ mod avx2 {
                 }
                 Block::Fp8 { codes, has_nan: false, .. } => by_rows::<FP8, R>(codes.as_ptr(), k, x, &[0; NB], acc),
                 Block::Fp8 { codes, has_nan: true, .. } => by_rows::<FP8_NAN, R>(codes.as_ptr(), k, x, &[0; NB], acc),
+                Block::Int4 { .. } => super::gemv_portable(block, k, &x, acc),
             }
         }
     }
@@ -841,7 +918,7 @@ mod tests {
     use crate::progress::Progress;
     use crate::quant::fp8;
     use crate::quant::pass::TensorData;
-    use crate::quant::{Granularity, Int8Scheme, Precision};
+    use crate::quant::{Granularity, Int4Scheme, Int8Scheme, Precision};
     use crate::runtime::weights::simulate;
 
     /// Largest relative L2 distance between a product and `ops::linear` on the simulated weights.
@@ -1008,6 +1085,16 @@ mod tests {
                 let (codes, scales, simulated) = fp8_quantized(&with_nan, n, k, per_row);
                 cases.push((PackedWeights::fp8(&codes, &scales, n, k).unwrap(), simulated));
             }
+            // INT4 on the rows that split into groups of 32, NaN and the edges included.
+            if k % 32 == 0 {
+                let data = TensorData::from_f32(&with_nan, n, k);
+                for scheme in [Int4Scheme::new(true, 32), Int4Scheme::new(false, 64)].into_iter().filter(|s| s.fits(k))
+                {
+                    let q = crate::quant::quantize_tensor_int4(&data, scheme, &progress).unwrap();
+                    let packed = PackedWeights::int4(&q.codes, &q.params, scheme.group_size, n, k).unwrap();
+                    cases.push((packed, simulate(&data, Precision::Int4(scheme), &progress).unwrap()));
+                }
+            }
             for (packed, simulated) in cases {
                 for simd in kernels() {
                     let mut tile = vec![0.0f32; k * NB];
@@ -1046,7 +1133,7 @@ mod tests {
             }
         }
         // Large enough to run in parallel: GEMV over blocks, tiles over blocks, one SGEMM split over threads.
-        shapes.extend([(1, 600, 515), (2, 300, 1000), (33, 300, 600), (200, 64, 130)]);
+        shapes.extend([(1, 600, 515), (2, 300, 1000), (33, 300, 600), (200, 64, 130), (1, 640, 515), (2, 256, 1000)]);
         for (m, k, n) in shapes {
             let seed = (m * 10_000 + k * 100 + n) as u64;
             let w = values(n * k, seed, 1.0);
@@ -1071,6 +1158,11 @@ mod tests {
                     simulated,
                     format!("Fp8 per row {per_row}"),
                 ));
+            }
+            for scheme in [Int4Scheme::new(true, 32), Int4Scheme::new(false, 32)].into_iter().filter(|s| s.fits(k)) {
+                let q = crate::quant::quantize_tensor_int4(&data, scheme, &progress).unwrap();
+                let packed = PackedWeights::int4(&q.codes, &q.params, scheme.group_size, n, k).unwrap();
+                cases.push((packed, simulated(Precision::Int4(scheme)), format!("{:?}", Precision::Int4(scheme))));
             }
             for (packed, simulated, label) in cases {
                 let w_t = ops::transpose(&simulated, n, k);

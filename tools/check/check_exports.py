@@ -12,10 +12,14 @@ MODEL is a Hugging Face folder of a BERT (model_type "bert", e.g. all-MiniLM-L6-
 with config.json, model.safetensors and tokenizer.json. Kinds (default: all; KINDS below, one line each):
   default       the CLI shortcut as a user types it: `quantize MODEL --precision int8 --per-channel -o OUT`,
                 `eval MODEL --precision int8 --per-channel` (linear layers but the head; no recipe)
-  int8-channel int8-tensor int8-asym-channel fp16 bf16 fp8 w8a8-static w8a8-dynamic fp8-dynamic
-                that precision on every Linear layer of the blocks (int8-asym-channel is written with --force:
-                vLLM has no kernel for it; w8a8-static is calibrated first)
-  mixed         W8A8-dynamic, FP8-dynamic, FP8, INT8 weight-only, FP16, BF16 and FP32 layers in one plan, the
+  int8-channel int8-tensor int8-asym-channel fp16 bf16 fp8 w8a8-static w8a8-dynamic fp8-dynamic int4
+  int4-asym-g32 that precision on every Linear layer of the blocks (int8-asym-channel is written with --force:
+                vLLM has no kernel for it; w8a8-static is calibrated first). int4: group-wise INT4 weights (W4A16),
+                symmetric, groups of 128, or of 64 or 32 where the layer's input width asks for it, as `--precision
+                int4`; int4-asym-g32: asymmetric, groups of 32, written with --force and loaded with
+                CompressedTensorsConfig(dequantize=True) (below); a layer whose inputs are not a multiple of 32
+                (tiny-llama-tied's 16) stays FP32, as the studio plans it
+  mixed         W8A8-dynamic, FP8-dynamic, FP8, INT8 weight-only, INT4, FP16, BF16 and FP32 layers in one plan, the
                 members of a fused family (q/k/v, gate/up) alike
 Needs torch, transformers, compressed-tensors and, for folders with modules.json, sentence-transformers.
 The binary defaults to $QUANTSTUDIO, else the newest of target/{release,debug}/quantstudio beside this script.
@@ -38,6 +42,14 @@ What happens, per model
    runs the same ids and masks: "transformers plan". With modules.json, `SentenceTransformer(OUT).encode(s)` runs
    too, one sentence per call (its own tokenisation, which must give the same ids); the export must hold every
    module folder of the original that modules.json names (1_Pooling/: the export carries companion files over).
+4. Asymmetric INT4 (int4-asym-g32): transformers' default load cannot take it. compressed-tensors packs the zero
+   points eight to an I32 along the output dimension in the file (`[ceil(out/8), groups]`) but builds the model
+   with an unpacked placeholder (`[out, groups]`), and transformers 5 stops with "You set `ignore_mismatched_sizes`
+   to `False`, thus raising an error" (the studio's compatibility check refuses transformers for such a plan,
+   hence --force). The check asserts that refusal, which it reports as "default load refused" (if the default
+   load worked and computed the plan, the studio's refusal would be outdated: a failure), then loads OUT with
+   `quantization_config=CompressedTensorsConfig(dequantize=True)` (sentence-transformers: in `model_kwargs`),
+   which unpacks the zero points and decompresses every weight to a plain float32 Linear while loading.
 
 What is compared, and the tolerances
 ------------------------------------
@@ -46,10 +58,11 @@ library's output and `b` the studio's:
     rel_max = max |a - b| / max |b|            rel_l2 = ||a - b||_2 / ||b||_2
 over all samples of a kind, and rel_l2 also per sample.
 - sanity, transformers FP32 vs the studio's `fp32.{i}`: rel_max <= FP32_REL_MAX.
-- weight-only kinds (INT8 weights, FP8 weights, FP16, BF16, the default plan): transformers plan vs the studio's
-  `plan.{i}`: rel_max <= WEIGHT_ONLY_REL_MAX. compressed-tensors decompresses to dense float32 weights with
-  `(q - zp) * scale` or `e4m3(q) * scale`, the very values the studio simulates; FP16/BF16 layers are plain float
-  tensors that transformers widens to float32. What remains is the order of the f32 sums in the products.
+- weight-only kinds (INT8 weights, FP8 weights, INT4 weights, FP16, BF16, the default plan): transformers plan vs
+  the studio's `plan.{i}`: rel_max <= WEIGHT_ONLY_REL_MAX. compressed-tensors decompresses to dense float32
+  weights with `(q - zp) * scale` or `e4m3(q) * scale` (INT4: per group of the row, in the scale's dtype, F32 in
+  these exports; the same with dequantize=True), the very values the studio simulates; FP16/BF16 layers are plain
+  float tensors that transformers widens to float32. What remains is the order of the f32 sums in the products.
 - activation-quantized kinds (W8A8 static and dynamic, FP8-dynamic, mixed): an input code differs by one grid
   step wherever v = x / s lies within the float32 noise of the two sides' x (different summation orders) of a
   rounding tie (INT8: k + 1/2; FP8: halfway between E4M3 values); the sample's output moves by that step through
@@ -139,7 +152,9 @@ class Kind:
     rules: dict | None = None  # per family: [(glob, precision)], in order, the last match winning
     shortcut: tuple = ()  # `quantize` / `eval` arguments instead of a recipe (e.g. --precision int8 --per-channel)
     calibrate: bool = False  # static INT8 inputs: `calibrate --write-recipe` turns the INT8 layers into W8A8
-    force: bool = False  # `quantize -o --force`: a plan transformers loads and vLLM refuses
+    force: bool = False  # `quantize -o --force`: a plan one runtime refuses (vLLM, or transformers' default load)
+    # transformers loads the export with CompressedTensorsConfig(dequantize=True) (asymmetric INT4; header, step 4)
+    dequantize: bool = False
 
     def precisions(self, family: str) -> list[dict]:
         if self.precision is not None:
@@ -158,9 +173,14 @@ W8A8_DYNAMIC = {**INT8_SYM_CHANNEL, "activations": "int8_dynamic"}
 FP8 = {"precision": "fp8", "granularity": "per_channel"}
 FP8_DYNAMIC = {**FP8, "activations": "fp8_dynamic"}
 FP16, BF16, FP32 = {"precision": "fp16"}, {"precision": "bf16"}, {"precision": "fp32"}
+# Group-wise INT4 weights (W4A16); a layer whose input width 128 does not divide gets groups of 64 or 32.
+INT4 = {"precision": "int4", "symmetric": True, "group_size": 128}
 
 # A mixed plan: every precision the export writes, one layout per config group, in one model; the members of a
-# fused family (q/k/v, gate/up; BERT's query/key/value) alike, as vLLM requires (else `quantize -o` refuses).
+# fused family (q/k/v, gate/up; BERT's query/key/value) alike, as vLLM requires (else `quantize -o` refuses). INT4
+# (symmetric: transformers' default load takes it) goes where another layer keeps that layer's precision in the
+# two-layer fixtures: BERT's first intermediate.dense (W8A8-dynamic stays on the first query/key/value), Llama's
+# second gate/up pair (FP8 stays on the first); on tiny-llama-tied (hidden size 16) that pair stays FP32.
 MIXED_RULES = {
     "bert": [
         ("encoder.layer.*.attention.self.*", W8A8_DYNAMIC),
@@ -171,6 +191,7 @@ MIXED_RULES = {
         ("encoder.layer.0.attention.output.dense", FP16),
         ("encoder.layer.1.intermediate.dense", BF16),
         ("encoder.layer.0.output.dense", FP32),
+        ("encoder.layer.0.intermediate.dense", INT4),
     ],
     "llama": [
         ("model.layers.*.self_attn.[qkv]_proj", W8A8_DYNAMIC),
@@ -181,6 +202,8 @@ MIXED_RULES = {
         ("model.layers.0.self_attn.o_proj", FP16),
         ("model.layers.1.mlp.down_proj", BF16),
         ("model.layers.0.mlp.down_proj", FP32),
+        ("model.layers.1.mlp.gate_proj", INT4),
+        ("model.layers.1.mlp.up_proj", INT4),
     ],
 }
 
@@ -197,6 +220,9 @@ KINDS = [
     Kind("w8a8-static", INT8_SYM_CHANNEL, calibrate=True),
     Kind("w8a8-dynamic", W8A8_DYNAMIC),
     Kind("fp8-dynamic", FP8_DYNAMIC),
+    Kind("int4", INT4),
+    # The studio refuses transformers for asymmetric INT4 (its default load cannot take the packed zero points).
+    Kind("int4-asym-g32", {"precision": "int4", "symmetric": False, "group_size": 32}, force=True, dequantize=True),
     Kind("mixed", rules=MIXED_RULES),
 ]
 
@@ -332,12 +358,51 @@ def write_recipe(family: str, kind: Kind, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # transformers
 # ----------------------------------------------------------------------------------------------------------------
-def load_model(folder: Path, family: str):
+def load_model(folder: Path, family: str, dequantize: bool = False):
+    """The folder in float32 on the CPU; with `dequantize`, through CompressedTensorsConfig(dequantize=True)."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     cls = AutoModel if family == "bert" else AutoModelForCausalLM
-    return cls.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return cls.from_pretrained(str(folder), dtype=torch.float32, **load_options(dequantize)).eval()
+
+
+def load_options(dequantize: bool) -> dict:
+    """`from_pretrained` arguments beyond the dtype: the dequantizing load, whose loading attribute transformers
+    takes over the checkpoint's quantization_config (it warns that the rest of the passed config is ignored)."""
+    if not dequantize:
+        return {}
+    import warnings
+    from transformers import CompressedTensorsConfig
+
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
+def default_load_refusal(folder: Path, family: str, data: dict, studio_plan: list) -> tuple[list, str]:
+    """For a plan the studio refuses for transformers' default load (asymmetric INT4): that load must fail, or at
+    least compute something else than the plan; a default load that computes the plan makes the refusal outdated."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = load_model(folder, family)
+    except (RuntimeError, ValueError) as e:
+        # transformers' first line ("You set `ignore_mismatched_sizes` to `False`, thus raising an error. For
+        # details look at the above report!"): its report is not printed at the error verbosity this script sets
+        first = (str(e).strip().splitlines() or [""])[0].split(" For details")[0]
+        return [], f"default load refused ({type(e).__name__}: {first})"
+    try:
+        figures = Figures.of(masked(run_model(loaded, family, data), data), studio_plan)
+    except (RuntimeError, ValueError) as e:
+        return [], f"default load loads, then its forward fails ({type(e).__name__}: {str(e).strip()[:120]})"
+    if figures.rel_max <= WEIGHT_ONLY_REL_MAX:
+        return [
+            f"transformers' default load computes the plan (rel_max {figures.rel_max:.3g}): the studio's refusal of "
+            "transformers for this plan is outdated"
+        ], f"default load computes the plan (rel_max {figures.rel_max:.2e})"
+    return [], f"default load computes something else (rel_max {figures.rel_max:.2e})"
 
 
 def run_model(model, family: str, data: dict, probe: "TieProbe | None" = None) -> list:
@@ -621,7 +686,11 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
 
         activations = kind.quantizes_activations(family)
         patch = STUDIO_DYNAMIC_INT8_RULE and kind.dynamic_int8(family)
-        loaded = load_model(export, family)
+        default_text = ""
+        if kind.dequantize:
+            found, default_text = default_load_refusal(export, family, data, studio_plan)
+            problems += found
+        loaded = load_model(export, family, kind.dequantize)
         as_loaded_text = ""
         if patch:
             # compressed-tensors' own per-token INT8 rule: against the studio's own error (header)
@@ -648,13 +717,17 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
         del loaded
         st_text = ""
         if with_st:
-            found, st_text = sentence_transformers_check(model, export, sentences, saved, data, activations, patch)
+            found, st_text = sentence_transformers_check(
+                model, export, sentences, saved, data, activations, patch, kind.dequantize
+            )
             problems += found
             st_text = f" | sentence-transformers {st_text}"
 
         studio = report.get("output_sqnr_db")
         studio_text = "identical to FP32" if studio is None else f"{studio:.1f} dB output SQNR vs FP32"
         line = f"{name} {kind.name}: fp32 rel_max {sanity.rel_max:.2e} | plan {plan_text}{st_text} | studio {studio_text}"
+        if kind.dequantize:
+            line += f" | loaded with CompressedTensorsConfig(dequantize=True); {default_text}"
         if as_loaded_text:
             line += f" | as loaded (compressed-tensors' per-token INT8 scale absmax/127.5): {as_loaded_text}"
         line += f" | layers: {layers}"
@@ -683,10 +756,11 @@ def judge_as_loaded(as_loaded: Figures, plan_error: Figures, what: str) -> tuple
 
 
 def sentence_transformers_check(
-    model: Path, export: Path, sentences, saved, data, activations: bool, patch: bool
+    model: Path, export: Path, sentences, saved, data, activations: bool, patch: bool, dequantize: bool = False
 ) -> tuple[list, str]:
     """`SentenceTransformer(export).encode` against the studio's embeddings: its own tokenisation must give the
-    data's ids; with `patch`, the studio's per-token INT8 rule (and the figures as loaded too)."""
+    data's ids; with `patch`, the studio's per-token INT8 rule (and the figures as loaded too); with `dequantize`,
+    loaded through CompressedTensorsConfig(dequantize=True)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -700,7 +774,9 @@ def sentence_transformers_check(
     if problems:
         return problems, "not loaded"
 
-    st = SentenceTransformer(str(export), device="cpu", model_kwargs={"dtype": torch.float32})
+    st = SentenceTransformer(
+        str(export), device="cpu", model_kwargs={"dtype": torch.float32, **load_options(dequantize)}
+    )
     tokens = st.tokenize(sentences)
     for i in range(len(sentences)):
         n = int(data["attention_mask"][i].sum())

