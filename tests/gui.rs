@@ -567,3 +567,29 @@ fn perplexity_runs_on_a_llama_text_and_shows_fp32_beside_the_plan() {
     h.get_by_label(&format!("#1 {}", h.state().studio.results.perplexities[0].summary));
     h.get_by_label(&format!("{:.6}", report.kl_p99));
 }
+
+/// An INT4 layer set from the window: the table shows the group size its rows allow (the sample's q_proj has rows
+/// of 64: groups of 128 become 64), and the inspector says how the group steps spread and plots them per channel.
+#[test]
+fn an_int4_layer_shows_its_fitted_group_size_and_the_spread_of_its_group_scales() {
+    use quantstudio::quant::{Int4Scheme, Precision};
+    let mut h = harness(&common::bundled_sample());
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    let model = h.state().studio.model.clone().unwrap();
+    let q_proj = model.layer_by_name("model.layers.0.self_attn.q_proj").unwrap();
+    h.get_by_label("precision of model.layers.0.self_attn.q_proj").click();
+    h.run_steps(3);
+    h.get_by_label("INT4").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.plan().layer(q_proj), Precision::Int4(Int4Scheme::new(true, 64)));
+    let order = h.state_mut().studio.rows();
+    h.state_mut().studio.click_row(q_proj, false, false, &order);
+    step_until(&mut h, "q_proj's INT4 analysis and histograms", |app| {
+        app.studio.layer_analysis(q_proj).is_some_and(|a| matches!(a.precision, Precision::Int4(_)))
+            && app.studio.layer_histograms(q_proj).is_some_and(|h| h.group_scales.is_some())
+    });
+    h.run_steps(2);
+    h.get_by_label("INT4 scheme of model.layers.0.self_attn.q_proj");
+    assert!(h.query_all_by_label_contains("INT4 groups of 64: step min").count() >= 1);
+    h.get_by_label(&format!("Largest group scale per output channel ({} channels)", 64));
+}

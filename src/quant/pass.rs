@@ -397,6 +397,36 @@ pub struct TensorHistograms {
     pub value: Histogram,
     /// Histogram of the error `x - x_hat`, over `[-r, r]` with `r` = [`TensorAnalysis::error_range`].
     pub error: Histogram,
+    /// Group-wise INT4: how the scales of the groups spread ([`GroupScales::of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_scales: Option<GroupScales>,
+}
+
+/// The spread of the scales of a group-wise INT4 tensor: one grid per group, too many to draw one by one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupScales {
+    /// Values per group.
+    pub group_size: usize,
+    /// Smallest, median (lower middle) and largest group scale.
+    pub min: f32,
+    /// See `min`.
+    pub median: f32,
+    /// See `min`.
+    pub max: f32,
+    /// The largest group scale of each output channel (row), in row order.
+    pub row_max: Vec<f32>,
+}
+
+impl GroupScales {
+    /// The spread of `params`, the group parameters of a tensor row by row (`groups_per_row` a row); `None` when
+    /// there are none.
+    pub fn of(params: &[QParams], groups_per_row: usize, group_size: usize) -> Option<GroupScales> {
+        let mut scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+        let row_max = scales.chunks(groups_per_row.max(1)).map(|row| row.iter().copied().fold(0.0, f32::max)).collect();
+        scales.sort_by(f32::total_cmp);
+        let (&min, &max) = (scales.first()?, scales.last()?);
+        Some(GroupScales { group_size, min, median: scales[(scales.len() - 1) / 2], max, row_max })
+    }
 }
 
 /// Smallest half-width of the error histogram, so that its bin arithmetic stays finite in f32.
@@ -715,7 +745,7 @@ pub fn histograms(data: &TensorData, analysis: &TensorAnalysis, progress: &Progr
     let mut error = Histogram::empty(-error_range, error_range);
     value.counts = value_counts.to_vec();
     error.counts = error_counts.to_vec();
-    Ok(TensorHistograms { value, error })
+    Ok(TensorHistograms { value, error, group_scales: None })
 }
 
 #[cfg(test)]

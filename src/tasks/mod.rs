@@ -117,7 +117,14 @@ pub fn tensor_histograms(
     analysis: &TensorAnalysis,
     progress: &Progress,
 ) -> Result<TensorHistograms> {
-    pass::histograms(&TensorData::of(model, tensor)?, analysis, progress)
+    let data = TensorData::of(model, tensor)?;
+    let mut histograms = pass::histograms(&data, analysis, progress)?;
+    if let crate::quant::Precision::Int4(scheme) = analysis.precision {
+        let quantized = crate::quant::quantize_tensor_int4(&data, scheme, progress)?;
+        let groups_per_row = data.cols / scheme.group_size;
+        histograms.group_scales = pass::GroupScales::of(&quantized.params, groups_per_row, scheme.group_size);
+    }
+    Ok(histograms)
 }
 
 /// Adds the histograms ([`tensor_histograms`]) of every analysed tensor of a report on `model`.

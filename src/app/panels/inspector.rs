@@ -8,6 +8,7 @@ use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, VLine};
 use super::{axes, format};
 use crate::app::StudioApp;
 use crate::app::state::Command;
+use crate::quant::pass::GroupScales;
 use crate::quant::{Precision, TensorAnalysis, TensorHistograms};
 use crate::stats::Histogram;
 
@@ -62,6 +63,9 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             value_plot(ui, &analysis, &histograms, log);
             ui.label(RichText::new("Error (x - dequantized x)").strong());
             histogram_plot(ui, "error-histogram", &histograms.error, log, ERROR_COLOR, &[], "error (weight units)");
+            if let Some(groups) = &histograms.group_scales {
+                group_scales_plot(ui, groups);
+            }
         }
         None if app.studio.layer_histograms_stopped(layer) => {
             ui.horizontal(|ui| {
@@ -105,6 +109,17 @@ fn scales_plot(ui: &mut egui::Ui, a: &TensorAnalysis) {
     let plot = Plot::new("scales").height(150.0).allow_scroll(false).include_y(0.0);
     axes::titled(plot, "output channel", y_title).show(ui, |plot| {
         plot.line(Line::new("scale", points).color(SCALE_COLOR));
+    });
+}
+
+/// Group-wise INT4: the largest group scale of every output channel (one point per channel).
+fn group_scales_plot(ui: &mut egui::Ui, groups: &GroupScales) {
+    let count = groups.row_max.len();
+    ui.label(RichText::new(format!("Largest group scale per output channel ({count} channels)")).strong());
+    let points: PlotPoints = groups.row_max.iter().enumerate().map(|(i, &s)| [i as f64, s as f64]).collect();
+    let plot = Plot::new("group-scales").height(150.0).allow_scroll(false).include_y(0.0);
+    axes::titled(plot, "output channel", "scale (step)").show(ui, |plot| {
+        plot.line(Line::new("largest group scale", points).color(SCALE_COLOR));
     });
 }
 
@@ -172,6 +187,30 @@ fn value_plot(ui: &mut egui::Ui, a: &TensorAnalysis, h: &TensorHistograms, log: 
                 }
             }
         }
+    }
+    if let (Precision::Int4(scheme), Some(groups)) = (a.precision, &h.group_scales) {
+        // One grid per group: the spread of the steps is said and, when symmetric (every grid centred on 0), the
+        // median group's range drawn.
+        if scheme.symmetric {
+            let (lo, hi) = (-8.0 * groups.median as f64, 7.0 * groups.median as f64);
+            marks.push(VLine::new("INT4 range of the median group", lo).color(RANGE_COLOR));
+            marks.push(VLine::new("INT4 range of the median group", hi).color(RANGE_COLOR));
+        }
+        super::hint(
+            ui,
+            format!(
+                "INT4 groups of {}: step min {}, median {}, max {}{}",
+                groups.group_size,
+                format::sci(groups.min as f64),
+                format::sci(groups.median as f64),
+                format::sci(groups.max as f64),
+                if scheme.symmetric {
+                    "; lines: the median group's range"
+                } else {
+                    " (asymmetric: each group its own offset)"
+                }
+            ),
+        );
     }
     if let Precision::Fp8(_) = a.precision
         && let Some(&scale) = a.fp8_scales.iter().max_by(|x, y| x.total_cmp(y))

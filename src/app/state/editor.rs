@@ -345,12 +345,13 @@ fn clips_of(plan: &Plan) -> BTreeMap<LayerId, f32> {
     plan.input_clips.iter().enumerate().filter_map(|(i, c)| c.map(|c| (LayerId(i), c))).collect()
 }
 
-/// The layers of `layers` that can take `precision` (all of them unless it is a llama.cpp block format), and a
-/// notice naming the others and why ([`crate::quant::plan::block_refusal`]): they keep their precision.
+/// The layers of `layers` that can take `precision` (all of them unless it is a llama.cpp block format or INT4,
+/// whose group size is first fitted to each layer's rows), and a notice naming the others and why ([`crate::quant::plan::block_refusal`]): they keep their precision.
 fn block_fit(model: &Model, layers: &[LayerId], precision: Precision) -> (Vec<LayerId>, Option<Notice>) {
     let mut kept = Vec::with_capacity(layers.len());
     let mut refused: Vec<(LayerId, String)> = Vec::new();
     for &layer in layers {
+        let precision = crate::quant::plan::fitted(model, layer, precision);
         match crate::quant::plan::block_refusal(model, layer, precision) {
             Some(reason) => refused.push((layer, reason)),
             None => kept.push(layer),
