@@ -571,11 +571,25 @@ fn tile_portable(block: Block, tile: &mut [f32]) {
         }
         Block::Int4 { .. } => {
             for (i, t) in tile.chunks_exact_mut(NB).enumerate() {
-                for (c, t) in t.iter_mut().enumerate() {
-                    *t = block.int4_value(i, c);
-                }
+                int4_row(block, i, t);
             }
         }
+    }
+}
+
+/// Row `i` of an INT4 block (64 weights) into `out`: `(q - zero_point) as f32 · scale`, one group's parameters.
+#[inline]
+fn int4_row(block: Block, i: usize, out: &mut [f32]) {
+    let Block::Int4 { codes, scales, zero_points, group } = block else { return };
+    let at = (i / group) * NB;
+    let (scales, zero_points) = (&scales[at..at + NB], &zero_points[at..at + NB]);
+    let bytes = &codes[i * NB / 2..(i + 1) * NB / 2];
+    for (((pair, byte), scale), zero) in
+        out.chunks_exact_mut(2).zip(bytes).zip(scales.chunks_exact(2)).zip(zero_points.chunks_exact(2))
+    {
+        let (lo, hi) = ((byte & 0x0F) as i32 - 8, (byte >> 4) as i32 - 8);
+        pair[0] = (lo - zero[0] as i32) as f32 * scale[0];
+        pair[1] = (hi - zero[1] as i32) as f32 * scale[1];
     }
 }
 
@@ -596,7 +610,7 @@ fn gemv_portable<const R: usize>(block: Block, k: usize, x: &[&[f32]; R], acc: &
                 w.iter_mut().zip(&codes[i * NB..]).for_each(|(w, &q)| *w = e4m3_to_f32(q) * FP8_GEMV_UNIT)
             }
             // Scales change along `k` (one per group): the weights are scaled here, not in `finish`.
-            Block::Int4 { .. } => w.iter_mut().enumerate().for_each(|(c, w)| *w = block.int4_value(i, c)),
+            Block::Int4 { .. } => int4_row(block, i, &mut w),
         }
         for (acc, x) in acc.iter_mut().zip(x) {
             let xi = if matches!(block, Block::Fp8 { .. }) { x[i] * FP8_GEMV_X_SCALE } else { x[i] };
