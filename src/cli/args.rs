@@ -395,8 +395,8 @@ impl PlanArgs {
                 if self.asymmetric || self.per_channel =>
             {
                 return Err(Error::BadArguments {
-                    reason: "llama.cpp's block formats fix their own scales: --asymmetric and --per-channel apply to \
-                             int8 (and --asymmetric to int4) only"
+                    reason: "llama.cpp's block formats fix their own scales: --per-channel applies to int8 only, \
+                             --asymmetric to int8 and int4 only"
                         .into(),
                 });
             }
