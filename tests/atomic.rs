@@ -12,7 +12,8 @@ use quantstudio::quant::{Granularity, Int8Scheme, Plan, Precision};
 
 use crate::common::{self, Spec};
 
-/// Kills per run of the loop; the delays spread evenly from a fifth of the time one export takes to a bit past it.
+/// Kills per run of the loop: half aimed at fractions of the time one export takes (a tenth to a bit past it), half
+/// a few milliseconds after the export starts writing.
 const KILLS: u32 = 16;
 
 /// A model big enough that the debug binary takes a noticeable time to export it (19 MB of F32).
@@ -66,9 +67,14 @@ fn kill_9_during_export_leaves_the_old_or_the_new_folder_and_the_next_export_no_
     let refs = dir.path().join("refs");
     let (old_ref, new_ref) = (refs.join("old"), refs.join("new"));
     export_cli(&input, "fp16", &old_ref);
-    let started = Instant::now();
-    export_cli(&input, "int8", &new_ref);
-    let export_time = started.elapsed();
+    // The time of one export, the least of two (tests run side by side: one may be slowed by its neighbours).
+    let mut export_time = std::time::Duration::MAX;
+    for _ in 0..2 {
+        let _ = std::fs::remove_dir_all(&new_ref);
+        let started = Instant::now();
+        export_cli(&input, "int8", &new_ref);
+        export_time = export_time.min(started.elapsed());
+    }
     let (old, new) = (files(&old_ref), files(&new_ref));
     assert_ne!(old, new);
 
@@ -77,17 +83,37 @@ fn kill_9_during_export_leaves_the_old_or_the_new_folder_and_the_next_export_no_
     let out = place.join("out");
     copy_folder(&old_ref, &out);
     let (mut killed_running, mut left_old, mut left_new, mut littered) = (0, 0, 0, 0);
+    // Even kills are aimed by the measured time (an early one that finds the export already done, a faster run
+    // than measured, brings the later ones earlier); odd kills wait until the export has started writing (its
+    // staging folder appears beside OUT), then a few milliseconds more, so that they land mid-write whatever the
+    // load on the machine.
+    let mut aim = export_time;
     for k in 0..KILLS {
-        let delay = export_time.mul_f64(0.2 + 1.2 * f64::from(k) / f64::from(KILLS));
+        let delay = aim.mul_f64(0.1 + 1.2 * f64::from(k) / f64::from(KILLS));
+        // Litter of an earlier kill may still be there: the export's own staging folder is a change to this.
+        let before = names_in(&place);
         let mut child = Command::new(env!("CARGO_BIN_EXE_quantstudio"))
             .args(quantize_args(input.to_str().unwrap(), "int8", out.to_str().unwrap()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        if k % 2 == 0 {
+            std::thread::sleep(delay);
+        } else {
+            let started = Instant::now();
+            while names_in(&place) == before
+                && child.try_wait().unwrap().is_none()
+                && started.elapsed() < export_time * 20
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(u64::from(k)));
+        }
         if child.try_wait().unwrap().is_none() {
             killed_running += 1;
+        } else if k % 2 == 0 {
+            aim = aim.mul_f64(0.6);
         }
         child.kill().unwrap(); // SIGKILL on unix
         child.wait().unwrap();
