@@ -49,14 +49,7 @@ impl QParams {
     /// `scale = (hi - lo) / 255` (1 when 0; `hi/255 - lo/255` when `hi - lo` overflows f32),
     /// `zero_point = clamp(round_half_even(-lo / scale) - 128, -128, 127)`.
     pub fn asymmetric(min: f32, max: f32) -> QParams {
-        let lo = min.min(0.0);
-        let hi = max.max(0.0);
-        let range = hi - lo;
-        let scale = if range.is_finite() { range / 255.0 } else { hi / 255.0 - lo / 255.0 };
-        let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
-        let zero_point = ((-lo / scale).round_ties_even() - 128.0).clamp(ASYM_QMIN as f32, QMAX as f32) as i32;
-        let reach = (QMAX - zero_point).max(zero_point - ASYM_QMIN);
-        QParams { scale: representable(scale, reach), zero_point, qmin: ASYM_QMIN, qmax: QMAX }
+        asymmetric_in(min, max, ASYM_QMIN, QMAX)
     }
 
     /// `q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`; NaN maps to the zero point and ±inf
@@ -96,15 +89,23 @@ impl QParams {
     /// `scale = (hi - lo) / 15` (1 when 0; `hi/15 - lo/15` when `hi - lo` overflows f32),
     /// `zero_point = clamp(round_half_even(-lo / scale) - 8, -8, 7)`.
     pub fn int4_asymmetric(min: f32, max: f32) -> QParams {
-        let lo = min.min(0.0);
-        let hi = max.max(0.0);
-        let range = hi - lo;
-        let scale = if range.is_finite() { range / 15.0 } else { hi / 15.0 - lo / 15.0 };
-        let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
-        let zero_point = ((-lo / scale).round_ties_even() - 8.0).clamp(INT4_QMIN as f32, INT4_QMAX as f32) as i32;
-        let reach = (INT4_QMAX - zero_point).max(zero_point - INT4_QMIN);
-        QParams { scale: representable(scale, reach), zero_point, qmin: INT4_QMIN, qmax: INT4_QMAX }
+        asymmetric_in(min, max, INT4_QMIN, INT4_QMAX)
     }
+}
+
+/// The asymmetric parameters of codes `qmin..=qmax` (INT8 and INT4 alike): `lo = min(min, 0)`, `hi = max(max, 0)`,
+/// `scale = (hi - lo) / (qmax - qmin)` (1 when 0; `hi/steps - lo/steps` when `hi - lo` overflows f32),
+/// `zero_point = clamp(round_half_even(-lo / scale) + qmin, qmin, qmax)`, the scale lowered until no code overflows.
+fn asymmetric_in(min: f32, max: f32, qmin: i32, qmax: i32) -> QParams {
+    let steps = (qmax - qmin) as f32;
+    let lo = min.min(0.0);
+    let hi = max.max(0.0);
+    let range = hi - lo;
+    let scale = if range.is_finite() { range / steps } else { hi / steps - lo / steps };
+    let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+    let zero_point = ((-lo / scale).round_ties_even() + qmin as f32).clamp(qmin as f32, qmax as f32) as i32;
+    let reach = (qmax - zero_point).max(zero_point - qmin);
+    QParams { scale: representable(scale, reach), zero_point, qmin, qmax }
 }
 
 /// Lowers `scale` by one ulp at a time until `reach * scale` is finite, so that no code dequantizes to
