@@ -215,3 +215,57 @@ fn int4_takes_a_listed_group_size_and_refuses_flags_that_do_not_apply() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// `--gptq DATA` on INT4: the per-layer output errors of rounding to nearest and of GPTQ on stderr, GPTQ's
+/// mean below rounding's; the export writes GPTQ's codes (not rounding's), the same from a recipe carrying
+/// `"gptq"` with a path relative to the recipe; `--gptq` on another precision is refused.
+#[test]
+fn gptq_quantizes_int4_layers_on_calibration_data_and_the_export_writes_its_codes() {
+    let dir = common::temp_dir();
+    let model = fixture_llama().display().to_string();
+    let data = fixture_llama().join("inputs.txt").display().to_string();
+    let packed = |folder: &std::path::Path| {
+        let bytes = std::fs::read(folder.join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensor("model.layers.0.mlp.down_proj.weight_packed").unwrap().data().to_vec()
+    };
+    let export = |name: &str, plan: &[&str]| {
+        let out = dir.path().join(name);
+        let args = [&["quantize", &model, "-o", out.to_str().unwrap()][..], plan].concat();
+        let (code, _, stderr) = run_cli(&args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        (packed(&out), stderr)
+    };
+    let (rtn, _) = export("rtn", &["--precision", "int4", "--group-size", "32"]);
+    let (gptq, stderr) = export("gptq", &["--precision", "int4", "--group-size", "32", "--gptq", &data]);
+    assert!(stderr.contains("GPTQ on") && stderr.contains("model.layers.1.self_attn.q_proj"), "{stderr}");
+    let mean: Vec<f64> = stderr
+        .lines()
+        .find(|l| l.starts_with("mean "))
+        .unwrap_or_else(|| panic!("a mean line: {stderr}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(mean[1] < mean[0], "GPTQ's mean output error below rounding's: {mean:?}");
+    assert_ne!(gptq, rtn, "the export writes GPTQ's codes");
+
+    let recipe = dir.path().join("recipes").join("gptq.json");
+    std::fs::create_dir_all(recipe.parent().unwrap()).unwrap();
+    std::fs::copy(fixture_llama().join("inputs.txt"), dir.path().join("recipes/calib.txt")).unwrap();
+    let json = r#"{"format": "quantstudio-recipe", "version": 1, "default_scope": "linear",
+        "default": {"precision": "int4", "group_size": 32}, "gptq": {"data": "calib.txt", "damp_percent": 1.0}}"#;
+    std::fs::write(&recipe, json).unwrap();
+    let (from_recipe, _) = export("recipe", &["--recipe", recipe.to_str().unwrap()]);
+    assert_eq!(from_recipe, gptq, "the recipe reproduces the run");
+    std::fs::write(&recipe, json.replace("damp_percent", "damp")).unwrap();
+    let (code, _, stderr) = run_cli(&["quantize", &model, "--recipe", recipe.to_str().unwrap()]);
+    assert!(
+        code != 0 && stderr.contains("unknown key \"damp\" in \"gptq\"") && stderr.contains("gptq.json"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run_cli(&["quantize", &model, "--precision", "int8", "--gptq", &data]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--gptq applies to --precision int4 only"), "{stderr}");
+}

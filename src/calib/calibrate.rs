@@ -300,7 +300,7 @@ pub fn observe(
 /// depend on the padding length (nor do the f32 kernels chosen by the number of rows). Leading or inner padding
 /// stays: removing it would move the real positions. A sequence whose lengths disagree is passed on unchanged,
 /// for the forward pass to refuse.
-fn without_trailing_padding(seq: &TokenSequence) -> Option<Cow<'_, TokenSequence>> {
+pub(super) fn without_trailing_padding(seq: &TokenSequence) -> Option<Cow<'_, TokenSequence>> {
     let len = seq.mask.iter().rposition(|&real| real)? + 1;
     if len == seq.ids.len() || seq.ids.len() != seq.mask.len() || seq.type_ids.len() != seq.mask.len() {
         return Some(Cow::Borrowed(seq));
@@ -314,7 +314,7 @@ fn without_trailing_padding(seq: &TokenSequence) -> Option<Cow<'_, TokenSequence
 
 /// The rows of `values` (`[positions, width]`, one row per position of `mask`) whose position is real, as runs
 /// of consecutive real rows; `None` when `values` is not a whole number of rows.
-fn real_rows<'v>(values: &'v [f32], mask: &'v [bool]) -> Option<impl Iterator<Item = &'v [f32]> + 'v> {
+pub(super) fn real_rows<'v>(values: &'v [f32], mask: &'v [bool]) -> Option<impl Iterator<Item = &'v [f32]> + 'v> {
     let positions = mask.len();
     if positions == 0 || !values.len().is_multiple_of(positions) {
         return None;

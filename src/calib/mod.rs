@@ -3,6 +3,7 @@
 //! The formulas are in `docs/CALIBRATION.md`.
 
 pub mod calibrate;
+pub mod gptq;
 pub mod histogram;
 pub mod observer;
 pub mod sensitivity;

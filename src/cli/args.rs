@@ -304,7 +304,7 @@ impl Command {
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// A recipe JSON file (see `quantstudio recipe`).
-    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric", "group_size"])]
+    #[arg(long, conflicts_with_all = ["precision", "per_channel", "asymmetric", "group_size", "gptq"])]
     pub recipe: Option<PathBuf>,
     /// One precision for the model: quantized ones on linear layers and convolutions (not embeddings or lm_head),
     /// FP16/BF16 on every layer; norms and 1-D layers stay FP32. The output says which layers it touched.
@@ -320,6 +320,13 @@ pub struct PlanArgs {
     /// divide gets the largest smaller size that does.
     #[arg(long, value_parser = parse_group_size)]
     pub group_size: Option<usize>,
+    /// INT4: quantize with GPTQ on this calibration data (any format `eval --data` takes) instead of rounding to
+    /// nearest; the output error of both is printed per layer.
+    #[arg(long, value_name = "DATA")]
+    pub gptq: Option<PathBuf>,
+    /// With --gptq: visit the columns by decreasing input energy (act-order, static groups).
+    #[arg(long, requires = "gptq")]
+    pub act_order: bool,
 }
 
 fn parse_group_size(text: &str) -> std::result::Result<usize, String> {
@@ -338,6 +345,7 @@ impl PlanArgs {
             || self.per_channel
             || self.asymmetric
             || self.group_size.is_some()
+            || self.gptq.is_some()
     }
 
     /// The recipe these arguments describe, or INT8 symmetric per channel when they describe none.
@@ -359,6 +367,9 @@ impl PlanArgs {
         );
         if self.group_size.is_some() && self.precision != Some(PrecisionArg::Int4) {
             return Err(Error::BadArguments { reason: "--group-size applies to --precision int4 only".into() });
+        }
+        if self.gptq.is_some() && self.precision != Some(PrecisionArg::Int4) {
+            return Err(Error::BadArguments { reason: "--gptq applies to --precision int4 only".into() });
         }
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),
@@ -405,6 +416,10 @@ impl PlanArgs {
             Some(PrecisionArg::Q4K) => Precision::Q4K,
             Some(PrecisionArg::Q6K) => Precision::Q6K,
         };
-        Ok(Recipe::uniform(precision))
+        let gptq = self.gptq.clone().map(|data| crate::quant::plan::GptqRecipe {
+            data,
+            options: crate::quant::gptq::GptqOptions { act_order: self.act_order, ..Default::default() },
+        });
+        Ok(Recipe { gptq, ..Recipe::uniform(precision) })
     }
 }

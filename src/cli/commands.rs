@@ -39,7 +39,8 @@ pub fn quantize(
 ) -> Result<()> {
     let recipe = plan.recipe()?;
     let model = Model::open(model)?;
-    let plan = recipe.resolve(&model)?;
+    let mut plan = recipe.resolve(&model)?;
+    with_gptq(&model, &recipe, &mut plan)?;
     let mut quantized = with_progress_bar(|progress| {
         let mut quantized = tasks::quantize(&model, &plan, dest, options, progress)?;
         if format.wants_histograms() {
@@ -65,7 +66,8 @@ pub fn recipe(model: &Path) -> Result<()> {
 /// `eval`.
 pub fn eval(model: &Path, plan: &PlanArgs, data: &Path, save_outputs: Option<&Path>, json: bool) -> Result<()> {
     let recipe = plan.recipe()?;
-    let Runnable { model, arch, plan } = tasks::open_runnable(model, &recipe)?;
+    let Runnable { model, arch, mut plan } = tasks::open_runnable(model, &recipe)?;
+    with_gptq(&model, &recipe, &mut plan)?;
     let report = with_progress_bar(|progress| tasks::evaluate(&model, &arch, &plan, data, save_outputs, progress))?;
     print::evaluation(&model, &recipe, &plan, &report, json)
 }
@@ -73,7 +75,8 @@ pub fn eval(model: &Path, plan: &PlanArgs, data: &Path, save_outputs: Option<&Pa
 /// `eval --perplexity`.
 pub fn perplexity(model: &Path, plan: &PlanArgs, input: &tasks::PerplexityInput, json: bool) -> Result<()> {
     let recipe = plan.recipe()?;
-    let Runnable { model, arch, plan } = tasks::open_runnable(model, &recipe)?;
+    let Runnable { model, arch, mut plan } = tasks::open_runnable(model, &recipe)?;
+    with_gptq(&model, &recipe, &mut plan)?;
     let report = with_progress_bar(|progress| tasks::perplexity(&model, &arch, &plan, input, progress))?;
     print::perplexity(&model, &recipe, &plan, &input.text, &report, json)
 }
@@ -131,7 +134,10 @@ pub fn bench(
 ) -> Result<()> {
     let recipe = plan.given().then(|| plan.recipe()).transpose()?;
     let model = Model::open(model)?;
-    let planned = recipe.as_ref().map(|r| r.resolve(&model)).transpose()?;
+    let mut planned = recipe.as_ref().map(|r| r.resolve(&model)).transpose()?;
+    if let (Some(recipe), Some(plan)) = (&recipe, &mut planned) {
+        with_gptq(&model, recipe, plan)?;
+    }
     let arch = Architecture::detect(&model)?;
     let data =
         if no_accuracy { None } else { data.map(Path::to_path_buf).or_else(|| tasks::default_eval_data(&model)) };
@@ -148,8 +154,18 @@ pub fn bench(
 pub fn throughput(model: &Path, plan: &PlanArgs, repeat: usize, json: bool) -> Result<()> {
     let recipe = plan.recipe()?;
     let model = Model::open(model)?;
-    let plan = recipe.resolve(&model)?;
+    let mut plan = recipe.resolve(&model)?;
+    with_gptq(&model, &recipe, &mut plan)?;
     let result = tasks::throughput(&model, &plan, repeat, &Progress::new())?;
     print::throughput(&result, json);
+    Ok(())
+}
+
+/// Runs GPTQ on the INT4 layers of `plan` when the recipe asks for it, and prints what it bought per layer (on
+/// stderr, so that a --json document stays alone on stdout).
+fn with_gptq(model: &Model, recipe: &Recipe, plan: &mut crate::quant::Plan) -> Result<()> {
+    let Some(gptq) = &recipe.gptq else { return Ok(()) };
+    let run = with_progress_bar(|progress| tasks::gptq(model, plan, gptq, progress))?;
+    print::gptq(model, gptq, &run);
     Ok(())
 }

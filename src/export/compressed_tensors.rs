@@ -35,10 +35,7 @@ use crate::progress::Progress;
 use crate::quant::params::{to_bf16, to_fp16};
 use crate::quant::pass::TensorData;
 use crate::quant::plan::is_output_head;
-use crate::quant::{
-    Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8,
-    quantize_tensor_int4,
-};
+use crate::quant::{Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8};
 
 /// What a quantized layer's input becomes in the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -714,8 +711,7 @@ fn write_tensor(
                 return Err(Error::WriterMisuse { problem, path: writer.path().to_owned() });
             };
             let (rows, cols) = (info.shape[0], info.shape[1]);
-            let data = TensorData::of(model, id)?;
-            let quantized = quantize_tensor_int4(&data, scheme, &Progress::new())?;
+            let quantized = plan.int4_tensor(model, id, scheme, &Progress::new())?;
             writer.write_tensor(&outputs[0].name, &pack_int4_rows(&quantized.codes, rows, cols))?;
             let scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
             writer.write_tensor(&outputs[1].name, &f32_le_bytes(&scales))?;

@@ -45,6 +45,18 @@ pub fn row_group<T: Copy>(groups: &[T], row: usize) -> T {
     groups[if groups.len() == 1 { 0 } else { row }]
 }
 
+impl Int4Tensor {
+    /// `(q - zero_point) · scale` of every code, for rows of `cols` values in groups of `group_size`.
+    pub fn dequantized(&self, cols: usize, group_size: usize) -> Vec<f32> {
+        let groups = cols / group_size.max(1);
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.params[(i / cols) * groups + (i % cols) / group_size].dequantize(q))
+            .collect()
+    }
+}
+
 impl QuantizedTensor {
     /// The parameters of row `row` (per tensor: the one set).
     pub fn row_params(&self, row: usize) -> QParams {

@@ -7,6 +7,7 @@
 pub mod codes;
 pub mod fp8;
 pub mod ggml;
+pub mod gptq;
 pub mod int4;
 pub mod kernels;
 pub mod metrics;

@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use super::gptq::GptqLayer;
 use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
@@ -64,6 +66,20 @@ pub struct Recipe {
     /// The calibrated symmetric clip of each layer's input (`scale = clip / 127` for W8A8 layers), by layer name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub input_clips: BTreeMap<String, f32>,
+    /// Quantize the INT4 layers with GPTQ on this calibration data (round to nearest when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gptq: Option<GptqRecipe>,
+}
+
+/// A recipe's GPTQ choice: the calibration data and the run's options.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GptqRecipe {
+    /// The calibration data, in any format `eval --data` takes; a relative path in a recipe file is relative to
+    /// the recipe's folder.
+    pub data: std::path::PathBuf,
+    /// Dampening and column order.
+    #[serde(flatten)]
+    pub options: super::gptq::GptqOptions,
 }
 
 /// Which layers a recipe's `default` precision applies to.
@@ -98,8 +114,19 @@ pub fn is_output_head(layer_name: &str) -> bool {
 }
 
 /// The keys of a recipe's top-level object.
-const RECIPE_KEYS: &[&str] =
-    &["format", "version", "default", "keep_norms_and_vectors", "default_scope", "rules", "layers", "input_clips"];
+const RECIPE_KEYS: &[&str] = &[
+    "format",
+    "version",
+    "default",
+    "keep_norms_and_vectors",
+    "default_scope",
+    "rules",
+    "layers",
+    "input_clips",
+    "gptq",
+];
+/// The keys of a recipe's `"gptq"` object.
+const GPTQ_KEYS: &[&str] = &["data", "damp_percent", "act_order"];
 /// The keys of a precision object (`{"precision": "int8", "symmetric": true, …}`).
 const PRECISION_KEYS: &[&str] = &["precision", "symmetric", "granularity", "activations", "group_size"];
 
@@ -117,6 +144,9 @@ fn check_recipe_keys(value: &serde_json::Value) -> std::result::Result<(), Strin
     unknown(top, RECIPE_KEYS, "the recipe")?;
     if let Some(default) = top.get("default").and_then(|v| v.as_object()) {
         unknown(default, PRECISION_KEYS, "\"default\"")?;
+    }
+    if let Some(gptq) = top.get("gptq").and_then(|v| v.as_object()) {
+        unknown(gptq, GPTQ_KEYS, "\"gptq\"")?;
     }
     if let Some(rules) = top.get("rules").and_then(|v| v.as_array()) {
         let rule_keys: Vec<&str> = PRECISION_KEYS.iter().copied().chain(["pattern"]).collect();
@@ -172,6 +202,7 @@ impl Recipe {
             rules: Vec::new(),
             layers: BTreeMap::new(),
             input_clips: BTreeMap::new(),
+            gptq: None,
         }
     }
 
@@ -205,6 +236,14 @@ impl Recipe {
                 )));
             }
         }
+        if let Some(gptq) = &recipe.gptq
+            && !(gptq.options.damp_percent.is_finite() && gptq.options.damp_percent > 0.0)
+        {
+            return Err(bad(format!(
+                "gptq: damp_percent must be a positive number, not {}",
+                gptq.options.damp_percent
+            )));
+        }
         if recipe.format != RECIPE_FORMAT {
             return Err(bad(format!("format is {:?}, expected {RECIPE_FORMAT:?}", recipe.format)));
         }
@@ -220,7 +259,13 @@ impl Recipe {
     /// Reads a recipe file.
     pub fn load(path: &Path) -> Result<Recipe> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-        Recipe::from_json(&text, path)
+        let mut recipe = Recipe::from_json(&text, path)?;
+        if let Some(gptq) = &mut recipe.gptq
+            && gptq.data.is_relative()
+        {
+            gptq.data = path.parent().unwrap_or(Path::new("")).join(&gptq.data);
+        }
+        Ok(recipe)
     }
 
     /// Pretty JSON.
@@ -318,7 +363,7 @@ impl Recipe {
             warnings.push(format!("{reason}: {} layer(s) {outcome}: {shown}{tail}", names.len()));
         }
         let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
-        Ok(Plan { layers, input_clips, warnings })
+        Ok(Plan { layers, input_clips, warnings, gptq: BTreeMap::new() })
     }
 }
 
@@ -376,6 +421,9 @@ pub struct Plan {
     pub input_clips: Vec<Option<f32>>,
     /// Rules that matched nothing, and the like.
     pub warnings: Vec<String>,
+    /// GPTQ weights of INT4 layers ([`crate::calib::gptq`]), used while the layer keeps the precision they were
+    /// computed for ([`Plan::gptq_tensor`]); layers absent are rounded to nearest.
+    pub gptq: BTreeMap<LayerId, Arc<GptqLayer>>,
 }
 
 impl Plan {
@@ -385,12 +433,18 @@ impl Plan {
             layers: vec![precision; model.layers.len()],
             input_clips: vec![None; model.layers.len()],
             warnings: Vec::new(),
+            gptq: BTreeMap::new(),
         }
     }
 
     /// A plan for a model of `layer_count` layers, all FP32, nothing calibrated.
     pub fn fp32(layer_count: usize) -> Plan {
-        Plan { layers: vec![Precision::Fp32; layer_count], input_clips: vec![None; layer_count], warnings: Vec::new() }
+        Plan {
+            layers: vec![Precision::Fp32; layer_count],
+            input_clips: vec![None; layer_count],
+            warnings: Vec::new(),
+            gptq: BTreeMap::new(),
+        }
     }
 
     /// The quantization of layer `id`'s input: `Some` for a W8A8 layer with a calibrated clip
@@ -454,6 +508,32 @@ impl Plan {
     /// The precision of a layer.
     pub fn layer(&self, id: LayerId) -> Precision {
         self.layers.get(id.0).copied().unwrap_or(Precision::Fp32)
+    }
+
+    /// The GPTQ weights of tensor `id`: `Some` when it is its layer's main tensor and the plan holds GPTQ weights
+    /// computed for the layer's current precision.
+    pub fn gptq_tensor(&self, model: &Model, id: TensorId) -> Option<&GptqLayer> {
+        let layer = model.tensor(id).layer;
+        let gptq = self.gptq.get(&layer)?;
+        (model.main_tensor(layer) == Some(id) && self.layer(layer) == gptq.precision).then_some(gptq.as_ref())
+    }
+
+    /// The INT4 codes of tensor `id` under `scheme`: its GPTQ weights when the plan holds them for this scheme,
+    /// round to nearest otherwise.
+    pub fn int4_tensor(
+        &self,
+        model: &Model,
+        id: TensorId,
+        scheme: super::Int4Scheme,
+        progress: &crate::progress::Progress,
+    ) -> Result<std::borrow::Cow<'_, super::Int4Tensor>> {
+        match self.gptq_tensor(model, id) {
+            Some(gptq) if gptq.scheme == scheme => Ok(std::borrow::Cow::Borrowed(&gptq.weights)),
+            _ => {
+                let data = super::pass::TensorData::of(model, id)?;
+                Ok(std::borrow::Cow::Owned(super::quantize_tensor_int4(&data, scheme, progress)?))
+            }
+        }
     }
 
     /// The precision a tensor actually gets: non-float tensors are kept; in an INT8 layer only the main tensor

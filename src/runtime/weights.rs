@@ -139,7 +139,7 @@ impl<'m> WeightSource<'m> {
             // llama.cpp's blocks run on their dequantized f32 values.
             Precision::Fp32 | Precision::Q8_0 | Precision::Q4_0 | Precision::Q4K | Precision::Q6K => return Ok(None),
             Precision::Int4(scheme) if scheme.fits(inputs) => {
-                let quantized = crate::quant::quantize_tensor_int4(&data, scheme, &self.progress)?;
+                let quantized = plan.int4_tensor(self.model, id, scheme, &self.progress)?;
                 super::wgemm::PackedWeights::int4(
                     &quantized.codes,
                     &quantized.params,
@@ -311,11 +311,13 @@ impl<'m> WeightSource<'m> {
         let info = self.model.tensor(id);
         let data = TensorData::of(self.model, id)?;
         let precision = self.plan.map_or(Precision::Fp32, |p| p.tensor(self.model, id));
-        Ok(Weight {
-            name: info.name.clone(),
-            shape: info.shape.clone(),
-            values: simulate(&data, precision, &self.progress)?,
-        })
+        let values = match (self.plan, precision) {
+            (Some(plan), Precision::Int4(scheme)) if plan.gptq_tensor(self.model, id).is_some() => {
+                plan.int4_tensor(self.model, id, scheme, &self.progress)?.dequantized(data.cols, scheme.group_size)
+            }
+            _ => simulate(&data, precision, &self.progress)?,
+        };
+        Ok(Weight { name: info.name.clone(), shape: info.shape.clone(), values })
     }
 }
 

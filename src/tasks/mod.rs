@@ -153,6 +153,23 @@ pub struct Quantized {
     pub export: Option<Result<ExportSummary>>,
 }
 
+/// Runs GPTQ on the INT4 layers of `plan` with the calibration data `gptq.data` and keeps the weights in the
+/// plan, where simulation, `bench` and the export use them.
+pub fn gptq(
+    model: &Model,
+    plan: &mut Plan,
+    gptq: &crate::quant::plan::GptqRecipe,
+    progress: &Progress,
+) -> Result<crate::calib::gptq::GptqRun> {
+    let arch = Architecture::detect(model)?;
+    progress.start_stage(format!("reading {}", gptq.data.display()), 0);
+    let data = EvalData::load(&gptq.data, &model_folder(model))?;
+    let run = crate::calib::gptq::gptq(model, &arch, &data, plan, gptq.options, progress)
+        .map_err(|e| e.in_data_file(&gptq.data))?;
+    plan.gptq = run.layers.clone();
+    Ok(run)
+}
+
 /// Analyses every tensor under `plan`, checks it against the export target, and exports into `dest` when given.
 pub fn quantize(
     model: &Model,

@@ -1,0 +1,303 @@
+//! GPTQ on calibration data: the FP32 network runs on the data, the input of every INT4 layer of the plan is
+//! summed into its Hessian `Σ x xᵀ` (padded positions excluded, as for the histograms), and each layer's weight is
+//! quantized by [`crate::quant::gptq::gptq_int4`]. The inputs are those of the FP32 model (every layer sees
+//! unquantized predecessors), so the layers are independent and run in any order.
+//!
+//! Layers fed the same input (a block's query, key and value; gate and up) share one Hessian. The Hessians of
+//! one run are held at once up to [`HESSIAN_BUDGET_BYTES`]; a model that needs more runs the data again for
+//! the rest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::calibrate::{real_rows, without_trailing_padding};
+use crate::error::{Error, Result};
+use crate::model::{LayerId, Model};
+use crate::progress::Progress;
+use crate::quant::gptq::{GptqLayer, GptqOptions, Hessian, gptq_int4, output_errors};
+use crate::quant::pass::TensorData;
+use crate::quant::{Plan, Precision};
+use crate::runtime::eval::{check_data, data_kind};
+use crate::runtime::{Architecture, EvalData, Network};
+
+/// The most bytes of Hessians held at once (f64, `inputs²` per distinct layer input).
+pub const HESSIAN_BUDGET_BYTES: usize = 512 << 20;
+/// Samples of a graph model run per batch.
+const GRAPH_BATCH: usize = 256;
+
+/// What a GPTQ run produced.
+#[derive(Clone, Debug)]
+pub struct GptqRun {
+    /// The GPTQ weights of every INT4 layer of the plan.
+    pub layers: BTreeMap<LayerId, Arc<GptqLayer>>,
+    /// INT4 layers whose input the data never reached (they stay rounded to nearest).
+    pub unreached: Vec<LayerId>,
+    /// Input rows (token positions or samples) the Hessians sum.
+    pub rows_seen: u64,
+    /// Times the data was run (more than one when the Hessians did not fit in [`HESSIAN_BUDGET_BYTES`]).
+    pub passes: usize,
+    /// Wall time of the whole run, seconds.
+    pub seconds: f64,
+}
+
+/// One INT4 layer to quantize: its id, the name its input is tapped under, its weight's shape and scheme.
+struct Target {
+    id: LayerId,
+    precision: Precision,
+    scheme: crate::quant::Int4Scheme,
+    rows: usize,
+    cols: usize,
+}
+
+/// Runs GPTQ on every INT4 layer of `plan` whose weight is 2-D and whose rows are whole groups, with Hessians
+/// from the FP32 model on `data`.
+pub fn gptq(
+    model: &Model,
+    arch: &Architecture,
+    data: &EvalData,
+    plan: &Plan,
+    options: GptqOptions,
+    progress: &Progress,
+) -> Result<GptqRun> {
+    let start = Instant::now();
+    let targets = targets(model, plan);
+    progress.start_stage("reading FP32 weights", 0);
+    let network = Network::build(model, arch, None, progress)?;
+    check_data(&network, data)?;
+    if targets.is_empty() {
+        return Ok(GptqRun { layers: BTreeMap::new(), unreached: Vec::new(), rows_seen: 0, passes: 0, seconds: 0.0 });
+    }
+    // Which tapped layers see the same input: the first of each run of equal inputs leads.
+    let leaders = shared_inputs(&network, data)?;
+    let leader_of = |name: &str| leaders.get(name).cloned().unwrap_or_else(|| name.to_owned());
+    let mut inputs: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &targets {
+        inputs.insert(leader_of(&model.layer(t.id).name), t.cols);
+    }
+    // Passes over the data, each with as many Hessians as fit the budget.
+    let mut passes: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new()];
+    let mut held = 0usize;
+    for (name, cols) in inputs {
+        let bytes = cols * cols * 8;
+        if held > 0 && held + bytes > HESSIAN_BUDGET_BYTES {
+            passes.push(BTreeMap::new());
+            held = 0;
+        }
+        held += bytes;
+        passes.last_mut().map(|p| p.insert(name, cols));
+    }
+    let pass_count = passes.len();
+    let mut layers = BTreeMap::new();
+    let mut unreached = Vec::new();
+    let mut rows_seen = 0;
+    for (index, pass) in passes.into_iter().enumerate() {
+        let stage = if pass_count > 1 {
+            format!("GPTQ: collecting layer inputs (pass {} of {pass_count})", index + 1)
+        } else {
+            "GPTQ: collecting layer inputs".to_owned()
+        };
+        progress.start_stage(stage, data.len() as u64);
+        let hessians = collect(&network, data, pass, progress)?;
+        rows_seen = hessians.values().map(|h| h.rows_seen).max().unwrap_or(0);
+        let here: Vec<&Target> =
+            targets.iter().filter(|t| hessians.contains_key(&leader_of(&model.layer(t.id).name))).collect();
+        progress.start_stage("GPTQ: quantizing", here.iter().map(|t| t.rows as u64).sum());
+        // Layers in parallel too: each one's Cholesky runs on one core.
+        let done: Vec<(LayerId, Option<GptqLayer>)> = here
+            .par_iter()
+            .map(|t| {
+                let hessian = &hessians[&leader_of(&model.layer(t.id).name)];
+                // An input the data never reaches (a BERT pooler under mean pooling) says nothing about the layer.
+                let quantized = (hessian.rows_seen > 0)
+                    .then(|| quantize_layer(model, t, hessian, options, progress))
+                    .transpose()?;
+                Ok((t.id, quantized))
+            })
+            .collect::<Result<_>>()?;
+        for (id, quantized) in done {
+            match quantized {
+                Some(layer) => {
+                    layers.insert(id, Arc::new(layer));
+                }
+                None => unreached.push(id),
+            }
+        }
+    }
+    Ok(GptqRun { layers, unreached, rows_seen, passes: pass_count, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// The Hessian `Σ x xᵀ` of layer `layer`'s input over `data` (padded positions excluded), as [`gptq`] sums it.
+pub fn layer_hessian(
+    model: &Model,
+    arch: &Architecture,
+    data: &EvalData,
+    layer: LayerId,
+    progress: &Progress,
+) -> Result<Hessian> {
+    let network = Network::build(model, arch, None, progress)?;
+    check_data(&network, data)?;
+    let name = model.layer(layer).name.clone();
+    let leader = shared_inputs(&network, data)?.remove(&name).unwrap_or(name);
+    let cols = model.main_tensor(layer).and_then(|t| model.tensor(t).shape.get(1).copied()).unwrap_or(0);
+    let mut hessians = collect(&network, data, BTreeMap::from([(leader.clone(), cols)]), progress)?;
+    Ok(hessians.remove(&leader).unwrap_or_else(|| Hessian::new(cols)))
+}
+
+/// The INT4 layers of `plan` GPTQ can quantize.
+fn targets(model: &Model, plan: &Plan) -> Vec<Target> {
+    (0..model.layers.len())
+        .map(LayerId)
+        .filter_map(|id| {
+            let precision = plan.layer(id);
+            let Precision::Int4(_) = precision else { return None };
+            let tensor = model.main_tensor(id)?;
+            let Precision::Int4(scheme) = plan.tensor(model, tensor) else { return None };
+            let info = model.tensor(tensor);
+            let [rows, cols] = info.shape[..] else { return None };
+            scheme.fits(cols).then_some(Target { id, precision, scheme, rows, cols })
+        })
+        .collect()
+}
+
+/// GPTQ of one layer, with round to nearest's output error beside it.
+fn quantize_layer(
+    model: &Model,
+    target: &Target,
+    hessian: &Hessian,
+    options: GptqOptions,
+    progress: &Progress,
+) -> Result<GptqLayer> {
+    let layer = &model.layer(target.id).name;
+    let tensor = model
+        .main_tensor(target.id)
+        .ok_or_else(|| Error::KernelInput { problem: format!("GPTQ: layer {layer} has no weight") })?;
+    let data = TensorData::of(model, tensor)?;
+    let mut buf = Vec::new();
+    let weight = data.values(0..data.len(), &mut buf).to_vec();
+    if hessian.cols != target.cols {
+        return Err(Error::KernelInput {
+            problem: format!("GPTQ: layer {layer} takes {} inputs but saw rows of {}", target.cols, hessian.cols),
+        });
+    }
+    let weights = gptq_int4(&weight, target.rows, hessian, target.scheme, options, progress)?;
+    let mut rtn = weight.clone();
+    crate::quant::int4::fake_quantize_rows(target.scheme, &mut rtn, target.cols);
+    let gptq_values = weights.dequantized(target.cols, target.scheme.group_size);
+    let errors = output_errors(&weight, &[&rtn, &gptq_values], hessian);
+    Ok(GptqLayer {
+        precision: target.precision,
+        scheme: target.scheme,
+        options,
+        rtn_output_error: errors[0],
+        gptq_output_error: errors[1],
+        rows_seen: hessian.rows_seen,
+        weights,
+    })
+}
+
+/// For every tapped layer whose input is the same as that of the layer tapped just before it (same length and
+/// values) on the first sample, the first layer of that run; layers absent lead themselves.
+fn shared_inputs(network: &Network, data: &EvalData) -> Result<BTreeMap<String, String>> {
+    let mut followers = BTreeMap::new();
+    let mut previous: Option<(String, Vec<f32>)> = None;
+    let mut tap = |layer: &str, values: &[f32]| match &previous {
+        Some((leader, seen)) if seen.as_slice() == values => {
+            followers.insert(layer.to_owned(), leader.clone());
+        }
+        _ => previous = Some((layer.to_owned(), values.to_vec())),
+    };
+    match (network, data) {
+        (Network::Graph(net), EvalData::Samples { inputs, .. }) => {
+            let first = &inputs[..net.input_len().min(inputs.len())];
+            net.forward_tapped(first, &mut tap);
+        }
+        (Network::Bert(net), EvalData::Sequences(seqs)) => {
+            if let Some(seq) = seqs.first() {
+                net.forward_tapped(seq, &mut tap)?;
+            }
+        }
+        (Network::Llama(net), EvalData::Sequences(seqs)) => {
+            if let Some(seq) = seqs.first() {
+                net.forward_tapped(seq, &mut net.new_cache(), &mut tap)?;
+            }
+        }
+        _ => return Err(data_kind(network)),
+    }
+    Ok(followers)
+}
+
+/// The Hessians of the inputs named in `wanted` (name → width) over every sample of `data`, sequences one after
+/// the other (each sum is spread over the cores).
+fn collect(
+    network: &Network,
+    data: &EvalData,
+    wanted: BTreeMap<String, usize>,
+    progress: &Progress,
+) -> Result<BTreeMap<String, Hessian>> {
+    let mut sums = Sums {
+        hessians: wanted.iter().map(|(name, &cols)| (name.clone(), Hessian::new(cols))).collect(),
+        misfit: None,
+    };
+    match (network, data) {
+        (Network::Graph(net), EvalData::Samples { inputs, .. }) => {
+            for batch in inputs.chunks(GRAPH_BATCH * net.input_len().max(1)) {
+                progress.check()?;
+                net.forward_tapped(batch, &mut |layer, values| sums.add(layer, values));
+                progress.advance((batch.len() / net.input_len().max(1)) as u64);
+            }
+        }
+        (Network::Bert(_) | Network::Llama(_), EvalData::Sequences(seqs)) => {
+            for seq in seqs {
+                progress.check()?;
+                if let Some(seq) = without_trailing_padding(seq) {
+                    let mut tap = |layer: &str, values: &[f32]| match real_rows(values, &seq.mask) {
+                        Some(runs) => runs.for_each(|run| sums.add(layer, run)),
+                        None if sums.hessians.contains_key(layer) => {
+                            sums.misfit = Some((layer.to_owned(), values.len()));
+                        }
+                        None => {}
+                    };
+                    match network {
+                        Network::Bert(net) => net.forward_tapped(&seq, &mut tap).map(drop)?,
+                        Network::Llama(net) => net.forward_tapped(&seq, &mut net.new_cache(), &mut tap).map(drop)?,
+                        Network::Graph(_) => {}
+                    }
+                }
+                progress.advance(1);
+            }
+        }
+        _ => return Err(data_kind(network)),
+    }
+    if let Some((layer, len)) = sums.misfit {
+        return Err(Error::KernelInput {
+            problem: format!("GPTQ: the input of {layer} ({len} values) is not whole rows of its weight's inputs"),
+        });
+    }
+    let mut hessians = sums.hessians;
+    for h in hessians.values_mut() {
+        h.finish();
+    }
+    Ok(hessians)
+}
+
+/// The sums of one pass, and the first input that was not whole rows.
+struct Sums {
+    hessians: BTreeMap<String, Hessian>,
+    misfit: Option<(String, usize)>,
+}
+
+impl Sums {
+    /// Adds `rows` to the sum of `layer`'s input when it is one of the pass's.
+    fn add(&mut self, layer: &str, rows: &[f32]) {
+        if let Some(h) = self.hessians.get_mut(layer) {
+            if h.cols == 0 || !rows.len().is_multiple_of(h.cols) {
+                self.misfit = Some((layer.to_owned(), rows.len()));
+            } else {
+                h.add_rows(rows);
+            }
+        }
+    }
+}

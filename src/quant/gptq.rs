@@ -1,0 +1,488 @@
+//! GPTQ (Frantar et al., 2022) for group-wise INT4 weights: the columns of a weight are quantized one at a time
+//! and the rounding error of each is moved onto the columns not yet quantized, weighted by the inverse of the
+//! layer's Hessian `H = Σ x xᵀ` over its calibration inputs (the factor `2/n` of the paper changes nothing: the
+//! dampening is relative). The exact procedure, as written down in `docs/QUANTIZATION.md` ("GPTQ"):
+//!
+//! 1. Dead inputs (`H[j,j] = 0`) get `H[j,j] = 1` and their weights set to 0.
+//! 2. With act-order, every group's parameters are taken first from the weight as it is ("static groups",
+//!    llm-compressor's `actorder: weight`), then the columns are visited by decreasing `H[j,j]`. Without it, a
+//!    group's parameters are taken when its first column comes up, from the group's current values (every earlier
+//!    column's error already moved onto them), as the reference implementation does.
+//! 3. `H += damp · mean(diag H) · I` (damp 1% by default), and `U` = the upper Cholesky factor of `H⁻¹`
+//!    (`H⁻¹ = UᵀU`), computed as `J · chol(J H J)⁻¹ · J` with `J` the reversal (one Cholesky, one triangular
+//!    inverse; the same `U` as Cholesky → inverse → Cholesky).
+//! 4. In blocks of 128 columns: for column `c`, `q = dequant(quant(w_c))`, `err = (w_c − q) / U[c,c]`,
+//!    `w_j −= err · U[c,j]` for the later columns of the block; after the block, the later columns receive the
+//!    block's errors at once (the lazy batch update).
+//!
+//! Every row (output channel) is independent given `U`, so rows run in parallel, a few at a time so that each
+//! row of `U` read from memory serves several rows of the weight.
+//!
+//! The figure GPTQ is judged by is the output error on the calibration inputs,
+//! `‖WX − ŴX‖² / ‖WX‖² = Σ_r (w_r − ŵ_r)ᵀ H (w_r − ŵ_r) / Σ_r w_rᵀ H w_r` ([`output_errors`]), computed from `H`
+//! without the inputs.
+
+use rayon::prelude::*;
+
+use super::{Int4Scheme, Int4Tensor, QParams};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// Dampening when none is given: 1% of the mean diagonal of `H`, as GPTQ and llm-compressor.
+pub const DEFAULT_DAMP_PERCENT: f64 = 1.0;
+/// Columns per lazy batch update.
+pub const BLOCK_COLUMNS: usize = 128;
+/// Rows of the weight processed together (each row of `U` read once for all of them).
+const ROWS_PER_TASK: usize = 16;
+
+/// The choices of a GPTQ run.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GptqOptions {
+    /// Added to the diagonal of `H`, in percent of its mean.
+    #[serde(default = "default_damp_percent")]
+    pub damp_percent: f64,
+    /// Visit the columns by decreasing `H[j,j]` (static groups).
+    #[serde(default)]
+    pub act_order: bool,
+}
+
+fn default_damp_percent() -> f64 {
+    DEFAULT_DAMP_PERCENT
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        GptqOptions { damp_percent: DEFAULT_DAMP_PERCENT, act_order: false }
+    }
+}
+
+/// The GPTQ weights of one layer, as a plan holds them: used in place of round to nearest while the layer keeps
+/// the precision they were computed for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptqLayer {
+    /// The layer's precision in the plan when GPTQ ran.
+    pub precision: super::Precision,
+    /// The scheme of the weights (the precision's, fitted to the layer's rows).
+    pub scheme: Int4Scheme,
+    /// The options of the run.
+    pub options: GptqOptions,
+    /// Codes and group parameters.
+    pub weights: Int4Tensor,
+    /// Round to nearest's `‖WX − ŴX‖² / ‖WX‖²` on the calibration inputs.
+    pub rtn_output_error: f64,
+    /// GPTQ's, on the same inputs.
+    pub gptq_output_error: f64,
+    /// Input rows the Hessian summed.
+    pub rows_seen: u64,
+}
+
+/// `Σ x xᵀ` over the calibration inputs of one layer, `cols × cols`, row-major, in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hessian {
+    /// Input width.
+    pub cols: usize,
+    /// `cols × cols` values (symmetric).
+    pub values: Vec<f64>,
+    /// Input rows accumulated.
+    pub rows_seen: u64,
+}
+
+impl Hessian {
+    /// An empty sum for inputs of `cols` values.
+    pub fn new(cols: usize) -> Hessian {
+        Hessian { cols, values: vec![0.0; cols * cols], rows_seen: 0 }
+    }
+
+    /// Adds every row of `x` (`[n, cols]`) to the upper triangle ([`Hessian::finish`] mirrors it), the rows of
+    /// the sum spread over the cores (each entry sums its products in input order, whatever the scheduling).
+    pub fn add_rows(&mut self, x: &[f32]) {
+        let cols = self.cols;
+        if cols == 0 {
+            return;
+        }
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        self.values.par_chunks_mut(cols).enumerate().for_each(|(i, out)| {
+            for row in x64.chunks_exact(cols) {
+                let xi = row[i];
+                if xi != 0.0 {
+                    for (o, &xj) in out[i..].iter_mut().zip(&row[i..]) {
+                        *o += xi * xj;
+                    }
+                }
+            }
+        });
+        self.rows_seen += (x.len() / cols) as u64;
+    }
+
+    /// Adds another sum of the same width.
+    pub fn merge(&mut self, other: &Hessian) {
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            *a += b;
+        }
+        self.rows_seen += other.rows_seen;
+    }
+
+    /// Copies the upper triangle onto the lower one (after the last [`Hessian::add_rows`]).
+    pub fn finish(&mut self) {
+        let n = self.cols;
+        for i in 0..n {
+            for j in 0..i {
+                self.values[i * n + j] = self.values[j * n + i];
+            }
+        }
+    }
+}
+
+/// `‖WX − ŴX‖² / ‖WX‖²` on the inputs `hessian` sums, for a weight `[rows, cols]` and each of its quantized
+/// versions `candidates` (0 when `WX` is 0 everywhere). Rows go a few at a time, so that each row of `H` read
+/// serves all of them.
+pub fn output_errors(weight: &[f32], candidates: &[&[f32]], hessian: &Hessian) -> Vec<f64> {
+    let n = hessian.cols.max(1);
+    let forms = candidates.len() + 1;
+    let totals =
+        weight
+            .par_chunks(n * ROWS_PER_TASK)
+            .enumerate()
+            .map(|(task, w)| {
+                let first = task * n * ROWS_PER_TASK;
+                // Per row: the weight, then its difference to each candidate, in f64.
+                let vectors: Vec<Vec<f64>> =
+                    w.chunks_exact(n)
+                        .enumerate()
+                        .flat_map(|(r, row)| {
+                            let at = first + r * n;
+                            std::iter::once(row.iter().map(|&a| a as f64).collect()).chain(candidates.iter().map(
+                                move |c| row.iter().zip(&c[at..at + n]).map(|(&a, &b)| a as f64 - b as f64).collect(),
+                            ))
+                        })
+                        .collect();
+                let mut totals = vec![0.0f64; forms];
+                for i in 0..n {
+                    let h_row = &hessian.values[i * n..(i + 1) * n];
+                    for (k, v) in vectors.iter().enumerate() {
+                        if v[i] != 0.0 {
+                            totals[k % forms] += v[i] * dot(h_row, v);
+                        }
+                    }
+                }
+                totals
+            })
+            .reduce(|| vec![0.0; forms], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+    let signal = totals[0];
+    totals[1..].iter().map(|&e| if signal > 0.0 { e / signal } else { 0.0 }).collect()
+}
+
+/// GPTQ of one weight `[rows, cols]` (rows whole groups of `scheme`) with the inputs' `hessian`: the codes and
+/// every group's parameters, in the layout of [`super::quantize_tensor_int4`].
+pub fn gptq_int4(
+    weight: &[f32],
+    rows: usize,
+    hessian: &Hessian,
+    scheme: Int4Scheme,
+    options: GptqOptions,
+    progress: &Progress,
+) -> Result<Int4Tensor> {
+    let cols = hessian.cols;
+    if !scheme.fits(cols) || weight.len() != rows * cols || !BLOCK_COLUMNS.is_multiple_of(scheme.group_size) {
+        return Err(Error::KernelInput {
+            problem: format!(
+                "GPTQ: a weight of {} values is not {rows} rows of whole INT4 groups of {} over {cols} inputs",
+                weight.len(),
+                scheme.group_size
+            ),
+        });
+    }
+    let mut h = hessian.values.clone();
+    let dead: Vec<bool> = (0..cols).map(|j| h[j * cols + j] == 0.0).collect();
+    for (j, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
+        h[j * cols + j] = 1.0;
+    }
+    let groups_per_row = cols / scheme.group_size;
+    // The visiting order: column `order[c]` of the weight is the c-th quantized.
+    let mut order: Vec<usize> = (0..cols).collect();
+    if options.act_order {
+        order.sort_by(|&a, &b| h[b * cols + b].total_cmp(&h[a * cols + a]));
+    }
+    let mean_diagonal = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
+    let damp = options.damp_percent / 100.0 * mean_diagonal;
+    // H permuted into the visiting order, dampened.
+    let mut permuted = vec![0.0f64; cols * cols];
+    for (a, &i) in order.iter().enumerate() {
+        for (b, &j) in order.iter().enumerate() {
+            permuted[a * cols + b] = h[i * cols + j];
+        }
+        permuted[a * cols + a] += damp;
+    }
+    drop(h);
+    let u = upper_cholesky_of_inverse(permuted, cols)?;
+    progress.check()?;
+
+    let mut codes = vec![0i8; rows * cols];
+    let mut params = vec![QParams::int4_symmetric(0.0); rows * groups_per_row];
+    let task = GptqTask { u: &u, cols, order: &order, dead: &dead, scheme, act_order: options.act_order };
+    codes
+        .par_chunks_mut(cols * ROWS_PER_TASK)
+        .zip(params.par_chunks_mut(groups_per_row * ROWS_PER_TASK))
+        .zip(weight.par_chunks(cols * ROWS_PER_TASK))
+        .try_for_each(|((codes, params), weight)| {
+            progress.check()?;
+            task.run(weight, codes, params);
+            progress.advance((weight.len() / cols) as u64);
+            Ok::<(), Error>(())
+        })?;
+    Ok(Int4Tensor { codes, params })
+}
+
+/// What every group of rows shares.
+struct GptqTask<'a> {
+    /// Upper Cholesky factor of the dampened `H⁻¹` in visiting order, row-major.
+    u: &'a [f64],
+    cols: usize,
+    order: &'a [usize],
+    dead: &'a [bool],
+    scheme: Int4Scheme,
+    act_order: bool,
+}
+
+impl GptqTask<'_> {
+    /// GPTQ of a few rows: `weight` `[n, cols]` in, their codes and group parameters out.
+    fn run(&self, weight: &[f32], codes: &mut [i8], params: &mut [QParams]) {
+        let (cols, group) = (self.cols, self.scheme.group_size);
+        let groups_per_row = cols / group;
+        let n = weight.len() / cols;
+        // The rows in visiting order, in f64, dead inputs zeroed.
+        let mut w = vec![0.0f64; n * cols];
+        for r in 0..n {
+            for (c, &j) in self.order.iter().enumerate() {
+                w[r * cols + c] = if self.dead[j] { 0.0 } else { weight[r * cols + j] as f64 };
+            }
+        }
+        if self.act_order {
+            // Static groups: every group's parameters from the (dead-zeroed) weight as it is.
+            for r in 0..n {
+                let mut original = vec![0.0f32; cols];
+                for (c, &j) in self.order.iter().enumerate() {
+                    original[j] = w[r * cols + c] as f32;
+                }
+                for (g, values) in original.chunks_exact(group).enumerate() {
+                    params[r * groups_per_row + g] = self.scheme.group_params(values);
+                }
+            }
+        }
+        let mut errors = vec![0.0f64; n * BLOCK_COLUMNS];
+        let mut group_values = vec![0.0f32; group];
+        for start in (0..cols).step_by(BLOCK_COLUMNS) {
+            let end = (start + BLOCK_COLUMNS).min(cols);
+            for r in 0..n {
+                let row = &mut w[r * cols..(r + 1) * cols];
+                for c in start..end {
+                    let j = self.order[c];
+                    if !self.act_order && c % group == 0 {
+                        for (v, &x) in group_values.iter_mut().zip(&row[c..c + group]) {
+                            *v = x as f32;
+                        }
+                        params[r * groups_per_row + c / group] = self.scheme.group_params(&group_values);
+                    }
+                    let p = params[r * groups_per_row + j / group];
+                    let code = p.quantize(row[c] as f32);
+                    codes[r * cols + j] = code;
+                    let err = (row[c] - p.dequantize(code) as f64) / self.u[c * cols + c];
+                    errors[r * BLOCK_COLUMNS + c - start] = err;
+                    let u_row = &self.u[c * cols + c + 1..c * cols + end];
+                    for (x, &uc) in row[c + 1..end].iter_mut().zip(u_row) {
+                        *x -= err * uc;
+                    }
+                }
+            }
+            if end == cols {
+                break;
+            }
+            // The lazy batch update: every later column receives the block's errors.
+            for c in start..end {
+                let u_row = &self.u[c * cols + end..(c + 1) * cols];
+                for r in 0..n {
+                    let err = errors[r * BLOCK_COLUMNS + c - start];
+                    if err == 0.0 {
+                        continue;
+                    }
+                    for (x, &uc) in w[r * cols + end..(r + 1) * cols].iter_mut().zip(u_row) {
+                        *x -= err * uc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The upper factor `U` of `H⁻¹ = UᵀU` for a symmetric positive definite `h` (`n × n`, row-major, consumed):
+/// `U = J · L⁻¹ · J` where `J H J = L Lᵀ` (`J` reverses the order). Fails when `h` is not positive definite.
+pub fn upper_cholesky_of_inverse(h: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+    let mut a = h;
+    // J H J: both orders reversed.
+    a.reverse();
+    let l = cholesky_lower(a, n)?;
+    let inverse = lower_inverse(&l, n);
+    let mut u = inverse;
+    u.reverse();
+    Ok(u)
+}
+
+/// The lower Cholesky factor of `a` (row-major, consumed), row by row.
+fn cholesky_lower(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+    for i in 0..n {
+        let (done, rest) = a.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        for j in 0..=i {
+            let earlier = if j < i { &done[j * n..j * n + j] } else { &row[..j] };
+            let s = row[j] - dot(&row[..j], earlier);
+            if j == i {
+                if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return Err(Error::KernelInput {
+                        problem: format!(
+                            "GPTQ: the dampened Hessian is not positive definite (pivot {s:e} at input {})",
+                            n - 1 - i
+                        ),
+                    });
+                }
+                row[i] = s.sqrt();
+            } else {
+                row[j] = s / done[j * n + j];
+            }
+        }
+        row[i + 1..].fill(0.0);
+    }
+    Ok(a)
+}
+
+/// The inverse of a lower-triangular `l` with a positive diagonal, row by row:
+/// `X[i] = (e_i − Σ_{k<i} L[i,k] X[k]) / L[i,i]`.
+fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let mut x = vec![0.0f64; n * n];
+    for i in 0..n {
+        let (done, rest) = x.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        row[i] = 1.0;
+        for k in 0..i {
+            let lik = l[i * n + k];
+            if lik != 0.0 {
+                for (xv, &prev) in row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]) {
+                    *xv -= lik * prev;
+                }
+            }
+        }
+        let d = l[i * n + i];
+        for xv in &mut row[..=i] {
+            *xv /= d;
+        }
+    }
+    x
+}
+
+/// `Σ a_i b_i` in four lanes (vectorizable).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let (a4, a_rest) = a.split_at(a.len() / 4 * 4);
+    let (b4, b_rest) = b.split_at(a4.len());
+    for (x, y) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
+        for k in 0..4 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+            })
+            .collect()
+    }
+
+    /// Inputs with correlated columns (what makes GPTQ worth it) and one dead column.
+    fn inputs(rows: usize, cols: usize) -> Vec<f32> {
+        let base = random(rows * cols, 7);
+        let mut x = base.clone();
+        for r in 0..rows {
+            for c in 1..cols {
+                x[r * cols + c] = 0.6 * x[r * cols + c - 1] + base[r * cols + c] * (1.0 + (c % 5) as f32);
+            }
+            x[r * cols + 3] = 0.0;
+        }
+        x
+    }
+
+    #[test]
+    fn the_upper_factor_is_that_of_the_inverse() {
+        let n = 5;
+        let x = inputs(40, n);
+        let mut h = Hessian::new(n);
+        h.add_rows(&x);
+        h.finish();
+        for j in 0..n {
+            h.values[j * n + j] += 0.5;
+        }
+        let u = upper_cholesky_of_inverse(h.values.clone(), n).unwrap();
+        // H · (UᵀU) = I.
+        for i in 0..n {
+            for j in 0..n {
+                let mut v = 0.0;
+                for k in 0..n {
+                    let inv_kj: f64 = (0..n).map(|m| u[m * n + k] * u[m * n + j]).sum();
+                    v += h.values[i * n + k] * inv_kj;
+                }
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9, "({i},{j}) = {v}");
+            }
+            for j in 0..i {
+                assert_eq!(u[i * n + j], 0.0, "upper triangular");
+            }
+        }
+        assert!(upper_cholesky_of_inverse(vec![1.0, 2.0, 2.0, 1.0], 2).is_err(), "not positive definite");
+    }
+
+    #[test]
+    fn gptq_lowers_the_output_error_below_round_to_nearest() {
+        let (rows, cols) = (24, 256);
+        let x = inputs(600, cols);
+        let mut h = Hessian::new(cols);
+        h.add_rows(&x);
+        h.finish();
+        assert_eq!(h.rows_seen, 600);
+        let weight = random(rows * cols, 3);
+        for scheme in [Int4Scheme::new(true, 128), Int4Scheme::new(false, 32)] {
+            for act_order in [false, true] {
+                let options = GptqOptions { act_order, ..Default::default() };
+                let q = gptq_int4(&weight, rows, &h, scheme, options, &Progress::new()).unwrap();
+                let mut rtn = weight.clone();
+                crate::quant::int4::fake_quantize_rows(scheme, &mut rtn, cols);
+                let [gptq_error, rtn_error] =
+                    output_errors(&weight, &[&q.dequantized(cols, scheme.group_size), &rtn], &h)[..]
+                else {
+                    panic!("two candidates, two errors")
+                };
+                assert!(gptq_error < 0.8 * rtn_error, "{scheme:?} act_order {act_order}: {gptq_error} vs {rtn_error}");
+                // The codes are the scheme's own codes of the stored parameters.
+                assert!(q.codes.iter().all(|&c| (-8..=7).contains(&c)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_layer_whose_inputs_are_all_zero_gets_zero_weights_and_no_output_error() {
+        let (rows, cols) = (2, 32);
+        let h = Hessian::new(cols);
+        let weight = random(rows * cols, 5);
+        let q = gptq_int4(&weight, rows, &h, Int4Scheme::new(true, 32), GptqOptions::default(), &Progress::new());
+        // Every input dead: weights zeroed, codes 0, output error 0 (nothing reaches the output).
+        let q = q.unwrap();
+        assert!(q.codes.iter().all(|&c| c == 0));
+        assert_eq!(output_errors(&weight, &[&q.dequantized(cols, 32)], &h), [0.0]);
+    }
+}
