@@ -617,3 +617,54 @@ fn an_int4_layer_shows_its_fitted_group_size_and_the_spread_of_its_group_scales(
     assert!(h.query_all_by_label_contains("INT4 groups of 64: step min").count() >= 1);
     h.get_by_label(&format!("Largest group scale per output channel ({} channels)", 64));
 }
+
+#[test]
+fn gptq_runs_as_a_job_on_the_calibration_data_and_shows_what_it_bought() {
+    use quantstudio::quant::{Int4Scheme, Precision};
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
+    let mut h = harness(&mlp);
+    step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
+    h.get_by_label_contains("no INT4 layer in the plan");
+    let int4 = Precision::Int4(Int4Scheme::new(true, 32));
+    h.state_mut().send(Command::SetPrecisionMatching { pattern: "*".into(), precision: int4 });
+    h.run_steps(2);
+    h.get_by_label_contains("3 INT4 layer(s) rounded to nearest");
+    let arrows_before = h.query_all_by_label_contains(" -> ").count();
+    h.get_by_label("Run GPTQ").click();
+    h.step();
+    step_until(&mut h, "GPTQ", |app| app.studio.plan().gptq.is_some() && !app.studio.is_busy());
+    let weights = h.state().studio.plan().gptq.clone().unwrap();
+    assert_eq!(weights.layers.len(), 3, "{weights:?}");
+    assert!(weights.data.ends_with("calib.safetensors"), "the calibration field's data: {:?}", weights.data);
+    let (rtn, gptq) = weights.mean_output_errors();
+    assert!(gptq < rtn, "GPTQ lowers the mean output error: {rtn} -> {gptq}");
+    h.run_steps(2);
+    // The panel's summary, the table's column for every layer, the inspector's section for the focused one.
+    h.get_by_label_contains("3 layer(s) from calib.safetensors, mean output error");
+    let arrows = h.query_all_by_label_contains(" -> ").count();
+    assert_eq!(arrows, arrows_before + 4, "one \"RTN -> GPTQ\" cell per layer, and the panel's summary");
+    h.get_by_label_contains("with GPTQ (");
+    // The plan's recipe asks for GPTQ on the same data; undo takes GPTQ away, redo brings it back.
+    let model = h.state().studio.model.clone().unwrap();
+    let recipe = h.state().studio.plan().to_recipe(&model);
+    assert_eq!(recipe.gptq.as_ref().map(|g| g.data.clone()), Some(weights.data.clone()));
+    h.state_mut().send(Command::Undo);
+    h.run_steps(2);
+    assert!(h.state().studio.plan().gptq.is_none());
+    h.state_mut().send(Command::Redo);
+    h.run_steps(2);
+    assert!(h.state().studio.plan().gptq.is_some());
+    // A saved recipe runs GPTQ again when loaded (in its job): the same codes.
+    let dir = common::temp_dir();
+    let path = dir.path().join("gptq.json");
+    h.state_mut().send(Command::SaveRecipe(path.clone()));
+    h.step();
+    step_until(&mut h, "the recipe to be saved", |app| !app.studio.is_busy());
+    h.state_mut().send(Command::Undo);
+    h.run_steps(2);
+    h.state_mut().send(Command::LoadRecipe(path));
+    h.step();
+    step_until(&mut h, "the recipe to load", |app| app.studio.plan().gptq.is_some() && !app.studio.is_busy());
+    let again = h.state().studio.plan().gptq.clone().unwrap();
+    assert_eq!(again.layers, weights.layers, "the recipe reproduces the GPTQ weights");
+}

@@ -8,7 +8,7 @@
 //! the rest.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -17,7 +17,7 @@ use super::calibrate::{real_rows, without_trailing_padding};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, Model};
 use crate::progress::Progress;
-use crate::quant::gptq::{GptqLayer, GptqOptions, Hessian, gptq_int4, output_errors};
+use crate::quant::gptq::{GptqLayer, GptqOptions, GptqWeights, Hessian, gptq_int4, output_errors};
 use crate::quant::pass::TensorData;
 use crate::quant::{Plan, Precision};
 use crate::runtime::eval::{check_data, data_kind};
@@ -27,21 +27,6 @@ use crate::runtime::{Architecture, EvalData, Network};
 pub const HESSIAN_BUDGET_BYTES: usize = 512 << 20;
 /// Samples of a graph model run per batch.
 const GRAPH_BATCH: usize = 256;
-
-/// What a GPTQ run produced.
-#[derive(Clone, Debug)]
-pub struct GptqRun {
-    /// The GPTQ weights of every INT4 layer of the plan.
-    pub layers: BTreeMap<LayerId, Arc<GptqLayer>>,
-    /// INT4 layers whose input the data never reached (they stay rounded to nearest).
-    pub unreached: Vec<LayerId>,
-    /// Input rows (token positions or samples) the Hessians sum.
-    pub rows_seen: u64,
-    /// Times the data was run (more than one when the Hessians did not fit in [`HESSIAN_BUDGET_BYTES`]).
-    pub passes: usize,
-    /// Wall time of the whole run, seconds.
-    pub seconds: f64,
-}
 
 /// One INT4 layer to quantize: its id, the name its input is tapped under, its weight's shape and scheme.
 struct Target {
@@ -53,22 +38,32 @@ struct Target {
 }
 
 /// Runs GPTQ on every INT4 layer of `plan` whose weight is 2-D and whose rows are whole groups, with Hessians
-/// from the FP32 model on `data`.
+/// from the FP32 model on `data` (read from the file `data_path`, recorded in the result).
 pub fn gptq(
     model: &Model,
     arch: &Architecture,
     data: &EvalData,
+    data_path: &Path,
     plan: &Plan,
     options: GptqOptions,
     progress: &Progress,
-) -> Result<GptqRun> {
+) -> Result<GptqWeights> {
     let start = Instant::now();
     let targets = targets(model, plan);
     progress.start_stage("reading FP32 weights", 0);
     let network = Network::build(model, arch, None, progress)?;
     check_data(&network, data)?;
     if targets.is_empty() {
-        return Ok(GptqRun { layers: BTreeMap::new(), unreached: Vec::new(), rows_seen: 0, passes: 0, seconds: 0.0 });
+        let (layers, unreached) = (BTreeMap::new(), Vec::new());
+        return Ok(GptqWeights {
+            seconds: 0.0,
+            data: data_path.to_owned(),
+            options,
+            rows_seen: 0,
+            passes: 0,
+            unreached,
+            layers,
+        });
     }
     // Which tapped layers see the same input: the first of each run of equal inputs leads.
     let leaders = shared_inputs(&network, data)?;
@@ -120,13 +115,21 @@ pub fn gptq(
         for (id, quantized) in done {
             match quantized {
                 Some(layer) => {
-                    layers.insert(id, Arc::new(layer));
+                    layers.insert(id, layer);
                 }
                 None => unreached.push(id),
             }
         }
     }
-    Ok(GptqRun { layers, unreached, rows_seen, passes: pass_count, seconds: start.elapsed().as_secs_f64() })
+    Ok(GptqWeights {
+        seconds: start.elapsed().as_secs_f64(),
+        data: data_path.to_owned(),
+        options,
+        rows_seen,
+        passes: pass_count,
+        unreached,
+        layers,
+    })
 }
 
 /// The Hessian `Σ x xᵀ` of layer `layer`'s input over `data` (padded positions excluded), as [`gptq`] sums it.

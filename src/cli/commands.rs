@@ -166,6 +166,6 @@ pub fn throughput(model: &Path, plan: &PlanArgs, repeat: usize, json: bool) -> R
 fn with_gptq(model: &Model, recipe: &Recipe, plan: &mut crate::quant::Plan) -> Result<()> {
     let Some(gptq) = &recipe.gptq else { return Ok(()) };
     let run = with_progress_bar(|progress| tasks::gptq(model, plan, gptq, progress))?;
-    print::gptq(model, gptq, &run);
+    print::gptq(model, &run);
     Ok(())
 }

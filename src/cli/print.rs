@@ -378,13 +378,13 @@ fn print_json(value: &Value) {
 
 /// What GPTQ bought, layer by layer, on stderr: round to nearest's and GPTQ's output error on the calibration
 /// inputs, and the run's cost.
-pub fn gptq(model: &Model, recipe: &crate::quant::plan::GptqRecipe, run: &crate::calib::gptq::GptqRun) {
+pub fn gptq(model: &Model, run: &crate::quant::gptq::GptqWeights) {
     eprintln!(
         "GPTQ on {} ({} input rows, damp {}%{}): {} INT4 layers in {:.1} s ({} pass{} over the data)",
-        recipe.data.display(),
+        run.data.display(),
         run.rows_seen,
-        recipe.options.damp_percent,
-        if recipe.options.act_order { ", act-order" } else { "" },
+        run.options.damp_percent,
+        if run.options.act_order { ", act-order" } else { "" },
         run.layers.len(),
         run.seconds,
         run.passes,
@@ -398,9 +398,8 @@ pub fn gptq(model: &Model, recipe: &crate::quant::plan::GptqRecipe, run: &crate:
         let names: Vec<&str> = run.unreached.iter().map(|id| model.layer(*id).name.as_str()).collect();
         eprintln!("kept round to nearest (the data never reaches their input): {}", names.join(", "));
     }
-    let count = run.layers.len().max(1) as f64;
-    let mean = |f: fn(&crate::quant::gptq::GptqLayer) -> f64| run.layers.values().map(|l| f(l)).sum::<f64>() / count;
-    eprintln!("{:<48} {:>14.3e} {:>14.3e}", "mean", mean(|l| l.rtn_output_error), mean(|l| l.gptq_output_error));
+    let (rtn, gptq) = run.mean_output_errors();
+    eprintln!("{:<48} {:>14.3e} {:>14.3e}", "mean", rtn, gptq);
 }
 
 /// Runs `work` on a scoped thread while this thread draws a progress bar on stderr (when it is a terminal).

@@ -76,6 +76,35 @@ pub struct GptqLayer {
     pub rows_seen: u64,
 }
 
+/// The GPTQ weights of a plan's INT4 layers and where they came from: what a plan holds after a GPTQ run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptqWeights {
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+    /// The calibration data file.
+    pub data: std::path::PathBuf,
+    /// The options of the run.
+    pub options: GptqOptions,
+    /// Input rows (token positions or samples) the Hessians summed.
+    pub rows_seen: u64,
+    /// Times the data was run (more than one when the Hessians did not fit in memory at once).
+    pub passes: usize,
+    /// INT4 layers whose input the data never reached: they stay rounded to nearest.
+    pub unreached: Vec<crate::model::LayerId>,
+    /// The weights of every other INT4 layer of the plan.
+    pub layers: std::collections::BTreeMap<crate::model::LayerId, GptqLayer>,
+}
+
+impl GptqWeights {
+    /// The mean over the layers of round to nearest's and GPTQ's output error.
+    pub fn mean_output_errors(&self) -> (f64, f64) {
+        let count = self.layers.len().max(1) as f64;
+        let rtn = self.layers.values().map(|l| l.rtn_output_error).sum::<f64>() / count;
+        let gptq = self.layers.values().map(|l| l.gptq_output_error).sum::<f64>() / count;
+        (rtn, gptq)
+    }
+}
+
 /// `Σ x xᵀ` over the calibration inputs of one layer, `cols × cols`, row-major, in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hessian {

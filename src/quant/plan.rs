@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::gptq::GptqLayer;
+use super::gptq::{GptqLayer, GptqWeights};
 use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
@@ -363,7 +363,7 @@ impl Recipe {
             warnings.push(format!("{reason}: {} layer(s) {outcome}: {shown}{tail}", names.len()));
         }
         let input_clips = model.layers.iter().map(|l| self.input_clips.get(&l.name).copied()).collect();
-        Ok(Plan { layers, input_clips, warnings, gptq: BTreeMap::new() })
+        Ok(Plan { layers, input_clips, warnings, gptq: None })
     }
 }
 
@@ -421,9 +421,9 @@ pub struct Plan {
     pub input_clips: Vec<Option<f32>>,
     /// Rules that matched nothing, and the like.
     pub warnings: Vec<String>,
-    /// GPTQ weights of INT4 layers ([`crate::calib::gptq`]), used while the layer keeps the precision they were
+    /// GPTQ weights of INT4 layers ([`crate::calib::gptq`]), used while a layer keeps the precision they were
     /// computed for ([`Plan::gptq_tensor`]); layers absent are rounded to nearest.
-    pub gptq: BTreeMap<LayerId, Arc<GptqLayer>>,
+    pub gptq: Option<Arc<GptqWeights>>,
 }
 
 impl Plan {
@@ -433,7 +433,7 @@ impl Plan {
             layers: vec![precision; model.layers.len()],
             input_clips: vec![None; model.layers.len()],
             warnings: Vec::new(),
-            gptq: BTreeMap::new(),
+            gptq: None,
         }
     }
 
@@ -443,7 +443,7 @@ impl Plan {
             layers: vec![Precision::Fp32; layer_count],
             input_clips: vec![None; layer_count],
             warnings: Vec::new(),
-            gptq: BTreeMap::new(),
+            gptq: None,
         }
     }
 
@@ -514,8 +514,8 @@ impl Plan {
     /// computed for the layer's current precision.
     pub fn gptq_tensor(&self, model: &Model, id: TensorId) -> Option<&GptqLayer> {
         let layer = model.tensor(id).layer;
-        let gptq = self.gptq.get(&layer)?;
-        (model.main_tensor(layer) == Some(id) && self.layer(layer) == gptq.precision).then_some(gptq.as_ref())
+        let gptq = self.gptq.as_ref()?.layers.get(&layer)?;
+        (model.main_tensor(layer) == Some(id) && self.layer(layer) == gptq.precision).then_some(gptq)
     }
 
     /// The INT4 codes of tensor `id` under `scheme`: its GPTQ weights when the plan holds them for this scheme,
@@ -570,6 +570,7 @@ impl Plan {
             .zip(&self.input_clips)
             .filter_map(|(l, clip)| clip.map(|c| (l.name.clone(), c)))
             .collect();
+        recipe.gptq = self.gptq.as_ref().map(|g| GptqRecipe { data: g.data.clone(), options: g.options });
         recipe
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Histograms the input of every linear and conv layer on a data file, from the cache when it holds this model
 /// and data (the core function is the use case as it stands).
@@ -24,6 +25,7 @@ use crate::export::{Compatibility, ExportOptions, ExportSummary};
 use crate::model::writer::{PlannedTensor, TensorFileWriter};
 use crate::model::{LayerId, Model, TensorId};
 use crate::progress::Progress;
+use crate::quant::gptq::GptqWeights;
 use crate::quant::pass::{self, TensorData, analyze};
 use crate::quant::{Plan, Precision, Recipe, TensorAnalysis, TensorHistograms};
 use crate::report::{ModelReport, analyze_model};
@@ -160,14 +162,15 @@ pub fn gptq(
     plan: &mut Plan,
     gptq: &crate::quant::plan::GptqRecipe,
     progress: &Progress,
-) -> Result<crate::calib::gptq::GptqRun> {
+) -> Result<Arc<GptqWeights>> {
     let arch = Architecture::detect(model)?;
     progress.start_stage(format!("reading {}", gptq.data.display()), 0);
     let data = EvalData::load(&gptq.data, &model_folder(model))?;
-    let run = crate::calib::gptq::gptq(model, &arch, &data, plan, gptq.options, progress)
+    let weights = crate::calib::gptq::gptq(model, &arch, &data, &gptq.data, plan, gptq.options, progress)
         .map_err(|e| e.in_data_file(&gptq.data))?;
-    plan.gptq = run.layers.clone();
-    Ok(run)
+    let weights = Arc::new(weights);
+    plan.gptq = Some(weights.clone());
+    Ok(weights)
 }
 
 /// Analyses every tensor under `plan`, checks it against the export target, and exports into `dest` when given.
@@ -320,11 +323,15 @@ pub fn throughput(model: &Model, plan: &Plan, repeat: usize, progress: &Progress
     crate::bench::measure_throughput(model, plan, repeat.max(1), progress)
 }
 
-/// Reads a recipe file and resolves it against `model`.
+/// Reads a recipe file and resolves it against `model`; when it asks for GPTQ, runs it on its calibration data.
 pub fn load_recipe(model: &Model, path: &Path, progress: &Progress) -> Result<Plan> {
     progress.start_stage("loading recipe", 1);
-    let plan = Recipe::load(path)?.resolve(model).map_err(|e| e.in_recipe_file(path))?;
+    let recipe = Recipe::load(path)?;
+    let mut plan = recipe.resolve(model).map_err(|e| e.in_recipe_file(path))?;
     progress.advance(1);
+    if let Some(settings) = &recipe.gptq {
+        gptq(model, &mut plan, settings, progress)?;
+    }
     Ok(plan)
 }
 

@@ -1,5 +1,5 @@
 //! The only code that spawns threads: jobs (open, analyse, histograms, export, recipes, evaluation, calibration,
-//! sensitivity, benchmark) run on background threads and report
+//! GPTQ, sensitivity, benchmark) run on background threads and report
 //! events the window drains each frame.
 //!
 //! At most one job of each [`JobKind`] runs at a time; submitting another cancels the running one and replaces it:
@@ -55,6 +55,8 @@ pub enum JobKind {
     Benchmark,
     /// Perplexity and KL of FP32 and the plan on a text.
     Perplexity,
+    /// GPTQ of the plan's INT4 layers on calibration data.
+    Gptq,
 }
 
 impl JobKind {
@@ -71,6 +73,7 @@ impl JobKind {
             JobKind::Sensitivity => "sensitivity",
             JobKind::Benchmark => "benchmarking",
             JobKind::Perplexity => "perplexity",
+            JobKind::Gptq => "GPTQ",
         }
     }
 }
@@ -135,6 +138,15 @@ pub enum Job {
         /// The text, context and chunks.
         input: tasks::PerplexityInput,
     },
+    /// GPTQ of a plan's INT4 layers on a calibration data file.
+    Gptq {
+        /// The model.
+        model: Arc<Model>,
+        /// The plan (its INT4 layers are quantized).
+        plan: Plan,
+        /// The data file and the options.
+        settings: crate::quant::plan::GptqRecipe,
+    },
     /// Histogram the input of every linear and conv layer on a data file (from the cache when it holds it).
     Calibrate {
         /// The model.
@@ -195,6 +207,7 @@ impl Job {
             Job::Sensitivity { .. } => JobKind::Sensitivity,
             Job::Benchmark { .. } => JobKind::Benchmark,
             Job::Perplexity { .. } => JobKind::Perplexity,
+            Job::Gptq { .. } => JobKind::Gptq,
         }
     }
 }
@@ -231,6 +244,8 @@ pub enum Outcome {
         /// The figures.
         report: PerplexityReport,
     },
+    /// A GPTQ run finished: the weights of the plan's INT4 layers.
+    Gptq(Arc<crate::quant::gptq::GptqWeights>),
     /// A calibration finished.
     Calibrated {
         /// The data file.
@@ -485,6 +500,9 @@ fn run(job: Job, progress: &Progress, send: &dyn Fn(Outcome)) -> Result<(), Erro
         Job::Perplexity { model, arch, plan, input } => {
             let report = tasks::perplexity(&model, &arch, &plan, &input, progress)?;
             send(Outcome::Perplexity { plan, input, report });
+        }
+        Job::Gptq { model, mut plan, settings } => {
+            send(Outcome::Gptq(tasks::gptq(&model, &mut plan, &settings, progress)?));
         }
         Job::Calibrate { model, arch, data, cache_dir } => {
             let run = tasks::calibrate(&model, &arch, &data, cache_dir.as_deref(), progress)?;

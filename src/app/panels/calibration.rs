@@ -1,4 +1,4 @@
-//! Calibrate & diagnose: the Calibrate action and the observer choice, the sensitivity ranking (bar chart, one
+//! Calibrate & diagnose: the Calibrate action and the observer choice, GPTQ of the INT4 layers, the sensitivity ranking (bar chart, one
 //! click to keep the most sensitive layers in float), and, for the inspector, the focused layer's input
 //! histogram with its clip range, draggable.
 
@@ -47,6 +47,7 @@ fn diagnose_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         return;
     }
     calibration_row(ui, app);
+    gptq_row(ui, app);
     ui.separator();
     sensitivity_ui(ui, app);
 }
@@ -110,6 +111,45 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
         if observer != current_observer {
             app.send(Command::SetObserver(observer));
         }
+    });
+}
+
+/// GPTQ of the plan's INT4 layers on the calibration data, and what the last run bought.
+fn gptq_row(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let int4_layers = app.studio.editor.plan().layers.iter().filter(|p| matches!(p, Precision::Int4(_))).count();
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("GPTQ").strong());
+        ui.checkbox(&mut app.inputs.gptq_act_order, "act-order")
+            .on_hover_text("Visit the columns by decreasing input energy (groups fixed first, as static groups)");
+        let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Gptq);
+        let data = app.inputs.calib_data.trim().to_owned();
+        if ui
+            .add_enabled(!running && !data.is_empty() && int4_layers > 0, egui::Button::new("Run GPTQ"))
+            .on_hover_text(
+                "Quantize the INT4 layers with GPTQ on the calibration data: each column's rounding error is moved \
+                 onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs. The \
+                 table's \"out err\" column shows rounding's and GPTQ's output error per layer.",
+            )
+            .clicked()
+        {
+            app.send(Command::Gptq { data: data.into(), act_order: app.inputs.gptq_act_order });
+        }
+        let summary = match &app.studio.editor.plan().gptq {
+            _ if int4_layers == 0 => "no INT4 layer in the plan".to_owned(),
+            None => format!("{int4_layers} INT4 layer(s) rounded to nearest"),
+            Some(weights) => {
+                let (rtn, gptq) = weights.mean_output_errors();
+                format!(
+                    "{} layer(s) from {}, mean output error {} -> {} ({:.1} s)",
+                    weights.layers.len(),
+                    weights.data.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                    format::sci(rtn),
+                    format::sci(gptq),
+                    weights.seconds
+                )
+            }
+        };
+        ui.label(RichText::new(summary).weak());
     });
 }
 

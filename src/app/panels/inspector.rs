@@ -42,6 +42,7 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         super::hint(ui, format!("{} {} {}", t.name, t.dtype, format::shape(&t.shape)));
     }
     super::calibration::input_section(ui, app, layer);
+    gptq_section(ui, app, &model, layer);
     let Some(analysis) = app.studio.layer_analysis(layer).cloned() else {
         if model.main_tensor(layer).is_some() {
             ui.label("Computing...");
@@ -80,6 +81,28 @@ fn inspector_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         }
     }
     scales_plot(ui, &analysis);
+}
+
+/// What GPTQ bought this layer: rounding's and GPTQ's output error on the calibration inputs.
+fn gptq_section(ui: &mut egui::Ui, app: &StudioApp, model: &crate::model::Model, layer: crate::model::LayerId) {
+    let Some(gptq) = model.main_tensor(layer).and_then(|t| app.studio.plan().gptq_tensor(model, t)) else { return };
+    ui.separator();
+    ui.label(RichText::new("GPTQ").strong());
+    ui.label(format!(
+        "output error ||WX - QX||^2 / ||WX||^2 (Q: the quantized weight): {} rounded to nearest, {} with GPTQ ({:.1}x lower)",
+        format::sci(gptq.rtn_output_error),
+        format::sci(gptq.gptq_output_error),
+        if gptq.gptq_output_error > 0.0 { gptq.rtn_output_error / gptq.gptq_output_error } else { f64::INFINITY }
+    ));
+    super::hint(
+        ui,
+        format!(
+            "on {} calibration rows, damp {}%{}; the weight figures and histograms below are round to nearest's",
+            gptq.rows_seen,
+            gptq.options.damp_percent,
+            if gptq.options.act_order { ", act-order" } else { "" }
+        ),
+    );
 }
 
 const VALUE_COLOR: Color32 = Color32::from_rgb(120, 170, 230);

@@ -49,6 +49,8 @@ pub struct Inputs {
     pub calib_data: String,
     /// The model the calibration field was filled for.
     pub calib_data_model: Option<PathBuf>,
+    /// GPTQ's act-order choice.
+    pub gptq_act_order: bool,
     /// The sensitivity mode to run.
     pub sensitivity_mode: crate::calib::SensitivityMode,
     /// How many of the most sensitive layers the one-click buttons change.
@@ -179,6 +181,7 @@ impl Default for Inputs {
             perplexity_chunks: 0,
             calib_data: String::new(),
             calib_data_model: None,
+            gptq_act_order: false,
             sensitivity_mode: crate::calib::SensitivityMode::OneAtATime,
             most_sensitive_count: 3,
             prompt: None,

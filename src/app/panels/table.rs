@@ -149,7 +149,8 @@ fn sort_header(ui: &mut egui::Ui, app: &mut StudioApp, label: &str, column: Sort
 }
 
 /// The widths of the columns right of the name (the name takes what is left, at least [`NAME_MIN_WIDTH`]).
-const COLUMN_WIDTHS: [f32; 13] = [62.0, 64.0, 54.0, 38.0, 118.0, 62.0, 150.0, 70.0, 54.0, 54.0, 62.0, 48.0, 70.0];
+const COLUMN_WIDTHS: [f32; 14] =
+    [62.0, 64.0, 54.0, 38.0, 118.0, 62.0, 150.0, 70.0, 54.0, 54.0, 62.0, 112.0, 48.0, 70.0];
 /// The index of the shape column in [`COLUMN_WIDTHS`].
 const SHAPE_COLUMN: usize = 1;
 /// The narrowest the name column gets; below that the table scrolls sideways.
@@ -227,6 +228,13 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                     "10·log10(Σx² / Σe²) in dB of the weights; for W8A8 the worse of the weights' and the input's at \
                      its clip. Red < 20, orange < 30, yellow < 40",
                 )
+            });
+            header.col(|ui| {
+                ui.label(RichText::new("Out err").strong()).on_hover_text(
+                    "INT4 layers after GPTQ (Calibrate & diagnose panel): the output error on the calibration \
+                     inputs, ||WX - QX||^2 / ||WX||^2 with Q the quantized weight, rounded to nearest -> with GPTQ. MSE, max error and SQNR are \
+                     round to nearest's weight figures",
+                );
             });
             header.col(|ui| {
                 ui.label(RichText::new("NaN/Inf").strong())
@@ -378,6 +386,21 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
                         None if analysable => ui.label(pending()),
                         None => ui.label(""),
                     };
+                });
+                row.col(|ui| {
+                    if let Some(gptq) = main.and_then(|t| app.studio.plan().gptq_tensor(&model, t)) {
+                        ui.label(format!(
+                            "{} -> {}",
+                            format::sci(gptq.rtn_output_error),
+                            format::sci(gptq.gptq_output_error)
+                        ))
+                        .on_hover_text(format!(
+                            "Output error on {} calibration rows: {} rounded to nearest, {} with GPTQ",
+                            gptq.rows_seen,
+                            format::sci(gptq.rtn_output_error),
+                            format::sci(gptq.gptq_output_error)
+                        ));
+                    }
                 });
                 row.col(|ui| {
                     if let Some(a) = &analysis

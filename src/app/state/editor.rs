@@ -10,6 +10,7 @@ use crate::calib::Observer;
 use crate::calib::view::LayerActivations;
 use crate::export::Compatibility;
 use crate::model::{LayerId, Model};
+use crate::quant::gptq::GptqWeights;
 use crate::quant::{Plan, Precision};
 use crate::worker::Outcome;
 
@@ -31,6 +32,8 @@ pub struct PlanEdit {
     pub clip_overrides: BTreeMap<LayerId, f32>,
     /// The observer that picks every other calibrated layer's input clip.
     pub observer: Observer,
+    /// The GPTQ weights of the INT4 layers, from the last GPTQ run (or the recipe that ran it).
+    pub gptq: Option<Arc<GptqWeights>>,
 }
 
 /// The plan being edited, with its history.
@@ -58,7 +61,12 @@ impl PlanEditor {
     /// An editor starting at `plan` with no history; the plan's clips become hand-set clips.
     pub fn new(plan: Plan) -> PlanEditor {
         let clip_overrides = clips_of(&plan);
-        let edit = PlanEdit { layers: plan.layers.clone(), clip_overrides, observer: DEFAULT_OBSERVER };
+        let edit = PlanEdit {
+            layers: plan.layers.clone(),
+            clip_overrides,
+            observer: DEFAULT_OBSERVER,
+            gptq: plan.gptq.clone(),
+        };
         let mut editor = PlanEditor { edit, undo: Vec::new(), redo: Vec::new(), calibrated: None, plan };
         editor.resolve();
         editor
@@ -196,7 +204,7 @@ impl PlanEditor {
     /// Takes a loaded recipe's precisions and clips as one step. Its clips become hand-set clips: added to the
     /// current ones under a calibration, replacing them without one (a recipe without clips keeps the current ones).
     pub fn load_recipe(&mut self, plan: &Plan) -> bool {
-        let mut next = PlanEdit { layers: plan.layers.clone(), ..self.edit.clone() };
+        let mut next = PlanEdit { layers: plan.layers.clone(), gptq: plan.gptq.clone(), ..self.edit.clone() };
         let recipe_clips = clips_of(plan);
         if !recipe_clips.is_empty() {
             if self.calibrated.is_some() {
@@ -297,6 +305,22 @@ impl PlanEditor {
                 self.set_calibration(Some(Arc::clone(layers)));
                 Reaction::plan(true)
             }
+            Outcome::Gptq(weights) => {
+                let changed = self.commit(PlanEdit { gptq: Some(Arc::clone(weights)), ..self.edit.clone() });
+                let (rtn, gptq) = weights.mean_output_errors();
+                let mut text = format!(
+                    "GPTQ on {} INT4 layer(s) in {:.1} s: mean output error {rtn:.2e} rounded to nearest, {gptq:.2e} with GPTQ",
+                    weights.layers.len(),
+                    weights.seconds
+                );
+                if !weights.unreached.is_empty() {
+                    text.push_str(&format!(
+                        "; {} layer(s) the data never reaches stay rounded",
+                        weights.unreached.len()
+                    ));
+                }
+                Reaction { notice: Some(Notice::info(text)), plan_changed: changed, ..Reaction::default() }
+            }
             _ => Reaction::default(),
         }
     }
@@ -337,6 +361,7 @@ impl PlanEditor {
         }
         self.plan.layers = self.edit.layers.clone();
         self.plan.input_clips = clips;
+        self.plan.gptq = self.edit.gptq.clone();
     }
 }
 

@@ -85,6 +85,13 @@ pub enum Command {
     ClearEvaluations,
     /// Histogram the input of every layer on this data file (the calibration used by W8A8 layers).
     Calibrate(PathBuf),
+    /// Quantize the plan's INT4 layers with GPTQ on this calibration data file.
+    Gptq {
+        /// The data file.
+        data: PathBuf,
+        /// Visit the columns by decreasing input energy.
+        act_order: bool,
+    },
     /// Choose the observer that picks every layer's input clip (hand-set clips stay).
     SetObserver(Observer),
     /// Set one layer's input clip by hand; `None` gives it back to the observer.
@@ -398,6 +405,7 @@ impl Studio {
             | Command::Perplexity(_)
             | Command::Benchmark { .. }
             | Command::Calibrate(_)
+            | Command::Gptq { .. }
             | Command::Sensitivity { .. } => self.start_job(command),
             Command::RestorePlan(index) => {
                 if let Some((number, plan)) = self.results.evaluation_plan(index) {
@@ -603,6 +611,13 @@ impl Studio {
                 let workload = crate::runtime::latency::Workload { repeat: 20, ..Default::default() };
                 Job::Benchmark { model, arch, plan, data, workload }
             }
+            Command::Gptq { data, act_order } => {
+                if self.runnable().is_none() {
+                    return;
+                }
+                let options = crate::quant::gptq::GptqOptions { act_order, ..Default::default() };
+                Job::Gptq { model, plan, settings: crate::quant::plan::GptqRecipe { data, options } }
+            }
             Command::Calibrate(data) => {
                 let Some(arch) = self.runnable() else { return };
                 Job::Calibrate { model, arch, data, cache_dir: self.calibration.cache_dir.clone() }
@@ -639,6 +654,7 @@ impl Studio {
             JobKind::Recipe,
             JobKind::Evaluate,
             JobKind::Perplexity,
+            JobKind::Gptq,
             JobKind::Calibrate,
             JobKind::Sensitivity,
         ] {
