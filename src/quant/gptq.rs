@@ -122,25 +122,44 @@ impl Hessian {
         Hessian { cols, values: vec![0.0; cols * cols], rows_seen: 0 }
     }
 
-    /// Adds every row of `x` (`[n, cols]`) to the upper triangle ([`Hessian::finish`] mirrors it), the rows of
-    /// the sum spread over the cores (each entry sums its products in input order, whatever the scheduling).
+    /// Adds every row of `x` (`[n, cols]`): `H += XᵀX` as one f64 matrix product on the cores (the `gemm` crate);
+    /// [`Hessian::finish`] then makes the sum exactly symmetric.
     pub fn add_rows(&mut self, x: &[f32]) {
         let cols = self.cols;
-        if cols == 0 {
+        let rows = if cols == 0 { 0 } else { x.len() / cols };
+        if rows == 0 {
             return;
         }
-        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-        self.values.par_chunks_mut(cols).enumerate().for_each(|(i, out)| {
-            for row in x64.chunks_exact(cols) {
-                let xi = row[i];
-                if xi != 0.0 {
-                    for (o, &xj) in out[i..].iter_mut().zip(&row[i..]) {
-                        *o += xi * xj;
-                    }
-                }
-            }
-        });
-        self.rows_seen += (x.len() / cols) as u64;
+        let x64: Vec<f64> = x[..rows * cols].iter().map(|&v| v as f64).collect();
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: `values` is cols × cols at row stride cols and nothing else refers to it while we hold `&mut`;
+        // the left operand Xᵀ (element (i, t) at t·cols + i) and the right X (element (t, j) at t·cols + j) stay
+        // inside `x64`, rows × cols values. gemm computes dst = 1·dst + 1·lhs·rhs.
+        unsafe {
+            gemm::gemm(
+                cols,
+                cols,
+                rows,
+                self.values.as_mut_ptr(),
+                1,
+                cols as isize,
+                true,
+                x64.as_ptr(),
+                cols as isize,
+                1,
+                x64.as_ptr(),
+                1,
+                cols as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        self.rows_seen += rows as u64;
     }
 
     /// Adds another sum of the same width.
@@ -151,7 +170,8 @@ impl Hessian {
         self.rows_seen += other.rows_seen;
     }
 
-    /// Copies the upper triangle onto the lower one (after the last [`Hessian::add_rows`]).
+    /// Copies the upper triangle onto the lower one (after the last [`Hessian::add_rows`]), so that the sum is
+    /// exactly symmetric whatever order the product summed each entry in.
     pub fn finish(&mut self) {
         let n = self.cols;
         for i in 0..n {

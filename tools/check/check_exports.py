@@ -19,6 +19,7 @@ with config.json, model.safetensors and tokenizer.json. Kinds (default: all; KIN
                 int4`; int4-asym-g32: asymmetric, groups of 32, written with --force and loaded with
                 CompressedTensorsConfig(dequantize=True) (below); a layer whose inputs are not a multiple of 32
                 (tiny-llama-tied's 16) stays FP32, as the studio plans it
+  int4-gptq     int4 with GPTQ on the evaluation data (the recipe's "gptq": quantize and eval each run it)
   mixed         W8A8-dynamic, FP8-dynamic, FP8, INT8 weight-only, INT4, FP16, BF16 and FP32 layers in one plan, the
                 members of a fused family (q/k/v, gate/up) alike
 Needs torch, transformers, compressed-tensors and, for folders with modules.json, sentence-transformers.
@@ -155,6 +156,9 @@ class Kind:
     force: bool = False  # `quantize -o --force`: a plan one runtime refuses (vLLM, or transformers' default load)
     # transformers loads the export with CompressedTensorsConfig(dequantize=True) (asymmetric INT4; header, step 4)
     dequantize: bool = False
+    # the INT4 layers are quantized by GPTQ on the evaluation data (the recipe's "gptq"; quantize and eval each run
+    # it, deterministically, so the export and the simulation hold the same codes)
+    gptq: bool = False
 
     def precisions(self, family: str) -> list[dict]:
         if self.precision is not None:
@@ -221,6 +225,7 @@ KINDS = [
     Kind("w8a8-dynamic", W8A8_DYNAMIC),
     Kind("fp8-dynamic", FP8_DYNAMIC),
     Kind("int4", INT4),
+    Kind("int4-gptq", INT4, gptq=True),
     # The studio refuses transformers for asymmetric INT4 (its default load cannot take the packed zero points).
     Kind("int4-asym-g32", {"precision": "int4", "symmetric": False, "group_size": 32}, force=True, dequantize=True),
     Kind("mixed", rules=MIXED_RULES),
@@ -340,7 +345,7 @@ def write_data(model: Path, family: str, sentences: list[str], path: Path) -> di
     return arrays
 
 
-def write_recipe(family: str, kind: Kind, path: Path) -> None:
+def write_recipe(family: str, kind: Kind, path: Path, data_path: Path) -> None:
     if kind.precision is not None:
         rules = [{"pattern": p, **kind.precision} for p in LINEAR_PATTERNS[family]]
     else:
@@ -352,6 +357,8 @@ def write_recipe(family: str, kind: Kind, path: Path) -> None:
         "keep_norms_and_vectors": True,
         "rules": rules,
     }
+    if kind.gptq:
+        recipe["gptq"] = {"data": str(data_path.resolve())}
     path.write_text(json.dumps(recipe, indent=2))
 
 
@@ -650,7 +657,7 @@ def check_model(model: Path, kinds: list[Kind], binary: str, work: Path, outcome
             plan_args = list(kind.shortcut)
         else:
             recipe = kdir / "recipe.json"
-            write_recipe(family, kind, recipe)
+            write_recipe(family, kind, recipe, data_path)
             if kind.calibrate:
                 calibrated = kdir / "recipe-calibrated.json"
                 run_quantstudio(
