@@ -136,7 +136,7 @@ pub enum Command {
     /// Time the FP32 forward pass, and the plan's when one is given: batch-1 latency (median, p95) and
     /// throughput on synthetic inputs, weights in memory, size on disk, and the plan's accuracy against FP32 on
     /// evaluation data. The plan runs as deployed: W8A8 layers on INT8 codes with integer products, other
-    /// quantized linear layers on FP16/BF16/INT8 weights converted tile by tile.
+    /// quantized linear layers on FP16/BF16/INT8/FP8/INT4 weights converted tile by tile.
     Bench {
         /// A model folder with a runnable architecture.
         model: PathBuf,

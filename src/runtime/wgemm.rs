@@ -748,7 +748,23 @@ mod avx2 {
             Block::Fp8 { codes, scales, has_nan: false } => unsafe { fp8_tile::<false>(codes, scales, tile) },
             // SAFETY: forwarded.
             Block::Fp8 { codes, scales, has_nan: true } => unsafe { fp8_tile::<true>(codes, scales, tile) },
-            Block::Int4 { .. } => super::tile_portable(block, tile),
+            Block::Int4 { codes, scales, zero_points, group } => {
+                let mut params = None;
+                for (i, t) in tile.chunks_exact_mut(NB).enumerate() {
+                    if i % group == 0 || params.is_none() {
+                        // SAFETY: group i / group of the block.
+                        params = Some(unsafe { Int4Group::load(scales, zero_points, i / group) });
+                    }
+                    if let Some(params) = &params {
+                        // SAFETY: row i < k of the block; the tile row holds 64 values.
+                        unsafe {
+                            for (v, w) in int4_row(codes, i, params).iter().enumerate() {
+                                _mm256_storeu_ps(t.as_mut_ptr().add(v * LANES), *w);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -772,7 +788,112 @@ mod avx2 {
                 }
                 Block::Fp8 { codes, has_nan: false, .. } => by_rows::<FP8, R>(codes.as_ptr(), k, x, &[0; NB], acc),
                 Block::Fp8 { codes, has_nan: true, .. } => by_rows::<FP8_NAN, R>(codes.as_ptr(), k, x, &[0; NB], acc),
-                Block::Int4 { .. } => super::gemv_portable(block, k, &x, acc),
+                Block::Int4 { codes, scales, zero_points, group } => {
+                    int4_columns::<R>(codes, scales, zero_points, group, k, x, acc)
+                }
+            }
+        }
+    }
+
+    /// The parameters of one INT4 group as vectors of the 64 columns: scales, and `8 + zero_point` (what a
+    /// nibble's code is measured from).
+    struct Int4Group {
+        scale: [__m256; NB / LANES],
+        offset: [__m256i; NB / LANES],
+    }
+
+    impl Int4Group {
+        /// Group `g` of a block's parameters.
+        ///
+        /// # Safety
+        /// AVX2 must be present; `scales` and `zero_points` hold group `g`'s 64 values at `g · 64`.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load(scales: &[f32], zero_points: &[i8], g: usize) -> Int4Group {
+            let at = g * NB;
+            let mut group =
+                Int4Group { scale: [_mm256_setzero_ps(); NB / LANES], offset: [_mm256_setzero_si256(); NB / LANES] };
+            for v in 0..NB / LANES {
+                // SAFETY: the caller's guarantee.
+                unsafe {
+                    group.scale[v] = _mm256_loadu_ps(scales.as_ptr().add(at + v * LANES));
+                    let zero = _mm256_cvtepi8_epi32(_mm_loadl_epi64(zero_points.as_ptr().add(at + v * LANES).cast()));
+                    group.offset[v] = _mm256_add_epi32(zero, _mm256_set1_epi32(8));
+                }
+            }
+            group
+        }
+    }
+
+    /// Row `i` of an INT4 block as 8 vectors of 8 columns: the 32 bytes' nibbles put in column order (the low
+    /// nibble of byte `j` is column `2j`, the high one `2j + 1`), widened to i32, `(q - 8 - zero_point)` converted
+    /// and multiplied by the group's scale: [`super::int4_row`]'s values.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `codes` holds row `i`'s 32 bytes at `i · 32`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn int4_row(codes: &[u8], i: usize, group: &Int4Group) -> [__m256; NB / LANES] {
+        let mut ordered = [0u8; NB];
+        let low = _mm256_set1_epi8(0x0F);
+        // SAFETY: the caller's guarantee; `ordered` holds 64 bytes.
+        unsafe {
+            let packed = _mm256_loadu_si256(codes.as_ptr().add(i * NB / 2).cast());
+            let lo = _mm256_and_si256(packed, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+            // Within each 128-bit lane: a = columns 0-15 | 32-47, b = 16-31 | 48-63.
+            let a = _mm256_unpacklo_epi8(lo, hi);
+            let b = _mm256_unpackhi_epi8(lo, hi);
+            _mm256_storeu_si256(ordered.as_mut_ptr().cast(), _mm256_permute2x128_si256::<0x20>(a, b));
+            _mm256_storeu_si256(ordered.as_mut_ptr().add(32).cast(), _mm256_permute2x128_si256::<0x31>(a, b));
+        }
+        let mut w = [_mm256_setzero_ps(); NB / LANES];
+        for (v, w) in w.iter_mut().enumerate() {
+            // SAFETY: 8 of the 64 ordered codes.
+            let q = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(ordered.as_ptr().add(v * LANES).cast())) };
+            *w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, group.offset[v])), group.scale[v]);
+        }
+        w
+    }
+
+    /// INT4 rows, decoded by [`int4_row`], then `sum += x · w`: the same products and sums in the same order as
+    /// [`super::gemv_portable`].
+    ///
+    /// # Safety
+    /// As [`gemv`]; the block holds `k · 32` bytes of codes and `k / group · 64` scales and zero points.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn int4_columns<const R: usize>(
+        codes: &[u8],
+        scales: &[f32],
+        zero_points: &[i8],
+        group: usize,
+        k: usize,
+        x: [&[f32]; R],
+        acc: &mut [[f32; NB]; R],
+    ) {
+        if k == 0 {
+            return;
+        }
+        let mut sums = [[_mm256_setzero_ps(); NB / LANES]; R];
+        // SAFETY: k > 0, so the block has group 0.
+        let mut params = unsafe { Int4Group::load(scales, zero_points, 0) };
+        for i in 0..k {
+            if i % group == 0 {
+                // SAFETY: group i / group < k / group.
+                params = unsafe { Int4Group::load(scales, zero_points, i / group) };
+            }
+            // SAFETY: row i < k.
+            let w = unsafe { int4_row(codes, i, &params) };
+            for (sums, x) in sums.iter_mut().zip(&x) {
+                // SAFETY: i < k ≤ x.len().
+                let xs = _mm256_set1_ps(unsafe { *x.get_unchecked(i) });
+                for (sum, w) in sums.iter_mut().zip(&w) {
+                    *sum = _mm256_add_ps(*sum, _mm256_mul_ps(xs, *w));
+                }
+            }
+        }
+        for (acc, sums) in acc.iter_mut().zip(&sums) {
+            for (v, s) in sums.iter().enumerate() {
+                // SAFETY: 8 · v + 8 ≤ 64.
+                unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(v * LANES), *s) };
             }
         }
     }

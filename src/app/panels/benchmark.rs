@@ -28,7 +28,7 @@ const PLAN_COLORS: [Color32; 6] = [
 pub fn actions(ui: &mut egui::Ui, app: &mut StudioApp, data: &str) {
     let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Benchmark);
     let hover = "Time FP32 and the current plan as a deployment runs them (W8A8: INT8 codes and integer products; \
-                 other quantized linear layers: FP16/BF16/INT8 weights converted tile by tile), batch-1 latency and \
+                 other quantized linear layers: FP16/BF16/INT8/FP8/INT4 weights converted tile by tile), batch-1 latency and \
                  batch throughput on synthetic inputs, with the plan's accuracy on the data when a data file is given";
     if ui.add_enabled(!running, egui::Button::new("Benchmark plan")).on_hover_text(hover).clicked() {
         let data = (!data.is_empty()).then(|| data.into());
