@@ -126,7 +126,7 @@ impl Hessian {
     /// [`Hessian::finish`] then makes the sum exactly symmetric.
     pub fn add_rows(&mut self, x: &[f32]) {
         let cols = self.cols;
-        let rows = if cols == 0 { 0 } else { x.len() / cols };
+        let rows = x.len().checked_div(cols).unwrap_or(0);
         if rows == 0 {
             return;
         }
