@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use super::calibrate::{real_rows, without_trailing_padding};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, Model};
@@ -100,9 +98,10 @@ pub fn gptq(
         let here: Vec<&Target> =
             targets.iter().filter(|t| hessians.contains_key(&leader_of(&model.layer(t.id).name))).collect();
         progress.start_stage("GPTQ: quantizing", here.iter().map(|t| t.rows as u64).sum());
-        // Layers in parallel too: each one's Cholesky runs on one core.
+        // One layer after the other, each spread over the cores: a layer's sequential part (its Cholesky) holds
+        // one thread at most, so other jobs of the window keep a core.
         let done: Vec<(LayerId, Option<GptqLayer>)> = here
-            .par_iter()
+            .iter()
             .map(|t| {
                 let hessian = &hessians[&leader_of(&model.layer(t.id).name)];
                 // An input the data never reaches (a BERT pooler under mean pooling) says nothing about the layer.

@@ -183,40 +183,55 @@ impl Hessian {
 }
 
 /// `‖WX − ŴX‖² / ‖WX‖²` on the inputs `hessian` sums, for a weight `[rows, cols]` and each of its quantized
-/// versions `candidates` (0 when `WX` is 0 everywhere). Rows go a few at a time, so that each row of `H` read
-/// serves all of them.
+/// versions `candidates` (0 when `WX` is 0 everywhere): with `V` the weight's rows and their differences to each
+/// candidate, in f64, `P = V · H` as one matrix product and each quadratic form `Σ_j P[r, j] · V[r, j]`.
 pub fn output_errors(weight: &[f32], candidates: &[&[f32]], hessian: &Hessian) -> Vec<f64> {
-    let n = hessian.cols.max(1);
+    let n = hessian.cols;
+    let rows = weight.len().checked_div(n).unwrap_or(0);
     let forms = candidates.len() + 1;
-    let totals =
-        weight
-            .par_chunks(n * ROWS_PER_TASK)
-            .enumerate()
-            .map(|(task, w)| {
-                let first = task * n * ROWS_PER_TASK;
-                // Per row: the weight, then its difference to each candidate, in f64.
-                let vectors: Vec<Vec<f64>> =
-                    w.chunks_exact(n)
-                        .enumerate()
-                        .flat_map(|(r, row)| {
-                            let at = first + r * n;
-                            std::iter::once(row.iter().map(|&a| a as f64).collect()).chain(candidates.iter().map(
-                                move |c| row.iter().zip(&c[at..at + n]).map(|(&a, &b)| a as f64 - b as f64).collect(),
-                            ))
-                        })
-                        .collect();
-                let mut totals = vec![0.0f64; forms];
-                for i in 0..n {
-                    let h_row = &hessian.values[i * n..(i + 1) * n];
-                    for (k, v) in vectors.iter().enumerate() {
-                        if v[i] != 0.0 {
-                            totals[k % forms] += v[i] * dot(h_row, v);
-                        }
-                    }
-                }
-                totals
-            })
-            .reduce(|| vec![0.0; forms], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+    if rows == 0 {
+        return vec![0.0; candidates.len()];
+    }
+    let mut v = vec![0.0f64; forms * rows * n];
+    for (i, &w) in weight[..rows * n].iter().enumerate() {
+        v[i] = w as f64;
+        for (k, c) in candidates.iter().enumerate() {
+            v[(k + 1) * rows * n + i] = w as f64 - c[i] as f64;
+        }
+    }
+    let mut p = vec![0.0f64; v.len()];
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `p` and `v` are (forms · rows) × n at row stride n, `hessian.values` n × n at row stride n; `p` is
+    // written alone. gemm computes p = 1·(v · H) without reading p.
+    unsafe {
+        gemm::gemm(
+            forms * rows,
+            n,
+            n,
+            p.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            v.as_ptr(),
+            1,
+            n as isize,
+            hessian.values.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    let totals: Vec<f64> = v
+        .par_chunks(rows * n)
+        .zip(p.par_chunks(rows * n))
+        .map(|(v, p)| v.chunks_exact(n).zip(p.chunks_exact(n)).map(|(v, p)| dot(v, p)).sum())
+        .collect();
     let signal = totals[0];
     totals[1..].iter().map(|&e| if signal > 0.0 { e / signal } else { 0.0 }).collect()
 }
@@ -346,18 +361,34 @@ impl GptqTask<'_> {
             if end == cols {
                 break;
             }
-            // The lazy batch update: every later column receives the block's errors.
-            for c in start..end {
-                let u_row = &self.u[c * cols + end..(c + 1) * cols];
-                for r in 0..n {
-                    let err = errors[r * BLOCK_COLUMNS + c - start];
-                    if err == 0.0 {
-                        continue;
-                    }
-                    for (x, &uc) in w[r * cols + end..(r + 1) * cols].iter_mut().zip(u_row) {
-                        *x -= err * uc;
-                    }
-                }
+            // The lazy batch update: every later column receives the block's errors, W[:, end..] -= E · U[block, end..]
+            // as one matrix product.
+            let count = end - start;
+            // SAFETY: dst is rows 0..n, columns end..cols of `w` (row stride cols); lhs is the n × count errors at
+            // row stride BLOCK_COLUMNS; rhs is rows start..end, columns end..cols of `u` (row stride cols): all in
+            // bounds, and `w` is borrowed mutably here alone. gemm computes dst = 1·dst + (-1)·lhs·rhs.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    cols - end,
+                    count,
+                    w.as_mut_ptr().add(end),
+                    1,
+                    cols as isize,
+                    true,
+                    errors.as_ptr(),
+                    1,
+                    BLOCK_COLUMNS as isize,
+                    self.u.as_ptr().add(start * cols + end),
+                    1,
+                    cols as isize,
+                    1.0,
+                    -1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
     }
