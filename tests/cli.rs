@@ -218,7 +218,7 @@ fn int4_takes_a_listed_group_size_and_refuses_flags_that_do_not_apply() {
 
 /// `--gptq DATA` on INT4: the per-layer output errors of rounding to nearest and of GPTQ on stderr, GPTQ's
 /// mean below rounding's; the export writes GPTQ's codes (not rounding's), the same from a recipe carrying
-/// `"gptq"` with a path relative to the recipe; `--gptq` on another precision is refused.
+/// `"gptq"` with a path relative to the recipe; on INT8 too; `--gptq` on another precision is refused.
 #[test]
 fn gptq_quantizes_int4_layers_on_calibration_data_and_the_export_writes_its_codes() {
     let dir = common::temp_dir();
@@ -265,7 +265,19 @@ fn gptq_quantizes_int4_layers_on_calibration_data_and_the_export_writes_its_code
         "{stderr}"
     );
 
-    let (code, _, stderr) = run_cli(&["quantize", &model, "--precision", "int8", "--gptq", &data]);
+    // INT8 per channel: GPTQ on rounding's grid, other codes than rounding's.
+    let int8 = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args =
+            [&["quantize", &model, "--precision", "int8", "--per-channel", "-o", out.to_str().unwrap()][..], extra]
+                .concat();
+        let (code, _, stderr) = run_cli(&args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        packed(&out)
+    };
+    assert_ne!(int8("int8-gptq", &["--gptq", &data]), int8("int8-rtn", &[]), "the INT8 export writes GPTQ's codes");
+
+    let (code, _, stderr) = run_cli(&["quantize", &model, "--precision", "fp8", "--gptq", &data]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("--gptq applies to --precision int4 only"), "{stderr}");
+    assert!(stderr.contains("--gptq applies to --precision int4, int8 and w8a8-dynamic only"), "{stderr}");
 }

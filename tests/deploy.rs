@@ -85,7 +85,8 @@ const MINILM_KINDS: &str = "default,int8-channel,int8-tensor,int8-asym-channel,f
                             fp8-dynamic,int4,int4-asym-g32,mixed";
 
 /// The real all-MiniLM-L6-v2: transformers and `SentenceTransformer(export).encode` against the studio, every kind
-/// but `int4-gptq` (GPTQ of 36 layers takes minutes in the unoptimised test build; it runs on the fixtures).
+/// but `int4-gptq` and `int8-gptq` (GPTQ of 36 layers takes minutes in the unoptimised test build; they run on the
+/// fixtures).
 #[test]
 #[cfg_attr(
     not(all(quantstudio_python_torch, quantstudio_reference_model)),

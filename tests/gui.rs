@@ -624,11 +624,14 @@ fn gptq_runs_as_a_job_on_the_calibration_data_and_shows_what_it_bought() {
     let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-models/digits-mlp");
     let mut h = harness(&mlp);
     step_until(&mut h, "the sample to open and be analysed", loaded_and_analysed);
-    h.get_by_label_contains("no INT4 layer in the plan");
+    h.get_by_label_contains("3 INT4/INT8 layer(s) rounded to nearest");
+    h.state_mut().send(Command::SetPrecisionMatching { pattern: "*".into(), precision: Precision::Fp16 });
+    h.run_steps(2);
+    h.get_by_label_contains("no INT4 or INT8 layer in the plan");
     let int4 = Precision::Int4(Int4Scheme::new(true, 32));
     h.state_mut().send(Command::SetPrecisionMatching { pattern: "*".into(), precision: int4 });
     h.run_steps(2);
-    h.get_by_label_contains("3 INT4 layer(s) rounded to nearest");
+    h.get_by_label_contains("3 INT4/INT8 layer(s) rounded to nearest");
     let arrows_before = h.query_all_by_label_contains(" -> ").count();
     h.get_by_label("Run GPTQ").click();
     h.step();

@@ -1,6 +1,6 @@
-//! GPTQ on calibration data: the FP32 network runs on the data, the input of every INT4 layer of the plan is
+//! GPTQ on calibration data: the FP32 network runs on the data, the input of every INT4 and INT8 layer of the plan is
 //! summed into its Hessian `Σ x xᵀ` (padded positions excluded, as for the histograms), and each layer's weight is
-//! quantized by [`crate::quant::gptq::gptq_int4`]. The inputs are those of the FP32 model (every layer sees
+//! quantized by [`crate::quant::gptq::gptq_int4`] or [`crate::quant::gptq::gptq_int8`]. The inputs are those of the FP32 model (every layer sees
 //! unquantized predecessors), so the layers are independent and run in any order.
 //!
 //! Layers fed the same input (a block's query, key and value; gate and up) share one Hessian. The Hessians of
@@ -15,7 +15,9 @@ use super::calibrate::{real_rows, without_trailing_padding};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, Model};
 use crate::progress::Progress;
-use crate::quant::gptq::{GptqLayer, GptqOptions, GptqWeights, Hessian, gptq_int4, output_errors};
+use crate::quant::gptq::{
+    GptqCodes, GptqLayer, GptqOptions, GptqWeights, Hessian, gptq_int4, gptq_int8, output_errors,
+};
 use crate::quant::pass::TensorData;
 use crate::quant::{Plan, Precision};
 use crate::runtime::eval::{check_data, data_kind};
@@ -26,16 +28,23 @@ pub const HESSIAN_BUDGET_BYTES: usize = 512 << 20;
 /// Samples of a graph model run per batch.
 const GRAPH_BATCH: usize = 256;
 
-/// One INT4 layer to quantize: its id, the name its input is tapped under, its weight's shape and scheme.
+/// One layer to quantize: its id, its precision in the plan, the grid, its weight's shape.
 struct Target {
     id: LayerId,
     precision: Precision,
-    scheme: crate::quant::Int4Scheme,
+    grid: TargetGrid,
     rows: usize,
     cols: usize,
 }
 
-/// Runs GPTQ on every INT4 layer of `plan` whose weight is 2-D and whose rows are whole groups, with Hessians
+/// The grid of a target: INT4 groups (fitted to the rows) or INT8 under its scheme.
+#[derive(Clone, Copy)]
+enum TargetGrid {
+    Int4(crate::quant::Int4Scheme),
+    Int8(crate::quant::Int8Scheme),
+}
+
+/// Runs GPTQ on every INT4 and INT8 layer of `plan` whose weight is 2-D (INT4: rows of whole groups), with Hessians
 /// from the FP32 model on `data` (read from the file `data_path`, recorded in the result).
 pub fn gptq(
     model: &Model,
@@ -148,18 +157,20 @@ pub fn layer_hessian(
     Ok(hessians.remove(&leader).unwrap_or_else(|| Hessian::new(cols)))
 }
 
-/// The INT4 layers of `plan` GPTQ can quantize.
+/// The INT4 and INT8 layers of `plan` GPTQ can quantize: 2-D weights (INT4: rows of whole groups).
 fn targets(model: &Model, plan: &Plan) -> Vec<Target> {
     (0..model.layers.len())
         .map(LayerId)
         .filter_map(|id| {
             let precision = plan.layer(id);
-            let Precision::Int4(_) = precision else { return None };
             let tensor = model.main_tensor(id)?;
-            let Precision::Int4(scheme) = plan.tensor(model, tensor) else { return None };
-            let info = model.tensor(tensor);
-            let [rows, cols] = info.shape[..] else { return None };
-            scheme.fits(cols).then_some(Target { id, precision, scheme, rows, cols })
+            let [rows, cols] = model.tensor(tensor).shape[..] else { return None };
+            let grid = match plan.tensor(model, tensor) {
+                Precision::Int4(scheme) if scheme.fits(cols) => TargetGrid::Int4(scheme),
+                Precision::Int8(scheme) => TargetGrid::Int8(scheme),
+                _ => return None,
+            };
+            Some(Target { id, precision, grid, rows, cols })
         })
         .collect()
 }
@@ -184,19 +195,29 @@ fn quantize_layer(
             problem: format!("GPTQ: layer {layer} takes {} inputs but saw rows of {}", target.cols, hessian.cols),
         });
     }
-    let weights = gptq_int4(&weight, target.rows, hessian, target.scheme, options, progress)?;
-    let mut rtn = weight.clone();
-    crate::quant::int4::fake_quantize_rows(target.scheme, &mut rtn, target.cols);
-    let gptq_values = weights.dequantized(target.cols, target.scheme.group_size);
+    let (codes, rtn) = match target.grid {
+        TargetGrid::Int4(scheme) => {
+            let tensor = gptq_int4(&weight, target.rows, hessian, scheme, options, progress)?;
+            let mut rtn = weight.clone();
+            crate::quant::int4::fake_quantize_rows(scheme, &mut rtn, target.cols);
+            (GptqCodes::Int4 { scheme, tensor }, rtn)
+        }
+        TargetGrid::Int8(scheme) => {
+            let rounded = crate::quant::quantize_tensor(&data, scheme, progress)?;
+            let tensor = gptq_int8(&weight, target.rows, hessian, rounded.params.clone(), options, progress)?;
+            let rtn = GptqCodes::Int8 { scheme, tensor: rounded }.dequantized(target.cols);
+            (GptqCodes::Int8 { scheme, tensor }, rtn)
+        }
+    };
+    let gptq_values = codes.dequantized(target.cols);
     let errors = output_errors(&weight, &[&rtn, &gptq_values], hessian);
     Ok(GptqLayer {
         precision: target.precision,
-        scheme: target.scheme,
+        codes,
         options,
         rtn_output_error: errors[0],
         gptq_output_error: errors[1],
         rows_seen: hessian.rows_seen,
-        weights,
     })
 }
 

@@ -320,8 +320,8 @@ pub struct PlanArgs {
     /// divide gets the largest smaller size that does.
     #[arg(long, value_parser = parse_group_size)]
     pub group_size: Option<usize>,
-    /// INT4: quantize with GPTQ on this calibration data (any format `eval --data` takes) instead of rounding to
-    /// nearest; the output error of both is printed per layer.
+    /// INT4 and INT8: quantize with GPTQ on this calibration data (any format `eval --data` takes) instead of
+    /// rounding to nearest; the output error of both is printed per layer.
     #[arg(long, value_name = "DATA")]
     pub gptq: Option<PathBuf>,
     /// With --gptq: visit the columns by decreasing input energy (act-order, static groups).
@@ -368,8 +368,12 @@ impl PlanArgs {
         if self.group_size.is_some() && self.precision != Some(PrecisionArg::Int4) {
             return Err(Error::BadArguments { reason: "--group-size applies to --precision int4 only".into() });
         }
-        if self.gptq.is_some() && self.precision != Some(PrecisionArg::Int4) {
-            return Err(Error::BadArguments { reason: "--gptq applies to --precision int4 only".into() });
+        if self.gptq.is_some()
+            && !matches!(self.precision, Some(PrecisionArg::Int4 | PrecisionArg::Int8 | PrecisionArg::W8a8Dynamic))
+        {
+            return Err(Error::BadArguments {
+                reason: "--gptq applies to --precision int4, int8 and w8a8-dynamic only".into(),
+            });
         }
         let precision = match self.precision {
             None if self.per_channel || self.asymmetric => Precision::Int8(scheme),

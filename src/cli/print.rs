@@ -380,7 +380,7 @@ fn print_json(value: &Value) {
 /// inputs, and the run's cost.
 pub fn gptq(model: &Model, run: &crate::quant::gptq::GptqWeights) {
     eprintln!(
-        "GPTQ on {} ({} input rows, damp {}%{}): {} INT4 layers in {:.1} s ({} pass{} over the data)",
+        "GPTQ on {} ({} input rows, damp {}%{}): {} layers in {:.1} s ({} pass{} over the data)",
         run.data.display(),
         run.rows_seen,
         run.options.damp_percent,

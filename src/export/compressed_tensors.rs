@@ -35,7 +35,7 @@ use crate::progress::Progress;
 use crate::quant::params::{to_bf16, to_fp16};
 use crate::quant::pass::TensorData;
 use crate::quant::plan::is_output_head;
-use crate::quant::{Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor, quantize_tensor_fp8};
+use crate::quant::{Activations, Fp8Activations, Granularity, Plan, Precision, quantize_tensor_fp8};
 
 /// What a quantized layer's input becomes in the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -677,9 +677,8 @@ fn write_tensor(
                 let problem = format!("tensor {:?} has an INT8 layout but no INT8 plan", info.name);
                 return Err(Error::WriterMisuse { problem, path: writer.path().to_owned() });
             };
-            let data = TensorData::of(model, id)?;
             // Progress is counted per tensor by the caller.
-            let quantized = quantize_tensor(&data, scheme, &Progress::new())?;
+            let quantized = plan.int8_tensor(model, id, scheme, &Progress::new())?;
             let mut scales: Vec<f32> = quantized.params.iter().map(|p| p.scale).collect();
             if layout == Layout::Packed {
                 let (rows, cols) = (info.shape[0], info.shape[1]);

@@ -24,7 +24,8 @@
 
 use rayon::prelude::*;
 
-use super::{Int4Scheme, Int4Tensor, QParams};
+use super::codes::row_group;
+use super::{Int4Scheme, Int4Tensor, Int8Scheme, QParams, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -62,12 +63,10 @@ impl Default for GptqOptions {
 pub struct GptqLayer {
     /// The layer's precision in the plan when GPTQ ran.
     pub precision: super::Precision,
-    /// The scheme of the weights (the precision's, fitted to the layer's rows).
-    pub scheme: Int4Scheme,
+    /// The codes and their parameters.
+    pub codes: GptqCodes,
     /// The options of the run.
     pub options: GptqOptions,
-    /// Codes and group parameters.
-    pub weights: Int4Tensor,
     /// Round to nearest's `‖WX − ŴX‖² / ‖WX‖²` on the calibration inputs.
     pub rtn_output_error: f64,
     /// GPTQ's, on the same inputs.
@@ -76,7 +75,39 @@ pub struct GptqLayer {
     pub rows_seen: u64,
 }
 
-/// The GPTQ weights of a plan's INT4 layers and where they came from: what a plan holds after a GPTQ run.
+/// GPTQ's codes of one weight, in the layouts round to nearest gives them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GptqCodes {
+    /// Group-wise INT4 under `scheme` (the precision's, fitted to the layer's rows).
+    Int4 {
+        /// The scheme of the codes.
+        scheme: Int4Scheme,
+        /// Codes and group parameters.
+        tensor: Int4Tensor,
+    },
+    /// INT8 under `scheme`, the parameters (per tensor or per row) those of round to nearest.
+    Int8 {
+        /// The scheme of the codes.
+        scheme: Int8Scheme,
+        /// Codes and parameters.
+        tensor: QuantizedTensor,
+    },
+}
+
+impl GptqCodes {
+    /// `(q - zero_point) · scale` of every code, for rows of `cols` values.
+    pub fn dequantized(&self, cols: usize) -> Vec<f32> {
+        match self {
+            GptqCodes::Int4 { scheme, tensor } => tensor.dequantized(cols, scheme.group_size),
+            GptqCodes::Int8 { tensor, .. } => {
+                let cols = cols.max(1);
+                tensor.codes.iter().enumerate().map(|(i, &q)| tensor.row_params(i / cols).dequantize(q)).collect()
+            }
+        }
+    }
+}
+
+/// The GPTQ weights of a plan's INT4 and INT8 layers and where they came from: what a plan holds after a GPTQ run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptqWeights {
     /// Wall time of the run, seconds.
@@ -89,9 +120,9 @@ pub struct GptqWeights {
     pub rows_seen: u64,
     /// Times the data was run (more than one when the Hessians did not fit in memory at once).
     pub passes: usize,
-    /// INT4 layers whose input the data never reached: they stay rounded to nearest.
+    /// Layers whose input the data never reached: they stay rounded to nearest.
     pub unreached: Vec<crate::model::LayerId>,
-    /// The weights of every other INT4 layer of the plan.
+    /// The weights of every other INT4 and INT8 layer of the plan.
     pub layers: std::collections::BTreeMap<crate::model::LayerId, GptqLayer>,
 }
 
@@ -236,6 +267,15 @@ pub fn output_errors(weight: &[f32], candidates: &[&[f32]], hessian: &Hessian) -
     totals[1..].iter().map(|&e| if signal > 0.0 { e / signal } else { 0.0 }).collect()
 }
 
+/// How a GPTQ run picks the grid of a weight value.
+#[derive(Clone, Copy)]
+enum Grid<'a> {
+    /// Group-wise INT4: a group's parameters taken when the group starts (fixed first with act-order).
+    Int4(Int4Scheme),
+    /// Parameters fixed before the run, one per tensor or one per row (INT8: round to nearest's).
+    Fixed(&'a [QParams]),
+}
+
 /// GPTQ of one weight `[rows, cols]` (rows whole groups of `scheme`) with the inputs' `hessian`: the codes and
 /// every group's parameters, in the layout of [`super::quantize_tensor_int4`].
 pub fn gptq_int4(
@@ -247,13 +287,48 @@ pub fn gptq_int4(
     progress: &Progress,
 ) -> Result<Int4Tensor> {
     let cols = hessian.cols;
-    if !scheme.fits(cols) || weight.len() != rows * cols || !BLOCK_COLUMNS.is_multiple_of(scheme.group_size) {
+    if !scheme.fits(cols) || !BLOCK_COLUMNS.is_multiple_of(scheme.group_size) {
         return Err(Error::KernelInput {
-            problem: format!(
-                "GPTQ: a weight of {} values is not {rows} rows of whole INT4 groups of {} over {cols} inputs",
-                weight.len(),
-                scheme.group_size
-            ),
+            problem: format!("GPTQ: rows of {cols} inputs are not whole INT4 groups of {}", scheme.group_size),
+        });
+    }
+    let (codes, params) = gptq_codes(weight, rows, hessian, Grid::Int4(scheme), options, progress)?;
+    Ok(Int4Tensor { codes, params })
+}
+
+/// GPTQ of one weight `[rows, cols]` on the INT8 grid of `params` (one for the tensor, or one per row: round to
+/// nearest's parameters of the stored weight, as llm-compressor fixes them before the run): the codes, in the
+/// layout of [`super::quantize_tensor`].
+pub fn gptq_int8(
+    weight: &[f32],
+    rows: usize,
+    hessian: &Hessian,
+    params: Vec<QParams>,
+    options: GptqOptions,
+    progress: &Progress,
+) -> Result<QuantizedTensor> {
+    if params.len() != 1 && params.len() != rows {
+        return Err(Error::KernelInput {
+            problem: format!("GPTQ: {} INT8 parameter sets for {rows} rows", params.len()),
+        });
+    }
+    let (codes, _) = gptq_codes(weight, rows, hessian, Grid::Fixed(&params), options, progress)?;
+    Ok(QuantizedTensor { codes, params })
+}
+
+/// The shared run: the codes and, on the INT4 grid, every group's parameters (on a fixed grid, the row's).
+fn gptq_codes(
+    weight: &[f32],
+    rows: usize,
+    hessian: &Hessian,
+    grid: Grid,
+    options: GptqOptions,
+    progress: &Progress,
+) -> Result<(Vec<i8>, Vec<QParams>)> {
+    let cols = hessian.cols;
+    if cols == 0 || weight.len() != rows * cols {
+        return Err(Error::KernelInput {
+            problem: format!("GPTQ: a weight of {} values is not {rows} rows of {cols} inputs", weight.len()),
         });
     }
     let mut h = hessian.values.clone();
@@ -261,7 +336,11 @@ pub fn gptq_int4(
     for (j, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
         h[j * cols + j] = 1.0;
     }
-    let groups_per_row = cols / scheme.group_size;
+    let group = match grid {
+        Grid::Int4(scheme) => scheme.group_size,
+        Grid::Fixed(_) => cols,
+    };
+    let groups_per_row = cols / group;
     // The visiting order: column `order[c]` of the weight is the c-th quantized.
     let mut order: Vec<usize> = (0..cols).collect();
     if options.act_order {
@@ -283,18 +362,19 @@ pub fn gptq_int4(
 
     let mut codes = vec![0i8; rows * cols];
     let mut params = vec![QParams::int4_symmetric(0.0); rows * groups_per_row];
-    let task = GptqTask { u: &u, cols, order: &order, dead: &dead, scheme, act_order: options.act_order };
+    let task = GptqTask { u: &u, cols, group, order: &order, dead: &dead, grid, act_order: options.act_order };
     codes
         .par_chunks_mut(cols * ROWS_PER_TASK)
         .zip(params.par_chunks_mut(groups_per_row * ROWS_PER_TASK))
         .zip(weight.par_chunks(cols * ROWS_PER_TASK))
-        .try_for_each(|((codes, params), weight)| {
+        .enumerate()
+        .try_for_each(|(index, ((codes, params), weight))| {
             progress.check()?;
-            task.run(weight, codes, params);
+            task.run(index * ROWS_PER_TASK, weight, codes, params);
             progress.advance((weight.len() / cols) as u64);
             Ok::<(), Error>(())
         })?;
-    Ok(Int4Tensor { codes, params })
+    Ok((codes, params))
 }
 
 /// What every group of rows shares.
@@ -302,16 +382,19 @@ struct GptqTask<'a> {
     /// Upper Cholesky factor of the dampened `H⁻¹` in visiting order, row-major.
     u: &'a [f64],
     cols: usize,
+    /// Values of a row that share parameters (a fixed grid: the whole row).
+    group: usize,
     order: &'a [usize],
     dead: &'a [bool],
-    scheme: Int4Scheme,
+    grid: Grid<'a>,
     act_order: bool,
 }
 
 impl GptqTask<'_> {
-    /// GPTQ of a few rows: `weight` `[n, cols]` in, their codes and group parameters out.
-    fn run(&self, weight: &[f32], codes: &mut [i8], params: &mut [QParams]) {
-        let (cols, group) = (self.cols, self.scheme.group_size);
+    /// GPTQ of a few rows, the first of them row `first_row` of the weight: `weight` `[n, cols]` in, their codes
+    /// and group parameters out.
+    fn run(&self, first_row: usize, weight: &[f32], codes: &mut [i8], params: &mut [QParams]) {
+        let (cols, group) = (self.cols, self.group);
         let groups_per_row = cols / group;
         let n = weight.len() / cols;
         // The rows in visiting order, in f64, dead inputs zeroed.
@@ -321,31 +404,42 @@ impl GptqTask<'_> {
                 w[r * cols + c] = if self.dead[j] { 0.0 } else { weight[r * cols + j] as f64 };
             }
         }
-        if self.act_order {
-            // Static groups: every group's parameters from the (dead-zeroed) weight as it is.
-            for r in 0..n {
-                let mut original = vec![0.0f32; cols];
-                for (c, &j) in self.order.iter().enumerate() {
-                    original[j] = w[r * cols + c] as f32;
-                }
-                for (g, values) in original.chunks_exact(group).enumerate() {
-                    params[r * groups_per_row + g] = self.scheme.group_params(values);
+        match self.grid {
+            Grid::Fixed(fixed) => {
+                for (r, p) in params.iter_mut().enumerate() {
+                    *p = row_group(fixed, first_row + r);
                 }
             }
+            Grid::Int4(scheme) if self.act_order => {
+                // Static groups: every group's parameters from the (dead-zeroed) weight as it is.
+                for r in 0..n {
+                    let mut original = vec![0.0f32; cols];
+                    for (c, &j) in self.order.iter().enumerate() {
+                        original[j] = w[r * cols + c] as f32;
+                    }
+                    for (g, values) in original.chunks_exact(group).enumerate() {
+                        params[r * groups_per_row + g] = scheme.group_params(values);
+                    }
+                }
+            }
+            Grid::Int4(_) => {}
         }
         let mut errors = vec![0.0f64; n * BLOCK_COLUMNS];
-        let mut group_values = vec![0.0f32; group];
+        let mut group_values = vec![0.0f32; if matches!(self.grid, Grid::Int4(_)) { group } else { 0 }];
         for start in (0..cols).step_by(BLOCK_COLUMNS) {
             let end = (start + BLOCK_COLUMNS).min(cols);
             for r in 0..n {
                 let row = &mut w[r * cols..(r + 1) * cols];
                 for c in start..end {
                     let j = self.order[c];
-                    if !self.act_order && c % group == 0 {
+                    if let Grid::Int4(scheme) = self.grid
+                        && !self.act_order
+                        && c % group == 0
+                    {
                         for (v, &x) in group_values.iter_mut().zip(&row[c..c + group]) {
                             *v = x as f32;
                         }
-                        params[r * groups_per_row + c / group] = self.scheme.group_params(&group_values);
+                        params[r * groups_per_row + c / group] = scheme.group_params(&group_values);
                     }
                     let p = params[r * groups_per_row + j / group];
                     let code = p.quantize(row[c] as f32);
@@ -552,6 +646,32 @@ mod tests {
                 assert!(q.codes.iter().all(|&c| (-8..=7).contains(&c)));
             }
         }
+    }
+
+    #[test]
+    fn gptq_on_the_int8_grid_keeps_rounding_s_parameters_and_lowers_the_output_error() {
+        use crate::quant::{Granularity, pass::TensorData};
+        let (rows, cols) = (24, 160);
+        let x = inputs(400, cols);
+        let mut h = Hessian::new(cols);
+        h.add_rows(&x);
+        h.finish();
+        let weight = random(rows * cols, 4);
+        let data = TensorData::from_f32(&weight, rows, cols);
+        for granularity in [Granularity::PerChannel, Granularity::PerTensor] {
+            for symmetric in [true, false] {
+                let scheme = Int8Scheme::weights(symmetric, granularity);
+                let rounded = crate::quant::quantize_tensor(&data, scheme, &Progress::new()).unwrap();
+                let options = GptqOptions::default();
+                let q = gptq_int8(&weight, rows, &h, rounded.params.clone(), options, &Progress::new()).unwrap();
+                assert_eq!(q.params, rounded.params, "the grid is rounding's");
+                let as_codes = |t: &QuantizedTensor| GptqCodes::Int8 { scheme, tensor: t.clone() }.dequantized(cols);
+                let errors = output_errors(&weight, &[&as_codes(&q), &as_codes(&rounded)], &h);
+                assert!(errors[0] < 0.8 * errors[1], "{scheme:?}: GPTQ {} vs rounding {}", errors[0], errors[1]);
+            }
+        }
+        let wrong = vec![QParams::symmetric(1.0); 2];
+        assert!(gptq_int8(&weight, rows, &h, wrong, GptqOptions::default(), &Progress::new()).is_err());
     }
 
     #[test]

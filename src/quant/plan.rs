@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::gptq::{GptqLayer, GptqWeights};
+use super::gptq::{GptqCodes, GptqLayer, GptqWeights};
 use super::{Activations, Fp8Activations, Granularity, InputQuant, Int8Scheme, Precision, QParams};
 use crate::error::{Error, Result};
 use crate::model::{LayerId, LayerKind, Model, TensorId};
@@ -66,7 +66,7 @@ pub struct Recipe {
     /// The calibrated symmetric clip of each layer's input (`scale = clip / 127` for W8A8 layers), by layer name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub input_clips: BTreeMap<String, f32>,
-    /// Quantize the INT4 layers with GPTQ on this calibration data (round to nearest when absent).
+    /// Quantize the INT4 and INT8 layers with GPTQ on this calibration data (round to nearest when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gptq: Option<GptqRecipe>,
 }
@@ -421,7 +421,7 @@ pub struct Plan {
     pub input_clips: Vec<Option<f32>>,
     /// Rules that matched nothing, and the like.
     pub warnings: Vec<String>,
-    /// GPTQ weights of INT4 layers ([`crate::calib::gptq`]), used while a layer keeps the precision they were
+    /// GPTQ weights of INT4 and INT8 layers ([`crate::calib::gptq`]), used while a layer keeps the precision they were
     /// computed for ([`Plan::gptq_tensor`]); layers absent are rounded to nearest.
     pub gptq: Option<Arc<GptqWeights>>,
 }
@@ -527,11 +527,33 @@ impl Plan {
         scheme: super::Int4Scheme,
         progress: &crate::progress::Progress,
     ) -> Result<std::borrow::Cow<'_, super::Int4Tensor>> {
-        match self.gptq_tensor(model, id) {
-            Some(gptq) if gptq.scheme == scheme => Ok(std::borrow::Cow::Borrowed(&gptq.weights)),
+        match self.gptq_tensor(model, id).map(|g| &g.codes) {
+            Some(GptqCodes::Int4 { scheme: computed, tensor }) if *computed == scheme => {
+                Ok(std::borrow::Cow::Borrowed(tensor))
+            }
             _ => {
                 let data = super::pass::TensorData::of(model, id)?;
                 Ok(std::borrow::Cow::Owned(super::quantize_tensor_int4(&data, scheme, progress)?))
+            }
+        }
+    }
+
+    /// The INT8 codes of tensor `id` under `scheme`: its GPTQ codes when the plan holds them for this scheme,
+    /// round to nearest otherwise.
+    pub fn int8_tensor(
+        &self,
+        model: &Model,
+        id: TensorId,
+        scheme: Int8Scheme,
+        progress: &crate::progress::Progress,
+    ) -> Result<std::borrow::Cow<'_, super::QuantizedTensor>> {
+        match self.gptq_tensor(model, id).map(|g| &g.codes) {
+            Some(GptqCodes::Int8 { scheme: computed, tensor }) if *computed == scheme => {
+                Ok(std::borrow::Cow::Borrowed(tensor))
+            }
+            _ => {
+                let data = super::pass::TensorData::of(model, id)?;
+                Ok(std::borrow::Cow::Owned(super::quantize_tensor(&data, scheme, progress)?))
             }
         }
     }

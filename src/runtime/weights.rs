@@ -108,7 +108,12 @@ impl<'m> WeightSource<'m> {
         let mut scales = Vec::with_capacity(names.len() * outputs);
         for (id, scheme, _) in parts {
             self.progress.check()?;
-            let quantized = quantize_tensor(&TensorData::of(self.model, id)?, scheme, &self.progress)?;
+            let quantized = match self.plan {
+                Some(plan) => plan.int8_tensor(self.model, id, scheme, &self.progress)?,
+                None => {
+                    std::borrow::Cow::Owned(quantize_tensor(&TensorData::of(self.model, id)?, scheme, &self.progress)?)
+                }
+            };
             codes.extend_from_slice(&quantized.codes);
             match quantized.params.as_slice() {
                 [one] => scales.extend(std::iter::repeat_n(one.scale, outputs)),
@@ -159,7 +164,7 @@ impl<'m> WeightSource<'m> {
                 super::wgemm::PackedWeights::bf16(data.values(0..data.len(), &mut buf), outputs, inputs)?
             }
             Precision::Int8(scheme) => {
-                let quantized = quantize_tensor(&data, scheme, &self.progress)?;
+                let quantized = plan.int8_tensor(self.model, id, scheme, &self.progress)?;
                 super::wgemm::PackedWeights::int8(&quantized.codes, &quantized.params, outputs, inputs)?
             }
             Precision::Fp8(scheme) => {
@@ -311,11 +316,10 @@ impl<'m> WeightSource<'m> {
         let info = self.model.tensor(id);
         let data = TensorData::of(self.model, id)?;
         let precision = self.plan.map_or(Precision::Fp32, |p| p.tensor(self.model, id));
-        let values = match (self.plan, precision) {
-            (Some(plan), Precision::Int4(scheme)) if plan.gptq_tensor(self.model, id).is_some() => {
-                plan.int4_tensor(self.model, id, scheme, &self.progress)?.dequantized(data.cols, scheme.group_size)
-            }
-            _ => simulate(&data, precision, &self.progress)?,
+        // A layer GPTQ quantized: its codes' values (they exist only for the layer's current precision).
+        let values = match self.plan.and_then(|plan| plan.gptq_tensor(self.model, id)) {
+            Some(gptq) => gptq.codes.dequantized(data.cols),
+            None => simulate(&data, precision, &self.progress)?,
         };
         Ok(Weight { name: info.name.clone(), shape: info.shape.clone(), values })
     }

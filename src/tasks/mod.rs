@@ -155,7 +155,7 @@ pub struct Quantized {
     pub export: Option<Result<ExportSummary>>,
 }
 
-/// Runs GPTQ on the INT4 layers of `plan` with the calibration data `gptq.data` and keeps the weights in the
+/// Runs GPTQ on the INT4 and INT8 layers of `plan` with the calibration data `gptq.data` and keeps the weights in the
 /// plan, where simulation, `bench` and the export use them.
 pub fn gptq(
     model: &Model,

@@ -55,7 +55,7 @@ pub enum JobKind {
     Benchmark,
     /// Perplexity and KL of FP32 and the plan on a text.
     Perplexity,
-    /// GPTQ of the plan's INT4 layers on calibration data.
+    /// GPTQ of the plan's INT4 and INT8 layers on calibration data.
     Gptq,
 }
 
@@ -138,11 +138,11 @@ pub enum Job {
         /// The text, context and chunks.
         input: tasks::PerplexityInput,
     },
-    /// GPTQ of a plan's INT4 layers on a calibration data file.
+    /// GPTQ of a plan's INT4 and INT8 layers on a calibration data file.
     Gptq {
         /// The model.
         model: Arc<Model>,
-        /// The plan (its INT4 layers are quantized).
+        /// The plan (its INT4 and INT8 layers are quantized).
         plan: Plan,
         /// The data file and the options.
         settings: crate::quant::plan::GptqRecipe,
@@ -244,7 +244,7 @@ pub enum Outcome {
         /// The figures.
         report: PerplexityReport,
     },
-    /// A GPTQ run finished: the weights of the plan's INT4 layers.
+    /// A GPTQ run finished: the weights of the plan's INT4 and INT8 layers.
     Gptq(Arc<crate::quant::gptq::GptqWeights>),
     /// A calibration finished.
     Calibrated {

@@ -19,7 +19,8 @@ with config.json, model.safetensors and tokenizer.json. Kinds (default: all; KIN
                 int4`; int4-asym-g32: asymmetric, groups of 32, written with --force and loaded with
                 CompressedTensorsConfig(dequantize=True) (below); a layer whose inputs are not a multiple of 32
                 (tiny-llama-tied's 16) stays FP32, as the studio plans it
-  int4-gptq     int4 with GPTQ on the evaluation data (the recipe's "gptq": quantize and eval each run it)
+  int4-gptq int8-gptq  int4 / int8-channel with GPTQ on the evaluation data (the recipe's "gptq": quantize and
+                eval each run it)
   mixed         W8A8-dynamic, FP8-dynamic, FP8, INT8 weight-only, INT4, FP16, BF16 and FP32 layers in one plan, the
                 members of a fused family (q/k/v, gate/up) alike
 Needs torch, transformers, compressed-tensors and, for folders with modules.json, sentence-transformers.
@@ -226,6 +227,7 @@ KINDS = [
     Kind("fp8-dynamic", FP8_DYNAMIC),
     Kind("int4", INT4),
     Kind("int4-gptq", INT4, gptq=True),
+    Kind("int8-gptq", INT8_SYM_CHANNEL, gptq=True),
     # The studio refuses transformers for asymmetric INT4 (its default load cannot take the packed zero points).
     Kind("int4-asym-g32", {"precision": "int4", "symmetric": False, "group_size": 32}, force=True, dequantize=True),
     Kind("mixed", rules=MIXED_RULES),

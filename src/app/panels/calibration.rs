@@ -1,4 +1,4 @@
-//! Calibrate & diagnose: the Calibrate action and the observer choice, GPTQ of the INT4 layers, the sensitivity ranking (bar chart, one
+//! Calibrate & diagnose: the Calibrate action and the observer choice, GPTQ of the INT4 and INT8 layers, the sensitivity ranking (bar chart, one
 //! click to keep the most sensitive layers in float), and, for the inspector, the focused layer's input
 //! histogram with its clip range, draggable.
 
@@ -114,9 +114,10 @@ fn calibration_row(ui: &mut egui::Ui, app: &mut StudioApp) {
     });
 }
 
-/// GPTQ of the plan's INT4 layers on the calibration data, and what the last run bought.
+/// GPTQ of the plan's INT4 and INT8 layers on the calibration data, and what the last run bought.
 fn gptq_row(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let int4_layers = app.studio.editor.plan().layers.iter().filter(|p| matches!(p, Precision::Int4(_))).count();
+    let gptq_layers =
+        app.studio.editor.plan().layers.iter().filter(|p| matches!(p, Precision::Int4(_) | Precision::Int8(_))).count();
     ui.horizontal(|ui| {
         ui.label(RichText::new("GPTQ").strong());
         ui.checkbox(&mut app.inputs.gptq_act_order, "act-order")
@@ -124,9 +125,9 @@ fn gptq_row(ui: &mut egui::Ui, app: &mut StudioApp) {
         let running = app.studio.jobs().iter().any(|(kind, _, _)| *kind == JobKind::Gptq);
         let data = app.inputs.calib_data.trim().to_owned();
         if ui
-            .add_enabled(!running && !data.is_empty() && int4_layers > 0, egui::Button::new("Run GPTQ"))
+            .add_enabled(!running && !data.is_empty() && gptq_layers > 0, egui::Button::new("Run GPTQ"))
             .on_hover_text(
-                "Quantize the INT4 layers with GPTQ on the calibration data: each column's rounding error is moved \
+                "Quantize the INT4 and INT8 layers with GPTQ on the calibration data: each column's rounding error is moved \
                  onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs. The \
                  table's \"out err\" column shows rounding's and GPTQ's output error per layer.",
             )
@@ -135,8 +136,8 @@ fn gptq_row(ui: &mut egui::Ui, app: &mut StudioApp) {
             app.send(Command::Gptq { data: data.into(), act_order: app.inputs.gptq_act_order });
         }
         let summary = match &app.studio.editor.plan().gptq {
-            _ if int4_layers == 0 => "no INT4 layer in the plan".to_owned(),
-            None => format!("{int4_layers} INT4 layer(s) rounded to nearest"),
+            _ if gptq_layers == 0 => "no INT4 or INT8 layer in the plan".to_owned(),
+            None => format!("{gptq_layers} INT4/INT8 layer(s) rounded to nearest"),
             Some(weights) => {
                 let (rtn, gptq) = weights.mean_output_errors();
                 format!(

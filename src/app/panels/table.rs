@@ -231,7 +231,7 @@ fn layer_table_ui(ui: &mut egui::Ui, app: &mut StudioApp, rows: &[LayerId]) {
             });
             header.col(|ui| {
                 ui.label(RichText::new("Out err").strong()).on_hover_text(
-                    "INT4 layers after GPTQ (Calibrate & diagnose panel): the output error on the calibration \
+                    "INT4 and INT8 layers after GPTQ (Calibrate & diagnose panel): the output error on the calibration \
                      inputs, ||WX - QX||^2 / ||WX||^2 with Q the quantized weight, rounded to nearest -> with GPTQ. MSE, max error and SQNR are \
                      round to nearest's weight figures",
                 );

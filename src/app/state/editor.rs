@@ -32,7 +32,7 @@ pub struct PlanEdit {
     pub clip_overrides: BTreeMap<LayerId, f32>,
     /// The observer that picks every other calibrated layer's input clip.
     pub observer: Observer,
-    /// The GPTQ weights of the INT4 layers, from the last GPTQ run (or the recipe that ran it).
+    /// The GPTQ weights of the INT4 and INT8 layers, from the last GPTQ run (or the recipe that ran it).
     pub gptq: Option<Arc<GptqWeights>>,
 }
 
@@ -309,7 +309,7 @@ impl PlanEditor {
                 let changed = self.commit(PlanEdit { gptq: Some(Arc::clone(weights)), ..self.edit.clone() });
                 let (rtn, gptq) = weights.mean_output_errors();
                 let mut text = format!(
-                    "GPTQ on {} INT4 layer(s) in {:.1} s: mean output error {rtn:.2e} rounded to nearest, {gptq:.2e} with GPTQ",
+                    "GPTQ on {} layer(s) in {:.1} s: mean output error {rtn:.2e} rounded to nearest, {gptq:.2e} with GPTQ",
                     weights.layers.len(),
                     weights.seconds
                 );

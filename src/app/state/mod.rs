@@ -85,7 +85,7 @@ pub enum Command {
     ClearEvaluations,
     /// Histogram the input of every layer on this data file (the calibration used by W8A8 layers).
     Calibrate(PathBuf),
-    /// Quantize the plan's INT4 layers with GPTQ on this calibration data file.
+    /// Quantize the plan's INT4 and INT8 layers with GPTQ on this calibration data file.
     Gptq {
         /// The data file.
         data: PathBuf,
