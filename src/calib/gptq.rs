@@ -1,7 +1,7 @@
-//! GPTQ on calibration data: the FP32 network runs on the data, the input of every INT4 and INT8 layer of the plan is
-//! summed into its Hessian `Σ x xᵀ` (padded positions excluded, as for the histograms), and each layer's weight is
-//! quantized by [`crate::quant::gptq::gptq_int4`] or [`crate::quant::gptq::gptq_int8`]. The inputs are those of the FP32 model (every layer sees
-//! unquantized predecessors), so the layers are independent and run in any order.
+//! GPTQ on calibration data: the FP32 network runs on the data, the input of every INT4 and INT8 layer of the plan
+//! is summed into its Hessian `Σ x xᵀ` (padded positions excluded, as for the histograms), and each layer's weight
+//! is quantized by [`crate::quant::gptq::gptq_int4`] or [`crate::quant::gptq::gptq_int8`]. The inputs are those of
+//! the FP32 model (every layer sees unquantized predecessors), so the layers are independent and run in any order.
 //!
 //! Layers fed the same input (a block's query, key and value; gate and up) share one Hessian. The Hessians of
 //! one run are held at once up to [`HESSIAN_BUDGET_BYTES`]; a model that needs more runs the data again for
@@ -205,7 +205,7 @@ fn quantize_layer(
         TargetGrid::Int8(scheme) => {
             let rounded = crate::quant::quantize_tensor(&data, scheme, progress)?;
             let tensor = gptq_int8(&weight, target.rows, hessian, rounded.params.clone(), options, progress)?;
-            let rtn = GptqCodes::Int8 { scheme, tensor: rounded }.dequantized(target.cols);
+            let rtn = rounded.dequantized(target.cols);
             (GptqCodes::Int8 { scheme, tensor }, rtn)
         }
     };

@@ -161,8 +161,8 @@ pub fn throughput(model: &Path, plan: &PlanArgs, repeat: usize, json: bool) -> R
     Ok(())
 }
 
-/// Runs GPTQ on the INT4 and INT8 layers of `plan` when the recipe asks for it, and prints what it bought per layer (on
-/// stderr, so that a --json document stays alone on stdout).
+/// Runs GPTQ on the INT4 and INT8 layers of `plan` when the recipe asks for it, and prints what it bought per
+/// layer (on stderr, so that a --json document stays alone on stdout).
 fn with_gptq(model: &Model, recipe: &Recipe, plan: &mut crate::quant::Plan) -> Result<()> {
     let Some(gptq) = &recipe.gptq else { return Ok(()) };
     let run = with_progress_bar(|progress| tasks::gptq(model, plan, gptq, progress))?;

@@ -62,6 +62,12 @@ impl QuantizedTensor {
     pub fn row_params(&self, row: usize) -> QParams {
         row_group(&self.params, row)
     }
+
+    /// `(q - zero_point) · scale` of every code, for rows of `cols` values.
+    pub fn dequantized(&self, cols: usize) -> Vec<f32> {
+        let cols = cols.max(1);
+        self.codes.iter().enumerate().map(|(i, &q)| self.row_params(i / cols).dequantize(q)).collect()
+    }
 }
 
 impl Fp8Tensor {

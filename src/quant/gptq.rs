@@ -19,8 +19,8 @@
 //! row of `U` read from memory serves several rows of the weight.
 //!
 //! The figure GPTQ is judged by is the output error on the calibration inputs,
-//! `‖WX − ŴX‖² / ‖WX‖² = Σ_r (w_r − ŵ_r)ᵀ H (w_r − ŵ_r) / Σ_r w_rᵀ H w_r` ([`output_errors`]), computed from `H`
-//! without the inputs.
+//! `‖WX − ŴX‖² / ‖WX‖² = Σ_r (w_r − ŵ_r)ᵀ H (w_r − ŵ_r) / Σ_r w_rᵀ H w_r` ([`output_errors`]), computed
+//! from `H` without the inputs.
 
 use rayon::prelude::*;
 
@@ -99,10 +99,7 @@ impl GptqCodes {
     pub fn dequantized(&self, cols: usize) -> Vec<f32> {
         match self {
             GptqCodes::Int4 { scheme, tensor } => tensor.dequantized(cols, scheme.group_size),
-            GptqCodes::Int8 { tensor, .. } => {
-                let cols = cols.max(1);
-                tensor.codes.iter().enumerate().map(|(i, &q)| tensor.row_params(i / cols).dequantize(q)).collect()
-            }
+            GptqCodes::Int8 { tensor, .. } => tensor.dequantized(cols),
         }
     }
 }
@@ -570,6 +567,14 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
+    /// The finished Hessian of `rows` rows of [`inputs`].
+    fn hessian(rows: usize, cols: usize) -> Hessian {
+        let mut h = Hessian::new(cols);
+        h.add_rows(&inputs(rows, cols));
+        h.finish();
+        h
+    }
+
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
@@ -624,10 +629,7 @@ mod tests {
     #[test]
     fn gptq_lowers_the_output_error_below_round_to_nearest() {
         let (rows, cols) = (24, 256);
-        let x = inputs(600, cols);
-        let mut h = Hessian::new(cols);
-        h.add_rows(&x);
-        h.finish();
+        let h = hessian(600, cols);
         assert_eq!(h.rows_seen, 600);
         let weight = random(rows * cols, 3);
         for scheme in [Int4Scheme::new(true, 128), Int4Scheme::new(false, 32)] {
@@ -652,10 +654,7 @@ mod tests {
     fn gptq_on_the_int8_grid_keeps_rounding_s_parameters_and_lowers_the_output_error() {
         use crate::quant::{Granularity, pass::TensorData};
         let (rows, cols) = (24, 160);
-        let x = inputs(400, cols);
-        let mut h = Hessian::new(cols);
-        h.add_rows(&x);
-        h.finish();
+        let h = hessian(400, cols);
         let weight = random(rows * cols, 4);
         let data = TensorData::from_f32(&weight, rows, cols);
         for granularity in [Granularity::PerChannel, Granularity::PerTensor] {
@@ -665,8 +664,7 @@ mod tests {
                 let options = GptqOptions::default();
                 let q = gptq_int8(&weight, rows, &h, rounded.params.clone(), options, &Progress::new()).unwrap();
                 assert_eq!(q.params, rounded.params, "the grid is rounding's");
-                let as_codes = |t: &QuantizedTensor| GptqCodes::Int8 { scheme, tensor: t.clone() }.dequantized(cols);
-                let errors = output_errors(&weight, &[&as_codes(&q), &as_codes(&rounded)], &h);
+                let errors = output_errors(&weight, &[&q.dequantized(cols), &rounded.dequantized(cols)], &h);
                 assert!(errors[0] < 0.8 * errors[1], "{scheme:?}: GPTQ {} vs rounding {}", errors[0], errors[1]);
             }
         }

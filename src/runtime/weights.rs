@@ -337,13 +337,7 @@ pub fn simulate(data: &TensorData, precision: Precision, progress: &Progress) ->
         Precision::Fp32 => {}
         Precision::Fp16 => values.iter_mut().for_each(|v| *v = params::round_fp16(*v)),
         Precision::Bf16 => values.iter_mut().for_each(|v| *v = params::round_bf16(*v)),
-        Precision::Int8(scheme) => {
-            let quantized = quantize_tensor(data, scheme, progress)?;
-            let cols = data.cols.max(1);
-            for (i, (v, q)) in values.iter_mut().zip(&quantized.codes).enumerate() {
-                *v = quantized.row_params(i / cols).dequantize(*q);
-            }
-        }
+        Precision::Int8(scheme) => values = quantize_tensor(data, scheme, progress)?.dequantized(data.cols),
         Precision::Fp8(scheme) => {
             // x_hat = e4m3(q) · scale: `fp8::quantize_dequantize` bit for bit.
             let quantized = crate::quant::quantize_tensor_fp8(data, scheme.granularity, progress)?;

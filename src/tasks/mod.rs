@@ -155,8 +155,8 @@ pub struct Quantized {
     pub export: Option<Result<ExportSummary>>,
 }
 
-/// Runs GPTQ on the INT4 and INT8 layers of `plan` with the calibration data `gptq.data` and keeps the weights in the
-/// plan, where simulation, `bench` and the export use them.
+/// Runs GPTQ on the INT4 and INT8 layers of `plan` with the calibration data `gptq.data` and keeps the weights in
+/// the plan, where simulation, `bench` and the export use them.
 pub fn gptq(
     model: &Model,
     plan: &mut Plan,

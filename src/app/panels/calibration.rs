@@ -1,6 +1,6 @@
-//! Calibrate & diagnose: the Calibrate action and the observer choice, GPTQ of the INT4 and INT8 layers, the sensitivity ranking (bar chart, one
-//! click to keep the most sensitive layers in float), and, for the inspector, the focused layer's input
-//! histogram with its clip range, draggable.
+//! Calibrate & diagnose: the Calibrate action and the observer choice, GPTQ of the INT4 and INT8 layers, the
+//! sensitivity ranking (bar chart, one click to keep the most sensitive layers in float), and, for the inspector,
+//! the focused layer's input histogram with its clip range, draggable.
 
 use eframe::egui;
 use egui::{Color32, RichText};
@@ -127,9 +127,9 @@ fn gptq_row(ui: &mut egui::Ui, app: &mut StudioApp) {
         if ui
             .add_enabled(!running && !data.is_empty() && gptq_layers > 0, egui::Button::new("Run GPTQ"))
             .on_hover_text(
-                "Quantize the INT4 and INT8 layers with GPTQ on the calibration data: each column's rounding error is moved \
-                 onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs. The \
-                 table's \"out err\" column shows rounding's and GPTQ's output error per layer.",
+                "Quantize the INT4 and INT8 layers with GPTQ on the calibration data: each column's rounding error is \
+                 moved onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs. \
+                 The table's \"Out err\" column shows rounding's and GPTQ's output error per layer.",
             )
             .clicked()
         {
